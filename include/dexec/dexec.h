@@ -1,0 +1,251 @@
+/*
+ * dexec.h - the engine API of libdexec: configuration, requests, outputs,
+ * the engine (create, step, collective_rpc, check_health, close), status
+ * codes and logging.
+ *
+ * Conventions
+ *  - Every call returns a dexec_status. A failing call on an engine leaves a
+ *    human message that dexec_engine_last_error() returns; calls made
+ *    without an engine (config loading, engine creation) write the message
+ *    into a caller buffer (err, errlen), which may be NULL.
+ *  - Nothing waits without a deadline: every call that talks to workers
+ *    takes a timeout (seconds; <= 0 means the configured default).
+ *
+ * Threads
+ *  - dexec_engine_step(), dexec_engine_collective_rpc() and
+ *    dexec_engine_check_health() may be called from several threads at
+ *    once; calls to the same worker are multiplexed over its connection
+ *    (replies are matched by message id), so a health check is answered
+ *    while a generate runs.
+ *  - dexec_engine_close() is serialized against all of them: it waits for
+ *    calls in flight to return (each has its own deadline) and makes later
+ *    calls fail with DEXEC_ECLOSED. dexec_engine_free() must be the last
+ *    call on an engine.
+ *  - dexec_engine_last_error() returns the message of the last failing
+ *    call made by the calling thread on that engine.
+ */
+#ifndef DEXEC_DEXEC_H
+#define DEXEC_DEXEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dexec/value.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DEXEC_VERSION_MAJOR 0
+#define DEXEC_VERSION_MINOR 1
+#define DEXEC_VERSION_PATCH 0
+
+/* Status codes. Python's TimeoutError maps to DEXEC_ETIMEDOUT and
+ * RuntimeError to DEXEC_EUNHEALTHY / DEXEC_EWORKER. Values are stable. */
+typedef enum dexec_status {
+    DEXEC_OK = 0,
+    DEXEC_EINVAL = 1,     /* bad argument or request */
+    DEXEC_ENOMEM = 2,     /* out of memory */
+    DEXEC_ECONFIG = 3,    /* bad configuration file or value */
+    DEXEC_ENOTFOUND = 4,  /* plugin, model, actor name or method not found */
+    DEXEC_EPLUGIN = 5,    /* plugin file could not be loaded or is not a dexec plugin */
+    DEXEC_EABI = 6,       /* plugin built for an incompatible ABI */
+    DEXEC_EINIT = 7,      /* plugin or worker failed to start */
+    DEXEC_ETIMEDOUT = 8,  /* a deadline passed */
+    DEXEC_EUNHEALTHY = 9, /* a health check failed */
+    DEXEC_EWORKER = 10,   /* a worker replied with an error, or died */
+    DEXEC_EPROTO = 11,    /* malformed message on the wire */
+    DEXEC_ECLOSED = 12,   /* engine or connection closed */
+    DEXEC_EIO = 13,       /* system call failed (message has errno text) */
+    DEXEC_ENOTSUP = 14,   /* capability not built or not available here */
+    DEXEC_EAUTH = 15,     /* handshake refused: bad or missing token */
+} dexec_status;
+
+/* Static, never NULL: "ok", "invalid argument", ... */
+const char *dexec_status_name(dexec_status s);
+
+/* "0.1.0" */
+const char *dexec_version(void);
+
+/* ---- Logging ------------------------------------------------------------ */
+
+typedef enum dexec_log_level {
+    DEXEC_LOG_ERROR = 0,
+    DEXEC_LOG_WARN = 1,
+    DEXEC_LOG_INFO = 2,
+    DEXEC_LOG_DEBUG = 3,
+} dexec_log_level;
+
+/* Logs to stderr as "dexec[pid] LEVEL component: message" (and to syslog
+ * when enabled). Messages above the current level are dropped. Thread-safe. */
+void dexec_log(dexec_log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void dexec_log_set_level(dexec_log_level level);
+dexec_log_level dexec_log_get_level(void);
+/* Parses "error|warn|info|debug"; returns -1 for anything else. */
+int dexec_log_level_parse(const char *name);
+/* Also send messages to syslog(3) under ident (NULL: "dexec"); 0 turns it off. */
+void dexec_log_use_syslog(int on, const char *ident);
+
+/* ---- Configuration ------------------------------------------------------ */
+
+typedef struct dexec_config dexec_config;
+
+/* Loads a configuration. path NULL means $DEXEC_CONFIG if set, else the
+ * defaults. Environment overrides are applied on top (DEXEC_PLUGIN_PATH,
+ * DEXEC_LOG_LEVEL, DIFFUSION_WORKER_ACTOR_NAMES). An unknown key, a wrong
+ * type or a value out of range fails with DEXEC_ECONFIG and a message
+ * "FILE:LINE: KEY: what is wrong". On success *out is owned by the caller
+ * (dexec_config_free). */
+dexec_status dexec_config_load(const char *path, dexec_config **out, char *err, size_t errlen);
+
+/* Parses configuration text (name is used in messages). */
+dexec_status dexec_config_parse(const char *text, const char *name, dexec_config **out, char *err,
+                                size_t errlen);
+
+void dexec_config_free(dexec_config *cfg);
+
+/* Typed access by dotted key ("timeouts.rpc", "ray_actor.cpus",
+ * "discovery.redis.url"). Setters validate like the file parser (type and
+ * range) and fail with DEXEC_ECONFIG / DEXEC_ENOTFOUND (unknown key).
+ * Getters fail with DEXEC_ENOTFOUND for an unknown key and DEXEC_EINVAL
+ * for a key of another type. Strings returned are owned by cfg. */
+dexec_status dexec_config_get_int(const dexec_config *cfg, const char *key, int64_t *out);
+dexec_status dexec_config_get_float(const dexec_config *cfg, const char *key, double *out);
+dexec_status dexec_config_get_string(const dexec_config *cfg, const char *key, const char **out);
+dexec_status dexec_config_get_bool(const dexec_config *cfg, const char *key, int *out);
+/* List keys (external.worker_names, plugin_path): count and items. */
+dexec_status dexec_config_get_list(const dexec_config *cfg, const char *key, size_t *n,
+                                   const char *const **items);
+/* Map keys (ray_actor.resources): name -> number, returned as a borrowed
+ * DEXEC_VAL_MAP. */
+dexec_status dexec_config_get_map(const dexec_config *cfg, const char *key,
+                                  const dexec_value **out);
+
+/* Sets a value from its text form as it would be written on a command line
+ * ("2", "4.5", "mp", "a,b,c" for lists). */
+dexec_status dexec_config_set(dexec_config *cfg, const char *key, const char *value, char *err,
+                              size_t errlen);
+
+/* Where a key's value came from: "default", "FILE:LINE", "env NAME", "set". */
+const char *dexec_config_origin(const dexec_config *cfg, const char *key);
+
+/* The effective configuration as libconfig text (every key, defaults too).
+ * Caller frees. */
+char *dexec_config_dump(const dexec_config *cfg);
+
+/* The file the configuration came from, or NULL for defaults only. */
+const char *dexec_config_path(const dexec_config *cfg);
+
+/* ---- Requests and outputs ----------------------------------------------- */
+
+typedef struct dexec_request {
+    const char *request_id;      /* NULL: the engine assigns "req-N" */
+    const char *prompt;          /* NULL or "": unconditional */
+    const char *negative_prompt; /* NULL: none */
+    int height;                  /* 0: the model's native size */
+    int width;                   /* 0: the model's native size */
+    int num_inference_steps;     /* 0: the model's default */
+    double guidance_scale;       /* < 0: the model's default */
+    int64_t seed;                /* < 0: random (the seed used is reported in the output) */
+    int num_outputs_per_prompt;  /* 0: 1 */
+} dexec_request;
+
+/* Fills r with the defaults above. */
+void dexec_request_init(dexec_request *r);
+
+typedef struct dexec_image {
+    int width, height, channels; /* channels: 1 grey, 3 RGB */
+    uint8_t *pixels;             /* width * height * channels bytes, row-major, interleaved */
+} dexec_image;
+
+typedef struct dexec_timings {
+    double queue_s;   /* waiting in the worker before compute began */
+    double encode_s;  /* prompt -> condition */
+    double denoise_s; /* all denoising steps */
+    double decode_s;  /* latent -> pixels */
+    double total_s;   /* wall time seen by the engine for this request */
+} dexec_timings;
+
+typedef struct dexec_output {
+    char *request_id;
+    dexec_status status; /* DEXEC_OK or the error of this request alone */
+    char *error;         /* NULL when status is DEXEC_OK */
+    int rank;            /* the rank that made it (-1 if none did) */
+    int64_t seed;        /* the seed used */
+    int steps;           /* the steps used */
+    double guidance_scale;
+    size_t num_images;
+    dexec_image *images;
+    dexec_timings timings;
+} dexec_output;
+
+/* Releases what an output holds (not the struct itself). */
+void dexec_output_clear(dexec_output *o);
+/* Releases an array of n outputs and the array. */
+void dexec_outputs_free(dexec_output *outs, size_t n);
+
+/* ---- Engine --------------------------------------------------------------- */
+
+typedef struct dexec_engine dexec_engine;
+
+/* Progress callback: called from the thread running step(), once per
+ * denoising step of each image. */
+typedef void (*dexec_progress_fn)(void *user, size_t request_index, int image_index, int step,
+                                  int total_steps);
+
+/* Creates an engine: loads the backend named by
+ * distributed_executor_backend, starts or connects its workers and checks
+ * that they are ready, all within timeouts.init. On failure nothing is left
+ * running, *out is NULL and err says why (DEXEC_EPLUGIN, DEXEC_EABI,
+ * DEXEC_ENOTFOUND, DEXEC_EINIT, DEXEC_ETIMEDOUT, ...). The engine keeps a
+ * copy of cfg. */
+dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, char *err,
+                                 size_t errlen);
+
+/* Generates: one output per request, in request order, each holding images
+ * or its own error. *outs is a new array the caller frees with
+ * dexec_outputs_free. Returns DEXEC_OK when every request was attempted
+ * (per-request failures are in the outputs), or an error when the batch as
+ * a whole failed (then *outs is NULL). progress may be NULL. */
+dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_t n,
+                               dexec_output **outs, dexec_progress_fn progress, void *user);
+
+/* Runs a worker method on every rank. args: a DEXEC_VAL_ARRAY or NULL
+ * (no arguments); kwargs: a DEXEC_VAL_MAP or NULL. With
+ * unique_reply_rank < 0, *replies is an ARRAY of one reply per rank,
+ * ordered by rank; with unique_reply_rank = r only rank r's reply is
+ * returned (every rank still executes). timeout <= 0: timeouts.rpc.
+ * Errors: DEXEC_EWORKER (a rank replied with an error: the message names
+ * the rank), DEXEC_ETIMEDOUT (names the method and ranks that did not
+ * answer), DEXEC_EINVAL (bad rank). Caller owns *replies. */
+dexec_status dexec_engine_collective_rpc(dexec_engine *e, const char *method, double timeout,
+                                         const dexec_value *args, const dexec_value *kwargs,
+                                         int unique_reply_rank, dexec_value **replies);
+
+/* Checks that every worker answers within timeouts.health.
+ * DEXEC_EUNHEALTHY with the rank and the reason otherwise. */
+dexec_status dexec_engine_check_health(dexec_engine *e);
+
+/* Number of ranks (workers) the engine drives; 0 after close. */
+int dexec_engine_num_ranks(const dexec_engine *e);
+
+/* Name and version of the executor plugin in use. */
+const char *dexec_engine_backend(const dexec_engine *e);
+
+/* Stops owned workers (shutdown RPC, grace period, SIGTERM, SIGKILL, reap)
+ * or disconnects from external ones. Idempotent; later calls return
+ * DEXEC_ECLOSED. Returns DEXEC_OK. */
+dexec_status dexec_engine_close(dexec_engine *e);
+
+/* Closes if needed and releases the engine. NULL is accepted. */
+void dexec_engine_free(dexec_engine *e);
+
+/* Message of the calling thread's last failing call on e ("" if none).
+ * Valid until that thread's next call on e. */
+const char *dexec_engine_last_error(const dexec_engine *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,204 @@
+/*
+ * plugin.h - the plugin ABI of dexec: what a shared object must export to be
+ * loaded as an executor backend or a discovery plugin.
+ *
+ * A plugin exports exactly one symbol, DEXEC_PLUGIN_SYMBOL ("dexec_plugin"),
+ * a const dexec_plugin_desc. The core reads and checks the descriptor
+ * before it calls any plugin code:
+ *   - abi_major equal to the core's DEXEC_ABI_MAJOR,
+ *   - abi_minor <= the core's DEXEC_ABI_MINOR (a newer plugin may rely on
+ *     things this core lacks),
+ *   - struct_size >= the size of the 1.0 descriptor,
+ *   - kind as the caller asked (executor or discovery),
+ *   - name equal to the name it was loaded by (for bare names).
+ * Loaded plugins are never dlclose()d at run time (set DEXEC_PLUGIN_UNLOAD=1
+ * to unload them at engine free, for leak checkers).
+ *
+ * Rules for plugin code: never exit(), never write to stdout, log through
+ * the host's log function (or dexec_log), report errors by status and
+ * message. Every blocking call takes a deadline.
+ *
+ * Minimal executor plugin:
+ *
+ *   static const dexec_executor_ops ops = {
+ *       .struct_size = sizeof(dexec_executor_ops),
+ *       .create = my_create, .collective_rpc = my_rpc, .add_requests = my_add,
+ *       .check_health = my_health, .shutdown = my_shutdown,
+ *   };
+ *   DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
+ *       DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "k8s", "1.0", "pods", &ops)
+ *   };
+ */
+#ifndef DEXEC_PLUGIN_H
+#define DEXEC_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dexec/dexec.h>
+#include <dexec/value.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Version of this ABI. Major: incompatible change. Minor: additions at the
+ * end of a struct (old plugins keep working; struct_size tells). */
+#define DEXEC_ABI_MAJOR 1
+#define DEXEC_ABI_MINOR 0
+
+#define DEXEC_PLUGIN_SYMBOL "dexec_plugin"
+
+#if defined(__GNUC__)
+#define DEXEC_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define DEXEC_PLUGIN_EXPORT
+#endif
+
+typedef enum dexec_plugin_kind {
+    DEXEC_PLUGIN_EXECUTOR = 1,
+    DEXEC_PLUGIN_DISCOVERY = 2,
+} dexec_plugin_kind;
+
+/* The descriptor. Fields are never reordered; new ones take reserved space. */
+typedef struct dexec_plugin_desc {
+    uint32_t abi_major;      /* DEXEC_ABI_MAJOR the plugin was built with */
+    uint32_t abi_minor;      /* DEXEC_ABI_MINOR the plugin was built with */
+    uint32_t struct_size;    /* sizeof(dexec_plugin_desc) at build time */
+    uint32_t kind;           /* dexec_plugin_kind */
+    const char *name;        /* [a-z0-9_]+, equals the file name dexec_NAME.so */
+    const char *version;     /* the plugin's own version, free form */
+    const char *description; /* one line */
+    const void *ops;         /* const dexec_executor_ops* or const dexec_discovery_ops* */
+    void *reserved[8];       /* zero */
+} dexec_plugin_desc;
+
+#define DEXEC_PLUGIN_DESC_INIT(kind_, name_, version_, description_, ops_)                      \
+    .abi_major = DEXEC_ABI_MAJOR, .abi_minor = DEXEC_ABI_MINOR,                                  \
+    .struct_size = sizeof(dexec_plugin_desc), .kind = (kind_), .name = (name_),                  \
+    .version = (version_), .description = (description_), .ops = (ops_)
+
+/* ---- Host services ------------------------------------------------------ */
+
+/* What the core hands a plugin at create time. Valid until the plugin's
+ * shutdown/close returns. */
+typedef struct dexec_host {
+    uint32_t struct_size;
+    const dexec_config *config; /* the engine's configuration (read it with dexec_config_get_*) */
+    /* Logging through the core's logger; component is the plugin name. */
+    void (*log)(dexec_log_level level, const char *component, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+    /* Absolute path of the dexec-worker program to spawn for owned workers
+     * ($DEXEC_WORKER if set, else the installed one). */
+    const char *worker_path;
+    void *reserved[8];
+} dexec_host;
+
+/* ---- Executor plugins ------------------------------------------------------ */
+
+typedef struct dexec_executor dexec_executor; /* defined by each plugin */
+
+/* Flags that the Python executors carried as class attributes. */
+#define DEXEC_EXECUTOR_OWNS_WORKERS 0x1u   /* close() stops the workers */
+#define DEXEC_EXECUTOR_MULTI_NODE 0x2u     /* workers may live on other hosts */
+#define DEXEC_EXECUTOR_SUPPORTS_PP 0x4u    /* pipeline parallel */
+
+/* All functions write a message into (err, errlen) on failure. */
+typedef struct dexec_executor_ops {
+    uint32_t struct_size; /* sizeof(dexec_executor_ops) at build time */
+    uint32_t flags;       /* DEXEC_EXECUTOR_* */
+
+    /* Starts or connects the workers and checks they are ready within
+     * timeouts.init. On failure leaves nothing running and *out untouched. */
+    dexec_status (*create)(const dexec_host *host, dexec_executor **out, char *err, size_t errlen);
+
+    /* Number of ranks. */
+    int (*num_ranks)(const dexec_executor *ex);
+
+    /* Semantics of dexec_engine_collective_rpc(); timeout already resolved (> 0). */
+    dexec_status (*collective_rpc)(dexec_executor *ex, const char *method, double timeout,
+                                   const dexec_value *args, const dexec_value *kwargs,
+                                   int unique_reply_rank, dexec_value **replies, char *err,
+                                   size_t errlen);
+
+    /* Semantics of dexec_engine_step(): outs has n zeroed entries to fill.
+     * Requests arrive with defaults resolved except model-dependent ones (0). */
+    dexec_status (*add_requests)(dexec_executor *ex, const dexec_request *reqs, size_t n,
+                                 dexec_output *outs, double timeout, dexec_progress_fn progress,
+                                 void *user, char *err, size_t errlen);
+
+    /* DEXEC_OK or DEXEC_EUNHEALTHY naming the rank; timeout already resolved. */
+    dexec_status (*check_health)(dexec_executor *ex, double timeout, char *err, size_t errlen);
+
+    /* Stops (owned) or disconnects from (external) workers and frees ex. */
+    void (*shutdown)(dexec_executor *ex);
+
+    void *reserved[8];
+} dexec_executor_ops;
+
+/* ---- Discovery plugins ------------------------------------------------------ */
+
+typedef struct dexec_discovery dexec_discovery; /* defined by each plugin */
+
+/* What a name resolves to. Strings are malloc'd; dexec_actor_info_clear frees them. */
+typedef struct dexec_actor_info {
+    char *name;
+    char *address;    /* unix:/path or tcp:host:port */
+    char *host;       /* hostname of the worker */
+    char *instance;   /* unique id of the registering process */
+    int rank;
+    int pid;
+    int protocol;     /* worker protocol version */
+    double started;   /* unix time */
+    double age_s;     /* seconds since started, at the time of the lookup */
+    dexec_value *meta; /* extra metadata (map) or NULL */
+} dexec_actor_info;
+
+void dexec_actor_info_clear(dexec_actor_info *a);
+
+typedef struct dexec_discovery_ops {
+    uint32_t struct_size;
+    uint32_t flags;
+    /* Connects using the config's discovery section (or url when not NULL). */
+    dexec_status (*open)(const dexec_host *host, const char *url, dexec_discovery **out, char *err,
+                         size_t errlen);
+    /* Registers a with a TTL; DEXEC_EINVAL if another live instance holds the name. */
+    dexec_status (*register_actor)(dexec_discovery *d, const dexec_actor_info *a, int ttl_s,
+                                   char *err, size_t errlen);
+    /* Refreshes the TTL of our own entry, re-registering it if it vanished. */
+    dexec_status (*heartbeat)(dexec_discovery *d, const dexec_actor_info *a, int ttl_s, char *err,
+                              size_t errlen);
+    /* DEXEC_ENOTFOUND when nothing is registered under name. */
+    dexec_status (*resolve)(dexec_discovery *d, const char *name, dexec_actor_info *out, char *err,
+                            size_t errlen);
+    /* All entries (kind "actor" or "node"); *out is a malloc'd array. */
+    dexec_status (*list)(dexec_discovery *d, const char *kind, dexec_actor_info **out, size_t *n,
+                         char *err, size_t errlen);
+    /* Deletes the entry only if it is still ours (compare-and-delete). */
+    dexec_status (*deregister)(dexec_discovery *d, const dexec_actor_info *a, char *err,
+                               size_t errlen);
+    void (*close)(dexec_discovery *d);
+    void *reserved[8];
+} dexec_discovery_ops;
+
+/* ---- Loading plugins (for plugins that use other plugins, and tools) -------- */
+
+typedef struct dexec_plugin dexec_plugin;
+
+/* Loads a plugin by bare name (searched in $DEXEC_PLUGIN_PATH, the config's
+ * plugin_path, then the compiled-in plugin directory) or by a path
+ * containing '/'. cfg may be NULL. Errors: DEXEC_ENOTFOUND (lists the
+ * directories searched), DEXEC_EPLUGIN (not a shared object: dlerror text;
+ * no descriptor; wrong kind; name mismatch; bad name), DEXEC_EABI. */
+dexec_status dexec_plugin_load(const char *name_or_path, dexec_plugin_kind kind,
+                               const dexec_config *cfg, dexec_plugin **out, char *err,
+                               size_t errlen);
+const dexec_plugin_desc *dexec_plugin_descriptor(const dexec_plugin *p);
+const char *dexec_plugin_file(const dexec_plugin *p);
+/* Forgets the handle; the object stays mapped unless DEXEC_PLUGIN_UNLOAD=1. */
+void dexec_plugin_release(dexec_plugin *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

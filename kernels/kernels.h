@@ -1,0 +1,55 @@
+/*
+ * kernels.h - the worker library's entry points, as dexec-worker uses them:
+ * open a model on a device, generate the images of one request, describe
+ * the model. Everything about tensors stays behind this header.
+ */
+#ifndef DEXEC_KERNELS_H
+#define DEXEC_KERNELS_H
+
+#include <stddef.h>
+
+#include <dexec/dexec.h>
+#include <dexec/value.h>
+
+typedef struct dxk_model dxk_model;
+
+/* Turns a model name into a file path: a value containing '/' or ending in
+ * ".safetensors" is a path; a bare NAME is NAME.safetensors searched in
+ * $DEXEC_MODEL_PATH (colon-separated) and then $(pkgdatadir)/models.
+ * DEXEC_ENOTFOUND lists the places searched. */
+dexec_status dxk_resolve_model(const char *name, char *path, size_t pathlen, char *err,
+                               size_t errlen);
+
+/* Opens (maps and validates) a model and prepares it on device
+ * ("auto", "cpu", "cuda"; "auto" picks CUDA when a device is present).
+ * gpu is the CUDA device ordinal to use (normally 0: the process sees only
+ * its own GPU through CUDA_VISIBLE_DEVICES). Errors: DEXEC_ENOTFOUND,
+ * DEXEC_EINVAL (malformed file: the message names the file and tensor),
+ * DEXEC_ENOTSUP ("cuda" with no device or no CUDA build). *out is the
+ * caller's (dxk_model_free). */
+dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_model **out,
+                            char *err, size_t errlen);
+void dxk_model_free(dxk_model *m);
+
+/* Called after each denoising step of each image. */
+typedef void (*dxk_step_fn)(void *user, int image_index, int step, int total_steps);
+
+/* Generates the images of one request (num_outputs_per_prompt of them).
+ * Zero/negative fields of req take the model's defaults (size, steps,
+ * guidance) and seed < 0 is not accepted here (the engine resolves random
+ * seeds). Fills out: images, seed, steps, guidance_scale, timings
+ * (encode_s, denoise_s, decode_s); not request_id or rank. Errors:
+ * DEXEC_EINVAL for a bad request (unknown prompt: the message lists the
+ * known words; size not a multiple of the patch size; ...). */
+dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *out,
+                          dxk_step_fn step, void *user, char *err, size_t errlen);
+
+/* A MAP describing the model and device: path, device, device_name,
+ * parameters, bytes (weights), metadata (map of the file's __metadata__),
+ * memory (rss/peak in bytes; device memory on CUDA). Caller owns it. */
+dexec_value *dxk_model_info(const dxk_model *m);
+
+/* "cpu" or "cuda" */
+const char *dxk_model_device(const dxk_model *m);
+
+#endif
