@@ -1,0 +1,5 @@
+#include "config.h"
+#include <stdio.h>
+#include "cli.h"
+int cmd_generate(int argc, char **argv) { (void)argc; fprintf(stderr, "dexec %s: not built yet\n", argv[0]); return 1; }
+int cmd_health(int argc, char **argv) { (void)argc; fprintf(stderr, "dexec %s: not built yet\n", argv[0]); return 1; }

@@ -1,0 +1,1 @@
+/* png.c - being written */

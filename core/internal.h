@@ -1,0 +1,33 @@
+/*
+ * internal.h - helpers shared inside libdexec. Nothing here is exported:
+ * the library exports only names that start with "dexec_" (see
+ * Makefile.am), so internal functions use the "dx_" prefix.
+ */
+#ifndef DEXEC_INTERNAL_H
+#define DEXEC_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <dexec/dexec.h>
+#include <dexec/plugin.h>
+#include <dexec/rpc.h>
+
+/* Like dexec_errorf, returning code so that callers can write
+ * `return dx_fail(err, errlen, DEXEC_EINVAL, "...")`. */
+dexec_status dx_fail(char *err, size_t errlen, dexec_status code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* strdup that returns NULL for NULL. */
+char *dx_strdup(const char *s);
+
+/* Seconds left until an absolute dexec_now() deadline, never negative. */
+double dx_remaining(double deadline);
+
+/* The plugin search path in order: $DEXEC_PLUGIN_PATH entries, the config's
+ * plugin_path entries, the compiled-in plugin directory. Returns a
+ * NULL-terminated malloc'd array of malloc'd strings (dx_strv_free). */
+char **dx_plugin_dirs(const dexec_config *cfg);
+void dx_strv_free(char **v);
+
+#endif

@@ -1,0 +1,1 @@
+/* msgpack_codec.c - being written */

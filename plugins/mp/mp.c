@@ -1,0 +1,1 @@
+/* mp - being written */
