@@ -73,8 +73,9 @@ struct dxk_backend {
     void (*silu)(dxk_backend *be, float *y, const float *x, size_t n);
 
     /* out[B, 256] = concat(cos(t f), sin(t f)), f_k = exp(-ln(1e4) k/128),
-     * computed in double; t is host memory (B timesteps). */
-    void (*timestep_embed)(dxk_backend *be, float *out, const float *t, int B);
+     * computed in double; t is host memory (B timesteps, in double because
+     * float would move t = 1000 s by 6e-5 and the features with it). */
+    void (*timestep_embed)(dxk_backend *be, float *out, const double *t, int B);
 
     /* c[b,:] += table[y[b],:]; y is host memory (B class indices, already
      * checked against the table). */
