@@ -30,4 +30,9 @@ double dx_remaining(double deadline);
 char **dx_plugin_dirs(const dexec_config *cfg);
 void dx_strv_free(char **v);
 
+/* ---- wire protocol internals (frame.c, msgpack_codec.c) ---------------- */
+
+/* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */
+int dx_msgpack_encode(const dexec_value *v, size_t reserve, char **buf, size_t *len);
+
 #endif

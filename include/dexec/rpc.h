@@ -157,6 +157,43 @@ dexec_status dexec_value_to_msgpack(const dexec_value *v, char **buf, size_t *le
 dexec_status dexec_value_from_msgpack(const char *buf, size_t len, dexec_value **out, char *err,
                                       size_t errlen);
 
+/* ---- Server-side helpers (dexec-worker, custom workers) ------------------ */
+
+/* Buffered frame reader for one stream socket. */
+typedef struct dexec_reader {
+    char *buf;
+    size_t len; /* bytes buffered */
+    size_t off; /* start of unconsumed bytes */
+    size_t cap;
+    size_t max_frame;
+} dexec_reader;
+
+void dexec_reader_init(dexec_reader *r, size_t max_frame);
+void dexec_reader_free(dexec_reader *r);
+/* Reads what the socket has without blocking. Returns DEXEC_OK (maybe no
+ * data), DEXEC_ECLOSED on EOF, DEXEC_EIO on error. */
+dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen);
+/* Takes the next complete frame from the buffer: DEXEC_OK with *msg set,
+ * DEXEC_OK with *msg NULL when incomplete, DEXEC_EPROTO when the stream is
+ * broken (length over the limit, undecodable body). */
+dexec_status dexec_reader_take(dexec_reader *r, dexec_value **msg, char *err, size_t errlen);
+/* Waits (poll) until fd is readable or the deadline passes (deadline < 0:
+ * no deadline). 1 readable, 0 timed out, -1 error. */
+int dexec_wait_readable(int fd, double deadline);
+/* Writes all of buf before the deadline (sockets, MSG_NOSIGNAL). */
+dexec_status dexec_write_all(int fd, const char *buf, size_t len, double deadline, char *err,
+                          size_t errlen);
+/* Constant-time comparison of two NUL-terminated secrets (time depends only
+ * on the length of b, the expected one). */
+int dexec_secret_equal(const char *a, const char *b);
+/* Reads a token file (first line, trimmed). Refuses files readable by
+ * group or others. */
+dexec_status dexec_token_read(const char *path, char **token, char *err, size_t errlen);
+
+
+/* Splits "host:port" or "[v6]:port" (port 1..65535). 0, or -1 if malformed. */
+int dexec_split_hostport(const char *s, char *host, size_t hostlen, char *port, size_t portlen);
+
 /* Writes a formatted message into err (NULL-safe). */
 void dexec_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
