@@ -183,20 +183,30 @@ typedef struct dexec_discovery_ops {
 
 /* ---- Loading plugins (for plugins that use other plugins, and tools) -------- */
 
-typedef struct dexec_plugin dexec_plugin;
+/* A loaded plugin. (Not "dexec_plugin": that is the descriptor's symbol,
+ * and a type of the same name would clash with it in the plugin's source.) */
+typedef struct dexec_plugin_handle dexec_plugin_handle;
 
 /* Loads a plugin by bare name (searched in $DEXEC_PLUGIN_PATH, the config's
  * plugin_path, then the compiled-in plugin directory) or by a path
  * containing '/'. cfg may be NULL. Errors: DEXEC_ENOTFOUND (lists the
  * directories searched), DEXEC_EPLUGIN (not a shared object: dlerror text;
- * no descriptor; wrong kind; name mismatch; bad name), DEXEC_EABI. */
+ * no descriptor; wrong kind; name mismatch; bad name), DEXEC_EABI.
+ * kind 0 accepts either kind (for tools that list plugins). */
 dexec_status dexec_plugin_load(const char *name_or_path, dexec_plugin_kind kind,
-                               const dexec_config *cfg, dexec_plugin **out, char *err,
+                               const dexec_config *cfg, dexec_plugin_handle **out, char *err,
                                size_t errlen);
-const dexec_plugin_desc *dexec_plugin_descriptor(const dexec_plugin *p);
-const char *dexec_plugin_file(const dexec_plugin *p);
+const dexec_plugin_desc *dexec_plugin_descriptor(const dexec_plugin_handle *p);
+const char *dexec_plugin_file(const dexec_plugin_handle *p);
 /* Forgets the handle; the object stays mapped unless DEXEC_PLUGIN_UNLOAD=1. */
-void dexec_plugin_release(dexec_plugin *p);
+void dexec_plugin_release(dexec_plugin_handle *p);
+
+/* The directories dexec_plugin_load() searches, in order ($DEXEC_PLUGIN_PATH,
+ * the config's plugin_path, the compiled-in plugin directory); cfg may be
+ * NULL. A NULL-terminated array the caller frees with
+ * dexec_plugin_search_path_free(), or NULL when memory is exhausted. */
+char **dexec_plugin_search_path(const dexec_config *cfg);
+void dexec_plugin_search_path_free(char **dirs);
 
 #ifdef __cplusplus
 }
