@@ -1,1 +1,417 @@
-/* loader.c - being written */
+/*
+ * loader.c - finds, opens and checks plugins (executor backends and
+ * discovery plugins).
+ *
+ * A plugin is opened with dlopen(RTLD_NOW | RTLD_LOCAL) and accepted only
+ * when its descriptor passes every check in plugin.h; the checks read data
+ * only, so a plugin built for another ABI never has its code called.
+ * Opened objects are cached by real path and stay mapped for the life of
+ * the process: a plugin may leave threads or destructors behind, and
+ * unmapping their code under them would crash the host. DEXEC_PLUGIN_UNLOAD=1
+ * makes dexec_plugin_release() unload objects nobody holds any more, so
+ * leak checkers see a clean exit.
+ */
+#include "config.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+/* Plugins and their names are short; anything longer is a mistake. */
+#define DX_PLUGIN_NAME_MAX 64
+
+/* Upper bound for descriptor and ops sizes: a plugin that claims more is
+ * corrupt, not from the future (new fields take the reserved space first). */
+#define DX_STRUCT_SIZE_MAX 4096
+
+/* One opened shared object, shared by every handle that loaded it. */
+typedef struct dx_object {
+    struct dx_object *next;
+    char *realpath;
+    void *dl;
+    const dexec_plugin_desc *desc;
+    unsigned refs;
+} dx_object;
+
+struct dexec_plugin_handle {
+    dx_object *obj;
+    char *file; /* the path it was found at, as searched or given */
+};
+
+/* dlopen() may run constructors that load further libraries, but never a
+ * dexec plugin through us, so a plain mutex is enough. */
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static dx_object *cache;
+
+static const char *kind_name(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "executor";
+    case DEXEC_PLUGIN_DISCOVERY: return "discovery";
+    }
+    return NULL;
+}
+
+static int valid_name(const char *name)
+{
+    size_t n = 0;
+
+    for (const char *p = name; *p != '\0'; p++, n++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    return n > 0 && n <= DX_PLUGIN_NAME_MAX;
+}
+
+static int unload_requested(void)
+{
+    const char *v = getenv("DEXEC_PLUGIN_UNLOAD");
+
+    return v != NULL && strcmp(v, "1") == 0;
+}
+
+/* Checks the ops table of an executor or discovery plugin: present, of a
+ * plausible size, every function the core calls set. */
+static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char *err,
+                              size_t errlen)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } exec_fns[] = {
+        {"create", offsetof(dexec_executor_ops, create)},
+        {"num_ranks", offsetof(dexec_executor_ops, num_ranks)},
+        {"collective_rpc", offsetof(dexec_executor_ops, collective_rpc)},
+        {"add_requests", offsetof(dexec_executor_ops, add_requests)},
+        {"check_health", offsetof(dexec_executor_ops, check_health)},
+        {"shutdown", offsetof(dexec_executor_ops, shutdown)},
+    },
+      disc_fns[] = {
+          {"open", offsetof(dexec_discovery_ops, open)},
+          {"register_actor", offsetof(dexec_discovery_ops, register_actor)},
+          {"heartbeat", offsetof(dexec_discovery_ops, heartbeat)},
+          {"resolve", offsetof(dexec_discovery_ops, resolve)},
+          {"list", offsetof(dexec_discovery_ops, list)},
+          {"deregister", offsetof(dexec_discovery_ops, deregister)},
+          {"close", offsetof(dexec_discovery_ops, close)},
+      };
+    const char *kind = kind_name(d->kind);
+    size_t min_size, nfns;
+    uint32_t size;
+
+    if (d->ops == NULL)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s: descriptor has no ops table", path);
+    /* Both ops tables start with their struct_size. */
+    size = *(const uint32_t *)d->ops;
+    if (d->kind == DEXEC_PLUGIN_EXECUTOR) {
+        min_size = offsetof(dexec_executor_ops, reserved);
+        nfns = sizeof(exec_fns) / sizeof(exec_fns[0]);
+    } else {
+        min_size = offsetof(dexec_discovery_ops, reserved);
+        nfns = sizeof(disc_fns) / sizeof(disc_fns[0]);
+    }
+    if (size < min_size || size > DX_STRUCT_SIZE_MAX)
+        return dx_fail(err, errlen, DEXEC_EABI,
+                       "plugin %s: %s ops table size %u, this dexec expects at least %zu: "
+                       "rebuild the plugin against dexec %d",
+                       path, kind, size, min_size, DEXEC_ABI_MAJOR);
+    for (size_t i = 0; i < nfns; i++) {
+        const char *fname = d->kind == DEXEC_PLUGIN_EXECUTOR ? exec_fns[i].name : disc_fns[i].name;
+        size_t off = d->kind == DEXEC_PLUGIN_EXECUTOR ? exec_fns[i].offset : disc_fns[i].offset;
+        void (*fn)(void);
+
+        memcpy(&fn, (const char *)d->ops + off, sizeof(fn));
+        if (fn == NULL)
+            return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                           "plugin %s: %s operation '%s' is missing (NULL in its ops table)",
+                           path, kind, fname);
+    }
+    return DEXEC_OK;
+}
+
+/* Everything plugin.h promises about a descriptor. name is NULL when the
+ * plugin was named by path. */
+static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
+                               dexec_plugin_kind kind, const char *name, char *err, size_t errlen)
+{
+    dexec_status st;
+
+    if (d->abi_major != DEXEC_ABI_MAJOR)
+        return dx_fail(err, errlen, DEXEC_EABI,
+                       "plugin %s: ABI %u.%u, this dexec speaks %d.%d: "
+                       "rebuild the plugin against dexec %d",
+                       path, d->abi_major, d->abi_minor, DEXEC_ABI_MAJOR, DEXEC_ABI_MINOR,
+                       DEXEC_ABI_MAJOR);
+    if (d->abi_minor > DEXEC_ABI_MINOR)
+        return dx_fail(err, errlen, DEXEC_EABI,
+                       "plugin %s: ABI %u.%u is newer than this dexec's %d.%d: "
+                       "upgrade dexec, or rebuild the plugin against this one",
+                       path, d->abi_major, d->abi_minor, DEXEC_ABI_MAJOR, DEXEC_ABI_MINOR);
+    if (d->struct_size < sizeof(dexec_plugin_desc) || d->struct_size > DX_STRUCT_SIZE_MAX)
+        return dx_fail(err, errlen, DEXEC_EABI,
+                       "plugin %s: descriptor size %u, this dexec expects at least %zu: "
+                       "rebuild the plugin against dexec %d",
+                       path, d->struct_size, sizeof(dexec_plugin_desc), DEXEC_ABI_MAJOR);
+    if (kind_name(d->kind) == NULL)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s: unknown plugin kind %u (executor is %d, discovery is %d)",
+                       path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY);
+    if (kind != 0 && d->kind != (uint32_t)kind)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s is a %s plugin, but a %s plugin was asked for", path,
+                       kind_name(d->kind), kind_name(kind));
+    if (d->name == NULL || !valid_name(d->name))
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s: descriptor name '%s' is not a valid plugin name ([a-z0-9_]+)",
+                       path, d->name != NULL ? d->name : "(null)");
+    if (name != NULL && strcmp(d->name, name) != 0)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s calls itself '%s', but was loaded as '%s': "
+                       "its file should be named dexec_%s.so",
+                       path, d->name, name, d->name);
+    st = check_ops(path, d, err, errlen);
+    return st;
+}
+
+/* Opens path (or finds it in the cache) and returns its object with a
+ * reference taken. Called with cache_lock held. */
+static dexec_status open_object(const char *path, dx_object **out, char *err, size_t errlen)
+{
+    char real[PATH_MAX];
+    const char *dlerr;
+    dx_object *o;
+    void *dl, *sym;
+
+    if (realpath(path, real) == NULL) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return dx_fail(err, errlen, DEXEC_ENOTFOUND, "plugin %s: %s", path, strerror(errno));
+        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s: %s", path, strerror(errno));
+    }
+    for (o = cache; o != NULL; o = o->next) {
+        if (strcmp(o->realpath, real) == 0) {
+            o->refs++;
+            *out = o;
+            return DEXEC_OK;
+        }
+    }
+
+    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        /* dlerror() text belongs to the next dl* call: copy it now. */
+        dlerr = dlerror();
+        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s: cannot be loaded: %s", path,
+                       dlerr != NULL ? dlerr : "unknown dlopen error");
+    }
+    dlerror();
+    sym = dlsym(dl, DEXEC_PLUGIN_SYMBOL);
+    if (sym == NULL) {
+        if (unload_requested())
+            dlclose(dl);
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s is not a dexec plugin (no " DEXEC_PLUGIN_SYMBOL " symbol)",
+                       path);
+    }
+    o = calloc(1, sizeof(*o));
+    if (o == NULL || (o->realpath = strdup(real)) == NULL) {
+        free(o);
+        if (unload_requested())
+            dlclose(dl);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin %s: out of memory", path);
+    }
+    o->dl = dl;
+    o->desc = sym;
+    o->refs = 1;
+    o->next = cache;
+    cache = o;
+    *out = o;
+    return DEXEC_OK;
+}
+
+/* Drops a reference; the last one unloads the object only on request.
+ * Called with cache_lock held. */
+static void put_object(dx_object *o)
+{
+    if (--o->refs > 0 || !unload_requested())
+        return;
+    for (dx_object **pp = &cache; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == o) {
+            *pp = o->next;
+            break;
+        }
+    }
+    dlclose(o->dl);
+    free(o->realpath);
+    free(o);
+}
+
+static dexec_status load_file(const char *path, dexec_plugin_kind kind, const char *name,
+                              dexec_plugin_handle **out, char *err, size_t errlen)
+{
+    dexec_plugin_handle *p;
+    dx_object *o = NULL;
+    dexec_status st;
+
+    pthread_mutex_lock(&cache_lock);
+    st = open_object(path, &o, err, errlen);
+    if (st == DEXEC_OK) {
+        st = check_desc(path, o->desc, kind, name, err, errlen);
+        if (st != DEXEC_OK)
+            put_object(o);
+    }
+    pthread_mutex_unlock(&cache_lock);
+    if (st != DEXEC_OK)
+        return st;
+
+    p = calloc(1, sizeof(*p));
+    if (p == NULL || (p->file = strdup(path)) == NULL) {
+        free(p);
+        pthread_mutex_lock(&cache_lock);
+        put_object(o);
+        pthread_mutex_unlock(&cache_lock);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin %s: out of memory", path);
+    }
+    p->obj = o;
+    *out = p;
+    return DEXEC_OK;
+}
+
+/* Appends "s" to buf at *len, truncating silently (the message is for
+ * humans and ends with the directories, the least important part). */
+static void append(char *buf, size_t size, size_t *len, const char *s)
+{
+    int n;
+
+    if (*len >= size)
+        return;
+    n = snprintf(buf + *len, size - *len, "%s", s);
+    if (n > 0)
+        *len += (size_t)n < size - *len ? (size_t)n : size - *len - 1;
+}
+
+static dexec_status not_found(const char *name, const char *file, char **dirs, char *err,
+                              size_t errlen)
+{
+    char list[2048];
+    size_t len = 0;
+
+    list[0] = '\0';
+    for (size_t i = 0; dirs[i] != NULL; i++) {
+        if (i > 0)
+            append(list, sizeof(list), &len, ", ");
+        append(list, sizeof(list), &len, dirs[i]);
+    }
+    if (len == 0)
+        append(list, sizeof(list), &len, "(no directories)");
+    return dx_fail(err, errlen, DEXEC_ENOTFOUND,
+                   "plugin '%s' not found: no %s in %s "
+                   "(set DEXEC_PLUGIN_PATH or plugin_path, or give the plugin's path)",
+                   name, file, list);
+}
+
+dexec_status dexec_plugin_load(const char *name_or_path, dexec_plugin_kind kind,
+                               const dexec_config *cfg, dexec_plugin_handle **out, char *err,
+                               size_t errlen)
+{
+    char file[DX_PLUGIN_NAME_MAX + 16];
+    const char *name;
+    char **dirs;
+    int searched_all = 1;
+    dexec_status st;
+
+    if (out == NULL || name_or_path == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_plugin_load: %s is NULL",
+                       out == NULL ? "out" : "name_or_path");
+    *out = NULL;
+    if (kind != 0 && kind_name(kind) == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_plugin_load: unknown plugin kind %d",
+                       (int)kind);
+    if (strchr(name_or_path, '/') != NULL)
+        return load_file(name_or_path, kind, NULL, out, err, errlen);
+
+    name = name_or_path;
+    if (strcmp(name, "external_launcher") == 0)
+        name = "external";
+    if (!valid_name(name))
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "invalid plugin name '%s': a name is 1 to %d of [a-z0-9_] "
+                       "(a value containing '/' is a path)",
+                       name, DX_PLUGIN_NAME_MAX);
+    snprintf(file, sizeof(file), "dexec_%s.so", name);
+
+    dirs = dx_plugin_dirs(cfg);
+    if (dirs == NULL)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin '%s': out of memory", name);
+    st = DEXEC_ENOTFOUND;
+    for (size_t i = 0; dirs[i] != NULL; i++) {
+        struct stat sb;
+        char *path;
+
+        if (asprintf(&path, "%s/%s", dirs[i], file) < 0) {
+            st = dx_fail(err, errlen, DEXEC_ENOMEM, "plugin '%s': out of memory", name);
+            searched_all = 0;
+            break;
+        }
+        /* The first directory holding the file wins, even when that file is
+         * broken: falling through to another copy would hide the problem. */
+        if (stat(path, &sb) == 0) {
+            st = load_file(path, kind, name, out, err, errlen);
+            searched_all = 0;
+            free(path);
+            break;
+        }
+        free(path);
+    }
+    if (searched_all)
+        st = not_found(name, file, dirs, err, errlen);
+    dx_strv_free(dirs);
+    return st;
+}
+
+const dexec_plugin_desc *dexec_plugin_descriptor(const dexec_plugin_handle *p)
+{
+    return p != NULL ? p->obj->desc : NULL;
+}
+
+const char *dexec_plugin_file(const dexec_plugin_handle *p)
+{
+    return p != NULL ? p->file : NULL;
+}
+
+void dexec_plugin_release(dexec_plugin_handle *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&cache_lock);
+    put_object(p->obj);
+    pthread_mutex_unlock(&cache_lock);
+    free(p->file);
+    free(p);
+}
+
+char **dexec_plugin_search_path(const dexec_config *cfg)
+{
+    return dx_plugin_dirs(cfg);
+}
+
+void dexec_plugin_search_path_free(char **dirs)
+{
+    dx_strv_free(dirs);
+}
+
+void dexec_actor_info_clear(dexec_actor_info *a)
+{
+    if (a == NULL)
+        return;
+    free(a->name);
+    free(a->address);
+    free(a->host);
+    free(a->instance);
+    dexec_value_free(a->meta);
+    memset(a, 0, sizeof(*a));
+}
