@@ -196,7 +196,7 @@ int dexec_split_hostport(const char *s, char *host, size_t hostlen, char *port, 
         strspn(colon + 1, "0123456789") != strlen(colon + 1))
         return -1;
     strcpy(port, colon + 1);
-    return atoi(port) > 0 && atoi(port) < 65536 ? 0 : -1;
+    return atoi(port) < 65536 ? 0 : -1;
 }
 
 static dexec_status connect_tcp(const char *hp, const char *address, double deadline, int *out,

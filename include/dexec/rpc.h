@@ -191,7 +191,7 @@ int dexec_secret_equal(const char *a, const char *b);
 dexec_status dexec_token_read(const char *path, char **token, char *err, size_t errlen);
 
 
-/* Splits "host:port" or "[v6]:port" (port 1..65535). 0, or -1 if malformed. */
+/* Splits "host:port" or "[v6]:port" (port 0..65535). 0, or -1 if malformed. */
 int dexec_split_hostport(const char *s, char *host, size_t hostlen, char *port, size_t portlen);
 
 /* Writes a formatted message into err (NULL-safe). */

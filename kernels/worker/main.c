@@ -1,1 +1,185 @@
-int main(void) { return 1; }
+/*
+ * main.c - dexec-worker: serves one rank (or, with --ranks N, an actor
+ * hosting N ranks) over the worker protocol on a unix socket, a TCP port or
+ * an inherited socket.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <dexec/rpc.h>
+
+#include "worker/listen.h"
+#include "worker/server.h"
+
+static dxw_server *g_server;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_server != NULL)
+        dxw_server_stop(g_server);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dexec-worker --listen ADDRESS [OPTIONS]\n\n"
+            "Serves a diffusion model over the dexec worker protocol (doc/protocol.md).\n\n"
+            "  -l, --listen ADDRESS    unix:/PATH, tcp:HOST:PORT (port 0: any) or fd:N (an\n"
+            "                          inherited connected socket; its EOF ends the worker)\n"
+            "  -r, --rank N            rank served (default 0)\n"
+            "      --ranks N           host N ranks in this process (an actor), ranks\n"
+            "                          RANK..RANK+N-1, rank i on CUDA device i\n"
+            "  -m, --model NAME|PATH   model (default fashion-dit)\n"
+            "  -d, --device DEV        auto, cpu or cuda (default auto)\n"
+            "      --token-file FILE   require this shared token in hello (file mode 0600)\n"
+            "      --insecure          allow a non-loopback TCP listener without a token,\n"
+            "                          and a unix socket in a directory others can enter\n"
+            "      --max-frame BYTES   largest frame accepted (default 256 MiB)\n"
+            "      --print-address     print the address listened on to stdout, once ready\n"
+            "      --log-level LEVEL   error, warn, info or debug (default: $DEXEC_LOG_LEVEL)\n"
+            "  -h, --help              this help\n"
+            "  -V, --version           version\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"rank", required_argument, NULL, 'r'},
+        {"ranks", required_argument, NULL, 'R'},
+        {"model", required_argument, NULL, 'm'},
+        {"device", required_argument, NULL, 'd'},
+        {"token-file", required_argument, NULL, 't'},
+        {"insecure", no_argument, NULL, 'I'},
+        {"max-frame", required_argument, NULL, 'F'},
+        {"print-address", no_argument, NULL, 'P'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    dxw_options opt = {.num_ranks = 1, .model = "fashion-dit", .device = "auto",
+                       .max_frame = DEXEC_FRAME_MAX_DEFAULT};
+    const char *listen_addr = NULL, *token_file = NULL;
+    char *token = NULL, err[1024], bound[512];
+    int insecure = 0, print_address = 0, c, fd = -1, status;
+    dxw_listener lis = {.fd = -1};
+    struct sigaction sa;
+
+    while ((c = getopt_long(argc, argv, "l:r:m:d:hV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l': listen_addr = optarg; break;
+        case 'r': opt.base_rank = atoi(optarg); break;
+        case 'R': opt.num_ranks = atoi(optarg); break;
+        case 'm': opt.model = optarg; break;
+        case 'd': opt.device = optarg; break;
+        case 't': token_file = optarg; break;
+        case 'I': insecure = 1; break;
+        case 'F': opt.max_frame = (size_t)strtoull(optarg, NULL, 10); break;
+        case 'P': print_address = 1; break;
+        case 'L':
+            if (dexec_log_level_parse(optarg) < 0) {
+                fprintf(stderr, "dexec-worker: bad --log-level '%s' (error, warn, info, debug)\n",
+                        optarg);
+                return 2;
+            }
+            dexec_log_set_level((dexec_log_level)dexec_log_level_parse(optarg));
+            break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("dexec-worker %s\n", dexec_version()); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "dexec-worker: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (listen_addr == NULL) {
+        fprintf(stderr, "dexec-worker: --listen is required (unix:/PATH, tcp:HOST:PORT, fd:N)\n");
+        return 2;
+    }
+    if (opt.base_rank < 0 || opt.num_ranks < 1 || opt.num_ranks > 64) {
+        fprintf(stderr, "dexec-worker: --rank must be >= 0 and --ranks in 1..64\n");
+        return 2;
+    }
+    if (opt.max_frame < 4096) {
+        fprintf(stderr, "dexec-worker: --max-frame must be at least 4096\n");
+        return 2;
+    }
+    if (strcmp(opt.device, "auto") != 0 && strcmp(opt.device, "cpu") != 0 &&
+        strcmp(opt.device, "cuda") != 0) {
+        fprintf(stderr, "dexec-worker: bad --device '%s' (auto, cpu, cuda)\n", opt.device);
+        return 2;
+    }
+    if (token_file != NULL && dexec_token_read(token_file, &token, err, sizeof(err)) != DEXEC_OK) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        return 1;
+    }
+    opt.token = token;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (strncmp(listen_addr, "fd:", 3) == 0) {
+        char *end;
+        long n = strtol(listen_addr + 3, &end, 10);
+
+        if (*end != '\0' || n < 0 || n > INT_MAX) {
+            fprintf(stderr, "dexec-worker: bad address '%s': expected fd:N\n", listen_addr);
+            return 2;
+        }
+        fd = (int)n;
+        opt.exit_on_eof = 1;
+    } else if (dxw_listen(listen_addr, token != NULL, insecure, &lis, bound, sizeof(bound), err,
+                          sizeof(err)) != DEXEC_OK) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        free(token);
+        return 1;
+    }
+
+    if (dxw_server_new(&opt, &g_server, err, sizeof(err)) != DEXEC_OK) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        dxw_listener_close(&lis);
+        free(token);
+        return 1;
+    }
+    if (opt.exit_on_eof)
+        dxw_server_add_connection(g_server, fd);
+    else
+        dxw_server_add_listener(g_server, lis.fd);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    if (!opt.exit_on_eof) {
+        dexec_log(DEXEC_LOG_INFO, "worker", "rank %d listening on %s", opt.base_rank, bound);
+        if (print_address) {
+            printf("%s\n", bound);
+            fflush(stdout);
+        }
+    }
+    status = dxw_server_run(g_server);
+    /* listeners keep lis.fd; only the unix socket file is ours to remove */
+    lis.fd = -1;
+    dxw_listener_close(&lis);
+    if (!dxw_server_busy(g_server))
+        dxw_server_free(g_server);
+    free(token);
+    return status;
+}

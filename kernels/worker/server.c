@@ -1,1 +1,1173 @@
-/* */
+/*
+ * server.c - the worker protocol, server side (see doc/protocol.md).
+ *
+ * Threads: one I/O thread runs the poll loop, decodes requests, answers the
+ * cheap methods at once (hello, get_rank, check_health, shutdown and the
+ * read-only worker methods) and queues heavy work to the ranks. Each rank
+ * has a compute thread that owns its model and device; it writes its own
+ * replies and progress notifications (one writer at a time per
+ * connection). A call that spans ranks (an actor's generate or
+ * collective_rpc) is answered by whichever rank finishes its part last.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dexec/rpc.h>
+
+#include "kernels.h"
+#include "worker/server.h"
+
+#define WRITE_TIMEOUT 30.0
+#define DEBUG_SLEEP_MAX 3600.0
+
+typedef struct wconn {
+    int fd;
+    dexec_reader rd;
+    pthread_mutex_t wlock;
+    int refs; /* atomic: the I/O loop's reference plus one per call in flight */
+    int authed;
+    int is_control;
+    struct wconn *next;
+} wconn;
+
+enum call_kind { CALL_GENERATE, CALL_EXECUTE, CALL_COLLECTIVE };
+
+typedef struct call {
+    wconn *c;
+    uint32_t msgid;
+    enum call_kind kind;
+    dexec_value *params; /* owned; requests and arguments point into it */
+    pthread_mutex_t lock;
+    int parts_left;
+    size_t nslots;
+    dexec_value **slots;
+    int err_code, err_rank;
+    char err_msg[1100];
+} call;
+
+typedef struct job {
+    call *call;
+    size_t *pos; /* generate: the batch positions this rank serves */
+    size_t npos;
+    struct job *next;
+} job;
+
+typedef struct wrank {
+    dxw_server *s;
+    int index, rank;
+    pthread_rwlock_t mlock; /* model swap (load_model) against readers (get_info) */
+    dxk_model *model;
+    char model_err[768];
+    char model_name[1024];
+    pthread_t thread;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    job *head, *tail;
+    int stop;
+    /* statistics, guarded by qlock */
+    long requests, images, errors;
+    double encode_s, denoise_s, decode_s, busy_since;
+} wrank;
+
+struct dxw_server {
+    dxw_options opt;
+    char *model, *device, *token, *name;
+    wrank *ranks;
+    int *listeners;
+    int nlisteners;
+    wconn *conns;
+    int wake[2];
+    volatile sig_atomic_t stopping;
+    int exit_status;
+    dxw_tick_fn tick;
+    void *tick_user;
+    double started;
+    char host[256];
+};
+
+/* ---- connections ---------------------------------------------------------- */
+
+static wconn *wconn_new(int fd, size_t max_frame)
+{
+    wconn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->fd = fd;
+    dexec_reader_init(&c->rd, max_frame);
+    pthread_mutex_init(&c->wlock, NULL);
+    c->refs = 1;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return c;
+}
+
+static void wconn_ref(wconn *c)
+{
+    __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+static void wconn_unref(wconn *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    close(c->fd);
+    dexec_reader_free(&c->rd);
+    pthread_mutex_destroy(&c->wlock);
+    free(c);
+}
+
+static void send_value(wconn *c, const dexec_value *msg)
+{
+    char err[256];
+    dexec_status st;
+
+    pthread_mutex_lock(&c->wlock);
+    st = dexec_frame_write(c->fd, msg, dexec_now() + WRITE_TIMEOUT, err, sizeof(err));
+    pthread_mutex_unlock(&c->wlock);
+    if (st != DEXEC_OK && st != DEXEC_ECLOSED)
+        dexec_log(DEXEC_LOG_WARN, "worker", "reply not sent: %s", err);
+}
+
+/* Sends [1, msgid, nil, result]; takes result. */
+static void reply_ok(wconn *c, uint32_t msgid, dexec_value *result)
+{
+    dexec_value *m = dexec_value_array();
+
+    dexec_value_array_push(m, dexec_value_int(1));
+    dexec_value_array_push(m, dexec_value_int(msgid));
+    dexec_value_array_push(m, dexec_value_nil());
+    dexec_value_array_push(m, result != NULL ? result : dexec_value_nil());
+    send_value(c, m);
+    dexec_value_free(m);
+}
+
+/* Sends [1, msgid, [code, message, rank], nil]. */
+static void reply_err(wconn *c, uint32_t msgid, dexec_status code, int rank, const char *fmt,
+                      ...) __attribute__((format(printf, 5, 6)));
+static void reply_err(wconn *c, uint32_t msgid, dexec_status code, int rank, const char *fmt, ...)
+{
+    dexec_value *m = dexec_value_array(), *e = dexec_value_array();
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    dexec_value_array_push(e, dexec_value_int(code));
+    dexec_value_array_push(e, dexec_value_str(msg));
+    dexec_value_array_push(e, dexec_value_int(rank));
+    dexec_value_array_push(m, dexec_value_int(1));
+    dexec_value_array_push(m, dexec_value_int(msgid));
+    dexec_value_array_push(m, e);
+    dexec_value_array_push(m, dexec_value_nil());
+    send_value(c, m);
+    dexec_value_free(m);
+}
+
+/* ---- calls spanning ranks -------------------------------------------------- */
+
+static call *call_new(wconn *c, uint32_t msgid, enum call_kind kind, dexec_value *params,
+                      size_t nslots, int parts)
+{
+    call *k = calloc(1, sizeof(*k));
+
+    if (k == NULL)
+        return NULL;
+    k->slots = calloc(nslots ? nslots : 1, sizeof(*k->slots));
+    if (k->slots == NULL) {
+        free(k);
+        return NULL;
+    }
+    k->c = c;
+    wconn_ref(c);
+    k->msgid = msgid;
+    k->kind = kind;
+    k->params = params;
+    k->nslots = nslots;
+    k->parts_left = parts;
+    k->err_rank = -1;
+    pthread_mutex_init(&k->lock, NULL);
+    return k;
+}
+
+static void call_free(call *k)
+{
+    for (size_t i = 0; i < k->nslots; i++)
+        dexec_value_free(k->slots[i]);
+    free(k->slots);
+    dexec_value_free(k->params);
+    pthread_mutex_destroy(&k->lock);
+    wconn_unref(k->c);
+    free(k);
+}
+
+/* A rank finished its part: the last one replies and frees the call. */
+static void call_part_done(call *k)
+{
+    int last;
+    dexec_value *res;
+
+    pthread_mutex_lock(&k->lock);
+    last = --k->parts_left == 0;
+    pthread_mutex_unlock(&k->lock);
+    if (!last)
+        return;
+    if (k->err_code != 0) {
+        reply_err(k->c, k->msgid, (dexec_status)k->err_code, k->err_rank, "%s", k->err_msg);
+    } else if (k->kind == CALL_EXECUTE) {
+        reply_ok(k->c, k->msgid, k->slots[0]);
+        k->slots[0] = NULL;
+    } else {
+        res = dexec_value_array();
+        for (size_t i = 0; i < k->nslots; i++) {
+            dexec_value_array_push(res, k->slots[i] != NULL ? k->slots[i] : dexec_value_nil());
+            k->slots[i] = NULL;
+        }
+        reply_ok(k->c, k->msgid, res);
+    }
+    call_free(k);
+}
+
+static void call_fail(call *k, dexec_status code, int rank, const char *msg)
+{
+    pthread_mutex_lock(&k->lock);
+    if (k->err_code == 0) {
+        k->err_code = code;
+        k->err_rank = rank;
+        if (k->kind == CALL_EXECUTE)
+            snprintf(k->err_msg, sizeof(k->err_msg), "%s", msg);
+        else
+            snprintf(k->err_msg, sizeof(k->err_msg), "rank %d: %s", rank, msg);
+    }
+    pthread_mutex_unlock(&k->lock);
+}
+
+/* ---- worker methods (execute_rpc / collective_rpc) ------------------------- */
+
+static dexec_value *rank_stats(wrank *r)
+{
+    dexec_value *m = dexec_value_map(), *t = dexec_value_map();
+
+    pthread_mutex_lock(&r->qlock);
+    dexec_value_map_set(m, "rank", dexec_value_int(r->rank));
+    dexec_value_map_set(m, "requests", dexec_value_int(r->requests));
+    dexec_value_map_set(m, "images", dexec_value_int(r->images));
+    dexec_value_map_set(m, "errors", dexec_value_int(r->errors));
+    dexec_value_map_set(m, "busy", dexec_value_bool(r->busy_since > 0));
+    dexec_value_map_set(t, "encode", dexec_value_float(r->encode_s));
+    dexec_value_map_set(t, "denoise", dexec_value_float(r->denoise_s));
+    dexec_value_map_set(t, "decode", dexec_value_float(r->decode_s));
+    pthread_mutex_unlock(&r->qlock);
+    dexec_value_map_set(m, "seconds", t);
+    dexec_value_map_set(m, "uptime", dexec_value_float(dexec_now() - r->s->started));
+    return m;
+}
+
+static dexec_value *rank_info(wrank *r)
+{
+    dexec_value *m;
+
+    pthread_rwlock_rdlock(&r->mlock);
+    m = r->model != NULL ? dxk_model_info(r->model) : dexec_value_map();
+    if (r->model == NULL) {
+        dexec_value_map_set(m, "model", dexec_value_str(r->model_name));
+        dexec_value_map_set(m, "error", dexec_value_str(r->model_err));
+    }
+    pthread_rwlock_unlock(&r->mlock);
+    dexec_value_map_set(m, "rank", dexec_value_int(r->rank));
+    dexec_value_map_set(m, "pid", dexec_value_int(getpid()));
+    dexec_value_map_set(m, "host", dexec_value_str(r->s->host));
+    if (r->s->name != NULL)
+        dexec_value_map_set(m, "name", dexec_value_str(r->s->name));
+    dexec_value_map_set(m, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
+    dexec_value_map_set(m, "version", dexec_value_str(dexec_version()));
+    return m;
+}
+
+static const char known_methods[] =
+    "get_rank, get_info, get_stats, load_model, check_health, echo, debug_sleep";
+
+/* Methods cheap enough to answer on the I/O thread. */
+static int is_inline_method(const char *m)
+{
+    return strcmp(m, "get_rank") == 0 || strcmp(m, "get_stats") == 0 ||
+           strcmp(m, "check_health") == 0 || strcmp(m, "echo") == 0 ||
+           strcmp(m, "get_info") == 0;
+}
+
+static int is_known_method(const char *m)
+{
+    return is_inline_method(m) || strcmp(m, "load_model") == 0 ||
+           strcmp(m, "debug_sleep") == 0;
+}
+
+static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_value *kwargs,
+                               dexec_value **out, char *err, size_t errlen)
+{
+    const char *name = dexec_value_as_str(dexec_value_array_get(args, 0), NULL);
+    const char *device = dexec_value_as_str(dexec_value_array_get(args, 1), NULL);
+    dxk_model *m = NULL, *old;
+    dexec_status st;
+
+    if (name == NULL)
+        name = dexec_value_as_str(dexec_value_map_get(kwargs, "model"), NULL);
+    if (device == NULL)
+        device = dexec_value_as_str(dexec_value_map_get(kwargs, "device"), r->s->device);
+    if (name == NULL) {
+        snprintf(err, errlen, "load_model: expected a model name or path as the first argument");
+        return DEXEC_EINVAL;
+    }
+    st = dxk_model_open(name, device, r->index, &m, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    pthread_rwlock_wrlock(&r->mlock);
+    old = r->model;
+    r->model = m;
+    r->model_err[0] = '\0';
+    snprintf(r->model_name, sizeof(r->model_name), "%s", name);
+    pthread_rwlock_unlock(&r->mlock);
+    dxk_model_free(old);
+    dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: loaded model %s", r->rank, name);
+    *out = rank_info(r);
+    return DEXEC_OK;
+}
+
+/* Runs a worker method on rank r. args is an ARRAY, kwargs a MAP (either
+ * may be NULL). */
+static dexec_status run_method(wrank *r, const char *method, const dexec_value *args,
+                               const dexec_value *kwargs, dexec_value **out, char *err,
+                               size_t errlen)
+{
+    *out = NULL;
+    if (strcmp(method, "get_rank") == 0) {
+        *out = dexec_value_int(r->rank);
+    } else if (strcmp(method, "get_info") == 0) {
+        *out = rank_info(r);
+    } else if (strcmp(method, "get_stats") == 0) {
+        *out = rank_stats(r);
+    } else if (strcmp(method, "check_health") == 0) {
+        *out = dexec_value_bool(1);
+    } else if (strcmp(method, "echo") == 0) {
+        *out = args != NULL ? dexec_value_clone(args) : dexec_value_array();
+    } else if (strcmp(method, "load_model") == 0) {
+        return load_model(r, args, kwargs, out, err, errlen);
+    } else if (strcmp(method, "debug_sleep") == 0) {
+        const dexec_value *a = dexec_value_array_get(args, 0);
+        double s = dexec_value_as_float(a, -1);
+        struct timespec ts;
+
+        if (a == NULL || s < 0 || s > DEBUG_SLEEP_MAX) {
+            snprintf(err, errlen, "debug_sleep: expected seconds in 0..%g", DEBUG_SLEEP_MAX);
+            return DEXEC_EINVAL;
+        }
+        ts.tv_sec = (time_t)s;
+        ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        *out = dexec_value_float(s);
+    } else {
+        snprintf(err, errlen, "unknown worker method '%s' (known: %s)", method, known_methods);
+        return DEXEC_ENOTFOUND;
+    }
+    return *out != NULL ? DEXEC_OK : DEXEC_ENOMEM;
+}
+
+/* ---- generate ---------------------------------------------------------------- */
+
+typedef struct progress_ctx {
+    wconn *c;
+    uint32_t msgid;
+    size_t pos;
+} progress_ctx;
+
+static void on_step(void *user, int image, int step, int total)
+{
+    progress_ctx *p = user;
+    dexec_value *m = dexec_value_array(), *a = dexec_value_array();
+
+    dexec_value_array_push(a, dexec_value_int(p->msgid));
+    dexec_value_array_push(a, dexec_value_int((int64_t)p->pos));
+    dexec_value_array_push(a, dexec_value_int(image));
+    dexec_value_array_push(a, dexec_value_int(step));
+    dexec_value_array_push(a, dexec_value_int(total));
+    dexec_value_array_push(m, dexec_value_int(2));
+    dexec_value_array_push(m, dexec_value_str("progress"));
+    dexec_value_array_push(m, a);
+    send_value(p->c, m);
+    dexec_value_free(m);
+}
+
+static int read_int_field(const dexec_value *req, const char *key, int64_t lo, int64_t hi,
+                          int64_t *out, char *err, size_t errlen)
+{
+    const dexec_value *v = dexec_value_map_get(req, key);
+
+    if (v == NULL || v->type == DEXEC_VAL_NIL)
+        return 0;
+    if (v->type != DEXEC_VAL_INT) {
+        snprintf(err, errlen, "request field %s must be an integer", key);
+        return -1;
+    }
+    if (v->u.i < lo || v->u.i > hi) {
+        snprintf(err, errlen, "request field %s = %lld is out of range %lld..%lld", key,
+                 (long long)v->u.i, (long long)lo, (long long)hi);
+        return -1;
+    }
+    *out = v->u.i;
+    return 0;
+}
+
+static int read_str_field(const dexec_value *req, const char *key, const char **out, char *err,
+                          size_t errlen)
+{
+    const dexec_value *v = dexec_value_map_get(req, key);
+
+    if (v == NULL || v->type == DEXEC_VAL_NIL)
+        return 0;
+    if (v->type != DEXEC_VAL_STR) {
+        snprintf(err, errlen, "request field %s must be a string", key);
+        return -1;
+    }
+    *out = v->u.str.ptr;
+    return 0;
+}
+
+/* Request map -> dexec_request (strings point into v). */
+static int parse_request(const dexec_value *v, dexec_request *r, char *err, size_t errlen)
+{
+    int64_t h = 0, w = 0, steps = 0, seed = -1, nout = 1;
+    const dexec_value *g;
+
+    dexec_request_init(r);
+    if (v == NULL || v->type != DEXEC_VAL_MAP) {
+        snprintf(err, errlen, "a request must be a map");
+        return -1;
+    }
+    if (read_str_field(v, "request_id", &r->request_id, err, errlen) != 0 ||
+        read_str_field(v, "prompt", &r->prompt, err, errlen) != 0 ||
+        read_str_field(v, "negative_prompt", &r->negative_prompt, err, errlen) != 0 ||
+        read_int_field(v, "height", 0, 8192, &h, err, errlen) != 0 ||
+        read_int_field(v, "width", 0, 8192, &w, err, errlen) != 0 ||
+        read_int_field(v, "num_inference_steps", 0, 10000, &steps, err, errlen) != 0 ||
+        read_int_field(v, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) != 0 ||
+        read_int_field(v, "num_outputs_per_prompt", 0, 64, &nout, err, errlen) != 0)
+        return -1;
+    g = dexec_value_map_get(v, "guidance_scale");
+    if (g != NULL && g->type != DEXEC_VAL_NIL && g->type != DEXEC_VAL_FLOAT &&
+        g->type != DEXEC_VAL_INT) {
+        snprintf(err, errlen, "request field guidance_scale must be a number");
+        return -1;
+    }
+    r->height = (int)h;
+    r->width = (int)w;
+    r->num_inference_steps = (int)steps;
+    r->seed = seed;
+    r->num_outputs_per_prompt = (int)nout;
+    r->guidance_scale = dexec_value_as_float(g, -1.0);
+    if (r->seed < 0) {
+        /* a client that did not pick a seed gets a fresh one, reported back */
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        r->seed = ((int64_t)ts.tv_nsec ^ ((int64_t)getpid() << 20) ^ (int64_t)ts.tv_sec) &
+                  0x7fffffffffffLL;
+    }
+    return 0;
+}
+
+static dexec_value *output_to_value(const dexec_output *o, int rank, const char *request_id)
+{
+    dexec_value *m = dexec_value_map(), *imgs, *t;
+
+    dexec_value_map_set(m, "request_id",
+                        request_id != NULL ? dexec_value_str(request_id) : dexec_value_nil());
+    dexec_value_map_set(m, "rank", dexec_value_int(rank));
+    if (o->status != DEXEC_OK) {
+        dexec_value_map_set(m, "error", dexec_value_str(o->error != NULL ? o->error : "failed"));
+        dexec_value_map_set(m, "code", dexec_value_int(o->status));
+        return m;
+    }
+    dexec_value_map_set(m, "seed", dexec_value_int(o->seed));
+    dexec_value_map_set(m, "steps", dexec_value_int(o->steps));
+    dexec_value_map_set(m, "guidance_scale", dexec_value_float(o->guidance_scale));
+    imgs = dexec_value_array();
+    for (size_t i = 0; i < o->num_images; i++) {
+        const dexec_image *im = &o->images[i];
+        dexec_value *iv = dexec_value_map();
+
+        dexec_value_map_set(iv, "width", dexec_value_int(im->width));
+        dexec_value_map_set(iv, "height", dexec_value_int(im->height));
+        dexec_value_map_set(iv, "channels", dexec_value_int(im->channels));
+        dexec_value_map_set(iv, "pixels",
+                            dexec_value_bin(im->pixels, (size_t)im->width * (size_t)im->height *
+                                                            (size_t)im->channels));
+        dexec_value_array_push(imgs, iv);
+    }
+    dexec_value_map_set(m, "images", imgs);
+    t = dexec_value_map();
+    dexec_value_map_set(t, "queue", dexec_value_float(o->timings.queue_s));
+    dexec_value_map_set(t, "encode", dexec_value_float(o->timings.encode_s));
+    dexec_value_map_set(t, "denoise", dexec_value_float(o->timings.denoise_s));
+    dexec_value_map_set(t, "decode", dexec_value_float(o->timings.decode_s));
+    dexec_value_map_set(m, "timings", t);
+    return m;
+}
+
+static void run_generate(wrank *r, job *j, double queued_at)
+{
+    call *k = j->call;
+    const dexec_value *reqs = dexec_value_array_get(k->params, 0);
+
+    for (size_t i = 0; i < j->npos; i++) {
+        size_t pos = j->pos[i];
+        const dexec_value *rv = dexec_value_array_get(reqs, pos);
+        dexec_request req;
+        dexec_output out;
+        progress_ctx pc = {.c = k->c, .msgid = k->msgid, .pos = pos};
+        char err[1024];
+        dexec_status st;
+        double t0 = dexec_now();
+
+        memset(&out, 0, sizeof(out));
+        if (parse_request(rv, &req, err, sizeof(err)) != 0) {
+            st = DEXEC_EINVAL;
+        } else {
+            pthread_rwlock_rdlock(&r->mlock);
+            if (r->model == NULL) {
+                snprintf(err, sizeof(err), "no model loaded: %s", r->model_err);
+                st = DEXEC_EINIT;
+            } else {
+                st = dxk_generate(r->model, &req, &out, on_step, &pc, err, sizeof(err));
+            }
+            pthread_rwlock_unlock(&r->mlock);
+        }
+        if (st != DEXEC_OK) {
+            dexec_output_clear(&out);
+            out.status = st;
+            out.error = strdup(err);
+        }
+        out.timings.queue_s = t0 - queued_at;
+        pthread_mutex_lock(&r->qlock);
+        r->requests++;
+        if (st == DEXEC_OK) {
+            r->images += (long)out.num_images;
+            r->encode_s += out.timings.encode_s;
+            r->denoise_s += out.timings.denoise_s;
+            r->decode_s += out.timings.decode_s;
+        } else {
+            r->errors++;
+        }
+        pthread_mutex_unlock(&r->qlock);
+        k->slots[pos] = output_to_value(&out, r->rank,
+                                        dexec_value_as_str(dexec_value_map_get(rv, "request_id"),
+                                                           NULL));
+        dexec_output_clear(&out);
+    }
+}
+
+static void run_rpc(wrank *r, job *j)
+{
+    call *k = j->call;
+    const char *method = dexec_value_as_str(dexec_value_array_get(k->params, 0), "");
+    const dexec_value *args = dexec_value_array_get(k->params, 1);
+    const dexec_value *kwargs = dexec_value_array_get(k->params, 2);
+    dexec_value *res = NULL;
+    char err[1024];
+    dexec_status st = run_method(r, method, args, kwargs, &res, err, sizeof(err));
+
+    if (st != DEXEC_OK) {
+        call_fail(k, st, r->rank, err);
+        return;
+    }
+    if (k->kind == CALL_EXECUTE) {
+        /* execute_rpc answers with the first hosted rank's reply */
+        if (r->index == 0)
+            k->slots[0] = res;
+        else
+            dexec_value_free(res);
+    } else {
+        k->slots[r->index] = res;
+    }
+}
+
+static void *rank_main(void *arg)
+{
+    wrank *r = arg;
+    sigset_t all;
+
+    /* signals belong to the I/O thread */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        job *j;
+        double queued_at = dexec_now();
+
+        pthread_mutex_lock(&r->qlock);
+        while (r->head == NULL && !r->stop)
+            pthread_cond_wait(&r->qcond, &r->qlock);
+        if (r->head == NULL) {
+            pthread_mutex_unlock(&r->qlock);
+            break;
+        }
+        j = r->head;
+        r->head = j->next;
+        if (r->head == NULL)
+            r->tail = NULL;
+        r->busy_since = dexec_now();
+        pthread_mutex_unlock(&r->qlock);
+
+        if (j->call->kind == CALL_GENERATE)
+            run_generate(r, j, queued_at);
+        else
+            run_rpc(r, j);
+        pthread_mutex_lock(&r->qlock);
+        r->busy_since = 0;
+        pthread_mutex_unlock(&r->qlock);
+        call_part_done(j->call);
+        free(j->pos);
+        free(j);
+    }
+    return NULL;
+}
+
+static void enqueue(wrank *r, job *j)
+{
+    pthread_mutex_lock(&r->qlock);
+    if (r->tail != NULL)
+        r->tail->next = j;
+    else
+        r->head = j;
+    r->tail = j;
+    pthread_cond_signal(&r->qcond);
+    pthread_mutex_unlock(&r->qlock);
+}
+
+/* ---- request handling (I/O thread) ------------------------------------------ */
+
+static dexec_value *hello_reply(dxw_server *s)
+{
+    dexec_value *m = dexec_value_map();
+
+    dexec_value_map_set(m, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
+    dexec_value_map_set(m, "rank", dexec_value_int(s->opt.base_rank));
+    dexec_value_map_set(m, "ranks", dexec_value_int(s->opt.num_ranks));
+    dexec_value_map_set(m, "pid", dexec_value_int(getpid()));
+    dexec_value_map_set(m, "host", dexec_value_str(s->host));
+    dexec_value_map_set(m, "name", s->name != NULL ? dexec_value_str(s->name) : dexec_value_nil());
+    dexec_value_map_set(m, "version", dexec_value_str(dexec_version()));
+    return m;
+}
+
+/* Returns -1 when the connection must be dropped. */
+static int handle_hello(dxw_server *s, wconn *c, uint32_t id, const dexec_value *params)
+{
+    const dexec_value *arg = dexec_value_array_get(params, 0);
+    int64_t proto = dexec_value_as_int(dexec_value_map_get(arg, "protocol"), -1);
+    const char *tok = dexec_value_as_str(dexec_value_map_get(arg, "token"), NULL);
+
+    if (proto != DEXEC_PROTOCOL_VERSION) {
+        reply_err(c, id, DEXEC_EPROTO, s->opt.base_rank,
+                  "worker speaks protocol %d, the client asked for %lld", DEXEC_PROTOCOL_VERSION,
+                  (long long)proto);
+        return -1;
+    }
+    if (s->token != NULL && (tok == NULL || !dexec_secret_equal(tok, s->token))) {
+        reply_err(c, id, DEXEC_EAUTH, s->opt.base_rank,
+                  tok == NULL ? "this worker requires a token" : "wrong token");
+        return -1;
+    }
+    c->authed = 1;
+    reply_ok(c, id, hello_reply(s));
+    return 0;
+}
+
+static dexec_value *initialize_reply(dxw_server *s)
+{
+    dexec_value *m = dexec_value_map();
+
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        wrank *r = &s->ranks[i];
+        int loaded;
+        char msg[1024];
+
+        pthread_rwlock_rdlock(&r->mlock);
+        loaded = r->model != NULL;
+        snprintf(msg, sizeof(msg), "rank %d: %s", r->rank, r->model_err);
+        pthread_rwlock_unlock(&r->mlock);
+        if (!loaded) {
+            dexec_value_map_set(m, "status", dexec_value_str("error"));
+            dexec_value_map_set(m, "error", dexec_value_str(msg));
+            dexec_value_map_set(m, "rank", dexec_value_int(r->rank));
+            return m;
+        }
+    }
+    dexec_value_map_set(m, "status", dexec_value_str("ready"));
+    dexec_value_map_set(m, "rank", dexec_value_int(s->opt.base_rank));
+    dexec_value_map_set(m, "ranks", dexec_value_int(s->opt.num_ranks));
+    dexec_value_map_set(m, "device", dexec_value_str(s->ranks[0].model != NULL
+                                                         ? dxk_model_device(s->ranks[0].model)
+                                                         : "none"));
+    return m;
+}
+
+static void handle_generate(dxw_server *s, wconn *c, uint32_t id, dexec_value *params)
+{
+    const dexec_value *reqs = dexec_value_array_get(params, 0);
+    int n = s->opt.num_ranks, parts = 0;
+    size_t count;
+    call *k;
+
+    if (reqs == NULL || reqs->type != DEXEC_VAL_ARRAY) {
+        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+                  "generate: expected params [[request, ...]]");
+        dexec_value_free(params);
+        return;
+    }
+    count = reqs->u.arr.len;
+    if (count == 0) {
+        reply_ok(c, id, dexec_value_array());
+        dexec_value_free(params);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        parts += (size_t)i < count;
+    k = call_new(c, id, CALL_GENERATE, params, count, parts);
+    if (k == NULL) {
+        reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
+        dexec_value_free(params);
+        return;
+    }
+    for (int i = 0; i < n && (size_t)i < count; i++) {
+        job *j = calloc(1, sizeof(*j));
+
+        j->call = k;
+        j->pos = calloc(count / (size_t)n + 1, sizeof(size_t));
+        for (size_t p = (size_t)i; p < count; p += (size_t)n)
+            j->pos[j->npos++] = p;
+        enqueue(&s->ranks[i], j);
+    }
+}
+
+/* execute_rpc [method, args, kwargs] and collective_rpc [same]. */
+static void handle_rpc(dxw_server *s, wconn *c, uint32_t id, dexec_value *params,
+                       enum call_kind kind)
+{
+    const char *method = dexec_value_as_str(dexec_value_array_get(params, 0), NULL);
+    const dexec_value *args = dexec_value_array_get(params, 1);
+    const dexec_value *kwargs = dexec_value_array_get(params, 2);
+    int n = s->opt.num_ranks;
+    call *k;
+
+    if (method == NULL || (args != NULL && args->type != DEXEC_VAL_ARRAY &&
+                           args->type != DEXEC_VAL_NIL) ||
+        (kwargs != NULL && kwargs->type != DEXEC_VAL_MAP && kwargs->type != DEXEC_VAL_NIL)) {
+        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+                  "%s: expected params [method, [args...], {kwargs}]",
+                  kind == CALL_EXECUTE ? "execute_rpc" : "collective_rpc");
+        dexec_value_free(params);
+        return;
+    }
+    if (!is_known_method(method)) {
+        reply_err(c, id, DEXEC_ENOTFOUND, s->opt.base_rank,
+                  "unknown worker method '%s' (known: %s)", method, known_methods);
+        dexec_value_free(params);
+        return;
+    }
+    if (args != NULL && args->type == DEXEC_VAL_NIL)
+        args = NULL;
+    if (kwargs != NULL && kwargs->type == DEXEC_VAL_NIL)
+        kwargs = NULL;
+    if (is_inline_method(method)) {
+        /* cheap and read-only: answered here, without a thread hop */
+        dexec_value *res = kind == CALL_COLLECTIVE ? dexec_value_array() : NULL;
+        char err[512];
+
+        for (int i = 0; i < (kind == CALL_EXECUTE ? 1 : n); i++) {
+            dexec_value *one;
+            dexec_status st = run_method(&s->ranks[i], method, args, kwargs, &one, err,
+                                         sizeof(err));
+
+            if (st != DEXEC_OK) {
+                reply_err(c, id, st, s->ranks[i].rank, "%s", err);
+                dexec_value_free(res);
+                dexec_value_free(params);
+                return;
+            }
+            if (res != NULL)
+                dexec_value_array_push(res, one);
+            else
+                res = one;
+        }
+        reply_ok(c, id, res);
+        dexec_value_free(params);
+        return;
+    }
+    k = call_new(c, id, kind, params, kind == CALL_EXECUTE ? 1 : (size_t)n, n);
+    if (k == NULL) {
+        reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
+        dexec_value_free(params);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        job *j = calloc(1, sizeof(*j));
+
+        j->call = k;
+        enqueue(&s->ranks[i], j);
+    }
+}
+
+static dexec_value *health_reply(dxw_server *s, char *err, size_t errlen, int *bad_rank)
+{
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        wrank *r = &s->ranks[i];
+        int ok;
+
+        pthread_rwlock_rdlock(&r->mlock);
+        ok = r->model != NULL;
+        if (!ok)
+            snprintf(err, errlen, "rank %d has no model: %s", r->rank, r->model_err);
+        pthread_rwlock_unlock(&r->mlock);
+        if (!ok) {
+            *bad_rank = r->rank;
+            return NULL;
+        }
+    }
+    return dexec_value_bool(1);
+}
+
+/* Handles one decoded message. Returns -1 to drop the connection. */
+static int handle_message(dxw_server *s, wconn *c, dexec_value *m)
+{
+    const dexec_value *t = dexec_value_array_get(m, 0);
+    const dexec_value *idv = dexec_value_array_get(m, 1);
+    const char *method;
+    dexec_value *params;
+    uint32_t id;
+    int rc = 0;
+
+    if (m->type != DEXEC_VAL_ARRAY || t == NULL || t->type != DEXEC_VAL_INT) {
+        dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection that sent a non-RPC message");
+        dexec_value_free(m);
+        return -1;
+    }
+    if (t->u.i == 2) { /* notifications from clients carry nothing we act on */
+        dexec_value_free(m);
+        return 0;
+    }
+    if (t->u.i != 0 || idv == NULL || idv->type != DEXEC_VAL_INT || idv->u.i < 0 ||
+        idv->u.i > UINT32_MAX) {
+        dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection that sent a malformed request");
+        dexec_value_free(m);
+        return -1;
+    }
+    id = (uint32_t)idv->u.i;
+    if (m->u.arr.len != 4 || m->u.arr.items[2]->type != DEXEC_VAL_STR ||
+        m->u.arr.items[3]->type != DEXEC_VAL_ARRAY) {
+        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+                  "malformed request: expected [0, msgid, method, [params...]]");
+        dexec_value_free(m);
+        return 0;
+    }
+    method = m->u.arr.items[2]->u.str.ptr;
+    params = m->u.arr.items[3];
+    if (strcmp(method, "hello") == 0) {
+        rc = handle_hello(s, c, id, params);
+        dexec_value_free(m);
+        return rc;
+    }
+    if (!c->authed) {
+        reply_err(c, id, DEXEC_EAUTH, s->opt.base_rank,
+                  "the first request on a connection must be hello");
+        dexec_value_free(m);
+        return -1;
+    }
+    /* detach params so calls can keep them while m goes */
+    m->u.arr.items[3] = NULL;
+    m->u.arr.len = 3;
+    if (strcmp(method, "generate") == 0) {
+        handle_generate(s, c, id, params);
+    } else if (strcmp(method, "execute_rpc") == 0) {
+        handle_rpc(s, c, id, params, CALL_EXECUTE);
+    } else if (strcmp(method, "collective_rpc") == 0) {
+        handle_rpc(s, c, id, params, CALL_COLLECTIVE);
+    } else if (strcmp(method, "get_rank") == 0) {
+        reply_ok(c, id, dexec_value_int(s->opt.base_rank));
+        dexec_value_free(params);
+    } else if (strcmp(method, "initialize") == 0) {
+        reply_ok(c, id, initialize_reply(s));
+        dexec_value_free(params);
+    } else if (strcmp(method, "check_health") == 0) {
+        char err[1024];
+        int bad = s->opt.base_rank;
+        dexec_value *h = health_reply(s, err, sizeof(err), &bad);
+
+        if (h != NULL)
+            reply_ok(c, id, h);
+        else
+            reply_err(c, id, DEXEC_EUNHEALTHY, bad, "%s", err);
+        dexec_value_free(params);
+    } else if (strcmp(method, "shutdown") == 0) {
+        reply_ok(c, id, dexec_value_nil());
+        dexec_value_free(params);
+        dexec_log(DEXEC_LOG_INFO, "worker", "shutdown requested");
+        s->stopping = 1;
+    } else {
+        reply_err(c, id, DEXEC_ENOTFOUND, s->opt.base_rank,
+                  "unknown method '%s' (known: hello, initialize, generate, execute_rpc, "
+                  "collective_rpc, get_rank, check_health, shutdown)",
+                  method);
+        dexec_value_free(params);
+    }
+    dexec_value_free(m);
+    return 0;
+}
+
+/* Reads what is available; returns -1 when the connection is finished. */
+static int service_conn(dxw_server *s, wconn *c)
+{
+    char err[512];
+    dexec_status st = dexec_reader_fill(&c->rd, c->fd, err, sizeof(err));
+
+    for (;;) {
+        dexec_value *m;
+        dexec_status tst = dexec_reader_take(&c->rd, &m, err, sizeof(err));
+
+        if (tst != DEXEC_OK) {
+            dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection: %s", err);
+            return -1;
+        }
+        if (m == NULL)
+            break;
+        if (handle_message(s, c, m) != 0)
+            return -1;
+    }
+    return st == DEXEC_OK ? 0 : -1;
+}
+
+/* ---- server lifecycle ---------------------------------------------------------- */
+
+dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err, size_t errlen)
+{
+    dxw_server *s = calloc(1, sizeof(*s));
+
+    *out = NULL;
+    if (s == NULL)
+        return DEXEC_ENOMEM;
+    s->opt = *opt;
+    if (s->opt.num_ranks < 1)
+        s->opt.num_ranks = 1;
+    s->model = strdup(opt->model != NULL ? opt->model : "fashion-dit");
+    s->device = strdup(opt->device != NULL ? opt->device : "auto");
+    s->token = opt->token != NULL ? strdup(opt->token) : NULL;
+    s->name = opt->name != NULL ? strdup(opt->name) : NULL;
+    s->started = dexec_now();
+    gethostname(s->host, sizeof(s->host) - 1);
+    if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        free(s);
+        return DEXEC_EIO;
+    }
+    s->ranks = calloc((size_t)s->opt.num_ranks, sizeof(*s->ranks));
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        wrank *r = &s->ranks[i];
+        char merr[768];
+
+        r->s = s;
+        r->index = i;
+        r->rank = s->opt.base_rank + i;
+        pthread_rwlock_init(&r->mlock, NULL);
+        pthread_mutex_init(&r->qlock, NULL);
+        pthread_cond_init(&r->qcond, NULL);
+        snprintf(r->model_name, sizeof(r->model_name), "%s", s->model);
+        if (dxk_model_open(s->model, s->device, i, &r->model, merr, sizeof(merr)) != DEXEC_OK) {
+            snprintf(r->model_err, sizeof(r->model_err), "%s", merr);
+            dexec_log(DEXEC_LOG_ERROR, "worker", "rank %d: %s", r->rank, merr);
+        }
+        pthread_create(&r->thread, NULL, rank_main, r);
+    }
+    *out = s;
+    return DEXEC_OK;
+}
+
+void dxw_server_add_listener(dxw_server *s, int fd)
+{
+    s->listeners = realloc(s->listeners, (size_t)(s->nlisteners + 1) * sizeof(int));
+    s->listeners[s->nlisteners++] = fd;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+void dxw_server_add_connection(dxw_server *s, int fd)
+{
+    wconn *c = wconn_new(fd, s->opt.max_frame);
+
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->is_control = s->opt.exit_on_eof;
+    c->next = s->conns;
+    s->conns = c;
+}
+
+void dxw_server_set_tick(dxw_server *s, dxw_tick_fn fn, void *user)
+{
+    s->tick = fn;
+    s->tick_user = user;
+}
+
+void dxw_server_stop(dxw_server *s)
+{
+    char b = 1;
+    ssize_t rc;
+
+    s->stopping = 1;
+    rc = write(s->wake[1], &b, 1);
+    (void)rc;
+}
+
+int dxw_server_run(dxw_server *s)
+{
+    double last_tick = dexec_now();
+
+    while (!s->stopping) {
+        int n = 0, cap = 1 + s->nlisteners;
+        struct pollfd *pf;
+        wconn **map;
+
+        for (wconn *c = s->conns; c != NULL; c = c->next)
+            cap++;
+        pf = calloc((size_t)cap, sizeof(*pf));
+        map = calloc((size_t)cap, sizeof(*map));
+        pf[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
+        for (int i = 0; i < s->nlisteners; i++)
+            pf[n++] = (struct pollfd){.fd = s->listeners[i], .events = POLLIN};
+        for (wconn *c = s->conns; c != NULL; c = c->next) {
+            map[n] = c;
+            pf[n++] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+        }
+        int rc = poll(pf, (nfds_t)n, 1000);
+
+        if (rc < 0 && errno != EINTR) {
+            dexec_log(DEXEC_LOG_ERROR, "worker", "poll: %s", strerror(errno));
+            s->exit_status = 1;
+            free(pf);
+            free(map);
+            break;
+        }
+        if (s->tick != NULL && dexec_now() - last_tick >= 1.0) {
+            last_tick = dexec_now();
+            s->tick(s->tick_user);
+        }
+        for (int i = 1; rc > 0 && i <= s->nlisteners; i++) {
+            if (!(pf[i].revents & POLLIN))
+                continue;
+            for (;;) {
+                int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
+
+                if (fd < 0)
+                    break;
+                dxw_server_add_connection(s, fd);
+                s->conns->is_control = 0;
+            }
+        }
+        for (int i = 1 + s->nlisteners; rc > 0 && i < n; i++) {
+            wconn *c = map[i];
+
+            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (service_conn(s, c) == 0)
+                continue;
+            /* finished: unlink and drop the loop's reference */
+            for (wconn **pp = &s->conns; *pp != NULL; pp = &(*pp)->next) {
+                if (*pp == c) {
+                    *pp = c->next;
+                    break;
+                }
+            }
+            if (c->is_control) {
+                dexec_log(DEXEC_LOG_INFO, "worker", "control socket closed: exiting");
+                s->stopping = 1;
+            }
+            shutdown(c->fd, SHUT_RDWR);
+            wconn_unref(c);
+        }
+        free(pf);
+        free(map);
+    }
+    return s->exit_status;
+}
+
+int dxw_server_busy(dxw_server *s)
+{
+    int busy = 0;
+
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        pthread_mutex_lock(&s->ranks[i].qlock);
+        busy |= s->ranks[i].busy_since > 0 || s->ranks[i].head != NULL;
+        pthread_mutex_unlock(&s->ranks[i].qlock);
+    }
+    return busy;
+}
+
+void dxw_server_free(dxw_server *s)
+{
+    if (s == NULL)
+        return;
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        wrank *r = &s->ranks[i];
+
+        pthread_mutex_lock(&r->qlock);
+        r->stop = 1;
+        pthread_cond_signal(&r->qcond);
+        pthread_mutex_unlock(&r->qlock);
+    }
+    /* connections first: a rank finishing a call writes to a dead socket
+     * and drops its reference instead of blocking */
+    while (s->conns != NULL) {
+        wconn *c = s->conns;
+
+        s->conns = c->next;
+        shutdown(c->fd, SHUT_RDWR);
+        wconn_unref(c);
+    }
+    for (int i = 0; i < s->opt.num_ranks; i++) {
+        wrank *r = &s->ranks[i];
+
+        pthread_join(r->thread, NULL);
+        while (r->head != NULL) {
+            job *j = r->head;
+
+            r->head = j->next;
+            call_part_done(j->call);
+            free(j->pos);
+            free(j);
+        }
+        dxk_model_free(r->model);
+        pthread_rwlock_destroy(&r->mlock);
+        pthread_mutex_destroy(&r->qlock);
+        pthread_cond_destroy(&r->qcond);
+    }
+    for (int i = 0; i < s->nlisteners; i++)
+        close(s->listeners[i]);
+    free(s->listeners);
+    close(s->wake[0]);
+    close(s->wake[1]);
+    free(s->ranks);
+    free(s->model);
+    free(s->device);
+    free(s->token);
+    free(s->name);
+    free(s);
+}
