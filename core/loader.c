@@ -163,9 +163,9 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
                        "plugin %s: unknown plugin kind %u (executor is %d, discovery is %d)",
                        path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY);
     if (kind != 0 && d->kind != (uint32_t)kind)
-        return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                       "plugin %s is a %s plugin, but a %s plugin was asked for", path,
-                       kind_name(d->kind), kind_name(kind));
+        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s is %s plugin, not %s plugin", path,
+                       d->kind == DEXEC_PLUGIN_EXECUTOR ? "an executor" : "a discovery",
+                       kind == DEXEC_PLUGIN_EXECUTOR ? "an executor" : "a discovery");
     if (d->name == NULL || !valid_name(d->name))
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
                        "plugin %s: descriptor name '%s' is not a valid plugin name ([a-z0-9_]+)",

@@ -1,0 +1,555 @@
+/* test-engine.c - the engine API end to end over the in-process test
+ * executor (tests/plugins/testgood.c): create, step, collective_rpc,
+ * check_health, close, misuse, and calls from several threads. */
+#include "config.h"
+
+#include <check.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <dexec/dexec.h>
+#include <dexec/plugin.h>
+
+/* snprintf that fails the test instead of truncating. */
+#define fmt(buf, size, ...) ck_assert_int_lt(snprintf(buf, size, __VA_ARGS__), (int)(size))
+
+static char plugdir[2 * PATH_MAX];
+static char err[2048];
+
+static void setup(void)
+{
+    const char *b = getenv("DEXEC_TEST_BUILDDIR");
+
+    if (b == NULL)
+        b = ".";
+    /* The test plugins, then the real ones (for the not-built shells). */
+    fmt(plugdir, sizeof(plugdir), "%s/plugins/.libs:%s/../plugins/.libs", b, b);
+    setenv("DEXEC_PLUGIN_PATH", plugdir, 1);
+    unsetenv("DEXEC_TESTGOOD_FAIL");
+    err[0] = '\0';
+}
+
+static dexec_config *make_config(const char *backend, int nranks)
+{
+    char text[512];
+    dexec_config *cfg = NULL;
+
+    fmt(text, sizeof(text),
+             "distributed_executor_backend = \"%s\"; num_gpus = %d;\n"
+             "timeouts = { rpc = 7.0; generate = 11.0; health = 3.0; };\n",
+             backend, nranks);
+    ck_assert_msg(dexec_config_parse(text, "test.conf", &cfg, err, sizeof(err)) == DEXEC_OK,
+                  "config: %s", err);
+    return cfg;
+}
+
+/* An engine over testgood; the config is freed at once, since the engine
+ * keeps its own copy. */
+static dexec_engine *make_engine(int nranks)
+{
+    dexec_config *cfg = make_config("testgood", nranks);
+    dexec_engine *e = NULL;
+
+    ck_assert_msg(dexec_engine_create(cfg, &e, err, sizeof(err)) == DEXEC_OK, "create: %s", err);
+    dexec_config_free(cfg);
+    ck_assert_ptr_nonnull(e);
+    return e;
+}
+
+START_TEST(create_and_describe)
+{
+    dexec_engine *e = make_engine(2);
+
+    ck_assert_str_eq(dexec_engine_backend(e), "testgood 1.2.3");
+    ck_assert_int_eq(dexec_engine_num_ranks(e), 2);
+    ck_assert_str_eq(dexec_engine_last_error(e), "");
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(create_failures)
+{
+    dexec_config *cfg;
+    dexec_engine *e = (dexec_engine *)&e;
+
+    cfg = make_config("nosuch", 1);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTFOUND);
+    ck_assert_ptr_null(e);
+    ck_assert_msg(strncmp(err, "plugin 'nosuch' not found: no dexec_nosuch.so in ", 48) == 0,
+                  "unexpected: %s", err);
+    dexec_config_free(cfg);
+
+    cfg = make_config("testdisc", 1);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_EPLUGIN);
+    ck_assert_msg(strstr(err, "is a discovery plugin, not an executor plugin") != NULL,
+                  "unexpected: %s", err);
+    dexec_config_free(cfg);
+
+    /* The backend's own code is kept, and its message is prefixed. */
+    cfg = make_config("testgood", 1);
+    setenv("DEXEC_TESTGOOD_FAIL", "8", 1);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ETIMEDOUT);
+    ck_assert_str_eq(err, "testgood: simulated create failure");
+    /* A code outside the ABI only says that starting failed. */
+    setenv("DEXEC_TESTGOOD_FAIL", "99", 1);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_EINIT);
+    ck_assert_str_eq(err, "testgood: simulated create failure");
+    unsetenv("DEXEC_TESTGOOD_FAIL");
+
+    ck_assert_int_eq(dexec_engine_create(cfg, NULL, err, sizeof(err)), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "dexec_engine_create: out is NULL");
+    dexec_config_free(cfg);
+}
+END_TEST
+
+START_TEST(create_not_built_backend)
+{
+    dexec_config *cfg = make_config("ray_actor", 1);
+    dexec_engine *e = NULL;
+
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTSUP);
+    ck_assert_str_eq(err, "ray_actor: the ray_actor executor is not built yet");
+    dexec_config_free(cfg);
+}
+END_TEST
+
+static int progress_calls;
+
+static void count_progress(void *user, size_t request_index, int image_index, int step,
+                           int total_steps)
+{
+    ck_assert_ptr_eq(user, &progress_calls);
+    ck_assert_int_le(step, total_steps);
+    progress_calls++;
+}
+
+START_TEST(step_keeps_order)
+{
+    dexec_engine *e = make_engine(2);
+    dexec_request r[5];
+    dexec_output *o = NULL;
+
+    for (int i = 0; i < 5; i++) {
+        dexec_request_init(&r[i]);
+        r[i].seed = 100 + i;
+        r[i].num_inference_steps = 2;
+    }
+    r[0].request_id = "first";
+    r[2].prompt = "fail";
+    r[3].seed = -1;
+    r[4].request_id = "last";
+    r[4].num_outputs_per_prompt = 3;
+
+    progress_calls = 0;
+    ck_assert_int_eq(dexec_engine_step(e, r, 5, &o, count_progress, &progress_calls), DEXEC_OK);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(o[0].request_id, "first");
+    ck_assert_str_eq(o[1].request_id, "req-0");
+    ck_assert_str_eq(o[2].request_id, "req-1");
+    ck_assert_str_eq(o[3].request_id, "req-2");
+    ck_assert_str_eq(o[4].request_id, "last");
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(o[i].rank, i % 2);
+        /* the deadline handed to the backend is timeouts.generate */
+        ck_assert_double_eq(o[i].timings.queue_s, 11.0);
+        ck_assert_double_ge(o[i].timings.total_s, 0.0);
+        if (i == 2)
+            continue;
+        ck_assert_int_eq(o[i].status, DEXEC_OK);
+        ck_assert_ptr_null(o[i].error);
+        ck_assert_uint_eq(o[i].num_images, i == 4 ? 3 : 1);
+        ck_assert_int_eq(o[i].images[0].pixels[0], (uint8_t)(o[i].seed & 0xff));
+    }
+    /* one failed request does not fail the others */
+    ck_assert_int_eq(o[2].status, DEXEC_EWORKER);
+    ck_assert_str_eq(o[2].error, "simulated request failure");
+    ck_assert_int_eq(o[0].seed, 100);
+    /* a random seed is chosen by the engine and reported */
+    ck_assert_int_ge(o[3].seed, 0);
+    ck_assert_int_eq(progress_calls, 2 * (1 + 1 + 1 + 3));
+    dexec_outputs_free(o, 5);
+
+    ck_assert_int_eq(dexec_engine_step(e, NULL, 0, &o, NULL, NULL), DEXEC_OK);
+    ck_assert_ptr_null(o);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(step_rejects_bad_requests)
+{
+    dexec_engine *e = make_engine(1);
+    dexec_request r[2];
+    dexec_output *o = (dexec_output *)&o;
+
+    dexec_request_init(&r[0]);
+    dexec_request_init(&r[1]);
+    r[1].request_id = "x";
+
+    ck_assert_int_eq(dexec_engine_step(e, NULL, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_ptr_null(o);
+    ck_assert_str_eq(dexec_engine_last_error(e), "step: 2 requests but reqs is NULL");
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, NULL, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "step: outs is NULL");
+
+    r[1].height = -1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): height -1 is negative");
+    r[1].height = 0;
+    r[1].width = -3;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): width -3 is negative");
+    r[1].width = 0;
+    r[1].num_inference_steps = -1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 1 (x): num_inference_steps -1 is negative");
+    r[1].num_inference_steps = 0;
+    r[1].num_outputs_per_prompt = -2;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 1 (x): num_outputs_per_prompt -2 is negative");
+    r[1].num_outputs_per_prompt = 0;
+    r[0].guidance_scale = NAN;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 0 ((no id)): guidance_scale nan is not finite");
+    r[0].guidance_scale = -1;
+    r[0].request_id = "";
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 0: request_id is empty (use NULL to have one assigned)");
+    ck_assert_ptr_null(o);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(rpc_by_rank)
+{
+    dexec_engine *e = make_engine(3);
+    dexec_value *rep = NULL, *args = dexec_value_array();
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &rep),
+                     DEXEC_OK);
+    ck_assert_int_eq(rep->type, DEXEC_VAL_ARRAY);
+    ck_assert_uint_eq(rep->u.arr.len, 3);
+    for (int r = 0; r < 3; r++)
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_array_get(rep, (size_t)r), -1), r);
+    dexec_value_free(rep);
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 2, &rep),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(rep, -1), 2);
+    dexec_value_free(rep);
+
+    /* timeout <= 0 means timeouts.rpc; a given one is passed through */
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "timeout", -1, NULL, NULL, 0, &rep),
+                     DEXEC_OK);
+    ck_assert_double_eq(dexec_value_as_float(rep, 0), 7.0);
+    dexec_value_free(rep);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "timeout", 2.5, NULL, NULL, 0, &rep),
+                     DEXEC_OK);
+    ck_assert_double_eq(dexec_value_as_float(rep, 0), 2.5);
+    dexec_value_free(rep);
+
+    dexec_value_array_push(args, dexec_value_str("hi"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "echo", 0, args, NULL, 1, &rep), DEXEC_OK);
+    ck_assert(dexec_value_equal(rep, args));
+    dexec_value_free(rep);
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(rpc_errors)
+{
+    dexec_engine *e = make_engine(2);
+    dexec_value *rep = (dexec_value *)&rep, *notarray = dexec_value_int(1);
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 2, &rep),
+                     DEXEC_EINVAL);
+    ck_assert_ptr_null(rep);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "collective_rpc get_rank: unique_reply_rank 2 is out of range: "
+                     "the engine has 2 ranks (0..1)");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "fail", 0, NULL, NULL, -1, &rep),
+                     DEXEC_EWORKER);
+    ck_assert_ptr_null(rep);
+    ck_assert_str_eq(dexec_engine_last_error(e), "rank 1: fail: simulated worker error");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "nosuch", 0, NULL, NULL, -1, &rep),
+                     DEXEC_ENOTFOUND);
+    ck_assert_str_eq(dexec_engine_last_error(e), "rank 0: no method 'nosuch'");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "echo", 0, notarray, NULL, -1, &rep),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc echo: args must be an array");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "echo", 0, NULL, notarray, -1, &rep),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc echo: kwargs must be a map");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, NULL, 0, NULL, NULL, -1, &rep), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc: no method name");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", NAN, NULL, NULL, -1, &rep),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc get_rank: timeout is NaN");
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, NULL),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc: replies is NULL");
+    dexec_value_free(notarray);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(health)
+{
+    dexec_engine *e = make_engine(2);
+    dexec_value *rep = NULL, *args = dexec_value_array();
+
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    dexec_value_array_push(args, dexec_value_int(1));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "set_unhealthy", 0, args, NULL, -1, &rep),
+                     DEXEC_OK);
+    dexec_value_free(rep);
+    dexec_value_free(args);
+    /* the deadline handed to the backend is timeouts.health */
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    ck_assert_str_eq(dexec_engine_last_error(e), "rank 0: marked unhealthy (health timeout 3 s)");
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(close_is_idempotent)
+{
+    dexec_engine *e = make_engine(2);
+    dexec_value *rep = (dexec_value *)&rep;
+    dexec_output *o = (dexec_output *)&o;
+    dexec_request r;
+
+    dexec_request_init(&r);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_ECLOSED);
+    ck_assert_str_eq(dexec_engine_last_error(e), "engine is closed");
+    ck_assert_int_eq(dexec_engine_num_ranks(e), 0);
+    ck_assert_str_eq(dexec_engine_backend(e), "testgood 1.2.3");
+
+    ck_assert_int_eq(dexec_engine_step(e, &r, 1, &o, NULL, NULL), DEXEC_ECLOSED);
+    ck_assert_ptr_null(o);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &rep),
+                     DEXEC_ECLOSED);
+    ck_assert_ptr_null(rep);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_ECLOSED);
+    ck_assert_str_eq(dexec_engine_last_error(e), "engine is closed");
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(null_engine)
+{
+    dexec_output *o = NULL;
+    dexec_value *rep = NULL;
+    dexec_request r;
+
+    dexec_request_init(&r);
+    ck_assert_int_eq(dexec_engine_step(NULL, &r, 1, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_int_eq(dexec_engine_collective_rpc(NULL, "get_rank", 0, NULL, NULL, -1, &rep),
+                     DEXEC_EINVAL);
+    ck_assert_int_eq(dexec_engine_check_health(NULL), DEXEC_EINVAL);
+    ck_assert_int_eq(dexec_engine_close(NULL), DEXEC_EINVAL);
+    ck_assert_int_eq(dexec_engine_num_ranks(NULL), 0);
+    ck_assert_str_eq(dexec_engine_backend(NULL), "");
+    ck_assert_str_eq(dexec_engine_last_error(NULL), "engine is NULL");
+    dexec_engine_free(NULL);
+    dexec_outputs_free(NULL, 3);
+    dexec_output_clear(NULL);
+    dexec_request_init(NULL);
+}
+END_TEST
+
+START_TEST(request_defaults)
+{
+    dexec_request r;
+
+    memset(&r, 0x5a, sizeof(r));
+    dexec_request_init(&r);
+    ck_assert_ptr_null(r.request_id);
+    ck_assert_ptr_null(r.prompt);
+    ck_assert_ptr_null(r.negative_prompt);
+    ck_assert_int_eq(r.height, 0);
+    ck_assert_int_eq(r.width, 0);
+    ck_assert_int_eq(r.num_inference_steps, 0);
+    ck_assert_double_lt(r.guidance_scale, 0);
+    ck_assert_int_lt(r.seed, 0);
+    ck_assert_int_eq(r.num_outputs_per_prompt, 0);
+}
+END_TEST
+
+/* ---- threads ------------------------------------------------------------------ */
+
+typedef struct worker_arg {
+    dexec_engine *e;
+    int id;
+    int stop_on_closed; /* loop until the engine is closed */
+    int ok, closed, other;
+} worker_arg;
+
+static void *hammer(void *p)
+{
+    worker_arg *a = p;
+
+    for (int i = 0; a->stop_on_closed || i < 50; i++) {
+        dexec_request r[3];
+        dexec_output *o = NULL;
+        dexec_value *rep = NULL;
+        dexec_status s[3];
+
+        for (int k = 0; k < 3; k++) {
+            dexec_request_init(&r[k]);
+            r[k].seed = a->id * 1000 + i * 3 + k;
+        }
+        s[0] = dexec_engine_step(a->e, r, 3, &o, NULL, NULL);
+        if (s[0] == DEXEC_OK) {
+            for (int k = 0; k < 3; k++)
+                if (o[k].seed != r[k].seed || o[k].status != DEXEC_OK)
+                    a->other++;
+            dexec_outputs_free(o, 3);
+        }
+        s[1] = dexec_engine_collective_rpc(a->e, "get_rank", 0, NULL, NULL, a->id % 2, &rep);
+        if (s[1] == DEXEC_OK && dexec_value_as_int(rep, -1) != a->id % 2)
+            a->other++;
+        dexec_value_free(rep);
+        s[2] = dexec_engine_check_health(a->e);
+        for (int k = 0; k < 3; k++) {
+            if (s[k] == DEXEC_OK)
+                a->ok++;
+            else if (s[k] == DEXEC_ECLOSED)
+                a->closed++;
+            else
+                a->other++;
+        }
+        if (a->stop_on_closed && s[2] == DEXEC_ECLOSED) {
+            if (strcmp(dexec_engine_last_error(a->e), "engine is closed") != 0)
+                a->other++;
+            break;
+        }
+    }
+    return NULL;
+}
+
+START_TEST(four_threads)
+{
+    dexec_engine *e = make_engine(2);
+    pthread_t t[4];
+    worker_arg a[4];
+
+    for (int i = 0; i < 4; i++) {
+        a[i] = (worker_arg){.e = e, .id = i};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, hammer, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_int_eq(a[i].ok, 150);
+        ck_assert_int_eq(a[i].other, 0);
+    }
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(close_while_busy)
+{
+    dexec_engine *e = make_engine(2);
+    pthread_t t[4];
+    worker_arg a[4];
+
+    for (int i = 0; i < 4; i++) {
+        a[i] = (worker_arg){.e = e, .id = i, .stop_on_closed = 1};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, hammer, &a[i]), 0);
+    }
+    usleep(20000);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_int_gt(a[i].closed, 0);
+        ck_assert_int_eq(a[i].other, 0);
+    }
+    dexec_engine_free(e);
+}
+END_TEST
+
+typedef struct err_arg {
+    dexec_engine *e;
+    char seen_before[64];
+    char seen_after[64];
+} err_arg;
+
+static void *other_thread(void *p)
+{
+    err_arg *a = p;
+
+    snprintf(a->seen_before, sizeof(a->seen_before), "%s", dexec_engine_last_error(a->e));
+    ck_assert_int_eq(dexec_engine_collective_rpc(a->e, "nosuch", 0, NULL, NULL, -1,
+                                                 &(dexec_value *){NULL}),
+                     DEXEC_ENOTFOUND);
+    snprintf(a->seen_after, sizeof(a->seen_after), "%s", dexec_engine_last_error(a->e));
+    return NULL;
+}
+
+START_TEST(last_error_is_per_thread)
+{
+    dexec_engine *e = make_engine(2);
+    err_arg a = {.e = e};
+    pthread_t t;
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 5,
+                                                 &(dexec_value *){NULL}),
+                     DEXEC_EINVAL);
+    ck_assert_int_eq(pthread_create(&t, NULL, other_thread, &a), 0);
+    pthread_join(t, NULL);
+    ck_assert_str_eq(a.seen_before, "");
+    ck_assert_str_eq(a.seen_after, "rank 0: no method 'nosuch'");
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "collective_rpc get_rank: unique_reply_rank 5 is out of range: "
+                     "the engine has 2 ranks (0..1)");
+    dexec_engine_free(e);
+}
+END_TEST
+
+static Suite *engine_suite(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("api");
+    TCase *tt = tcase_create("threads");
+
+    tcase_add_checked_fixture(tc, setup, NULL);
+    tcase_add_test(tc, create_and_describe);
+    tcase_add_test(tc, create_failures);
+    tcase_add_test(tc, create_not_built_backend);
+    tcase_add_test(tc, step_keeps_order);
+    tcase_add_test(tc, step_rejects_bad_requests);
+    tcase_add_test(tc, rpc_by_rank);
+    tcase_add_test(tc, rpc_errors);
+    tcase_add_test(tc, health);
+    tcase_add_test(tc, close_is_idempotent);
+    tcase_add_test(tc, null_engine);
+    tcase_add_test(tc, request_defaults);
+    suite_add_tcase(s, tc);
+
+    tcase_add_checked_fixture(tt, setup, NULL);
+    tcase_add_test(tt, four_threads);
+    tcase_add_test(tt, close_while_busy);
+    tcase_add_test(tt, last_error_is_per_thread);
+    suite_add_tcase(s, tt);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(engine_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,422 @@
+/* test-loader.c - the plugin loader: finding plugins by name and path, the
+ * search order, and every refusal with its exact code and message. Uses
+ * the test-only plugins built in tests/plugins/. */
+#include "config.h"
+
+#include <check.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <dexec/plugin.h>
+
+/* snprintf that fails the test instead of truncating. */
+#define fmt(buf, size, ...) ck_assert_int_lt(snprintf(buf, size, __VA_ARGS__), (int)(size))
+
+static char plugdir[PATH_MAX];
+static char tmpdir[PATH_MAX];
+static char err[2048];
+
+static void setup(void)
+{
+    const char *b = getenv("DEXEC_TEST_BUILDDIR");
+
+    fmt(plugdir, sizeof(plugdir), "%s/plugins/.libs", b != NULL ? b : ".");
+    setenv("DEXEC_PLUGIN_PATH", plugdir, 1);
+    unsetenv("DEXEC_PLUGIN_UNLOAD");
+    fmt(tmpdir, sizeof(tmpdir), "/tmp/dexec-test-loader-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    err[0] = '\0';
+}
+
+static void teardown(void)
+{
+    char cmd[PATH_MAX + 16];
+
+    fmt(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static void plugin_path(char *buf, size_t size, const char *dir, const char *name)
+{
+    fmt(buf, size, "%s/dexec_%s.so", dir, name);
+}
+
+/* Copies a file (not a link: each copy must be a distinct object). */
+static void copy_file(const char *from, const char *to)
+{
+    char buf[65536];
+    ssize_t n;
+    int in = open(from, O_RDONLY | O_CLOEXEC), out;
+
+    ck_assert_msg(in >= 0, "cannot open %s", from);
+    out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    ck_assert_msg(out >= 0, "cannot create %s", to);
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        ck_assert_int_eq(write(out, buf, (size_t)n), n);
+    ck_assert_int_eq(n, 0);
+    close(in);
+    close(out);
+}
+
+/* Loads by name or path and expects a refusal with code and exact message. */
+static void expect_refusal(const char *what, dexec_plugin_kind kind, dexec_status code,
+                           const char *msg)
+{
+    dexec_plugin_handle *p = (dexec_plugin_handle *)&p;
+
+    ck_assert_int_eq(dexec_plugin_load(what, kind, NULL, &p, err, sizeof(err)), code);
+    ck_assert_ptr_null(p);
+    ck_assert_str_eq(err, msg);
+}
+
+START_TEST(load_by_name)
+{
+    char want[PATH_MAX];
+    dexec_plugin_handle *p = NULL;
+    const dexec_plugin_desc *d;
+
+    ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_OK);
+    d = dexec_plugin_descriptor(p);
+    ck_assert_str_eq(d->name, "testgood");
+    ck_assert_str_eq(d->version, "1.2.3");
+    ck_assert_uint_eq(d->kind, DEXEC_PLUGIN_EXECUTOR);
+    plugin_path(want, sizeof(want), plugdir, "testgood");
+    ck_assert_str_eq(dexec_plugin_file(p), want);
+    dexec_plugin_release(p);
+}
+END_TEST
+
+START_TEST(load_by_path)
+{
+    char path[PATH_MAX];
+    dexec_plugin_handle *p = NULL, *q = NULL;
+
+    plugin_path(path, sizeof(path), plugdir, "testgood");
+    /* An empty search path proves the path is not searched for. */
+    setenv("DEXEC_PLUGIN_PATH", tmpdir, 1);
+    ck_assert_int_eq(dexec_plugin_load(path, DEXEC_PLUGIN_EXECUTOR, NULL, &p, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_str_eq(dexec_plugin_file(p), path);
+    ck_assert_str_eq(dexec_plugin_descriptor(p)->name, "testgood");
+    /* Loading the same file again reuses the open object. */
+    ck_assert_int_eq(dexec_plugin_load(path, DEXEC_PLUGIN_EXECUTOR, NULL, &q, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_ptr_eq(dexec_plugin_descriptor(p), dexec_plugin_descriptor(q));
+    dexec_plugin_release(p);
+    dexec_plugin_release(q);
+}
+END_TEST
+
+START_TEST(discovery_kind)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+    dexec_plugin_handle *p = NULL;
+
+    ck_assert_int_eq(dexec_plugin_load("testdisc", DEXEC_PLUGIN_DISCOVERY, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_uint_eq(dexec_plugin_descriptor(p)->kind, DEXEC_PLUGIN_DISCOVERY);
+    dexec_plugin_release(p);
+    /* Kind 0 takes either kind, as "dexec plugins" needs. */
+    ck_assert_int_eq(dexec_plugin_load("testdisc", 0, NULL, &p, err, sizeof(err)), DEXEC_OK);
+    dexec_plugin_release(p);
+
+    plugin_path(path, sizeof(path), plugdir, "testdisc");
+    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not an executor plugin", path);
+    expect_refusal("testdisc", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    plugin_path(path, sizeof(path), plugdir, "testgood");
+    fmt(msg, sizeof(msg), "plugin %s is an executor plugin, not a discovery plugin", path);
+    expect_refusal(path, DEXEC_PLUGIN_DISCOVERY, DEXEC_EPLUGIN, msg);
+}
+END_TEST
+
+START_TEST(abi_major_mismatch)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testabi2");
+    fmt(msg, sizeof(msg),
+             "plugin %s: ABI 2.0, this dexec speaks 1.0: rebuild the plugin against dexec 1",
+             path);
+    expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+}
+END_TEST
+
+START_TEST(abi_minor_newer)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testnewer");
+    fmt(msg, sizeof(msg),
+             "plugin %s: ABI 1.1 is newer than this dexec's 1.0: upgrade dexec, or rebuild "
+             "the plugin against this one",
+             path);
+    expect_refusal("testnewer", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+}
+END_TEST
+
+START_TEST(no_descriptor)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testnodesc");
+    fmt(msg, sizeof(msg), "plugin %s is not a dexec plugin (no dexec_plugin symbol)", path);
+    expect_refusal("testnodesc", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+}
+END_TEST
+
+START_TEST(name_mismatch)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+    dexec_plugin_handle *p = NULL;
+
+    plugin_path(path, sizeof(path), plugdir, "testmismatch");
+    fmt(msg, sizeof(msg),
+             "plugin %s calls itself 'other', but was loaded as 'testmismatch': its file "
+             "should be named dexec_other.so",
+             path);
+    expect_refusal("testmismatch", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    /* By path the name is the descriptor's business. */
+    ck_assert_int_eq(dexec_plugin_load(path, DEXEC_PLUGIN_EXECUTOR, NULL, &p, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_str_eq(dexec_plugin_descriptor(p)->name, "other");
+    dexec_plugin_release(p);
+}
+END_TEST
+
+START_TEST(missing_operation)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testbadops");
+    fmt(msg, sizeof(msg),
+             "plugin %s: executor operation 'add_requests' is missing (NULL in its ops table)",
+             path);
+    expect_refusal("testbadops", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+}
+END_TEST
+
+START_TEST(not_a_shared_object)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 1024];
+    const char *text = "this is a text file, not a shared object\n";
+    void *dl;
+    FILE *f;
+
+    plugin_path(path, sizeof(path), tmpdir, "notso");
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    /* The message carries dlerror()'s own words, whatever this libc says. */
+    dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    ck_assert_ptr_null(dl);
+    fmt(msg, sizeof(msg), "plugin %s: cannot be loaded: %s", path, dlerror());
+    setenv("DEXEC_PLUGIN_PATH", tmpdir, 1);
+    expect_refusal("notso", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    expect_refusal(path, DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+}
+END_TEST
+
+START_TEST(bad_names)
+{
+    expect_refusal("Bad-Name", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN,
+                   "invalid plugin name 'Bad-Name': a name is 1 to 64 of [a-z0-9_] "
+                   "(a value containing '/' is a path)");
+    expect_refusal("", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN,
+                   "invalid plugin name '': a name is 1 to 64 of [a-z0-9_] "
+                   "(a value containing '/' is a path)");
+    expect_refusal("../x", DEXEC_PLUGIN_EXECUTOR, DEXEC_ENOTFOUND,
+                   "plugin ../x: No such file or directory");
+}
+END_TEST
+
+START_TEST(not_found_lists_dirs)
+{
+    char path[2 * PATH_MAX + 16], msg[3 * PATH_MAX];
+
+    fmt(path, sizeof(path), "%s:%s/sub", tmpdir, tmpdir);
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    fmt(msg, sizeof(msg),
+             "plugin 'nosuch' not found: no dexec_nosuch.so in %s, %s/sub, %s (set "
+             "DEXEC_PLUGIN_PATH or plugin_path, or give the plugin's path)",
+             tmpdir, tmpdir, DEXEC_PLUGINDIR);
+    expect_refusal("nosuch", DEXEC_PLUGIN_EXECUTOR, DEXEC_ENOTFOUND, msg);
+
+    /* external_launcher is another name for external. */
+    fmt(msg, sizeof(msg),
+             "plugin 'external' not found: no dexec_external.so in %s, %s/sub, %s (set "
+             "DEXEC_PLUGIN_PATH or plugin_path, or give the plugin's path)",
+             tmpdir, tmpdir, DEXEC_PLUGINDIR);
+    expect_refusal("external_launcher", DEXEC_PLUGIN_EXECUTOR, DEXEC_ENOTFOUND, msg);
+
+    expect_refusal("/nonexistent/dexec_x.so", DEXEC_PLUGIN_EXECUTOR, DEXEC_ENOTFOUND,
+                   "plugin /nonexistent/dexec_x.so: No such file or directory");
+}
+END_TEST
+
+START_TEST(search_order)
+{
+    char d1[PATH_MAX + 4], d2[PATH_MAX + 4], src[PATH_MAX], dst[2 * PATH_MAX], path[3 * PATH_MAX];
+    dexec_plugin_handle *p = NULL;
+
+    fmt(d1, sizeof(d1), "%s/d1", tmpdir);
+    fmt(d2, sizeof(d2), "%s/d2", tmpdir);
+    ck_assert_int_eq(mkdir(d1, 0755), 0);
+    ck_assert_int_eq(mkdir(d2, 0755), 0);
+    plugin_path(src, sizeof(src), plugdir, "testgood");
+    plugin_path(dst, sizeof(dst), d1, "testgood");
+    copy_file(src, dst);
+    plugin_path(dst, sizeof(dst), d2, "testgood");
+    copy_file(src, dst);
+
+    fmt(path, sizeof(path), "%s:%s", d1, d2);
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_OK);
+    plugin_path(dst, sizeof(dst), d1, "testgood");
+    ck_assert_str_eq(dexec_plugin_file(p), dst);
+    dexec_plugin_release(p);
+
+    fmt(path, sizeof(path), "%s:%s", d2, d1);
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_OK);
+    plugin_path(dst, sizeof(dst), d2, "testgood");
+    ck_assert_str_eq(dexec_plugin_file(p), dst);
+    dexec_plugin_release(p);
+}
+END_TEST
+
+START_TEST(first_match_wins_even_broken)
+{
+    char d1[PATH_MAX + 4], dst[2 * PATH_MAX], path[3 * PATH_MAX], msg[3 * PATH_MAX];
+    FILE *f;
+
+    /* A broken file early in the path is reported, not skipped: skipping
+     * would silently run another build than the deployer installed. */
+    fmt(d1, sizeof(d1), "%s/d1", tmpdir);
+    ck_assert_int_eq(mkdir(d1, 0755), 0);
+    plugin_path(dst, sizeof(dst), d1, "testgood");
+    f = fopen(dst, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    fmt(path, sizeof(path), "%s:%s", d1, plugdir);
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    fmt(msg, sizeof(msg), "plugin %s: cannot be loaded: ", dst);
+    ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL,
+                                       &(dexec_plugin_handle *){NULL}, err, sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_msg(strncmp(err, msg, strlen(msg)) == 0, "unexpected message: %s", err);
+}
+END_TEST
+
+START_TEST(unload_for_leak_checkers)
+{
+    dexec_plugin_handle *p = NULL;
+
+    setenv("DEXEC_PLUGIN_UNLOAD", "1", 1);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                           sizeof(err)),
+                         DEXEC_OK);
+        ck_assert_str_eq(dexec_plugin_descriptor(p)->name, "testgood");
+        dexec_plugin_release(p);
+    }
+    /* A refused object is unloaded at once and refused the same way again. */
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(dexec_plugin_load("testabi2", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                           sizeof(err)),
+                         DEXEC_EABI);
+        ck_assert_ptr_null(p);
+    }
+}
+END_TEST
+
+START_TEST(misuse)
+{
+    dexec_plugin_handle *p = NULL;
+
+    ck_assert_int_eq(dexec_plugin_load(NULL, DEXEC_PLUGIN_EXECUTOR, NULL, &p, err, sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "dexec_plugin_load: name_or_path is NULL");
+    ck_assert_int_eq(dexec_plugin_load("testgood", DEXEC_PLUGIN_EXECUTOR, NULL, NULL, err,
+                                       sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "dexec_plugin_load: out is NULL");
+    ck_assert_int_eq(dexec_plugin_load("testgood", (dexec_plugin_kind)7, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "dexec_plugin_load: unknown plugin kind 7");
+    /* No message buffer is fine too. */
+    ck_assert_int_eq(dexec_plugin_load("nosuch", DEXEC_PLUGIN_EXECUTOR, NULL, &p, NULL, 0),
+                     DEXEC_ENOTFOUND);
+    ck_assert_ptr_null(dexec_plugin_descriptor(NULL));
+    ck_assert_ptr_null(dexec_plugin_file(NULL));
+    dexec_plugin_release(NULL);
+}
+END_TEST
+
+START_TEST(search_path_public)
+{
+    char path[2 * PATH_MAX];
+    char **dirs;
+
+    fmt(path, sizeof(path), "%s:%s", tmpdir, plugdir);
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    dirs = dexec_plugin_search_path(NULL);
+    ck_assert_ptr_nonnull(dirs);
+    ck_assert_str_eq(dirs[0], tmpdir);
+    ck_assert_str_eq(dirs[1], plugdir);
+    ck_assert_str_eq(dirs[2], DEXEC_PLUGINDIR);
+    ck_assert_ptr_null(dirs[3]);
+    dexec_plugin_search_path_free(dirs);
+}
+END_TEST
+
+static Suite *loader_suite(void)
+{
+    Suite *s = suite_create("loader");
+    TCase *tc = tcase_create("load");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, load_by_name);
+    tcase_add_test(tc, load_by_path);
+    tcase_add_test(tc, discovery_kind);
+    tcase_add_test(tc, abi_major_mismatch);
+    tcase_add_test(tc, abi_minor_newer);
+    tcase_add_test(tc, no_descriptor);
+    tcase_add_test(tc, name_mismatch);
+    tcase_add_test(tc, missing_operation);
+    tcase_add_test(tc, not_a_shared_object);
+    tcase_add_test(tc, bad_names);
+    tcase_add_test(tc, not_found_lists_dirs);
+    tcase_add_test(tc, search_order);
+    tcase_add_test(tc, first_match_wins_even_broken);
+    tcase_add_test(tc, unload_for_leak_checkers);
+    tcase_add_test(tc, misuse);
+    tcase_add_test(tc, search_path_public);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(loader_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
