@@ -1,1 +1,1479 @@
-/* config.c - being written */
+/*
+ * config.c - the deployment configuration. One schema table (keys below)
+ * drives everything: parsing a libconfig file, validation, defaults, typed
+ * getters, text setters, the dump that round-trips through the parser and
+ * the key list of `dexec config keys`.
+ *
+ * A value always carries its origin ("default", "FILE:LINE", "env NAME",
+ * "set") so that a deployer can tell why a setting has the value it has.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <libconfig.h>
+
+#include "internal.h"
+
+#ifndef DEXEC_PLUGINDIR
+#error "DEXEC_PLUGINDIR must be defined by the build (core/Makefile.am)"
+#endif
+
+/* Larger files are certainly not configuration files; refusing them keeps
+ * a mistaken path (a model file) from being read into memory. */
+#define DX_CONFIG_MAX_BYTES (16u << 20)
+
+enum dx_ctype { CT_INT, CT_FLOAT, CT_STRING, CT_LIST, CT_MAP };
+
+static const char *const ctype_names[] = {"integer", "float", "string", "list", "map"};
+
+/* Checks a free-form string value: NULL when s is acceptable, otherwise
+ * the problem in words. */
+typedef const char *(*dx_string_check)(const char *s);
+
+struct dx_key {
+    const char *name;     /* dotted path: "timeouts.rpc" */
+    enum dx_ctype type;
+    const char *def;      /* the default, in the text form dexec_config_set() takes */
+    int64_t imin, imax;   /* CT_INT bounds, inclusive */
+    double fmax;          /* CT_FLOAT: values must be > 0 and <= fmax */
+    const char *choices;  /* CT_STRING: "a|b|c" when only these are allowed */
+    dx_string_check check; /* CT_STRING: further checks, may be NULL */
+    const char *range;    /* what is accepted, for people */
+    const char *doc;
+};
+
+static const char *check_nonempty(const char *s);
+static const char *check_plugin_ref(const char *s);
+static const char *check_address(const char *s);
+static const char *check_redis_url(const char *s);
+static const char *check_namespace(const char *s);
+
+/* The range text is the stringified bounds, so it cannot drift from them. */
+#define KEY_INT(n, d, lo, hi, doc) \
+    {n, CT_INT, #d, lo, hi, 0, NULL, NULL, #lo ".." #hi, doc}
+#define KEY_FLOAT(n, d, doc) \
+    {n, CT_FLOAT, d, 0, 0, 86400.0, NULL, NULL, "> 0, <= 86400 (seconds)", doc}
+#define KEY_ENUM(n, d, choices, doc) {n, CT_STRING, d, 0, 0, 0, choices, NULL, choices, doc}
+#define KEY_STR(n, d, check, range, doc) {n, CT_STRING, d, 0, 0, 0, NULL, check, range, doc}
+#define KEY_LIST(n, range, doc) {n, CT_LIST, "", 0, 0, 0, NULL, NULL, range, doc}
+#define KEY_MAP(n, range, doc) {n, CT_MAP, "", 0, 0, 0, NULL, NULL, range, doc}
+
+/* Keys of one group are kept together: the dump writes them as one block. */
+static const struct dx_key keys[] = {
+    KEY_STR("model", "fashion-dit", check_nonempty, "bundled model name or path",
+            "the model the workers load: a name searched in $DEXEC_MODEL_PATH and the "
+            "installed models, or a path to a .safetensors file"),
+    KEY_ENUM("device", "auto", "auto|cpu|cuda",
+             "where the workers compute: cuda when a GPU is usable (auto), or forced"),
+    KEY_INT("num_gpus", 1, 1, 64,
+            "number of ranks (workers); with device cuda each rank gets one GPU"),
+    KEY_STR("distributed_executor_backend", "mp", check_plugin_ref,
+            "NAME ([a-z0-9_]+) or a path containing '/'",
+            "the executor plugin: mp, ray_actor, external (alias external_launcher), "
+            "another installed name, or the path of a plugin .so"),
+    KEY_LIST("plugin_path", "list of directories",
+             "directories searched for plugins after $DEXEC_PLUGIN_PATH and before the "
+             "installed plugin directory"),
+    KEY_ENUM("log_level", "warn", "error|warn|info|debug",
+             "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
+    KEY_STR("token_file", "", NULL, "path, or \"\" for none",
+            "file holding the shared token that workers require in hello"),
+    KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
+            "largest protocol frame accepted, in bytes (checked before allocating)"),
+
+    KEY_FLOAT("timeouts.init", "60.0",
+              "deadline for starting or connecting the workers and loading the model"),
+    KEY_FLOAT("timeouts.rpc", "30.0", "default deadline of collective_rpc"),
+    KEY_FLOAT("timeouts.generate", "300.0", "deadline of one step (a batch of requests)"),
+    KEY_FLOAT("timeouts.health", "5.0", "deadline of check_health"),
+    KEY_FLOAT("timeouts.shutdown_grace", "5.0",
+              "time owned workers get to exit after the shutdown RPC before SIGTERM, "
+              "and again before SIGKILL"),
+
+    KEY_INT("ray_actor.cpus", 1, 1, 4096, "CPUs the actor process may run on (affinity)"),
+    KEY_INT("ray_actor.gpus", -1, -1, 64, "GPUs visible to the actor; -1 means num_gpus"),
+    KEY_INT("ray_actor.memory", 0, 0, 9223372036854775807,
+            "hard memory limit of the actor in bytes; 0 means no limit"),
+    KEY_MAP("ray_actor.resources", "group of NAME = number >= 0",
+            "custom resources a node must offer to host the actor (placement labels)"),
+
+    KEY_STR("ray_init.address", "local", check_address, "local, auto or redis://HOST[:PORT][/DB]",
+            "where the actor runs: spawned on this host (local), or placed on a node "
+            "registered in the registry at auto ($DEXEC_REGISTRY) or the given URL"),
+
+    KEY_LIST("external.worker_names", "list of names",
+             "names of the workers to connect to, in rank order "
+             "(DIFFUSION_WORKER_ACTOR_NAMES overrides)"),
+    KEY_STR("external.discovery", "redis_discovery", check_plugin_ref,
+            "NAME ([a-z0-9_]+) or a path containing '/'",
+            "the discovery plugin that turns worker names into addresses"),
+    KEY_STR("external.token_file", "", NULL, "path, or \"\" for token_file",
+            "token file for external workers when it differs from token_file"),
+
+    KEY_STR("discovery.redis.url", "redis://127.0.0.1:6379/0", check_redis_url,
+            "redis://HOST[:PORT][/DB]", "the Redis server of the actor registry"),
+    KEY_STR("discovery.redis.namespace", "dexec", check_namespace, "non-empty, no spaces",
+            "prefix of the registry keys (NAMESPACE:actor:NAME)"),
+    KEY_INT("discovery.redis.ttl", 10, 1, 3600,
+            "seconds a registration lives without a heartbeat"),
+    KEY_FLOAT("discovery.redis.connect_timeout", "2.0", "deadline of connecting to Redis"),
+    KEY_FLOAT("discovery.redis.command_timeout", "2.0", "deadline of one Redis command"),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+struct dx_val {
+    int64_t i;        /* CT_INT */
+    double f;         /* CT_FLOAT */
+    char *s;          /* CT_STRING */
+    char **list;      /* CT_LIST: NULL-terminated */
+    size_t n;         /* CT_LIST: entries */
+    dexec_value *map; /* CT_MAP: DEXEC_VAL_MAP of numbers */
+};
+
+struct dx_slot {
+    struct dx_val v;
+    char *origin;
+};
+
+struct dexec_config {
+    char *path;            /* the file it came from, NULL otherwise */
+    char *env_plugin_path; /* $DEXEC_PLUGIN_PATH when loaded, for the dump */
+    struct dx_slot slot[NKEYS];
+};
+
+/* ---- string checks -------------------------------------------------------- */
+
+static const char *check_nonempty(const char *s)
+{
+    return *s == '\0' ? "must not be empty" : NULL;
+}
+
+static int is_plugin_name(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s != '\0'; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return 0;
+    return 1;
+}
+
+static const char *check_plugin_ref(const char *s)
+{
+    if (strchr(s, '/') != NULL || is_plugin_name(s))
+        return NULL;
+    return "must be a plugin name of a-z, 0-9 and _, or a path containing '/'";
+}
+
+static const char *check_redis_url(const char *s)
+{
+    if (strncmp(s, "redis://", 8) != 0 || s[8] == '\0')
+        return "must be a URL redis://HOST[:PORT][/DB]";
+    return NULL;
+}
+
+static const char *check_address(const char *s)
+{
+    if (strcmp(s, "local") == 0 || strcmp(s, "auto") == 0 || check_redis_url(s) == NULL)
+        return NULL;
+    return "must be local, auto or a URL redis://HOST[:PORT][/DB]";
+}
+
+static const char *check_namespace(const char *s)
+{
+    if (*s == '\0')
+        return "must not be empty";
+    for (; *s != '\0'; s++)
+        if (isspace((unsigned char)*s) || iscntrl((unsigned char)*s))
+            return "must not contain spaces or control characters";
+    return NULL;
+}
+
+/* libconfig's setting names: [A-Za-z*][-A-Za-z0-9_*]*. Map keys are written
+ * back as names by the dump, so set() accepts only these. */
+static int is_setting_name(const char *s)
+{
+    if (!(isalpha((unsigned char)*s) || *s == '*'))
+        return 0;
+    for (s++; *s != '\0'; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '*'))
+            return 0;
+    return 1;
+}
+
+/* ---- schema lookup ---------------------------------------------------------- */
+
+static int find_key(const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* True when name is a group holding keys ("timeouts", "discovery.redis"). */
+static int is_group(const char *name)
+{
+    size_t len = strlen(name);
+
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strncmp(keys[i].name, name, len) == 0 && keys[i].name[len] == '.')
+            return 1;
+    return 0;
+}
+
+static size_t edit_distance(const char *a, size_t la, const char *b, size_t lb)
+{
+    size_t row[96];
+
+    if (la >= sizeof(row) / sizeof(row[0]) || lb >= sizeof(row) / sizeof(row[0]))
+        return SIZE_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* Writes into buf the known key or group a mistyped name most likely meant:
+ * a small edit distance, or the same last component in another group
+ * ("address" -> "ray_init.address"). Empty when nothing is close. */
+static void suggest_key(const char *name, char *buf, size_t buflen)
+{
+    size_t len = strlen(name), best = SIZE_MAX, limit = len >= 6 ? 2 : 1;
+    const char *last = strrchr(name, '.');
+
+    buf[0] = '\0';
+    last = last != NULL ? last + 1 : name;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *k = keys[i].name;
+
+        /* every prefix ending at a dot is a group; the whole name is the key */
+        for (size_t l = 1; l <= strlen(k); l++) {
+            size_t d;
+
+            if (k[l] != '.' && k[l] != '\0')
+                continue;
+            d = edit_distance(name, len, k, l);
+            if (d <= limit && d < best) {
+                best = d;
+                snprintf(buf, buflen, "%.*s", (int)l, k);
+            }
+        }
+    }
+    if (best != SIZE_MAX)
+        return;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *kl = strrchr(keys[i].name, '.');
+
+        if (kl != NULL && strcmp(kl + 1, last) == 0 && strcmp(keys[i].name, name) != 0) {
+            snprintf(buf, buflen, "%s", keys[i].name);
+            return;
+        }
+    }
+}
+
+static dexec_status unknown_key(char *err, size_t errlen, dexec_status code, const char *where,
+                                const char *name)
+{
+    char hint[128];
+
+    suggest_key(name, hint, sizeof(hint));
+    return dx_fail(err, errlen, code, "%s%s%s: unknown key (%s%s%s)", where ? where : "",
+                   where ? ": " : "", name, hint[0] ? "did you mean " : "",
+                   hint[0] ? hint : "'dexec config keys' lists the known ones", hint[0] ? "?" : "");
+}
+
+/* ---- values ---------------------------------------------------------------- */
+
+static void val_clear(struct dx_val *v)
+{
+    free(v->s);
+    dx_strv_free(v->list);
+    dexec_value_free(v->map);
+    memset(v, 0, sizeof(*v));
+}
+
+static int list_push(char ***list, size_t *n, size_t *cap, char *item)
+{
+    if (item == NULL)
+        return -1;
+    if (*n + 2 > *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        char **nl = realloc(*list, ncap * sizeof(*nl));
+
+        if (nl == NULL) {
+            free(item);
+            return -1;
+        }
+        *list = nl;
+        *cap = ncap;
+    }
+    (*list)[(*n)++] = item;
+    (*list)[*n] = NULL;
+    return 0;
+}
+
+static char *trimmed_dup(const char *s, size_t len)
+{
+    while (len > 0 && isspace((unsigned char)*s)) {
+        s++;
+        len--;
+    }
+    while (len > 0 && isspace((unsigned char)s[len - 1]))
+        len--;
+    return strndup(s, len);
+}
+
+static int parse_int(const char *s, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (end == s || errno != 0)
+        return -1;
+    if (*end == 'L')
+        end++;
+    while (isspace((unsigned char)*end))
+        end++;
+    if (*end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || errno != 0 || !isfinite(v))
+        return -1;
+    while (isspace((unsigned char)*end))
+        end++;
+    if (*end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* A value from its command-line text form. Lists are comma separated, maps
+ * "name=number,..."; blanks around items are ignored. */
+static int val_from_text(const struct dx_key *k, const char *text, struct dx_val *v, char *why,
+                         size_t whylen)
+{
+    switch (k->type) {
+    case CT_INT:
+        if (parse_int(text, &v->i) != 0) {
+            snprintf(why, whylen, "expected an integer, got \"%s\"", text);
+            return -1;
+        }
+        return 0;
+    case CT_FLOAT:
+        if (parse_float(text, &v->f) != 0) {
+            snprintf(why, whylen, "expected a number, got \"%s\"", text);
+            return -1;
+        }
+        return 0;
+    case CT_STRING:
+        v->s = strdup(text);
+        if (v->s == NULL)
+            goto oom;
+        return 0;
+    case CT_LIST: {
+        size_t cap = 0;
+        const char *p = text;
+
+        v->list = calloc(1, sizeof(char *));
+        if (v->list == NULL)
+            goto oom;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            return 0;
+        cap = 1;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+
+            if (list_push(&v->list, &v->n, &cap, trimmed_dup(p, len)) != 0)
+                goto oom;
+            if (v->list[v->n - 1][0] == '\0') {
+                snprintf(why, whylen,
+                         "entry %zu of \"%s\" is empty; separate the entries with single commas",
+                         v->n, text);
+                return -1;
+            }
+            if (comma == NULL)
+                return 0;
+            p = comma + 1;
+        }
+    }
+    case CT_MAP: {
+        const char *p = text;
+
+        v->map = dexec_value_map();
+        if (v->map == NULL)
+            goto oom;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            return 0;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            char *item = trimmed_dup(p, len), *eq, *name;
+            dexec_value *num = NULL;
+            int64_t i;
+            double f;
+
+            if (item == NULL)
+                goto oom;
+            eq = strchr(item, '=');
+            if (eq == NULL) {
+                snprintf(why, whylen, "expected NAME=NUMBER, got \"%s\"", item);
+                free(item);
+                return -1;
+            }
+            *eq = '\0';
+            name = trimmed_dup(item, strlen(item));
+            if (name == NULL) {
+                free(item);
+                goto oom;
+            }
+            if (!is_setting_name(name)) {
+                snprintf(why, whylen,
+                         "\"%s\" is not a valid resource name (a letter, then letters, "
+                         "digits, '-' or '_')",
+                         name);
+                free(name);
+                free(item);
+                return -1;
+            }
+            if (parse_int(eq + 1, &i) == 0)
+                num = dexec_value_int(i);
+            else if (parse_float(eq + 1, &f) == 0)
+                num = dexec_value_float(f);
+            else {
+                snprintf(why, whylen, "%s: expected a number, got \"%s\"", name, eq + 1);
+                free(name);
+                free(item);
+                return -1;
+            }
+            free(item);
+            if (num == NULL || dexec_value_map_set(v->map, name, num) != 0) {
+                free(name);
+                goto oom;
+            }
+            free(name);
+            if (comma == NULL)
+                return 0;
+            p = comma + 1;
+        }
+    }
+    }
+    return -1;
+oom:
+    snprintf(why, whylen, "out of memory");
+    return -1;
+}
+
+static const char *lc_type_name(int type)
+{
+    switch (type) {
+    case CONFIG_TYPE_GROUP: return "a group";
+    case CONFIG_TYPE_INT:
+    case CONFIG_TYPE_INT64: return "an integer";
+    case CONFIG_TYPE_FLOAT: return "a float";
+    case CONFIG_TYPE_STRING: return "a string";
+    case CONFIG_TYPE_BOOL: return "a boolean";
+    case CONFIG_TYPE_ARRAY: return "an array";
+    case CONFIG_TYPE_LIST: return "a list";
+    }
+    return "nothing";
+}
+
+/* What the parser needs besides the settings: the main text and its name,
+ * to recover integers libconfig truncated. */
+struct dx_source {
+    const char *text;
+    const char *name;
+    const char *include_dir; /* NULL when not known */
+};
+
+/* libconfig names a setting from an @include file by the name written in
+ * the directive; messages and origins use the path it was read from. */
+static const char *source_path(const struct dx_source *src, const char *file, char *buf,
+                               size_t buflen)
+{
+    if (file == NULL)
+        return src->name;
+    if (file[0] == '/' || src->include_dir == NULL)
+        return file;
+    snprintf(buf, buflen, "%s/%s", src->include_dir, file);
+    return buf;
+}
+
+/* Copies line `line` (1-based) of text into buf; 0 or -1 when absent. */
+static int text_line(const char *text, unsigned line, char *buf, size_t buflen)
+{
+    for (unsigned l = 1; l < line && text != NULL; l++) {
+        text = strchr(text, '\n');
+        if (text != NULL)
+            text++;
+    }
+    if (text == NULL || buflen == 0)
+        return -1;
+    snprintf(buf, buflen, "%.*s", (int)strcspn(text, "\n"), text);
+    return 0;
+}
+
+static int file_line(const char *path, unsigned line, char *buf, size_t buflen)
+{
+    FILE *fp = fopen(path, "re");
+    unsigned l = 1;
+    int c, rc = -1;
+    size_t len = 0;
+
+    if (fp == NULL)
+        return -1;
+    while ((c = getc(fp)) != EOF) {
+        if (l == line) {
+            rc = 0;
+            if (c == '\n')
+                break;
+            if (len + 1 < buflen)
+                buf[len++] = (char)c;
+        } else if (c == '\n') {
+            l++;
+        }
+    }
+    if (l == line)
+        rc = 0;
+    if (buflen > 0)
+        buf[len] = '\0';
+    fclose(fp);
+    return rc;
+}
+
+/* libconfig 1.5 stores an integer written without the L suffix in an int,
+ * silently truncated ("memory = 34359738368;" reads as 0). Deployers write
+ * byte counts that way, so the integer is re-read from the source line: the
+ * number after "NAME =" whose low 32 bits equal what libconfig kept. */
+static int64_t setting_int64(const config_setting_t *s, const struct dx_source *src)
+{
+    const char *name = config_setting_name(s);
+    const char *file = config_setting_source_file(s);
+    int kept = config_setting_get_int(s);
+    char line[1024], path[1024];
+    size_t nlen;
+
+    if (config_setting_type(s) == CONFIG_TYPE_INT64 || name == NULL)
+        return config_setting_get_int64(s);
+    if ((file != NULL ? file_line(source_path(src, file, path, sizeof(path)),
+                                  config_setting_source_line(s), line, sizeof(line))
+                      : text_line(src->text, config_setting_source_line(s), line,
+                                  sizeof(line))) != 0)
+        return kept;
+    nlen = strlen(name);
+    for (char *p = strstr(line, name); p != NULL; p = strstr(p + 1, name)) {
+        char *q = p + nlen, *end;
+        long long v;
+        int neg = 0;
+
+        if (p > line && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '-'))
+            continue;
+        while (isspace((unsigned char)*q))
+            q++;
+        if (*q != '=' && *q != ':')
+            continue;
+        q++;
+        while (isspace((unsigned char)*q))
+            q++;
+        if (*q == '-' || *q == '+')
+            neg = *q++ == '-';
+        errno = 0;
+        if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X'))
+            v = (long long)strtoull(q + 2, &end, 16);
+        else
+            v = strtoll(q, &end, 10);
+        if (end == q || errno != 0)
+            continue;
+        if (neg)
+            v = -v;
+        if ((int32_t)(uint32_t)(unsigned long long)v == kept)
+            return v;
+    }
+    return kept;
+}
+
+/* A value from a libconfig setting. *line is moved to the element at fault
+ * when there is one. */
+static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
+                            const struct dx_source *src, struct dx_val *v, unsigned *line,
+                            char *why, size_t whylen)
+{
+    int t = config_setting_type(s);
+
+    switch (k->type) {
+    case CT_INT:
+        if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+            break;
+        v->i = setting_int64(s, src);
+        return 0;
+    case CT_FLOAT:
+        if (t == CONFIG_TYPE_FLOAT)
+            v->f = config_setting_get_float(s);
+        else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
+            v->f = (double)setting_int64(s, src);
+        else
+            break;
+        return 0;
+    case CT_STRING:
+        if (t != CONFIG_TYPE_STRING)
+            break;
+        v->s = strdup(config_setting_get_string(s));
+        if (v->s == NULL)
+            goto oom;
+        return 0;
+    case CT_LIST: {
+        size_t cap = 1;
+
+        if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) {
+            snprintf(why, whylen, "expected a list of strings, got %s", lc_type_name(t));
+            return -1;
+        }
+        v->list = calloc(1, sizeof(char *));
+        if (v->list == NULL)
+            goto oom;
+        for (int i = 0; i < config_setting_length(s); i++) {
+            const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+            if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+                snprintf(why, whylen, "element %d: expected a string, got %s", i + 1,
+                         lc_type_name(config_setting_type(e)));
+                return -1;
+            }
+            if (list_push(&v->list, &v->n, &cap, strdup(config_setting_get_string(e))) != 0)
+                goto oom;
+        }
+        return 0;
+    }
+    case CT_MAP:
+        if (t != CONFIG_TYPE_GROUP) {
+            snprintf(why, whylen, "expected a group of NAME = number settings, got %s",
+                     lc_type_name(t));
+            return -1;
+        }
+        v->map = dexec_value_map();
+        if (v->map == NULL)
+            goto oom;
+        for (int i = 0; i < config_setting_length(s); i++) {
+            const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+            int et = config_setting_type(e);
+            dexec_value *num;
+
+            if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64)
+                num = dexec_value_int(setting_int64(e, src));
+            else if (et == CONFIG_TYPE_FLOAT)
+                num = dexec_value_float(config_setting_get_float(e));
+            else {
+                *line = config_setting_source_line(e);
+                snprintf(why, whylen, "%s: expected a number, got %s", config_setting_name(e),
+                         lc_type_name(et));
+                return -1;
+            }
+            if (num == NULL || dexec_value_map_set(v->map, config_setting_name(e), num) != 0)
+                goto oom;
+        }
+        return 0;
+    }
+    snprintf(why, whylen, "expected %s %s, got %s", k->type == CT_INT ? "an" : "a",
+             k->type == CT_FLOAT ? "float" : ctype_names[k->type], lc_type_name(t));
+    return -1;
+oom:
+    snprintf(why, whylen, "out of memory");
+    return -1;
+}
+
+/* Range and value checks shared by the file parser, the environment and
+ * dexec_config_set(). */
+static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, size_t whylen)
+{
+    switch (k->type) {
+    case CT_INT:
+        if (v->i < k->imin || v->i > k->imax) {
+            snprintf(why, whylen, "must be between %lld and %lld, got %lld", (long long)k->imin,
+                     (long long)k->imax, (long long)v->i);
+            return -1;
+        }
+        return 0;
+    case CT_FLOAT:
+        if (!(v->f > 0) || v->f > k->fmax) {
+            snprintf(why, whylen, "must be greater than 0 and at most %g, got %g", k->fmax, v->f);
+            return -1;
+        }
+        return 0;
+    case CT_STRING:
+        if (k->choices != NULL) {
+            size_t len = strlen(v->s), used;
+
+            for (const char *c = k->choices; *c != '\0';) {
+                size_t clen = strcspn(c, "|");
+
+                if (clen == len && strncmp(c, v->s, len) == 0)
+                    return 0;
+                c += clen + (c[clen] == '|');
+            }
+            used = (size_t)snprintf(why, whylen, "\"%s\" is not one of:", v->s);
+            for (const char *c = k->choices; *c != '\0' && used < whylen;) {
+                size_t clen = strcspn(c, "|");
+
+                used += (size_t)snprintf(why + used, whylen - used, "%s %.*s",
+                                         c == k->choices ? "" : ",", (int)clen, c);
+                c += clen + (c[clen] == '|');
+            }
+            return -1;
+        }
+        if (k->check != NULL) {
+            const char *problem = k->check(v->s);
+
+            if (problem != NULL) {
+                snprintf(why, whylen, "\"%s\" %s", v->s, problem);
+                return -1;
+            }
+        }
+        return 0;
+    case CT_LIST:
+        for (size_t i = 0; i < v->n; i++)
+            if (v->list[i][0] == '\0') {
+                snprintf(why, whylen, "element %zu is empty", i + 1);
+                return -1;
+            }
+        return 0;
+    case CT_MAP:
+        for (size_t i = 0; i < v->map->u.map.len; i++) {
+            const dexec_kv *kv = &v->map->u.map.items[i];
+            double x = dexec_value_as_float(kv->val, -1);
+
+            if (!(x >= 0) || !isfinite(x)) {
+                snprintf(why, whylen, "%s: must be a number >= 0", kv->key);
+                return -1;
+            }
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* Replaces the value of key idx by v (taken) with its origin. */
+static dexec_status commit(dexec_config *cfg, int idx, struct dx_val *v, const char *origin)
+{
+    char *o = strdup(origin);
+
+    if (o == NULL) {
+        val_clear(v);
+        return DEXEC_ENOMEM;
+    }
+    val_clear(&cfg->slot[idx].v);
+    free(cfg->slot[idx].origin);
+    cfg->slot[idx].v = *v;
+    cfg->slot[idx].origin = o;
+    memset(v, 0, sizeof(*v));
+    return DEXEC_OK;
+}
+
+/* Sets key idx from text; where (NULL for dexec_config_set) prefixes the
+ * message, origin is recorded. */
+static dexec_status apply_text(dexec_config *cfg, int idx, const char *text, const char *where,
+                               const char *origin, char *err, size_t errlen)
+{
+    struct dx_val v = {0};
+    char why[512];
+
+    if (val_from_text(&keys[idx], text, &v, why, sizeof(why)) != 0 ||
+        val_check(&keys[idx], &v, why, sizeof(why)) != 0) {
+        val_clear(&v);
+        return dx_fail(err, errlen, strcmp(why, "out of memory") ? DEXEC_ECONFIG : DEXEC_ENOMEM,
+                       "%s%s%s: %s", where ? where : "", where ? ": " : "", keys[idx].name, why);
+    }
+    if (commit(cfg, idx, &v, origin) != DEXEC_OK)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", keys[idx].name);
+    return DEXEC_OK;
+}
+
+/* ---- construction ------------------------------------------------------------ */
+
+static dexec_config *config_defaults(char *err, size_t errlen)
+{
+    dexec_config *cfg = calloc(1, sizeof(*cfg));
+
+    if (cfg == NULL) {
+        dx_fail(err, errlen, DEXEC_ENOMEM, "configuration: out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < NKEYS; i++)
+        if (apply_text(cfg, (int)i, keys[i].def, "default", "default", err, errlen) != DEXEC_OK) {
+            dexec_config_free(cfg);
+            return NULL;
+        }
+    return cfg;
+}
+
+void dexec_config_free(dexec_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < NKEYS; i++) {
+        val_clear(&cfg->slot[i].v);
+        free(cfg->slot[i].origin);
+    }
+    free(cfg->path);
+    free(cfg->env_plugin_path);
+    free(cfg);
+}
+
+static dexec_status apply_group(dexec_config *cfg, const config_setting_t *group,
+                                const char *prefix, const struct dx_source *src, char *err,
+                                size_t errlen)
+{
+    for (int i = 0; i < config_setting_length(group); i++) {
+        const config_setting_t *s = config_setting_get_elem(group, (unsigned)i);
+        const char *file = config_setting_source_file(s);
+        unsigned line = config_setting_source_line(s);
+        char full[256], where[1040], why[512], pathbuf[1024];
+        const char *fname = source_path(src, file, pathbuf, sizeof(pathbuf));
+        struct dx_val v = {0};
+        int idx;
+
+        snprintf(full, sizeof(full), "%s%s%s", prefix ? prefix : "", prefix ? "." : "",
+                 config_setting_name(s));
+        snprintf(where, sizeof(where), "%s:%u", fname, line);
+        idx = find_key(full);
+        if (idx < 0 && is_group(full)) {
+            dexec_status st;
+
+            if (config_setting_type(s) != CONFIG_TYPE_GROUP)
+                return dx_fail(err, errlen, DEXEC_ECONFIG, "%s: %s: expected a group, got %s",
+                               where, full, lc_type_name(config_setting_type(s)));
+            st = apply_group(cfg, s, full, src, err, errlen);
+            if (st != DEXEC_OK)
+                return st;
+            continue;
+        }
+        if (idx < 0)
+            return unknown_key(err, errlen, DEXEC_ECONFIG, where, full);
+        if (val_from_setting(&keys[idx], s, src, &v, &line, why, sizeof(why)) != 0 ||
+            val_check(&keys[idx], &v, why, sizeof(why)) != 0) {
+            val_clear(&v);
+            snprintf(where, sizeof(where), "%s:%u", fname, line);
+            return dx_fail(err, errlen,
+                           strcmp(why, "out of memory") ? DEXEC_ECONFIG : DEXEC_ENOMEM,
+                           "%s: %s: %s", where, full, why);
+        }
+        if (commit(cfg, idx, &v, where) != DEXEC_OK)
+            return dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", full);
+    }
+    return DEXEC_OK;
+}
+
+/* Parses text over the defaults in cfg. include_dir resolves @include. */
+static dexec_status parse_into(dexec_config *cfg, const char *text, const char *name,
+                               const char *include_dir, char *err, size_t errlen)
+{
+    struct dx_source src = {text, name, include_dir};
+    char pathbuf[1024];
+    config_t lc;
+    dexec_status st;
+
+    config_init(&lc);
+    if (include_dir != NULL)
+        config_set_include_dir(&lc, include_dir);
+    if (config_read_string(&lc, text) != CONFIG_TRUE) {
+        st = dx_fail(err, errlen, DEXEC_ECONFIG, "%s:%d: %s",
+                     source_path(&src, config_error_file(&lc), pathbuf, sizeof(pathbuf)),
+                     config_error_line(&lc), config_error_text(&lc));
+        config_destroy(&lc);
+        return st;
+    }
+    st = apply_group(cfg, config_root_setting(&lc), NULL, &src, err, errlen);
+    config_destroy(&lc);
+    return st;
+}
+
+dexec_status dexec_config_parse(const char *text, const char *name, dexec_config **out, char *err,
+                                size_t errlen)
+{
+    dexec_config *cfg;
+    dexec_status st;
+
+    if (out == NULL || text == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_config_parse: text and out are required");
+    *out = NULL;
+    cfg = config_defaults(err, errlen);
+    if (cfg == NULL)
+        return DEXEC_ENOMEM;
+    st = parse_into(cfg, text, name != NULL ? name : "<config>", NULL, err, errlen);
+    if (st != DEXEC_OK) {
+        dexec_config_free(cfg);
+        return st;
+    }
+    *out = cfg;
+    return DEXEC_OK;
+}
+
+/* Reads a whole configuration file; the error names the path. */
+static char *read_file(const char *path, char *err, size_t errlen)
+{
+    FILE *fp = fopen(path, "re");
+    struct stat st;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+
+    if (fp == NULL) {
+        dx_fail(err, errlen, DEXEC_ECONFIG, "%s: cannot read the configuration file: %s", path,
+                strerror(errno));
+        return NULL;
+    }
+    if (fstat(fileno(fp), &st) == 0 && S_ISDIR(st.st_mode)) {
+        dx_fail(err, errlen, DEXEC_ECONFIG, "%s: cannot read the configuration file: %s", path,
+                strerror(EISDIR));
+        fclose(fp);
+        return NULL;
+    }
+    for (;;) {
+        size_t got;
+
+        if (len + 4096 + 1 > cap) {
+            char *nb;
+
+            cap = cap ? cap * 2 : 8192;
+            nb = realloc(buf, cap);
+            if (nb == NULL) {
+                dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", path);
+                goto fail;
+            }
+            buf = nb;
+        }
+        got = fread(buf + len, 1, cap - len - 1, fp);
+        len += got;
+        if (len > DX_CONFIG_MAX_BYTES) {
+            dx_fail(err, errlen, DEXEC_ECONFIG,
+                    "%s: larger than %u bytes: not a configuration file", path,
+                    DX_CONFIG_MAX_BYTES);
+            goto fail;
+        }
+        if (got == 0)
+            break;
+    }
+    if (ferror(fp)) {
+        dx_fail(err, errlen, DEXEC_ECONFIG, "%s: cannot read the configuration file: %s", path,
+                strerror(errno));
+        goto fail;
+    }
+    if (memchr(buf, '\0', len) != NULL) {
+        dx_fail(err, errlen, DEXEC_ECONFIG, "%s: contains NUL bytes: not a configuration file",
+                path);
+        goto fail;
+    }
+    buf[len] = '\0';
+    fclose(fp);
+    return buf;
+fail:
+    free(buf);
+    fclose(fp);
+    return NULL;
+}
+
+/* The environment wins over the file. DEXEC_PLUGIN_PATH is not copied into
+ * plugin_path: dx_plugin_dirs() reads it at search time, ahead of the
+ * config; it is kept only so that the dump can say it is in effect. */
+static dexec_status apply_env(dexec_config *cfg, char *err, size_t errlen)
+{
+    static const char *const canonical[] = {"error", "warn", "info", "debug"};
+    const char *s;
+    dexec_status st;
+
+    s = getenv("DEXEC_LOG_LEVEL");
+    if (s != NULL && *s != '\0') {
+        int l = dexec_log_level_parse(s);
+
+        /* log.c accepts any case and "warning"; the key holds the canonical name */
+        st = apply_text(cfg, find_key("log_level"), l >= 0 ? canonical[l] : s,
+                        "env DEXEC_LOG_LEVEL", "env DEXEC_LOG_LEVEL", err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    s = getenv("DIFFUSION_WORKER_ACTOR_NAMES");
+    if (s != NULL && *s != '\0') {
+        st = apply_text(cfg, find_key("external.worker_names"), s,
+                        "env DIFFUSION_WORKER_ACTOR_NAMES", "env DIFFUSION_WORKER_ACTOR_NAMES",
+                        err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    s = getenv("DEXEC_PLUGIN_PATH");
+    if (s != NULL && *s != '\0') {
+        cfg->env_plugin_path = strdup(s);
+        if (cfg->env_plugin_path == NULL)
+            return dx_fail(err, errlen, DEXEC_ENOMEM, "configuration: out of memory");
+    }
+    return DEXEC_OK;
+}
+
+dexec_status dexec_config_load(const char *path, dexec_config **out, char *err, size_t errlen)
+{
+    dexec_config *cfg;
+    dexec_status st = DEXEC_OK;
+    const char *level;
+
+    if (out == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_config_load: out is required");
+    *out = NULL;
+    if (path == NULL) {
+        path = getenv("DEXEC_CONFIG");
+        if (path != NULL && *path == '\0')
+            path = NULL;
+    }
+    cfg = config_defaults(err, errlen);
+    if (cfg == NULL)
+        return DEXEC_ENOMEM;
+    if (path != NULL) {
+        char *text = read_file(path, err, errlen), *dir;
+
+        if (text == NULL) {
+            dexec_config_free(cfg);
+            return DEXEC_ECONFIG;
+        }
+        cfg->path = strdup(path);
+        dir = strdup(path);
+        if (cfg->path == NULL || dir == NULL) {
+            st = dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", path);
+        } else {
+            char *slash = strrchr(dir, '/');
+
+            if (slash != NULL)
+                slash[slash == dir] = '\0';
+            st = parse_into(cfg, text, path, slash != NULL ? dir : NULL, err, errlen);
+        }
+        free(dir);
+        free(text);
+    }
+    if (st == DEXEC_OK)
+        st = apply_env(cfg, err, errlen);
+    if (st != DEXEC_OK) {
+        dexec_config_free(cfg);
+        return st;
+    }
+    if (dexec_config_get_string(cfg, "log_level", &level) == DEXEC_OK)
+        dexec_log_set_level((dexec_log_level)dexec_log_level_parse(level));
+    *out = cfg;
+    return DEXEC_OK;
+}
+
+/* ---- access --------------------------------------------------------------------- */
+
+static dexec_status lookup(const dexec_config *cfg, const char *key, enum dx_ctype type,
+                           const struct dx_val **v)
+{
+    int idx;
+
+    if (cfg == NULL || key == NULL)
+        return DEXEC_EINVAL;
+    idx = find_key(key);
+    if (idx < 0)
+        return DEXEC_ENOTFOUND;
+    if (keys[idx].type != type)
+        return DEXEC_EINVAL;
+    *v = &cfg->slot[idx].v;
+    return DEXEC_OK;
+}
+
+dexec_status dexec_config_get_int(const dexec_config *cfg, const char *key, int64_t *out)
+{
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_INT, &v);
+
+    if (st == DEXEC_OK && out != NULL)
+        *out = v->i;
+    return st;
+}
+
+dexec_status dexec_config_get_float(const dexec_config *cfg, const char *key, double *out)
+{
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_FLOAT, &v);
+
+    if (st == DEXEC_OK && out != NULL)
+        *out = v->f;
+    return st;
+}
+
+dexec_status dexec_config_get_string(const dexec_config *cfg, const char *key, const char **out)
+{
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_STRING, &v);
+
+    if (st == DEXEC_OK && out != NULL)
+        *out = v->s;
+    return st;
+}
+
+/* No key of the schema is a boolean today; the getter keeps the contract
+ * (DEXEC_ENOTFOUND for unknown keys, DEXEC_EINVAL for keys of another
+ * type) so that callers need not change when one is added. */
+dexec_status dexec_config_get_bool(const dexec_config *cfg, const char *key, int *out)
+{
+    (void)out;
+    if (cfg == NULL || key == NULL)
+        return DEXEC_EINVAL;
+    return find_key(key) < 0 ? DEXEC_ENOTFOUND : DEXEC_EINVAL;
+}
+
+dexec_status dexec_config_get_list(const dexec_config *cfg, const char *key, size_t *n,
+                                   const char *const **items)
+{
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_LIST, &v);
+
+    if (st != DEXEC_OK)
+        return st;
+    if (n != NULL)
+        *n = v->n;
+    if (items != NULL)
+        *items = (const char *const *)v->list;
+    return DEXEC_OK;
+}
+
+dexec_status dexec_config_get_map(const dexec_config *cfg, const char *key,
+                                  const dexec_value **out)
+{
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_MAP, &v);
+
+    if (st == DEXEC_OK && out != NULL)
+        *out = v->map;
+    return st;
+}
+
+dexec_status dexec_config_set(dexec_config *cfg, const char *key, const char *value, char *err,
+                              size_t errlen)
+{
+    int idx;
+
+    if (cfg == NULL || key == NULL || value == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_config_set: cfg, key and value are required");
+    idx = find_key(key);
+    if (idx < 0 && is_group(key)) {
+        size_t used = (size_t)snprintf(err, err ? errlen : 0,
+                                       "%s: a group, not a key; set one of its keys:", key);
+
+        for (size_t i = 0; err != NULL && i < NKEYS && used < errlen; i++)
+            if (strncmp(keys[i].name, key, strlen(key)) == 0 && keys[i].name[strlen(key)] == '.')
+                used += (size_t)snprintf(err + used, errlen - used, " %s", keys[i].name);
+        return DEXEC_ENOTFOUND;
+    }
+    if (idx < 0)
+        return unknown_key(err, errlen, DEXEC_ENOTFOUND, NULL, key);
+    return apply_text(cfg, idx, value, NULL, "set", err, errlen);
+}
+
+const char *dexec_config_origin(const dexec_config *cfg, const char *key)
+{
+    int idx;
+
+    if (cfg == NULL || key == NULL || (idx = find_key(key)) < 0)
+        return NULL;
+    return cfg->slot[idx].origin;
+}
+
+const char *dexec_config_path(const dexec_config *cfg)
+{
+    return cfg != NULL ? cfg->path : NULL;
+}
+
+dexec_status dexec_config_key_info(size_t index, const char **key, const char **type,
+                                   const char **def, const char **range, const char **doc)
+{
+    if (index >= NKEYS)
+        return DEXEC_ENOTFOUND;
+    if (key != NULL)
+        *key = keys[index].name;
+    if (type != NULL)
+        *type = ctype_names[keys[index].type];
+    if (def != NULL)
+        *def = keys[index].def;
+    if (range != NULL)
+        *range = keys[index].range;
+    if (doc != NULL)
+        *doc = keys[index].doc;
+    return DEXEC_OK;
+}
+
+/* ---- dump ------------------------------------------------------------------------- */
+
+struct dx_buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void buf_printf(struct dx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void buf_printf(struct dx_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->oom)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        {
+            size_t ncap = (b->cap + (size_t)n + 1) * 2;
+            char *np = realloc(b->p, ncap);
+
+            if (np == NULL) {
+                b->oom = 1;
+                return;
+            }
+            b->p = np;
+            b->cap = ncap;
+        }
+    }
+}
+
+/* A libconfig string literal. */
+static void buf_quoted(struct dx_buf *b, const char *s)
+{
+    buf_printf(b, "\"");
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+
+        if (c == '"' || c == '\\')
+            buf_printf(b, "\\%c", c);
+        else if (c == '\n')
+            buf_printf(b, "\\n");
+        else if (c == '\t')
+            buf_printf(b, "\\t");
+        else if (c < 0x20 || c == 0x7f)
+            buf_printf(b, "\\x%02x", c);
+        else
+            buf_printf(b, "%c", c);
+    }
+    buf_printf(b, "\"");
+}
+
+/* Text inside a '#' comment: a newline would end the comment early. */
+static void buf_comment(struct dx_buf *b, const char *s)
+{
+    for (; *s != '\0'; s++)
+        buf_printf(b, "%c", iscntrl((unsigned char)*s) ? '?' : *s);
+}
+
+/* The shortest text that reads back as the same double, always in float
+ * syntax ("60.0", not "60", which libconfig would read as an integer). */
+static void buf_double(struct dx_buf *b, double f)
+{
+    char t[64], *e;
+
+    snprintf(t, sizeof(t), "%.15g", f);
+    if (strtod(t, NULL) != f)
+        snprintf(t, sizeof(t), "%.17g", f);
+    if (strchr(t, '.') == NULL) {
+        e = strchr(t, 'e');
+        if (e != NULL) {
+            memmove(e + 2, e, strlen(e) + 1);
+            memcpy(e, ".0", 2);
+        } else {
+            strcat(t, ".0");
+        }
+    }
+    buf_printf(b, "%s", t);
+}
+
+static void buf_int(struct dx_buf *b, int64_t i)
+{
+    /* libconfig 1.5 needs the L suffix to keep integers beyond 32 bits */
+    buf_printf(b, "%lld%s", (long long)i, i > INT32_MAX || i < INT32_MIN ? "L" : "");
+}
+
+static void dump_value(struct dx_buf *b, const struct dx_key *k, const struct dx_val *v)
+{
+    switch (k->type) {
+    case CT_INT: buf_int(b, v->i); break;
+    case CT_FLOAT: buf_double(b, v->f); break;
+    case CT_STRING: buf_quoted(b, v->s); break;
+    case CT_LIST:
+        buf_printf(b, "[");
+        for (size_t i = 0; i < v->n; i++) {
+            buf_printf(b, i ? ", " : " ");
+            buf_quoted(b, v->list[i]);
+        }
+        buf_printf(b, v->n ? " ]" : "]");
+        break;
+    case CT_MAP:
+        buf_printf(b, "{");
+        for (size_t i = 0; i < v->map->u.map.len; i++) {
+            const dexec_kv *kv = &v->map->u.map.items[i];
+
+            buf_printf(b, " %s = ", kv->key);
+            if (kv->val->type == DEXEC_VAL_INT)
+                buf_int(b, kv->val->u.i);
+            else
+                buf_double(b, dexec_value_as_float(kv->val, 0));
+            buf_printf(b, ";");
+        }
+        buf_printf(b, v->map->u.map.len ? " }" : "}");
+        break;
+    }
+}
+
+/* Length of the group part of a dotted name ("discovery.redis" of
+ * "discovery.redis.url"), 0 at top level. */
+static size_t group_len(const char *name)
+{
+    const char *dot = strrchr(name, '.');
+
+    return dot != NULL ? (size_t)(dot - name) : 0;
+}
+
+/* Number of groups in the first len bytes of a dotted group name. */
+static size_t group_depth(const char *name, size_t len)
+{
+    size_t d = len > 0;
+
+    for (size_t i = 0; i < len; i++)
+        d += name[i] == '.';
+    return d;
+}
+
+char *dexec_config_dump(const dexec_config *cfg)
+{
+    struct dx_buf b = {0};
+    const char *open = ""; /* the group block being written: open_len bytes of a key name */
+    size_t open_len = 0;
+
+    if (cfg == NULL)
+        return NULL;
+    buf_printf(&b, "# dexec configuration: effective values (");
+    buf_comment(&b, cfg->path != NULL ? cfg->path : "defaults");
+    buf_printf(&b, ", environment applied)\n");
+    if (cfg->env_plugin_path != NULL) {
+        buf_printf(&b, "# DEXEC_PLUGIN_PATH=");
+        buf_comment(&b, cfg->env_plugin_path);
+        buf_printf(&b, " is searched before plugin_path\n");
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *name = keys[i].name;
+        size_t glen = group_len(name), common = 0, depth;
+
+        /* the longest whole-group prefix shared with the open block */
+        for (size_t l = 1; l <= glen && l <= open_len; l++) {
+            if (name[l - 1] != open[l - 1])
+                break;
+            if ((l == glen || name[l] == '.') && (l == open_len || open[l] == '.'))
+                common = l;
+        }
+        for (depth = group_depth(open, open_len); depth > group_depth(name, common); depth--)
+            buf_printf(&b, "%*s};\n", (int)(2 * (depth - 1)), "");
+        for (size_t start = common ? common + 1 : 0; start < glen;) {
+            size_t end = start;
+
+            while (end < glen && name[end] != '.')
+                end++;
+            buf_printf(&b, "%*s%.*s = {\n", (int)(2 * depth), "", (int)(end - start),
+                       name + start);
+            depth++;
+            start = end + 1;
+        }
+        open = name;
+        open_len = glen;
+        buf_printf(&b, "%*s%s = ", (int)(2 * depth), "", name + (glen ? glen + 1 : 0));
+        dump_value(&b, &keys[i], &cfg->slot[i].v);
+        if (strcmp(cfg->slot[i].origin, "default") == 0) {
+            buf_printf(&b, ";  # default\n");
+        } else {
+            buf_printf(&b, ";  # from ");
+            buf_comment(&b, cfg->slot[i].origin);
+            buf_printf(&b, "\n");
+        }
+    }
+    for (size_t depth = group_depth(open, open_len); depth > 0; depth--)
+        buf_printf(&b, "%*s};\n", (int)(2 * (depth - 1)), "");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* ---- plugin search path ----------------------------------------------------------- */
+
+char **dx_plugin_dirs(const dexec_config *cfg)
+{
+    const char *env = getenv("DEXEC_PLUGIN_PATH");
+    char **v = calloc(1, sizeof(char *));
+    size_t n = 0, cap = 1;
+
+    if (v == NULL)
+        return NULL;
+    for (const char *p = env; p != NULL && *p != '\0';) {
+        size_t len = strcspn(p, ":");
+
+        if (len > 0 && list_push(&v, &n, &cap, strndup(p, len)) != 0)
+            goto oom;
+        p += len + (p[len] == ':');
+    }
+    if (cfg != NULL) {
+        const struct dx_val *pv = &cfg->slot[find_key("plugin_path")].v;
+
+        for (size_t i = 0; i < pv->n; i++)
+            if (list_push(&v, &n, &cap, strdup(pv->list[i])) != 0)
+                goto oom;
+    }
+    if (list_push(&v, &n, &cap, strdup(DEXEC_PLUGINDIR)) != 0)
+        goto oom;
+    return v;
+oom:
+    dx_strv_free(v);
+    return NULL;
+}

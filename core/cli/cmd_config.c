@@ -1,4 +1,142 @@
+/* cmd_config.c - "dexec config": checks a configuration file and prints the
+ * effective configuration (file, defaults and environment, with where each
+ * value came from), and lists the keys of the schema. */
 #include "config.h"
+
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
-int cmd_config(int argc, char **argv) { (void)argc; fprintf(stderr, "dexec %s: not built yet\n", argv[0]); return 1; }
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dexec config check [-s KEY=VALUE]... [FILE]\n"
+            "       dexec config keys\n"
+            "       dexec config --help\n\n"
+            "check  validates FILE (default: $DEXEC_CONFIG, else the defaults), applies\n"
+            "       the environment (DEXEC_LOG_LEVEL, DIFFUSION_WORKER_ACTOR_NAMES) and\n"
+            "       then each -s KEY=VALUE, and prints the effective configuration as\n"
+            "       libconfig text, every key with a comment saying where its value\n"
+            "       came from. The output is itself a valid configuration file.\n"
+            "keys   lists every key with its type, default, accepted values and meaning.\n\n"
+            "Options of check:\n"
+            "  -s, --set KEY=VALUE  override a key as on a command line: \"2\", \"4.5\",\n"
+            "                       \"mp\", \"a,b\" for lists, \"name=1,other=2\" for maps\n"
+            "  -h, --help           show this help\n\n"
+            "Exit status: 0 when the configuration is valid, 1 when it is not (the\n"
+            "message names the file, the line and the key), 2 on a usage error.\n"
+            "See dexec.conf(5).\n");
+}
+
+static int config_keys(void)
+{
+    const char *key, *type, *def, *range, *doc;
+
+    for (size_t i = 0; dexec_config_key_info(i, &key, &type, &def, &range, &doc) == DEXEC_OK;
+         i++) {
+        printf("%-32s %-8s default %s%s%s\n", key, type,
+               *def != '\0' ? def : (strcmp(type, "string") == 0 ? "\"\"" : "empty"),
+               *range != '\0' ? "; accepts " : "", range);
+        printf("    %s\n", doc);
+    }
+    return 0;
+}
+
+static int config_check(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"set", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char **sets = calloc((size_t)argc, sizeof(char *));
+    size_t nsets = 0;
+    dexec_config *cfg;
+    char *text;
+    int c;
+
+    if (sets == NULL) {
+        fprintf(stderr, "dexec config: out of memory\n");
+        return 1;
+    }
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            if (strchr(optarg, '=') == NULL) {
+                fprintf(stderr, "dexec config check: -s wants KEY=VALUE, got '%s'\n", optarg);
+                free(sets);
+                return 2;
+            }
+            sets[nsets++] = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return 0;
+        default:
+            usage(stderr);
+            free(sets);
+            return 2;
+        }
+    }
+    if (argc - optind > 1) {
+        fprintf(stderr, "dexec config check: unexpected argument '%s'\n", argv[optind + 1]);
+        free(sets);
+        return 2;
+    }
+    cfg = cli_load_config(optind < argc ? argv[optind] : NULL);
+    if (cfg == NULL) {
+        free(sets);
+        return 1;
+    }
+    for (size_t i = 0; i < nsets; i++) {
+        char *eq = strchr(sets[i], '='), err[1024];
+
+        *eq = '\0';
+        if (dexec_config_set(cfg, sets[i], eq + 1, err, sizeof(err)) != DEXEC_OK) {
+            fprintf(stderr, "dexec: -s %s=%s: %s\n", sets[i], eq + 1, err);
+            dexec_config_free(cfg);
+            free(sets);
+            return 1;
+        }
+    }
+    free(sets);
+    text = dexec_config_dump(cfg);
+    dexec_config_free(cfg);
+    if (text == NULL) {
+        fprintf(stderr, "dexec config: out of memory\n");
+        return 1;
+    }
+    fputs(text, stdout);
+    free(text);
+    return 0;
+}
+
+int cmd_config(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "check") == 0)
+        return config_check(argc - 1, argv + 1);
+    if (strcmp(argv[1], "keys") == 0) {
+        if (argc > 2) {
+            fprintf(stderr, "dexec config keys: unexpected argument '%s'\n", argv[2]);
+            return 2;
+        }
+        return config_keys();
+    }
+    fprintf(stderr, "dexec config: unknown subcommand '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -137,6 +137,15 @@ char *dexec_config_dump(const dexec_config *cfg);
 /* The file the configuration came from, or NULL for defaults only. */
 const char *dexec_config_path(const dexec_config *cfg);
 
+/* The schema, for tools and documentation: key number index (0, 1, ... in
+ * file order) as its dotted name, its type ("integer", "float", "string",
+ * "list", "map"), its default in the text form dexec_config_set() takes,
+ * what it accepts ("1..64", "auto|cpu|cuda", ...) and a one-line
+ * description. Out pointers may be NULL; the strings are static.
+ * DEXEC_ENOTFOUND when index is past the last key. */
+dexec_status dexec_config_key_info(size_t index, const char **key, const char **type,
+                                   const char **def, const char **range, const char **doc);
+
 /* ---- Requests and outputs ----------------------------------------------- */
 
 typedef struct dexec_request {
