@@ -18,6 +18,26 @@ int cmd_actors(int argc, char **argv);
  * or defaults). Prints the error and returns NULL on failure. */
 dexec_config *cli_load_config(const char *path);
 
+/* Options shared by the commands that start an engine. */
+typedef struct cli_engine_opts {
+    const char *config;  /* -c FILE */
+    const char *backend; /* --backend */
+    const char *device;  /* --device */
+    const char *num_gpus; /* --num-gpus */
+    const char *model;   /* -m */
+    const char *set_key[4], *set_val[4]; /* more overrides (e.g. timeouts) */
+    int nset;
+} cli_engine_opts;
+
+/* Recognises a shared engine option at argv[*i] (advancing *i past its
+ * value). Returns 1 if consumed, 0 if not ours, -1 on a missing value. */
+int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i);
+/* Help lines for the shared options. */
+extern const char cli_engine_opts_help[];
+/* Loads the config, applies the options and creates the engine. Prints
+ * the error and returns NULL on failure. */
+dexec_engine *cli_open_engine(const cli_engine_opts *o);
+
 /* Writes an 8-bit grey or RGB image as PNG with tEXt chunks (pairs of
  * key, value; NULL-terminated). Returns 0, or -1 with a message in err. */
 int cli_write_png(const char *path, const dexec_image *img, const char *const *text, char *err,

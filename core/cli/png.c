@@ -1,1 +1,78 @@
-/* png.c - being written */
+/* png.c - writes generated images as PNG (libpng) with the generation
+ * parameters in tEXt chunks. */
+#include "config.h"
+
+#include <errno.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cli_write_png(const char *path, const dexec_image *img, const char *const *text, char *err,
+                  size_t errlen)
+{
+    png_structp png = NULL;
+    png_infop info = NULL;
+    png_text chunks[16];
+    volatile int nchunks = 0;
+    int color;
+    FILE *f;
+
+    if (img->channels == 1)
+        color = PNG_COLOR_TYPE_GRAY;
+    else if (img->channels == 3)
+        color = PNG_COLOR_TYPE_RGB;
+    else if (img->channels == 4)
+        color = PNG_COLOR_TYPE_RGBA;
+    else {
+        snprintf(err, errlen, "%s: cannot write an image with %d channels", path, img->channels);
+        return -1;
+    }
+    f = fopen(path, "wb");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    if (png != NULL)
+        info = png_create_info_struct(png);
+    if (png == NULL || info == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        png_destroy_write_struct(&png, &info);
+        fclose(f);
+        return -1;
+    }
+    if (setjmp(png_jmpbuf(png))) {
+        snprintf(err, errlen, "%s: libpng failed to write the image", path);
+        png_destroy_write_struct(&png, &info);
+        fclose(f);
+        remove(path);
+        return -1;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)img->width, (png_uint_32)img->height, 8, color,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    for (int i = 0; text != NULL && text[i] != NULL && text[i + 1] != NULL && nchunks < 16;
+         i += 2) {
+        memset(&chunks[nchunks], 0, sizeof(chunks[0]));
+        chunks[nchunks].compression = PNG_TEXT_COMPRESSION_NONE;
+        chunks[nchunks].key = (png_charp)text[i];
+        chunks[nchunks].text = (png_charp)text[i + 1];
+        nchunks++;
+    }
+    if (nchunks > 0)
+        png_set_text(png, info, chunks, (int)nchunks);
+    png_write_info(png, info);
+    for (int y = 0; y < img->height; y++)
+        png_write_row(png, img->pixels + (size_t)y * (size_t)img->width * (size_t)img->channels);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    if (fclose(f) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
