@@ -1,0 +1,442 @@
+/*
+ * model.c - the entry points of kernels.h: find a model file, open it on a
+ * device, turn a request into images, describe the model.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dit.h"
+#include "kernels.h"
+#include "ops.h"
+#include "prompt.h"
+#include "safetensors.h"
+#include "sampler.h"
+
+#ifndef DEXEC_PKGDATADIR
+#define DEXEC_PKGDATADIR "/usr/local/share/dexec"
+#endif
+
+/* Request limits: a request outside them is refused, not attempted. */
+#define DX_MAX_SIDE 4096
+#define DX_MAX_TOKENS 16384
+#define DX_MAX_OUTPUTS 64
+#define DX_MAX_GUIDANCE 100.0
+
+struct dxk_model {
+    char *path;
+    dxk_safetensors *st;
+    dxk_backend *be;
+    dxk_dit *dit;
+    dxk_vocab *vocab;
+};
+
+static void dx_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void dx_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int dx_ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+dexec_status dxk_resolve_model(const char *name, char *path, size_t pathlen, char *err,
+                               size_t errlen)
+{
+    char searched[2048];
+    const char *env;
+    size_t so = 0;
+    int pass;
+
+    if (name == NULL || name[0] == '\0') {
+        dx_err(err, errlen, "no model given: set model to a name or a .safetensors path");
+        return DEXEC_EINVAL;
+    }
+    if (strchr(name, '/') != NULL || dx_ends_with(name, ".safetensors")) {
+        if ((size_t)snprintf(path, pathlen, "%s", name) >= pathlen) {
+            dx_err(err, errlen, "model path '%s' is too long", name);
+            return DEXEC_EINVAL;
+        }
+        return DEXEC_OK;
+    }
+    searched[0] = '\0';
+    env = getenv("DEXEC_MODEL_PATH");
+    /* pass 0: $DEXEC_MODEL_PATH entries, pass 1: the installed models */
+    for (pass = 0; pass < 2; pass++) {
+        const char *p = pass == 0 ? (env ? env : "") : DEXEC_PKGDATADIR "/models";
+
+        while (*p != '\0') {
+            size_t len = pass == 0 ? strcspn(p, ":") : strlen(p);
+
+            if (len > 0) {
+                int w = snprintf(path, pathlen, "%.*s/%s.safetensors", (int)len, p, name);
+
+                if (w > 0 && (size_t)w < pathlen) {
+                    if (access(path, R_OK) == 0)
+                        return DEXEC_OK;
+                    if (so + 1 < sizeof searched) {
+                        w = snprintf(searched + so, sizeof searched - so, "%s%s",
+                                     so ? ", " : "", path);
+                        if (w > 0)
+                            so += (size_t)w;
+                    }
+                }
+            }
+            p += len;
+            if (*p == ':')
+                p++;
+        }
+    }
+    dx_err(err, errlen,
+           "model '%s' not found (searched %s): give a path to a .safetensors file or add its "
+           "directory to DEXEC_MODEL_PATH",
+           name, searched);
+    return DEXEC_ENOTFOUND;
+}
+
+static dexec_status dx_open_backend(const char *device, int gpu, dxk_backend **be, char *err,
+                                    size_t errlen)
+{
+    char why[256];
+
+    if (device == NULL || device[0] == '\0' || strcmp(device, "auto") == 0) {
+        if (dxk_cuda_device_count(why, sizeof why) > 0) {
+            if (dxk_backend_cuda(gpu, be, why, sizeof why) == DEXEC_OK)
+                return DEXEC_OK;
+            dexec_log(DEXEC_LOG_WARN, "kernels", "device auto: CUDA unusable, using the CPU: %s",
+                      why);
+        } else {
+            dexec_log(DEXEC_LOG_DEBUG, "kernels", "device auto: no CUDA (%s), using the CPU",
+                      why);
+        }
+        return dxk_backend_cpu(be, err, errlen);
+    }
+    if (strcmp(device, "cpu") == 0)
+        return dxk_backend_cpu(be, err, errlen);
+    if (strcmp(device, "cuda") == 0)
+        return dxk_backend_cuda(gpu, be, err, errlen);
+    dx_err(err, errlen, "device '%s' is not one of auto, cpu, cuda", device);
+    return DEXEC_EINVAL;
+}
+
+dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_model **out,
+                            char *err, size_t errlen)
+{
+    char path[4096];
+    dxk_dit_config cfg;
+    dxk_model *m;
+    dexec_status s;
+
+    *out = NULL;
+    s = dxk_resolve_model(name, path, sizeof path, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    m = calloc(1, sizeof *m);
+    if (m == NULL || (m->path = strdup(path)) == NULL) {
+        free(m);
+        dx_err(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    s = dx_open_backend(device, gpu, &m->be, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_st_open(path, &m->st, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_dit_config_read(m->st, &cfg, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_vocab_load(m->st, cfg.num_classes, &m->vocab, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_dit_load(m->st, &cfg, m->be, &m->dit, err, errlen);
+    if (s != DEXEC_OK) {
+        dxk_model_free(m);
+        return s;
+    }
+    dexec_log(DEXEC_LOG_INFO, "kernels", "model %s: %zu parameters on %s (%s)", path,
+              m->dit->params, m->be->name, m->be->device_name);
+    *out = m;
+    return DEXEC_OK;
+}
+
+void dxk_model_free(dxk_model *m)
+{
+    if (m == NULL)
+        return;
+    dxk_dit_free(m->dit);
+    dxk_vocab_free(m->vocab);
+    dxk_st_close(m->st);
+    dxk_backend_free(m->be);
+    free(m->path);
+    free(m);
+}
+
+const char *dxk_model_device(const dxk_model *m)
+{
+    return m->be->name;
+}
+
+static double dx_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct dx_progress {
+    dxk_step_fn fn;
+    void *user;
+    int image;
+} dx_progress;
+
+static void dx_on_step(void *user, int step, int total)
+{
+    dx_progress *p = user;
+
+    p->fn(p->user, p->image, step, total);
+}
+
+/* Checks the request and fills in the model's defaults. */
+static dexec_status dx_check_request(const dxk_model *m, const dexec_request *req, int *H, int *W,
+                                     int *steps, double *g, int *n, char *err, size_t errlen)
+{
+    const dxk_dit_config *c = &m->dit->cfg;
+    long tokens;
+
+    *H = req->height > 0 ? req->height : c->image_size;
+    *W = req->width > 0 ? req->width : c->image_size;
+    *steps = req->num_inference_steps > 0 ? req->num_inference_steps : c->default_steps;
+    *g = req->guidance_scale < 0 ? c->default_guidance : req->guidance_scale;
+    *n = req->num_outputs_per_prompt > 0 ? req->num_outputs_per_prompt : 1;
+    if (req->height < 0 || req->width < 0 || *H > DX_MAX_SIDE || *W > DX_MAX_SIDE) {
+        dx_err(err, errlen, "image size %dx%d: height and width must be in 1..%d (0: %d)",
+               req->height, req->width, DX_MAX_SIDE, c->image_size);
+        return DEXEC_EINVAL;
+    }
+    if (*H % c->patch_size != 0 || *W % c->patch_size != 0) {
+        dx_err(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *H,
+               *W, c->patch_size);
+        return DEXEC_EINVAL;
+    }
+    tokens = (long)(*H / c->patch_size) * (*W / c->patch_size);
+    if (tokens > DX_MAX_TOKENS) {
+        dx_err(err, errlen, "image size %dx%d makes %ld tokens, more than %d", *H, *W, tokens,
+               DX_MAX_TOKENS);
+        return DEXEC_EINVAL;
+    }
+    if (req->num_inference_steps < 0 || *steps > 1000) {
+        dx_err(err, errlen, "num_inference_steps %d is outside 1..1000 (0: the model's %d)",
+               req->num_inference_steps, c->default_steps);
+        return DEXEC_EINVAL;
+    }
+    if (!isfinite(*g) || *g > DX_MAX_GUIDANCE) {
+        dx_err(err, errlen, "guidance_scale %g is outside 0..%g (negative: the model's %g)",
+               req->guidance_scale, DX_MAX_GUIDANCE, c->default_guidance);
+        return DEXEC_EINVAL;
+    }
+    if (req->num_outputs_per_prompt < 0 || *n > DX_MAX_OUTPUTS) {
+        dx_err(err, errlen, "num_outputs_per_prompt %d is outside 1..%d",
+               req->num_outputs_per_prompt, DX_MAX_OUTPUTS);
+        return DEXEC_EINVAL;
+    }
+    if (req->seed < 0) {
+        dx_err(err, errlen, "seed %lld is negative: the engine resolves random seeds first",
+               (long long)req->seed);
+        return DEXEC_EINVAL;
+    }
+    return DEXEC_OK;
+}
+
+static void dx_free_images(dexec_output *out)
+{
+    size_t i;
+
+    for (i = 0; i < out->num_images; i++)
+        free(out->images[i].pixels);
+    free(out->images);
+    out->images = NULL;
+    out->num_images = 0;
+}
+
+dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *out,
+                          dxk_step_fn step, void *user, char *err, size_t errlen)
+{
+    const int C = m->dit->cfg.in_channels;
+    int H, W, steps, n, y, y_neg, i;
+    double g, t0, t1;
+    dxk_dit_ws *ws = NULL;
+    float *noise = NULL, *x = NULL;
+    size_t npix, k;
+    dexec_status s;
+    dx_progress prog;
+    char e2[768];
+
+    t0 = dx_now();
+    s = dx_check_request(m, req, &H, &W, &steps, &g, &n, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    s = dxk_prompt_class(m->vocab, req->prompt, &y, err, errlen);
+    if (s == DEXEC_OK && req->negative_prompt != NULL) {
+        s = dxk_prompt_class(m->vocab, req->negative_prompt, &y_neg, e2, sizeof e2);
+        if (s != DEXEC_OK)
+            dx_err(err, errlen, "negative_prompt: %s", e2);
+    } else {
+        y_neg = m->vocab->num_classes;
+    }
+    if (s != DEXEC_OK)
+        return s;
+    out->timings.encode_s = dx_now() - t0;
+    out->seed = req->seed;
+    out->steps = steps;
+    out->guidance_scale = g;
+    out->timings.denoise_s = 0;
+    out->timings.decode_s = 0;
+
+    npix = (size_t)C * H * W;
+    s = dxk_dit_ws_alloc(m->dit, g != 1.0 ? 2 : 1, H, W, &ws, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    noise = malloc(npix * sizeof *noise);
+    x = malloc(npix * sizeof *x);
+    out->images = calloc((size_t)n, sizeof *out->images);
+    if (noise == NULL || x == NULL || out->images == NULL) {
+        dx_err(err, errlen, "out of memory for %d image(s) of %dx%d", n, H, W);
+        s = DEXEC_ENOMEM;
+        goto done;
+    }
+    for (i = 0; i < n && s == DEXEC_OK; i++) {
+        dxk_sample_args a;
+        dexec_image *im = &out->images[i];
+        int py, px, c;
+
+        /* images are independent (own noise, batch of one): an image is
+         * the same whether it is asked for alone or as the i-th of many */
+        dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, npix);
+        memset(&a, 0, sizeof a);
+        a.noise = noise;
+        a.H = H;
+        a.W = W;
+        a.y = y;
+        a.y_neg = y_neg;
+        a.steps = steps;
+        a.guidance = g;
+        a.shift = m->dit->cfg.sigma_shift;
+        if (step != NULL) {
+            prog.fn = step;
+            prog.user = user;
+            prog.image = i;
+            a.step = dx_on_step;
+            a.user = &prog;
+        }
+        t1 = dx_now();
+        s = dxk_sample(m->dit, ws, &a, x, err, errlen);
+        out->timings.denoise_s += dx_now() - t1;
+        if (s != DEXEC_OK)
+            break;
+        t1 = dx_now();
+        im->pixels = malloc(npix);
+        if (im->pixels == NULL) {
+            dx_err(err, errlen, "out of memory for the pixels of image %d", i);
+            s = DEXEC_ENOMEM;
+            break;
+        }
+        im->width = W;
+        im->height = H;
+        im->channels = C;
+        out->num_images = (size_t)i + 1;
+        /* planar CHW -> interleaved HWC */
+        k = 0;
+        for (py = 0; py < H; py++)
+            for (px = 0; px < W; px++)
+                for (c = 0; c < C; c++)
+                    im->pixels[k++] = dxk_to_pixel(x[((size_t)c * H + py) * W + px]);
+        out->timings.decode_s += dx_now() - t1;
+    }
+done:
+    if (s != DEXEC_OK)
+        dx_free_images(out);
+    free(noise);
+    free(x);
+    dxk_dit_ws_free(m->dit, ws);
+    return s;
+}
+
+/* VmRSS and VmHWM of this process, in bytes (0 when unknown). */
+static void dx_rss(int64_t *rss, int64_t *peak)
+{
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "re");
+    long long kb;
+
+    *rss = *peak = 0;
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1)
+            *rss = kb * 1024;
+        else if (sscanf(line, "VmHWM: %lld kB", &kb) == 1)
+            *peak = kb * 1024;
+    }
+    fclose(f);
+}
+
+static int dx_set_int(dexec_value *map, const char *key, int64_t v)
+{
+    return dexec_value_map_set(map, key, dexec_value_int(v));
+}
+
+dexec_value *dxk_model_info(const dxk_model *m)
+{
+    const dxk_dit_config *c = &m->dit->cfg;
+    dexec_value *v = dexec_value_map(), *mem = dexec_value_map();
+    int64_t rss, peak;
+    size_t used = 0, dpeak = 0;
+    int bad = v == NULL || mem == NULL;
+
+    if (bad) {
+        dexec_value_free(v);
+        dexec_value_free(mem);
+        return NULL;
+    }
+    dx_rss(&rss, &peak);
+    bad |= dx_set_int(mem, "rss", rss);
+    bad |= dx_set_int(mem, "peak", peak);
+    if (!m->be->host_memory) {
+        m->be->memory(m->be, &used, &dpeak);
+        bad |= dx_set_int(mem, "device_used", (int64_t)used);
+        bad |= dx_set_int(mem, "device_peak", (int64_t)dpeak);
+    }
+    bad |= dexec_value_map_set(v, "path", dexec_value_str(m->path));
+    bad |= dexec_value_map_set(v, "device", dexec_value_str(m->be->name));
+    bad |= dexec_value_map_set(v, "device_name", dexec_value_str(m->be->device_name));
+    bad |= dx_set_int(v, "parameters", (int64_t)m->dit->params);
+    bad |= dx_set_int(v, "bytes", (int64_t)(m->dit->params * sizeof(float)));
+    bad |= dx_set_int(v, "image_size", c->image_size);
+    bad |= dx_set_int(v, "channels", c->in_channels);
+    bad |= dx_set_int(v, "default_steps", c->default_steps);
+    bad |= dexec_value_map_set(v, "default_guidance", dexec_value_float(c->default_guidance));
+    bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(m->st->metadata));
+    bad |= dexec_value_map_set(v, "memory", mem);
+    if (bad) {
+        dexec_value_free(v);
+        return NULL;
+    }
+    return v;
+}

@@ -1,0 +1,476 @@
+/*
+ * safetensors.c - strict safetensors reader. The whole file is validated
+ * against the rules of doc/model-format.md before any tensor is used, so
+ * the model code can trust shapes and offsets. The file is mapped, not
+ * read: F32 tensors are used where they lie, which keeps a worker's memory
+ * at the size of its activations.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+
+static void dx_st_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void dx_st_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+const char *dxk_dtype_name(dxk_dtype d)
+{
+    switch (d) {
+    case DXK_F32:
+        return "F32";
+    case DXK_F16:
+        return "F16";
+    case DXK_BF16:
+        return "BF16";
+    }
+    return "?";
+}
+
+size_t dxk_dtype_size(dxk_dtype d)
+{
+    return d == DXK_F32 ? 4 : 2;
+}
+
+float dxk_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    float f;
+
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {
+            /* subnormal half: renormalise into a normal float */
+            exp = 127 - 15 + 1;
+            while ((man & 0x400u) == 0) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ffu;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+float dxk_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static int dx_parse_dtype(const char *s, dxk_dtype *d)
+{
+    if (strcmp(s, "F32") == 0)
+        *d = DXK_F32;
+    else if (strcmp(s, "F16") == 0)
+        *d = DXK_F16;
+    else if (strcmp(s, "BF16") == 0)
+        *d = DXK_BF16;
+    else
+        return -1;
+    return 0;
+}
+
+/* A JSON number that is a non-negative integer. The JSON parser gives
+ * integers as INT; a FLOAT (1e3, 2.0) is not an offset or a dimension. */
+static int dx_nonneg_int(const dexec_value *v, uint64_t *out)
+{
+    if (v == NULL || v->type != DEXEC_VAL_INT || v->u.i < 0)
+        return -1;
+    *out = (uint64_t)v->u.i;
+    return 0;
+}
+
+static dexec_status dx_parse_tensor(dxk_safetensors *st, const char *name, const dexec_value *v,
+                                    dxk_tensor *t, char *err, size_t errlen)
+{
+    const dexec_value *dt, *shape, *offs;
+    uint64_t b, e, n = 1, want;
+    size_t i;
+
+    if (v->type != DEXEC_VAL_MAP) {
+        dx_st_err(err, errlen, "%s: tensor '%s': entry is not a JSON object", st->path, name);
+        return DEXEC_EINVAL;
+    }
+    dt = dexec_value_map_get(v, "dtype");
+    shape = dexec_value_map_get(v, "shape");
+    offs = dexec_value_map_get(v, "data_offsets");
+    if (dt == NULL || dt->type != DEXEC_VAL_STR) {
+        dx_st_err(err, errlen, "%s: tensor '%s': missing or non-string \"dtype\"", st->path, name);
+        return DEXEC_EINVAL;
+    }
+    if (dx_parse_dtype(dt->u.str.ptr, &t->dtype) != 0) {
+        dx_st_err(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, F16, BF16)",
+                  st->path, name, dt->u.str.ptr);
+        return DEXEC_EINVAL;
+    }
+    if (shape == NULL || shape->type != DEXEC_VAL_ARRAY) {
+        dx_st_err(err, errlen, "%s: tensor '%s': missing or non-array \"shape\"", st->path, name);
+        return DEXEC_EINVAL;
+    }
+    if (shape->u.arr.len > DXK_ST_MAX_DIMS) {
+        dx_st_err(err, errlen, "%s: tensor '%s': %zu dimensions (at most %d are supported)",
+                  st->path, name, shape->u.arr.len, DXK_ST_MAX_DIMS);
+        return DEXEC_EINVAL;
+    }
+    t->ndim = (int)shape->u.arr.len;
+    for (i = 0; i < shape->u.arr.len; i++) {
+        uint64_t d;
+
+        if (dx_nonneg_int(shape->u.arr.items[i], &d) != 0) {
+            dx_st_err(err, errlen, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
+                      st->path, name, i);
+            return DEXEC_EINVAL;
+        }
+        /* bound each factor so the product cannot wrap */
+        if (d != 0 && n > (UINT64_C(1) << 62) / d) {
+            dx_st_err(err, errlen, "%s: tensor '%s': shape is too large", st->path, name);
+            return DEXEC_EINVAL;
+        }
+        n *= d;
+        t->shape[i] = (int64_t)d;
+    }
+    if (offs == NULL || offs->type != DEXEC_VAL_ARRAY || offs->u.arr.len != 2 ||
+        dx_nonneg_int(offs->u.arr.items[0], &b) != 0 ||
+        dx_nonneg_int(offs->u.arr.items[1], &e) != 0) {
+        dx_st_err(err, errlen,
+                  "%s: tensor '%s': \"data_offsets\" must be [begin, end] of non-negative integers",
+                  st->path, name);
+        return DEXEC_EINVAL;
+    }
+    if (b > e) {
+        dx_st_err(err, errlen, "%s: tensor '%s': data_offsets begin %llu > end %llu", st->path,
+                  name, (unsigned long long)b, (unsigned long long)e);
+        return DEXEC_EINVAL;
+    }
+    want = n * dxk_dtype_size(t->dtype);
+    if (e - b != want) {
+        dx_st_err(err, errlen,
+                  "%s: tensor '%s': data_offsets span %llu bytes but %s x %llu elements need %llu",
+                  st->path, name, (unsigned long long)(e - b), dxk_dtype_name(t->dtype),
+                  (unsigned long long)n, (unsigned long long)want);
+        return DEXEC_EINVAL;
+    }
+    t->name = strdup(name);
+    if (t->name == NULL) {
+        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        return DEXEC_ENOMEM;
+    }
+    t->numel = (size_t)n;
+    t->begin = (size_t)b;
+    t->end = (size_t)e;
+    return DEXEC_OK;
+}
+
+static int dx_cmp_offsets(const void *a, const void *b)
+{
+    const dxk_tensor *x = a, *y = b;
+
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end)
+        return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+static dexec_status dx_parse_metadata(dxk_safetensors *st, const dexec_value *md, char *err,
+                                      size_t errlen)
+{
+    size_t i;
+
+    if (md->type != DEXEC_VAL_MAP) {
+        dx_st_err(err, errlen, "%s: \"__metadata__\" is not a JSON object", st->path);
+        return DEXEC_EINVAL;
+    }
+    for (i = 0; i < md->u.map.len; i++) {
+        if (md->u.map.items[i].val->type != DEXEC_VAL_STR) {
+            dx_st_err(err, errlen, "%s: \"__metadata__\" value of '%s' is not a string", st->path,
+                      md->u.map.items[i].key);
+            return DEXEC_EINVAL;
+        }
+    }
+    st->metadata = dexec_value_clone(md);
+    if (st->metadata == NULL) {
+        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        return DEXEC_ENOMEM;
+    }
+    return DEXEC_OK;
+}
+
+static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_t len,
+                                    size_t data_len, char *err, size_t errlen)
+{
+    char jerr[256];
+    dexec_value *root;
+    dexec_status s = DEXEC_OK;
+    size_t i, n = 0, expect = 0;
+
+    root = dexec_value_from_json(json, len, jerr, sizeof jerr);
+    if (root == NULL) {
+        dx_st_err(err, errlen, "%s: header is not valid JSON: %s", st->path, jerr);
+        return DEXEC_EINVAL;
+    }
+    if (root->type != DEXEC_VAL_MAP) {
+        dx_st_err(err, errlen, "%s: header is not a JSON object", st->path);
+        dexec_value_free(root);
+        return DEXEC_EINVAL;
+    }
+    st->tensors = calloc(root->u.map.len ? root->u.map.len : 1, sizeof *st->tensors);
+    if (st->tensors == NULL) {
+        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        dexec_value_free(root);
+        return DEXEC_ENOMEM;
+    }
+    for (i = 0; i < root->u.map.len && s == DEXEC_OK; i++) {
+        const dexec_kv *kv = &root->u.map.items[i];
+        size_t j;
+
+        if (strcmp(kv->key, "__metadata__") == 0) {
+            if (st->metadata != NULL) {
+                dx_st_err(err, errlen, "%s: \"__metadata__\" appears twice", st->path);
+                s = DEXEC_EINVAL;
+            } else {
+                s = dx_parse_metadata(st, kv->val, err, errlen);
+            }
+            continue;
+        }
+        for (j = 0; j < n; j++) {
+            if (strcmp(st->tensors[j].name, kv->key) == 0) {
+                dx_st_err(err, errlen, "%s: tensor '%s': appears twice in the header", st->path,
+                          kv->key);
+                s = DEXEC_EINVAL;
+            }
+        }
+        if (s == DEXEC_OK) {
+            s = dx_parse_tensor(st, kv->key, kv->val, &st->tensors[n], err, errlen);
+            if (s == DEXEC_OK)
+                n++;
+        }
+    }
+    st->ntensors = n;
+    dexec_value_free(root);
+    if (s != DEXEC_OK)
+        return s;
+    if (st->metadata == NULL && (st->metadata = dexec_value_map()) == NULL) {
+        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        return DEXEC_ENOMEM;
+    }
+    qsort(st->tensors, n, sizeof *st->tensors, dx_cmp_offsets);
+    for (i = 0; i < n; i++) {
+        const dxk_tensor *t = &st->tensors[i];
+
+        if (t->begin > expect) {
+            dx_st_err(err, errlen,
+                      "%s: tensor '%s': begins at byte %zu but the previous tensor ends at %zu "
+                      "(gap in the data buffer)",
+                      st->path, t->name, t->begin, expect);
+            return DEXEC_EINVAL;
+        }
+        if (t->begin < expect) {
+            dx_st_err(err, errlen,
+                      "%s: tensor '%s': begins at byte %zu, inside the previous tensor "
+                      "(which ends at %zu): overlapping data",
+                      st->path, t->name, t->begin, expect);
+            return DEXEC_EINVAL;
+        }
+        expect = t->end;
+    }
+    if (expect != data_len) {
+        if (n == 0)
+            dx_st_err(err, errlen, "%s: no tensors but the data buffer holds %zu bytes", st->path,
+                      data_len);
+        else
+            dx_st_err(err, errlen,
+                      "%s: tensor '%s': the last tensor ends at byte %zu but the data buffer "
+                      "holds %zu bytes (file size %zu)",
+                      st->path, st->tensors[n - 1].name, expect, data_len, st->map_len);
+        return DEXEC_EINVAL;
+    }
+    return DEXEC_OK;
+}
+
+/* Gives every tensor a float32 view: in place for aligned little-endian F32
+ * (the writer pads the header for this), a converted copy otherwise. */
+static dexec_status dx_views(dxk_safetensors *st, char *err, size_t errlen)
+{
+    static const float empty[1];
+    const unsigned char *base = (const unsigned char *)st->map + st->data_off;
+    size_t i, k;
+
+    for (i = 0; i < st->ntensors; i++) {
+        dxk_tensor *t = &st->tensors[i];
+        const unsigned char *src = base + t->begin;
+        float *dst;
+
+        if (t->numel == 0) {
+            t->data = empty;
+            continue;
+        }
+        if (t->dtype == DXK_F32 && ((uintptr_t)src % sizeof(float)) == 0) {
+            t->data = (const float *)(const void *)src;
+            continue;
+        }
+        dst = malloc(t->numel * sizeof *dst);
+        if (dst == NULL) {
+            dx_st_err(err, errlen, "%s: tensor '%s': out of memory converting %zu elements",
+                      st->path, t->name, t->numel);
+            return DEXEC_ENOMEM;
+        }
+        if (t->dtype == DXK_F32) {
+            memcpy(dst, src, t->numel * sizeof *dst);
+        } else {
+            for (k = 0; k < t->numel; k++) {
+                uint16_t h = (uint16_t)(src[2 * k] | (src[2 * k + 1] << 8));
+
+                dst[k] = t->dtype == DXK_F16 ? dxk_f16_to_f32(h) : dxk_bf16_to_f32(h);
+            }
+        }
+        t->data = dst;
+        t->converted = 1;
+        st->copied_bytes += t->numel * sizeof *dst;
+    }
+    return DEXEC_OK;
+}
+
+dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, size_t errlen)
+{
+    dxk_safetensors *st;
+    struct stat sb;
+    uint64_t hlen = 0;
+    dexec_status s;
+    int fd, i;
+
+    *out = NULL;
+    st = calloc(1, sizeof *st);
+    if (st == NULL || (st->path = strdup(path)) == NULL) {
+        free(st);
+        dx_st_err(err, errlen, "%s: out of memory", path);
+        return DEXEC_ENOMEM;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+
+        dx_st_err(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        dxk_st_close(st);
+        return e == ENOENT ? DEXEC_ENOTFOUND : DEXEC_EIO;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        dx_st_err(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        dxk_st_close(st);
+        return DEXEC_EIO;
+    }
+    if (sb.st_size < 8) {
+        dx_st_err(err, errlen, "%s: file is %lld bytes, too short for the 8-byte header length",
+                  path, (long long)sb.st_size);
+        close(fd);
+        dxk_st_close(st);
+        return DEXEC_EINVAL;
+    }
+    st->map_len = (size_t)sb.st_size;
+    st->map = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (st->map == MAP_FAILED) {
+        st->map = NULL;
+        dx_st_err(err, errlen, "%s: cannot map: %s", path, strerror(errno));
+        dxk_st_close(st);
+        return DEXEC_EIO;
+    }
+    for (i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | ((const unsigned char *)st->map)[i];
+    if (hlen < 2 || hlen > DXK_ST_MAX_HEADER) {
+        dx_st_err(err, errlen, "%s: header length %llu is outside 2..%u bytes", path,
+                  (unsigned long long)hlen, DXK_ST_MAX_HEADER);
+        dxk_st_close(st);
+        return DEXEC_EINVAL;
+    }
+    if (8 + hlen > st->map_len) {
+        dx_st_err(err, errlen,
+                  "%s: header length %llu runs past the end of the file (%zu bytes): truncated?",
+                  path, (unsigned long long)hlen, st->map_len);
+        dxk_st_close(st);
+        return DEXEC_EINVAL;
+    }
+    st->data_off = 8 + (size_t)hlen;
+    s = dx_parse_header(st, (const char *)st->map + 8, (size_t)hlen, st->map_len - st->data_off,
+                        err, errlen);
+    if (s == DEXEC_OK)
+        s = dx_views(st, err, errlen);
+    if (s != DEXEC_OK) {
+        dxk_st_close(st);
+        return s;
+    }
+    *out = st;
+    return DEXEC_OK;
+}
+
+void dxk_st_close(dxk_safetensors *st)
+{
+    size_t i;
+
+    if (st == NULL)
+        return;
+    if (st->tensors != NULL) {
+        for (i = 0; i < st->ntensors; i++) {
+            free(st->tensors[i].name);
+            if (st->tensors[i].converted)
+                free((void *)st->tensors[i].data);
+        }
+        free(st->tensors);
+    }
+    if (st->map != NULL)
+        munmap(st->map, st->map_len);
+    dexec_value_free(st->metadata);
+    free(st->path);
+    free(st);
+}
+
+const dxk_tensor *dxk_st_find(const dxk_safetensors *st, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < st->ntensors; i++)
+        if (strcmp(st->tensors[i].name, name) == 0)
+            return &st->tensors[i];
+    return NULL;
+}
+
+const char *dxk_st_meta(const dxk_safetensors *st, const char *key)
+{
+    const dexec_value *v = dexec_value_map_get(st->metadata, key);
+
+    return v != NULL && v->type == DEXEC_VAL_STR ? v->u.str.ptr : NULL;
+}
