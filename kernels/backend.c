@@ -15,11 +15,19 @@ void dxk_backend_free(dxk_backend *be)
         be->destroy(be);
 }
 
-#ifndef HAVE_CUDA
+/* DXK_CUDA_BACKEND is defined where kernels/cuda/ is compiled in (a build
+ * whose configure found nvcc and cuBLAS). */
+#ifndef DXK_CUDA_BACKEND
+#ifdef HAVE_CUDA
+#define DX_NO_CUDA_WHY "this dexec's CUDA backend (kernels/cuda) is not part of this build"
+#else
+#define DX_NO_CUDA_WHY "this dexec was built without CUDA (configure found no nvcc)"
+#endif
+
 int dxk_cuda_device_count(char *reason, size_t reasonlen)
 {
     if (reason != NULL && reasonlen > 0)
-        snprintf(reason, reasonlen, "this dexec was built without CUDA (configure found no nvcc)");
+        snprintf(reason, reasonlen, "%s", DX_NO_CUDA_WHY);
     return 0;
 }
 
@@ -29,8 +37,9 @@ dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, size_t errl
     *out = NULL;
     if (err != NULL && errlen > 0)
         snprintf(err, errlen,
-                 "device cuda requested but this dexec was built without CUDA (configure found "
-                 "no nvcc): rebuild with --with-cuda, or use device = \"cpu\"");
+                 "device cuda requested but %s: rebuild with --with-cuda, or use device = "
+                 "\"cpu\"",
+                 DX_NO_CUDA_WHY);
     return DEXEC_ENOTSUP;
 }
 #endif
