@@ -861,6 +861,43 @@ void dexec_config_free(dexec_config *cfg)
     free(cfg);
 }
 
+/* For the engine, which keeps its own copy: values, origins and path too,
+ * so messages about the copy still name the right file and line. */
+dexec_config *dx_config_clone(const dexec_config *cfg)
+{
+    dexec_config *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    if ((cfg->path != NULL && (c->path = strdup(cfg->path)) == NULL) ||
+        (cfg->env_plugin_path != NULL &&
+         (c->env_plugin_path = strdup(cfg->env_plugin_path)) == NULL))
+        goto oom;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct dx_slot *from = &cfg->slot[i];
+        struct dx_slot *to = &c->slot[i];
+
+        to->v.i = from->v.i;
+        to->v.f = from->v.f;
+        to->v.n = from->v.n;
+        if ((from->origin != NULL && (to->origin = strdup(from->origin)) == NULL) ||
+            (from->v.s != NULL && (to->v.s = strdup(from->v.s)) == NULL) ||
+            (from->v.map != NULL && (to->v.map = dexec_value_clone(from->v.map)) == NULL))
+            goto oom;
+        if (from->v.list != NULL) {
+            if ((to->v.list = calloc(from->v.n + 1, sizeof(char *))) == NULL)
+                goto oom;
+            for (size_t k = 0; k < from->v.n; k++)
+                if ((to->v.list[k] = strdup(from->v.list[k])) == NULL)
+                    goto oom;
+        }
+    }
+    return c;
+oom:
+    dexec_config_free(c);
+    return NULL;
+}
+
 static dexec_status apply_group(dexec_config *cfg, const config_setting_t *group,
                                 const char *prefix, const struct dx_source *src, char *err,
                                 size_t errlen)

@@ -150,21 +150,6 @@ void dexec_outputs_free(dexec_output *outs, size_t n)
 
 /* ---- create ------------------------------------------------------------------- */
 
-/* The engine keeps its own configuration so the caller may free theirs. */
-static dexec_status copy_config(const dexec_config *cfg, dexec_config **out, char *err,
-                                size_t errlen)
-{
-    const char *name = dexec_config_path(cfg);
-    char *text = dexec_config_dump(cfg);
-    dexec_status st;
-
-    if (text == NULL)
-        return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory copying the configuration");
-    st = dexec_config_parse(text, name != NULL ? name : "(defaults)", out, err, errlen);
-    free(text);
-    return st;
-}
-
 static double timeout_or(const dexec_config *cfg, const char *key, double fallback)
 {
     double v;
@@ -244,10 +229,13 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         dexec_config_free(own_defaults);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
     }
-    st = copy_config(cfg, &e->cfg, err, errlen);
+    /* The engine keeps its own configuration so the caller may free theirs. */
+    e->cfg = dx_config_clone(cfg);
     dexec_config_free(own_defaults);
-    if (st != DEXEC_OK)
+    if (e->cfg == NULL) {
+        st = dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory copying the configuration");
         goto fail;
+    }
 
     if (dexec_config_get_string(e->cfg, "distributed_executor_backend", &backend) != DEXEC_OK ||
         backend == NULL || backend[0] == '\0') {

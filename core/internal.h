@@ -30,6 +30,10 @@ double dx_remaining(double deadline);
 char **dx_plugin_dirs(const dexec_config *cfg);
 void dx_strv_free(char **v);
 
+/* Deep copy of a configuration, origins and path included (config.c).
+ * NULL when memory is exhausted. */
+dexec_config *dx_config_clone(const dexec_config *cfg);
+
 /* ---- wire protocol internals (frame.c, msgpack_codec.c) ---------------- */
 
 /* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */
