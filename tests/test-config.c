@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <dexec/dexec.h>
@@ -656,6 +657,60 @@ START_TEST(test_key_info)
 }
 END_TEST
 
+/* ---- the dexec config command ---------------------------------------------- */
+
+/* Runs the dexec tool with args (shell words); returns its exit status and
+ * its stdout and stderr together in out. */
+static int run_cli(const char *args, char *out, size_t outlen)
+{
+    const char *cli = getenv("DEXEC_CLI");
+    char cmd[1024];
+    size_t len = 0;
+    FILE *p;
+    int status;
+
+    snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1", cli, args);
+    p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    len = fread(out, 1, outlen - 1, p);
+    out[len] = '\0';
+    status = pclose(p);
+    ck_assert(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+START_TEST(test_cli)
+{
+    const char *path;
+    char out[16384], args[600], want[700];
+
+    if (getenv("DEXEC_CLI") == NULL || access(getenv("DEXEC_CLI"), X_OK) != 0)
+        return; /* run outside "make check": the tool's path is not known */
+    clear_env();
+    path = write_file("cli.conf", "num_gpus = 2;\nexternal = { worker_names = [ \"w0\" ]; };\n");
+    snprintf(args, sizeof(args), "config check -s timeouts.rpc=4 %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+    snprintf(want, sizeof(want), "num_gpus = 2;  # from %s:1\n", path);
+    ck_assert_ptr_nonnull(strstr(out, want));
+    ck_assert_ptr_nonnull(strstr(out, "  rpc = 4.0;  # from set\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  worker_names = [ \"w0\" ];"));
+
+    path = write_file("cli.conf", "timeouts = {\n  rcp = 4.0;\n};\n");
+    snprintf(args, sizeof(args), "config check -c %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "dexec: %s:2: timeouts.rcp: unknown key (did you mean timeouts.rpc?)\n", path);
+    ck_assert_str_eq(out, want);
+
+    ck_assert_int_eq(run_cli("config keys", out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\nnum_gpus "));
+    ck_assert_ptr_nonnull(strstr(out, "discovery.redis.command_timeout"));
+    ck_assert_int_eq(run_cli("config --help", out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "Usage: dexec config check"));
+    ck_assert_int_eq(run_cli("config frobnicate", out, sizeof(out)), 2);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -672,6 +727,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_set);
     tcase_add_test(tc, test_dump_round_trip);
     tcase_add_test(tc, test_key_info);
+    tcase_add_test(tc, test_cli);
     suite_add_tcase(s, tc);
     return s;
 }

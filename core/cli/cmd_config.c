@@ -13,7 +13,7 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: dexec config check [-s KEY=VALUE]... [FILE]\n"
+            "Usage: dexec config check [-s KEY=VALUE]... [[-c] FILE]\n"
             "       dexec config keys\n"
             "       dexec config --help\n\n"
             "check  validates FILE (default: $DEXEC_CONFIG, else the defaults), applies\n"
@@ -23,6 +23,7 @@ static void usage(FILE *out)
             "       came from. The output is itself a valid configuration file.\n"
             "keys   lists every key with its type, default, accepted values and meaning.\n\n"
             "Options of check:\n"
+            "  -c, --config FILE    the file to check (the same as giving FILE)\n"
             "  -s, --set KEY=VALUE  override a key as on a command line: \"2\", \"4.5\",\n"
             "                       \"mp\", \"a,b\" for lists, \"name=1,other=2\" for maps\n"
             "  -h, --help           show this help\n\n"
@@ -48,12 +49,14 @@ static int config_keys(void)
 static int config_check(int argc, char **argv)
 {
     static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
         {"set", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     char **sets = calloc((size_t)argc, sizeof(char *));
     size_t nsets = 0;
+    const char *path = NULL;
     dexec_config *cfg;
     char *text;
     int c;
@@ -63,8 +66,11 @@ static int config_check(int argc, char **argv)
         return 1;
     }
     optind = 1;
-    while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:s:h", opts, NULL)) != -1) {
         switch (c) {
+        case 'c':
+            path = optarg;
+            break;
         case 's':
             if (strchr(optarg, '=') == NULL) {
                 fprintf(stderr, "dexec config check: -s wants KEY=VALUE, got '%s'\n", optarg);
@@ -83,12 +89,14 @@ static int config_check(int argc, char **argv)
             return 2;
         }
     }
-    if (argc - optind > 1) {
-        fprintf(stderr, "dexec config check: unexpected argument '%s'\n", argv[optind + 1]);
+    if (optind < argc && path == NULL)
+        path = argv[optind++];
+    if (optind < argc) {
+        fprintf(stderr, "dexec config check: unexpected argument '%s'\n", argv[optind]);
         free(sets);
         return 2;
     }
-    cfg = cli_load_config(optind < argc ? argv[optind] : NULL);
+    cfg = cli_load_config(path);
     if (cfg == NULL) {
         free(sets);
         return 1;
