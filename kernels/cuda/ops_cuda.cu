@@ -1,0 +1,472 @@
+/*
+ * ops_cuda.cu - the CUDA backend of ops.h: finding a device, the backend
+ * object, device buffers, sticky error reporting, and the linear layers.
+ * The other ops live in attention.cu, layernorm.cu, elementwise.cu and
+ * embed.cu.
+ *
+ * Linear layers are cuBLAS SGEMM in plain FP32 math: TF32 tensor cores
+ * would be several times faster but move results by ~1e-3, and a request
+ * must give the same image on a GPU as on the CPU (within 1e-4).
+ */
+#include <config.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_cuda.h"
+
+void dxc_fail(dxc *c, dexec_status s, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (c->fail != DEXEC_OK)
+        return;
+    c->fail = s;
+    n = snprintf(c->msg, sizeof c->msg, "cuda gpu %d: ", c->gpu);
+    if (n < 0 || (size_t)n >= sizeof c->msg)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(c->msg + n, sizeof c->msg - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+bool dxc_cuda_ok(dxc *c, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return true;
+    dxc_fail(c, e == cudaErrorMemoryAllocation ? DEXEC_ENOMEM : DEXEC_EIO, "%s: %s (%s)", what,
+             cudaGetErrorString(e), cudaGetErrorName(e));
+    return false;
+}
+
+bool dxc_blas_ok(dxc *c, cublasStatus_t s, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return true;
+    dxc_fail(c, s == CUBLAS_STATUS_ALLOC_FAILED ? DEXEC_ENOMEM : DEXEC_EIO, "%s: %s (%s)", what,
+             cublasGetStatusString(s), cublasGetStatusName(s));
+    return false;
+}
+
+/* The CUDA runtime keeps the current device per thread; the thread that
+ * issues ops need not be the one that created the backend. */
+static bool dxc_current(dxc *c)
+{
+    int cur;
+
+    if (cudaGetDevice(&cur) == cudaSuccess && cur == c->gpu)
+        return true;
+    return dxc_cuda_ok(c, cudaSetDevice(c->gpu), "making the device current");
+}
+
+bool dxc_enter(dxk_backend *be)
+{
+    dxc *c = dxc_of(be);
+
+    return c->fail == DEXEC_OK && dxc_current(c);
+}
+
+bool dxc_launched(dxc *c, const char *kernel)
+{
+    char what[96];
+    cudaError_t e = cudaGetLastError();
+
+    if (e == cudaSuccess)
+        return true;
+    snprintf(what, sizeof what, "launching %s", kernel);
+    return dxc_cuda_ok(c, e, what);
+}
+
+unsigned dxc_blocks(size_t n)
+{
+    /* enough blocks to fill an H100 several times over; the grid-stride
+     * loop covers the rest */
+    const size_t max_blocks = 8192;
+    size_t b = (n + DXC_THREADS - 1) / DXC_THREADS;
+
+    return (unsigned)(b < 1 ? 1 : b > max_blocks ? max_blocks : b);
+}
+
+void *dxc_malloc(dxc *c, size_t bytes, const char *what)
+{
+    void *p = NULL;
+    cudaError_t e;
+
+    if (c->nallocs == c->cap) {
+        size_t ncap = c->cap ? 2 * c->cap : 64;
+        dxc_alloc *a = (dxc_alloc *)realloc(c->allocs, ncap * sizeof *a);
+
+        if (a == NULL) {
+            dxc_fail(c, DEXEC_ENOMEM, "%s: out of host memory", what);
+            return NULL;
+        }
+        c->allocs = a;
+        c->cap = ncap;
+    }
+    e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+
+        cudaGetLastError(); /* a failed cudaMalloc is not sticky: clear it */
+        cudaMemGetInfo(&free_b, &total_b);
+        dxc_fail(c, e == cudaErrorMemoryAllocation ? DEXEC_ENOMEM : DEXEC_EIO,
+                 "%s: cannot allocate %zu MiB of device memory (%zu of %zu MiB free, %zu MiB "
+                 "held by this backend): %s",
+                 what, bytes >> 20, free_b >> 20, total_b >> 20, c->used >> 20,
+                 cudaGetErrorString(e));
+        return NULL;
+    }
+    c->allocs[c->nallocs].p = p;
+    c->allocs[c->nallocs].bytes = bytes;
+    c->nallocs++;
+    c->used += bytes;
+    if (c->used > c->peak)
+        c->peak = c->used;
+    return p;
+}
+
+void dxc_free(dxc *c, void *p)
+{
+    size_t i;
+
+    if (p == NULL)
+        return;
+    /* buffers tend to be released in reverse order of allocation */
+    for (i = c->nallocs; i > 0; i--) {
+        if (c->allocs[i - 1].p == p)
+            break;
+    }
+    if (i == 0) {
+        dxc_fail(c, DEXEC_EINVAL, "release of %p, which this backend did not allocate", p);
+        return;
+    }
+    c->used -= c->allocs[i - 1].bytes;
+    c->allocs[i - 1] = c->allocs[--c->nallocs];
+    /* cudaFree waits for the device: no queued kernel still uses p */
+    dxc_cuda_ok(c, cudaFree(p), "cudaFree");
+}
+
+/* ---- buffers ---- */
+
+static float *cu_alloc(dxk_backend *be, size_t n)
+{
+    dxc *c = dxc_of(be);
+    char what[64];
+
+    if (n > SIZE_MAX / sizeof(float)) {
+        dxc_fail(c, DEXEC_ENOMEM, "cannot allocate %zu floats: the size overflows", n);
+        return NULL;
+    }
+    /* allocation works after an op failed: the caller learns of the
+     * failure at its next sync and frees what it holds */
+    if (!dxc_current(c))
+        return NULL;
+    snprintf(what, sizeof what, "alloc of %zu floats", n);
+    return (float *)dxc_malloc(c, n * sizeof(float), what);
+}
+
+static void cu_release(dxk_backend *be, float *p)
+{
+    dxc *c = dxc_of(be);
+
+    if (p != NULL && dxc_current(c))
+        dxc_free(c, p);
+}
+
+/* From pageable host memory cudaMemcpyAsync copies src to a staging
+ * buffer before it returns: the caller may reuse src at once. */
+static void cu_upload(dxk_backend *be, float *dst, const float *src, size_t n)
+{
+    dxc *c = dxc_of(be);
+
+    if (n == 0 || !dxc_enter(be))
+        return;
+    dxc_cuda_ok(c, cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyHostToDevice, c->stream),
+                "upload");
+}
+
+/* Returns with dst filled: the host reads it next, without a sync. */
+static void cu_download(dxk_backend *be, float *dst, const float *src, size_t n)
+{
+    dxc *c = dxc_of(be);
+
+    if (n == 0 || !dxc_enter(be))
+        return;
+    if (dxc_cuda_ok(c,
+                    cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToHost, c->stream),
+                    "download"))
+        dxc_cuda_ok(c, cudaStreamSynchronize(c->stream), "download (waiting for the queued ops)");
+}
+
+static void cu_copy(dxk_backend *be, float *dst, const float *src, size_t n)
+{
+    dxc *c = dxc_of(be);
+
+    if (n == 0 || dst == src || !dxc_enter(be))
+        return;
+    /* cudaMemcpy has memcpy's contract, not memmove's; no caller needs an
+     * overlapping copy, so one is reported rather than half done */
+    if (dst < src + n && src < dst + n) {
+        dxc_fail(c, DEXEC_EINVAL, "copy of %zu floats between overlapping buffers", n);
+        return;
+    }
+    dxc_cuda_ok(c, cudaMemcpyAsync(dst, src, n * sizeof *dst, cudaMemcpyDeviceToDevice, c->stream),
+                "copy");
+}
+
+static void cu_memory(dxk_backend *be, size_t *used, size_t *peak)
+{
+    *used = dxc_of(be)->used;
+    *peak = dxc_of(be)->peak;
+}
+
+/* ---- linear ---- */
+
+/* y[M,N] = b broadcast over the rows: the GEMM then accumulates onto it
+ * (beta = 1), which costs one write of y instead of a second pass. */
+static __global__ void fill_rows_kernel(float *__restrict__ y, const float *__restrict__ b,
+                                        size_t total, int N)
+{
+    DXC_FOR_EACH(i, total)
+    {
+        y[i] = b[i % N];
+    }
+}
+
+static void cu_linear(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                      int M, int N, int K)
+{
+    dxc *c = dxc_of(be);
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s;
+    char what[96];
+
+    if (M <= 0 || N <= 0 || !dxc_enter(be))
+        return;
+    if (b != NULL) {
+        size_t total = (size_t)M * N;
+
+        fill_rows_kernel<<<dxc_blocks(total), DXC_THREADS, 0, c->stream>>>(y, b, total, N);
+        if (!dxc_launched(c, "fill_rows (linear bias)"))
+            return;
+    }
+    /* cuBLAS is column-major: row-major y[M,N] is the column-major N x M
+     * matrix y^T = W x^T. Row-major W[N,K] is column-major W^T (K x N),
+     * hence OP_T; row-major x[M,K] is column-major x^T (K x M) as is. */
+    s = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K,
+                    b != NULL ? &one : &zero, y, N);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(what, sizeof what, "linear M=%d N=%d K=%d (cublasSgemm)", M, N, K);
+        dxc_blas_ok(c, s, what);
+    }
+}
+
+/* ---- control ---- */
+
+static dexec_status cu_sync(dxk_backend *be, char *err, size_t errlen)
+{
+    dxc *c = dxc_of(be);
+
+    /* waits even after a failure: the caller frees buffers next */
+    if (dxc_current(c))
+        dxc_cuda_ok(c, cudaStreamSynchronize(c->stream),
+                    "running the queued ops (CUDA_LAUNCH_BLOCKING=1 tells which one failed)");
+    if (c->fail != DEXEC_OK && err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s", c->msg);
+    return c->fail;
+}
+
+static void dxc_release_all(dxc *c)
+{
+    size_t i;
+
+    if (c->stream != NULL)
+        cudaStreamSynchronize(c->stream);
+    for (i = 0; i < c->nallocs; i++)
+        cudaFree(c->allocs[i].p);
+    if (c->blas != NULL)
+        cublasDestroy(c->blas);
+    if (c->stream != NULL)
+        cudaStreamDestroy(c->stream);
+    free(c->allocs);
+    free(c);
+}
+
+static void cu_destroy(dxk_backend *be)
+{
+    dxc *c = dxc_of(be);
+
+    /* the model has released its buffers; what is left (the position
+     * embedding, or buffers a caller leaked) goes with the backend */
+    dxc_current(c);
+    dxc_release_all(c);
+    free(be);
+}
+
+/* ---- creation ---- */
+
+extern "C" int dxk_cuda_device_count(char *reason, size_t reasonlen)
+{
+    int n = 0, driver = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+
+    if (reason != NULL && reasonlen > 0)
+        reason[0] = '\0';
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (reason == NULL || reasonlen == 0)
+            return 0;
+        /* with no driver at all the runtime says "driver version is
+         * insufficient", which sends people looking for the wrong fix */
+        if (e == cudaErrorInsufficientDriver && cudaDriverGetVersion(&driver) == cudaSuccess &&
+            driver == 0)
+            snprintf(reason, reasonlen, "no NVIDIA driver is installed (libcuda.so.1 not found)");
+        else
+            snprintf(reason, reasonlen, "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return 0;
+    }
+    if (n == 0 && reason != NULL && reasonlen > 0)
+        snprintf(reason, reasonlen, "the CUDA driver reports no device");
+    return n;
+}
+
+static void dxc_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void dxc_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Checks that the device can run this build's kernels: a build for sm_90
+ * has no code an older GPU can load, and the first op would fail. */
+static dexec_status dxc_check_arch(int gpu, const cudaDeviceProp *prop, char *err, size_t errlen)
+{
+    cudaFuncAttributes fa;
+    cudaError_t e = cudaFuncGetAttributes(&fa, fill_rows_kernel);
+
+    if (e == cudaSuccess)
+        return DEXEC_OK;
+    cudaGetLastError();
+    dxc_err(err, errlen,
+            "device cuda requested but gpu %d (%s, compute capability %d.%d) cannot run the "
+            "kernels of this build: %s; reconfigure with NVCCFLAGS=\"-O3 -gencode "
+            "arch=compute_%d%d,code=sm_%d%d\"",
+            gpu, prop->name, prop->major, prop->minor, cudaGetErrorString(e), prop->major,
+            prop->minor, prop->major, prop->minor);
+    return DEXEC_ENOTSUP;
+}
+
+extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, size_t errlen)
+{
+    char reason[160];
+    cudaDeviceProp prop;
+    dxk_backend *be;
+    dxc *c;
+    cudaError_t e;
+    cublasStatus_t bs;
+    dexec_status s;
+    int n = dxk_cuda_device_count(reason, sizeof reason);
+
+    *out = NULL;
+    if (n == 0) {
+        dxc_err(err, errlen, "device cuda requested but no CUDA device can be used: %s", reason);
+        return DEXEC_ENOTSUP;
+    }
+    if (gpu < 0 || gpu >= n) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+
+        dxc_err(err, errlen,
+                "device cuda requested on gpu %d, but this process sees %d CUDA device(s) "
+                "(CUDA_VISIBLE_DEVICES=%s)",
+                gpu, n, vis != NULL ? vis : "unset");
+        return DEXEC_ENOTSUP;
+    }
+    e = cudaSetDevice(gpu);
+    if (e == cudaSuccess)
+        e = cudaGetDeviceProperties(&prop, gpu);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        dxc_err(err, errlen, "device cuda requested but gpu %d cannot be used: %s (%s)", gpu,
+                cudaGetErrorString(e), cudaGetErrorName(e));
+        return DEXEC_ENOTSUP;
+    }
+    s = dxc_check_arch(gpu, &prop, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+
+    be = (dxk_backend *)calloc(1, sizeof *be);
+    c = (dxc *)calloc(1, sizeof *c);
+    if (be == NULL || c == NULL) {
+        free(be);
+        free(c);
+        dxc_err(err, errlen, "cuda backend: out of memory");
+        return DEXEC_ENOMEM;
+    }
+    c->gpu = gpu;
+    e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        c->stream = NULL;
+        dxc_err(err, errlen, "cuda gpu %d (%s): creating a stream: %s", gpu, prop.name,
+                cudaGetErrorString(e));
+        dxc_release_all(c);
+        free(be);
+        return e == cudaErrorMemoryAllocation ? DEXEC_ENOMEM : DEXEC_EIO;
+    }
+    bs = cublasCreate(&c->blas);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        c->blas = NULL;
+    } else {
+        bs = cublasSetStream(c->blas, c->stream);
+        /* plain FP32: no TF32 tensor cores (see the top of this file) */
+        if (bs == CUBLAS_STATUS_SUCCESS)
+            bs = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    }
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        dxc_err(err, errlen, "cuda gpu %d (%s): setting up cuBLAS: %s", gpu, prop.name,
+                cublasGetStatusString(bs));
+        dxc_release_all(c);
+        free(be);
+        return bs == CUBLAS_STATUS_ALLOC_FAILED ? DEXEC_ENOMEM : DEXEC_EIO;
+    }
+
+    be->name = "cuda";
+    snprintf(be->device_name, sizeof be->device_name, "%.*s", (int)sizeof be->device_name - 1,
+             prop.name);
+    be->host_memory = 0;
+    be->priv = c;
+    be->alloc = cu_alloc;
+    be->release = cu_release;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->copy = cu_copy;
+    be->memory = cu_memory;
+    be->linear = cu_linear;
+    be->ln_modulate = dxc_ln_modulate;
+    be->attention = dxc_attention;
+    be->attention_scratch = dxc_attention_scratch;
+    be->gelu_tanh = dxc_gelu_tanh;
+    be->silu = dxc_silu;
+    be->timestep_embed = dxc_timestep_embed;
+    be->add_embedding = dxc_add_embedding;
+    be->patchify = dxc_patchify;
+    be->unpatchify = dxc_unpatchify;
+    be->pos_embed_add = dxc_pos_embed_add;
+    be->gated_residual = dxc_gated_residual;
+    be->euler = dxc_euler;
+    be->cfg_combine = dxc_cfg_combine;
+    be->sync = cu_sync;
+    be->destroy = cu_destroy;
+    *out = be;
+    return DEXEC_OK;
+}
