@@ -542,74 +542,56 @@ static const char *source_path(const struct dx_source *src, const char *file, ch
     return buf;
 }
 
-/* Copies line `line` (1-based) of text into buf; 0 or -1 when absent. */
-static int text_line(const char *text, unsigned line, char *buf, size_t buflen)
+static char *read_file(const char *path, char *err, size_t errlen);
+
+/* The start of line `line` (1-based) of text, or NULL. */
+static const char *line_start(const char *text, unsigned line)
 {
     for (unsigned l = 1; l < line && text != NULL; l++) {
         text = strchr(text, '\n');
         if (text != NULL)
             text++;
     }
-    if (text == NULL || buflen == 0)
-        return -1;
-    snprintf(buf, buflen, "%.*s", (int)strcspn(text, "\n"), text);
-    return 0;
-}
-
-static int file_line(const char *path, unsigned line, char *buf, size_t buflen)
-{
-    FILE *fp = fopen(path, "re");
-    unsigned l = 1;
-    int c, rc = -1;
-    size_t len = 0;
-
-    if (fp == NULL)
-        return -1;
-    while ((c = getc(fp)) != EOF) {
-        if (l == line) {
-            rc = 0;
-            if (c == '\n')
-                break;
-            if (len + 1 < buflen)
-                buf[len++] = (char)c;
-        } else if (c == '\n') {
-            l++;
-        }
-    }
-    if (l == line)
-        rc = 0;
-    if (buflen > 0)
-        buf[len] = '\0';
-    fclose(fp);
-    return rc;
+    return text;
 }
 
 /* libconfig 1.5 stores an integer written without the L suffix in an int,
  * silently truncated ("memory = 34359738368;" reads as 0). Deployers write
- * byte counts that way, so the integer is re-read from the source line: the
- * number after "NAME =" whose low 32 bits equal what libconfig kept. */
+ * byte counts that way, so the integer is read again from the source: the
+ * number after "NAME =", where NAME starts on the setting's line (libconfig
+ * records the line of the name), whose low 32 bits equal what libconfig
+ * kept. */
 static int64_t setting_int64(const config_setting_t *s, const struct dx_source *src)
 {
     const char *name = config_setting_name(s);
     const char *file = config_setting_source_file(s);
     int kept = config_setting_get_int(s);
-    char line[1024], path[1024];
+    char *owned = NULL, path[1024];
+    const char *text = src->text, *line, *eol;
+    int64_t result = kept;
     size_t nlen;
 
     if (config_setting_type(s) == CONFIG_TYPE_INT64 || name == NULL)
         return config_setting_get_int64(s);
-    if ((file != NULL ? file_line(source_path(src, file, path, sizeof(path)),
-                                  config_setting_source_line(s), line, sizeof(line))
-                      : text_line(src->text, config_setting_source_line(s), line,
-                                  sizeof(line))) != 0)
+    if (file != NULL) {
+        owned = read_file(source_path(src, file, path, sizeof(path)), NULL, 0);
+        text = owned;
+    }
+    line = line_start(text, config_setting_source_line(s));
+    if (line == NULL) {
+        free(owned);
         return kept;
+    }
+    eol = line + strcspn(line, "\n");
     nlen = strlen(name);
-    for (char *p = strstr(line, name); p != NULL; p = strstr(p + 1, name)) {
-        char *q = p + nlen, *end;
+    for (const char *p = strstr(line, name); p != NULL && p < eol; p = strstr(p + 1, name)) {
+        const char *q = p + nlen;
+        char *end;
         long long v;
         int neg = 0;
 
-        if (p > line && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '-'))
+        if (p > line && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '-' ||
+                         p[-1] == '*'))
             continue;
         while (isspace((unsigned char)*q))
             q++;
@@ -629,10 +611,13 @@ static int64_t setting_int64(const config_setting_t *s, const struct dx_source *
             continue;
         if (neg)
             v = -v;
-        if ((int32_t)(uint32_t)(unsigned long long)v == kept)
-            return v;
+        if ((int32_t)(uint32_t)(unsigned long long)v == kept) {
+            result = v;
+            break;
+        }
     }
-    return kept;
+    free(owned);
+    return result;
 }
 
 /* A value from a libconfig setting. *line is moved to the element at fault
@@ -1227,7 +1212,8 @@ dexec_status dexec_config_set(dexec_config *cfg, const char *key, const char *va
     int idx;
 
     if (cfg == NULL || key == NULL || value == NULL)
-        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_config_set: cfg, key and value are required");
+        return dx_fail(err, errlen, DEXEC_EINVAL,
+                       "dexec_config_set: cfg, key and value are required");
     idx = find_key(key);
     if (idx < 0 && is_group(key)) {
         size_t used = (size_t)snprintf(err, err ? errlen : 0,
@@ -1283,7 +1269,8 @@ struct dx_buf {
     int oom;
 };
 
-static void buf_printf(struct dx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_printf(struct dx_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void buf_printf(struct dx_buf *b, const char *fmt, ...)
 {

@@ -91,7 +91,8 @@ static const struct {
      "%s:1: ray_actor.resources: ssd: must be a number >= 0"},
     {"num_gpus = 65;\n", "%s:1: num_gpus: must be between 1 and 64, got 65"},
     {"num_gpus = 0;\n", "%s:1: num_gpus: must be between 1 and 64, got 0"},
-    {"max_frame_bytes = 100;\n", "%s:1: max_frame_bytes: must be between 4096 and 4294967295, got 100"},
+    {"max_frame_bytes = 100;\n",
+     "%s:1: max_frame_bytes: must be between 4096 and 4294967295, got 100"},
     {"ray_actor = { gpus = -2; };\n", "%s:1: ray_actor.gpus: must be between -1 and 64, got -2"},
     {"ray_actor = { memory = -1L; };\n",
      "%s:1: ray_actor.memory: must be between 0 and 9223372036854775807, got -1"},
@@ -149,7 +150,8 @@ START_TEST(test_missing_file)
     ck_assert_str_eq(err, "/nonexistent/dexec.conf: cannot read the configuration file: "
                           "No such file or directory");
     ck_assert_int_eq(dexec_config_load(tmpdir, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
-    ck_assert_str_eq(strstr(err, ": cannot"), ": cannot read the configuration file: Is a directory");
+    ck_assert_str_eq(strstr(err, ": cannot"),
+                     ": cannot read the configuration file: Is a directory");
 
     /* $DEXEC_CONFIG is what a path NULL means */
     setenv("DEXEC_CONFIG", "/nonexistent/env.conf", 1);
@@ -297,7 +299,7 @@ START_TEST(test_file_values)
                      "ray_actor = {\n"
                      "  cpus = 8;\n"
                      "  gpus = 2;\n"
-                     "  memory = 34359738368;\n" /* no L: libconfig alone would keep 0 */
+                     "  memory =\n    34359738368;\n" /* no L: libconfig alone keeps 0 */
                      "  resources = { gpu_worker = 1; ssd = 0.5; big = 5000000000L; };\n"
                      "};\n"
                      "ray_init = { address = \"redis://head:6379/0\"; };\n");
@@ -353,13 +355,17 @@ START_TEST(test_include)
     int64_t i = 0;
 
     clear_env();
-    write_file("part.conf", "device = \"cpu\";\nnum_gpus = 3;\n");
+    write_file("part.conf", "device = \"cpu\";\n"
+                            "num_gpus = 3;\n"
+                            "ray_actor = { memory = 8589934593; };\n");
     path = write_file("main.conf", "model = \"m\";\n@include \"part.conf\"\n");
     ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_OK);
     ck_assert_int_eq(dexec_config_get_int(cfg, "num_gpus", &i), DEXEC_OK);
     ck_assert_int_eq(i, 3);
     snprintf(want, sizeof(want), "%s/part.conf:2", tmpdir);
     ck_assert_str_eq(dexec_config_origin(cfg, "num_gpus"), want);
+    ck_assert_int_eq(dexec_config_get_int(cfg, "ray_actor.memory", &i), DEXEC_OK);
+    ck_assert_int_eq(i, 8589934593LL);
     dexec_config_free(cfg);
 
     /* a mistake in an included file names that file */
