@@ -1,0 +1,612 @@
+/*
+ * test-mp.c - the mp executor and the worker protocol end to end: real
+ * dexec-worker processes driven through the engine API, and a live worker
+ * fed malformed frames.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dexec/dexec.h>
+#include <dexec/rpc.h>
+
+#define STEPS 3
+
+static dexec_engine *open_engine(int ranks, const char *extra_key, const char *extra_val)
+{
+    dexec_config *cfg = NULL;
+    dexec_engine *e = NULL;
+    char err[2048], n[16];
+
+    ck_assert_int_eq(dexec_config_load(NULL, &cfg, err, sizeof(err)), DEXEC_OK);
+    snprintf(n, sizeof(n), "%d", ranks);
+    ck_assert_int_eq(dexec_config_set(cfg, "num_gpus", n, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "device", "cpu", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "distributed_executor_backend", "mp", err,
+                                      sizeof(err)),
+                     DEXEC_OK);
+    if (extra_key != NULL)
+        ck_assert_int_eq(dexec_config_set(cfg, extra_key, extra_val, err, sizeof(err)), DEXEC_OK);
+    if (dexec_engine_create(cfg, &e, err, sizeof(err)) != DEXEC_OK)
+        ck_abort_msg("engine create failed: %s", err);
+    dexec_config_free(cfg);
+    return e;
+}
+
+static const char *const prompts[] = {"sneaker", "bag", "trouser", "dress", "ankle boot", "coat"};
+
+static void make_requests(dexec_request *r, size_t n, char ids[][16])
+{
+    for (size_t i = 0; i < n; i++) {
+        dexec_request_init(&r[i]);
+        snprintf(ids[i], 16, "r%zu", i);
+        r[i].request_id = ids[i];
+        r[i].prompt = prompts[i % 6];
+        r[i].seed = 100 + (int64_t)i;
+        r[i].num_inference_steps = STEPS;
+    }
+}
+
+static pid_t worker_pid(dexec_engine *e, int rank)
+{
+    dexec_value *info = NULL;
+    pid_t pid;
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, rank, &info),
+                     DEXEC_OK);
+    pid = (pid_t)dexec_value_as_int(dexec_value_map_get(info, "pid"), -1);
+    dexec_value_free(info);
+    ck_assert_int_gt(pid, 0);
+    return pid;
+}
+
+START_TEST(test_generate_ranks_same_pixels)
+{
+    enum { N = 6 };
+    dexec_request reqs[N];
+    char ids[N][16];
+    dexec_output *ref = NULL;
+    int rank_counts[] = {1, 2, 4};
+
+    make_requests(reqs, N, ids);
+    for (int k = 0; k < 3; k++) {
+        dexec_engine *e = open_engine(rank_counts[k], NULL, NULL);
+        dexec_output *outs = NULL;
+
+        ck_assert_int_eq(dexec_engine_num_ranks(e), rank_counts[k]);
+        ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
+        for (int i = 0; i < N; i++) {
+            ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+            ck_assert_str_eq(outs[i].request_id, ids[i]);
+            ck_assert_int_eq(outs[i].rank, i % rank_counts[k]);
+            ck_assert_int_eq((int)outs[i].num_images, 1);
+            ck_assert_int_eq(outs[i].seed, 100 + i);
+            ck_assert_int_eq(outs[i].steps, STEPS);
+            if (ref != NULL) {
+                dexec_image *a = &ref[i].images[0], *b = &outs[i].images[0];
+
+                ck_assert_int_eq(a->width, b->width);
+                ck_assert_int_eq(a->height, b->height);
+                ck_assert_msg(memcmp(a->pixels, b->pixels,
+                                     (size_t)(a->width * a->height * a->channels)) == 0,
+                              "request %d: %d ranks gave other pixels than 1 rank", i,
+                              rank_counts[k]);
+            }
+        }
+        /* different seeds give different images */
+        ck_assert(memcmp(outs[0].images[0].pixels, outs[1].images[0].pixels, 28 * 28) != 0);
+        if (ref == NULL)
+            ref = outs;
+        else
+            dexec_outputs_free(outs, N);
+        ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+        dexec_engine_free(e);
+    }
+    dexec_outputs_free(ref, N);
+}
+END_TEST
+
+START_TEST(test_bad_request_does_not_fail_batch)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_request reqs[3];
+    char ids[3][16];
+    dexec_output *outs = NULL;
+
+    make_requests(reqs, 3, ids);
+    reqs[1].prompt = "a purple giraffe";
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 3, &outs, NULL, NULL), DEXEC_OK);
+    ck_assert_int_eq(outs[0].status, DEXEC_OK);
+    ck_assert_int_eq(outs[2].status, DEXEC_OK);
+    ck_assert_int_eq(outs[1].status, DEXEC_EINVAL);
+    ck_assert_ptr_nonnull(strstr(outs[1].error, "giraffe"));
+    ck_assert_ptr_nonnull(strstr(outs[1].error, "sneaker"));
+    dexec_outputs_free(outs, 3);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_collective_rpc_by_rank)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_value *r = NULL, *args = dexec_value_array();
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &r),
+                     DEXEC_OK);
+    ck_assert_int_eq(r->type, DEXEC_VAL_ARRAY);
+    ck_assert_int_eq((int)r->u.arr.len, 2);
+    ck_assert_int_eq(dexec_value_as_int(r->u.arr.items[0], -1), 0);
+    ck_assert_int_eq(dexec_value_as_int(r->u.arr.items[1], -1), 1);
+    dexec_value_free(r);
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 1, &r), DEXEC_OK);
+    ck_assert_int_eq(r->type, DEXEC_VAL_INT);
+    ck_assert_int_eq(r->u.i, 1);
+    dexec_value_free(r);
+
+    dexec_value_array_push(args, dexec_value_str("hi"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "echo", 0, args, NULL, 0, &r), DEXEC_OK);
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_array_get(r, 0), ""), "hi");
+    dexec_value_free(r);
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_stats", 0, NULL, NULL, -1, &r),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(r->u.arr.items[1], "rank"), -1), 1);
+    dexec_value_free(r);
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "no_such_method", 0, NULL, NULL, -1, &r),
+                     DEXEC_EWORKER);
+    ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e), "unknown worker method 'no_such_method'"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 2, &r),
+                     DEXEC_EINVAL);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_load_model_swaps)
+{
+    dexec_engine *e = open_engine(1, NULL, NULL);
+    dexec_value *r = NULL, *args = dexec_value_array();
+
+    dexec_value_array_push(args, dexec_value_str("/nonexistent/model.safetensors"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "load_model", 0, args, NULL, -1, &r),
+                     DEXEC_EWORKER);
+    ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e), "/nonexistent/model.safetensors"));
+    dexec_value_free(args);
+    args = dexec_value_array();
+    dexec_value_array_push(args, dexec_value_str("fashion-dit"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "load_model", 0, args, NULL, 0, &r),
+                     DEXEC_OK);
+    ck_assert_int_eq(r->type, DEXEC_VAL_MAP);
+    dexec_value_free(r);
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_rpc_deadline_names_method_and_rank)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_value *r = NULL, *args = dexec_value_array();
+    double t0;
+
+    dexec_value_array_push(args, dexec_value_float(5.0));
+    t0 = dexec_now();
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "debug_sleep", 0.5, args, NULL, -1, &r),
+                     DEXEC_ETIMEDOUT);
+    ck_assert_double_lt(dexec_now() - t0, 1.5);
+    ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e), "debug_sleep"));
+    ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e), "rank 0, 1"));
+    /* cheap methods are still answered while the ranks sleep */
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+typedef struct step_arg {
+    dexec_engine *e;
+    dexec_status st;
+    dexec_output *outs;
+    double done_at;
+    char msg[1024]; /* the last error is per thread: copied by the thread that saw it */
+} step_arg;
+
+static void *run_long_step(void *p)
+{
+    step_arg *a = p;
+    dexec_request r;
+
+    dexec_request_init(&r);
+    r.prompt = "coat";
+    r.seed = 1;
+    r.num_inference_steps = 1000;
+    a->st = dexec_engine_step(a->e, &r, 1, &a->outs, NULL, NULL);
+    a->done_at = dexec_now();
+    snprintf(a->msg, sizeof(a->msg), "%s", dexec_engine_last_error(a->e));
+    return NULL;
+}
+
+START_TEST(test_worker_killed_mid_generate)
+{
+    dexec_engine *e = open_engine(1, NULL, NULL);
+    step_arg a = {.e = e};
+    pthread_t th;
+    pid_t pid = worker_pid(e, 0);
+    char pidtxt[32];
+    double killed_at;
+
+    pthread_create(&th, NULL, run_long_step, &a);
+    usleep(300000);
+    killed_at = dexec_now();
+    kill(pid, SIGKILL);
+    pthread_join(th, NULL);
+    ck_assert_msg(a.done_at - killed_at < 1.0, "step returned %.3f s after the kill",
+                  a.done_at - killed_at);
+    ck_assert_int_eq(a.st, DEXEC_EWORKER);
+    snprintf(pidtxt, sizeof(pidtxt), "pid %d", (int)pid);
+    ck_assert_msg(strstr(a.msg, "rank 0") != NULL && strstr(a.msg, pidtxt) != NULL &&
+                      strstr(a.msg, "signal 9") != NULL,
+                  "message: %s", a.msg);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
+static int process_gone(pid_t pid)
+{
+    char path[64], buf[512];
+    FILE *f;
+    int gone = 1;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return 1;
+    if (fgets(buf, sizeof(buf), f) != NULL) {
+        char *p = strrchr(buf, ')');
+
+        gone = p != NULL && p[2] == 'Z'; /* a zombie has stopped running */
+    }
+    fclose(f);
+    return gone;
+}
+
+START_TEST(test_engine_sigkill_leaves_no_worker)
+{
+    int p[2];
+    pid_t child, pids[2] = {0, 0};
+    double t0;
+
+    ck_assert_int_eq(pipe(p), 0);
+    child = fork();
+    if (child == 0) {
+        dexec_engine *e = open_engine(2, NULL, NULL);
+
+        for (int r = 0; r < 2; r++) {
+            pid_t w = worker_pid(e, r);
+
+            if (write(p[1], &w, sizeof(w)) != sizeof(w))
+                _exit(1);
+        }
+        pause();
+        _exit(0);
+    }
+    close(p[1]);
+    for (int r = 0; r < 2; r++)
+        ck_assert_int_eq(read(p[0], &pids[r], sizeof(pids[r])), (ssize_t)sizeof(pids[r]));
+    close(p[0]);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    t0 = dexec_now();
+    while (dexec_now() - t0 < 2.0 && !(process_gone(pids[0]) && process_gone(pids[1])))
+        usleep(20000);
+    ck_assert_msg(process_gone(pids[0]) && process_gone(pids[1]),
+                  "workers %d, %d still running 2 s after their engine was killed", (int)pids[0],
+                  (int)pids[1]);
+}
+END_TEST
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    int n = 0;
+
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, res = 0;
+
+    ck_assert_int_eq(fscanf(f, "%ld %ld", &size, &res), 2);
+    fclose(f);
+    return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+START_TEST(test_thousand_steps_no_leak)
+{
+    dexec_engine *e = open_engine(1, NULL, NULL);
+    dexec_request r;
+    int fds0 = 0;
+    long rss0 = 0;
+
+    dexec_request_init(&r);
+    r.prompt = "bag";
+    r.num_inference_steps = 1;
+    for (int i = 0; i < 1000; i++) {
+        dexec_output *outs = NULL;
+
+        r.seed = i;
+        ck_assert_int_eq(dexec_engine_step(e, &r, 1, &outs, NULL, NULL), DEXEC_OK);
+        ck_assert_int_eq(outs[0].status, DEXEC_OK);
+        dexec_outputs_free(outs, 1);
+        if (i == 99) {
+            fds0 = count_fds();
+            rss0 = rss_kib();
+        }
+    }
+    ck_assert_int_eq(count_fds(), fds0);
+    ck_assert_msg(rss_kib() - rss0 < 2048, "RSS grew by %ld KiB over 900 steps",
+                  rss_kib() - rss0);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* ---- malformed frames sent to a live worker --------------------------------- */
+
+static char sockdir[64];
+static pid_t wpid;
+
+static void start_worker(void)
+{
+    char path[128];
+    int out[2];
+    char line[256];
+    ssize_t n;
+
+    snprintf(sockdir, sizeof(sockdir), "/tmp/dexec-test-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(sockdir));
+    snprintf(path, sizeof(path), "unix:%s/w.sock", sockdir);
+    ck_assert_int_eq(pipe(out), 0);
+    wpid = fork();
+    if (wpid == 0) {
+        dup2(out[1], 1);
+        execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", path, "--device", "cpu",
+              "--print-address", "--max-frame", "65536", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    n = read(out[0], line, sizeof(line) - 1);
+    close(out[0]);
+    ck_assert_msg(n > 0, "worker did not start");
+}
+
+static void stop_worker(void)
+{
+    char path[128];
+
+    if (wpid > 0) {
+        kill(wpid, SIGTERM);
+        waitpid(wpid, NULL, 0);
+    }
+    snprintf(path, sizeof(path), "%s/w.sock", sockdir);
+    unlink(path);
+    rmdir(sockdir);
+}
+
+static int raw_connect(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/w.sock", sockdir);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+static void send_hello(int fd)
+{
+    static const unsigned char hello[] = {0x00, 0x00, 0x00, 0x15, 0x94, 0x00, 0x01, 0xa5,
+                                          'h',  'e',  'l',  'l',  'o',  0x91, 0x81, 0xa8,
+                                          'p',  'r',  'o',  't',  'o',  'c',  'o',  'l',  0x01};
+    dexec_value *m = NULL;
+
+    ck_assert_int_eq(write(fd, hello, sizeof(hello)), (ssize_t)sizeof(hello));
+    ck_assert_int_eq(dexec_frame_read(fd, 0, dexec_now() + 5, &m, NULL, 0), DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_array_get(m, 0), -1), 1);
+    ck_assert_int_eq(dexec_value_array_get(m, 2)->type, DEXEC_VAL_NIL);
+    dexec_value_free(m);
+}
+
+/* Each case: bytes after a good hello, and what must happen. */
+typedef struct bad_frame {
+    const char *name;
+    const unsigned char *bytes;
+    size_t len;
+    int expect_reply; /* 1: an error reply with this code; 0: disconnect */
+    int code;
+} bad_frame;
+
+static const unsigned char f_zero_len[] = {0, 0, 0, 0};
+static const unsigned char f_over_limit[] = {0x7f, 0xff, 0xff, 0xf0, 0x90};
+static const unsigned char f_not_msgpack[] = {0, 0, 0, 2, 0xc1, 0xc1};
+static const unsigned char f_trailing[] = {0, 0, 0, 2, 0x90, 0x90};
+static const unsigned char f_short_array[] = {0, 0, 0, 5, 0x93, 0x00, 0x07, 0xa1, 'x'};
+static const unsigned char f_wrong_types[] = {0, 0, 0, 6, 0x94, 0x00, 0xa1, 'a', 0xc0, 0x90};
+static const unsigned char f_params_not_array[] = {0, 0,   0,   11,  0x94, 0x00, 0x08, 0xa6,
+                                                   'g', 'e', 'n', 'e', 'r',  'a',  0x05};
+static const unsigned char f_unknown_method[] = {0,   0,   0,   9,   0x94, 0x00, 0x09,
+                                                 0xa4, 'n', 'o', 'p', 'e', 0x90};
+static const unsigned char f_huge_array[] = {0, 0, 0, 5, 0xdd, 0xff, 0xff, 0xff, 0xff};
+static const unsigned char f_huge_str[] = {0, 0, 0, 5, 0xdb, 0x7f, 0xff, 0xff, 0xff};
+static const unsigned char f_not_array[] = {0, 0, 0, 1, 0x2a};
+static const unsigned char f_bad_generate[] = {0,   0,   0,   14,  0x94, 0x00, 0x0a, 0xa8,
+                                               'g', 'e', 'n', 'e', 'r',  'a',  't',  'e',
+                                               0x91, 0x2a};
+static unsigned char f_deep[4 + 200];
+
+static const bad_frame bad_frames[] = {
+    {"zero length", f_zero_len, sizeof(f_zero_len), 0, 0},
+    {"length over the limit", f_over_limit, sizeof(f_over_limit), 0, 0},
+    {"not msgpack", f_not_msgpack, sizeof(f_not_msgpack), 0, 0},
+    {"trailing bytes", f_trailing, sizeof(f_trailing), 0, 0},
+    {"array of 3", f_short_array, sizeof(f_short_array), 1, DEXEC_EINVAL},
+    {"msgid not an integer", f_wrong_types, sizeof(f_wrong_types), 0, 0},
+    {"params not an array", f_params_not_array, sizeof(f_params_not_array), 1, DEXEC_EINVAL},
+    {"unknown method", f_unknown_method, sizeof(f_unknown_method), 1, DEXEC_ENOTFOUND},
+    {"huge array header", f_huge_array, sizeof(f_huge_array), 0, 0},
+    {"huge string header", f_huge_str, sizeof(f_huge_str), 0, 0},
+    {"not an array", f_not_array, sizeof(f_not_array), 0, 0},
+    {"generate with a number", f_bad_generate, sizeof(f_bad_generate), 1, DEXEC_EINVAL},
+    {"deep nesting", f_deep, sizeof(f_deep), 0, 0},
+};
+
+START_TEST(test_malformed_frames)
+{
+    /* 200 nested arrays: [[[[...]]]] */
+    f_deep[3] = 200;
+    memset(f_deep + 4, 0x91, 199);
+    f_deep[4 + 199] = 0x90;
+    start_worker();
+    for (size_t i = 0; i < sizeof(bad_frames) / sizeof(bad_frames[0]); i++) {
+        const bad_frame *b = &bad_frames[i];
+        int fd = raw_connect();
+        dexec_value *m = NULL;
+        dexec_status st;
+        char err[256];
+
+        send_hello(fd);
+        ck_assert_int_eq(write(fd, b->bytes, b->len), (ssize_t)b->len);
+        st = dexec_frame_read(fd, 0, dexec_now() + 5, &m, err, sizeof(err));
+        if (b->expect_reply) {
+            ck_assert_msg(st == DEXEC_OK, "%s: no reply (%s)", b->name, err);
+            ck_assert_int_eq(dexec_value_as_int(dexec_value_array_get(m, 0), -1), 1);
+            ck_assert_msg(dexec_value_as_int(dexec_value_array_get(dexec_value_array_get(m, 2), 0),
+                                             -1) == b->code,
+                          "%s: wrong error code", b->name);
+        } else {
+            ck_assert_msg(st == DEXEC_ECLOSED || st == DEXEC_EIO,
+                          "%s: expected a disconnect, got status %d", b->name, st);
+        }
+        dexec_value_free(m);
+        close(fd);
+
+        /* the worker still serves a new client */
+        {
+            dexec_conn *c = NULL;
+            dexec_value *r = NULL;
+            char addr[128];
+
+            snprintf(addr, sizeof(addr), "unix:%s/w.sock", sockdir);
+            ck_assert_int_eq(dexec_conn_connect(addr, 5, &c, err, sizeof(err)), DEXEC_OK);
+            ck_assert_int_eq(dexec_conn_hello(c, NULL, 5, NULL, err, sizeof(err)), DEXEC_OK);
+            ck_assert_msg(dexec_conn_call(c, "get_rank", NULL, dexec_now() + 5, &r, NULL, NULL,
+                                          err, sizeof(err)) == DEXEC_OK,
+                          "after '%s': %s", b->name, err);
+            ck_assert_int_eq(dexec_value_as_int(r, -1), 0);
+            dexec_value_free(r);
+            dexec_conn_free(c);
+        }
+    }
+    stop_worker();
+}
+END_TEST
+
+START_TEST(test_call_before_hello_refused)
+{
+    dexec_conn *c = NULL;
+    dexec_value *r = NULL;
+    char addr[128], err[256];
+
+    start_worker();
+    snprintf(addr, sizeof(addr), "unix:%s/w.sock", sockdir);
+    ck_assert_int_eq(dexec_conn_connect(addr, 5, &c, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_conn_call(c, "get_rank", NULL, dexec_now() + 5, &r, NULL, NULL, err,
+                                     sizeof(err)),
+                     DEXEC_EAUTH);
+    ck_assert_str_eq(err, "the first request on a connection must be hello");
+    dexec_conn_free(c);
+    stop_worker();
+}
+END_TEST
+
+START_TEST(test_bad_model_fails_create)
+{
+    dexec_config *cfg = NULL;
+    dexec_engine *e = NULL;
+    char err[2048];
+    double t0 = dexec_now();
+
+    ck_assert_int_eq(dexec_config_load(NULL, &cfg, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "model", "/nonexistent/m.safetensors", err,
+                                      sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "num_gpus", "2", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_EINIT);
+    ck_assert_ptr_null(e);
+    ck_assert_msg(strstr(err, "rank 0 failed to initialize") != NULL &&
+                      strstr(err, "/nonexistent/m.safetensors") != NULL,
+                  "message: %s", err);
+    ck_assert_double_lt(dexec_now() - t0, 10);
+    dexec_config_free(cfg);
+}
+END_TEST
+
+static Suite *mp_suite(void)
+{
+    Suite *s = suite_create("mp");
+    TCase *tc = tcase_create("engine");
+
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_generate_ranks_same_pixels);
+    tcase_add_test(tc, test_bad_request_does_not_fail_batch);
+    tcase_add_test(tc, test_collective_rpc_by_rank);
+    tcase_add_test(tc, test_load_model_swaps);
+    tcase_add_test(tc, test_rpc_deadline_names_method_and_rank);
+    tcase_add_test(tc, test_worker_killed_mid_generate);
+    tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
+    tcase_add_test(tc, test_thousand_steps_no_leak);
+    tcase_add_test(tc, test_bad_model_fails_create);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("protocol");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_malformed_frames);
+    tcase_add_test(tc, test_call_before_hello_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(mp_suite());
+    int failed;
+
+    signal(SIGPIPE, SIG_IGN);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
