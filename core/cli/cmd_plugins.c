@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,7 +146,12 @@ static int list_dir(const char *dir, seen *names, int *nfiles)
 
     n = scandir(dir, &ents, is_plugin_file, alphasort);
     if (n < 0) {
-        printf("%s: (cannot be read: %m)\n", dir);
+        /* A missing directory is normal (nothing installed yet, a path
+         * for another host); anything else is worth the error text. */
+        if (errno == ENOENT)
+            printf("%s: (does not exist)\n", dir);
+        else
+            printf("%s: (cannot be read: %s)\n", dir, strerror(errno));
         return 0;
     }
     printf("%s:%s\n", dir, n == 0 ? " (no plugins)" : "");
