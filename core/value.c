@@ -279,7 +279,10 @@ int dexec_value_equal(const dexec_value *a, const dexec_value *b)
         (b->type == DEXEC_VAL_INT || b->type == DEXEC_VAL_FLOAT)) {
         if (a->type == DEXEC_VAL_INT && b->type == DEXEC_VAL_INT)
             return a->u.i == b->u.i;
-        return dexec_value_as_float(a, 0) == dexec_value_as_float(b, 1);
+        double x = dexec_value_as_float(a, 0), y = dexec_value_as_float(b, 1);
+
+        /* two NaNs are the same value for a tree comparison */
+        return x == y || (isnan(x) && isnan(y));
     }
     if (a->type != b->type)
         return 0;

@@ -92,7 +92,7 @@ int64_t dexec_value_as_int(const dexec_value *v, int64_t fallback);
 double dexec_value_as_float(const dexec_value *v, double fallback);
 const char *dexec_value_as_str(const dexec_value *v, const char *fallback);
 
-/* Equality of two trees (ints and floats compare by value). */
+/* Equality of two trees (ints and floats compare by value; NaN equals NaN). */
 int dexec_value_equal(const dexec_value *a, const dexec_value *b);
 
 /* JSON text of v (BIN is written as {"bin": <length>}; non-finite floats as
