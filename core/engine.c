@@ -7,7 +7,9 @@
  * Threads: calls hold a read lock for their whole duration and close takes
  * the write lock, so close waits for calls in flight and later calls see
  * the engine closed. The lock prefers writers where the C library lets us
- * choose, so a steady stream of calls cannot starve close. The last error
+ * choose, so a steady stream of calls cannot starve close; a thread takes
+ * it only once however deep it calls back in (from a progress callback),
+ * since a nested read lock would queue behind a waiting close. The last error
  * is kept per thread and engine in a small list owned by the engine: it
  * needs no thread-specific-data key (a limited resource) and is freed with
  * the engine whatever threads are still alive.
@@ -33,11 +35,12 @@
 #define DX_DEFAULT_GENERATE_S 300.0
 #define DX_DEFAULT_HEALTH_S 5.0
 
-typedef struct dx_thread_error {
-    struct dx_thread_error *next;
+typedef struct dx_thread_state {
+    struct dx_thread_state *next;
     pthread_t thread;
+    int depth; /* calls of this thread in progress (a progress callback may call again) */
     char msg[DX_ERR_MAX];
-} dx_thread_error;
+} dx_thread_state;
 
 struct dexec_engine {
     pthread_rwlock_t lock;
@@ -53,15 +56,15 @@ struct dexec_engine {
     uint64_t next_request; /* for "req-N"; atomic */
 
     pthread_mutex_t errors_lock;
-    dx_thread_error *errors;
+    dx_thread_state *errors;
 };
 
 /* ---- per-thread last error ------------------------------------------------ */
 
-static dx_thread_error *thread_error(dexec_engine *e, int create)
+static dx_thread_state *thread_state(dexec_engine *e, int create)
 {
     pthread_t self = pthread_self();
-    dx_thread_error *t;
+    dx_thread_state *t;
 
     pthread_mutex_lock(&e->errors_lock);
     for (t = e->errors; t != NULL; t = t->next)
@@ -84,7 +87,7 @@ static dexec_status set_error(dexec_engine *e, dexec_status code, const char *fm
 
 static dexec_status set_error(dexec_engine *e, dexec_status code, const char *fmt, ...)
 {
-    dx_thread_error *t = thread_error(e, 1);
+    dx_thread_state *t = thread_state(e, 1);
     va_list ap;
 
     /* Out of memory for the message: the status still tells the caller. */
@@ -107,12 +110,12 @@ static dexec_status plugin_error(dexec_engine *e, dexec_status code, const char 
 
 const char *dexec_engine_last_error(const dexec_engine *e)
 {
-    dx_thread_error *t;
+    dx_thread_state *t;
 
     if (e == NULL)
         return "engine is NULL";
     /* The list is the engine's bookkeeping, not its observable state. */
-    t = thread_error((dexec_engine *)e, 0);
+    t = thread_state((dexec_engine *)e, 0);
     return t != NULL ? t->msg : "";
 }
 
@@ -167,7 +170,7 @@ static int known_status(dexec_status st)
 
 static void engine_destroy(dexec_engine *e)
 {
-    dx_thread_error *t, *next;
+    dx_thread_state *t, *next;
 
     for (t = e->errors; t != NULL; t = next) {
         next = t->next;
@@ -304,12 +307,35 @@ fail:
 
 /* ---- calls ----------------------------------------------------------------------- */
 
-/* Takes the read lock for a call; fails when the engine is closed. */
+/* Takes the read lock for a call, once per thread: a progress callback
+ * that calls the engine again already holds it, and a second read lock
+ * would wait behind a waiting close (the lock prefers writers) for ever. */
+static int lock_shared(dexec_engine *e)
+{
+    dx_thread_state *t = thread_state(e, 1);
+
+    if (t == NULL)
+        return -1;
+    if (t->depth++ == 0)
+        pthread_rwlock_rdlock(&e->lock);
+    return 0;
+}
+
+static void unlock_shared(dexec_engine *e)
+{
+    dx_thread_state *t = thread_state(e, 0);
+
+    if (--t->depth == 0)
+        pthread_rwlock_unlock(&e->lock);
+}
+
+/* Starts a call; fails when the engine is closed. */
 static dexec_status enter(dexec_engine *e)
 {
-    pthread_rwlock_rdlock(&e->lock);
+    if (lock_shared(e) != 0)
+        return DEXEC_ENOMEM;
     if (e->ex == NULL) {
-        pthread_rwlock_unlock(&e->lock);
+        unlock_shared(e);
         return set_error(e, DEXEC_ECLOSED, "engine is closed");
     }
     return DEXEC_OK;
@@ -317,7 +343,7 @@ static dexec_status enter(dexec_engine *e)
 
 static void leave(dexec_engine *e)
 {
-    pthread_rwlock_unlock(&e->lock);
+    unlock_shared(e);
 }
 
 /* A seed the caller did not choose, drawn once by the engine so that every
@@ -518,11 +544,10 @@ int dexec_engine_num_ranks(const dexec_engine *e)
     dexec_engine *m = (dexec_engine *)e; /* the lock is not part of the observable state */
     int n;
 
-    if (e == NULL)
+    if (e == NULL || lock_shared(m) != 0)
         return 0;
-    pthread_rwlock_rdlock(&m->lock);
     n = e->ex != NULL ? e->nranks : 0;
-    pthread_rwlock_unlock(&m->lock);
+    unlock_shared(m);
     return n;
 }
 
@@ -533,8 +558,15 @@ const char *dexec_engine_backend(const dexec_engine *e)
 
 dexec_status dexec_engine_close(dexec_engine *e)
 {
+    dx_thread_state *t;
+
     if (e == NULL)
         return DEXEC_EINVAL;
+    t = thread_state(e, 0);
+    if (t != NULL && t->depth > 0)
+        return set_error(e, DEXEC_EINVAL,
+                         "close called from inside a call on the same engine (a progress "
+                         "callback?): close after that call returns");
     pthread_rwlock_wrlock(&e->lock);
     if (e->ex == NULL) {
         pthread_rwlock_unlock(&e->lock);

@@ -466,6 +466,60 @@ START_TEST(close_while_busy)
 }
 END_TEST
 
+typedef struct reentry {
+    dexec_engine *e;
+    pthread_t closer;
+    int calls;
+    dexec_status health, close;
+    char close_msg[256];
+    int ranks;
+} reentry;
+
+static void *close_engine(void *p)
+{
+    dexec_engine_close(p);
+    return NULL;
+}
+
+/* Calls back into the engine from a progress callback while another thread
+ * waits to close it: neither may deadlock. */
+static void reenter(void *user, size_t request_index, int image_index, int step,
+                    int total_steps)
+{
+    reentry *r = user;
+
+    if (r->calls++ > 0)
+        return;
+    ck_assert_int_eq(pthread_create(&r->closer, NULL, close_engine, r->e), 0);
+    usleep(50000); /* let the closer queue up on the lock */
+    r->health = dexec_engine_check_health(r->e);
+    r->ranks = dexec_engine_num_ranks(r->e);
+    r->close = dexec_engine_close(r->e);
+    fmt(r->close_msg, sizeof(r->close_msg), "%s", dexec_engine_last_error(r->e));
+}
+
+START_TEST(progress_callback_reenters)
+{
+    dexec_engine *e = make_engine(2);
+    reentry r = {.e = e};
+    dexec_request req;
+    dexec_output *o = NULL;
+
+    dexec_request_init(&req);
+    ck_assert_int_eq(dexec_engine_step(e, &req, 1, &o, reenter, &r), DEXEC_OK);
+    dexec_outputs_free(o, 1);
+    pthread_join(r.closer, NULL);
+    ck_assert_int_eq(r.health, DEXEC_OK);
+    ck_assert_int_eq(r.ranks, 2);
+    ck_assert_int_eq(r.close, DEXEC_EINVAL);
+    ck_assert_str_eq(r.close_msg, "close called from inside a call on the same engine (a "
+                                  "progress callback?): close after that call returns");
+    /* the other thread's close went through once the step returned */
+    ck_assert_int_eq(dexec_engine_num_ranks(e), 0);
+    dexec_engine_free(e);
+}
+END_TEST
+
 typedef struct err_arg {
     dexec_engine *e;
     char seen_before[64];
@@ -527,6 +581,8 @@ static Suite *engine_suite(void)
     tcase_add_test(tt, four_threads);
     tcase_add_test(tt, close_while_busy);
     tcase_add_test(tt, last_error_is_per_thread);
+    tcase_add_test(tt, progress_callback_reenters);
+    tcase_set_timeout(tt, 60);
     suite_add_tcase(s, tt);
     return s;
 }
