@@ -1,30 +1,310 @@
 /*
- * external.c - the external executor: connects to named workers it does
- * not own. Not built yet: this descriptor lets the plugin be listed and
- * loaded, and create() says so instead of pretending to start anything.
+ * external.c - the "external" executor (alias external_launcher): connects
+ * to workers it did not start and does not own.
+ *
+ * Worker names come from external.worker_names (DIFFUSION_WORKER_ACTOR_NAMES
+ * overrides it in the config loader), else diffusion_worker_0 ..
+ * diffusion_worker_<num_gpus-1>; name i is rank i. A name that is an
+ * address (unix:/PATH, tcp:HOST:PORT) is used as is; any other name is
+ * resolved through the discovery plugin named by external.discovery.
+ *
+ * A registry entry is only a claim: the worker may have died a moment ago
+ * and its key not expired yet. So every worker is confirmed with connect +
+ * hello (and its name checked against the hello reply), asked to
+ * initialize, and health-checked the way the reference does it: get_rank
+ * must return the worker's index within timeouts.health.
+ *
+ * Closing only disconnects: the workers keep running for the next engine.
  */
 #include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#define NOT_BUILT "the external executor is not built yet"
+/* What the death callback needs to name the worker. */
+typedef struct ext_peer {
+    char name[160];
+    char address[300];
+} ext_peer;
+
+struct dexec_executor {
+    const dexec_host *host;
+    int n;
+    char **names;
+    char **addresses;
+    dexec_group *group;
+    ext_peer *peers; /* one per rank; the group's death callbacks point here */
+};
+
+static double left_s(double deadline)
+{
+    double l = deadline - dexec_now();
+
+    return l > 0 ? l : 0;
+}
+
+static int is_address(const char *s)
+{
+    return strncmp(s, "unix:", 5) == 0 || strncmp(s, "tcp:", 4) == 0;
+}
+
+static void free_strv(char **v, int n)
+{
+    if (v == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void destroy(struct dexec_executor *ex)
+{
+    /* disconnect only: dexec_group_free closes the sockets, nothing else */
+    dexec_group_free(ex->group);
+    free(ex->peers);
+    free_strv(ex->names, ex->n);
+    free_strv(ex->addresses, ex->n);
+    free(ex);
+}
+
+/* The worker list: configured names, or diffusion_worker_0..num_gpus-1. */
+static dexec_status worker_names(struct dexec_executor *ex, char *err, size_t errlen)
+{
+    const char *const *items = NULL;
+    size_t n = 0;
+    int64_t ngpus = 1;
+
+    dexec_config_get_list(ex->host->config, "external.worker_names", &n, &items);
+    if (n == 0) {
+        dexec_config_get_int(ex->host->config, "num_gpus", &ngpus);
+        n = (size_t)(ngpus > 0 ? ngpus : 1);
+    }
+    if (n > 1024) {
+        dexec_errorf(err, errlen, "external: %zu workers named; at most 1024", n);
+        return DEXEC_EINVAL;
+    }
+    ex->names = calloc(n, sizeof(*ex->names));
+    ex->addresses = calloc(n, sizeof(*ex->addresses));
+    if (ex->names == NULL || ex->addresses == NULL)
+        return DEXEC_ENOMEM;
+    ex->n = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        char def[64];
+
+        snprintf(def, sizeof(def), "diffusion_worker_%zu", i);
+        ex->names[i] = strdup(items != NULL ? items[i] : def);
+        if (ex->names[i] == NULL)
+            return DEXEC_ENOMEM;
+        if (ex->names[i][0] == '\0') {
+            dexec_errorf(err, errlen, "external: worker name %zu is empty", i);
+            return DEXEC_EINVAL;
+        }
+    }
+    return DEXEC_OK;
+}
+
+/* Turns every name into an address; the discovery plugin is loaded only
+ * when some name needs it. */
+static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t errlen)
+{
+    const char *plugin = "redis_discovery";
+    dexec_plugin_handle *ph = NULL;
+    const dexec_discovery_ops *ops = NULL;
+    dexec_discovery *d = NULL;
+    dexec_status st = DEXEC_OK;
+    char msg[1024];
+
+    for (int i = 0; i < ex->n && st == DEXEC_OK; i++) {
+        dexec_actor_info a;
+
+        if (is_address(ex->names[i])) {
+            ex->addresses[i] = strdup(ex->names[i]);
+            st = ex->addresses[i] != NULL ? DEXEC_OK : DEXEC_ENOMEM;
+            continue;
+        }
+        if (d == NULL) {
+            dexec_config_get_string(ex->host->config, "external.discovery", &plugin);
+            st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, ex->host->config, &ph, msg,
+                                   sizeof(msg));
+            if (st != DEXEC_OK) {
+                dexec_errorf(err, errlen, "external: discovery plugin (external.discovery): %s",
+                             msg);
+                break;
+            }
+            ops = dexec_plugin_descriptor(ph)->ops;
+            st = ops->open(ex->host, NULL, &d, msg, sizeof(msg));
+            if (st != DEXEC_OK) {
+                dexec_errorf(err, errlen, "external: cannot look up worker %s: %s",
+                             ex->names[i], msg);
+                break;
+            }
+        }
+        st = ops->resolve(d, ex->names[i], &a, msg, sizeof(msg));
+        if (st == DEXEC_ENOTFOUND) {
+            dexec_errorf(err, errlen,
+                         "external: worker %d: %s; start it with dexec-worker --name %s "
+                         "--registry URL, or fix external.worker_names / "
+                         "DIFFUSION_WORKER_ACTOR_NAMES",
+                         i, msg, ex->names[i]);
+        } else if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "external: cannot look up worker %s: %s", ex->names[i],
+                         msg);
+        } else {
+            ex->host->log(DEXEC_LOG_DEBUG, "external",
+                          "%s -> %s (pid %d on %s, registered %.0f s ago)", ex->names[i],
+                          a.address, a.pid, a.host, a.age_s);
+            ex->addresses[i] = a.address;
+            a.address = NULL;
+            dexec_actor_info_clear(&a);
+        }
+    }
+    if (d != NULL)
+        ops->close(d);
+    if (ph != NULL)
+        dexec_plugin_release(ph);
+    return st;
+}
+
+static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
+{
+    const ext_peer *p = user;
+
+    (void)c;
+    snprintf(buf, len, "external worker %s at %s closed the connection", p->name, p->address);
+}
+
+/* Reads the token of external.token_file, else token_file; NULL when none. */
+static dexec_status read_token(const dexec_config *cfg, char **token, char *err, size_t errlen)
+{
+    const char *path = "";
+
+    *token = NULL;
+    dexec_config_get_string(cfg, "external.token_file", &path);
+    if (path == NULL || *path == '\0')
+        dexec_config_get_string(cfg, "token_file", &path);
+    if (path == NULL || *path == '\0')
+        return DEXEC_OK;
+    return dexec_token_read(path, token, err, errlen);
+}
+
+/* connect + hello to rank i, checking that the worker answers as its name. */
+static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *peer,
+                                   const char *token, double deadline, char *err, size_t errlen)
+{
+    dexec_conn *c = NULL;
+    dexec_value *info = NULL;
+    char msg[1024], label[512];
+    const char *who;
+    dexec_status st;
+
+    st = dexec_conn_connect(ex->addresses[i], left_s(deadline), &c, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "external: worker %d (%s) at %s does not answer: %s%s", i,
+                     ex->names[i], ex->addresses[i], msg,
+                     is_address(ex->names[i]) ? ""
+                                              : " (a stale registry entry expires within "
+                                                "discovery.redis.ttl seconds)");
+        return st;
+    }
+    snprintf(label, sizeof(label), "rank %d (%s at %s)", i, ex->names[i], ex->addresses[i]);
+    dexec_conn_set_label(c, label);
+    snprintf(peer->name, sizeof(peer->name), "%s", ex->names[i]);
+    snprintf(peer->address, sizeof(peer->address), "%s", ex->addresses[i]);
+    dexec_conn_on_death(c, on_death, peer);
+    dexec_group_set(ex->group, i, c);
+    st = dexec_conn_hello(c, token, left_s(deadline), &info, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "external: worker %d (%s) at %s refused hello: %s", i,
+                     ex->names[i], ex->addresses[i], msg);
+        return st;
+    }
+    who = dexec_value_as_str(dexec_value_map_get(info, "name"), NULL);
+    if (!is_address(ex->names[i]) && who != NULL && strcmp(who, ex->names[i]) != 0) {
+        dexec_errorf(err, errlen,
+                     "external: worker %d: the address %s registered for %s is now served by "
+                     "a worker named %s",
+                     i, ex->addresses[i], ex->names[i], who);
+        st = DEXEC_EINIT;
+    }
+    dexec_value_free(info);
+    return st;
+}
 
 static dexec_status ext_create(const dexec_host *host, dexec_executor **out, char *err,
                                size_t errlen)
 {
-    (void)host;
-    (void)out;
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    struct dexec_executor *ex;
+    double init_t = 60.0, health_t = 5.0, deadline;
+    char *token = NULL, msg[1024];
+    uint32_t *ids = NULL;
+    dexec_status st;
+
+    dexec_config_get_float(host->config, "timeouts.init", &init_t);
+    dexec_config_get_float(host->config, "timeouts.health", &health_t);
+    deadline = dexec_now() + init_t;
+    ex = calloc(1, sizeof(*ex));
+    if (ex == NULL)
+        return DEXEC_ENOMEM;
+    ex->host = host;
+    st = worker_names(ex, err, errlen);
+    if (st == DEXEC_OK)
+        st = read_token(host->config, &token, err, errlen);
+    if (st == DEXEC_OK)
+        st = resolve_names(ex, err, errlen);
+    if (st == DEXEC_OK) {
+        ex->group = dexec_group_new(ex->n);
+        ex->peers = calloc((size_t)ex->n, sizeof(*ex->peers));
+        ids = calloc((size_t)ex->n, sizeof(*ids));
+        if (ex->group == NULL || ex->peers == NULL || ids == NULL)
+            st = DEXEC_ENOMEM;
+    }
+    for (int i = 0; i < ex->n && st == DEXEC_OK; i++)
+        st = connect_worker(ex, i, &ex->peers[i], token, deadline, err, errlen);
+    free(token);
+    for (int i = 0; i < ex->n && st == DEXEC_OK; i++)
+        st = dexec_conn_send(dexec_group_conn(ex->group, i), "initialize", NULL, NULL, NULL,
+                             &ids[i], err, errlen);
+    for (int i = 0; i < ex->n && st == DEXEC_OK; i++) {
+        dexec_value *res = NULL;
+
+        st = dexec_conn_wait(dexec_group_conn(ex->group, i), ids[i], deadline, &res, msg,
+                             sizeof(msg));
+        if (st == DEXEC_ETIMEDOUT) {
+            dexec_errorf(err, errlen,
+                         "external: worker %d (%s) did not initialize within %.3g s "
+                         "(timeouts.init)",
+                         i, ex->names[i], init_t);
+        } else if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "external: worker %d (%s) failed to initialize: %s", i,
+                         ex->names[i], msg);
+            st = DEXEC_EINIT;
+        } else if (strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready")) {
+            dexec_errorf(err, errlen, "external: worker %d (%s) failed to initialize: %s", i,
+                         ex->names[i],
+                         dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"));
+            st = DEXEC_EINIT;
+        }
+        dexec_value_free(res);
+    }
+    free(ids);
+    if (st == DEXEC_OK)
+        st = dexec_group_check_health(ex->group, health_t, err, errlen);
+    if (st != DEXEC_OK) {
+        destroy(ex);
+        return st;
+    }
+    host->log(DEXEC_LOG_INFO, "external", "connected to %d external worker(s)", ex->n);
+    *out = ex;
+    return DEXEC_OK;
 }
 
-/* create() never succeeds, so the core never calls the operations below
- * with an executor; they exist because the loader requires a full table. */
 static int ext_num_ranks(const dexec_executor *ex)
 {
-    (void)ex;
-    return 0;
+    return ex->n;
 }
 
 static dexec_status ext_rpc(dexec_executor *ex, const char *method, double timeout,
@@ -32,27 +312,27 @@ static dexec_status ext_rpc(dexec_executor *ex, const char *method, double timeo
                             int unique_reply_rank, dexec_value **replies, char *err,
                             size_t errlen)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    return dexec_group_collective_rpc(ex->group, method, timeout, args, kwargs,
+                                      unique_reply_rank, replies, err, errlen);
 }
 
 static dexec_status ext_add(dexec_executor *ex, const dexec_request *reqs, size_t n,
                             dexec_output *outs, double timeout, dexec_progress_fn progress,
                             void *user, char *err, size_t errlen)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    return dexec_group_generate(ex->group, reqs, n, outs, timeout, progress, user, err, errlen);
 }
 
 static dexec_status ext_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    return dexec_group_check_health(ex->group, timeout, err, errlen);
 }
 
 static void ext_shutdown(dexec_executor *ex)
 {
-    (void)ex;
+    if (ex == NULL)
+        return;
+    destroy(ex);
 }
 
 static const dexec_executor_ops ext_ops = {
@@ -68,5 +348,6 @@ static const dexec_executor_ops ext_ops = {
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "external", PACKAGE_VERSION,
-                           "connects to workers started elsewhere (not built yet)", &ext_ops)
-};
+                           "connects to workers started elsewhere, by name or address; never "
+                           "stops them",
+                           &ext_ops)};
