@@ -1,58 +1,737 @@
 /*
- * ray_actor.c - the ray_actor executor: one owned actor process hosting all
- * ranks. Not built yet: this descriptor lets the plugin be listed and
- * loaded, and create() says so instead of pretending to start anything.
+ * ray_actor.c - the "ray_actor" executor: ONE actor process (dexec-worker
+ * --ranks N) hosts every rank, and the engine owns it. The executor holds
+ * one connection to the actor and forwards each call to it; the actor
+ * fans calls out to its ranks.
+ *
+ * Where the actor runs (ray_init.address):
+ *  - "local": spawned here over a socketpair, like the mp executor spawns
+ *    its workers: it gets SIGKILL when the engine dies (PR_SET_PDEATHSIG)
+ *    and exits on EOF of its control socket; its death is seen at once
+ *    through EOF, with its exit status.
+ *  - "redis://..." or "auto" ($DEXEC_REGISTRY): placed on a node whose
+ *    agent (dexec-worker --node) registered room for it and the custom
+ *    resources asked for. The agent spawns it the same way and kills it
+ *    when the engine's connection to the agent drops.
+ *
+ * Resources (ray_actor.*): cpus = CPU affinity, gpus = CUDA_VISIBLE_DEVICES,
+ * memory = a hard limit (cgroup v2 memory.max, else RLIMIT_AS), resources
+ * = labels a node must offer (see doc/ray-actor.md).
  */
 #include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#define NOT_BUILT "the ray_actor executor is not built yet"
+#include "worker/resources.h"
+
+#define COMPONENT "ray_actor"
+/* how long the death of a remote actor may take to be explained by its agent */
+#define REMOTE_STATUS_WAIT 1.0
+
+/* What the actor needs, read from the configuration once. */
+typedef struct actor_ask {
+    int ranks;
+    const char *model, *device;
+    int cpus, gpus;
+    int64_t memory;
+    const dexec_value *labels; /* borrowed from the config; MAP or NULL */
+} actor_ask;
+
+struct dexec_executor {
+    const dexec_host *host;
+    int n;
+    double grace;
+    char label[160];
+    dexec_conn *actor;
+    /* local mode */
+    int local;
+    dxr_child child;
+    /* cluster mode: the agent that spawned the actor; dropping this
+     * connection makes the agent kill the actor */
+    dexec_conn *agent;
+    int remote_pid;
+    char node[128];
+    char token[40]; /* the actor's own secret, made for this engine */
+};
+
+static double left_s(double deadline)
+{
+    double l = deadline - dexec_now();
+
+    return l > 0 ? l : 0;
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* "{cpus=2,gpus=1,memory=1073741824,labels=gpu_worker}" */
+static void format_ask(const actor_ask *a, char *buf, size_t len)
+{
+    char labels[256], mem[48] = "";
+
+    dxr_resources_format(a->labels, labels, sizeof(labels));
+    if (a->memory > 0)
+        snprintf(mem, sizeof(mem), ",memory=%lld", (long long)a->memory);
+    snprintf(buf, len, "{cpus=%d,gpus=%d%s%s%s}", a->cpus, a->gpus, mem,
+             labels[0] ? ",labels=" : "", labels);
+}
+
+static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, size_t errlen)
+{
+    int64_t n = 1, cpus = 1, gpus = -1, memory = 0;
+
+    a->model = "fashion-dit";
+    a->device = "auto";
+    a->labels = NULL;
+    dexec_config_get_int(cfg, "num_gpus", &n);
+    dexec_config_get_string(cfg, "model", &a->model);
+    dexec_config_get_string(cfg, "device", &a->device);
+    dexec_config_get_int(cfg, "ray_actor.cpus", &cpus);
+    dexec_config_get_int(cfg, "ray_actor.gpus", &gpus);
+    dexec_config_get_int(cfg, "ray_actor.memory", &memory);
+    dexec_config_get_map(cfg, "ray_actor.resources", &a->labels);
+    if (n < 1 || n > 64) {
+        dexec_errorf(err, errlen, "num_gpus = %lld: the actor hosts 1 to 64 ranks", (long long)n);
+        return DEXEC_EINVAL;
+    }
+    a->ranks = (int)n;
+    a->cpus = (int)cpus;
+    a->memory = memory;
+    /* a CPU actor needs no GPU unless one is asked for explicitly */
+    if (gpus < 0)
+        gpus = strcmp(a->device, "cpu") == 0 ? 0 : n;
+    a->gpus = (int)gpus;
+    if (a->gpus < a->ranks && strcmp(a->device, "cpu") != 0) {
+        dexec_errorf(err, errlen,
+                     "ray_actor.gpus = %d but num_gpus = %d: each rank needs its own GPU "
+                     "(set ray_actor.gpus >= num_gpus, or device = \"cpu\")",
+                     a->gpus, a->ranks);
+        return DEXEC_EINVAL;
+    }
+    return DEXEC_OK;
+}
+
+/* "0,1,...,n-1" */
+static void device_list(int n, char *buf, size_t len)
+{
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; i < n && off < len; i++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%d", i ? "," : "", i);
+}
+
+/* ---- the actor connection: hello and initialize ---------------------------------- */
+
+static dexec_status start_actor(struct dexec_executor *ex, const char *token, double deadline,
+                                double init_t, char *err, size_t errlen)
+{
+    dexec_value *res = NULL;
+    char msg[1024];
+    dexec_status st;
+
+    st = dexec_conn_hello(ex->actor, token, left_s(deadline), NULL, msg, sizeof(msg));
+    if (st == DEXEC_OK)
+        st = dexec_conn_call(ex->actor, "initialize", NULL, deadline, &res, NULL, NULL, msg,
+                             sizeof(msg));
+    if (st == DEXEC_ETIMEDOUT) {
+        dexec_errorf(err, errlen, "%s did not initialize within %.3g s (timeouts.init)",
+                     ex->label, init_t);
+    } else if (st == DEXEC_ECLOSED) {
+        dexec_errorf(err, errlen, "%s", msg);
+        st = DEXEC_EINIT;
+    } else if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s failed to initialize: %s", ex->label, msg);
+        st = DEXEC_EINIT;
+    } else if (strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready") != 0) {
+        dexec_errorf(err, errlen, "%s failed to initialize: %s", ex->label,
+                     dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"));
+        st = DEXEC_EINIT;
+    }
+    dexec_value_free(res);
+    return st;
+}
+
+/* ---- local mode ------------------------------------------------------------------ */
+
+/* The actor's connection saw EOF: say how it ended. EOF comes a moment
+ * before the kernel makes the exit status available, so wait a little. */
+static void local_on_death(void *user, dexec_conn *c, char *buf, size_t len)
+{
+    struct dexec_executor *ex = user;
+    char how[128];
+
+    (void)c;
+    if (dxr_reap(&ex->child, 0.5)) {
+        dxr_describe_exit(ex->child.status, how, sizeof(how));
+        snprintf(buf, len, "actor died: %s", how);
+    } else {
+        snprintf(buf, len, "actor closed its connection (process still running)");
+    }
+}
+
+/* Ray refuses to schedule an actor whose custom resources no node offers;
+ * here the only node is this host, labelled by $DEXEC_NODE_RESOURCES. */
+static dexec_status check_local_labels(const actor_ask *a, char *err, size_t errlen)
+{
+    const char *env = getenv("DEXEC_NODE_RESOURCES");
+    char missing[128], want[256], perr[256];
+    dexec_value *have;
+    int fit;
+
+    if (a->labels == NULL || a->labels->type != DEXEC_VAL_MAP || a->labels->u.map.len == 0)
+        return DEXEC_OK;
+    have = dxr_resources_parse(env, perr, sizeof(perr));
+    if (have == NULL) {
+        dexec_errorf(err, errlen, "DEXEC_NODE_RESOURCES: %s", perr);
+        return DEXEC_ECONFIG;
+    }
+    fit = dxr_resources_fit(a->labels, have, missing, sizeof(missing));
+    dexec_value_free(have);
+    if (fit)
+        return DEXEC_OK;
+    dxr_resources_format(a->labels, want, sizeof(want));
+    dexec_errorf(err, errlen,
+                 "ray_actor.resources asks for {%s} but this host does not offer %s "
+                 "(DEXEC_NODE_RESOURCES=\"%s\"): label the host with DEXEC_NODE_RESOURCES, "
+                 "or place the actor on a node with ray_init.address",
+                 want, missing, env != NULL ? env : "");
+    return DEXEC_ENOTFOUND;
+}
+
+static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, char *err,
+                                size_t errlen)
+{
+    char ranks_s[16], devs[256];
+    char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--ranks", ranks_s,
+                    "--rank", "0", "--model", (char *)a->model, "--device", (char *)a->device,
+                    NULL};
+    dxr_limits lim = {.ncpus = a->cpus, .memory = a->memory, .cuda_visible = devs};
+    dxr_spawn_args sa = {.argv = argv, .ctl_fd = -1, .stdout_fd = -1, .limits = &lim,
+                         .component = COMPONENT};
+    dexec_status st;
+    int sv[2];
+
+    st = check_local_labels(a, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    st = dxr_pick_cpus(a->cpus, NULL, &lim.cpus, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    device_list(a->gpus, devs, sizeof(devs));
+    snprintf(ranks_s, sizeof(ranks_s), "%d", a->ranks);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        dexec_errorf(err, errlen, "socketpair: %s", strerror(errno));
+        return DEXEC_EIO;
+    }
+    sa.ctl_fd = sv[1];
+    st = dxr_spawn(&sa, &ex->child, err, errlen);
+    close(sv[1]);
+    if (st != DEXEC_OK) {
+        close(sv[0]);
+        return st;
+    }
+    ex->local = 1;
+    snprintf(ex->label, sizeof(ex->label), "actor (pid %d)", (int)ex->child.pid);
+    if (dexec_conn_from_fd(sv[0], ex->label, &ex->actor) != DEXEC_OK) {
+        close(sv[0]);
+        return DEXEC_ENOMEM;
+    }
+    dexec_conn_on_death(ex->actor, local_on_death, ex);
+    return DEXEC_OK;
+}
+
+/* ---- cluster mode ------------------------------------------------------------------ */
+
+/* The remote actor's connection saw EOF: ask its agent how it ended. */
+static void remote_on_death(void *user, dexec_conn *c, char *buf, size_t len)
+{
+    struct dexec_executor *ex = user;
+    double deadline = dexec_now() + REMOTE_STATUS_WAIT;
+    char msg[256];
+
+    (void)c;
+    snprintf(buf, len, "actor on %s closed its connection", ex->node);
+    while (ex->agent != NULL && dexec_now() < deadline) {
+        dexec_value *params = dexec_value_array(), *res = NULL;
+        dexec_status st;
+
+        dexec_value_array_push(params, dexec_value_int(ex->remote_pid));
+        st = dexec_conn_call(ex->agent, "actor_status", params, deadline, &res, NULL, NULL, msg,
+                             sizeof(msg));
+        dexec_value_free(params);
+        if (st != DEXEC_OK) {
+            snprintf(buf, len, "actor on %s closed its connection (its agent: %s)", ex->node,
+                     msg);
+            return;
+        }
+        if (!dexec_value_as_int(dexec_value_map_get(res, "running"), 1)) {
+            snprintf(buf, len, "actor died: %s",
+                     dexec_value_as_str(dexec_value_map_get(res, "exit"), "exited"));
+            dexec_value_free(res);
+            return;
+        }
+        dexec_value_free(res);
+        sleep_s(0.05);
+    }
+}
+
+/* The room a node's registration says it has left, as a fit test. */
+static int node_fits(const dexec_actor_info *node, const actor_ask *a, char *why, size_t len)
+{
+    const dexec_value *free_ = dexec_value_map_get(node->meta, "free");
+    char missing[128];
+
+    if (free_ == NULL) {
+        snprintf(why, len, "%s: registration has no free resources", node->name);
+        return 0;
+    }
+    if (dexec_value_as_int(dexec_value_map_get(free_, "cpus"), 0) < a->cpus) {
+        snprintf(why, len, "%s: %lld CPUs free", node->name,
+                 (long long)dexec_value_as_int(dexec_value_map_get(free_, "cpus"), 0));
+        return 0;
+    }
+    if (dexec_value_as_int(dexec_value_map_get(free_, "gpus"), 0) < a->gpus) {
+        snprintf(why, len, "%s: %lld GPUs free", node->name,
+                 (long long)dexec_value_as_int(dexec_value_map_get(free_, "gpus"), 0));
+        return 0;
+    }
+    if (dexec_value_as_int(dexec_value_map_get(free_, "memory"), 0) < a->memory) {
+        snprintf(why, len, "%s: %lld bytes of memory free", node->name,
+                 (long long)dexec_value_as_int(dexec_value_map_get(free_, "memory"), 0));
+        return 0;
+    }
+    if (!dxr_resources_fit(a->labels, dexec_value_map_get(free_, "resources"), missing,
+                           sizeof(missing))) {
+        snprintf(why, len, "%s: no %s free", node->name, missing);
+        return 0;
+    }
+    return 1;
+}
+
+static dexec_value *spawn_params(const actor_ask *a, const char *token)
+{
+    dexec_value *p = dexec_value_array(), *m = dexec_value_map();
+
+    dexec_value_map_set(m, "ranks", dexec_value_int(a->ranks));
+    dexec_value_map_set(m, "model", dexec_value_str(a->model));
+    dexec_value_map_set(m, "device", dexec_value_str(a->device));
+    dexec_value_map_set(m, "cpus", dexec_value_int(a->cpus));
+    dexec_value_map_set(m, "gpus", dexec_value_int(a->gpus));
+    dexec_value_map_set(m, "memory", dexec_value_int(a->memory));
+    dexec_value_map_set(m, "resources",
+                        a->labels != NULL ? dexec_value_clone(a->labels) : dexec_value_map());
+    dexec_value_map_set(m, "token", dexec_value_str(token));
+    dexec_value_array_push(p, m);
+    return p;
+}
+
+/* A fresh secret for the actor, so only this engine can talk to it. */
+static dexec_status make_token(char *buf, size_t len, char *err, size_t errlen)
+{
+    unsigned char raw[16];
+    size_t got = 0;
+
+    while (got < sizeof(raw)) {
+        ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            dexec_errorf(err, errlen, "getrandom: %s", strerror(errno));
+            return DEXEC_EIO;
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof(raw) && 2 * i + 2 < len; i++)
+        snprintf(buf + 2 * i, 3, "%02x", raw[i]);
+    return DEXEC_OK;
+}
+
+/* Asks node's agent to spawn the actor; on success ex->agent and ex->actor
+ * are connected. DEXEC_ENOTFOUND when the agent says it has no room. */
+static dexec_status place_on(struct dexec_executor *ex, const dexec_actor_info *node,
+                             const actor_ask *a, const char *node_token, const char *token,
+                             double deadline, char *err, size_t errlen)
+{
+    dexec_value *params, *res = NULL;
+    char msg[1024], host[256], port[16], addr[300];
+    const char *actor_addr;
+    dexec_status st;
+
+    st = dexec_conn_connect(node->address, left_s(deadline), &ex->agent, msg, sizeof(msg));
+    if (st == DEXEC_OK) {
+        char label[200];
+
+        snprintf(label, sizeof(label), "node agent %s (%s)", node->name, node->address);
+        dexec_conn_set_label(ex->agent, label);
+        st = dexec_conn_hello(ex->agent, node_token, left_s(deadline), NULL, msg, sizeof(msg));
+    }
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "node %s: %s", node->name, msg);
+        return st == DEXEC_EAUTH ? st : DEXEC_EINIT;
+    }
+    params = spawn_params(a, token);
+    st = dexec_conn_call(ex->agent, "spawn_actor", params, deadline, &res, NULL, NULL, msg,
+                         sizeof(msg));
+    dexec_value_free(params);
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "node %s: spawn_actor: %s", node->name, msg);
+        dexec_value_free(res);
+        return st == DEXEC_ENOTFOUND ? st : st == DEXEC_ETIMEDOUT ? st : DEXEC_EINIT;
+    }
+    ex->remote_pid = (int)dexec_value_as_int(dexec_value_map_get(res, "pid"), -1);
+    actor_addr = dexec_value_as_str(dexec_value_map_get(res, "address"), "");
+    snprintf(ex->node, sizeof(ex->node), "%s", node->name);
+    snprintf(ex->label, sizeof(ex->label), "actor (pid %d on %s)", ex->remote_pid, node->name);
+    /* the actor listens where its agent does; reach it through the
+     * address the agent was reached at, whatever it bound to */
+    if (strncmp(node->address, "tcp:", 4) == 0 && strncmp(actor_addr, "tcp:", 4) == 0 &&
+        dexec_split_hostport(node->address + 4, host, sizeof(host), port, sizeof(port)) == 0 &&
+        dexec_split_hostport(actor_addr + 4, addr, sizeof(addr), port, sizeof(port)) == 0)
+        snprintf(addr, sizeof(addr), strchr(host, ':') ? "tcp:[%s]:%s" : "tcp:%s:%s", host,
+                 port);
+    else
+        snprintf(addr, sizeof(addr), "%s", actor_addr);
+    dexec_value_free(res);
+    st = dexec_conn_connect(addr, left_s(deadline), &ex->actor, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s at %s: %s", ex->label, addr, msg);
+        return DEXEC_EINIT;
+    }
+    dexec_conn_set_label(ex->actor, ex->label);
+    dexec_conn_on_death(ex->actor, remote_on_death, ex);
+    return DEXEC_OK;
+}
+
+static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
+                                 const char *address, double deadline, char *err,
+                                 size_t errlen)
+{
+    const char *url = address, *token_file = "";
+    dexec_plugin_handle *plugin = NULL;
+    const dexec_discovery_ops *dops = NULL;
+    dexec_discovery *d = NULL;
+    dexec_actor_info *nodes = NULL;
+    size_t nn = 0;
+    char *node_token = NULL, why[2048] = "", want[512], msg[512];
+    dexec_status st;
+
+    if (strcmp(address, "auto") == 0) {
+        url = getenv("DEXEC_REGISTRY");
+        if (url == NULL || url[0] == '\0') {
+            dexec_errorf(err, errlen,
+                         "ray_init.address = \"auto\" but DEXEC_REGISTRY is not set: set it "
+                         "to the registry URL (redis://HOST:PORT/DB) or give the URL in "
+                         "ray_init.address");
+            return DEXEC_ECONFIG;
+        }
+    }
+    dexec_config_get_string(ex->host->config, "token_file", &token_file);
+    if (token_file != NULL && token_file[0] != '\0') {
+        st = dexec_token_read(token_file, &node_token, err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    st = make_token(ex->token, sizeof(ex->token), err, errlen);
+    if (st != DEXEC_OK)
+        goto done;
+    st = dexec_plugin_load("redis_discovery", DEXEC_PLUGIN_DISCOVERY, ex->host->config, &plugin,
+                           err, errlen);
+    if (st != DEXEC_OK)
+        goto done;
+    dops = dexec_plugin_descriptor(plugin)->ops;
+    st = dops->open(ex->host, url, &d, msg, sizeof(msg));
+    if (st == DEXEC_OK)
+        st = dops->list(d, "node", &nodes, &nn, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "registry %s: %s", url, msg);
+        goto done;
+    }
+    format_ask(a, want, sizeof(want));
+    st = DEXEC_ENOTFOUND;
+    for (size_t i = 0; i < nn && st == DEXEC_ENOTFOUND; i++) {
+        char one[256];
+
+        if (!node_fits(&nodes[i], a, one, sizeof(one))) {
+            dexec_log(DEXEC_LOG_DEBUG, COMPONENT, "not placing on %s", one);
+            snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? "; " : "",
+                     one);
+            continue;
+        }
+        st = place_on(ex, &nodes[i], a, node_token, ex->token, deadline, msg, sizeof(msg));
+        if (st != DEXEC_OK) {
+            /* the registration was stale or another engine came first */
+            dexec_log(DEXEC_LOG_INFO, COMPONENT, "%s", msg);
+            snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? "; " : "",
+                     msg);
+            dexec_conn_free(ex->actor);
+            dexec_conn_free(ex->agent);
+            ex->actor = ex->agent = NULL;
+            if (st != DEXEC_ETIMEDOUT)
+                st = DEXEC_ENOTFOUND;
+        }
+    }
+    if (st == DEXEC_ETIMEDOUT) {
+        dexec_errorf(err, errlen, "placing the actor: %s", msg);
+    } else if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "no node has room for %s (%zu node%s registered at %s%s%s)",
+                     want, nn, nn == 1 ? "" : "s", url, why[0] ? ": " : "", why);
+    }
+done:
+    for (size_t i = 0; i < nn; i++)
+        dexec_actor_info_clear(&nodes[i]);
+    free(nodes);
+    if (d != NULL)
+        dops->close(d);
+    dexec_plugin_release(plugin);
+    free(node_token);
+    return st;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+/* Stops the actor: shutdown RPC, grace, SIGTERM, grace, SIGKILL, reap. A
+ * remote actor is stopped by its agent once our connection to it drops. */
+static void stop_actor(struct dexec_executor *ex)
+{
+    double deadline = dexec_now() + ex->grace;
+    char msg[256];
+
+    if (ex->actor != NULL && !dexec_conn_dead(ex->actor))
+        dexec_conn_call(ex->actor, "shutdown", NULL, deadline, NULL, NULL, NULL, msg,
+                        sizeof(msg));
+    if (ex->local) {
+        dxr_reap(&ex->child, left_s(deadline));
+        dxr_kill(&ex->child, ex->grace, COMPONENT, "actor");
+    } else if (ex->actor != NULL) {
+        /* the actor closes its connections as it exits */
+        while (!dexec_conn_poll_dead(ex->actor) && left_s(deadline) > 0)
+            sleep_s(0.01);
+    }
+}
+
+static void destroy(struct dexec_executor *ex)
+{
+    dexec_conn_free(ex->actor);
+    dexec_conn_free(ex->agent);
+    if (ex->local)
+        dxr_child_release(&ex->child);
+    free(ex);
+}
 
 static dexec_status ray_create(const dexec_host *host, dexec_executor **out, char *err,
                                size_t errlen)
 {
-    (void)host;
-    (void)out;
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    struct dexec_executor *ex;
+    const char *address = "local";
+    double init_t = 60.0, grace = 5.0, deadline;
+    actor_ask ask;
+    dexec_status st;
+
+    dexec_config_get_float(host->config, "timeouts.init", &init_t);
+    dexec_config_get_float(host->config, "timeouts.shutdown_grace", &grace);
+    dexec_config_get_string(host->config, "ray_init.address", &address);
+    st = read_ask(host->config, &ask, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    deadline = dexec_now() + init_t;
+    ex = calloc(1, sizeof(*ex));
+    if (ex == NULL)
+        return DEXEC_ENOMEM;
+    ex->host = host;
+    ex->n = ask.ranks;
+    ex->grace = grace;
+    if (strcmp(address, "local") == 0) {
+        st = spawn_local(ex, &ask, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, NULL, deadline, init_t, err, errlen);
+    } else {
+        st = place_remote(ex, &ask, address, deadline, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, ex->token, deadline, init_t, err, errlen);
+    }
+    if (st != DEXEC_OK) {
+        stop_actor(ex);
+        destroy(ex);
+        return st;
+    }
+    host->log(DEXEC_LOG_INFO, COMPONENT, "%s ready with %d rank%s", ex->label, ex->n,
+              ex->n == 1 ? "" : "s");
+    *out = ex;
+    return DEXEC_OK;
 }
 
-/* create() never succeeds, so the core never calls the operations below
- * with an executor; they exist because the loader requires a full table. */
 static int ray_num_ranks(const dexec_executor *ex)
 {
-    (void)ex;
-    return 0;
+    return ex->n;
 }
 
-static dexec_status ray_rpc(dexec_executor *ex, const char *method, double timeout,
-                            const dexec_value *args, const dexec_value *kwargs,
-                            int unique_reply_rank, dexec_value **replies, char *err,
-                            size_t errlen)
+/* A call on the actor failed: the error the executor reports. */
+static dexec_status call_error(const struct dexec_executor *ex, dexec_status st, const char *what,
+                               double timeout, const char *msg, char *err, size_t errlen)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    if (st == DEXEC_ETIMEDOUT) {
+        dexec_errorf(err, errlen, "%s: no reply from %s (ranks 0..%d) within %.3g s", what,
+                     ex->label, ex->n - 1, timeout);
+        return DEXEC_ETIMEDOUT;
+    }
+    /* a dead actor's message already names it; an error reply names its rank */
+    if (st == DEXEC_ECLOSED || strncmp(msg, "rank ", 5) == 0)
+        dexec_errorf(err, errlen, "%s: %s", what, msg);
+    else
+        dexec_errorf(err, errlen, "%s: rank 0: %s", what, msg);
+    return DEXEC_EWORKER;
 }
 
-static dexec_status ray_add(dexec_executor *ex, const dexec_request *reqs, size_t n,
-                            dexec_output *outs, double timeout, dexec_progress_fn progress,
-                            void *user, char *err, size_t errlen)
+static dexec_status ray_collective_rpc(dexec_executor *ex, const char *method, double timeout,
+                                       const dexec_value *args, const dexec_value *kwargs,
+                                       int unique_reply_rank, dexec_value **replies, char *err,
+                                       size_t errlen)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    dexec_value *params = dexec_value_array(), *res = NULL;
+    char what[200], msg[1024];
+    dexec_status st;
+
+    *replies = NULL;
+    if ((args != NULL && args->type != DEXEC_VAL_ARRAY) ||
+        (kwargs != NULL && kwargs->type != DEXEC_VAL_MAP)) {
+        dexec_value_free(params);
+        dexec_errorf(err, errlen, "collective_rpc %s: args must be an array and kwargs a map",
+                     method);
+        return DEXEC_EINVAL;
+    }
+    dexec_value_array_push(params, dexec_value_str(method));
+    dexec_value_array_push(params, args != NULL ? dexec_value_clone(args) : dexec_value_array());
+    dexec_value_array_push(params, kwargs != NULL ? dexec_value_clone(kwargs) : dexec_value_map());
+    if (params == NULL || params->u.arr.len != 3) {
+        dexec_value_free(params);
+        return DEXEC_ENOMEM;
+    }
+    snprintf(what, sizeof(what), "collective_rpc %s", method);
+    st = dexec_conn_call(ex->actor, "collective_rpc", params, dexec_now() + timeout, &res, NULL,
+                         NULL, msg, sizeof(msg));
+    dexec_value_free(params);
+    if (st != DEXEC_OK)
+        return call_error(ex, st, what, timeout, msg, err, errlen);
+    if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != (size_t)ex->n) {
+        dexec_value_free(res);
+        dexec_errorf(err, errlen, "%s: %s did not reply with one result per rank (%d)", what,
+                     ex->label, ex->n);
+        return DEXEC_EPROTO;
+    }
+    if (unique_reply_rank >= 0) {
+        *replies = res->u.arr.items[unique_reply_rank];
+        res->u.arr.items[unique_reply_rank] = NULL;
+        dexec_value_free(res);
+        if (*replies == NULL)
+            *replies = dexec_value_nil();
+    } else {
+        *replies = res;
+    }
+    return DEXEC_OK;
 }
 
-static dexec_status ray_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
+typedef struct progress_ctx {
+    dexec_progress_fn fn;
+    void *user;
+    size_t n;
+} progress_ctx;
+
+static void on_progress(void *user, const char *method, const dexec_value *params)
 {
-    dexec_errorf(err, errlen, NOT_BUILT);
-    return DEXEC_ENOTSUP;
+    progress_ctx *p = user;
+    int64_t pos = dexec_value_as_int(dexec_value_array_get(params, 1), -1);
+
+    if (strcmp(method, "progress") != 0 || p->fn == NULL || pos < 0 || (size_t)pos >= p->n)
+        return;
+    p->fn(p->user, (size_t)pos, (int)dexec_value_as_int(dexec_value_array_get(params, 2), 0),
+          (int)dexec_value_as_int(dexec_value_array_get(params, 3), 0),
+          (int)dexec_value_as_int(dexec_value_array_get(params, 4), 0));
+}
+
+static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *reqs, size_t n,
+                                     dexec_output *outs, double timeout,
+                                     dexec_progress_fn progress, void *user, char *err,
+                                     size_t errlen)
+{
+    double start = dexec_now();
+    dexec_value *params = dexec_value_array(), *batch = dexec_value_array(), *res = NULL;
+    progress_ctx pc = {.fn = progress, .user = user, .n = n};
+    char msg[1024];
+    dexec_status st;
+
+    for (size_t i = 0; i < n; i++)
+        dexec_value_array_push(batch, dexec_request_to_value(&reqs[i]));
+    dexec_value_array_push(params, batch);
+    if (params == NULL || params->u.arr.len != 1 || batch->u.arr.len != n) {
+        dexec_value_free(params);
+        return DEXEC_ENOMEM;
+    }
+    st = dexec_conn_call(ex->actor, "generate", params, start + timeout, &res, on_progress, &pc,
+                         msg, sizeof(msg));
+    dexec_value_free(params);
+    if (st != DEXEC_OK)
+        return call_error(ex, st, "generate", timeout, msg, err, errlen);
+    if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != n) {
+        dexec_value_free(res);
+        dexec_errorf(err, errlen, "generate: %s did not reply with %zu outputs", ex->label, n);
+        return DEXEC_EPROTO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (dexec_output_from_value(res->u.arr.items[i], &outs[i], msg, sizeof(msg)) !=
+            DEXEC_OK) {
+            dexec_output_clear(&outs[i]);
+            outs[i].status = DEXEC_EPROTO;
+            outs[i].error = strdup(msg);
+            outs[i].rank = -1;
+        }
+        outs[i].timings.total_s = dexec_now() - start;
+    }
+    dexec_value_free(res);
+    return DEXEC_OK;
+}
+
+static dexec_status ray_check_health(dexec_executor *ex, double timeout, char *err,
+                                     size_t errlen)
+{
+    char msg[1024];
+    dexec_status st = dexec_conn_call(ex->actor, "check_health", NULL, dexec_now() + timeout,
+                                      NULL, NULL, NULL, msg, sizeof(msg));
+
+    if (st == DEXEC_OK)
+        return DEXEC_OK;
+    if (st == DEXEC_ETIMEDOUT)
+        dexec_errorf(err, errlen, "%s unhealthy: no answer to check_health within %.3g s",
+                     ex->label, timeout);
+    else if (st == DEXEC_ECLOSED)
+        dexec_errorf(err, errlen, "unhealthy: %s", msg);
+    else
+        dexec_errorf(err, errlen, "%s unhealthy: %s", ex->label, msg);
+    return DEXEC_EUNHEALTHY;
 }
 
 static void ray_shutdown(dexec_executor *ex)
 {
-    (void)ex;
+    if (ex == NULL)
+        return;
+    stop_actor(ex);
+    destroy(ex);
 }
 
 static const dexec_executor_ops ray_ops = {
@@ -60,13 +739,13 @@ static const dexec_executor_ops ray_ops = {
     .flags = DEXEC_EXECUTOR_OWNS_WORKERS | DEXEC_EXECUTOR_MULTI_NODE,
     .create = ray_create,
     .num_ranks = ray_num_ranks,
-    .collective_rpc = ray_rpc,
-    .add_requests = ray_add,
-    .check_health = ray_health,
+    .collective_rpc = ray_collective_rpc,
+    .add_requests = ray_add_requests,
+    .check_health = ray_check_health,
     .shutdown = ray_shutdown,
 };
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "ray_actor", PACKAGE_VERSION,
-                           "one owned actor process hosting all ranks (not built yet)", &ray_ops)
-};
+                           "one owned actor process hosting all ranks, here or on a node",
+                           &ray_ops)};

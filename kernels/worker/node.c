@@ -1,0 +1,1022 @@
+/*
+ * node.c - the node agent (dexec-worker --node).
+ *
+ * One thread runs everything: a poll loop over the listener, the engines'
+ * connections and the stdout pipes of actors still starting. Actors are
+ * forked from this thread, so their parent-death signal fires exactly
+ * when the agent dies. The loop also reaps actors, finishes the kill
+ * ladder of actors whose engine left, and publishes the node's free
+ * resources in the registry about once a second.
+ *
+ * Accounting: an actor holds its CPUs (a disjoint set of this agent's
+ * CPUs), GPUs (distinct device indices), memory and custom resources from
+ * spawn until it is reaped; "free" is capacity minus what live actors hold.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dexec/plugin.h>
+#include <dexec/rpc.h>
+
+#include "worker/listen.h"
+#include "worker/node.h"
+#include "worker/resources.h"
+
+#define COMPONENT "node"
+#define KILL_WAIT 1.0      /* SIGTERM to SIGKILL for actors whose engine left */
+#define WRITE_TIMEOUT 5.0
+#define MAX_GPUS 64
+
+typedef struct nconn {
+    int fd;
+    dexec_reader rd;
+    int authed;
+    struct nconn *next;
+} nconn;
+
+typedef struct nactor {
+    dxr_child child;
+    int id;
+    int running;         /* not reaped yet */
+    nconn *owner;        /* the engine that asked for it; NULL once it left */
+    uint32_t msgid;      /* its spawn_actor call, answered once the actor listens */
+    int replied;
+    int out_fd;          /* the actor's stdout, where it prints its address; -1 after */
+    char out[512];
+    size_t outlen;
+    /* what it holds */
+    int cpus, gpus;
+    cpu_set_t cpuset;
+    uint64_t gpumask;
+    int64_t memory;
+    dexec_value *labels;
+    char tokfile[300];
+    double kill_at;      /* SIGKILL time once SIGTERMed; 0: none */
+    char exit_desc[128];
+    struct nactor *next;
+} nactor;
+
+typedef struct node {
+    const dxn_options *opt;
+    char *token;
+    dxw_listener lis;
+    char bound[512];
+    char actor_host[300]; /* where actors listen: the agent's own host */
+    char tmpdir[256]; /* private: token files and unix sockets of actors */
+    const char *worker;
+    char self_exe[PATH_MAX];
+    /* capacity */
+    int cpus, gpus;
+    int64_t memory;
+    dexec_value *resources;
+    cpu_set_t pool, outside; /* CPUs actors may get; allowed CPUs they may not */
+    nconn *conns;
+    nactor *actors;
+    int next_id;
+    /* registry */
+    dexec_config *cfg;
+    dexec_host hostsvc;
+    dexec_plugin_handle *plugin;
+    const dexec_discovery_ops *dops;
+    dexec_discovery *disc;
+    dexec_actor_info info;
+    int ttl;
+    int beat_failing;
+} node;
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+/* ---- replies ---------------------------------------------------------------------- */
+
+static void send_msg(nconn *c, dexec_value *m)
+{
+    char err[256];
+
+    if (dexec_frame_write(c->fd, m, dexec_now() + WRITE_TIMEOUT, err, sizeof(err)) !=
+        DEXEC_OK)
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "reply not sent: %s", err);
+    dexec_value_free(m);
+}
+
+/* [1, msgid, nil, result]; takes result. */
+static void reply_ok(nconn *c, uint32_t msgid, dexec_value *result)
+{
+    dexec_value *m = dexec_value_array();
+
+    dexec_value_array_push(m, dexec_value_int(1));
+    dexec_value_array_push(m, dexec_value_int(msgid));
+    dexec_value_array_push(m, dexec_value_nil());
+    dexec_value_array_push(m, result != NULL ? result : dexec_value_nil());
+    send_msg(c, m);
+}
+
+static void reply_err(nconn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void reply_err(nconn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
+{
+    dexec_value *m = dexec_value_array(), *e = dexec_value_array();
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    dexec_value_array_push(e, dexec_value_int(code));
+    dexec_value_array_push(e, dexec_value_str(msg));
+    dexec_value_array_push(e, dexec_value_int(-1));
+    dexec_value_array_push(m, dexec_value_int(1));
+    dexec_value_array_push(m, dexec_value_int(msgid));
+    dexec_value_array_push(m, e);
+    dexec_value_array_push(m, dexec_value_nil());
+    send_msg(c, m);
+}
+
+/* ---- accounting -------------------------------------------------------------------- */
+
+typedef struct room {
+    cpu_set_t busy; /* CPUs held by live actors */
+    int cpus, gpus; /* free */
+    uint64_t gpus_used;
+    int64_t memory;
+    dexec_value *resources; /* free amounts (MAP) */
+} room;
+
+static void room_compute(const node *n, room *r)
+{
+    CPU_ZERO(&r->busy);
+    r->gpus_used = 0;
+    r->memory = n->memory;
+    r->resources = dexec_value_clone(n->resources);
+    for (const nactor *a = n->actors; a != NULL; a = a->next) {
+        if (!a->running)
+            continue;
+        CPU_OR(&r->busy, &r->busy, &a->cpuset);
+        r->gpus_used |= a->gpumask;
+        r->memory -= a->memory;
+        for (size_t i = 0; a->labels != NULL && i < a->labels->u.map.len; i++) {
+            const dexec_kv *kv = &a->labels->u.map.items[i];
+            double have = dexec_value_as_float(dexec_value_map_get(r->resources, kv->key), 0);
+
+            dexec_value_map_set(r->resources, kv->key,
+                                dexec_value_float(have - dexec_value_as_float(kv->val, 0)));
+        }
+    }
+    r->cpus = n->cpus - CPU_COUNT(&r->busy);
+    r->gpus = n->gpus - __builtin_popcountll(r->gpus_used);
+}
+
+static dexec_value *resources_value(int cpus, int gpus, int64_t memory, const dexec_value *res)
+{
+    dexec_value *m = dexec_value_map();
+
+    dexec_value_map_set(m, "cpus", dexec_value_int(cpus));
+    dexec_value_map_set(m, "gpus", dexec_value_int(gpus));
+    dexec_value_map_set(m, "memory", dexec_value_int(memory));
+    dexec_value_map_set(m, "resources", res != NULL ? dexec_value_clone(res) : dexec_value_map());
+    return m;
+}
+
+static dexec_value *node_meta(const node *n)
+{
+    dexec_value *m = dexec_value_map();
+    room r;
+    int live = 0;
+
+    room_compute(n, &r);
+    for (const nactor *a = n->actors; a != NULL; a = a->next)
+        live += a->running;
+    dexec_value_map_set(m, "kind", dexec_value_str("node"));
+    dexec_value_map_set(m, "capacity",
+                        resources_value(n->cpus, n->gpus, n->memory, n->resources));
+    dexec_value_map_set(m, "free", resources_value(r.cpus, r.gpus, r.memory, r.resources));
+    dexec_value_map_set(m, "actors", dexec_value_int(live));
+    dexec_value_map_set(m, "version", dexec_value_str(dexec_version()));
+    dexec_value_free(r.resources);
+    return m;
+}
+
+/* ---- registry ------------------------------------------------------------------------ */
+
+static void publish(node *n)
+{
+    char err[512];
+    dexec_status st;
+
+    dexec_value_free(n->info.meta);
+    n->info.meta = node_meta(n);
+    st = n->dops->heartbeat(n->disc, &n->info, n->ttl, err, sizeof(err));
+    if (st != DEXEC_OK && !n->beat_failing)
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "node %s: registry update failed: %s",
+                  n->info.name, err);
+    else if (st == DEXEC_OK && n->beat_failing)
+        dexec_log(DEXEC_LOG_INFO, COMPONENT, "node %s: registry reachable again", n->info.name);
+    n->beat_failing = st != DEXEC_OK;
+}
+
+/* The address engines reach us at: --advertise (a host, or tcp:HOST:PORT),
+ * else the bound one. */
+static int advertised(const node *n, char *buf, size_t len)
+{
+    const char *adv = n->opt->advertise;
+    char host[256], port[16];
+
+    if (adv == NULL) {
+        snprintf(buf, len, "%s", n->bound);
+        return 0;
+    }
+    if (strncmp(adv, "tcp:", 4) == 0 || strncmp(adv, "unix:", 5) == 0) {
+        snprintf(buf, len, "%s", adv);
+        return 0;
+    }
+    if (strncmp(n->bound, "tcp:", 4) != 0 ||
+        dexec_split_hostport(n->bound + 4, host, sizeof(host), port, sizeof(port)) != 0)
+        return -1;
+    snprintf(buf, len, strchr(adv, ':') ? "tcp:[%s]:%s" : "tcp:%s:%s", adv, port);
+    return 0;
+}
+
+static int registry_open(node *n, char *err, size_t errlen)
+{
+    const char *url = n->opt->registry, *plugin = "redis_discovery";
+    char host[256] = "", inst[96], addr[600];
+    unsigned char rnd[8] = {0};
+    int64_t ttl = 10;
+    dexec_status st;
+
+    st = dexec_config_load(NULL, &n->cfg, err, errlen);
+    if (st != DEXEC_OK)
+        return -1;
+    dexec_config_get_int(n->cfg, "discovery.redis.ttl", &ttl);
+    dexec_config_get_string(n->cfg, "external.discovery", &plugin);
+    n->ttl = n->opt->ttl > 0 ? n->opt->ttl : (int)ttl;
+    if (url == NULL && getenv("DEXEC_REGISTRY") != NULL && *getenv("DEXEC_REGISTRY") != '\0')
+        url = getenv("DEXEC_REGISTRY");
+    n->hostsvc.struct_size = sizeof(n->hostsvc);
+    n->hostsvc.config = n->cfg;
+    n->hostsvc.log = dexec_log;
+    st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, n->cfg, &n->plugin, err, errlen);
+    if (st != DEXEC_OK)
+        return -1;
+    n->dops = dexec_plugin_descriptor(n->plugin)->ops;
+    if (advertised(n, addr, sizeof(addr)) != 0) {
+        dexec_errorf(err, errlen, "--advertise %s: a host needs a tcp: listener",
+                     n->opt->advertise);
+        return -1;
+    }
+    gethostname(host, sizeof(host) - 1);
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        memset(rnd, (int)getpid(), sizeof(rnd));
+    snprintf(inst, sizeof(inst), "%s-%d-%02x%02x%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
+             rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    n->info.name = strdup(n->opt->name);
+    n->info.address = strdup(addr);
+    n->info.host = strdup(host);
+    n->info.instance = strdup(inst);
+    n->info.pid = (int)getpid();
+    n->info.protocol = DEXEC_PROTOCOL_VERSION;
+    n->info.started = (double)time(NULL);
+    n->info.meta = node_meta(n);
+    st = n->dops->open(&n->hostsvc, url, &n->disc, err, errlen);
+    if (st == DEXEC_OK)
+        st = n->dops->register_actor(n->disc, &n->info, n->ttl, err, errlen);
+    return st == DEXEC_OK ? 0 : -1;
+}
+
+/* ---- actors -------------------------------------------------------------------------- */
+
+static void actor_free(node *n, nactor *a)
+{
+    for (nactor **pp = &n->actors; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == a) {
+            *pp = a->next;
+            break;
+        }
+    }
+    if (a->out_fd >= 0)
+        close(a->out_fd);
+    if (a->tokfile[0] != '\0')
+        unlink(a->tokfile);
+    dexec_value_free(a->labels);
+    free(a);
+}
+
+/* An actor ended: its resources are free again. */
+static void actor_reaped(node *n, nactor *a)
+{
+    a->running = 0;
+    dxr_describe_exit(a->child.status, a->exit_desc, sizeof(a->exit_desc));
+    dxr_child_release(&a->child);
+    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d %s", (int)a->child.pid, a->exit_desc);
+    if (a->owner != NULL && !a->replied) {
+        reply_err(a->owner, a->msgid, DEXEC_EINIT,
+                  "actor pid %d on node %s %s before it was ready (its log is in the node "
+                  "agent's stderr)",
+                  (int)a->child.pid, n->info.name, a->exit_desc);
+        a->replied = 1;
+    }
+    if (a->owner == NULL)
+        actor_free(n, a);
+    publish(n);
+}
+
+/* The actor printed its address: answer the engine that asked. */
+static void actor_ready(node *n, nactor *a, const char *address)
+{
+    dexec_value *r = dexec_value_map();
+
+    dexec_value_map_set(r, "pid", dexec_value_int(a->child.pid));
+    dexec_value_map_set(r, "address", dexec_value_str(address));
+    dexec_value_map_set(r, "node", dexec_value_str(n->info.name));
+    if (a->owner != NULL && !a->replied)
+        reply_ok(a->owner, a->msgid, r);
+    else
+        dexec_value_free(r);
+    a->replied = 1;
+    /* the actor read its token at start */
+    if (a->tokfile[0] != '\0') {
+        unlink(a->tokfile);
+        a->tokfile[0] = '\0';
+    }
+    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d listening on %s", (int)a->child.pid,
+              address);
+}
+
+static void actor_read_out(node *n, nactor *a)
+{
+    ssize_t got = read(a->out_fd, a->out + a->outlen, sizeof(a->out) - 1 - a->outlen);
+    char *nl;
+
+    if (got < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (got > 0) {
+        a->outlen += (size_t)got;
+        a->out[a->outlen] = '\0';
+        nl = strchr(a->out, '\n');
+        if (nl == NULL && a->outlen < sizeof(a->out) - 1)
+            return;
+        if (nl != NULL)
+            *nl = '\0';
+        actor_ready(n, a, a->out);
+    }
+    /* an address, EOF or an error: nothing more to read (a failure is
+     * reported when the actor is reaped) */
+    close(a->out_fd);
+    a->out_fd = -1;
+}
+
+/* The engine left: its actors go (SIGTERM now, SIGKILL after KILL_WAIT). */
+static void owner_left(node *n, nconn *c)
+{
+    nactor *a = n->actors, *next;
+
+    for (; a != NULL; a = next) {
+        next = a->next;
+        if (a->owner != c)
+            continue;
+        a->owner = NULL;
+        if (!a->running) {
+            actor_free(n, a);
+            continue;
+        }
+        dexec_log(DEXEC_LOG_INFO, COMPONENT, "engine of actor pid %d left: stopping it",
+                  (int)a->child.pid);
+        kill(a->child.pid, SIGTERM);
+        a->kill_at = dexec_now() + KILL_WAIT;
+    }
+}
+
+static int parse_spawn(const dexec_value *p, int *ranks, const char **model, const char **device,
+                       int *cpus, int *gpus, int64_t *memory, const dexec_value **labels,
+                       const char **token, char *err, size_t errlen)
+{
+    const dexec_value *v;
+
+    if (p == NULL || p->type != DEXEC_VAL_MAP) {
+        snprintf(err, errlen, "spawn_actor: expected params [{ranks, model, device, cpus, gpus, "
+                              "memory, resources, token}]");
+        return -1;
+    }
+    *ranks = (int)dexec_value_as_int(dexec_value_map_get(p, "ranks"), 1);
+    *model = dexec_value_as_str(dexec_value_map_get(p, "model"), "fashion-dit");
+    *device = dexec_value_as_str(dexec_value_map_get(p, "device"), "auto");
+    *cpus = (int)dexec_value_as_int(dexec_value_map_get(p, "cpus"), 1);
+    *gpus = (int)dexec_value_as_int(dexec_value_map_get(p, "gpus"), 0);
+    *memory = dexec_value_as_int(dexec_value_map_get(p, "memory"), 0);
+    *token = dexec_value_as_str(dexec_value_map_get(p, "token"), NULL);
+    v = dexec_value_map_get(p, "resources");
+    *labels = v != NULL && v->type == DEXEC_VAL_MAP ? v : NULL;
+    if (*ranks < 1 || *ranks > 64 || *cpus < 0 || *gpus < 0 || *gpus > MAX_GPUS ||
+        *memory < 0 || (*model)[0] == '\0' || (*model)[0] == '-') {
+        snprintf(err, errlen, "spawn_actor: ranks 1..64, cpus >= 0, gpus 0..%d, memory >= 0 and "
+                              "a model name are required", MAX_GPUS);
+        return -1;
+    }
+    if (strcmp(*device, "auto") != 0 && strcmp(*device, "cpu") != 0 &&
+        strcmp(*device, "cuda") != 0) {
+        snprintf(err, errlen, "spawn_actor: bad device '%s' (auto, cpu, cuda)", *device);
+        return -1;
+    }
+    if (*token != NULL && strspn(*token, "0123456789abcdefABCDEF") != strlen(*token)) {
+        snprintf(err, errlen, "spawn_actor: the token must be hex digits");
+        return -1;
+    }
+    return 0;
+}
+
+static int write_token(const char *path, const char *token)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t len = strlen(token);
+    ssize_t w;
+
+    if (fd < 0)
+        return -1;
+    w = write(fd, token, len);
+    close(fd);
+    return w == (ssize_t)len ? 0 : -1;
+}
+
+static void handle_spawn(node *n, nconn *c, uint32_t id, const dexec_value *params)
+{
+    int ranks, cpus, gpus, pfd[2];
+    int64_t memory;
+    const char *model, *device, *token;
+    const dexec_value *labels;
+    char err[1024], missing[128], want[256], ranks_s[16], listen_s[320], devs[256];
+    char *argv[24];
+    dxr_limits lim = {0};
+    dxr_spawn_args sa = {.argv = argv, .ctl_fd = -1, .component = COMPONENT, .limits = &lim};
+    nactor *a;
+    room r;
+    int i = 0;
+    cpu_set_t avoid;
+    size_t off = 0;
+
+    if (parse_spawn(dexec_value_array_get(params, 0), &ranks, &model, &device, &cpus, &gpus,
+                    &memory, &labels, &token, err, sizeof(err)) != 0) {
+        reply_err(c, id, DEXEC_EINVAL, "%s", err);
+        return;
+    }
+    room_compute(n, &r);
+    dxr_resources_format(labels, want, sizeof(want));
+    err[0] = '\0';
+    if (cpus > r.cpus)
+        snprintf(err, sizeof(err), "%d CPUs free", r.cpus);
+    else if (gpus > r.gpus)
+        snprintf(err, sizeof(err), "%d GPUs free", r.gpus);
+    else if (memory > r.memory)
+        snprintf(err, sizeof(err), "%lld bytes of memory free", (long long)r.memory);
+    else if (!dxr_resources_fit(labels, r.resources, missing, sizeof(missing)))
+        snprintf(err, sizeof(err), "no %s free", missing);
+    dexec_value_free(r.resources);
+    if (err[0] != '\0') {
+        reply_err(c, id, DEXEC_ENOTFOUND,
+                  "node %s has no room for {cpus=%d,gpus=%d,memory=%lld%s%s}: %s", n->info.name,
+                  cpus, gpus, (long long)memory, want[0] ? ",labels=" : "", want, err);
+        return;
+    }
+    a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        reply_err(c, id, DEXEC_ENOMEM, "out of memory");
+        return;
+    }
+    a->id = ++n->next_id;
+    a->out_fd = -1;
+    a->cpus = cpus;
+    a->gpus = gpus;
+    a->memory = memory;
+    a->labels = labels != NULL ? dexec_value_clone(labels) : NULL;
+    /* disjoint CPU sets: everything held or outside the pool is avoided */
+    CPU_OR(&avoid, &r.busy, &n->outside);
+    if (cpus > 0 && dxr_pick_cpus(cpus, &avoid, &a->cpuset, err, sizeof(err)) != DEXEC_OK) {
+        reply_err(c, id, DEXEC_ENOTFOUND, "node %s: %s", n->info.name, err);
+        actor_free(n, a);
+        return;
+    }
+    devs[0] = '\0';
+    for (int g = 0, k = 0; g < n->gpus && k < gpus; g++) {
+        if (r.gpus_used & (1ull << g))
+            continue;
+        a->gpumask |= 1ull << g;
+        off += (size_t)snprintf(devs + off, sizeof(devs) - off, "%s%d", k ? "," : "", g);
+        k++;
+    }
+    lim.ncpus = cpus;
+    lim.cpus = a->cpuset;
+    lim.cuda_visible = devs;
+    lim.memory = memory;
+
+    snprintf(ranks_s, sizeof(ranks_s), "%d", ranks);
+    if (n->actor_host[0] != '\0')
+        snprintf(listen_s, sizeof(listen_s), "tcp:%s:0", n->actor_host);
+    else
+        snprintf(listen_s, sizeof(listen_s), "unix:%s/actor-%d.sock", n->tmpdir, a->id);
+    argv[i++] = (char *)n->worker;
+    argv[i++] = "--listen";
+    argv[i++] = listen_s;
+    argv[i++] = "--print-address";
+    argv[i++] = "--ranks";
+    argv[i++] = ranks_s;
+    argv[i++] = "--rank";
+    argv[i++] = "0";
+    argv[i++] = "--model";
+    argv[i++] = (char *)model;
+    argv[i++] = "--device";
+    argv[i++] = (char *)device;
+    if (token != NULL) {
+        snprintf(a->tokfile, sizeof(a->tokfile), "%s/actor-%d.token", n->tmpdir, a->id);
+        if (write_token(a->tokfile, token) != 0) {
+            reply_err(c, id, DEXEC_EIO, "node %s: cannot write %s: %s", n->info.name,
+                      a->tokfile, strerror(errno));
+            a->tokfile[0] = '\0';
+            actor_free(n, a);
+            return;
+        }
+        argv[i++] = "--token-file";
+        argv[i++] = a->tokfile;
+    } else if (n->opt->token_file != NULL) {
+        argv[i++] = "--token-file";
+        argv[i++] = (char *)n->opt->token_file;
+    }
+    if (n->opt->insecure)
+        argv[i++] = "--insecure";
+    argv[i] = NULL;
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        reply_err(c, id, DEXEC_EIO, "node %s: pipe: %s", n->info.name, strerror(errno));
+        actor_free(n, a);
+        return;
+    }
+    sa.stdout_fd = pfd[1];
+    if (dxr_spawn(&sa, &a->child, err, sizeof(err)) != DEXEC_OK) {
+        close(pfd[0]);
+        close(pfd[1]);
+        reply_err(c, id, DEXEC_EINIT, "node %s: %s", n->info.name, err);
+        actor_free(n, a);
+        return;
+    }
+    close(pfd[1]);
+    fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);
+    a->out_fd = pfd[0];
+    a->running = 1;
+    a->owner = c;
+    a->msgid = id;
+    a->next = n->actors;
+    n->actors = a;
+    dexec_log(DEXEC_LOG_INFO, COMPONENT,
+              "spawned actor pid %d: %d rank%s, %d CPUs, GPUs [%s], memory %lld, labels {%s}",
+              (int)a->child.pid, ranks, ranks == 1 ? "" : "s", cpus, devs, (long long)memory,
+              want);
+    publish(n);
+}
+
+static void handle_actor_status(node *n, nconn *c, uint32_t id, const dexec_value *params)
+{
+    int64_t pid = dexec_value_as_int(dexec_value_array_get(params, 0), -1);
+    dexec_value *r;
+
+    for (nactor *a = n->actors; a != NULL; a = a->next) {
+        if (a->child.pid != pid)
+            continue;
+        r = dexec_value_map();
+        dexec_value_map_set(r, "pid", dexec_value_int(pid));
+        dexec_value_map_set(r, "running", dexec_value_bool(a->running));
+        if (!a->running)
+            dexec_value_map_set(r, "exit", dexec_value_str(a->exit_desc));
+        reply_ok(c, id, r);
+        return;
+    }
+    reply_err(c, id, DEXEC_ENOTFOUND, "node %s has no actor with pid %lld", n->info.name,
+              (long long)pid);
+}
+
+/* ---- engine connections ------------------------------------------------------------------ */
+
+static int handle_hello(node *n, nconn *c, uint32_t id, const dexec_value *params)
+{
+    const dexec_value *arg = dexec_value_array_get(params, 0);
+    int64_t proto = dexec_value_as_int(dexec_value_map_get(arg, "protocol"), -1);
+    const char *tok = dexec_value_as_str(dexec_value_map_get(arg, "token"), NULL);
+    dexec_value *r;
+
+    if (proto != DEXEC_PROTOCOL_VERSION) {
+        reply_err(c, id, DEXEC_EPROTO, "node agent speaks protocol %d, the client asked for %lld",
+                  DEXEC_PROTOCOL_VERSION, (long long)proto);
+        return -1;
+    }
+    if (n->token != NULL && (tok == NULL || !dexec_secret_equal(tok, n->token))) {
+        reply_err(c, id, DEXEC_EAUTH,
+                  tok == NULL ? "this node agent requires a token" : "wrong token");
+        return -1;
+    }
+    c->authed = 1;
+    r = dexec_value_map();
+    dexec_value_map_set(r, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
+    dexec_value_map_set(r, "kind", dexec_value_str("node"));
+    dexec_value_map_set(r, "name", dexec_value_str(n->info.name));
+    dexec_value_map_set(r, "pid", dexec_value_int(getpid()));
+    dexec_value_map_set(r, "host", dexec_value_str(n->info.host));
+    dexec_value_map_set(r, "rank", dexec_value_int(0));
+    dexec_value_map_set(r, "version", dexec_value_str(dexec_version()));
+    reply_ok(c, id, r);
+    return 0;
+}
+
+/* One request. Returns -1 to drop the connection. */
+static int handle_message(node *n, nconn *c, const dexec_value *m)
+{
+    const dexec_value *t = dexec_value_array_get(m, 0), *idv = dexec_value_array_get(m, 1);
+    const char *method;
+    const dexec_value *params;
+    uint32_t id;
+
+    if (m->type != DEXEC_VAL_ARRAY || dexec_value_as_int(t, -1) == 2)
+        return m->type == DEXEC_VAL_ARRAY ? 0 : -1;
+    if (dexec_value_as_int(t, -1) != 0 || idv == NULL || idv->type != DEXEC_VAL_INT ||
+        idv->u.i < 0 || idv->u.i > UINT32_MAX || m->u.arr.len != 4 ||
+        m->u.arr.items[2]->type != DEXEC_VAL_STR || m->u.arr.items[3]->type != DEXEC_VAL_ARRAY) {
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "dropping a connection that sent a malformed request");
+        return -1;
+    }
+    id = (uint32_t)idv->u.i;
+    method = m->u.arr.items[2]->u.str.ptr;
+    params = m->u.arr.items[3];
+    if (strcmp(method, "hello") == 0)
+        return handle_hello(n, c, id, params);
+    if (!c->authed) {
+        reply_err(c, id, DEXEC_EAUTH, "the first request on a connection must be hello");
+        return -1;
+    }
+    if (strcmp(method, "spawn_actor") == 0)
+        handle_spawn(n, c, id, params);
+    else if (strcmp(method, "actor_status") == 0)
+        handle_actor_status(n, c, id, params);
+    else if (strcmp(method, "get_info") == 0)
+        reply_ok(c, id, node_meta(n));
+    else
+        reply_err(c, id, DEXEC_ENOTFOUND,
+                  "unknown method '%s' (a node agent knows: hello, spawn_actor, actor_status, "
+                  "get_info)",
+                  method);
+    return 0;
+}
+
+static void conn_drop(node *n, nconn *c)
+{
+    for (nconn **pp = &n->conns; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    owner_left(n, c);
+    close(c->fd);
+    dexec_reader_free(&c->rd);
+    free(c);
+}
+
+/* Reads what c sent; returns -1 when it is finished. */
+static int conn_service(node *n, nconn *c)
+{
+    char err[512];
+    dexec_status st = dexec_reader_fill(&c->rd, c->fd, err, sizeof(err));
+
+    for (;;) {
+        dexec_value *m;
+
+        if (dexec_reader_take(&c->rd, &m, err, sizeof(err)) != DEXEC_OK) {
+            dexec_log(DEXEC_LOG_WARN, COMPONENT, "dropping a connection: %s", err);
+            return -1;
+        }
+        if (m == NULL)
+            break;
+        if (handle_message(n, c, m) != 0) {
+            dexec_value_free(m);
+            return -1;
+        }
+        dexec_value_free(m);
+    }
+    return st == DEXEC_OK ? 0 : -1;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+static void reap_and_kill(node *n)
+{
+    double now = dexec_now();
+    nactor *a = n->actors, *next;
+
+    for (; a != NULL; a = next) {
+        next = a->next;
+        if (!a->running)
+            continue;
+        if (dxr_reap(&a->child, 0)) {
+            actor_reaped(n, a);
+        } else if (a->kill_at > 0 && now >= a->kill_at) {
+            dexec_log(DEXEC_LOG_WARN, COMPONENT, "actor pid %d ignored SIGTERM: SIGKILL",
+                      (int)a->child.pid);
+            kill(a->child.pid, SIGKILL);
+            a->kill_at = 0;
+        }
+    }
+}
+
+static void loop(node *n)
+{
+    double last_beat = dexec_now();
+
+    while (!g_stop) {
+        size_t cap = 1, k = 0, nconns;
+        struct pollfd *pf;
+        void **who;
+        int rc;
+
+        for (nconn *c = n->conns; c != NULL; c = c->next)
+            cap++;
+        for (nactor *a = n->actors; a != NULL; a = a->next)
+            cap++;
+        pf = calloc(cap, sizeof(*pf));
+        who = calloc(cap, sizeof(*who));
+        if (pf == NULL || who == NULL) {
+            free(pf);
+            free(who);
+            dexec_log(DEXEC_LOG_ERROR, COMPONENT, "out of memory");
+            return;
+        }
+        pf[k++] = (struct pollfd){.fd = n->lis.fd, .events = POLLIN};
+        for (nconn *c = n->conns; c != NULL; c = c->next) {
+            who[k] = c;
+            pf[k++] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+        }
+        nconns = k - 1;
+        for (nactor *a = n->actors; a != NULL; a = a->next) {
+            if (a->out_fd < 0)
+                continue;
+            who[k] = a;
+            pf[k++] = (struct pollfd){.fd = a->out_fd, .events = POLLIN};
+        }
+        /* short: reaping and the kill ladder run on this clock */
+        rc = poll(pf, (nfds_t)k, 50);
+        if (rc < 0 && errno != EINTR) {
+            dexec_log(DEXEC_LOG_ERROR, COMPONENT, "poll: %s", strerror(errno));
+            free(pf);
+            free(who);
+            return;
+        }
+        /* actors' pipes first: dropping a connection may free actors */
+        for (size_t i = nconns + 1; rc > 0 && i < k; i++)
+            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR))
+                actor_read_out(n, who[i]);
+        for (size_t i = 1; rc > 0 && i <= nconns; i++)
+            if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && conn_service(n, who[i]) != 0)
+                conn_drop(n, who[i]);
+        if (rc > 0 && (pf[0].revents & POLLIN)) {
+            for (;;) {
+                int fd = accept4(n->lis.fd, NULL, NULL, SOCK_CLOEXEC);
+                nconn *c;
+
+                if (fd < 0)
+                    break;
+                c = calloc(1, sizeof(*c));
+                if (c == NULL) {
+                    close(fd);
+                    break;
+                }
+                c->fd = fd;
+                dexec_reader_init(&c->rd, n->opt->max_frame);
+                c->next = n->conns;
+                n->conns = c;
+            }
+        }
+        free(pf);
+        free(who);
+        reap_and_kill(n);
+        if (dexec_now() - last_beat >= 1.0) {
+            last_beat = dexec_now();
+            publish(n);
+        }
+    }
+}
+
+/* ---- start and stop ---------------------------------------------------------------------- */
+
+static int count_gpus(void)
+{
+    DIR *d = opendir("/dev");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, "nvidia", 6) == 0 && e->d_name[6] >= '0' && e->d_name[6] <= '9' &&
+            strspn(e->d_name + 6, "0123456789") == strlen(e->d_name + 6))
+            n++;
+    closedir(d);
+    return n;
+}
+
+static int capacity_init(node *n, char *err, size_t errlen)
+{
+    const dxn_options *o = n->opt;
+    cpu_set_t allowed;
+    int avail, k = 0;
+
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+        snprintf(err, errlen, "sched_getaffinity: %s", strerror(errno));
+        return -1;
+    }
+    avail = CPU_COUNT(&allowed);
+    n->cpus = o->cpus >= 0 ? o->cpus : avail;
+    if (n->cpus > avail) {
+        snprintf(err, errlen, "--cpus %d: this process may use only %d CPUs", n->cpus, avail);
+        return -1;
+    }
+    CPU_ZERO(&n->pool);
+    CPU_ZERO(&n->outside);
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (!CPU_ISSET(i, &allowed))
+            continue;
+        if (k++ < n->cpus)
+            CPU_SET(i, &n->pool);
+        else
+            CPU_SET(i, &n->outside);
+    }
+    n->gpus = o->gpus >= 0 ? o->gpus : count_gpus();
+    if (n->gpus > MAX_GPUS) {
+        snprintf(err, errlen, "--gpus %d: at most %d", n->gpus, MAX_GPUS);
+        return -1;
+    }
+    n->memory = o->memory >= 0 ? o->memory
+                               : (int64_t)sysconf(_SC_PHYS_PAGES) * (int64_t)sysconf(_SC_PAGESIZE);
+    n->resources = dxr_resources_parse(o->resources, err, errlen);
+    return n->resources != NULL ? 0 : -1;
+}
+
+/* Actors listen on the agent's own host (a fresh port each), or in the
+ * private directory when the agent listens on a unix socket. */
+static void actor_listen_host(node *n)
+{
+    char port[16];
+
+    n->actor_host[0] = '\0';
+    if (strncmp(n->bound, "tcp:", 4) == 0 &&
+        dexec_split_hostport(n->bound + 4, n->actor_host, sizeof(n->actor_host), port,
+                             sizeof(port)) == 0 &&
+        strchr(n->actor_host, ':') != NULL) {
+        char v6[sizeof(n->actor_host)];
+
+        snprintf(v6, sizeof(v6), "[%s]", n->actor_host);
+        snprintf(n->actor_host, sizeof(n->actor_host), "%s", v6);
+    }
+}
+
+static void stop_all(node *n)
+{
+    double deadline = dexec_now() + 2.0;
+    int left = 0;
+
+    for (nactor *a = n->actors; a != NULL; a = a->next)
+        if (a->running && kill(a->child.pid, SIGTERM) == 0)
+            left++;
+    while (left > 0 && dexec_now() < deadline) {
+        left = 0;
+        for (nactor *a = n->actors; a != NULL; a = a->next)
+            if (a->running && !dxr_reap(&a->child, 0.01))
+                left++;
+    }
+    for (nactor *a = n->actors; a != NULL; a = a->next) {
+        if (!a->running)
+            continue;
+        kill(a->child.pid, SIGKILL);
+        dxr_reap(&a->child, 5.0);
+        a->running = 0;
+        dxr_child_release(&a->child);
+    }
+    while (n->actors != NULL) {
+        if (n->actors->running) {
+            n->actors->running = 0;
+            dxr_child_release(&n->actors->child);
+        }
+        actor_free(n, n->actors);
+    }
+    while (n->conns != NULL) {
+        nconn *c = n->conns;
+
+        n->conns = c->next;
+        close(c->fd);
+        dexec_reader_free(&c->rd);
+        free(c);
+    }
+}
+
+int dxn_run(const dxn_options *o)
+{
+    node n;
+    char err[1024];
+    const char *tmp = getenv("TMPDIR");
+    const char *worker = getenv("DEXEC_WORKER");
+    struct sigaction sa;
+    ssize_t len;
+    int status = 1;
+
+    memset(&n, 0, sizeof(n));
+    n.opt = o;
+    n.lis.fd = -1;
+    if (o->name == NULL || o->name[0] == '\0') {
+        fprintf(stderr, "dexec-worker: --node needs --node-name NAME\n");
+        return 2;
+    }
+    if (o->listen == NULL || strncmp(o->listen, "fd:", 3) == 0) {
+        fprintf(stderr, "dexec-worker: --node needs --listen tcp:HOST:PORT or unix:/PATH\n");
+        return 2;
+    }
+    if (capacity_init(&n, err, sizeof(err)) != 0) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        dexec_value_free(n.resources);
+        return 2;
+    }
+    if (worker != NULL && worker[0] != '\0') {
+        n.worker = worker;
+    } else {
+        len = readlink("/proc/self/exe", n.self_exe, sizeof(n.self_exe) - 1);
+        if (len <= 0) {
+            fprintf(stderr, "dexec-worker: cannot find its own program: %s (set DEXEC_WORKER)\n",
+                    strerror(errno));
+            dexec_value_free(n.resources);
+            return 1;
+        }
+        n.self_exe[len] = '\0';
+        n.worker = n.self_exe;
+    }
+    if (o->token_file != NULL && dexec_token_read(o->token_file, &n.token, err, sizeof(err)) !=
+                                     DEXEC_OK) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        dexec_value_free(n.resources);
+        return 1;
+    }
+    snprintf(n.tmpdir, sizeof(n.tmpdir), "%s/dexec-node-XXXXXX",
+             tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+    if (mkdtemp(n.tmpdir) == NULL) {
+        fprintf(stderr, "dexec-worker: cannot create %s: %s\n", n.tmpdir, strerror(errno));
+        n.tmpdir[0] = '\0';
+        goto out;
+    }
+    if (dxw_listen(o->listen, n.token != NULL, o->insecure, &n.lis, n.bound, sizeof(n.bound),
+                   err, sizeof(err)) != DEXEC_OK) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        goto out;
+    }
+    fcntl(n.lis.fd, F_SETFL, fcntl(n.lis.fd, F_GETFL) | O_NONBLOCK);
+    actor_listen_host(&n);
+    if (registry_open(&n, err, sizeof(err)) != 0) {
+        fprintf(stderr, "dexec-worker: node %s: %s\n", o->name, err);
+        goto out;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    dexec_log(DEXEC_LOG_INFO, COMPONENT,
+              "node %s listening on %s (registered as %s): %d CPUs, %d GPUs, %lld bytes",
+              o->name, n.bound, n.info.address, n.cpus, n.gpus, (long long)n.memory);
+    loop(&n);
+    status = 0;
+out:
+    stop_all(&n);
+    if (n.disc != NULL) {
+        n.dops->deregister(n.disc, &n.info, err, sizeof(err));
+        n.dops->close(n.disc);
+    }
+    if (n.plugin != NULL)
+        dexec_plugin_release(n.plugin);
+    dexec_actor_info_clear(&n.info);
+    dexec_config_free(n.cfg);
+    dxw_listener_close(&n.lis);
+    if (n.tmpdir[0] != '\0')
+        rmdir(n.tmpdir);
+    dexec_value_free(n.resources);
+    free(n.token);
+    return status;
+}
