@@ -25,6 +25,8 @@
 #include <dexec/rpc.h>
 
 #include "worker/listen.h"
+#include "worker/node.h"
+#include "worker/registry.h"
 #include "worker/server.h"
 
 static dxw_server *g_server;
@@ -53,7 +55,24 @@ static void usage(FILE *out)
             "                          and a unix socket in a directory others can enter\n"
             "      --max-frame BYTES   largest frame accepted (default 256 MiB)\n"
             "      --print-address     print the address listened on to stdout, once ready\n"
+            "      --name NAME         register in the actor registry under NAME once ready\n"
+            "                          (deregistered on a clean exit)\n"
+            "      --registry URL      registry: redis://[:PASSWORD@]HOST[:PORT][/DB] or\n"
+            "                          unix:/PATH (default: $DEXEC_REGISTRY, else\n"
+            "                          discovery.redis.url of $DEXEC_CONFIG)\n"
+            "      --ttl SECONDS       lifetime of the entry without a heartbeat (default:\n"
+            "                          discovery.redis.ttl); heartbeats every ttl/3 s\n"
+            "      --advertise ADDR    address to register instead of the one listened on\n"
+            "                          (a host, or tcp:HOST:PORT); needed for tcp:0.0.0.0\n"
+            "                          when the hostname resolves only to loopback\n"
             "      --log-level LEVEL   error, warn, info or debug (default: $DEXEC_LOG_LEVEL)\n"
+            "\nNode agent (places ray_actor actors on this host, see doc/ray-actor.md):\n"
+            "      --node              run as the node agent instead of serving a model\n"
+            "      --node-name NAME    register as NAMESPACE:node:NAME (with --registry)\n"
+            "      --cpus N            CPUs actors may have (default: all this process may use)\n"
+            "      --gpus N            GPUs actors may have (default: the /dev/nvidiaN present)\n"
+            "      --memory BYTES      memory actors may reserve (default: physical memory)\n"
+            "      --resources LIST    custom resources offered, e.g. gpu_worker=1,ssd=2\n"
             "  -h, --help              this help\n"
             "  -V, --version           version\n");
 }
@@ -71,6 +90,16 @@ int main(int argc, char **argv)
         {"max-frame", required_argument, NULL, 'F'},
         {"print-address", no_argument, NULL, 'P'},
         {"log-level", required_argument, NULL, 'L'},
+        {"name", required_argument, NULL, 'N'},
+        {"registry", required_argument, NULL, 'G'},
+        {"ttl", required_argument, NULL, 'T'},
+        {"advertise", required_argument, NULL, 'A'},
+        {"node", no_argument, NULL, 1000},
+        {"node-name", required_argument, NULL, 1001},
+        {"cpus", required_argument, NULL, 1002},
+        {"gpus", required_argument, NULL, 1003},
+        {"memory", required_argument, NULL, 1004},
+        {"resources", required_argument, NULL, 1005},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -78,8 +107,11 @@ int main(int argc, char **argv)
     dxw_options opt = {.num_ranks = 1, .model = "fashion-dit", .device = "auto",
                        .max_frame = DEXEC_FRAME_MAX_DEFAULT};
     const char *listen_addr = NULL, *token_file = NULL;
+    dxw_registry_opts reg_opt = {0};
+    dxw_registry *registry = NULL;
     char *token = NULL, err[1024], bound[512];
-    int insecure = 0, print_address = 0, c, fd = -1, status;
+    int insecure = 0, print_address = 0, c, fd = -1, status, node = 0;
+    dxn_options nopt = {.cpus = -1, .gpus = -1, .memory = -1};
     dxw_listener lis = {.fd = -1};
     struct sigaction sa;
 
@@ -94,6 +126,16 @@ int main(int argc, char **argv)
         case 'I': insecure = 1; break;
         case 'F': opt.max_frame = (size_t)strtoull(optarg, NULL, 10); break;
         case 'P': print_address = 1; break;
+        case 1000: node = 1; break;
+        case 1001: nopt.name = optarg; break;
+        case 1002: nopt.cpus = atoi(optarg); break;
+        case 1003: nopt.gpus = atoi(optarg); break;
+        case 1004: nopt.memory = strtoll(optarg, NULL, 10); break;
+        case 1005: nopt.resources = optarg; break;
+        case 'N': reg_opt.name = optarg; break;
+        case 'G': reg_opt.url = optarg; break;
+        case 'T': reg_opt.ttl = atoi(optarg); break;
+        case 'A': reg_opt.advertise = optarg; break;
         case 'L':
             if (dexec_log_level_parse(optarg) < 0) {
                 fprintf(stderr, "dexec-worker: bad --log-level '%s' (error, warn, info, debug)\n",
@@ -111,6 +153,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "dexec-worker: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if (node) {
+        nopt.listen = listen_addr;
+        nopt.registry = reg_opt.url;
+        nopt.advertise = reg_opt.advertise;
+        nopt.ttl = reg_opt.ttl;
+        nopt.token_file = token_file;
+        nopt.insecure = insecure;
+        nopt.max_frame = opt.max_frame;
+        nopt.print_address = print_address;
+        return dxn_run(&nopt);
+    }
     if (listen_addr == NULL) {
         fprintf(stderr, "dexec-worker: --listen is required (unix:/PATH, tcp:HOST:PORT, fd:N)\n");
         return 2;
@@ -119,6 +172,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "dexec-worker: --rank must be >= 0 and --ranks in 1..64\n");
         return 2;
     }
+    if ((reg_opt.url != NULL || reg_opt.advertise != NULL || reg_opt.ttl != 0) &&
+        reg_opt.name == NULL) {
+        fprintf(stderr, "dexec-worker: --registry, --ttl and --advertise need --name\n");
+        return 2;
+    }
+    if (reg_opt.name != NULL && (reg_opt.ttl < 0 || reg_opt.ttl > 3600)) {
+        fprintf(stderr, "dexec-worker: --ttl must be in 1..3600 seconds\n");
+        return 2;
+    }
+    if (reg_opt.name != NULL && strncmp(listen_addr, "fd:", 3) == 0) {
+        fprintf(stderr, "dexec-worker: --name needs a unix: or tcp: listener, not %s\n",
+                listen_addr);
+        return 2;
+    }
+    opt.name = reg_opt.name;
     if (opt.max_frame < 4096) {
         fprintf(stderr, "dexec-worker: --max-frame must be at least 4096\n");
         return 2;
@@ -163,6 +231,20 @@ int main(int argc, char **argv)
     else
         dxw_server_add_listener(g_server, lis.fd);
 
+    if (reg_opt.name != NULL) {
+        reg_opt.bound = bound;
+        reg_opt.model = opt.model;
+        reg_opt.rank = opt.base_rank;
+        reg_opt.num_ranks = opt.num_ranks;
+        if (dxw_registry_open(&reg_opt, &registry, err, sizeof(err)) != DEXEC_OK) {
+            fprintf(stderr, "dexec-worker: %s\n", err);
+            dxw_server_free(g_server);
+            lis.fd = -1; /* closed by the server; the socket file is still ours */
+            dxw_listener_close(&lis);
+            free(token);
+            return 1;
+        }
+    }
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -175,6 +257,7 @@ int main(int argc, char **argv)
         }
     }
     status = dxw_server_run(g_server);
+    dxw_registry_close(registry);
     /* listeners keep lis.fd; only the unix socket file is ours to remove */
     lis.fd = -1;
     dxw_listener_close(&lis);

@@ -1001,6 +1001,10 @@ int dxn_run(const dxn_options *o)
     dexec_log(DEXEC_LOG_INFO, COMPONENT,
               "node %s listening on %s (registered as %s): %d CPUs, %d GPUs, %lld bytes",
               o->name, n.bound, n.info.address, n.cpus, n.gpus, (long long)n.memory);
+    if (o->print_address) {
+        printf("%s\n", n.info.address);
+        fflush(stdout);
+    }
     loop(&n);
     status = 0;
 out:

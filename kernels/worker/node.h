@@ -25,6 +25,7 @@ typedef struct dxn_options {
     int64_t memory;         /* capacity in bytes; -1: physical memory */
     const char *resources;  /* custom resources "a=1,b=2", or NULL */
     size_t max_frame;
+    int print_address;      /* print the registered address to stdout once registered */
 } dxn_options;
 
 /* Runs the agent until SIGTERM/SIGINT. Returns the process exit status

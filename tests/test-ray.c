@@ -1,0 +1,673 @@
+/*
+ * test-ray.c - the ray_actor executor with real processes: one actor per
+ * engine hosting every rank, its resources observed on the live process,
+ * its death and the engine's death, and placement on node agents
+ * registered in a real redis-server.
+ */
+#include "config.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <dexec/dexec.h>
+#include <dexec/rpc.h>
+
+#include "redis_helper.h"
+
+#define STEPS 2
+
+static char model_path[1024];
+
+static void setup(void)
+{
+    const char *src = getenv("DEXEC_TEST_SRCDIR");
+
+    snprintf(model_path, sizeof(model_path), "%s/golden/golden-model.safetensors",
+             src != NULL ? src : ".");
+    unsetenv("DEXEC_NODE_RESOURCES");
+}
+
+/* An engine from configuration text on top of a CPU ray_actor setup.
+ * Returns the status; *e is set on success, err has the message. */
+static dexec_status try_engine(int ranks, const char *extra, dexec_engine **e, char *err,
+                               size_t errlen)
+{
+    char text[4096];
+    dexec_config *cfg = NULL;
+    dexec_status st;
+
+    /* extra may name its own model */
+    snprintf(text, sizeof(text),
+             "%s%s%sdevice = \"cpu\";\nnum_gpus = %d;\n"
+             "distributed_executor_backend = \"ray_actor\";\n"
+             "timeouts = { init = 30.0; shutdown_grace = 2.0; };\n%s\n",
+             extra != NULL && strstr(extra, "model =") ? "" : "model = \"",
+             extra != NULL && strstr(extra, "model =") ? "" : model_path,
+             extra != NULL && strstr(extra, "model =") ? "" : "\";\n", ranks,
+             extra != NULL ? extra : "");
+    st = dexec_config_parse(text, "test", &cfg, err, errlen);
+    ck_assert_msg(st == DEXEC_OK, "config: %s", err);
+    *e = NULL;
+    st = dexec_engine_create(cfg, e, err, errlen);
+    dexec_config_free(cfg);
+    return st;
+}
+
+static dexec_engine *open_engine(int ranks, const char *extra)
+{
+    dexec_engine *e;
+    char err[2048];
+
+    if (try_engine(ranks, extra, &e, err, sizeof(err)) != DEXEC_OK)
+        ck_abort_msg("engine create failed: %s", err);
+    return e;
+}
+
+static pid_t actor_pid(dexec_engine *e, int rank)
+{
+    dexec_value *info = NULL;
+    pid_t pid;
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, rank, &info),
+                     DEXEC_OK);
+    pid = (pid_t)dexec_value_as_int(dexec_value_map_get(info, "pid"), -1);
+    dexec_value_free(info);
+    ck_assert_int_gt(pid, 0);
+    return pid;
+}
+
+/* A line "Key:\tvalue" of /proc/PID/status, or "" when absent. */
+static void proc_status(pid_t pid, const char *key, char *out, size_t len)
+{
+    char path[64], line[512];
+    FILE *f;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "re");
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, key, strlen(key)) == 0 && line[strlen(key)] == ':') {
+            snprintf(out, len, "%s", line + strlen(key) + 1 + strspn(line + strlen(key) + 1,
+                                                                      " \t"));
+            out[strcspn(out, "\n")] = '\0';
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* Gone: no such process, or a zombie nobody reaped yet. */
+static int process_gone(pid_t pid)
+{
+    char state[64];
+
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return 1;
+    proc_status(pid, "State", state, sizeof(state));
+    return state[0] == '\0' || state[0] == 'Z' || state[0] == 'X';
+}
+
+static int wait_gone(pid_t pid, double timeout)
+{
+    double deadline = test_now() + timeout;
+
+    while (!process_gone(pid)) {
+        if (test_now() > deadline)
+            return 0;
+        waitpid(pid, NULL, WNOHANG); /* ours when we are its subreaper */
+        usleep(10000);
+    }
+    return 1;
+}
+
+/* Live children of this process (Check runs each test in a fork of its own). */
+static int count_children(void)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    int n = 0;
+    char ppid[32], want[32];
+
+    snprintf(want, sizeof(want), "%d", (int)getpid());
+    ck_assert_ptr_nonnull(d);
+    while ((de = readdir(d)) != NULL) {
+        pid_t pid = (pid_t)atoi(de->d_name);
+
+        if (pid <= 0 || process_gone(pid))
+            continue;
+        proc_status(pid, "PPid", ppid, sizeof(ppid));
+        n += strcmp(ppid, want) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+static void make_requests(dexec_request *r, size_t n, char ids[][16])
+{
+    for (size_t i = 0; i < n; i++) {
+        dexec_request_init(&r[i]);
+        snprintf(ids[i], 16, "r%zu", i);
+        r[i].request_id = ids[i];
+        r[i].prompt = i % 2 ? "bag" : "sneaker";
+        r[i].seed = 7 + (int64_t)i;
+        r[i].num_inference_steps = STEPS;
+    }
+}
+
+static void generate_and_check(dexec_engine *e, int ranks)
+{
+    enum { N = 4 };
+    dexec_request reqs[N];
+    char ids[N][16];
+    dexec_output *outs = NULL;
+
+    make_requests(reqs, N, ids);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i,
+                      outs[i].error != NULL ? outs[i].error : "");
+        ck_assert_str_eq(outs[i].request_id, ids[i]);
+        ck_assert_int_eq(outs[i].rank, i % ranks);
+        ck_assert_uint_eq(outs[i].num_images, 1);
+        ck_assert_int_eq(outs[i].steps, STEPS);
+        ck_assert_int_eq(outs[i].seed, 7 + i);
+    }
+    dexec_outputs_free(outs, N);
+}
+
+/* ---- local mode ---------------------------------------------------------------------- */
+
+START_TEST(test_local_generate_one_rank)
+{
+    dexec_engine *e = open_engine(1, NULL);
+
+    ck_assert_int_eq(dexec_engine_num_ranks(e), 1);
+    generate_and_check(e, 1);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_local_generate_two_ranks_one_actor)
+{
+    dexec_engine *e = open_engine(2, NULL);
+    dexec_value *r = NULL;
+    pid_t pid;
+
+    generate_and_check(e, 2);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &r),
+                     DEXEC_OK);
+    ck_assert_int_eq(r->u.arr.len, 2);
+    ck_assert_int_eq(dexec_value_as_int(r->u.arr.items[0], -1), 0);
+    ck_assert_int_eq(dexec_value_as_int(r->u.arr.items[1], -1), 1);
+    dexec_value_free(r);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 1, &r), DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(r, -1), 1);
+    dexec_value_free(r);
+    /* one process hosts both ranks, and it is the engine's only child */
+    pid = actor_pid(e, 0);
+    ck_assert_int_eq(actor_pid(e, 1), pid);
+    ck_assert_int_eq(count_children(), 1);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    ck_assert_msg(process_gone(pid), "actor %d still running after close", (int)pid);
+    ck_assert_int_eq(count_children(), 0);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_local_resources_on_live_actor)
+{
+    dexec_engine *e = open_engine(2, "ray_actor = { cpus = 1; memory = 4294967296L; };");
+    pid_t pid = actor_pid(e, 0);
+    char cpus[64], path[300], line[512], cg[512] = "";
+    int limited = 0;
+    FILE *f;
+
+    /* affinity: exactly one CPU */
+    proc_status(pid, "Cpus_allowed_list", cpus, sizeof(cpus));
+    ck_assert_msg(strspn(cpus, "0123456789") == strlen(cpus) && cpus[0] != '\0',
+                  "actor may run on CPUs %s, expected one", cpus);
+    /* memory: RLIMIT_AS, or memory.max of its own cgroup v2 */
+    snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "Max address space", 17) == 0)
+            limited |= strstr(line, "4294967296") != NULL;
+    fclose(f);
+    snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "0::", 3) == 0 && strstr(line, "dexec-actor-") != NULL)
+            snprintf(cg, sizeof(cg), "%s", line + 3);
+    fclose(f);
+    if (cg[0] != '\0') {
+        char val[64] = "";
+
+        cg[strcspn(cg, "\n")] = '\0';
+        snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max", cg);
+        f = fopen(path, "re");
+        if (f != NULL) {
+            limited |= fgets(val, sizeof(val), f) != NULL && strtoll(val, NULL, 10) == 4294967296LL;
+            fclose(f);
+        }
+    }
+    ck_assert_msg(limited, "actor %d has neither RLIMIT_AS nor memory.max of 4 GiB", (int)pid);
+    generate_and_check(e, 2);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_local_too_many_cpus)
+{
+    dexec_engine *e;
+    char err[1024], extra[128], want[128];
+    cpu_set_t set;
+    int n;
+
+    sched_getaffinity(0, sizeof(set), &set);
+    n = CPU_COUNT(&set);
+    snprintf(extra, sizeof(extra), "ray_actor = { cpus = %d; };", n + 6);
+    snprintf(want, sizeof(want), "ray_actor.cpus = %d but only %d CPUs are available", n + 6, n);
+    ck_assert_int_eq(try_engine(1, extra, &e, err, sizeof(err)), DEXEC_EINVAL);
+    ck_assert_ptr_null(e);
+    ck_assert_msg(strstr(err, want) != NULL, "got: %s", err);
+    ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
+START_TEST(test_local_too_few_gpus)
+{
+    char text[2048], err[1024];
+    dexec_config *cfg;
+    dexec_engine *e = NULL;
+
+    snprintf(text, sizeof(text),
+             "model = \"%s\"; device = \"cuda\"; num_gpus = 2;\n"
+             "distributed_executor_backend = \"ray_actor\"; ray_actor = { gpus = 1; };\n",
+             model_path);
+    ck_assert_int_eq(dexec_config_parse(text, "test", &cfg, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_EINVAL);
+    dexec_config_free(cfg);
+    ck_assert_msg(strstr(err, "ray_actor.gpus = 1 but num_gpus = 2: each rank needs its own GPU") !=
+                      NULL,
+                  "got: %s", err);
+}
+END_TEST
+
+START_TEST(test_local_labels_must_be_offered)
+{
+    dexec_engine *e;
+    char err[1024];
+
+    ck_assert_int_eq(try_engine(1, "ray_actor = { resources = { gpu_worker = 1; }; };", &e, err,
+                                sizeof(err)),
+                     DEXEC_ENOTFOUND);
+    ck_assert_msg(strstr(err, "ray_actor.resources asks for {gpu_worker} but this host does not "
+                              "offer gpu_worker") != NULL,
+                  "got: %s", err);
+    ck_assert_int_eq(count_children(), 0);
+    setenv("DEXEC_NODE_RESOURCES", "gpu_worker=2,ssd", 1);
+    e = open_engine(1, "ray_actor = { resources = { gpu_worker = 1; }; };");
+    generate_and_check(e, 1);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_local_init_error_leaves_nothing)
+{
+    dexec_engine *e;
+    char err[2048];
+
+    ck_assert_int_eq(try_engine(2, "model = \"/nonexistent/none.safetensors\";", &e, err,
+                                sizeof(err)),
+                     DEXEC_EINIT);
+    ck_assert_msg(strstr(err, "failed to initialize: rank 0: ") != NULL &&
+                      strstr(err, "/nonexistent/none.safetensors") != NULL,
+                  "got: %s", err);
+    ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
+START_TEST(test_local_error_reply_names_rank)
+{
+    dexec_engine *e = open_engine(2, NULL);
+    dexec_value *args = dexec_value_array(), *r = NULL;
+
+    dexec_value_array_push(args, dexec_value_str("/nonexistent/other.safetensors"));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "load_model", 0, args, NULL, -1, &r),
+                     DEXEC_EWORKER);
+    ck_assert_msg(strncmp(dexec_engine_last_error(e), "collective_rpc load_model: rank ", 32) == 0,
+                  "got: %s", dexec_engine_last_error(e));
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_local_rpc_timeout_names_method)
+{
+    dexec_engine *e = open_engine(1, NULL);
+    dexec_value *args = dexec_value_array(), *r = NULL;
+    double t0 = test_now();
+
+    dexec_value_array_push(args, dexec_value_float(5.0));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "debug_sleep", 0.3, args, NULL, -1, &r),
+                     DEXEC_ETIMEDOUT);
+    ck_assert_double_lt(test_now() - t0, 2.0);
+    ck_assert_msg(strstr(dexec_engine_last_error(e), "collective_rpc debug_sleep: no reply from "
+                                                     "actor (pid ") != NULL,
+                  "got: %s", dexec_engine_last_error(e));
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+typedef struct sleeper {
+    dexec_engine *e;
+    dexec_status st;
+    char msg[1024];
+    double done_at;
+} sleeper;
+
+static void *sleep_call(void *arg)
+{
+    sleeper *s = arg;
+    dexec_value *args = dexec_value_array(), *r = NULL;
+
+    dexec_value_array_push(args, dexec_value_float(30.0));
+    s->st = dexec_engine_collective_rpc(s->e, "debug_sleep", 60.0, args, NULL, -1, &r);
+    s->done_at = test_now();
+    snprintf(s->msg, sizeof(s->msg), "%s", dexec_engine_last_error(s->e));
+    dexec_value_free(args);
+    dexec_value_free(r);
+    return NULL;
+}
+
+START_TEST(test_local_kill9_fails_calls_within_a_second)
+{
+    sleeper s = {.e = open_engine(2, NULL)};
+    pid_t pid = actor_pid(s.e, 0);
+    pthread_t t;
+    double killed;
+    char want[64];
+
+    pthread_create(&t, NULL, sleep_call, &s);
+    usleep(300000);
+    killed = test_now();
+    kill(pid, SIGKILL);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(s.st, DEXEC_EWORKER);
+    ck_assert_double_lt(s.done_at - killed, 1.0);
+    snprintf(want, sizeof(want), "actor (pid %d): actor died: killed by signal 9", (int)pid);
+    ck_assert_msg(strstr(s.msg, want) != NULL, "got: %s", s.msg);
+    ck_assert_int_eq(dexec_engine_check_health(s.e), DEXEC_EUNHEALTHY);
+    ck_assert_msg(strstr(dexec_engine_last_error(s.e), want) != NULL, "got: %s",
+                  dexec_engine_last_error(s.e));
+    dexec_engine_free(s.e);
+    ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
+/* A child process creates an engine, reports its actor's pid and waits to
+ * be killed; returns the child's pid. */
+static pid_t engine_in_child(const char *extra, pid_t *actor)
+{
+    int p[2];
+    pid_t child;
+    ssize_t n;
+
+    ck_assert_int_eq(pipe(p), 0);
+    child = fork();
+    ck_assert_int_ge(child, 0);
+    if (child == 0) {
+        dexec_engine *e;
+        char err[2048];
+        pid_t a = -1;
+
+        close(p[0]);
+        if (try_engine(1, extra, &e, err, sizeof(err)) == DEXEC_OK) {
+            dexec_value *info = NULL;
+
+            if (dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, 0, &info) == DEXEC_OK)
+                a = (pid_t)dexec_value_as_int(dexec_value_map_get(info, "pid"), -1);
+            dexec_value_free(info);
+        } else {
+            fprintf(stderr, "engine in child: %s\n", err);
+        }
+        n = write(p[1], &a, sizeof(a));
+        (void)n;
+        pause();
+        _exit(0);
+    }
+    close(p[1]);
+    n = read(p[0], actor, sizeof(*actor));
+    close(p[0]);
+    ck_assert_int_eq(n, sizeof(*actor));
+    return child;
+}
+
+START_TEST(test_local_engine_sigkill_takes_actor)
+{
+    pid_t actor, child;
+    double t0;
+
+    /* the actor is reparented to us when its engine dies, so we can reap it */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    child = engine_in_child(NULL, &actor);
+    ck_assert_int_gt(actor, 0);
+    t0 = test_now();
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    ck_assert_msg(wait_gone(actor, 2.0), "actor %d outlived its engine by 2 s", (int)actor);
+    ck_assert_double_lt(test_now() - t0, 2.0);
+}
+END_TEST
+
+/* ---- cluster mode ---------------------------------------------------------------------- */
+
+static test_redis redis;
+static int redis_up;
+
+static void cluster_setup(void)
+{
+    setup();
+    redis_up = test_redis_skip_reason() == NULL && test_redis_start(&redis, NULL) == 0;
+}
+
+static void cluster_teardown(void)
+{
+    if (redis_up)
+        test_redis_stop(&redis);
+    redis_up = 0;
+}
+
+#define NEED_REDIS()                                                                          \
+    do {                                                                                      \
+        if (!redis_up) {                                                                      \
+            printf("skipped: %s\n", test_redis_skip_reason() != NULL ? test_redis_skip_reason() \
+                                                                      : "redis did not start"); \
+            return;                                                                           \
+        }                                                                                     \
+    } while (0)
+
+static void start_node(test_worker *w, const char *name, const char *resources)
+{
+    const char *args[] = {"--node", "--node-name", name, "--registry", redis.url, "--listen",
+                          "tcp:127.0.0.1:0", "--cpus", "1", "--gpus", "0",
+                          resources != NULL ? "--resources" : NULL, resources, NULL};
+    int rc = test_worker_start(w, args, 10.0);
+
+    ck_assert_msg(rc == 0, "node agent %s: %d: %s", name, rc, test_worker_stderr(w));
+}
+
+static char cluster_extra[512];
+
+static const char *cluster_conf(const char *labels)
+{
+    snprintf(cluster_extra, sizeof(cluster_extra),
+             "ray_init = { address = \"%s\"; };\nray_actor = { cpus = 1; %s };", redis.url,
+             labels != NULL ? labels : "");
+    return cluster_extra;
+}
+
+START_TEST(test_cluster_lands_on_labelled_node)
+{
+    test_worker a, b;
+    dexec_engine *e;
+    pid_t pid;
+    char ppid[32], want[32];
+
+    NEED_REDIS();
+    start_node(&a, "plain", NULL);
+    start_node(&b, "labelled", "gpu_worker=1");
+    e = open_engine(2, cluster_conf("resources = { gpu_worker = 1; };"));
+    generate_and_check(e, 2);
+    pid = actor_pid(e, 0);
+    ck_assert_int_eq(actor_pid(e, 1), pid);
+    proc_status(pid, "PPid", ppid, sizeof(ppid));
+    snprintf(want, sizeof(want), "%d", (int)b.pid);
+    ck_assert_str_eq(ppid, want);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    ck_assert_msg(wait_gone(pid, 2.0), "actor %d still running after close", (int)pid);
+    dexec_engine_free(e);
+    test_worker_stop(&a);
+    test_worker_stop(&b);
+}
+END_TEST
+
+START_TEST(test_cluster_no_room_for_second_engine)
+{
+    test_worker b;
+    dexec_engine *e1, *e2;
+    char err[2048];
+
+    NEED_REDIS();
+    start_node(&b, "labelled", "gpu_worker=1");
+    e1 = open_engine(1, cluster_conf("resources = { gpu_worker = 1; };"));
+    ck_assert_int_eq(try_engine(1, cluster_conf("resources = { gpu_worker = 1; };"), &e2, err,
+                                sizeof(err)),
+                     DEXEC_ENOTFOUND);
+    ck_assert_msg(strstr(err, "no node has room for {cpus=1,gpus=0,labels=gpu_worker}") != NULL,
+                  "got: %s", err);
+    /* the room comes back once the first actor is gone */
+    dexec_engine_free(e1);
+    usleep(300000);
+    e2 = open_engine(1, cluster_conf("resources = { gpu_worker = 1; };"));
+    dexec_engine_free(e2);
+    test_worker_stop(&b);
+}
+END_TEST
+
+START_TEST(test_cluster_auto_needs_registry_env)
+{
+    dexec_engine *e;
+    char err[1024];
+
+    unsetenv("DEXEC_REGISTRY");
+    ck_assert_int_eq(try_engine(1, "ray_init = { address = \"auto\"; };", &e, err, sizeof(err)),
+                     DEXEC_ECONFIG);
+    ck_assert_msg(strstr(err, "ray_init.address = \"auto\" but DEXEC_REGISTRY is not set") !=
+                      NULL,
+                  "got: %s", err);
+}
+END_TEST
+
+START_TEST(test_cluster_engine_sigkill_takes_actor)
+{
+    test_worker b;
+    pid_t actor, child;
+
+    NEED_REDIS();
+    start_node(&b, "node1", NULL);
+    setenv("DEXEC_REGISTRY", redis.url, 1);
+    child = engine_in_child("ray_init = { address = \"auto\"; };", &actor);
+    ck_assert_int_gt(actor, 0);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    ck_assert_msg(wait_gone(actor, 2.0), "actor %d outlived its engine by 2 s", (int)actor);
+    test_worker_stop(&b);
+}
+END_TEST
+
+START_TEST(test_cluster_agent_death_fails_calls)
+{
+    test_worker b;
+    dexec_engine *e;
+    dexec_value *r = NULL;
+    double t0;
+
+    NEED_REDIS();
+    start_node(&b, "node1", NULL);
+    e = open_engine(1, cluster_conf(NULL));
+    t0 = test_now();
+    kill(b.pid, SIGKILL);
+    test_worker_wait(&b, 5.0);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 10.0, NULL, NULL, -1, &r),
+                     DEXEC_EWORKER);
+    ck_assert_double_lt(test_now() - t0, 2.0);
+    ck_assert_msg(strstr(dexec_engine_last_error(e), "on node1") != NULL, "got: %s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    dexec_engine_free(e);
+}
+END_TEST
+
+static Suite *ray_suite(void)
+{
+    Suite *s = suite_create("ray");
+    TCase *local = tcase_create("local"), *cluster = tcase_create("cluster");
+
+    tcase_add_checked_fixture(local, setup, NULL);
+    tcase_set_timeout(local, 120);
+    tcase_add_test(local, test_local_generate_one_rank);
+    tcase_add_test(local, test_local_generate_two_ranks_one_actor);
+    tcase_add_test(local, test_local_resources_on_live_actor);
+    tcase_add_test(local, test_local_too_many_cpus);
+    tcase_add_test(local, test_local_too_few_gpus);
+    tcase_add_test(local, test_local_labels_must_be_offered);
+    tcase_add_test(local, test_local_init_error_leaves_nothing);
+    tcase_add_test(local, test_local_error_reply_names_rank);
+    tcase_add_test(local, test_local_rpc_timeout_names_method);
+    tcase_add_test(local, test_local_kill9_fails_calls_within_a_second);
+    tcase_add_test(local, test_local_engine_sigkill_takes_actor);
+    suite_add_tcase(s, local);
+
+    tcase_add_checked_fixture(cluster, cluster_setup, cluster_teardown);
+    tcase_set_timeout(cluster, 120);
+    tcase_add_test(cluster, test_cluster_lands_on_labelled_node);
+    tcase_add_test(cluster, test_cluster_no_room_for_second_engine);
+    tcase_add_test(cluster, test_cluster_auto_needs_registry_env);
+    tcase_add_test(cluster, test_cluster_engine_sigkill_takes_actor);
+    tcase_add_test(cluster, test_cluster_agent_death_fails_calls);
+    suite_add_tcase(s, cluster);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(ray_suite());
+    int failed;
+
+    if (test_redis_skip_reason() != NULL)
+        printf("ray: cluster tests skipped: %s\n", test_redis_skip_reason());
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
