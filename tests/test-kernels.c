@@ -204,6 +204,17 @@ START_TEST(test_elementwise)
     be->silu(be, y, x, n);
     ck_close(y, r, n, TOL_OP);
 
+    /* saturation, and NaN goes through (a NaN must never look healthy) */
+    {
+        float e[4] = {100.0f, -100.0f, NAN, 1e30f};
+
+        be->gelu_tanh(be, e, 4);
+        ck_assert(e[0] == 100.0f && fabsf(e[1]) < 1e-30f && isnan(e[2]) && e[3] == 1e30f);
+        e[2] = NAN;
+        be->silu(be, e, e, 4);
+        ck_assert(isnan(e[2]));
+    }
+
     tk_fill(&rs, y, n, -1, 1);
     memcpy(z, x, n * sizeof *z);
     for (i = 0; i < n; i++)

@@ -58,23 +58,23 @@ DX_VECTORIZE static inline float dx_expf(float x)
 {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    float n, r, p;
-    int32_t bits;
+    float c, n, r, p;
     union {
-        int32_t i;
+        uint32_t i;
         float f;
     } u;
 
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
+    /* written so that NaN clamps to 88 (every compare with NaN is false):
+     * the exponent arithmetic stays defined, and NaN is returned below */
+    c = x < 88.0f ? x : 88.0f;
+    c = c > -87.0f ? c : -87.0f;
     /* round to nearest by the 1.5 * 2^23 trick: no branch, no call */
-    n = (x * log2e + 12582912.0f) - 12582912.0f;
-    r = x - n * ln2_hi - n * ln2_lo;
+    n = (c * log2e + 12582912.0f) - 12582912.0f;
+    r = c - n * ln2_hi - n * ln2_lo;
     p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666672e-1f +
                     r * (4.16666418e-2f + r * (8.33333842e-3f + r * 1.38888624e-3f)))));
-    bits = ((int32_t)n + 127) << 23;
-    u.i = bits;
-    return p * u.f;
+    u.i = (uint32_t)((int32_t)n + 127) << 23;
+    return x == x ? p * u.f : x;
 }
 
 static float *cpu_alloc(dxk_backend *be, size_t n)
