@@ -75,16 +75,17 @@ static void destroy(struct dexec_executor *ex)
 static dexec_status worker_names(struct dexec_executor *ex, char *err, size_t errlen)
 {
     const char *const *items = NULL;
-    size_t n = 0;
+    size_t n = 0, named = 0;
     int64_t ngpus = 1;
 
-    dexec_config_get_list(ex->host->config, "external.worker_names", &n, &items);
+    dexec_config_get_list(ex->host->config, "external.worker_names", &named, &items);
+    n = named;
     if (n == 0) {
         dexec_config_get_int(ex->host->config, "num_gpus", &ngpus);
         n = (size_t)(ngpus > 0 ? ngpus : 1);
     }
     if (n > 1024) {
-        dexec_errorf(err, errlen, "external: %zu workers named; at most 1024", n);
+        dexec_errorf(err, errlen, "%zu workers named; at most 1024", n);
         return DEXEC_EINVAL;
     }
     ex->names = calloc(n, sizeof(*ex->names));
@@ -96,11 +97,11 @@ static dexec_status worker_names(struct dexec_executor *ex, char *err, size_t er
         char def[64];
 
         snprintf(def, sizeof(def), "diffusion_worker_%zu", i);
-        ex->names[i] = strdup(items != NULL ? items[i] : def);
+        ex->names[i] = strdup(named > 0 ? items[i] : def);
         if (ex->names[i] == NULL)
             return DEXEC_ENOMEM;
         if (ex->names[i][0] == '\0') {
-            dexec_errorf(err, errlen, "external: worker name %zu is empty", i);
+            dexec_errorf(err, errlen, "worker name %zu is empty", i);
             return DEXEC_EINVAL;
         }
     }
@@ -131,14 +132,14 @@ static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t e
             st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, ex->host->config, &ph, msg,
                                    sizeof(msg));
             if (st != DEXEC_OK) {
-                dexec_errorf(err, errlen, "external: discovery plugin (external.discovery): %s",
+                dexec_errorf(err, errlen, "discovery plugin (external.discovery): %s",
                              msg);
                 break;
             }
             ops = dexec_plugin_descriptor(ph)->ops;
             st = ops->open(ex->host, NULL, &d, msg, sizeof(msg));
             if (st != DEXEC_OK) {
-                dexec_errorf(err, errlen, "external: cannot look up worker %s: %s",
+                dexec_errorf(err, errlen, "cannot look up worker %s: %s",
                              ex->names[i], msg);
                 break;
             }
@@ -146,12 +147,12 @@ static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t e
         st = ops->resolve(d, ex->names[i], &a, msg, sizeof(msg));
         if (st == DEXEC_ENOTFOUND) {
             dexec_errorf(err, errlen,
-                         "external: worker %d: %s; start it with dexec-worker --name %s "
+                         "worker %d: %s; start it with dexec-worker --name %s "
                          "--registry URL, or fix external.worker_names / "
                          "DIFFUSION_WORKER_ACTOR_NAMES",
                          i, msg, ex->names[i]);
         } else if (st != DEXEC_OK) {
-            dexec_errorf(err, errlen, "external: cannot look up worker %s: %s", ex->names[i],
+            dexec_errorf(err, errlen, "cannot look up worker %s: %s", ex->names[i],
                          msg);
         } else {
             ex->host->log(DEXEC_LOG_DEBUG, "external",
@@ -203,7 +204,7 @@ static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *p
 
     st = dexec_conn_connect(ex->addresses[i], left_s(deadline), &c, msg, sizeof(msg));
     if (st != DEXEC_OK) {
-        dexec_errorf(err, errlen, "external: worker %d (%s) at %s does not answer: %s%s", i,
+        dexec_errorf(err, errlen, "worker %d (%s) at %s does not answer: %s%s", i,
                      ex->names[i], ex->addresses[i], msg,
                      is_address(ex->names[i]) ? ""
                                               : " (a stale registry entry expires within "
@@ -218,14 +219,14 @@ static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *p
     dexec_group_set(ex->group, i, c);
     st = dexec_conn_hello(c, token, left_s(deadline), &info, msg, sizeof(msg));
     if (st != DEXEC_OK) {
-        dexec_errorf(err, errlen, "external: worker %d (%s) at %s refused hello: %s", i,
+        dexec_errorf(err, errlen, "worker %d (%s) at %s refused hello: %s", i,
                      ex->names[i], ex->addresses[i], msg);
         return st;
     }
     who = dexec_value_as_str(dexec_value_map_get(info, "name"), NULL);
     if (!is_address(ex->names[i]) && who != NULL && strcmp(who, ex->names[i]) != 0) {
         dexec_errorf(err, errlen,
-                     "external: worker %d: the address %s registered for %s is now served by "
+                     "worker %d: the address %s registered for %s is now served by "
                      "a worker named %s",
                      i, ex->addresses[i], ex->names[i], who);
         st = DEXEC_EINIT;
@@ -275,15 +276,15 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
                              sizeof(msg));
         if (st == DEXEC_ETIMEDOUT) {
             dexec_errorf(err, errlen,
-                         "external: worker %d (%s) did not initialize within %.3g s "
+                         "worker %d (%s) did not initialize within %.3g s "
                          "(timeouts.init)",
                          i, ex->names[i], init_t);
         } else if (st != DEXEC_OK) {
-            dexec_errorf(err, errlen, "external: worker %d (%s) failed to initialize: %s", i,
+            dexec_errorf(err, errlen, "worker %d (%s) failed to initialize: %s", i,
                          ex->names[i], msg);
             st = DEXEC_EINIT;
         } else if (strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready")) {
-            dexec_errorf(err, errlen, "external: worker %d (%s) failed to initialize: %s", i,
+            dexec_errorf(err, errlen, "worker %d (%s) failed to initialize: %s", i,
                          ex->names[i],
                          dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"));
             st = DEXEC_EINIT;
