@@ -434,6 +434,47 @@ START_TEST(worker_refuses_unreachable_registry)
 }
 END_TEST
 
+/* dexec actors: the listing with a live ping, and a dead entry */
+START_TEST(cli_lists_actors)
+{
+    const char *args[16], *cli = getenv("DEXEC_CLI");
+    char sock[400], sock2[400], cmd[1200], out[8192];
+    test_worker w, w2;
+    FILE *p;
+    size_t n;
+    int st;
+
+    ck_assert_ptr_nonnull(cli);
+    snprintf(sock, sizeof(sock), "unix:%s/cli-a.sock", test_tmpdir());
+    snprintf(sock2, sizeof(sock2), "unix:%s/cli-b.sock", test_tmpdir());
+    worker_args(args, sock, "cli_w0", "0", "30");
+    ck_assert_int_eq(test_worker_start(&w, args, 30), 0);
+    worker_args(args, sock2, "cli_w1", "1", "30");
+    ck_assert_int_eq(test_worker_start(&w2, args, 30), 0);
+    snprintf(cmd, sizeof(cmd), "'%s' actors --registry %s --timeout 2 2>&1", cli, redis.url);
+
+    p = popen(cmd, "r");
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "NAME ") == out, "%s", out);
+    ck_assert_msg(strstr(out, "cli_w0 ") != NULL && strstr(out, sock) != NULL, "%s", out);
+    ck_assert_msg(strstr(out, " ok ") != NULL && strstr(out, " ms\n") != NULL, "%s", out);
+
+    /* SIGKILL leaves the entry until its TTL: shown as unreachable, exit 1 */
+    kill(w2.pid, SIGKILL);
+    test_worker_wait(&w2, 5);
+    p = popen(cmd, "r");
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s", out);
+    ck_assert_msg(strstr(out, "unreachable: ") != NULL, "%s", out);
+    test_worker_stop(&w);
+}
+END_TEST
+
 static Suite *discovery_suite(void)
 {
     Suite *s = suite_create("discovery");
@@ -455,6 +496,7 @@ static Suite *discovery_suite(void)
     tcase_add_test(wk, killed_worker_expires_within_ttl);
     tcase_add_test(wk, worker_reregisters_after_redis_restart);
     tcase_add_test(wk, worker_refuses_unreachable_registry);
+    tcase_add_test(wk, cli_lists_actors);
     tcase_set_timeout(wk, 90);
     suite_add_tcase(s, wk);
     return s;
