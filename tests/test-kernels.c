@@ -541,6 +541,57 @@ START_TEST(test_golden_forward)
 }
 END_TEST
 
+/* A device backend keeps its own copy of the weights: the CPU backend told
+ * that its memory is not the host's takes that path (alloc + upload of
+ * every tensor), which the CUDA backend relies on. */
+START_TEST(test_golden_forward_uploaded)
+{
+    const size_t n = 2 * 3 * 16 * 16;
+    char path[4096], err[512];
+    dxk_safetensors *st, *io;
+    dxk_dit_config cfg;
+    dxk_backend *be = cpu();
+    dxk_dit *dit;
+    dxk_dit_ws *ws;
+    const dxk_tensor *x, *t, *ref;
+    float *v = fbuf(n);
+    double td[2];
+    int yi[2] = {3, 10};
+    size_t used, peak;
+
+    be->host_memory = 0;
+    tk_golden_path(path, sizeof path, "golden-model.safetensors");
+    ck_assert_int_eq(dxk_st_open(path, &st, err, sizeof err), DEXEC_OK);
+    tk_golden_path(path, sizeof path, "golden-io.safetensors");
+    ck_assert_int_eq(dxk_st_open(path, &io, err, sizeof err), DEXEC_OK);
+    ck_assert_int_eq(dxk_dit_config_read(st, &cfg, err, sizeof err), DEXEC_OK);
+    ck_assert_msg(dxk_dit_load(st, &cfg, be, &dit, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_uint_eq(dit->nuploads, st->ntensors);
+    be->memory(be, &used, &peak);
+    ck_assert_uint_eq(used, dit->params * sizeof(float));
+    /* the copies, not the mapping, are what the model reads */
+    ck_assert_ptr_ne(dit->y_table, dxk_st_find(st, "y_embedder.embedding_table.weight")->data);
+    x = dxk_st_find(io, "fwd.x");
+    t = dxk_st_find(io, "fwd.t");
+    ref = dxk_st_find(io, "fwd.out");
+    td[0] = t->data[0];
+    td[1] = t->data[1];
+    ck_assert_int_eq(dxk_dit_ws_alloc(dit, 2, 16, 16, &ws, err, sizeof err), DEXEC_OK);
+    dxk_dit_forward(dit, ws, v, x->data, td, yi, 2);
+    ck_assert_int_eq(be->sync(be, err, sizeof err), DEXEC_OK);
+    ck_assert_msg(tk_rel_err_f(v, ref->data, n) <= 1e-4, "uploaded: %g",
+                  tk_rel_err_f(v, ref->data, n));
+    dxk_dit_ws_free(dit, ws);
+    dxk_dit_free(dit);
+    be->memory(be, &used, &peak);
+    ck_assert_uint_eq(used, 0);
+    dxk_backend_free(be);
+    dxk_st_close(st);
+    dxk_st_close(io);
+    free(v);
+}
+END_TEST
+
 static void golden_sample(double guidance, const char *ref_name, int check_pixels)
 {
     const size_t n = 3 * 16 * 16;
@@ -876,6 +927,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(smp, test_to_pixel);
     tcase_add_test(gold, test_golden_config);
     tcase_add_test(gold, test_golden_forward);
+    tcase_add_test(gold, test_golden_forward_uploaded);
     tcase_add_test(gold, test_golden_sample);
     tcase_add_test(gold, test_golden_sample_g1);
     tcase_add_test(api, test_prompt);
