@@ -423,7 +423,7 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
                                  const char *address, double deadline, char *err,
                                  size_t errlen)
 {
-    const char *url = address, *token_file = "";
+    const char *url = address, *token_file = "", *plugin_name = "redis_discovery";
     dexec_plugin_handle *plugin = NULL;
     const dexec_discovery_ops *dops = NULL;
     dexec_discovery *d = NULL;
@@ -451,8 +451,10 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
     st = make_token(ex->token, sizeof(ex->token), err, errlen);
     if (st != DEXEC_OK)
         goto done;
-    st = dexec_plugin_load("redis_discovery", DEXEC_PLUGIN_DISCOVERY, ex->host->config, &plugin,
-                           err, errlen);
+    /* the same registry client the node agents and external workers use */
+    dexec_config_get_string(ex->host->config, "external.discovery", &plugin_name);
+    st = dexec_plugin_load(plugin_name, DEXEC_PLUGIN_DISCOVERY, ex->host->config, &plugin, err,
+                           errlen);
     if (st != DEXEC_OK)
         goto done;
     dops = dexec_plugin_descriptor(plugin)->ops;
