@@ -120,7 +120,7 @@ static const struct dx_key keys[] = {
             "token file for external workers when it differs from token_file"),
 
     KEY_STR("discovery.redis.url", "redis://127.0.0.1:6379/0", check_redis_url,
-            "redis://HOST[:PORT][/DB]", "the Redis server of the actor registry"),
+            "redis://HOST[:PORT][/DB] or unix:/PATH", "the Redis server of the actor registry"),
     KEY_STR("discovery.redis.namespace", "dexec", check_namespace, "non-empty, no spaces",
             "prefix of the registry keys (NAMESPACE:actor:NAME)"),
     KEY_INT("discovery.redis.ttl", 10, 1, 3600,
@@ -177,9 +177,10 @@ static const char *check_plugin_ref(const char *s)
 
 static const char *check_redis_url(const char *s)
 {
-    if (strncmp(s, "redis://", 8) != 0 || s[8] == '\0')
-        return "must be a URL redis://HOST[:PORT][/DB]";
-    return NULL;
+    if ((strncmp(s, "redis://", 8) == 0 && s[8] != '\0') ||
+        (strncmp(s, "unix:/", 6) == 0 && s[6] != '\0'))
+        return NULL;
+    return "must be a URL redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH[?db=N]";
 }
 
 static const char *check_address(const char *s)

@@ -110,9 +110,10 @@ static const struct {
      "or a path containing '/'"},
     {"ray_init = { address = \"head:6379\"; };\n",
      "%s:1: ray_init.address: \"head:6379\" must be local, auto or a URL "
-     "redis://HOST[:PORT][/DB]"},
+     "redis://HOST[:PORT][/DB] (or unix:/PATH)"},
     {"discovery = { redis = { url = \"http://x\"; }; };\n",
-     "%s:1: discovery.redis.url: \"http://x\" must be a URL redis://HOST[:PORT][/DB]"},
+     "%s:1: discovery.redis.url: \"http://x\" must be a URL "
+     "redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH[?db=N]"},
     {"model = \"\";\n", "%s:1: model: \"\" must not be empty"},
     {"model = \"x\";\nnum_gpus = ;\n", "%s:2: syntax error"},
     {"model = \"x\";\nnum_gpus = 2 3;\n", "%s:2: syntax error"},
