@@ -1,9 +1,11 @@
 /*
  * ops_cpu.c - the CPU backend of ops.h. Every linear layer and both
- * attention products are OpenBLAS SGEMM calls (OpenBLAS runs its own
- * threads); the element-wise ops are plain loops: on a DiT they are a few
- * percent of the FLOPs, and memory-bound, so threading them buys little on
- * the few cores a worker gets.
+ * attention products are OpenBLAS SGEMM calls. The linear layers are big
+ * enough for OpenBLAS's own threads; the attention products are small
+ * (T x T x head_dim per head), and threading each of them makes every call
+ * wait for its slowest thread, so instead the heads are spread over the
+ * backend's pool (as many threads as OpenBLAS uses) with single-threaded
+ * SGEMMs. GELU and LayerNorm are split over the same pool.
  */
 #include <config.h>
 
@@ -16,6 +18,16 @@
 #include <cblas.h>
 
 #include "ops.h"
+#include "pool.h"
+
+/* OpenBLAS extensions, weak: a reference BLAS lacks them, and then the
+ * backend runs single-threaded. */
+#pragma weak openblas_get_num_threads
+#pragma weak openblas_set_num_threads
+#pragma weak openblas_get_parallel
+
+/* Below this many floats an element-wise op is not worth waking threads. */
+#define DX_PAR_MIN 65536
 
 typedef struct dx_cpu {
     dexec_status fail; /* sticky first failure */
@@ -25,7 +37,27 @@ typedef struct dx_cpu {
      * sines in double at every step would cost as much as a small GEMM */
     float *pos;
     int pos_h, pos_w, pos_d;
+    dxk_pool *pool; /* NULL: one thread */
 } dx_cpu;
+
+static int dx_blas_threads(void)
+{
+    return openblas_get_num_threads ? openblas_get_num_threads() : 1;
+}
+
+static void dx_blas_set_threads(int n)
+{
+    if (openblas_set_num_threads)
+        openblas_set_num_threads(n);
+}
+
+/* Pool threads of an OpenMP OpenBLAS have their own thread count, which
+ * must be 1 (a pthreads OpenBLAS has one global count, set around jobs). */
+static void dx_pool_thread_init(void)
+{
+    if (openblas_get_parallel && openblas_get_parallel() == 2)
+        dx_blas_set_threads(1);
+}
 
 /* Allocations carry their size in front so memory() can report use. */
 typedef struct dx_cpu_hdr {
@@ -137,46 +169,70 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
                 b != NULL ? 1.0f : 0.0f, y, N);
 }
 
-DX_VECTORIZE static void cpu_ln_modulate(dxk_backend *be, float *y, const float *x, const float *shift,
+typedef struct dx_ln_job {
+    float *y;
+    const float *x, *shift, *scale;
+    int mod_stride, B, T, D, nthreads;
+} dx_ln_job;
+
+/* rows [lo, hi) of the B*T rows */
+DX_VECTORIZE static void dx_ln_rows(const dx_ln_job *j, int lo, int hi)
+{
+    const int T = j->T, D = j->D;
+    int row, d;
+
+    for (row = lo; row < hi; row++) {
+        const float *sh = j->shift + (size_t)(row / T) * j->mod_stride;
+        const float *sc = j->scale + (size_t)(row / T) * j->mod_stride;
+        const float *xr = j->x + (size_t)row * D;
+        float *yr = j->y + (size_t)row * D;
+        double mean = 0.0, var = 0.0;
+        float m, rs;
+
+        /* double accumulation: the golden model is checked to 1e-5 */
+        for (d = 0; d < D; d++)
+            mean += xr[d];
+        mean /= D;
+        for (d = 0; d < D; d++) {
+            double e = xr[d] - mean;
+
+            var += e * e;
+        }
+        var /= D;
+        m = (float)mean;
+        rs = (float)(1.0 / sqrt(var + 1e-6));
+        for (d = 0; d < D; d++)
+            yr[d] = (xr[d] - m) * rs * (1.0f + sc[d]) + sh[d];
+    }
+}
+
+static void dx_ln_task(void *arg, int task, int thread)
+{
+    const dx_ln_job *j = arg;
+    int rows = j->B * j->T;
+
+    (void)thread;
+    dx_ln_rows(j, (int)((long)rows * task / j->nthreads),
+               (int)((long)rows * (task + 1) / j->nthreads));
+}
+
+static void cpu_ln_modulate(dxk_backend *be, float *y, const float *x, const float *shift,
                             const float *scale, int mod_stride, int B, int T, int D)
 {
-    int b, t, d;
+    dx_cpu *c = dx_priv(be);
+    dx_ln_job j = {y, x, shift, scale, mod_stride, B, T, D, dxk_pool_size(c->pool)};
 
-    (void)be;
-    for (b = 0; b < B; b++) {
-        const float *sh = shift + (size_t)b * mod_stride;
-        const float *sc = scale + (size_t)b * mod_stride;
-
-        for (t = 0; t < T; t++) {
-            const float *xr = x + ((size_t)b * T + t) * D;
-            float *yr = y + ((size_t)b * T + t) * D;
-            double mean = 0.0, var = 0.0;
-            float m, rs;
-
-            /* double accumulation: the golden model is checked to 1e-5 */
-            for (d = 0; d < D; d++)
-                mean += xr[d];
-            mean /= D;
-            for (d = 0; d < D; d++) {
-                double e = xr[d] - mean;
-
-                var += e * e;
-            }
-            var /= D;
-            m = (float)mean;
-            rs = (float)(1.0 / sqrt(var + 1e-6));
-            for (d = 0; d < D; d++)
-                yr[d] = (xr[d] - m) * rs * (1.0f + sc[d]) + sh[d];
-        }
-    }
+    if ((size_t)B * T * D < DX_PAR_MIN)
+        dx_ln_rows(&j, 0, B * T);
+    else
+        dxk_pool_run(c->pool, j.nthreads, dx_ln_task, &j);
 }
 
 static size_t cpu_attention_scratch(dxk_backend *be, int B, int T, int H)
 {
-    (void)be;
     (void)B;
     (void)H;
-    return (size_t)T * T;
+    return (size_t)T * T * dxk_pool_size(dx_priv(be)->pool); /* one score matrix per thread */
 }
 
 DX_VECTORIZE static void cpu_softmax_rows(float *s, int rows, int cols)
@@ -202,45 +258,89 @@ DX_VECTORIZE static void cpu_softmax_rows(float *s, int rows, int cols)
     }
 }
 
+typedef struct dx_att_job {
+    float *out, *scratch;
+    const float *qkv;
+    int T, H, D;
+} dx_att_job;
+
+/* task = b*H + h: one head of one image */
+static void dx_att_task(void *arg, int task, int thread)
+{
+    const dx_att_job *j = arg;
+    const int T = j->T, D = j->D, hd = D / j->H, ld = 3 * D;
+    const int b = task / j->H, h = task % j->H;
+    const float scale = (float)(1.0 / sqrt((double)hd));
+    /* q, k and v are read in place with a leading dimension of 3D: no
+     * gather into per-head copies */
+    const float *q = j->qkv + (size_t)b * T * ld + (size_t)h * hd;
+    const float *k = q + D, *v = q + 2 * (size_t)D;
+    float *o = j->out + (size_t)b * T * D + (size_t)h * hd;
+    float *s = j->scratch + (size_t)thread * T * T;
+
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, k, ld, 0.0f, s,
+                T);
+    cpu_softmax_rows(s, T, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v, ld, 0.0f, o,
+                D);
+}
+
 static void cpu_attention(dxk_backend *be, float *out, const float *qkv, float *scratch, int B,
                           int T, int H, int D)
 {
-    int hd = D / H, ld = 3 * D, b, h;
-    float scale = (float)(1.0 / sqrt((double)hd));
+    dx_cpu *c = dx_priv(be);
+    dx_att_job j = {out, scratch, qkv, T, H, D};
+    int saved;
 
-    (void)be;
-    /* q, k and v are read in place with a leading dimension of 3D: no
-     * gather into per-head copies */
-    for (b = 0; b < B; b++) {
-        const float *base = qkv + (size_t)b * T * ld;
-
-        for (h = 0; h < H; h++) {
-            const float *q = base + (size_t)h * hd;
-            const float *k = base + D + (size_t)h * hd;
-            const float *v = base + 2 * (size_t)D + (size_t)h * hd;
-            float *o = out + (size_t)b * T * D + (size_t)h * hd;
-
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, k, ld,
-                        0.0f, scratch, T);
-            cpu_softmax_rows(scratch, T, T);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, scratch, T, v,
-                        ld, 0.0f, o, D);
-        }
+    if (c->pool == NULL) {
+        dxk_pool_run(NULL, B * H, dx_att_task, &j);
+        return;
     }
+    /* heads in parallel, each SGEMM in its own thread */
+    saved = dx_blas_threads();
+    dx_blas_set_threads(1);
+    dxk_pool_run(c->pool, B * H, dx_att_task, &j);
+    dx_blas_set_threads(saved);
 }
 
-DX_VECTORIZE static void cpu_gelu_tanh(dxk_backend *be, float *x, size_t n)
+DX_VECTORIZE static void dx_gelu(float *x, size_t n)
 {
     const float k = 0.7978845608028654f; /* sqrt(2/pi) */
     size_t i;
 
-    (void)be;
     /* 0.5 (1 + tanh(u)) = 1 / (1 + e^(-2u)): one exponential, no tanhf */
     for (i = 0; i < n; i++) {
         float v = x[i];
 
         x[i] = v / (1.0f + dx_expf(-2.0f * k * (v + 0.044715f * v * v * v)));
     }
+}
+
+typedef struct dx_slice_job {
+    float *x;
+    size_t n;
+    int nthreads;
+} dx_slice_job;
+
+static void dx_gelu_task(void *arg, int task, int thread)
+{
+    const dx_slice_job *j = arg;
+    size_t lo = j->n * (size_t)task / (size_t)j->nthreads;
+    size_t hi = j->n * (size_t)(task + 1) / (size_t)j->nthreads;
+
+    (void)thread;
+    dx_gelu(j->x + lo, hi - lo);
+}
+
+static void cpu_gelu_tanh(dxk_backend *be, float *x, size_t n)
+{
+    dx_cpu *c = dx_priv(be);
+    dx_slice_job j = {x, n, dxk_pool_size(c->pool)};
+
+    if (n < DX_PAR_MIN)
+        dx_gelu(x, n);
+    else
+        dxk_pool_run(c->pool, j.nthreads, dx_gelu_task, &j);
 }
 
 DX_VECTORIZE static void cpu_silu(dxk_backend *be, float *y, const float *x, size_t n)
@@ -420,6 +520,7 @@ static void cpu_destroy(dxk_backend *be)
 {
     dx_cpu *c = dx_priv(be);
 
+    dxk_pool_free(c->pool);
     free(c->pos);
     free(c);
     free(be);
@@ -462,6 +563,8 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
             snprintf(err, errlen, "cpu backend: out of memory");
         return DEXEC_ENOMEM;
     }
+    /* no pool is no error: the ops then run in the caller alone */
+    c->pool = dxk_pool_new(dx_blas_threads(), dx_pool_thread_init);
     be->name = "cpu";
     dx_cpu_name(be->device_name, sizeof be->device_name);
     be->host_memory = 1;
