@@ -13,6 +13,7 @@
 
 #include "dit.h"
 #include "kernels.h"
+#include "cpu/pool.h"
 #include "ops.h"
 #include "prompt.h"
 #include "safetensors.h"
@@ -353,6 +354,39 @@ START_TEST(test_pos_embed_residual_embedding)
     free(table);
     free(r);
     dxk_backend_free(be);
+}
+END_TEST
+
+static void count_task(void *arg, int task, int thread)
+{
+    int *hits = arg;
+
+    ck_assert_int_ge(thread, 0);
+    ck_assert_int_lt(thread, 3);
+    hits[task]++; /* tasks are disjoint: no two threads touch one slot */
+}
+
+START_TEST(test_pool)
+{
+    dxk_pool *p = dxk_pool_new(3, NULL);
+    int hits[100], i, round;
+
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(dxk_pool_size(p), 3);
+    ck_assert_int_eq(dxk_pool_size(NULL), 1);
+    ck_assert_ptr_null(dxk_pool_new(1, NULL));
+    for (round = 0; round < 50; round++) {
+        memset(hits, 0, sizeof hits);
+        dxk_pool_run(p, round % 2 ? 100 : 2, count_task, hits);
+        for (i = 0; i < 100; i++)
+            ck_assert_int_eq(hits[i], i < (round % 2 ? 100 : 2) ? 1 : 0);
+    }
+    memset(hits, 0, sizeof hits);
+    dxk_pool_run(NULL, 7, count_task, hits);
+    for (i = 0; i < 7; i++)
+        ck_assert_int_eq(hits[i], 1);
+    dxk_pool_free(p);
+    dxk_pool_free(NULL);
 }
 END_TEST
 
@@ -922,6 +956,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(ops, test_patchify_roundtrip);
     tcase_add_test(ops, test_pos_embed_residual_embedding);
     tcase_add_test(ops, test_nan_never_passes);
+    tcase_add_test(ops, test_pool);
     tcase_add_test(smp, test_sigmas);
     tcase_add_test(smp, test_noise);
     tcase_add_test(smp, test_to_pixel);
