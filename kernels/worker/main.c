@@ -261,8 +261,13 @@ int main(int argc, char **argv)
     /* listeners keep lis.fd; only the unix socket file is ours to remove */
     lis.fd = -1;
     dxw_listener_close(&lis);
-    if (!dxw_server_busy(g_server))
-        dxw_server_free(g_server);
+    if (!dxw_server_busy(g_server)) {
+        dxw_server *s = g_server;
+
+        /* a late SIGTERM (an owner's shutdown ladder) must not reach a freed server */
+        g_server = NULL;
+        dxw_server_free(s);
+    }
     free(token);
     return status;
 }

@@ -53,8 +53,10 @@ int main(int argc, char **argv)
     took = dexec_now() - t0;
     printf("check_health: %s after %.2f s (deadline %.3g s): %s\n", dexec_status_name(st), took,
            health, dexec_engine_last_error(e));
-    /* close would wait for the shutdown RPC the cut link swallows: the
-     * node agent stops the actor when our connection to it drops */
+    /* the shutdown RPC is lost on the cut link: close gives up after
+     * timeouts.shutdown_grace, and the node agent stops the actor once it
+     * sees our connection drop */
+    dexec_engine_free(e);
     dexec_config_free(cfg);
     return st == DEXEC_EUNHEALTHY && took <= health + 1.0 ? 0 : 1;
 }

@@ -66,7 +66,7 @@ distributed_executor_backend = "ray_actor";
 token_file = "$TMP/token";
 ray_actor = { cpus = 1; resources = { gpu_worker = 1; }; };
 ray_init = { address = "$URL"; };
-timeouts = { init = 30.0; health = 2.0; };
+timeouts = { init = 30.0; health = 2.0; shutdown_grace = 1.0; };
 EOF
 
 # host A: generate; the actor must run on B
