@@ -113,6 +113,7 @@ static float *cpu_alloc(dxk_backend *be, size_t n)
 {
     dx_cpu *c = dx_priv(be);
     dx_cpu_hdr *h;
+    size_t used;
 
     if (n > (SIZE_MAX - sizeof *h) / sizeof(float) ||
         (h = malloc(sizeof *h + (n ? n : 1) * sizeof(float))) == NULL) {
@@ -123,9 +124,10 @@ static float *cpu_alloc(dxk_backend *be, size_t n)
         return NULL;
     }
     h->n = n;
-    c->used += n * sizeof(float);
-    if (c->used > c->peak)
-        c->peak = c->used;
+    /* atomics: model info reads these from another thread mid-request */
+    used = __atomic_add_fetch(&c->used, n * sizeof(float), __ATOMIC_RELAXED);
+    if (used > __atomic_load_n(&c->peak, __ATOMIC_RELAXED))
+        __atomic_store_n(&c->peak, used, __ATOMIC_RELAXED);
     return (float *)(h + 1);
 }
 
@@ -136,7 +138,7 @@ static void cpu_release(dxk_backend *be, float *p)
     if (p == NULL)
         return;
     h = (dx_cpu_hdr *)(void *)p - 1;
-    dx_priv(be)->used -= h->n * sizeof(float);
+    __atomic_sub_fetch(&dx_priv(be)->used, h->n * sizeof(float), __ATOMIC_RELAXED);
     free(h);
 }
 
@@ -149,8 +151,8 @@ static void cpu_copy(dxk_backend *be, float *dst, const float *src, size_t n)
 
 static void cpu_memory(dxk_backend *be, size_t *used, size_t *peak)
 {
-    *used = dx_priv(be)->used;
-    *peak = dx_priv(be)->peak;
+    *used = __atomic_load_n(&dx_priv(be)->used, __ATOMIC_RELAXED);
+    *peak = __atomic_load_n(&dx_priv(be)->peak, __ATOMIC_RELAXED);
 }
 
 static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
