@@ -379,7 +379,8 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
         dx_st_err(err, errlen, "%s: out of memory", path);
         return DEXEC_ENOMEM;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named like a model must not block the open */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dit.h"
@@ -227,6 +228,9 @@ START_TEST(test_too_short_and_missing)
     expect_fail(DEXEC_EINVAL, "file is 3 bytes, too short for the 8-byte header length");
     unlink(fpath);
     expect_fail(DEXEC_ENOTFOUND, "cannot open: No such file or directory");
+    /* a FIFO is refused at once, not waited on */
+    ck_assert_int_eq(mkfifo(fpath, 0600), 0);
+    expect_fail(DEXEC_EIO, "not a regular file");
 }
 END_TEST
 
