@@ -213,7 +213,8 @@ static void dx_on_step(void *user, int step, int total)
     p->fn(p->user, p->image, step, total);
 }
 
-/* Checks the request and fills in the model's defaults. */
+/* Checks the request and fills in the model's defaults: kernels.h makes
+ * zero and negative sizes, steps and output counts mean "the default". */
 static dexec_status dx_check_request(const dxk_model *m, const dexec_request *req, int *H, int *W,
                                      int *steps, double *g, int *n, char *err, size_t errlen)
 {
@@ -225,7 +226,7 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
     *steps = req->num_inference_steps > 0 ? req->num_inference_steps : c->default_steps;
     *g = req->guidance_scale < 0 ? c->default_guidance : req->guidance_scale;
     *n = req->num_outputs_per_prompt > 0 ? req->num_outputs_per_prompt : 1;
-    if (req->height < 0 || req->width < 0 || *H > DX_MAX_SIDE || *W > DX_MAX_SIDE) {
+    if (*H > DX_MAX_SIDE || *W > DX_MAX_SIDE) {
         dx_err(err, errlen, "image size %dx%d: height and width must be in 1..%d (0: %d)",
                req->height, req->width, DX_MAX_SIDE, c->image_size);
         return DEXEC_EINVAL;
@@ -241,7 +242,7 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
                DX_MAX_TOKENS);
         return DEXEC_EINVAL;
     }
-    if (req->num_inference_steps < 0 || *steps > 1000) {
+    if (*steps > 1000) {
         dx_err(err, errlen, "num_inference_steps %d is outside 1..1000 (0: the model's %d)",
                req->num_inference_steps, c->default_steps);
         return DEXEC_EINVAL;
@@ -251,7 +252,7 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
                req->guidance_scale, DX_MAX_GUIDANCE, c->default_guidance);
         return DEXEC_EINVAL;
     }
-    if (req->num_outputs_per_prompt < 0 || *n > DX_MAX_OUTPUTS) {
+    if (*n > DX_MAX_OUTPUTS) {
         dx_err(err, errlen, "num_outputs_per_prompt %d is outside 1..%d",
                req->num_outputs_per_prompt, DX_MAX_OUTPUTS);
         return DEXEC_EINVAL;

@@ -887,7 +887,18 @@ START_TEST(test_generate_errors)
     r.height = 18;
     ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
     ck_assert_str_eq(err, "image size 18x16 is not a multiple of the model's patch size 4");
+    r.height = 5000;
+    ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "image size 5000x0: height and width must be in 1..4096 (0: 16)");
     r.height = 0;
+    r.num_outputs_per_prompt = 65;
+    ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "num_outputs_per_prompt 65 is outside 1..64");
+    r.num_outputs_per_prompt = 0;
+    r.guidance_scale = NAN;
+    ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "guidance_scale nan is outside 0..100 (negative: the model's 3)");
+    r.guidance_scale = -1;
     r.seed = -1;
     ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
     ck_assert_str_eq(err, "seed -1 is negative: the engine resolves random seeds first");
@@ -908,6 +919,18 @@ START_TEST(test_generate_errors)
     ck_assert_msg(strncmp(err, "negative_prompt: prompt 'spaceship' names no class", 50) == 0,
                   "%s", err);
     ck_assert_uint_eq(o.num_images, 0);
+    /* negative means the default, as zero does (kernels.h) */
+    r.negative_prompt = NULL;
+    r.prompt = "boot";
+    r.height = -1;
+    r.num_inference_steps = -3;
+    r.num_outputs_per_prompt = -2;
+    ck_assert_msg(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_int_eq(o.steps, 8);
+    ck_assert_uint_eq(o.num_images, 1);
+    ck_assert_int_eq(o.images[0].height, 16);
+    dexec_output_clear(&o);
+    memset(&o, 0, sizeof o);
     /* a size other than the native one, unconditional, guidance 1 */
     r.negative_prompt = NULL;
     r.prompt = "";
