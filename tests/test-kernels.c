@@ -6,6 +6,7 @@
  */
 #include <config.h>
 
+#include <cblas.h>
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -874,6 +875,43 @@ START_TEST(test_generate_determinism)
 }
 END_TEST
 
+/* Executors give workers different thread counts (ray_actor's cpus, mp's
+ * whole host): the pixels of a seed must not depend on it. */
+START_TEST(test_generate_thread_count)
+{
+    char path[4096], err[1024];
+    dxk_model *m1 = NULL, *m4 = NULL;
+    int saved = openblas_get_num_threads();
+    dexec_request r;
+    dexec_output a, b;
+
+    golden_model_path(path, sizeof path);
+    openblas_set_num_threads(1);
+    ck_assert_msg(dxk_model_open(path, "cpu", 0, &m1, err, sizeof err) == DEXEC_OK, "%s", err);
+    openblas_set_num_threads(4);
+    ck_assert_msg(dxk_model_open(path, "cpu", 0, &m4, err, sizeof err) == DEXEC_OK, "%s", err);
+    dexec_request_init(&r);
+    r.prompt = "dress";
+    r.seed = 123;
+    r.height = 32;
+    r.width = 32;
+    r.num_outputs_per_prompt = 2;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    openblas_set_num_threads(1);
+    ck_assert_int_eq(dxk_generate(m1, &r, &a, NULL, NULL, err, sizeof err), DEXEC_OK);
+    openblas_set_num_threads(4);
+    ck_assert_int_eq(dxk_generate(m4, &r, &b, NULL, NULL, err, sizeof err), DEXEC_OK);
+    ck_assert(memcmp(a.images[0].pixels, b.images[0].pixels, 32 * 32 * 3) == 0);
+    ck_assert(memcmp(a.images[1].pixels, b.images[1].pixels, 32 * 32 * 3) == 0);
+    openblas_set_num_threads(saved);
+    dexec_output_clear(&a);
+    dexec_output_clear(&b);
+    dxk_model_free(m1);
+    dxk_model_free(m4);
+}
+END_TEST
+
 START_TEST(test_generate_errors)
 {
     dxk_model *m = open_golden();
@@ -992,6 +1030,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(api, test_resolve);
     tcase_add_test(api, test_devices);
     tcase_add_test(api, test_generate_determinism);
+    tcase_add_test(api, test_generate_thread_count);
     tcase_add_test(api, test_generate_errors);
     tcase_add_test(api, test_model_info);
     suite_add_tcase(s, ops);
