@@ -76,7 +76,8 @@ static dx_cpu *dx_priv(dxk_backend *be)
  * non-trapping compares (no flags are read, so results do not change;
  * clang's -O2 vectorises these loops as they are). */
 #if defined(__GNUC__) && !defined(__clang__)
-#define DX_VECTORIZE __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math")))
+#define DX_VECTORIZE                                                                        \
+    __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math")))
 #else
 #define DX_VECTORIZE
 #endif
@@ -471,8 +472,9 @@ static void cpu_pos_embed_add(dxk_backend *be, float *tok, int B, int h, int w, 
     }
 }
 
-DX_VECTORIZE static void cpu_gated_residual(dxk_backend *be, float *x, const float *y, const float *gate,
-                               int gate_stride, int B, int T, int D)
+DX_VECTORIZE static void cpu_gated_residual(dxk_backend *be, float *x, const float *y,
+                                            const float *gate, int gate_stride, int B, int T,
+                                            int D)
 {
     int b, t, d;
 
@@ -499,8 +501,8 @@ DX_VECTORIZE static void cpu_euler(dxk_backend *be, float *x, const float *v, fl
         x[i] += dt * v[i];
 }
 
-DX_VECTORIZE static void cpu_cfg_combine(dxk_backend *be, float *out, const float *vc, const float *vu,
-                            float g, size_t n)
+DX_VECTORIZE static void cpu_cfg_combine(dxk_backend *be, float *out, const float *vc,
+                                         const float *vu, float g, size_t n)
 {
     size_t i;
 

@@ -145,7 +145,8 @@ static spec *dit_specs(const init_opts *o, size_t *count)
     char prefix[64];
     int i, bad = 0;
 
-    bad |= add_spec(&v, &n, "x_embedder.proj.weight", 4, D, C, p, p, 1.0 / sqrt((double)(C * p * p)));
+    bad |= add_spec(&v, &n, "x_embedder.proj.weight", 4, D, C, p, p,
+                    1.0 / sqrt((double)(C * p * p)));
     bad |= add_spec(&v, &n, "x_embedder.proj.bias", 1, D, 0, 0, 0, 0.1);
     bad |= add_linear(&v, &n, "t_embedder.mlp.0", D, DXK_TFREQ_DIM);
     bad |= add_linear(&v, &n, "t_embedder.mlp.2", D, D);
