@@ -55,9 +55,17 @@ def main():
 
     model = dit.DiT(image_size=28, in_channels=1, patch_size=args.patch, hidden_size=args.hidden,
                     depth=args.depth, num_heads=args.heads, mlp_ratio=args.mlp_ratio, num_classes=K)
+    prev_steps, prev_wall, history = 0, 0.0, ""
     if args.resume:
-        m2, _ = dit.load_model(args.resume)
+        m2, md2 = dit.load_model(args.resume)
         model.load_state_dict(m2.state_dict())
+        prev_steps = int(md2.get("train.steps", "0"))
+        prev_wall = float(md2.get("train.wall_seconds", "0"))
+        history = md2.get("train.history", "") or (
+            "steps 0-%d: lr %s batch %s t_sampling %s" % (prev_steps, md2.get("train.lr", "?"),
+                                                         md2.get("train.batch_size", "?"),
+                                                         md2.get("train.t_sampling", "?")))
+    md_prev_epochs = md2.get("train.epochs", "0") if args.resume else "0"
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -90,9 +98,12 @@ def main():
             "train.ema_decay": args.ema,
             "train.weights": "EMA",
             "train.seed": args.seed,
-            "train.steps": step,
-            "train.epochs": "%.2f" % (step * args.batch / N),
-            "train.wall_seconds": "%.0f" % wall,
+            "train.steps": prev_steps + step,
+            "train.epochs": "%.2f" % (float(md_prev_epochs) + step * args.batch / N),
+            "train.wall_seconds": "%.0f" % (prev_wall + wall),
+            "train.history": (history + "; " if history else "") + "steps %d-%d: lr %g batch %d t_sampling %s%s" % (
+                prev_steps, prev_steps + step, args.lr, args.batch, args.t_sampling,
+                " (resumed from EMA weights, fresh AdamW state)" if args.resume else ""),
             "train.final_loss": "%.5f" % (loss_avg if loss_avg is not None else float("nan")),
             "train.complete": "true" if final else "false",
             "train.resumed_from": args.resume or "none",
