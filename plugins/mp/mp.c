@@ -13,30 +13,21 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-extern char **environ;
+#include "worker/resources.h"
 
 typedef struct mp_worker {
-    struct dexec_executor *ex;
     int rank;
-    pid_t pid;
-    pthread_mutex_t lock; /* guards reaped/status: the death callback and shutdown both reap */
-    int reaped;
-    int status;
+    dxr_child child; /* pid, exit status, reaped once by whoever gets there first */
 } mp_worker;
 
 struct dexec_executor {
@@ -54,54 +45,6 @@ static double left_s(double deadline)
     return l > 0 ? l : 0;
 }
 
-static void sleep_s(double s)
-{
-    struct timespec ts = {.tv_sec = (time_t)s, .tv_nsec = (long)((s - (double)(time_t)s) * 1e9)};
-
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* Reaps w if it has exited, waiting at most `wait_s`. Returns 1 if reaped. */
-static int reap(mp_worker *w, double wait_s)
-{
-    double deadline = dexec_now() + wait_s;
-    int done;
-
-    pthread_mutex_lock(&w->lock);
-    while (!w->reaped) {
-        int st;
-        pid_t r = waitpid(w->pid, &st, WNOHANG);
-
-        if (r == w->pid || (r < 0 && errno == ECHILD)) {
-            w->reaped = 1;
-            w->status = r == w->pid ? st : -1;
-            break;
-        }
-        if (dexec_now() >= deadline)
-            break;
-        pthread_mutex_unlock(&w->lock);
-        sleep_s(0.005);
-        pthread_mutex_lock(&w->lock);
-    }
-    done = w->reaped;
-    pthread_mutex_unlock(&w->lock);
-    return done;
-}
-
-static void describe_exit(int status, char *buf, size_t len)
-{
-    if (status < 0)
-        snprintf(buf, len, "exited (status unknown)");
-    else if (WIFEXITED(status))
-        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
-        snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(status),
-                 strsignal(WTERMSIG(status)));
-    else
-        snprintf(buf, len, "stopped");
-}
-
 /* The connection saw EOF: say how the worker ended. EOF comes a moment
  * before the kernel makes the exit status available, so wait a little. */
 static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
@@ -110,126 +53,49 @@ static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
     char how[128];
 
     (void)c;
-    if (reap(w, 0.5)) {
-        describe_exit(w->status, how, sizeof(how));
+    if (dxr_reap(&w->child, 0.5)) {
+        dxr_describe_exit(w->child.status, how, sizeof(how));
         snprintf(buf, len, "worker died: %s", how);
     } else {
         snprintf(buf, len, "worker closed its connection (process still running)");
     }
 }
 
-/* Everything the child needs, prepared before fork: after fork only
- * async-signal-safe calls are allowed (the engine may have threads). */
-typedef struct spawn_plan {
-    char *argv[16];
-    char **envp;
-    char rank_s[16], fd_s[16], cuda_env[64];
-} spawn_plan;
-
-static char **make_env(const char *cuda_env)
-{
-    size_t n = 0, k = 0;
-    char **envp;
-
-    while (environ[n] != NULL)
-        n++;
-    envp = calloc(n + 2, sizeof(*envp));
-    if (envp == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "CUDA_VISIBLE_DEVICES=", 21) != 0)
-            envp[k++] = environ[i];
-    envp[k++] = (char *)cuda_env;
-    envp[k] = NULL;
-    return envp;
-}
-
+/* Starts rank's worker on one end of a socketpair (its fd 3); rank i sees
+ * GPU i only, as its device 0. */
 static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char *model,
                                  const char *device, int *conn_fd, char *err, size_t errlen)
 {
-    mp_worker *w = &ex->w[rank];
-    spawn_plan plan;
-    int sv[2], ep[2], i = 0, child_errno = 0;
-    pid_t parent = getpid(), pid;
-    ssize_t n;
+    char rank_s[16], gpu_s[16];
+    char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--rank", rank_s,
+                    "--model", (char *)model, "--device", (char *)device, NULL};
+    dxr_limits limits = {.cuda_visible = gpu_s};
+    dxr_spawn_args args = {.argv = argv, .stdout_fd = -1, .limits = &limits,
+                           .component = "mp"};
+    dexec_status st;
+    int sv[2];
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         dexec_errorf(err, errlen, "socketpair: %s", strerror(errno));
         return DEXEC_EIO;
     }
-    if (pipe2(ep, O_CLOEXEC) != 0) {
-        dexec_errorf(err, errlen, "pipe: %s", strerror(errno));
-        close(sv[0]);
-        close(sv[1]);
-        return DEXEC_EIO;
-    }
-    snprintf(plan.rank_s, sizeof(plan.rank_s), "%d", rank);
-    snprintf(plan.fd_s, sizeof(plan.fd_s), "fd:%d", 3);
-    /* rank i sees GPU i only (as its device 0) */
-    snprintf(plan.cuda_env, sizeof(plan.cuda_env), "CUDA_VISIBLE_DEVICES=%d", rank);
-    plan.argv[i++] = (char *)ex->host->worker_path;
-    plan.argv[i++] = "--listen";
-    plan.argv[i++] = plan.fd_s;
-    plan.argv[i++] = "--rank";
-    plan.argv[i++] = plan.rank_s;
-    plan.argv[i++] = "--model";
-    plan.argv[i++] = (char *)model;
-    plan.argv[i++] = "--device";
-    plan.argv[i++] = (char *)device;
-    plan.argv[i] = NULL;
-    plan.envp = make_env(plan.cuda_env);
-    if (plan.envp == NULL) {
-        close(sv[0]);
-        close(sv[1]);
-        close(ep[0]);
-        close(ep[1]);
-        return DEXEC_ENOMEM;
-    }
-
-    pid = fork();
-    if (pid == 0) {
-        /* child: async-signal-safe calls only */
-        int e;
-
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127); /* the engine died before we could ask */
-        if (dup2(sv[1], 3) < 0) /* dup2 clears CLOEXEC on 3 */
-            goto fail;
-        execve(plan.argv[0], plan.argv, plan.envp);
-    fail:
-        e = errno;
-        n = write(ep[1], &e, sizeof(e));
-        _exit(127);
-    }
-    free(plan.envp);
+    snprintf(rank_s, sizeof(rank_s), "%d", rank);
+    snprintf(gpu_s, sizeof(gpu_s), "%d", rank);
+    args.ctl_fd = sv[1];
+    st = dxr_spawn(&args, &ex->w[rank].child, err, errlen);
     close(sv[1]);
-    close(ep[1]);
-    if (pid < 0) {
-        dexec_errorf(err, errlen, "fork: %s", strerror(errno));
+    if (st != DEXEC_OK) {
+        /* dxr_spawn released the child record itself */
+        ex->w[rank].child.pid = 0;
         close(sv[0]);
-        close(ep[0]);
-        return DEXEC_EIO;
+        return st == DEXEC_EIO || st == DEXEC_ENOMEM ? st : DEXEC_EINIT;
     }
-    w->pid = pid;
-    w->rank = rank;
-    /* the pipe closes on exec (EOF, 0 bytes) or carries the errno of a failed exec */
-    do {
-        n = read(ep[0], &child_errno, sizeof(child_errno));
-    } while (n < 0 && errno == EINTR);
-    close(ep[0]);
-    if (n == (ssize_t)sizeof(child_errno)) {
-        close(sv[0]);
-        reap(w, 5.0);
-        dexec_errorf(err, errlen, "cannot run the worker program %s: %s (set DEXEC_WORKER)",
-                     ex->host->worker_path, strerror(child_errno));
-        return DEXEC_EINIT;
-    }
+    ex->w[rank].rank = rank;
     *conn_fd = sv[0];
     return DEXEC_OK;
 }
 
-/* Stops every spawned worker: shutdown RPC, grace, SIGTERM, SIGKILL, reap. */
+/* Stops every spawned worker: shutdown RPC, grace, then SIGTERM, SIGKILL, reap. */
 static void stop_workers(struct dexec_executor *ex)
 {
     double deadline = dexec_now() + ex->grace;
@@ -237,22 +103,13 @@ static void stop_workers(struct dexec_executor *ex)
     if (ex->group != NULL)
         dexec_group_shutdown(ex->group, deadline);
     for (int r = 0; r < ex->n; r++)
-        if (ex->w[r].pid > 0)
-            reap(&ex->w[r], left_s(deadline));
+        if (ex->w[r].child.pid > 0)
+            dxr_reap(&ex->w[r].child, left_s(deadline));
     for (int r = 0; r < ex->n; r++) {
-        if (ex->w[r].pid > 0 && !reap(&ex->w[r], 0)) {
-            dexec_log(DEXEC_LOG_WARN, "mp", "rank %d (pid %d) did not stop within %.3g s: SIGTERM",
-                      r, (int)ex->w[r].pid, ex->grace);
-            kill(ex->w[r].pid, SIGTERM);
-        }
-    }
-    for (int r = 0; r < ex->n; r++) {
-        if (ex->w[r].pid > 0 && !reap(&ex->w[r], 2.0)) {
-            dexec_log(DEXEC_LOG_WARN, "mp", "rank %d (pid %d) ignored SIGTERM: SIGKILL", r,
-                      (int)ex->w[r].pid);
-            kill(ex->w[r].pid, SIGKILL);
-            reap(&ex->w[r], 10.0);
-        }
+        char what[32];
+
+        snprintf(what, sizeof(what), "rank %d", r);
+        dxr_kill(&ex->w[r].child, 2.0, "mp", what);
     }
 }
 
@@ -260,7 +117,8 @@ static void destroy(struct dexec_executor *ex)
 {
     dexec_group_free(ex->group);
     for (int r = 0; r < ex->n; r++)
-        pthread_mutex_destroy(&ex->w[r].lock);
+        if (ex->w[r].child.pid > 0)
+            dxr_child_release(&ex->w[r].child);
     free(ex->w);
     free(ex);
 }
@@ -302,10 +160,6 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         destroy(ex);
         return DEXEC_ENOMEM;
     }
-    for (int r = 0; r < ex->n; r++) {
-        pthread_mutex_init(&ex->w[r].lock, NULL);
-        ex->w[r].ex = ex;
-    }
     for (int r = 0; r < ex->n && st == DEXEC_OK; r++) {
         int fd;
         dexec_conn *c;
@@ -314,7 +168,7 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         st = spawn_worker(ex, r, model, device, &fd, err, errlen);
         if (st != DEXEC_OK)
             break;
-        snprintf(label, sizeof(label), "rank %d (pid %d)", r, (int)ex->w[r].pid);
+        snprintf(label, sizeof(label), "rank %d (pid %d)", r, (int)ex->w[r].child.pid);
         if (dexec_conn_from_fd(fd, label, &c) != DEXEC_OK) {
             close(fd);
             st = DEXEC_ENOMEM;
