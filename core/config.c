@@ -187,7 +187,7 @@ static const char *check_address(const char *s)
 {
     if (strcmp(s, "local") == 0 || strcmp(s, "auto") == 0 || check_redis_url(s) == NULL)
         return NULL;
-    return "must be local, auto or a URL redis://HOST[:PORT][/DB]";
+    return "must be local, auto or a URL redis://HOST[:PORT][/DB] (or unix:/PATH)";
 }
 
 static const char *check_namespace(const char *s)
