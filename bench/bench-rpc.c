@@ -74,7 +74,9 @@ static stats raw_pingpong(int peers, size_t size, int iters)
         socketpair(AF_UNIX, SOCK_STREAM, 0, sv[p]);
         pid[p] = fork();
         if (pid[p] == 0) {
-            close(sv[p][0]);
+            /* drop every parent end, or earlier peers would never see EOF */
+            for (int q = 0; q <= p; q++)
+                close(sv[q][0]);
             for (;;) {
                 size_t got = 0;
 
