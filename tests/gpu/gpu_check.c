@@ -882,6 +882,7 @@ static void check_step(const host_dit *h)
     const size_t n = (size_t)C_IN * IMG * IMG;
     dit r, g;
     float *xr = xmalloc(n * sizeof *xr), *xg = xmalloc(n * sizeof *xg);
+    char shape[64];
     double t0, tr;
 
     dit_load(&r, ref, h);
@@ -894,7 +895,9 @@ static void check_step(const host_dit *h)
     ref->download(ref, xr, r.img, n);
     gpu->download(gpu, xg, g.img, n);
     gpu_sync_or_die("DiT-S step");
-    report("DiT-S step", "B=2 T=256 D=384 depth 12, CFG", rel_err(xg, xr, n));
+    snprintf(shape, sizeof shape, "B=2 T=%d D=%d depth %d, CFG", (IMG / PATCH) * (IMG / PATCH),
+             WIDTH, DEPTH);
+    report("DiT-S step", shape, rel_err(xg, xr, n));
     printf("      (the reference took %.1f s for the step)\n", tr);
     dit_free(&r);
     dit_free(&g);
@@ -965,7 +968,7 @@ static void run_op(void *p)
 {
     op_args *a = p;
     dit *m = a->m;
-    const int B = 2, D = WIDTH, T = 256;
+    const int B = 2, D = WIDTH, T = (IMG / PATCH) * (IMG / PATCH);
 
     switch (a->which) {
     case 0:
@@ -1033,7 +1036,8 @@ static void timings(const host_dit *h, int iters)
     }
 
     gpu->memory(gpu, &used, &peak);
-    printf("\nDiT-S denoising step (B=2 for CFG, T=256, D=384, depth 12, 6 heads):\n");
+    printf("\nDiT-S denoising step (B=2 for CFG, T=%d, D=%d, depth %d, %d heads):\n",
+           (IMG / PATCH) * (IMG / PATCH), WIDTH, DEPTH, HEADS);
     printf("  %.3f ms/step, %.1f GFLOP/step, %.0f GFLOP/s = %.0f%% of SGEMM 4096^3 in this run\n",
            step * 1e3, flops * 1e-9, flops / step * 1e-9,
            100.0 * flops / step * 1e-9 / peak_sgemm);
