@@ -94,6 +94,7 @@ unsigned dxc_blocks(size_t n)
 void *dxc_malloc(dxc *c, size_t bytes, const char *what)
 {
     void *p = NULL;
+    size_t used;
     cudaError_t e;
 
     if (c->nallocs == c->cap) {
@@ -123,9 +124,11 @@ void *dxc_malloc(dxc *c, size_t bytes, const char *what)
     c->allocs[c->nallocs].p = p;
     c->allocs[c->nallocs].bytes = bytes;
     c->nallocs++;
-    c->used += bytes;
-    if (c->used > c->peak)
-        c->peak = c->used;
+    /* atomics: model info reads the counters from another thread while a
+     * request allocates (the table itself is the op thread's alone) */
+    used = __atomic_add_fetch(&c->used, bytes, __ATOMIC_RELAXED);
+    if (used > __atomic_load_n(&c->peak, __ATOMIC_RELAXED))
+        __atomic_store_n(&c->peak, used, __ATOMIC_RELAXED);
     return p;
 }
 
@@ -144,7 +147,7 @@ void dxc_free(dxc *c, void *p)
         dxc_fail(c, DEXEC_EINVAL, "release of %p, which this backend did not allocate", p);
         return;
     }
-    c->used -= c->allocs[i - 1].bytes;
+    __atomic_sub_fetch(&c->used, c->allocs[i - 1].bytes, __ATOMIC_RELAXED);
     c->allocs[i - 1] = c->allocs[--c->nallocs];
     /* cudaFree waits for the device: no queued kernel still uses p */
     dxc_cuda_ok(c, cudaFree(p), "cudaFree");
@@ -220,8 +223,8 @@ static void cu_copy(dxk_backend *be, float *dst, const float *src, size_t n)
 
 static void cu_memory(dxk_backend *be, size_t *used, size_t *peak)
 {
-    *used = dxc_of(be)->used;
-    *peak = dxc_of(be)->peak;
+    *used = __atomic_load_n(&dxc_of(be)->used, __ATOMIC_RELAXED);
+    *peak = __atomic_load_n(&dxc_of(be)->peak, __ATOMIC_RELAXED);
 }
 
 /* ---- linear ---- */

@@ -52,7 +52,7 @@ typedef struct dxc {
      * memory() can answer */
     dxc_alloc *allocs;
     size_t nallocs, cap;
-    size_t used, peak;
+    size_t used, peak; /* bytes; atomic, memory() may run on another thread */
     /* position embedding of the last grid asked for: computing T*D sines
      * in double at every step would cost more than the addition */
     float *pos;
