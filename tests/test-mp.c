@@ -369,8 +369,14 @@ START_TEST(test_thousand_steps_no_leak)
         }
     }
     ck_assert_int_eq(count_fds(), fds0);
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan keeps freed memory in quarantine, so RSS grows by design there;
+     * its leak checker covers what this check would find. */
+    (void)rss0;
+#else
     ck_assert_msg(rss_kib() - rss0 < 2048, "RSS grew by %ld KiB over 900 steps",
                   rss_kib() - rss0);
+#endif
     dexec_engine_free(e);
 }
 END_TEST
