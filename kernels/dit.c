@@ -12,21 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dexec/rpc.h>
+
 #include "dit.h"
-
-static void dx_dit_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void dx_dit_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Whole-string integer in [lo, hi]. */
 static int dx_meta_int(const dxk_safetensors *st, const char *key, int required, int dflt, int lo,
@@ -38,7 +26,7 @@ static int dx_meta_int(const dxk_safetensors *st, const char *key, int required,
 
     if (s == NULL) {
         if (required) {
-            dx_dit_err(err, errlen, "%s: metadata key '%s' is missing", st->path, key);
+            dexec_errorf(err, errlen, "%s: metadata key '%s' is missing", st->path, key);
             return -1;
         }
         *out = dflt;
@@ -47,7 +35,7 @@ static int dx_meta_int(const dxk_safetensors *st, const char *key, int required,
     errno = 0;
     v = strtol(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        dx_dit_err(err, errlen, "%s: metadata '%s' = '%s': expected an integer in %d..%d",
+        dexec_errorf(err, errlen, "%s: metadata '%s' = '%s': expected an integer in %d..%d",
                    st->path, key, s, lo, hi);
         return -1;
     }
@@ -69,7 +57,7 @@ static int dx_meta_double(const dxk_safetensors *st, const char *key, double dfl
     errno = 0;
     v = strtod(s, &end);
     if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi)) {
-        dx_dit_err(err, errlen, "%s: metadata '%s' = '%s': expected a number in %g..%g",
+        dexec_errorf(err, errlen, "%s: metadata '%s' = '%s': expected a number in %g..%g",
                    st->path, key, s, lo, hi);
         return -1;
     }
@@ -84,7 +72,7 @@ dexec_status dxk_dit_config_read(const dxk_safetensors *st, dxk_dit_config *cfg,
 
     memset(cfg, 0, sizeof *cfg);
     if (fmt == NULL || strcmp(fmt, "dit") != 0) {
-        dx_dit_err(err, errlen, "%s: metadata 'dexec.format' is %s%s%s, expected 'dit'",
+        dexec_errorf(err, errlen, "%s: metadata 'dexec.format' is %s%s%s, expected 'dit'",
                    st->path, fmt ? "'" : "", fmt ? fmt : "missing", fmt ? "'" : "");
         return DEXEC_EINVAL;
     }
@@ -106,13 +94,13 @@ dexec_status dxk_dit_config_read(const dxk_safetensors *st, dxk_dit_config *cfg,
                        err, errlen))
         return DEXEC_EINVAL;
     if (cfg->image_size % cfg->patch_size != 0) {
-        dx_dit_err(err, errlen,
+        dexec_errorf(err, errlen,
                    "%s: metadata: dexec.image_size %d is not a multiple of dexec.patch_size %d",
                    st->path, cfg->image_size, cfg->patch_size);
         return DEXEC_EINVAL;
     }
     if (cfg->hidden_size % 4 != 0 || cfg->hidden_size % cfg->num_heads != 0) {
-        dx_dit_err(err, errlen,
+        dexec_errorf(err, errlen,
                    "%s: metadata: dexec.hidden_size %d must be a multiple of 4 and of "
                    "dexec.num_heads %d",
                    st->path, cfg->hidden_size, cfg->num_heads);
@@ -157,7 +145,7 @@ static const float *dx_take(dx_loader *ld, const char *name, int ndim, const int
         return NULL;
     t = dxk_st_find(ld->st, name);
     if (t == NULL) {
-        dx_dit_err(ld->err, ld->errlen, "%s: tensor '%s' is missing (expected shape %s)",
+        dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s' is missing (expected shape %s)",
                    ld->st->path, name, dx_shape_str(shape, ndim, want, sizeof want));
         ld->s = DEXEC_EINVAL;
         return NULL;
@@ -166,7 +154,7 @@ static const float *dx_take(dx_loader *ld, const char *name, int ndim, const int
     for (i = 0; same && i < ndim; i++)
         same = t->shape[i] == shape[i];
     if (!same) {
-        dx_dit_err(ld->err, ld->errlen,
+        dexec_errorf(ld->err, ld->errlen,
                    "%s: tensor '%s' has shape %s, the metadata's configuration needs %s",
                    ld->st->path, name, dx_shape_str(t->shape, t->ndim, got, sizeof got),
                    dx_shape_str(shape, ndim, want, sizeof want));
@@ -179,14 +167,14 @@ static const float *dx_take(dx_loader *ld, const char *name, int ndim, const int
         return t->data;
     grown = realloc(ld->m->uploads, (ld->m->nuploads + 1) * sizeof *grown);
     if (grown == NULL) {
-        dx_dit_err(ld->err, ld->errlen, "%s: out of memory", ld->st->path);
+        dexec_errorf(ld->err, ld->errlen, "%s: out of memory", ld->st->path);
         ld->s = DEXEC_ENOMEM;
         return NULL;
     }
     ld->m->uploads = grown;
     buf = be->alloc(be, t->numel);
     if (buf == NULL) {
-        dx_dit_err(ld->err, ld->errlen, "%s: tensor '%s': %s: out of device memory for %zu floats",
+        dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s': %s: out of device memory for %zu floats",
                    ld->st->path, name, be->name, t->numel);
         ld->s = DEXEC_ENOMEM;
         return NULL;
@@ -229,7 +217,7 @@ dexec_status dxk_dit_load(const dxk_safetensors *st, const dxk_dit_config *cfg, 
             free(m->blocks);
         free(m);
         free(ld.used);
-        dx_dit_err(err, errlen, "%s: out of memory", st->path);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
         return DEXEC_ENOMEM;
     }
     m->cfg = *cfg;
@@ -265,7 +253,7 @@ dexec_status dxk_dit_load(const dxk_safetensors *st, const dxk_dit_config *cfg, 
     dx_take_linear(&ld, &m->final_lin, "final_layer.linear", p * p * C, D);
     for (i = 0; ld.s == DEXEC_OK && (size_t)i < st->ntensors; i++) {
         if (!ld.used[i]) {
-            dx_dit_err(err, errlen,
+            dexec_errorf(err, errlen,
                        "%s: tensor '%s' is not part of a DiT of depth %d: the file and its "
                        "metadata disagree",
                        st->path, st->tensors[i].name, cfg->depth);
@@ -277,7 +265,7 @@ dexec_status dxk_dit_load(const dxk_safetensors *st, const dxk_dit_config *cfg, 
 
         ld.s = be->sync(be, berr, sizeof berr);
         if (ld.s != DEXEC_OK)
-            dx_dit_err(err, errlen, "%s: uploading the weights: %s", st->path, berr);
+            dexec_errorf(err, errlen, "%s: uploading the weights: %s", st->path, berr);
     }
     free(ld.used);
     if (ld.s != DEXEC_OK) {
@@ -313,7 +301,7 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
 
     *out = NULL;
     if (B <= 0 || H <= 0 || W <= 0 || H % c->patch_size != 0 || W % c->patch_size != 0) {
-        dx_dit_err(err, errlen, "%dx%d is not a positive multiple of the patch size %d", H, W,
+        dexec_errorf(err, errlen, "%dx%d is not a positive multiple of the patch size %d", H, W,
                    c->patch_size);
         return DEXEC_EINVAL;
     }
@@ -322,7 +310,7 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
     BT = (size_t)B * T;
     ws = calloc(1, sizeof *ws);
     if (ws == NULL) {
-        dx_dit_err(err, errlen, "out of memory");
+        dexec_errorf(err, errlen, "out of memory");
         return DEXEC_ENOMEM;
     }
     ws->B = B;
@@ -348,7 +336,7 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
         snprintf(berr, sizeof berr, "%s: out of memory", be->name);
     }
     if (s != DEXEC_OK) {
-        dx_dit_err(err, errlen, "activations for %d image(s) of %dx%d: %s", B, H, W, berr);
+        dexec_errorf(err, errlen, "activations for %d image(s) of %dx%d: %s", B, H, W, berr);
         dxk_dit_ws_free(m, ws);
         return s;
     }

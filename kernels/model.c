@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dexec/rpc.h>
+
 #include "dit.h"
 #include "kernels.h"
 #include "ops.h"
@@ -38,20 +40,6 @@ struct dxk_model {
     dxk_vocab *vocab;
 };
 
-static void dx_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void dx_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int dx_ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -68,12 +56,12 @@ dexec_status dxk_resolve_model(const char *name, char *path, size_t pathlen, cha
     int pass;
 
     if (name == NULL || name[0] == '\0') {
-        dx_err(err, errlen, "no model given: set model to a name or a .safetensors path");
+        dexec_errorf(err, errlen, "no model given: set model to a name or a .safetensors path");
         return DEXEC_EINVAL;
     }
     if (strchr(name, '/') != NULL || dx_ends_with(name, ".safetensors")) {
         if ((size_t)snprintf(path, pathlen, "%s", name) >= pathlen) {
-            dx_err(err, errlen, "model path '%s' is too long", name);
+            dexec_errorf(err, errlen, "model path '%s' is too long", name);
             return DEXEC_EINVAL;
         }
         return DEXEC_OK;
@@ -106,7 +94,7 @@ dexec_status dxk_resolve_model(const char *name, char *path, size_t pathlen, cha
                 p++;
         }
     }
-    dx_err(err, errlen,
+    dexec_errorf(err, errlen,
            "model '%s' not found (searched %s): give a path to a .safetensors file or add its "
            "directory to DEXEC_MODEL_PATH",
            name, searched);
@@ -134,7 +122,7 @@ static dexec_status dx_open_backend(const char *device, int gpu, dxk_backend **b
         return dxk_backend_cpu(be, err, errlen);
     if (strcmp(device, "cuda") == 0)
         return dxk_backend_cuda(gpu, be, err, errlen);
-    dx_err(err, errlen, "device '%s' is not one of auto, cpu, cuda", device);
+    dexec_errorf(err, errlen, "device '%s' is not one of auto, cpu, cuda", device);
     return DEXEC_EINVAL;
 }
 
@@ -153,7 +141,7 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
     m = calloc(1, sizeof *m);
     if (m == NULL || (m->path = strdup(path)) == NULL) {
         free(m);
-        dx_err(err, errlen, "out of memory");
+        dexec_errorf(err, errlen, "out of memory");
         return DEXEC_ENOMEM;
     }
     s = dx_open_backend(device, gpu, &m->be, err, errlen);
@@ -227,38 +215,38 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
     *g = req->guidance_scale < 0 ? c->default_guidance : req->guidance_scale;
     *n = req->num_outputs_per_prompt > 0 ? req->num_outputs_per_prompt : 1;
     if (*H > DX_MAX_SIDE || *W > DX_MAX_SIDE) {
-        dx_err(err, errlen, "image size %dx%d: height and width must be in 1..%d (0: %d)",
+        dexec_errorf(err, errlen, "image size %dx%d: height and width must be in 1..%d (0: %d)",
                req->height, req->width, DX_MAX_SIDE, c->image_size);
         return DEXEC_EINVAL;
     }
     if (*H % c->patch_size != 0 || *W % c->patch_size != 0) {
-        dx_err(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *H,
+        dexec_errorf(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *H,
                *W, c->patch_size);
         return DEXEC_EINVAL;
     }
     tokens = (long)(*H / c->patch_size) * (*W / c->patch_size);
     if (tokens > DX_MAX_TOKENS) {
-        dx_err(err, errlen, "image size %dx%d makes %ld tokens, more than %d", *H, *W, tokens,
+        dexec_errorf(err, errlen, "image size %dx%d makes %ld tokens, more than %d", *H, *W, tokens,
                DX_MAX_TOKENS);
         return DEXEC_EINVAL;
     }
     if (*steps > 1000) {
-        dx_err(err, errlen, "num_inference_steps %d is outside 1..1000 (0: the model's %d)",
+        dexec_errorf(err, errlen, "num_inference_steps %d is outside 1..1000 (0: the model's %d)",
                req->num_inference_steps, c->default_steps);
         return DEXEC_EINVAL;
     }
     if (!isfinite(*g) || *g > DX_MAX_GUIDANCE) {
-        dx_err(err, errlen, "guidance_scale %g is outside 0..%g (negative: the model's %g)",
+        dexec_errorf(err, errlen, "guidance_scale %g is outside 0..%g (negative: the model's %g)",
                req->guidance_scale, DX_MAX_GUIDANCE, c->default_guidance);
         return DEXEC_EINVAL;
     }
     if (*n > DX_MAX_OUTPUTS) {
-        dx_err(err, errlen, "num_outputs_per_prompt %d is outside 1..%d",
+        dexec_errorf(err, errlen, "num_outputs_per_prompt %d is outside 1..%d",
                req->num_outputs_per_prompt, DX_MAX_OUTPUTS);
         return DEXEC_EINVAL;
     }
     if (req->seed < 0) {
-        dx_err(err, errlen, "seed %lld is negative: the engine resolves random seeds first",
+        dexec_errorf(err, errlen, "seed %lld is negative: the engine resolves random seeds first",
                (long long)req->seed);
         return DEXEC_EINVAL;
     }
@@ -297,7 +285,7 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     if (s == DEXEC_OK && req->negative_prompt != NULL) {
         s = dxk_prompt_class(m->vocab, req->negative_prompt, &y_neg, e2, sizeof e2);
         if (s != DEXEC_OK)
-            dx_err(err, errlen, "negative_prompt: %s", e2);
+            dexec_errorf(err, errlen, "negative_prompt: %s", e2);
     } else {
         y_neg = m->vocab->num_classes;
     }
@@ -318,7 +306,7 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     x = malloc(npix * sizeof *x);
     out->images = calloc((size_t)n, sizeof *out->images);
     if (noise == NULL || x == NULL || out->images == NULL) {
-        dx_err(err, errlen, "out of memory for %d image(s) of %dx%d", n, H, W);
+        dexec_errorf(err, errlen, "out of memory for %d image(s) of %dx%d", n, H, W);
         s = DEXEC_ENOMEM;
         goto done;
     }
@@ -354,7 +342,7 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         t1 = dx_now();
         im->pixels = malloc(npix);
         if (im->pixels == NULL) {
-            dx_err(err, errlen, "out of memory for the pixels of image %d", i);
+            dexec_errorf(err, errlen, "out of memory for the pixels of image %d", i);
             s = DEXEC_ENOMEM;
             break;
         }

@@ -17,21 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dexec/rpc.h>
+
 #include "safetensors.h"
-
-static void dx_st_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void dx_st_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 const char *dxk_dtype_name(dxk_dtype d)
 {
@@ -121,27 +109,27 @@ static dexec_status dx_parse_tensor(dxk_safetensors *st, const char *name, const
     size_t i;
 
     if (v->type != DEXEC_VAL_MAP) {
-        dx_st_err(err, errlen, "%s: tensor '%s': entry is not a JSON object", st->path, name);
+        dexec_errorf(err, errlen, "%s: tensor '%s': entry is not a JSON object", st->path, name);
         return DEXEC_EINVAL;
     }
     dt = dexec_value_map_get(v, "dtype");
     shape = dexec_value_map_get(v, "shape");
     offs = dexec_value_map_get(v, "data_offsets");
     if (dt == NULL || dt->type != DEXEC_VAL_STR) {
-        dx_st_err(err, errlen, "%s: tensor '%s': missing or non-string \"dtype\"", st->path, name);
+        dexec_errorf(err, errlen, "%s: tensor '%s': missing or non-string \"dtype\"", st->path, name);
         return DEXEC_EINVAL;
     }
     if (dx_parse_dtype(dt->u.str.ptr, &t->dtype) != 0) {
-        dx_st_err(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, F16, BF16)",
+        dexec_errorf(err, errlen, "%s: tensor '%s': dtype %s is not supported (F32, F16, BF16)",
                   st->path, name, dt->u.str.ptr);
         return DEXEC_EINVAL;
     }
     if (shape == NULL || shape->type != DEXEC_VAL_ARRAY) {
-        dx_st_err(err, errlen, "%s: tensor '%s': missing or non-array \"shape\"", st->path, name);
+        dexec_errorf(err, errlen, "%s: tensor '%s': missing or non-array \"shape\"", st->path, name);
         return DEXEC_EINVAL;
     }
     if (shape->u.arr.len > DXK_ST_MAX_DIMS) {
-        dx_st_err(err, errlen, "%s: tensor '%s': %zu dimensions (at most %d are supported)",
+        dexec_errorf(err, errlen, "%s: tensor '%s': %zu dimensions (at most %d are supported)",
                   st->path, name, shape->u.arr.len, DXK_ST_MAX_DIMS);
         return DEXEC_EINVAL;
     }
@@ -150,13 +138,13 @@ static dexec_status dx_parse_tensor(dxk_safetensors *st, const char *name, const
         uint64_t d;
 
         if (dx_nonneg_int(shape->u.arr.items[i], &d) != 0) {
-            dx_st_err(err, errlen, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
+            dexec_errorf(err, errlen, "%s: tensor '%s': shape[%zu] is not a non-negative integer",
                       st->path, name, i);
             return DEXEC_EINVAL;
         }
         /* bound each factor so the product cannot wrap */
         if (d != 0 && n > (UINT64_C(1) << 62) / d) {
-            dx_st_err(err, errlen, "%s: tensor '%s': shape is too large", st->path, name);
+            dexec_errorf(err, errlen, "%s: tensor '%s': shape is too large", st->path, name);
             return DEXEC_EINVAL;
         }
         n *= d;
@@ -165,19 +153,19 @@ static dexec_status dx_parse_tensor(dxk_safetensors *st, const char *name, const
     if (offs == NULL || offs->type != DEXEC_VAL_ARRAY || offs->u.arr.len != 2 ||
         dx_nonneg_int(offs->u.arr.items[0], &b) != 0 ||
         dx_nonneg_int(offs->u.arr.items[1], &e) != 0) {
-        dx_st_err(err, errlen,
+        dexec_errorf(err, errlen,
                   "%s: tensor '%s': \"data_offsets\" must be [begin, end] of non-negative integers",
                   st->path, name);
         return DEXEC_EINVAL;
     }
     if (b > e) {
-        dx_st_err(err, errlen, "%s: tensor '%s': data_offsets begin %llu > end %llu", st->path,
+        dexec_errorf(err, errlen, "%s: tensor '%s': data_offsets begin %llu > end %llu", st->path,
                   name, (unsigned long long)b, (unsigned long long)e);
         return DEXEC_EINVAL;
     }
     want = n * dxk_dtype_size(t->dtype);
     if (e - b != want) {
-        dx_st_err(err, errlen,
+        dexec_errorf(err, errlen,
                   "%s: tensor '%s': data_offsets span %llu bytes but %s x %llu elements need %llu",
                   st->path, name, (unsigned long long)(e - b), dxk_dtype_name(t->dtype),
                   (unsigned long long)n, (unsigned long long)want);
@@ -185,7 +173,7 @@ static dexec_status dx_parse_tensor(dxk_safetensors *st, const char *name, const
     }
     t->name = strdup(name);
     if (t->name == NULL) {
-        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
         return DEXEC_ENOMEM;
     }
     t->numel = (size_t)n;
@@ -211,19 +199,19 @@ static dexec_status dx_parse_metadata(dxk_safetensors *st, const dexec_value *md
     size_t i;
 
     if (md->type != DEXEC_VAL_MAP) {
-        dx_st_err(err, errlen, "%s: \"__metadata__\" is not a JSON object", st->path);
+        dexec_errorf(err, errlen, "%s: \"__metadata__\" is not a JSON object", st->path);
         return DEXEC_EINVAL;
     }
     for (i = 0; i < md->u.map.len; i++) {
         if (md->u.map.items[i].val->type != DEXEC_VAL_STR) {
-            dx_st_err(err, errlen, "%s: \"__metadata__\" value of '%s' is not a string", st->path,
+            dexec_errorf(err, errlen, "%s: \"__metadata__\" value of '%s' is not a string", st->path,
                       md->u.map.items[i].key);
             return DEXEC_EINVAL;
         }
     }
     st->metadata = dexec_value_clone(md);
     if (st->metadata == NULL) {
-        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
         return DEXEC_ENOMEM;
     }
     return DEXEC_OK;
@@ -239,17 +227,17 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
 
     root = dexec_value_from_json(json, len, jerr, sizeof jerr);
     if (root == NULL) {
-        dx_st_err(err, errlen, "%s: header is not valid JSON: %s", st->path, jerr);
+        dexec_errorf(err, errlen, "%s: header is not valid JSON: %s", st->path, jerr);
         return DEXEC_EINVAL;
     }
     if (root->type != DEXEC_VAL_MAP) {
-        dx_st_err(err, errlen, "%s: header is not a JSON object", st->path);
+        dexec_errorf(err, errlen, "%s: header is not a JSON object", st->path);
         dexec_value_free(root);
         return DEXEC_EINVAL;
     }
     st->tensors = calloc(root->u.map.len ? root->u.map.len : 1, sizeof *st->tensors);
     if (st->tensors == NULL) {
-        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
         dexec_value_free(root);
         return DEXEC_ENOMEM;
     }
@@ -259,7 +247,7 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
 
         if (strcmp(kv->key, "__metadata__") == 0) {
             if (st->metadata != NULL) {
-                dx_st_err(err, errlen, "%s: \"__metadata__\" appears twice", st->path);
+                dexec_errorf(err, errlen, "%s: \"__metadata__\" appears twice", st->path);
                 s = DEXEC_EINVAL;
             } else {
                 s = dx_parse_metadata(st, kv->val, err, errlen);
@@ -268,7 +256,7 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
         }
         for (j = 0; j < n; j++) {
             if (strcmp(st->tensors[j].name, kv->key) == 0) {
-                dx_st_err(err, errlen, "%s: tensor '%s': appears twice in the header", st->path,
+                dexec_errorf(err, errlen, "%s: tensor '%s': appears twice in the header", st->path,
                           kv->key);
                 s = DEXEC_EINVAL;
             }
@@ -284,7 +272,7 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
     if (s != DEXEC_OK)
         return s;
     if (st->metadata == NULL && (st->metadata = dexec_value_map()) == NULL) {
-        dx_st_err(err, errlen, "%s: out of memory", st->path);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
         return DEXEC_ENOMEM;
     }
     qsort(st->tensors, n, sizeof *st->tensors, dx_cmp_offsets);
@@ -292,14 +280,14 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
         const dxk_tensor *t = &st->tensors[i];
 
         if (t->begin > expect) {
-            dx_st_err(err, errlen,
+            dexec_errorf(err, errlen,
                       "%s: tensor '%s': begins at byte %zu but the previous tensor ends at %zu "
                       "(gap in the data buffer)",
                       st->path, t->name, t->begin, expect);
             return DEXEC_EINVAL;
         }
         if (t->begin < expect) {
-            dx_st_err(err, errlen,
+            dexec_errorf(err, errlen,
                       "%s: tensor '%s': begins at byte %zu, inside the previous tensor "
                       "(which ends at %zu): overlapping data",
                       st->path, t->name, t->begin, expect);
@@ -309,10 +297,10 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
     }
     if (expect != data_len) {
         if (n == 0)
-            dx_st_err(err, errlen, "%s: no tensors but the data buffer holds %zu bytes", st->path,
+            dexec_errorf(err, errlen, "%s: no tensors but the data buffer holds %zu bytes", st->path,
                       data_len);
         else
-            dx_st_err(err, errlen,
+            dexec_errorf(err, errlen,
                       "%s: tensor '%s': the last tensor ends at byte %zu but the data buffer "
                       "holds %zu bytes (file size %zu)",
                       st->path, st->tensors[n - 1].name, expect, data_len, st->map_len);
@@ -344,7 +332,7 @@ static dexec_status dx_views(dxk_safetensors *st, char *err, size_t errlen)
         }
         dst = malloc(t->numel * sizeof *dst);
         if (dst == NULL) {
-            dx_st_err(err, errlen, "%s: tensor '%s': out of memory converting %zu elements",
+            dexec_errorf(err, errlen, "%s: tensor '%s': out of memory converting %zu elements",
                       st->path, t->name, t->numel);
             return DEXEC_ENOMEM;
         }
@@ -376,7 +364,7 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
     st = calloc(1, sizeof *st);
     if (st == NULL || (st->path = strdup(path)) == NULL) {
         free(st);
-        dx_st_err(err, errlen, "%s: out of memory", path);
+        dexec_errorf(err, errlen, "%s: out of memory", path);
         return DEXEC_ENOMEM;
     }
     /* O_NONBLOCK: a FIFO named like a model must not block the open */
@@ -384,18 +372,18 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
     if (fd < 0) {
         int e = errno;
 
-        dx_st_err(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        dexec_errorf(err, errlen, "%s: cannot open: %s", path, strerror(e));
         dxk_st_close(st);
         return e == ENOENT ? DEXEC_ENOTFOUND : DEXEC_EIO;
     }
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        dx_st_err(err, errlen, "%s: not a regular file", path);
+        dexec_errorf(err, errlen, "%s: not a regular file", path);
         close(fd);
         dxk_st_close(st);
         return DEXEC_EIO;
     }
     if (sb.st_size < 8) {
-        dx_st_err(err, errlen, "%s: file is %lld bytes, too short for the 8-byte header length",
+        dexec_errorf(err, errlen, "%s: file is %lld bytes, too short for the 8-byte header length",
                   path, (long long)sb.st_size);
         close(fd);
         dxk_st_close(st);
@@ -406,20 +394,20 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
     close(fd);
     if (st->map == MAP_FAILED) {
         st->map = NULL;
-        dx_st_err(err, errlen, "%s: cannot map: %s", path, strerror(errno));
+        dexec_errorf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
         dxk_st_close(st);
         return DEXEC_EIO;
     }
     for (i = 7; i >= 0; i--)
         hlen = (hlen << 8) | ((const unsigned char *)st->map)[i];
     if (hlen < 2 || hlen > DXK_ST_MAX_HEADER) {
-        dx_st_err(err, errlen, "%s: header length %llu is outside 2..%u bytes", path,
+        dexec_errorf(err, errlen, "%s: header length %llu is outside 2..%u bytes", path,
                   (unsigned long long)hlen, DXK_ST_MAX_HEADER);
         dxk_st_close(st);
         return DEXEC_EINVAL;
     }
     if (8 + hlen > st->map_len) {
-        dx_st_err(err, errlen,
+        dexec_errorf(err, errlen,
                   "%s: header length %llu runs past the end of the file (%zu bytes): truncated?",
                   path, (unsigned long long)hlen, st->map_len);
         dxk_st_close(st);

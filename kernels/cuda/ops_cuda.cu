@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dexec/rpc.h>
+
 #include "ops_cuda.h"
 
 void dxc_fail(dxc *c, dexec_status s, const char *fmt, ...)
@@ -337,20 +339,6 @@ extern "C" int dxk_cuda_device_count(char *reason, size_t reasonlen)
     return n;
 }
 
-static void dxc_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void dxc_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Checks that the device can run this build's kernels: a build for sm_90
  * has no code an older GPU can load, and the first op would fail. */
 static dexec_status dxc_check_arch(int gpu, const cudaDeviceProp *prop, char *err, size_t errlen)
@@ -361,7 +349,7 @@ static dexec_status dxc_check_arch(int gpu, const cudaDeviceProp *prop, char *er
     if (e == cudaSuccess)
         return DEXEC_OK;
     cudaGetLastError();
-    dxc_err(err, errlen,
+    dexec_errorf(err, errlen,
             "device cuda requested but gpu %d (%s, compute capability %d.%d) cannot run the "
             "kernels of this build: %s; reconfigure with NVCCFLAGS=\"-O3 -gencode "
             "arch=compute_%d%d,code=sm_%d%d\"",
@@ -383,13 +371,13 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
 
     *out = NULL;
     if (n == 0) {
-        dxc_err(err, errlen, "device cuda requested but no CUDA device can be used: %s", reason);
+        dexec_errorf(err, errlen, "device cuda requested but no CUDA device can be used: %s", reason);
         return DEXEC_ENOTSUP;
     }
     if (gpu < 0 || gpu >= n) {
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
 
-        dxc_err(err, errlen,
+        dexec_errorf(err, errlen,
                 "device cuda requested on gpu %d, but this process sees %d CUDA device(s) "
                 "(CUDA_VISIBLE_DEVICES=%s)",
                 gpu, n, vis != NULL ? vis : "unset");
@@ -400,7 +388,7 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
         e = cudaGetDeviceProperties(&prop, gpu);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        dxc_err(err, errlen, "device cuda requested but gpu %d cannot be used: %s (%s)", gpu,
+        dexec_errorf(err, errlen, "device cuda requested but gpu %d cannot be used: %s (%s)", gpu,
                 cudaGetErrorString(e), cudaGetErrorName(e));
         return DEXEC_ENOTSUP;
     }
@@ -413,14 +401,14 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
     if (be == NULL || c == NULL) {
         free(be);
         free(c);
-        dxc_err(err, errlen, "cuda backend: out of memory");
+        dexec_errorf(err, errlen, "cuda backend: out of memory");
         return DEXEC_ENOMEM;
     }
     c->gpu = gpu;
     e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         c->stream = NULL;
-        dxc_err(err, errlen, "cuda gpu %d (%s): creating a stream: %s", gpu, prop.name,
+        dexec_errorf(err, errlen, "cuda gpu %d (%s): creating a stream: %s", gpu, prop.name,
                 cudaGetErrorString(e));
         dxc_release_all(c);
         free(be);
@@ -436,7 +424,7 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
             bs = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     }
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        dxc_err(err, errlen, "cuda gpu %d (%s): setting up cuBLAS: %s", gpu, prop.name,
+        dexec_errorf(err, errlen, "cuda gpu %d (%s): setting up cuBLAS: %s", gpu, prop.name,
                 cublasGetStatusString(bs));
         dxc_release_all(c);
         free(be);
