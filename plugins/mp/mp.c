@@ -23,7 +23,7 @@
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#include "worker/resources.h"
+#include "resources.h"
 
 typedef struct mp_worker {
     int rank;

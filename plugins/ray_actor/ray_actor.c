@@ -32,7 +32,7 @@
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#include "worker/resources.h"
+#include "resources.h"
 
 #define COMPONENT "ray_actor"
 /* how long the death of a remote actor may take to be explained by its agent */

@@ -28,7 +28,7 @@
 
 #include <dexec/rpc.h>
 
-#include "worker/resources.h"
+#include "resources.h"
 
 extern char **environ;
 

@@ -18,7 +18,7 @@
 
 #include <dexec/rpc.h>
 
-#include "worker/listen.h"
+#include "listen.h"
 
 static dexec_status fail(char *err, size_t errlen, dexec_status st, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

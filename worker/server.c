@@ -27,7 +27,7 @@
 #include <dexec/rpc.h>
 
 #include "kernels.h"
-#include "worker/server.h"
+#include "server.h"
 
 #define WRITE_TIMEOUT 30.0
 #define DEBUG_SLEEP_MAX 3600.0

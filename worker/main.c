@@ -24,10 +24,10 @@
 
 #include <dexec/rpc.h>
 
-#include "worker/listen.h"
-#include "worker/node.h"
-#include "worker/registry.h"
-#include "worker/server.h"
+#include "listen.h"
+#include "node.h"
+#include "registry.h"
+#include "server.h"
 
 static dxw_server *g_server;
 

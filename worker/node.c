@@ -33,9 +33,9 @@
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#include "worker/listen.h"
-#include "worker/node.h"
-#include "worker/resources.h"
+#include "listen.h"
+#include "node.h"
+#include "resources.h"
 
 #define COMPONENT "node"
 #define KILL_WAIT 1.0      /* SIGTERM to SIGKILL for actors whose engine left */

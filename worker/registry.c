@@ -25,7 +25,7 @@
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
-#include "worker/registry.h"
+#include "registry.h"
 
 struct dxw_registry {
     dexec_config *cfg;
