@@ -34,6 +34,27 @@ void dx_strv_free(char **v);
  * NULL when memory is exhausted. */
 dexec_config *dx_config_clone(const dexec_config *cfg);
 
+/* ---- values and text (value.c) -------------------------------------------- */
+
+/* Appends key -> val to map without looking for an existing key: for
+ * decoders that check duplicates once for the whole map (sorting keeps
+ * that linear-logarithmic, where a lookup per insert is quadratic). Takes
+ * ownership of val, freed on failure. 0 or -1 (ENOMEM, not a map). */
+int dx_value_map_append(dexec_value *map, const char *key, dexec_value *val);
+
+/* 1 with *dup set to a key that occurs twice in map (borrowed), 0 when the
+ * keys are unique, -1 when memory is exhausted. O(n log n). */
+int dx_value_map_duplicate(const dexec_value *map, const char **dup);
+
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, surrogates or code points above U+10FFFF), 0 when malformed or
+ * cut short by avail. */
+size_t dx_utf8_seq_len(const unsigned char *s, size_t avail);
+
+/* Offset of the first byte of s that is not well-formed UTF-8, or
+ * (size_t)-1 when all len bytes are. */
+size_t dx_utf8_invalid_at(const char *s, size_t len);
+
 /* ---- wire protocol internals (frame.c, msgpack_codec.c) ---------------- */
 
 /* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */

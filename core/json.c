@@ -1,5 +1,20 @@
-/* json.c - JSON text to and from dexec_value (RFC 8259; used for safetensors
- * headers, CLI arguments and printing replies). */
+/*
+ * json.c - JSON text to and from dexec_value (RFC 8259): safetensors
+ * headers, model vocabularies, registry metadata, CLI arguments and
+ * printed replies.
+ *
+ * Parsing is jansson's: it validates UTF-8, refuses duplicate object keys
+ * (JSON_REJECT_DUPLICATES) and "\u0000" inside strings, and runs in time
+ * linear in the text. This file only converts its tree into a dexec_value.
+ *
+ * Writing stays here, in ~100 lines, for two reasons jansson's dumper
+ * cannot meet: floats are printed in the shortest form that reads back
+ * identically (jansson has one global precision, so 0.1 prints as
+ * 0.10000000000000001), and a string that is not valid UTF-8 (a value that
+ * came from somewhere we do not control) is still printed, with U+FFFD for
+ * each bad byte, where jansson refuses the whole document. The output is
+ * therefore always valid UTF-8.
+ */
 #include "config.h"
 
 #include <errno.h>
@@ -7,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "internal.h"
 
@@ -46,7 +63,7 @@ static void sb_puts(strbuf *b, const char *s)
     sb_put(b, s, strlen(s));
 }
 
-static void json_string(strbuf *b, const char *s, size_t len)
+static void write_string(strbuf *b, const char *s, size_t len)
 {
     char esc[8];
 
@@ -64,8 +81,17 @@ static void json_string(strbuf *b, const char *s, size_t len)
             if (c < 0x20) {
                 snprintf(esc, sizeof(esc), "\\u%04x", c);
                 sb_puts(b, esc);
-            } else {
+            } else if (c < 0x80) {
                 sb_put(b, (const char *)&s[i], 1);
+            } else {
+                size_t n = dx_utf8_seq_len((const unsigned char *)s + i, len - i);
+
+                if (n == 0) {
+                    sb_puts(b, "\xEF\xBF\xBD"); /* U+FFFD for one bad byte */
+                } else {
+                    sb_put(b, (const char *)&s[i], n);
+                    i += n - 1;
+                }
             }
         }
     }
@@ -112,7 +138,7 @@ static void json_write(strbuf *b, const dexec_value *v, int indent, int level)
             strcat(num, ".0");
         sb_puts(b, num);
         break;
-    case DEXEC_VAL_STR: json_string(b, v->u.str.ptr, v->u.str.len); break;
+    case DEXEC_VAL_STR: write_string(b, v->u.str.ptr, v->u.str.len); break;
     case DEXEC_VAL_BIN:
         snprintf(num, sizeof(num), "{\"bin\": %zu}", v->u.str.len);
         sb_puts(b, num);
@@ -135,7 +161,7 @@ static void json_write(strbuf *b, const dexec_value *v, int indent, int level)
             if (i > 0)
                 sb_puts(b, indent > 0 ? "," : ", ");
             newline(b, indent, level + 1);
-            json_string(b, v->u.map.items[i].key, strlen(v->u.map.items[i].key));
+            write_string(b, v->u.map.items[i].key, strlen(v->u.map.items[i].key));
             sb_puts(b, ": ");
             json_write(b, v->u.map.items[i].val, indent, level + 1);
         }
@@ -161,330 +187,98 @@ char *dexec_value_to_json(const dexec_value *v, int indent)
     return b.p;
 }
 
-/* ---- parser ------------------------------------------------------------- */
+/* ---- parser (jansson) ---------------------------------------------------- */
 
-typedef struct parser {
-    const char *s;
-    size_t len, pos;
-    char *err;
-    size_t errlen;
-    int failed;
-} parser;
-
-static dexec_value *parse_value(parser *p, int depth);
-
-static void perr(parser *p, const char *what)
+static dexec_value *from_jansson(json_t *j, int depth, char *err, size_t errlen)
 {
-    if (!p->failed)
-        dexec_errorf(p->err, p->errlen, "JSON: %s at offset %zu", what, p->pos);
-    p->failed = 1;
-}
+    dexec_value *v = NULL;
 
-static void skip_ws(parser *p)
-{
-    while (p->pos < p->len && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' ||
-                               p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
-        p->pos++;
-}
-
-static int parse_hex4(parser *p, unsigned *out)
-{
-    unsigned v = 0;
-
-    if (p->pos + 4 > p->len)
-        return -1;
-    for (int i = 0; i < 4; i++) {
-        char c = p->s[p->pos++];
-
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static void put_utf8(strbuf *b, unsigned cp)
-{
-    char u[4];
-
-    if (cp < 0x80) {
-        u[0] = (char)cp;
-        sb_put(b, u, 1);
-    } else if (cp < 0x800) {
-        u[0] = (char)(0xC0 | (cp >> 6));
-        u[1] = (char)(0x80 | (cp & 0x3F));
-        sb_put(b, u, 2);
-    } else if (cp < 0x10000) {
-        u[0] = (char)(0xE0 | (cp >> 12));
-        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        u[2] = (char)(0x80 | (cp & 0x3F));
-        sb_put(b, u, 3);
-    } else {
-        u[0] = (char)(0xF0 | (cp >> 18));
-        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        u[3] = (char)(0x80 | (cp & 0x3F));
-        sb_put(b, u, 4);
-    }
-}
-
-/* Parses a string at p->pos (on the opening quote) into b. */
-static int parse_string_raw(parser *p, strbuf *b)
-{
-    p->pos++;
-    sb_put(b, "", 0);
-    while (p->pos < p->len) {
-        unsigned char c = (unsigned char)p->s[p->pos];
-
-        if (c == '"') {
-            p->pos++;
-            return b->oom ? -1 : 0;
-        }
-        if (c < 0x20) {
-            perr(p, "control character in string");
-            return -1;
-        }
-        if (c != '\\') {
-            sb_put(b, &p->s[p->pos++], 1);
-            continue;
-        }
-        p->pos++;
-        if (p->pos >= p->len)
-            break;
-        c = (unsigned char)p->s[p->pos++];
-        switch (c) {
-        case '"': sb_put(b, "\"", 1); break;
-        case '\\': sb_put(b, "\\", 1); break;
-        case '/': sb_put(b, "/", 1); break;
-        case 'b': sb_put(b, "\b", 1); break;
-        case 'f': sb_put(b, "\f", 1); break;
-        case 'n': sb_put(b, "\n", 1); break;
-        case 'r': sb_put(b, "\r", 1); break;
-        case 't': sb_put(b, "\t", 1); break;
-        case 'u': {
-            unsigned cp, lo;
-
-            if (parse_hex4(p, &cp) != 0) {
-                perr(p, "bad \\u escape");
-                return -1;
-            }
-            if (cp >= 0xD800 && cp < 0xDC00 && p->pos + 6 <= p->len && p->s[p->pos] == '\\' &&
-                p->s[p->pos + 1] == 'u') {
-                p->pos += 2;
-                if (parse_hex4(p, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
-                    perr(p, "bad surrogate pair");
-                    return -1;
-                }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            }
-            put_utf8(b, cp);
-            break;
-        }
-        default:
-            perr(p, "bad escape in string");
-            return -1;
-        }
-    }
-    perr(p, "unterminated string");
-    return -1;
-}
-
-static dexec_value *parse_number(parser *p)
-{
-    size_t start = p->pos;
-    int is_float = 0;
-    char buf[64];
-    char *end;
-
-    if (p->pos < p->len && p->s[p->pos] == '-')
-        p->pos++;
-    if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9') {
-        perr(p, "expected a value");
-        return NULL;
-    }
-    while (p->pos < p->len) {
-        char c = p->s[p->pos];
-
-        if (c >= '0' && c <= '9') {
-            p->pos++;
-        } else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
-            is_float = 1;
-            p->pos++;
-        } else {
-            break;
-        }
-    }
-    if (p->pos - start >= sizeof(buf)) {
-        perr(p, "number too long");
-        return NULL;
-    }
-    memcpy(buf, p->s + start, p->pos - start);
-    buf[p->pos - start] = '\0';
-    errno = 0;
-    if (!is_float) {
-        long long v = strtoll(buf, &end, 10);
-
-        if (*end == '\0' && errno == 0)
-            return dexec_value_int(v);
-    }
-    errno = 0;
-    double d = strtod(buf, &end);
-    if (*end != '\0') {
-        p->pos = start;
-        perr(p, "malformed number");
-        return NULL;
-    }
-    return dexec_value_float(d);
-}
-
-static int match_word(parser *p, const char *w)
-{
-    size_t n = strlen(w);
-
-    if (p->pos + n <= p->len && memcmp(p->s + p->pos, w, n) == 0) {
-        p->pos += n;
-        return 1;
-    }
-    return 0;
-}
-
-static dexec_value *parse_container(parser *p, int depth, int is_map)
-{
-    dexec_value *v = is_map ? dexec_value_map() : dexec_value_array();
-    char close = is_map ? '}' : ']';
-
-    p->pos++;
-    skip_ws(p);
-    if (p->pos < p->len && p->s[p->pos] == close) {
-        p->pos++;
-        return v;
-    }
-    for (;;) {
-        strbuf key = {0};
-        dexec_value *item;
-
-        skip_ws(p);
-        if (is_map) {
-            if (p->pos >= p->len || p->s[p->pos] != '"') {
-                perr(p, "expected a string key");
-                goto fail;
-            }
-            if (parse_string_raw(p, &key) != 0) {
-                free(key.p);
-                goto fail;
-            }
-            skip_ws(p);
-            if (p->pos >= p->len || p->s[p->pos] != ':') {
-                free(key.p);
-                perr(p, "expected ':'");
-                goto fail;
-            }
-            p->pos++;
-        }
-        item = parse_value(p, depth + 1);
-        if (item == NULL) {
-            free(key.p);
-            goto fail;
-        }
-        if (is_map) {
-            /* a duplicate key keeps the last value, as most parsers do */
-            int rc = dexec_value_map_set(v, key.p, item);
-
-            free(key.p);
-            if (rc != 0) {
-                perr(p, "out of memory");
-                goto fail;
-            }
-        } else if (dexec_value_array_push(v, item) != 0) {
-            perr(p, "out of memory");
-            goto fail;
-        }
-        skip_ws(p);
-        if (p->pos < p->len && p->s[p->pos] == ',') {
-            p->pos++;
-            continue;
-        }
-        if (p->pos < p->len && p->s[p->pos] == close) {
-            p->pos++;
-            return v;
-        }
-        perr(p, is_map ? "expected ',' or '}'" : "expected ',' or ']'");
-        goto fail;
-    }
-fail:
-    dexec_value_free(v);
-    return NULL;
-}
-
-static dexec_value *parse_value(parser *p, int depth)
-{
     if (depth > DEXEC_VALUE_MAX_DEPTH) {
-        perr(p, "nesting too deep");
+        dexec_errorf(err, errlen, "nesting deeper than %d levels", DEXEC_VALUE_MAX_DEPTH);
         return NULL;
     }
-    skip_ws(p);
-    if (p->pos >= p->len) {
-        perr(p, "unexpected end of text");
-        return NULL;
-    }
-    switch (p->s[p->pos]) {
-    case '{': return parse_container(p, depth, 1);
-    case '[': return parse_container(p, depth, 0);
-    case '"': {
-        strbuf b = {0};
-        dexec_value *v;
+    switch (json_typeof(j)) {
+    case JSON_NULL: v = dexec_value_nil(); break;
+    case JSON_TRUE: v = dexec_value_bool(1); break;
+    case JSON_FALSE: v = dexec_value_bool(0); break;
+    case JSON_INTEGER: v = dexec_value_int((int64_t)json_integer_value(j)); break;
+    case JSON_REAL: v = dexec_value_float(json_real_value(j)); break;
+    case JSON_STRING: v = dexec_value_strn(json_string_value(j), json_string_length(j)); break;
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *item;
 
-        if (parse_string_raw(p, &b) != 0) {
-            free(b.p);
-            return NULL;
+        v = dexec_value_array();
+        json_array_foreach(j, i, item) {
+            dexec_value *c;
+
+            if (v == NULL)
+                break;
+            c = from_jansson(item, depth + 1, err, errlen);
+            if (c == NULL) {
+                dexec_value_free(v);
+                return NULL;
+            }
+            if (dexec_value_array_push(v, c) != 0) {
+                dexec_value_free(v);
+                v = NULL;
+            }
         }
-        v = dexec_value_strn(b.p, b.len);
-        free(b.p);
-        return v;
+        break;
     }
-    case 't':
-        if (match_word(p, "true"))
-            return dexec_value_bool(1);
+    case JSON_OBJECT: {
+        const char *key;
+        size_t klen;
+        json_t *item;
+
+        v = dexec_value_map();
+        json_object_keylen_foreach(j, key, klen, item) {
+            dexec_value *c;
+
+            if (v == NULL)
+                break;
+            if (memchr(key, '\0', klen) != NULL) {
+                dexec_errorf(err, errlen, "an object key contains a NUL character (\\u0000)");
+                dexec_value_free(v);
+                return NULL;
+            }
+            c = from_jansson(item, depth + 1, err, errlen);
+            if (c == NULL) {
+                dexec_value_free(v);
+                return NULL;
+            }
+            /* jansson refused duplicate keys already: append, no lookup */
+            if (dx_value_map_append(v, key, c) != 0) {
+                dexec_value_free(v);
+                v = NULL;
+            }
+        }
         break;
-    case 'f':
-        if (match_word(p, "false"))
-            return dexec_value_bool(0);
-        break;
-    case 'n':
-        if (match_word(p, "null"))
-            return dexec_value_nil();
-        break;
-    default:
-        return parse_number(p);
     }
-    perr(p, "expected a value");
-    return NULL;
+    }
+    if (v == NULL)
+        dexec_errorf(err, errlen, "out of memory reading JSON");
+    return v;
 }
 
 dexec_value *dexec_value_from_json(const char *text, size_t len, char *err, size_t errlen)
 {
-    parser p = {.s = text, .len = len, .err = err, .errlen = errlen};
+    json_error_t je;
+    json_t *root;
     dexec_value *v;
 
     if (text == NULL) {
-        dexec_errorf(err, errlen, "JSON: no text");
+        dexec_errorf(err, errlen, "no JSON text");
         return NULL;
     }
-    v = parse_value(&p, 0);
-    if (v == NULL)
-        return NULL;
-    skip_ws(&p);
-    if (p.pos != p.len) {
-        perr(&p, "trailing characters after the value");
-        dexec_value_free(v);
+    /* Strings holding "\u0000" are refused (no JSON_ALLOW_NUL): every text
+     * we read ends up in a C string. */
+    root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+    if (root == NULL) {
+        dexec_errorf(err, errlen, "%s (line %d, column %d)", je.text, je.line, je.column);
         return NULL;
     }
+    v = from_jansson(root, 0, err, errlen);
+    json_decref(root);
     return v;
 }

@@ -130,6 +130,18 @@ static dexec_value *decode_bytes(mp_in *in, uint64_t n, int is_str)
 
     if (need(in, n) != 0)
         return NULL;
+    if (is_str) {
+        size_t bad = dx_utf8_invalid_at((const char *)in->p + in->pos, (size_t)n);
+
+        if (bad != (size_t)-1) {
+            char what[96];
+
+            snprintf(what, sizeof(what), "string is not valid UTF-8 (byte %zu of %llu)", bad,
+                     (unsigned long long)n);
+            mp_err(in, what);
+            return NULL;
+        }
+    }
     v = is_str ? dexec_value_strn((const char *)in->p + in->pos, (size_t)n)
                : dexec_value_bin(in->p + in->pos, (size_t)n);
     if (v == NULL)
@@ -174,6 +186,8 @@ static dexec_value *decode_array(mp_in *in, uint64_t n, int depth)
 static dexec_value *decode_map(mp_in *in, uint64_t n, int depth)
 {
     dexec_value *v;
+    const char *dupkey;
+    int dup;
 
     if (n > (in->len - in->pos) / 2) {
         mp_err(in, "map length exceeds the bytes left");
@@ -196,13 +210,27 @@ static dexec_value *decode_map(mp_in *in, uint64_t n, int depth)
             return NULL;
         }
         val = decode(in, depth + 1);
-        if (val == NULL || dexec_value_map_set(v, key->u.str.ptr, val) != 0) {
+        if (val == NULL || dx_value_map_append(v, key->u.str.ptr, val) != 0) {
             dexec_value_free(key);
             dexec_value_free(v);
             mp_err(in, "bad map value");
             return NULL;
         }
         dexec_value_free(key);
+    }
+    /* duplicates checked once per map: a lookup per key would make a
+     * 160,000-key map cost minutes */
+    dup = dx_value_map_duplicate(v, &dupkey);
+    if (dup != 0) {
+        char what[160];
+
+        if (dup < 0)
+            snprintf(what, sizeof(what), "out of memory");
+        else
+            snprintf(what, sizeof(what), "map key '%.100s' appears twice", dupkey);
+        dexec_value_free(v);
+        mp_err(in, what);
+        return NULL;
     }
     return v;
 }

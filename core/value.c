@@ -152,6 +152,116 @@ int dexec_value_array_push(dexec_value *arr, dexec_value *item)
     return 0;
 }
 
+int dx_value_map_append(dexec_value *map, const char *key, dexec_value *val)
+{
+    char *k;
+
+    if (map == NULL || map->type != DEXEC_VAL_MAP || key == NULL || val == NULL) {
+        dexec_value_free(val);
+        return -1;
+    }
+    if (map->u.map.len == map->u.map.cap) {
+        size_t cap = map->u.map.cap ? map->u.map.cap * 2 : 4;
+        dexec_kv *items = realloc(map->u.map.items, cap * sizeof(*items));
+
+        if (items == NULL) {
+            dexec_value_free(val);
+            return -1;
+        }
+        map->u.map.items = items;
+        map->u.map.cap = cap;
+    }
+    k = strdup(key);
+    if (k == NULL) {
+        dexec_value_free(val);
+        return -1;
+    }
+    map->u.map.items[map->u.map.len].key = k;
+    map->u.map.items[map->u.map.len++].val = val;
+    return 0;
+}
+
+static int cmp_kv_ptr(const void *a, const void *b)
+{
+    const dexec_kv *x = *(const dexec_kv *const *)a, *y = *(const dexec_kv *const *)b;
+
+    return strcmp(x->key, y->key);
+}
+
+int dx_value_map_duplicate(const dexec_value *map, const char **dup)
+{
+    size_t n = map->u.map.len;
+    const dexec_kv **idx;
+    int found = 0;
+
+    *dup = NULL;
+    if (n < 2)
+        return 0;
+    idx = malloc(n * sizeof(*idx));
+    if (idx == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        idx[i] = &map->u.map.items[i];
+    qsort(idx, n, sizeof(*idx), cmp_kv_ptr);
+    for (size_t i = 1; i < n && !found; i++) {
+        if (strcmp(idx[i - 1]->key, idx[i]->key) == 0) {
+            *dup = idx[i]->key;
+            found = 1;
+        }
+    }
+    free(idx);
+    return found;
+}
+
+size_t dx_utf8_seq_len(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    size_t n;
+    uint32_t cp;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0; /* continuation byte, overlong lead (c0, c1) or > U+10FFFF lead */
+    }
+    if (avail < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    /* overlong forms, UTF-16 surrogates, beyond Unicode */
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+size_t dx_utf8_invalid_at(const char *s, size_t len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+
+    while (i < len) {
+        size_t n = dx_utf8_seq_len(u + i, len - i);
+
+        if (n == 0)
+            return i;
+        i += n;
+    }
+    return (size_t)-1;
+}
+
 int dexec_value_map_set(dexec_value *map, const char *key, dexec_value *val)
 {
     if (map == NULL || map->type != DEXEC_VAL_MAP || key == NULL || val == NULL) {
@@ -261,7 +371,8 @@ dexec_value *dexec_value_clone(const dexec_value *v)
         for (size_t i = 0; c != NULL && i < v->u.map.len; i++) {
             dexec_value *item = dexec_value_clone(v->u.map.items[i].val);
 
-            if (item == NULL || dexec_value_map_set(c, v->u.map.items[i].key, item) != 0) {
+            /* the source's keys are unique already: no lookup per key */
+            if (item == NULL || dx_value_map_append(c, v->u.map.items[i].key, item) != 0) {
                 dexec_value_free(c);
                 return NULL;
             }

@@ -193,6 +193,13 @@ static int dx_cmp_offsets(const void *a, const void *b)
     return 0;
 }
 
+static int dx_cmp_names(const void *a, const void *b)
+{
+    const dxk_tensor *x = *(const dxk_tensor *const *)a, *y = *(const dxk_tensor *const *)b;
+
+    return strcmp(x->name, y->name);
+}
+
 static dexec_status dx_parse_metadata(dxk_safetensors *st, const dexec_value *md, char *err,
                                       size_t errlen)
 {
@@ -243,7 +250,6 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
     }
     for (i = 0; i < root->u.map.len && s == DEXEC_OK; i++) {
         const dexec_kv *kv = &root->u.map.items[i];
-        size_t j;
 
         if (strcmp(kv->key, "__metadata__") == 0) {
             if (st->metadata != NULL) {
@@ -254,18 +260,10 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
             }
             continue;
         }
-        for (j = 0; j < n; j++) {
-            if (strcmp(st->tensors[j].name, kv->key) == 0) {
-                dexec_errorf(err, errlen, "%s: tensor '%s': appears twice in the header", st->path,
-                          kv->key);
-                s = DEXEC_EINVAL;
-            }
-        }
-        if (s == DEXEC_OK) {
-            s = dx_parse_tensor(st, kv->key, kv->val, &st->tensors[n], err, errlen);
-            if (s == DEXEC_OK)
-                n++;
-        }
+        /* no duplicate check here: the JSON reader refuses a repeated key */
+        s = dx_parse_tensor(st, kv->key, kv->val, &st->tensors[n], err, errlen);
+        if (s == DEXEC_OK)
+            n++;
     }
     st->ntensors = n;
     dexec_value_free(root);
@@ -276,6 +274,14 @@ static dexec_status dx_parse_header(dxk_safetensors *st, const char *json, size_
         return DEXEC_ENOMEM;
     }
     qsort(st->tensors, n, sizeof *st->tensors, dx_cmp_offsets);
+    st->byname = malloc((n ? n : 1) * sizeof *st->byname);
+    if (st->byname == NULL) {
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
+        return DEXEC_ENOMEM;
+    }
+    for (i = 0; i < n; i++)
+        st->byname[i] = &st->tensors[i];
+    qsort(st->byname, n, sizeof *st->byname, dx_cmp_names);
     for (i = 0; i < n; i++) {
         const dxk_tensor *t = &st->tensors[i];
 
@@ -440,6 +446,7 @@ void dxk_st_close(dxk_safetensors *st)
         }
         free(st->tensors);
     }
+    free(st->byname);
     if (st->map != NULL)
         munmap(st->map, st->map_len);
     dexec_value_free(st->metadata);
@@ -449,11 +456,19 @@ void dxk_st_close(dxk_safetensors *st)
 
 const dxk_tensor *dxk_st_find(const dxk_safetensors *st, const char *name)
 {
-    size_t i;
+    size_t lo = 0, hi = st->ntensors;
 
-    for (i = 0; i < st->ntensors; i++)
-        if (strcmp(st->tensors[i].name, name) == 0)
-            return &st->tensors[i];
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, st->byname[mid]->name);
+
+        if (c == 0)
+            return st->byname[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
     return NULL;
 }
 

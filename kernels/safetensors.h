@@ -36,6 +36,7 @@ typedef struct dxk_safetensors {
     size_t data_off; /* 8 + header length */
     size_t ntensors;
     dxk_tensor *tensors; /* in the order of their offsets */
+    const dxk_tensor **byname; /* the same tensors sorted by name, for dxk_st_find */
     dexec_value *metadata; /* MAP of string -> string (empty when absent) */
     size_t copied_bytes;   /* bytes of converted copies */
 } dxk_safetensors;
@@ -47,7 +48,7 @@ typedef struct dxk_safetensors {
 dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, size_t errlen);
 void dxk_st_close(dxk_safetensors *st);
 
-/* Borrowed; NULL when absent. */
+/* Borrowed; NULL when absent. O(log n). */
 const dxk_tensor *dxk_st_find(const dxk_safetensors *st, const char *name);
 const char *dxk_st_meta(const dxk_safetensors *st, const char *key);
 
