@@ -372,22 +372,26 @@ static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_
 {
     const char *id = r->request_id != NULL ? r->request_id : "(no id)";
 
-    if (r->height < 0)
-        return set_error(e, DEXEC_EINVAL, "request %zu (%s): height %d is negative", i, id,
-                         r->height);
-    if (r->width < 0)
-        return set_error(e, DEXEC_EINVAL, "request %zu (%s): width %d is negative", i, id,
-                         r->width);
-    if (r->num_inference_steps < 0)
-        return set_error(e, DEXEC_EINVAL, "request %zu (%s): num_inference_steps %d is negative",
-                         i, id, r->num_inference_steps);
-    if (r->num_outputs_per_prompt < 0)
+    /* the limits of <dexec/limits.h>, which the worker applies too */
+    if (r->height < 0 || r->height > DEXEC_MAX_IMAGE_SIZE)
+        return set_error(e, DEXEC_EINVAL, "request %zu (%s): height %d is outside 0..%d", i, id,
+                         r->height, DEXEC_MAX_IMAGE_SIZE);
+    if (r->width < 0 || r->width > DEXEC_MAX_IMAGE_SIZE)
+        return set_error(e, DEXEC_EINVAL, "request %zu (%s): width %d is outside 0..%d", i, id,
+                         r->width, DEXEC_MAX_IMAGE_SIZE);
+    if (r->num_inference_steps < 0 || r->num_inference_steps > DEXEC_MAX_STEPS)
         return set_error(e, DEXEC_EINVAL,
-                         "request %zu (%s): num_outputs_per_prompt %d is negative", i, id,
-                         r->num_outputs_per_prompt);
-    if (!isfinite(r->guidance_scale))
-        return set_error(e, DEXEC_EINVAL, "request %zu (%s): guidance_scale %g is not finite", i,
-                         id, r->guidance_scale);
+                         "request %zu (%s): num_inference_steps %d is outside 0..%d", i, id,
+                         r->num_inference_steps, DEXEC_MAX_STEPS);
+    if (r->num_outputs_per_prompt < 0 || r->num_outputs_per_prompt > DEXEC_MAX_OUTPUTS_PER_PROMPT)
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): num_outputs_per_prompt %d is outside 0..%d", i, id,
+                         r->num_outputs_per_prompt, DEXEC_MAX_OUTPUTS_PER_PROMPT);
+    if (!isfinite(r->guidance_scale) || r->guidance_scale > DEXEC_MAX_GUIDANCE)
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): guidance_scale %g is outside 0..%g (negative: the "
+                         "model's default)",
+                         i, id, r->guidance_scale, DEXEC_MAX_GUIDANCE);
     if (r->request_id != NULL && r->request_id[0] == '\0')
         return set_error(e, DEXEC_EINVAL,
                          "request %zu: request_id is empty (use NULL to have one assigned)", i);

@@ -27,10 +27,10 @@
 #endif
 
 /* Request limits: a request outside them is refused, not attempted. */
-#define DX_MAX_SIDE 4096
+#define DX_MAX_SIDE DEXEC_MAX_IMAGE_SIZE
 #define DX_MAX_TOKENS 16384
 #define DX_MAX_OUTPUTS 64
-#define DX_MAX_GUIDANCE 100.0
+#define DX_MAX_GUIDANCE DEXEC_MAX_GUIDANCE
 
 struct dxk_model {
     char *path;
@@ -215,24 +215,24 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
     *g = req->guidance_scale < 0 ? c->default_guidance : req->guidance_scale;
     *n = req->num_outputs_per_prompt > 0 ? req->num_outputs_per_prompt : 1;
     if (*H > DX_MAX_SIDE || *W > DX_MAX_SIDE) {
-        dexec_errorf(err, errlen, "image size %dx%d: height and width must be in 1..%d (0: %d)",
-               req->height, req->width, DX_MAX_SIDE, c->image_size);
+        dexec_errorf(err, errlen, "image size %dx%d (width x height): each must be in 1..%d (0: %d)",
+               req->width, req->height, DX_MAX_SIDE, c->image_size);
         return DEXEC_EINVAL;
     }
     if (*H % c->patch_size != 0 || *W % c->patch_size != 0) {
-        dexec_errorf(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *H,
-               *W, c->patch_size);
+        dexec_errorf(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *W,
+               *H, c->patch_size);
         return DEXEC_EINVAL;
     }
     tokens = (long)(*H / c->patch_size) * (*W / c->patch_size);
     if (tokens > DX_MAX_TOKENS) {
-        dexec_errorf(err, errlen, "image size %dx%d makes %ld tokens, more than %d", *H, *W, tokens,
+        dexec_errorf(err, errlen, "image size %dx%d makes %ld tokens, more than %d", *W, *H, tokens,
                DX_MAX_TOKENS);
         return DEXEC_EINVAL;
     }
-    if (*steps > 1000) {
-        dexec_errorf(err, errlen, "num_inference_steps %d is outside 1..1000 (0: the model's %d)",
-               req->num_inference_steps, c->default_steps);
+    if (*steps > DEXEC_MAX_STEPS) {
+        dexec_errorf(err, errlen, "num_inference_steps %d is outside 1..%d (0: the model's %d)",
+               req->num_inference_steps, DEXEC_MAX_STEPS, c->default_steps);
         return DEXEC_EINVAL;
     }
     if (!isfinite(*g) || *g > DX_MAX_GUIDANCE) {

@@ -74,8 +74,8 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
     dexec_status s = DEXEC_OK;
     int i;
 
-    if (a->steps < 1 || a->steps > 1000) {
-        snprintf(err, errlen, "num_inference_steps %d is outside 1..1000", a->steps);
+    if (a->steps < 1 || a->steps > DEXEC_MAX_STEPS) {
+        snprintf(err, errlen, "num_inference_steps %d is outside 1..%d", a->steps, DEXEC_MAX_STEPS);
         return DEXEC_EINVAL;
     }
     if (ws->B < (cfg ? 2 : 1) || ws->H != a->H || ws->W != a->W) {

@@ -187,26 +187,42 @@ START_TEST(step_rejects_bad_requests)
 
     r[1].height = -1;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
-    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): height -1 is negative");
+    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): height -1 is outside 0..4096");
     r[1].height = 0;
     r[1].width = -3;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
-    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): width -3 is negative");
+    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): width -3 is outside 0..4096");
     r[1].width = 0;
     r[1].num_inference_steps = -1;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "request 1 (x): num_inference_steps -1 is negative");
+                     "request 1 (x): num_inference_steps -1 is outside 0..1000");
     r[1].num_inference_steps = 0;
     r[1].num_outputs_per_prompt = -2;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "request 1 (x): num_outputs_per_prompt -2 is negative");
+                     "request 1 (x): num_outputs_per_prompt -2 is outside 0..64");
     r[1].num_outputs_per_prompt = 0;
+    /* the upper limits are those of <dexec/limits.h>, as in the worker */
+    r[1].width = DEXEC_MAX_IMAGE_SIZE + 1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "request 1 (x): width 4097 is outside 0..4096");
+    r[1].width = 0;
+    r[1].num_inference_steps = DEXEC_MAX_STEPS + 1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 1 (x): num_inference_steps 1001 is outside 0..1000");
+    r[1].num_inference_steps = 0;
+    r[1].guidance_scale = 100.5;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "request 1 (x): guidance_scale 100.5 is outside 0..100 (negative: the "
+                     "model's default)");
+    r[1].guidance_scale = -1;
     r[0].guidance_scale = NAN;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "request 0 ((no id)): guidance_scale nan is not finite");
+                     "request 0 ((no id)): guidance_scale nan is outside 0..100 (negative: the model's default)");
     r[0].guidance_scale = -1;
     r[0].request_id = "";
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);

@@ -924,10 +924,11 @@ START_TEST(test_generate_errors)
     r.seed = 1;
     r.height = 18;
     ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "image size 18x16 is not a multiple of the model's patch size 4");
+    /* width x height, as everywhere else */
+    ck_assert_str_eq(err, "image size 16x18 is not a multiple of the model's patch size 4");
     r.height = 5000;
     ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "image size 5000x0: height and width must be in 1..4096 (0: 16)");
+    ck_assert_str_eq(err, "image size 0x5000 (width x height): each must be in 1..4096 (0: 16)");
     r.height = 0;
     r.num_outputs_per_prompt = 65;
     ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EINVAL);

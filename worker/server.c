@@ -458,11 +458,12 @@ static int parse_request(const dexec_value *v, dexec_request *r, char *err, size
     if (read_str_field(v, "request_id", &r->request_id, err, errlen) != 0 ||
         read_str_field(v, "prompt", &r->prompt, err, errlen) != 0 ||
         read_str_field(v, "negative_prompt", &r->negative_prompt, err, errlen) != 0 ||
-        read_int_field(v, "height", 0, 8192, &h, err, errlen) != 0 ||
-        read_int_field(v, "width", 0, 8192, &w, err, errlen) != 0 ||
-        read_int_field(v, "num_inference_steps", 0, 10000, &steps, err, errlen) != 0 ||
-        read_int_field(v, "seed", INT64_MIN, INT64_MAX, &seed, err, errlen) != 0 ||
-        read_int_field(v, "num_outputs_per_prompt", 0, 64, &nout, err, errlen) != 0)
+        read_int_field(v, "height", 0, DEXEC_MAX_IMAGE_SIZE, &h, err, errlen) != 0 ||
+        read_int_field(v, "width", 0, DEXEC_MAX_IMAGE_SIZE, &w, err, errlen) != 0 ||
+        read_int_field(v, "num_inference_steps", 0, DEXEC_MAX_STEPS, &steps, err, errlen) != 0 ||
+        read_int_field(v, "seed", INT64_MIN, DEXEC_MAX_SEED, &seed, err, errlen) != 0 ||
+        read_int_field(v, "num_outputs_per_prompt", 0, DEXEC_MAX_OUTPUTS_PER_PROMPT, &nout, err,
+                       errlen) != 0)
         return -1;
     g = dexec_value_map_get(v, "guidance_scale");
     if (g != NULL && g->type != DEXEC_VAL_NIL && g->type != DEXEC_VAL_FLOAT &&

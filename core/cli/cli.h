@@ -38,8 +38,9 @@ extern const char cli_engine_opts_help[];
  * the error and returns NULL on failure. */
 dexec_engine *cli_open_engine(const cli_engine_opts *o);
 
-/* Writes an 8-bit grey or RGB image as PNG with tEXt chunks (pairs of
- * key, value; NULL-terminated). Returns 0, or -1 with a message in err. */
+/* Writes an 8-bit grey or RGB image as PNG to path (NULL: standard output)
+ * with text chunks (pairs of key, value; NULL-terminated): tEXt for ASCII
+ * values, iTXt for UTF-8 ones. Returns 0, or -1 with a message in err. */
 int cli_write_png(const char *path, const dexec_image *img, const char *const *text, char *err,
                   size_t errlen);
 

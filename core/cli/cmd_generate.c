@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <dexec/rpc.h>
@@ -30,9 +32,13 @@ static void generate_usage(FILE *out)
             "  -H, --height N             height in pixels (default: the model's)\n"
             "  -b, --batch-count N        number of images, seeds SEED..SEED+N-1 (default 1)\n"
             "  -o, --output FILE          output PNG (default output.png); with several\n"
-            "                             images: FILE-0.png, FILE-1.png, ...\n"
+            "                             images: FILE-0.png, FILE-1.png, ... (FILE-i is the\n"
+            "                             image of seed SEED+i); - writes the PNG to standard\n"
+            "                             output (one image) and every status line to stderr\n"
+            "      --scale N              enlarge each image N times, nearest neighbour, for\n"
+            "                             viewing (default 1: the model's pixels)\n"
             "      --timeout S            deadline for the whole batch (default timeouts.generate)\n"
-            "  -q, --quiet                no progress bar\n"
+            "  -q, --quiet                no progress bar, no line per image (errors only)\n"
             "%s",
             cli_engine_opts_help);
 }
@@ -100,19 +106,117 @@ static int parse_double(const char *opt, const char *s, double *out)
     return 0;
 }
 
-static char *output_name(const char *out, int index, int count)
+/* The file of image k of request i: FILE with one request of one image,
+ * else FILE-i (and FILE-i-k when a request made several), so that a name
+ * always says which seed it holds whatever else failed. */
+static char *output_name(const char *out, long index, long count, size_t k, size_t nimages)
 {
     const char *dot = strrchr(out, '.'), *slash = strrchr(out, '/');
     size_t stem = dot != NULL && (slash == NULL || dot > slash) ? (size_t)(dot - out)
                                                                  : strlen(out);
-    char *name;
+    char *name = malloc(strlen(out) + 48);
 
-    if (count <= 1)
-        return strdup(out);
-    name = malloc(strlen(out) + 24);
-    if (name != NULL)
-        sprintf(name, "%.*s-%d%s", (int)stem, out, index, out + stem);
+    if (name == NULL)
+        return NULL;
+    if (count <= 1 && nimages <= 1)
+        strcpy(name, out);
+    else if (nimages <= 1)
+        sprintf(name, "%.*s-%ld%s", (int)stem, out, index, out + stem);
+    else
+        sprintf(name, "%.*s-%ld-%zu%s", (int)stem, out, index, k, out + stem);
     return name;
+}
+
+/* Refuses, before any work, an output the command could not write: a
+ * format other than PNG, a directory that is missing or not writable, or
+ * several images to standard output. 0 or -1 (message printed). */
+static int check_output(const char *out, long batch)
+{
+    const char *slash = strrchr(out, '/'), *base = slash != NULL ? slash + 1 : out;
+    const char *dot = strrchr(base, '.');
+    char dir[4096];
+    struct stat sb;
+
+    if (strcmp(out, "-") == 0) {
+        if (batch > 1) {
+            fprintf(stderr,
+                    "dexec generate: -o - writes one image to standard output, but -b asks "
+                    "for %ld: use -b 1, or name a file\n",
+                    batch);
+            return -1;
+        }
+        return 0;
+    }
+    if (*base == '\0') {
+        fprintf(stderr, "dexec generate: -o %s names a directory: add a file name, e.g. %sout.png\n",
+                out, out);
+        return -1;
+    }
+    if (dot != NULL && dot != base && strcasecmp(dot, ".png") != 0) {
+        fprintf(stderr,
+                "dexec generate: -o %s: dexec writes PNG only: name the file %.*s.png\n", out,
+                (int)(dot - out), out);
+        return -1;
+    }
+    if (slash == NULL)
+        strcpy(dir, ".");
+    else if (slash == out)
+        strcpy(dir, "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out), out);
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "dexec generate: -o %s: directory %s: %s\n", out, dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "dexec generate: -o %s: %s is not a directory\n", out, dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "dexec generate: -o %s: cannot create files in %s: %s\n", out, dir,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* img enlarged factor times (nearest neighbour) into *out, whose pixels
+ * the caller frees. -1 when memory is exhausted. */
+static int scale_image(const dexec_image *img, int factor, dexec_image *out)
+{
+    size_t c = (size_t)img->channels, w = (size_t)img->width * (size_t)factor;
+
+    *out = *img;
+    out->width = img->width * factor;
+    out->height = img->height * factor;
+    out->pixels = malloc(w * (size_t)out->height * c);
+    if (out->pixels == NULL)
+        return -1;
+    for (size_t y = 0; y < (size_t)out->height; y++) {
+        const uint8_t *src = img->pixels + (y / (size_t)factor) * (size_t)img->width * c;
+        uint8_t *dst = out->pixels + y * w * c;
+
+        for (size_t x = 0; x < w; x++)
+            memcpy(dst + x * c, src + (x / (size_t)factor) * c, c);
+    }
+    return 0;
+}
+
+/* The model file rank 0 serves (get_info's "path"), for the PNG's text;
+ * NULL when it cannot be told. The caller frees it. */
+static char *model_of(dexec_engine *e)
+{
+    dexec_value *replies = NULL;
+    char *path = NULL;
+
+    if (dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, 0, &replies) == DEXEC_OK) {
+        const char *p = dexec_value_as_str(dexec_value_map_get(replies, "path"), NULL);
+
+        if (p != NULL)
+            path = strdup(p);
+    }
+    dexec_value_free(replies);
+    return path;
 }
 
 /* Value of a long option given as "--opt value" or "--opt=value". */
@@ -134,21 +238,71 @@ static const char *optval(int argc, char **argv, int *i, const char *s, const ch
     return NULL;
 }
 
+/* Writes the images of request i; returns how many could not be written. */
+static int write_outputs(const dexec_output *o, long i, long batch, const char *output,
+                         const dexec_request *base, const char *model, int scale, int quiet,
+                         FILE *info)
+{
+    char seed_s[32], steps_s[16], cfg_s[32];
+    int failed = 0;
+
+    snprintf(seed_s, sizeof(seed_s), "%" PRId64, o->seed);
+    snprintf(steps_s, sizeof(steps_s), "%d", o->steps);
+    snprintf(cfg_s, sizeof(cfg_s), "%g", o->guidance_scale);
+    for (size_t k = 0; k < o->num_images; k++) {
+        const char *text[] = {"prompt", base->prompt != NULL ? base->prompt : "",
+                              "negative_prompt",
+                              base->negative_prompt != NULL ? base->negative_prompt : "",
+                              "seed", seed_s, "steps", steps_s, "guidance_scale", cfg_s,
+                              "model", model != NULL ? model : "",
+                              "Software", "dexec " PACKAGE_VERSION, NULL};
+        const char *dest = strcmp(output, "-") == 0 ? NULL : output;
+        char err[512], *name = dest != NULL ? output_name(output, i, batch, k, o->num_images)
+                                            : strdup("-");
+        dexec_image big, *img = (dexec_image *)&o->images[k];
+        int rc;
+
+        if (name == NULL || (scale > 1 && scale_image(img, scale, &big) != 0)) {
+            fprintf(stderr, "dexec generate: image %ld (seed %" PRId64 "): out of memory\n", i,
+                    o->seed);
+            free(name);
+            failed++;
+            continue;
+        }
+        rc = cli_write_png(dest != NULL ? name : NULL, scale > 1 ? &big : img, text, err,
+                           sizeof(err));
+        if (scale > 1)
+            free(big.pixels);
+        if (rc != 0) {
+            fprintf(stderr, "dexec generate: image %ld (seed %" PRId64 "): %s\n", i, o->seed, err);
+            failed++;
+        } else if (!quiet) {
+            fprintf(info, "%s: %dx%d, seed %" PRId64 ", %d steps, cfg %g, rank %d, %.2f s\n",
+                    name, img->width * scale, img->height * scale, o->seed, o->steps,
+                    o->guidance_scale, o->rank,
+                    o->timings.encode_s + o->timings.denoise_s + o->timings.decode_s);
+        }
+        free(name);
+    }
+    return failed;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     cli_engine_opts eo = {0};
     dexec_request base;
     const char *output = "output.png", *v;
-    long batch = 1, n;
+    long batch = 1, n, scale = 1;
     double timeout_s = 0;
-    int quiet = 0, bad = 0, rc = 0, nimages = 0, written = 0;
+    int quiet = 0, bad = 0, rc = 0, lost = 0;
     int64_t seed = -1;
     dexec_engine *e;
     dexec_request *reqs;
     dexec_output *outs = NULL;
     bar b = {.lock = PTHREAD_MUTEX_INITIALIZER};
     dexec_status st;
-    double t0;
+    char *model = NULL, lost_list[256] = "";
+    FILE *info = stdout;
 
     dexec_request_init(&base);
     for (int i = 1; i < argc; i++) {
@@ -168,43 +322,60 @@ int cmd_generate(int argc, char **argv)
         } else if ((v = optval(argc, argv, &i, "-n", "--negative-prompt", &bad)) != NULL) {
             base.negative_prompt = v;
         } else if ((v = optval(argc, argv, &i, NULL, "--steps", &bad)) != NULL) {
-            if (parse_int("--steps", v, 1, 10000, &n) != 0)
+            if (parse_int("--steps", v, 1, DEXEC_MAX_STEPS, &n) != 0)
                 return 2;
             base.num_inference_steps = (int)n;
         } else if ((v = optval(argc, argv, &i, NULL, "--cfg-scale", &bad)) != NULL) {
             if (parse_double("--cfg-scale", v, &base.guidance_scale) != 0)
                 return 2;
             if (base.guidance_scale < 0) {
-                fprintf(stderr, "dexec generate: --cfg-scale must be >= 0\n");
+                fprintf(stderr, "dexec generate: --cfg-scale must be >= 0, got '%s'\n", v);
                 return 2;
             }
+            if (base.guidance_scale > DEXEC_GUIDANCE_WARN)
+                fprintf(stderr,
+                        "dexec generate: warning: --cfg-scale %s is far above the usual 1..%d: "
+                        "expect noise rather than a picture\n",
+                        v, DEXEC_GUIDANCE_WARN);
         } else if ((v = optval(argc, argv, &i, "-s", "--seed", &bad)) != NULL) {
             char *end;
 
             errno = 0;
             seed = strtoll(v, &end, 10);
             if (errno != 0 || *end != '\0' || end == v) {
-                fprintf(stderr, "dexec generate: --seed expects an integer, got '%s'\n", v);
+                fprintf(stderr,
+                        "dexec generate: --seed expects an integer in 0..%" PRId64
+                        " (negative: random), got '%s'\n",
+                        INT64_MAX, v);
                 return 2;
             }
         } else if ((v = optval(argc, argv, &i, "-W", "--width", &bad)) != NULL) {
-            if (parse_int("--width", v, 1, 8192, &n) != 0)
+            if (parse_int("--width", v, 1, DEXEC_MAX_IMAGE_SIZE, &n) != 0)
                 return 2;
             base.width = (int)n;
         } else if ((v = optval(argc, argv, &i, "-H", "--height", &bad)) != NULL) {
-            if (parse_int("--height", v, 1, 8192, &n) != 0)
+            if (parse_int("--height", v, 1, DEXEC_MAX_IMAGE_SIZE, &n) != 0)
                 return 2;
             base.height = (int)n;
         } else if ((v = optval(argc, argv, &i, "-b", "--batch-count", &bad)) != NULL) {
-            if (parse_int("--batch-count", v, 1, 10000, &batch) != 0)
+            if (parse_int("--batch-count", v, 1, DEXEC_MAX_BATCH, &batch) != 0)
                 return 2;
         } else if ((v = optval(argc, argv, &i, "-o", "--output", &bad)) != NULL) {
             output = v;
+        } else if ((v = optval(argc, argv, &i, NULL, "--scale", &bad)) != NULL) {
+            if (parse_int("--scale", v, 1, 64, &scale) != 0)
+                return 2;
         } else if ((v = optval(argc, argv, &i, NULL, "--timeout", &bad)) != NULL) {
             if (parse_double("--timeout", v, &timeout_s) != 0)
                 return 2;
             eo.set_key[eo.nset] = "timeouts.generate";
             eo.set_val[eo.nset++] = v;
+        } else if (!bad && argv[i][0] != '-') {
+            fprintf(stderr,
+                    "dexec generate: unexpected argument '%s': a prompt needs -p, as in: dexec "
+                    "generate -p \"%s\"\n",
+                    argv[i], argv[i]);
+            return 2;
         } else {
             if (!bad)
                 fprintf(stderr, "dexec generate: unknown option '%s' (see --help)\n", argv[i]);
@@ -213,13 +384,27 @@ int cmd_generate(int argc, char **argv)
         if (bad)
             return 2;
     }
+    /* every image's seed, SEED+i, must be a seed too: refuse rather than
+     * wrap into a negative number (which would mean "random") */
+    if (seed > INT64_MAX - (batch - 1)) {
+        fprintf(stderr,
+                "dexec generate: --seed %" PRId64 " with -b %ld: image %ld would need seed %" PRId64
+                "+%ld, above the largest seed %" PRId64 ": use a seed <= %" PRId64 "\n",
+                seed, batch, batch - 1, seed, batch - 1, INT64_MAX, INT64_MAX - (batch - 1));
+        return 2;
+    }
+    if (check_output(output, batch) != 0)
+        return 2;
+    if (strcmp(output, "-") == 0)
+        info = stderr; /* standard output carries the PNG alone */
     if (seed < 0) {
         uint64_t r = 0;
 
         if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r))
             r = (uint64_t)getpid() ^ (uint64_t)(dexec_now() * 1e6);
         seed = (int64_t)(r & 0xffffffffffffULL);
-        printf("seed: %" PRId64 "\n", seed);
+        if (!quiet)
+            fprintf(info, "seed: %" PRId64 "\n", seed);
     }
     reqs = calloc((size_t)batch, sizeof(*reqs));
     b.steps_done = calloc((size_t)batch, sizeof(int));
@@ -241,51 +426,44 @@ int cmd_generate(int argc, char **argv)
     }
     b.enabled = !quiet && isatty(STDERR_FILENO);
     b.nreq = (int)batch;
-    b.start = t0 = dexec_now();
+    b.start = dexec_now();
     st = dexec_engine_step(e, reqs, (size_t)batch, &outs, on_progress, &b);
     if (b.enabled)
         fprintf(stderr, "\n");
     if (st != DEXEC_OK) {
         fprintf(stderr, "dexec generate: %s\n", dexec_engine_last_error(e));
         rc = 1;
+    } else {
+        model = model_of(e);
     }
-    for (long i = 0; st == DEXEC_OK && i < batch; i++)
-        nimages += (int)outs[i].num_images;
     for (long i = 0; st == DEXEC_OK && i < batch; i++) {
-        dexec_output *o = &outs[i];
-        char seed_s[32], steps_s[16], cfg_s[32];
+        const dexec_output *o = &outs[i];
+
+        int failed;
 
         if (o->status != DEXEC_OK) {
-            fprintf(stderr, "dexec generate: %s\n", o->error != NULL ? o->error : "failed");
-            rc = 1;
-            continue;
+            fprintf(stderr, "dexec generate: image %ld (seed %" PRId64 ") lost: %s\n", i,
+                    seed + i, o->error != NULL ? o->error : "failed");
+            failed = 1;
+        } else {
+            failed = write_outputs(o, i, batch, output, &base, model, (int)scale, quiet, info);
         }
-        snprintf(seed_s, sizeof(seed_s), "%" PRId64, o->seed);
-        snprintf(steps_s, sizeof(steps_s), "%d", o->steps);
-        snprintf(cfg_s, sizeof(cfg_s), "%g", o->guidance_scale);
-        for (size_t k = 0; k < o->num_images; k++) {
-            const char *text[] = {"prompt", base.prompt != NULL ? base.prompt : "",
-                                  "negative_prompt",
-                                  base.negative_prompt != NULL ? base.negative_prompt : "",
-                                  "seed", seed_s, "steps", steps_s, "guidance_scale", cfg_s,
-                                  "Software", "dexec " PACKAGE_VERSION, NULL};
-            char err[512], *name = output_name(output, written, nimages);
+        if (failed > 0) {
+            size_t used = strlen(lost_list);
 
-            if (name == NULL || cli_write_png(name, &o->images[k], text, err, sizeof(err)) != 0) {
-                fprintf(stderr, "dexec generate: %s\n", name != NULL ? err : "out of memory");
-                rc = 1;
-            } else {
-                printf("%s: %dx%d, seed %" PRId64 ", %d steps, cfg %g, rank %d, %.2f s\n", name,
-                       o->images[k].width, o->images[k].height, o->seed, o->steps,
-                       o->guidance_scale, o->rank, o->timings.total_s);
-            }
-            free(name);
-            written++;
+            snprintf(lost_list + used, sizeof(lost_list) - used, "%s%ld", lost ? ", " : "", i);
+            lost++;
         }
+    }
+    if (lost > 0) {
+        fprintf(stderr, "dexec generate: %d of %ld image(s) not written (index %s)%s\n", lost,
+                batch, lost_list, lost < batch ? "; the others were" : "");
+        rc = 1;
     }
     if (st == DEXEC_OK)
         dexec_outputs_free(outs, (size_t)batch);
     dexec_engine_free(e);
+    free(model);
     free(reqs);
     free(b.steps_done);
     return rc;

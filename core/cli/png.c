@@ -1,5 +1,6 @@
 /* png.c - writes generated images as PNG (libpng) with the generation
- * parameters in tEXt chunks. */
+ * parameters as text chunks: tEXt for plain ASCII, iTXt (UTF-8, as the PNG
+ * specification requires for anything outside Latin-1) otherwise. */
 #include "config.h"
 
 #include <errno.h>
@@ -11,9 +12,18 @@
 
 #include "cli.h"
 
+static int is_ascii(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s >= 0x80)
+            return 0;
+    return 1;
+}
+
 int cli_write_png(const char *path, const dexec_image *img, const char *const *text, char *err,
                   size_t errlen)
 {
+    const char *label = path != NULL ? path : "standard output";
     png_structp png = NULL;
     png_infop info = NULL;
     png_text chunks[16];
@@ -28,10 +38,10 @@ int cli_write_png(const char *path, const dexec_image *img, const char *const *t
     else if (img->channels == 4)
         color = PNG_COLOR_TYPE_RGBA;
     else {
-        snprintf(err, errlen, "%s: cannot write an image with %d channels", path, img->channels);
+        snprintf(err, errlen, "%s: cannot write an image with %d channels", label, img->channels);
         return -1;
     }
-    f = fopen(path, "wb");
+    f = path != NULL ? fopen(path, "wb") : stdout;
     if (f == NULL) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
@@ -40,16 +50,19 @@ int cli_write_png(const char *path, const dexec_image *img, const char *const *t
     if (png != NULL)
         info = png_create_info_struct(png);
     if (png == NULL || info == NULL) {
-        snprintf(err, errlen, "%s: out of memory", path);
+        snprintf(err, errlen, "%s: out of memory", label);
         png_destroy_write_struct(&png, &info);
-        fclose(f);
+        if (path != NULL)
+            fclose(f);
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
-        snprintf(err, errlen, "%s: libpng failed to write the image", path);
+        snprintf(err, errlen, "%s: libpng failed to write the image", label);
         png_destroy_write_struct(&png, &info);
-        fclose(f);
-        remove(path);
+        if (path != NULL) {
+            fclose(f);
+            remove(path);
+        }
         return -1;
     }
     png_init_io(png, f);
@@ -58,9 +71,12 @@ int cli_write_png(const char *path, const dexec_image *img, const char *const *t
     for (int i = 0; text != NULL && text[i] != NULL && text[i + 1] != NULL && nchunks < 16;
          i += 2) {
         memset(&chunks[nchunks], 0, sizeof(chunks[0]));
-        chunks[nchunks].compression = PNG_TEXT_COMPRESSION_NONE;
+        chunks[nchunks].compression =
+            is_ascii(text[i + 1]) ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
         chunks[nchunks].key = (png_charp)text[i];
         chunks[nchunks].text = (png_charp)text[i + 1];
+        chunks[nchunks].lang = (png_charp) "";
+        chunks[nchunks].lang_key = (png_charp) "";
         nchunks++;
     }
     if (nchunks > 0)
@@ -70,8 +86,8 @@ int cli_write_png(const char *path, const dexec_image *img, const char *const *t
         png_write_row(png, img->pixels + (size_t)y * (size_t)img->width * (size_t)img->channels);
     png_write_end(png, NULL);
     png_destroy_write_struct(&png, &info);
-    if (fclose(f) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    if (path == NULL ? fflush(f) != 0 : fclose(f) != 0) {
+        snprintf(err, errlen, "%s: %s", label, strerror(errno));
         return -1;
     }
     return 0;

@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <dexec/limits.h>
 #include <dexec/value.h>
 
 #ifdef __cplusplus

@@ -1,0 +1,142 @@
+#!/bin/sh
+# test-cli-generate.sh - "dexec generate" as a user runs it, with real
+# workers: file names FILE-i by request index (also when a rank dies),
+# PNG text chunks (iTXt for UTF-8), -o - on standard output with status on
+# stderr, -q, --scale, and each refusal with its message and exit status 2
+# before any work is done.
+set -u
+cli=${DEXEC_CLI:?run me from make check}
+tmp=$(mktemp -d /tmp/dexec-test-cli-generate.XXXXXX) || exit 99
+gen_pid=
+cleanup() {
+    [ -n "$gen_pid" ] && kill -9 "$gen_pid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+unset DEXEC_CONFIG
+status=0
+export OPENBLAS_NUM_THREADS=1
+
+fail() {
+    echo "FAIL: $*"
+    for f in out err; do
+        [ -f "$tmp/$f" ] && { echo "--- $f:"; cat "$tmp/$f"; }
+    done
+    status=1
+}
+
+expect_in() { # file text
+    grep -F -- "$2" "$tmp/$1" >/dev/null || fail "no line in $1 with: $2"
+}
+
+# Prints the text chunks of a PNG as KEY=VALUE lines (iTXt marked).
+png_text() {
+    python3 - "$1" <<'PY'
+import struct, sys, zlib
+d = open(sys.argv[1], 'rb').read()
+assert d[:8] == b'\x89PNG\r\n\x1a\n', 'not a PNG'
+i = 8
+while i < len(d):
+    n, = struct.unpack('>I', d[i:i + 4]); t = d[i + 4:i + 8]; body = d[i + 8:i + 8 + n]
+    crc, = struct.unpack('>I', d[i + 8 + n:i + 12 + n])
+    assert zlib.crc32(t + body) == crc, 'bad CRC in ' + t.decode()
+    if t == b'IHDR':
+        w, h = struct.unpack('>II', body[:8]); print('size=%dx%d' % (w, h))
+    if t == b'tEXt':
+        k, v = body.split(b'\0', 1); print(k.decode('latin-1') + '=' + v.decode('latin-1'))
+    if t == b'iTXt':
+        k, rest = body.split(b'\0', 1)
+        v = rest[2:].split(b'\0', 2)[2]
+        print('iTXt:' + k.decode() + '=' + v.decode('utf-8'))
+    i += 12 + n
+PY
+}
+
+# 1. a batch: FILE-i, seeds SEED+i, text chunks, one line per image
+"$cli" generate -p sneaker -b 3 -s 5 --steps 2 -o "$tmp/o.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 0 ] || fail "batch: exit status $rc"
+for i in 0 1 2; do
+    [ -f "$tmp/o-$i.png" ] || fail "batch: no o-$i.png"
+    expect_in out "$tmp/o-$i.png: 28x28, seed $((5 + i)), 2 steps"
+done
+[ ! -e "$tmp/o.png" ] || fail "batch: o.png written besides o-i.png"
+png_text "$tmp/o-1.png" >"$tmp/text" || fail "o-1.png is not a valid PNG"
+for kv in size=28x28 prompt=sneaker seed=6 steps=2 "Software=dexec "; do
+    grep -F -- "$kv" "$tmp/text" >/dev/null || fail "o-1.png: no text chunk $kv: $(cat "$tmp/text")"
+done
+grep -E '^model=.*fashion-dit\.safetensors$' "$tmp/text" >/dev/null ||
+    fail "o-1.png: no model chunk: $(cat "$tmp/text")"
+
+# 2. -o -: the PNG alone on stdout, the status line on stderr; -q quiet
+"$cli" generate -p sneaker -s 3 --steps 2 -o - >"$tmp/stdout.png" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 0 ] || fail "-o -: exit status $rc"
+png_text "$tmp/stdout.png" >"$tmp/text" || fail "-o -: standard output is not a PNG"
+expect_in err "-: 28x28, seed 3, 2 steps"
+"$cli" generate -p sneaker -s 3 --steps 2 -q -o "$tmp/q.png" >"$tmp/out" 2>&1
+rc=$?
+[ "$rc" -eq 0 ] && [ -f "$tmp/q.png" ] || fail "-q: exit status $rc or no file"
+[ ! -s "$tmp/out" ] || fail "-q printed: $(cat "$tmp/out")"
+cmp -s "$tmp/q.png" "$tmp/stdout.png" || fail "-o - and a file differ for the same seed"
+
+# 3. UTF-8 text goes into iTXt; --scale enlarges by nearest neighbour
+"$cli" generate -p "a sneaker für ☃" -s 1 --steps 2 --scale 4 -o "$tmp/u.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 0 ] || fail "UTF-8 prompt: exit status $rc"
+png_text "$tmp/u.png" >"$tmp/text" || fail "u.png is not a valid PNG"
+grep -Fx "iTXt:prompt=a sneaker für ☃" "$tmp/text" >/dev/null || fail "no iTXt prompt: $(cat "$tmp/text")"
+grep -Fx "size=112x112" "$tmp/text" >/dev/null || fail "--scale 4: $(cat "$tmp/text")"
+
+# 4. refusals: exit 2, the message, and no worker started (fast)
+refuse() { # message args...
+    msg=$1
+    shift
+    "$cli" generate "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 2 ] || fail "generate $*: exit status $rc, expected 2"
+    expect_in err "$msg"
+}
+refuse "dexec generate: -o $tmp/nodir/x.png: directory $tmp/nodir: No such file or directory" \
+    -p sneaker --steps 1000 -b 3 -o "$tmp/nodir/x.png"
+refuse "dexec generate: -o $tmp/x.jpg: dexec writes PNG only: name the file $tmp/x.png" \
+    -p sneaker -o "$tmp/x.jpg"
+refuse "dexec generate: -o - writes one image to standard output, but -b asks for 2" \
+    -p sneaker -b 2 -o -
+refuse "dexec generate: unexpected argument 'sneaker': a prompt needs -p, as in: dexec generate -p \"sneaker\"" \
+    sneaker
+refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need seed 9223372036854775807+1, above the largest seed 9223372036854775807: use a seed <= 9223372036854775806" \
+    -p sneaker -s 9223372036854775807 -b 2
+refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
+[ ! -e "$tmp/x.jpg" ] && [ ! -e "$tmp/x.png" ] || fail "a refused run wrote a file"
+
+# 5. a rank killed mid-batch: its images are reported lost by index and
+# seed, the others keep their own names (request i -> o-i.png)
+"$cli" generate -p sneaker -b 4 -s 10 --steps 1000 --num-gpus 2 -o "$tmp/k.png" \
+    >"$tmp/out" 2>"$tmp/err" &
+gen_pid=$!
+victim=
+for _ in $(seq 1 100); do
+    victim=$(pgrep -P "$gen_pid" -f -- "--rank 1" | head -n 1)
+    [ -n "$victim" ] && break
+    sleep 0.1
+done
+if [ -z "$victim" ]; then
+    fail "rank 1's worker never appeared"
+else
+    sleep 1 # let it start the first image
+    kill -9 "$victim"
+fi
+wait "$gen_pid"
+rc=$?
+gen_pid=
+[ "$rc" -eq 1 ] || fail "killed rank: exit status $rc, expected 1"
+[ -f "$tmp/k-0.png" ] && [ -f "$tmp/k-2.png" ] || fail "killed rank: rank 0's k-0.png, k-2.png missing"
+[ ! -e "$tmp/k-1.png" ] && [ ! -e "$tmp/k-3.png" ] && [ ! -e "$tmp/k.png" ] ||
+    fail "killed rank: a lost image has a file: $(ls "$tmp")"
+expect_in err "dexec generate: image 1 (seed 11) lost: "
+expect_in err "dexec generate: image 3 (seed 13) lost: "
+expect_in err "dexec generate: 2 of 4 image(s) not written (index 1, 3); the others were"
+expect_in out "$tmp/k-2.png: 28x28, seed 12"
+
+exit $status
