@@ -275,6 +275,15 @@ dexec_value *dexec_value_from_json(const char *text, size_t len, char *err, size
      * we read ends up in a C string. */
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (root == NULL) {
+        /* jansson appends " near '<text>'": dropped, since the text may be
+         * a file's content that the reader of the message must not see
+         * (line and column locate the fault), except for a repeated key,
+         * whose name is what the reader needs and is a key of a JSON
+         * object already read */
+        char *near = strstr(je.text, " near '");
+
+        if (near != NULL && strncmp(je.text, "duplicate object key", 20) != 0)
+            *near = '\0';
         dexec_errorf(err, errlen, "%s (line %d, column %d)", je.text, je.line, je.column);
         return NULL;
     }

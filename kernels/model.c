@@ -264,6 +264,23 @@ static void dx_free_images(dexec_output *out)
     out->num_images = 0;
 }
 
+/* A model whose file was truncated or rewritten while mapped computes with
+ * zeros where the data vanished (dxk_st_catch_sigbus): refuse its results. */
+static dexec_status dx_check_file(const dxk_model *m, char *err, size_t errlen)
+{
+    size_t off;
+
+    if (!dxk_st_damaged(m->st, &off))
+        return DEXEC_OK;
+    dexec_errorf(err, errlen,
+                 "%s: the model file changed on disk while in use (its data at byte %zu is "
+                 "gone: truncated or rewritten in place); no image is made from it: reload "
+                 "the model (load_model) or restart the worker, and replace model files by "
+                 "renaming a new file over the old one",
+                 m->st->path, off);
+    return DEXEC_EIO;
+}
+
 dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *out,
                           dxk_step_fn step, void *user, char *err, size_t errlen)
 {
@@ -278,7 +295,9 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     char e2[768];
 
     t0 = dx_now();
-    s = dx_check_request(m, req, &H, &W, &steps, &g, &n, err, errlen);
+    s = dx_check_file(m, err, errlen);
+    if (s == DEXEC_OK)
+        s = dx_check_request(m, req, &H, &W, &steps, &g, &n, err, errlen);
     if (s != DEXEC_OK)
         return s;
     s = dxk_prompt_class(m->vocab, req->prompt, &y, err, errlen);
@@ -359,6 +378,8 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         out->timings.decode_s += dx_now() - t1;
     }
 done:
+    if (s == DEXEC_OK)
+        s = dx_check_file(m, err, errlen);
     if (s != DEXEC_OK)
         dx_free_images(out);
     free(noise);

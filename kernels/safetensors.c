@@ -9,7 +9,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,105 @@
 #include <dexec/rpc.h>
 
 #include "safetensors.h"
+
+/* ---- files that change under a mapping ------------------------------------- *
+ *
+ * Tensors are used in place in the mapping. If the file is truncated (or
+ * replaced by rewriting it in place) while mapped, touching a page past the
+ * new end raises SIGBUS, which would kill the worker with no word. The
+ * handler below, once installed (dxk_st_catch_sigbus), looks the faulting
+ * address up in the table of live mappings; when it belongs to one, it maps
+ * a page of zeros over it, so the computation runs to its end, and marks
+ * the file damaged: the model then fails the request, and every later one,
+ * with a message naming the file. A fault anywhere else keeps its default
+ * action. The handler reads the table without a lock: slots are filled
+ * before the mapping is used and cleared before it is unmapped. */
+
+#define DX_MAX_MAPS 64
+
+static struct {
+    char *volatile start;
+    volatile size_t len;
+    volatile sig_atomic_t damaged;
+    volatile size_t offset; /* first damaged byte seen */
+} dx_maps[DX_MAX_MAPS];
+static pthread_mutex_t dx_maps_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void dx_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+    char *a = si->si_addr;
+    long page = sysconf(_SC_PAGESIZE);
+    int i;
+
+    (void)ctx;
+    for (i = 0; i < DX_MAX_MAPS; i++) {
+        char *start = dx_maps[i].start;
+
+        if (start != NULL && a >= start && a < start + dx_maps[i].len) {
+            char *p = (char *)((uintptr_t)a & ~(uintptr_t)(page - 1));
+
+            if (mmap(p, (size_t)page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+                MAP_FAILED)
+                break;
+            if (!dx_maps[i].damaged)
+                dx_maps[i].offset = (size_t)(a - start);
+            dx_maps[i].damaged = 1;
+            return;
+        }
+    }
+    /* not a model mapping: die of it as if no handler were installed */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void dxk_st_catch_sigbus(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = dx_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+static void dx_track(dxk_safetensors *st)
+{
+    int i;
+
+    st->slot = -1;
+    pthread_mutex_lock(&dx_maps_lock);
+    for (i = 0; i < DX_MAX_MAPS; i++) {
+        if (dx_maps[i].start == NULL) {
+            dx_maps[i].len = st->map_len;
+            dx_maps[i].damaged = 0;
+            dx_maps[i].offset = 0;
+            dx_maps[i].start = st->map;
+            st->slot = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&dx_maps_lock);
+}
+
+static void dx_untrack(dxk_safetensors *st)
+{
+    if (st->slot < 0)
+        return;
+    pthread_mutex_lock(&dx_maps_lock);
+    dx_maps[st->slot].start = NULL;
+    pthread_mutex_unlock(&dx_maps_lock);
+    st->slot = -1;
+}
+
+int dxk_st_damaged(const dxk_safetensors *st, size_t *offset)
+{
+    if (st->slot < 0 || !dx_maps[st->slot].damaged)
+        return 0;
+    if (offset != NULL)
+        *offset = dx_maps[st->slot].offset;
+    return 1;
+}
 
 const char *dxk_dtype_name(dxk_dtype d)
 {
@@ -373,6 +475,7 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
         dexec_errorf(err, errlen, "%s: out of memory", path);
         return DEXEC_ENOMEM;
     }
+    st->slot = -1;
     /* O_NONBLOCK: a FIFO named like a model must not block the open */
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
@@ -404,11 +507,16 @@ dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, siz
         dxk_st_close(st);
         return DEXEC_EIO;
     }
+    dx_track(st);
     for (i = 7; i >= 0; i--)
         hlen = (hlen << 8) | ((const unsigned char *)st->map)[i];
     if (hlen < 2 || hlen > DXK_ST_MAX_HEADER) {
-        dexec_errorf(err, errlen, "%s: header length %llu is outside 2..%u bytes", path,
-                  (unsigned long long)hlen, DXK_ST_MAX_HEADER);
+        /* the value is not printed: it is the file's first 8 bytes, and
+         * the file may be anything a client named (a secret, say) */
+        dexec_errorf(err, errlen,
+                     "%s: not a safetensors file: its first 8 bytes do not hold a header "
+                     "length in 2..%u",
+                     path, DXK_ST_MAX_HEADER);
         dxk_st_close(st);
         return DEXEC_EINVAL;
     }
@@ -447,6 +555,7 @@ void dxk_st_close(dxk_safetensors *st)
         free(st->tensors);
     }
     free(st->byname);
+    dx_untrack(st);
     if (st->map != NULL)
         munmap(st->map, st->map_len);
     dexec_value_free(st->metadata);

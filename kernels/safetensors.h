@@ -39,6 +39,7 @@ typedef struct dxk_safetensors {
     const dxk_tensor **byname; /* the same tensors sorted by name, for dxk_st_find */
     dexec_value *metadata; /* MAP of string -> string (empty when absent) */
     size_t copied_bytes;   /* bytes of converted copies */
+    int slot;              /* entry in the SIGBUS handler's table, -1 if none */
 } dxk_safetensors;
 
 /* Maps and validates path. Errors: DEXEC_ENOTFOUND (no such file),
@@ -47,6 +48,18 @@ typedef struct dxk_safetensors {
  * *out is the caller's (dxk_st_close). */
 dexec_status dxk_st_open(const char *path, dxk_safetensors **out, char *err, size_t errlen);
 void dxk_st_close(dxk_safetensors *st);
+
+/* Installs the process-wide SIGBUS handler that survives a mapped model
+ * file being truncated or rewritten in place: the missing pages read as
+ * zeros and the file is marked damaged (dxk_st_damaged). For programs that
+ * serve models (dexec-worker); a fault outside model mappings still kills
+ * the process as before. */
+void dxk_st_catch_sigbus(void);
+
+/* 1 when part of st's mapping vanished under it (with the handler above
+ * installed), with *offset (may be NULL) the first byte found missing; the
+ * tensors then hold zeros there and must not be trusted. */
+int dxk_st_damaged(const dxk_safetensors *st, size_t *offset);
 
 /* Borrowed; NULL when absent. O(log n). */
 const dxk_tensor *dxk_st_find(const dxk_safetensors *st, const char *name);

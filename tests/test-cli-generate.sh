@@ -139,4 +139,24 @@ expect_in err "dexec generate: image 3 (seed 13) lost: "
 expect_in err "dexec generate: 2 of 4 image(s) not written (index 1, 3); the others were"
 expect_in out "$tmp/k-2.png: 28x28, seed 12"
 
+# 6. the model file truncated while the worker has it mapped: the request
+# fails naming the file, instead of the worker dying of SIGBUS
+cp "${DEXEC_MODEL_PATH%%:*}/fashion-dit.safetensors" "$tmp/m.safetensors" || exit 99
+"$cli" generate -p sneaker -s 1 --steps 1000 -m "$tmp/m.safetensors" -o "$tmp/t.png" \
+    >"$tmp/out" 2>"$tmp/err" &
+gen_pid=$!
+for _ in $(seq 1 100); do
+    pgrep -P "$gen_pid" >/dev/null && break
+    sleep 0.1
+done
+sleep 1 # the worker has loaded the model and is denoising
+truncate -s 4096 "$tmp/m.safetensors"
+wait "$gen_pid"
+rc=$?
+gen_pid=
+[ "$rc" -eq 1 ] || fail "truncated model: exit status $rc, expected 1"
+expect_in err "$tmp/m.safetensors: the model file changed on disk while in use"
+grep -F "signal" "$tmp/err" >/dev/null && fail "truncated model: the worker died of a signal"
+[ ! -e "$tmp/t.png" ] || fail "truncated model: an image was written"
+
 exit $status

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dit.h"
 #include "kernels.h"
@@ -912,6 +913,49 @@ START_TEST(test_generate_thread_count)
 }
 END_TEST
 
+/* A model file truncated while the model has it mapped: the request fails
+ * naming the file (no SIGBUS death), and so does every later one. */
+START_TEST(test_truncated_model_file)
+{
+    char src[4096], path[4096], err[2048];
+    dxk_model *m = NULL;
+    dexec_request r;
+    dexec_output o;
+    FILE *in, *out;
+    int c;
+
+    golden_model_path(src, sizeof src);
+    snprintf(path, sizeof path, "%s/dexec-trunc-%d.safetensors",
+             getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    in = fopen(src, "rb");
+    out = fopen(path, "wb");
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(out);
+    while ((c = fgetc(in)) != EOF)
+        fputc(c, out);
+    fclose(in);
+    ck_assert_int_eq(fclose(out), 0);
+
+    dxk_st_catch_sigbus();
+    ck_assert_msg(dxk_model_open(path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_int_eq(truncate(path, 4096), 0);
+    memset(&o, 0, sizeof o);
+    dexec_request_init(&r);
+    r.seed = 1;
+    r.num_inference_steps = 2;
+    ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EIO);
+    ck_assert_msg(strncmp(err, path, strlen(path)) == 0 &&
+                      strstr(err, ": the model file changed on disk while in use (its data at "
+                                  "byte ") != NULL,
+                  "%s", err);
+    ck_assert_ptr_null(o.images);
+    /* still refused: the zeros must never reach an image */
+    ck_assert_int_eq(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err), DEXEC_EIO);
+    dxk_model_free(m);
+    unlink(path);
+}
+END_TEST
+
 START_TEST(test_generate_errors)
 {
     dxk_model *m = open_golden();
@@ -1033,6 +1077,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(api, test_generate_determinism);
     tcase_add_test(api, test_generate_thread_count);
     tcase_add_test(api, test_generate_errors);
+    tcase_add_test(api, test_truncated_model_file);
     tcase_add_test(api, test_model_info);
     suite_add_tcase(s, ops);
     suite_add_tcase(s, smp);

@@ -155,8 +155,9 @@ START_TEST(test_malformed_table)
         const char *msg;
     } cases[] = {
         {"huge header length", UINT64_C(1) << 40, "{}", 0, DEXEC_EINVAL,
-         "header length 1099511627776 is outside 2..104857600 bytes"},
-        {"header length 1", 1, "{}", 0, DEXEC_EINVAL, "header length 1 is outside 2..104857600 bytes"},
+         "not a safetensors file: its first 8 bytes do not hold a header length in 2..104857600"},
+        {"header length 1", 1, "{}", 0, DEXEC_EINVAL,
+         "not a safetensors file: its first 8 bytes do not hold a header length in 2..104857600"},
         {"header past the end", 64, "{" T2 "}", 0, DEXEC_EINVAL,
          "header length 64 runs past the end of the file (62 bytes): truncated?"},
         {"truncated data", 0, "{" T2 "}", 5, DEXEC_EINVAL,
@@ -202,11 +203,10 @@ START_TEST(test_malformed_table)
          DEXEC_EINVAL,
          "header is not valid JSON: duplicate object key near '\"x\"' (line 1, column 28)"},
         {"metadata not UTF-8", 0, "{\"__metadata__\":{\"x\":\"caf\xe9\"}}", 0, DEXEC_EINVAL,
-         "header is not valid JSON: unable to decode byte 0xe9 near '\"caf' (line 1, column 25)"},
+         "header is not valid JSON: unable to decode byte 0xe9 (line 1, column 25)"},
         {"NUL in a name", 0, "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}",
          0, DEXEC_EINVAL,
-         "header is not valid JSON: NUL byte in object key not supported near '\"a\\u0000b\"' "
-         "(line 1, column 11)"},
+         "header is not valid JSON: NUL byte in object key not supported (line 1, column 11)"},
     };
     size_t i;
 

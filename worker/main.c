@@ -27,6 +27,7 @@
 #include "listen.h"
 #include "node.h"
 #include "registry.h"
+#include "safetensors.h"
 #include "server.h"
 
 static dxw_server *g_server;
@@ -115,6 +116,9 @@ int main(int argc, char **argv)
     dxw_listener lis = {.fd = -1};
     struct sigaction sa;
 
+    /* a model file truncated under its mapping fails requests, naming the
+     * file, instead of killing the worker with SIGBUS */
+    dxk_st_catch_sigbus();
     while ((c = getopt_long(argc, argv, "l:r:m:d:hV", longopts, NULL)) != -1) {
         switch (c) {
         case 'l': listen_addr = optarg; break;

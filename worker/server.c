@@ -608,8 +608,14 @@ static void *rank_main(void *arg)
     wrank *r = arg;
     sigset_t all;
 
-    /* signals belong to the I/O thread */
+    /* signals belong to the I/O thread, except the synchronous ones a
+     * fault raises in this thread: blocked, they kill the process outright
+     * (SIGBUS of a truncated model file must reach its handler) */
     sigfillset(&all);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
         job *j;
