@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,12 +74,32 @@ static dexec_discovery *open_default(void)
     return d;
 }
 
+/* A unix socket that accepts connections, as a live worker's does: a
+ * holder whose address refuses is taken for dead (see dead_holder_...). */
+static char live_addr[400];
+static int live_fd = -1;
+
+static void listen_live(void)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+    snprintf(live_addr, sizeof(live_addr), "unix:%s/live-%d.sock", test_tmpdir(), (int)getpid());
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", live_addr + 5);
+    unlink(sa.sun_path);
+    live_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(live_fd, 0);
+    ck_assert_int_eq(bind(live_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(live_fd, 16), 0);
+}
+
 static dexec_actor_info entry(const char *name, const char *instance, int pid)
 {
     dexec_actor_info a = {0};
 
+    if (live_fd < 0)
+        listen_live();
     a.name = (char *)name;
-    a.address = "unix:/run/dexec/w.sock";
+    a.address = live_addr;
     a.host = "hostA";
     a.instance = (char *)instance;
     a.rank = 1;
@@ -99,7 +120,7 @@ START_TEST(register_resolve_list_deregister)
     ck_assert_int_eq(ops->register_actor(d, &a, 3, err, sizeof(err)), DEXEC_OK);
     ck_assert_int_eq(ops->resolve(d, "w0", &got, err, sizeof(err)), DEXEC_OK);
     ck_assert_str_eq(got.name, "w0");
-    ck_assert_str_eq(got.address, "unix:/run/dexec/w.sock");
+    ck_assert_str_eq(got.address, live_addr);
     ck_assert_str_eq(got.host, "hostA");
     ck_assert_str_eq(got.instance, "inst-1");
     ck_assert_int_eq(got.rank, 1);
@@ -117,8 +138,11 @@ START_TEST(register_resolve_list_deregister)
     ck_assert_int_eq(ops->register_actor(d, &a, 3, err, sizeof(err)), DEXEC_OK);
     /* another instance is refused and told who holds the name */
     ck_assert_int_eq(ops->register_actor(d, &b, 3, err, sizeof(err)), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "name w0 is held by pid 123 on host hostA (instance inst-1, address "
-                          "unix:/run/dexec/w.sock); stop that worker or choose another name");
+    snprintf(expect, sizeof(expect),
+             "name w0 is held by pid 123 on host hostA (instance inst-1, address %s); stop that "
+             "worker or choose another name",
+             live_addr);
+    ck_assert_str_eq(err, expect);
     /* its heartbeat is refused too: it must not steal the entry */
     ck_assert_int_eq(ops->heartbeat(d, &b, 3, err, sizeof(err)), DEXEC_EINVAL);
 
@@ -161,6 +185,58 @@ START_TEST(register_resolve_list_deregister)
 
     ck_assert_int_eq(ops->resolve(d, "a:b", &got, err, sizeof(err)), DEXEC_EINVAL);
     ck_assert_str_eq(err, "bad actor name 'a:b': use 1 to 128 characters of [A-Za-z0-9_.-]");
+    ops->close(d);
+}
+END_TEST
+
+/* A pid that certainly does not exist: a child that was reaped. */
+static int dead_pid(void)
+{
+    pid_t p = fork();
+
+    if (p == 0)
+        _exit(0);
+    ck_assert_int_gt(p, 0);
+    waitpid(p, NULL, 0);
+    return (int)p;
+}
+
+/* A crashed holder's entry outlives it until its TTL runs out; a newcomer
+ * that finds the holder certainly dead (nothing at its address, or its pid
+ * gone on this host) takes the name over at once, by compare-and-swap, so
+ * that of two newcomers only one wins. A holder that answers keeps it. */
+START_TEST(dead_holder_is_taken_over)
+{
+    dexec_discovery *d = open_default();
+    dexec_actor_info dead = entry("w1", "inst-dead", 123), b = entry("w1", "inst-b", 456);
+    dexec_actor_info c = entry("w1", "inst-c", 789), here = entry("w2", "inst-gone", 0);
+    dexec_actor_info d2 = entry("w2", "inst-new", 42), got;
+    char err[1024], gone[400], me[256] = "", reply[64];
+
+    snprintf(gone, sizeof(gone), "unix:%s/nobody-%d.sock", test_tmpdir(), (int)getpid());
+    dead.address = gone;
+    ck_assert_int_eq(ops->register_actor(d, &dead, 60, err, sizeof(err)), DEXEC_OK);
+    ck_assert_msg(ops->register_actor(d, &b, 60, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    ck_assert_int_eq(ops->resolve(d, "w1", &got, err, sizeof(err)), DEXEC_OK);
+    ck_assert_str_eq(got.instance, "inst-b");
+    dexec_actor_info_clear(&got);
+    /* the new entry has the newcomer's TTL */
+    ck_assert_int_eq(test_redis_cmd(&redis, "TTL t:actor:w1", reply, sizeof(reply)), 0);
+    ck_assert_msg(strcmp(reply, ":60") == 0 || strcmp(reply, ":59") == 0, "TTL %s", reply);
+    /* b answers at its address: the next newcomer is refused */
+    ck_assert_int_eq(ops->register_actor(d, &c, 60, err, sizeof(err)), DEXEC_EINVAL);
+    ck_assert_msg(strstr(err, "name w1 is held by pid 456 on host hostA (instance inst-b") == err,
+                  "%s", err);
+
+    /* same host, pid gone: dead even though something listens at the address */
+    ck_assert_int_eq(gethostname(me, sizeof(me) - 1), 0);
+    here.host = me;
+    here.pid = dead_pid();
+    ck_assert_int_eq(ops->register_actor(d, &here, 60, err, sizeof(err)), DEXEC_OK);
+    ck_assert_msg(ops->register_actor(d, &d2, 60, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    ck_assert_int_eq(ops->resolve(d, "w2", &got, err, sizeof(err)), DEXEC_OK);
+    ck_assert_str_eq(got.instance, "inst-new");
+    dexec_actor_info_clear(&got);
     ops->close(d);
 }
 END_TEST
@@ -366,6 +442,39 @@ START_TEST(worker_registers_and_deregisters)
 }
 END_TEST
 
+/* dexec-worker --name after the previous holder was SIGKILLed, long
+ * before its TTL (60 s) runs out: the newcomer takes the name over (so a
+ * systemd restart of a crashed worker succeeds) and logs it. */
+START_TEST(killed_worker_name_taken_over)
+{
+    dexec_discovery *d = open_default();
+    const char *args[16];
+    char sock[400], sock2[400];
+    test_worker w, w2;
+    dexec_actor_info a;
+
+    snprintf(sock, sizeof(sock), "unix:%s/crash-a.sock", test_tmpdir());
+    snprintf(sock2, sizeof(sock2), "unix:%s/crash-b.sock", test_tmpdir());
+    worker_args(args, sock, "phoenix", "0", "60");
+    ck_assert_int_eq(test_worker_start(&w, args, 30), 0);
+    kill(w.pid, SIGKILL);
+    test_worker_wait(&w, 5);
+    ck_assert(registered(d, "phoenix", NULL)); /* the entry outlives it */
+    worker_args(args, sock2, "phoenix", "0", "60");
+    ck_assert_msg(test_worker_start(&w2, args, 30) == 0, "%s", test_worker_stderr(&w2));
+    ck_assert(registered(d, "phoenix", &a));
+    ck_assert_str_eq(a.address, sock2);
+    ck_assert_int_eq(a.pid, (int)w2.pid);
+    dexec_actor_info_clear(&a);
+    ck_assert_msg(strstr(test_worker_stderr(&w2), "name phoenix: took over the entry of pid ") !=
+                      NULL,
+                  "%s", test_worker_stderr(&w2));
+    kill(w2.pid, SIGTERM);
+    test_worker_wait(&w2, 10);
+    ops->close(d);
+}
+END_TEST
+
 START_TEST(killed_worker_expires_within_ttl)
 {
     dexec_discovery *d = open_default();
@@ -483,6 +592,7 @@ static Suite *discovery_suite(void)
 
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, register_resolve_list_deregister);
+    tcase_add_test(t, dead_holder_is_taken_over);
     tcase_add_test(t, heartbeat_reregisters_vanished_key);
     tcase_add_test(t, auth_and_select_survive_reconnect);
     tcase_add_test(t, bad_url);
@@ -493,6 +603,7 @@ static Suite *discovery_suite(void)
 
     tcase_add_checked_fixture(wk, setup, teardown);
     tcase_add_test(wk, worker_registers_and_deregisters);
+    tcase_add_test(wk, killed_worker_name_taken_over);
     tcase_add_test(wk, killed_worker_expires_within_ttl);
     tcase_add_test(wk, worker_reregisters_after_redis_restart);
     tcase_add_test(wk, worker_refuses_unreachable_registry);

@@ -31,11 +31,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
@@ -56,6 +58,9 @@ struct dexec_discovery {
     int db;
     char ns[128];
     double connect_timeout, command_timeout;
+    /* the host's logger (NULL when opened without a host) */
+    void (*log)(dexec_log_level level, const char *component, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 };
 
 /* Refreshes the TTL when the entry is ours (1), writes it again when the
@@ -72,6 +77,17 @@ static const char heartbeat_lua[] =
     "  return {1}\n"
     "end\n"
     "return {0, v}\n";
+
+/* Replaces the entry only if it is still exactly the one judged dead
+ * (ARGV[1]): 1 replaced, 0 it changed meanwhile. Two newcomers that both
+ * found the holder dead cannot both win: the second compares against the
+ * first one's entry. */
+static const char takeover_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
 
 /* Deletes the key only if the entry is ours: 1 deleted, 0 absent, -1 not ours. */
 static const char deregister_lua[] =
@@ -510,6 +526,7 @@ static dexec_status rd_open(const dexec_host *host, const char *url, dexec_disco
         return DEXEC_ENOMEM;
     d->connect_timeout = 2.0;
     d->command_timeout = 2.0;
+    d->log = host != NULL ? host->log : NULL;
     if (cfg != NULL) {
         if (url == NULL || *url == '\0')
             dexec_config_get_string(cfg, "discovery.redis.url", &url);
@@ -534,7 +551,34 @@ static dexec_status rd_open(const dexec_host *host, const char *url, dexec_disco
     return DEXEC_OK;
 }
 
-/* SET NX; on refusal, recognise our own entry (refresh it) or name the holder. */
+/* Whether the holder of an entry is gone: its pid no longer exists (when it
+ * registered from this host), or nothing accepts connections at its
+ * address (refused, no such socket). A holder that does not answer in
+ * time is taken as alive: only a certain death frees a name. 1 dead, with
+ * the reason in why; 0 alive or unknown. */
+static int holder_dead(const struct dexec_discovery *d, const dexec_actor_info *h, char *why,
+                       size_t whylen)
+{
+    char me[256] = "", perr[512];
+    dexec_conn *c = NULL;
+    dexec_status st;
+
+    if (gethostname(me, sizeof(me) - 1) == 0 && strcmp(me, h->host) == 0 && h->pid > 0 &&
+        kill(h->pid, 0) != 0 && errno == ESRCH) {
+        snprintf(why, whylen, "pid %d does not exist on this host", h->pid);
+        return 1;
+    }
+    st = dexec_conn_connect(h->address, d->connect_timeout, &c, perr, sizeof(perr));
+    dexec_conn_free(c);
+    if (st == DEXEC_EIO) {
+        snprintf(why, whylen, "%s", perr);
+        return 1;
+    }
+    return 0;
+}
+
+/* SET NX; on refusal, recognise our own entry (refresh it), take over the
+ * entry of a holder that is certainly dead, or name the holder. */
 static dexec_status do_register(dexec_discovery *d, const dexec_actor_info *a, int ttl_s,
                                 char *err, size_t errlen)
 {
@@ -547,8 +591,9 @@ static dexec_status do_register(dexec_discovery *d, const dexec_actor_info *a, i
     json = entry_json(a);
     if (json == NULL)
         return DEXEC_ENOMEM;
-    /* two rounds: the holder's key may expire between our SET and GET */
-    for (int round = 0; round < 2; round++) {
+    /* a few rounds: the holder's key may expire between our SET and GET,
+     * or another newcomer may take a dead holder's entry before us */
+    for (int round = 0; round < 3; round++) {
         const char *set[6] = {"SET", key, json, "EX", ttl, "NX"};
         const char *get[2] = {"GET", key};
         redisReply *r = NULL;
@@ -583,6 +628,30 @@ static dexec_status do_register(dexec_discovery *d, const dexec_actor_info *a, i
             if (st == DEXEC_OK)
                 freeReplyObject(r2);
             break;
+        }
+        if (h.instance != NULL) {
+            char why[600];
+
+            if (holder_dead(d, &h, why, sizeof(why))) {
+                const char *cas[7] = {"EVAL", takeover_lua, "1", key, r->str, json, ttl};
+                redisReply *r2 = NULL;
+                int won;
+
+                st = command(d, 7, cas, &r2, err, errlen);
+                won = st == DEXEC_OK && r2->type == REDIS_REPLY_INTEGER && r2->integer == 1;
+                if (st == DEXEC_OK)
+                    freeReplyObject(r2);
+                if (won && d->log != NULL)
+                    d->log(DEXEC_LOG_WARN, "redis_discovery",
+                           "name %s: took over the entry of pid %d on host %s (instance %s), "
+                           "which is gone: %s",
+                           a->name, h.pid, h.host, h.instance, why);
+                dexec_actor_info_clear(&h);
+                freeReplyObject(r);
+                if (st != DEXEC_OK || won)
+                    break;
+                continue; /* changed meanwhile: look again */
+            }
         }
         dexec_actor_info_clear(&h);
         st = held_error(d, key, a->name, r->str, r->len, err, errlen);
