@@ -144,7 +144,7 @@ START_TEST(abi_major_mismatch)
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 2.0, this dexec speaks 1.0: rebuild the plugin against dexec 1",
+             "plugin %s: ABI 2.0, this dexec speaks 1.1: rebuild the plugin against dexec 1",
              path);
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
@@ -156,7 +156,7 @@ START_TEST(abi_minor_newer)
 
     plugin_path(path, sizeof(path), plugdir, "testnewer");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 1.1 is newer than this dexec's 1.0: upgrade dexec, or rebuild "
+             "plugin %s: ABI 1.2 is newer than this dexec's 1.1: upgrade dexec, or rebuild "
              "the plugin against this one",
              path);
     expect_refusal("testnewer", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
