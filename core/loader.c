@@ -1,6 +1,6 @@
 /*
- * loader.c - finds, opens and checks plugins (executor backends and
- * discovery plugins).
+ * loader.c - finds, opens and checks plugins (executor backends, discovery
+ * plugins and devices).
  *
  * A plugin is opened with dlopen(RTLD_NOW | RTLD_LOCAL) and accepted only
  * when its descriptor passes every check in plugin.h; the checks read data
@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <dexec/device.h>
 
 #include "internal.h"
 
@@ -55,8 +57,20 @@ static const char *kind_name(uint32_t kind)
     switch (kind) {
     case DEXEC_PLUGIN_EXECUTOR: return "executor";
     case DEXEC_PLUGIN_DISCOVERY: return "discovery";
+    case DEXEC_PLUGIN_DEVICE: return "device";
     }
     return NULL;
+}
+
+/* "an executor plugin", "a discovery plugin", "a device plugin" */
+static const char *kind_phrase(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "an executor plugin";
+    case DEXEC_PLUGIN_DISCOVERY: return "a discovery plugin";
+    case DEXEC_PLUGIN_DEVICE: return "a device plugin";
+    }
+    return "a plugin of unknown kind";
 }
 
 static int valid_name(const char *name)
@@ -76,61 +90,78 @@ static int unload_requested(void)
     return v != NULL && strcmp(v, "1") == 0;
 }
 
-/* Checks the ops table of an executor or discovery plugin: present, of a
- * plausible size, every function the core calls set. */
+/* A function of an ops table the core calls, by name and offset. */
+typedef struct ops_fn {
+    const char *name;
+    size_t offset;
+} ops_fn;
+
+static const ops_fn exec_fns[] = {
+    {"create", offsetof(dexec_executor_ops, create)},
+    {"num_ranks", offsetof(dexec_executor_ops, num_ranks)},
+    {"collective_rpc", offsetof(dexec_executor_ops, collective_rpc)},
+    {"add_requests", offsetof(dexec_executor_ops, add_requests)},
+    {"check_health", offsetof(dexec_executor_ops, check_health)},
+    {"shutdown", offsetof(dexec_executor_ops, shutdown)},
+    {NULL, 0},
+};
+static const ops_fn disc_fns[] = {
+    {"open", offsetof(dexec_discovery_ops, open)},
+    {"register_actor", offsetof(dexec_discovery_ops, register_actor)},
+    {"heartbeat", offsetof(dexec_discovery_ops, heartbeat)},
+    {"resolve", offsetof(dexec_discovery_ops, resolve)},
+    {"list", offsetof(dexec_discovery_ops, list)},
+    {"deregister", offsetof(dexec_discovery_ops, deregister)},
+    {"close", offsetof(dexec_discovery_ops, close)},
+    {NULL, 0},
+};
+static const ops_fn device_fns[] = {
+    {"probe", offsetof(dexec_device_ops, probe)},
+    {"open", offsetof(dexec_device_ops, open)},
+    {NULL, 0},
+};
+
+/* Checks the ops table of a plugin: present, of a plausible size, every
+ * function the core calls set. */
 static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char *err,
                               size_t errlen)
 {
-    static const struct {
-        const char *name;
-        size_t offset;
-    } exec_fns[] = {
-        {"create", offsetof(dexec_executor_ops, create)},
-        {"num_ranks", offsetof(dexec_executor_ops, num_ranks)},
-        {"collective_rpc", offsetof(dexec_executor_ops, collective_rpc)},
-        {"add_requests", offsetof(dexec_executor_ops, add_requests)},
-        {"check_health", offsetof(dexec_executor_ops, check_health)},
-        {"shutdown", offsetof(dexec_executor_ops, shutdown)},
-    },
-      disc_fns[] = {
-          {"open", offsetof(dexec_discovery_ops, open)},
-          {"register_actor", offsetof(dexec_discovery_ops, register_actor)},
-          {"heartbeat", offsetof(dexec_discovery_ops, heartbeat)},
-          {"resolve", offsetof(dexec_discovery_ops, resolve)},
-          {"list", offsetof(dexec_discovery_ops, list)},
-          {"deregister", offsetof(dexec_discovery_ops, deregister)},
-          {"close", offsetof(dexec_discovery_ops, close)},
-      };
     const char *kind = kind_name(d->kind);
-    size_t min_size, nfns;
+    const ops_fn *fns;
+    size_t min_size;
     uint32_t size;
 
     if (d->ops == NULL)
         return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s: descriptor has no ops table", path);
-    /* Both ops tables start with their struct_size. */
-    size = *(const uint32_t *)d->ops;
-    if (d->kind == DEXEC_PLUGIN_EXECUTOR) {
+    switch (d->kind) {
+    case DEXEC_PLUGIN_EXECUTOR:
         min_size = offsetof(dexec_executor_ops, reserved);
-        nfns = sizeof(exec_fns) / sizeof(exec_fns[0]);
-    } else {
+        fns = exec_fns;
+        break;
+    case DEXEC_PLUGIN_DISCOVERY:
         min_size = offsetof(dexec_discovery_ops, reserved);
-        nfns = sizeof(disc_fns) / sizeof(disc_fns[0]);
+        fns = disc_fns;
+        break;
+    default:
+        min_size = offsetof(dexec_device_ops, reserved);
+        fns = device_fns;
+        break;
     }
+    /* Every ops table starts with its struct_size. */
+    size = *(const uint32_t *)d->ops;
     if (size < min_size || size > DX_STRUCT_SIZE_MAX)
         return dx_fail(err, errlen, DEXEC_EABI,
                        "plugin %s: %s ops table size %u, this dexec expects at least %zu: "
                        "rebuild the plugin against dexec %d",
                        path, kind, size, min_size, DEXEC_ABI_MAJOR);
-    for (size_t i = 0; i < nfns; i++) {
-        const char *fname = d->kind == DEXEC_PLUGIN_EXECUTOR ? exec_fns[i].name : disc_fns[i].name;
-        size_t off = d->kind == DEXEC_PLUGIN_EXECUTOR ? exec_fns[i].offset : disc_fns[i].offset;
+    for (const ops_fn *f = fns; f->name != NULL; f++) {
         void (*fn)(void);
 
-        memcpy(&fn, (const char *)d->ops + off, sizeof(fn));
+        memcpy(&fn, (const char *)d->ops + f->offset, sizeof(fn));
         if (fn == NULL)
             return dx_fail(err, errlen, DEXEC_EPLUGIN,
                            "plugin %s: %s operation '%s' is missing (NULL in its ops table)",
-                           path, kind, fname);
+                           path, kind, f->name);
     }
     return DEXEC_OK;
 }
@@ -160,12 +191,13 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
                        path, d->struct_size, sizeof(dexec_plugin_desc), DEXEC_ABI_MAJOR);
     if (kind_name(d->kind) == NULL)
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                       "plugin %s: unknown plugin kind %u (executor is %d, discovery is %d)",
-                       path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY);
+                       "plugin %s: unknown plugin kind %u (executor is %d, discovery is %d, "
+                       "device is %d)",
+                       path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY,
+                       DEXEC_PLUGIN_DEVICE);
     if (kind != 0 && d->kind != (uint32_t)kind)
-        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s is %s plugin, not %s plugin", path,
-                       d->kind == DEXEC_PLUGIN_EXECUTOR ? "an executor" : "a discovery",
-                       kind == DEXEC_PLUGIN_EXECUTOR ? "an executor" : "a discovery");
+        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s is %s, not %s", path,
+                       kind_phrase(d->kind), kind_phrase((uint32_t)kind));
     if (d->name == NULL || !valid_name(d->name))
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
                        "plugin %s: descriptor name '%s' is not a valid plugin name ([a-z0-9_]+)",

@@ -1,13 +1,22 @@
 /*
- * backend.c - what the model needs to know about backends whatever this
- * build contains: releasing one, and the answers a build without CUDA gives
- * when asked for a GPU (the CUDA build replaces these in cuda/ops_cuda.cu).
+ * backend.c - finding the op backends: the CPU one is built in
+ * (cpu/ops_cpu.c); the CUDA one is the device plugin dexec_cuda.so, loaded
+ * here on first use, so that nothing but that module links the CUDA
+ * libraries and a host without them runs the CPU backend unchanged.
  */
 #include <config.h>
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <string.h>
+
+#include <dexec/plugin.h>
+#include <dexec/rpc.h>
 
 #include "ops.h"
+
+#define DX_CUDA_MODULE "cuda"
 
 void dxk_backend_free(dxk_backend *be)
 {
@@ -15,31 +24,149 @@ void dxk_backend_free(dxk_backend *be)
         be->destroy(be);
 }
 
-/* DXK_CUDA_BACKEND is defined where kernels/cuda/ is compiled in (a build
- * whose configure found nvcc and cuBLAS). */
-#ifndef DXK_CUDA_BACKEND
-#ifdef HAVE_CUDA
-#define DX_NO_CUDA_WHY "this dexec's CUDA backend (kernels/cuda) is not part of this build"
-#else
-#define DX_NO_CUDA_WHY "this dexec was built without CUDA (configure found no nvcc)"
-#endif
+/* The module's ops once loaded; loading failures are not remembered, so a
+ * later call (after DEXEC_PLUGIN_PATH changed, in tests) searches again. */
+static pthread_mutex_t cuda_lock = PTHREAD_MUTEX_INITIALIZER;
+static const dexec_device_ops *cuda_ops;
+
+/* Loads dexec_cuda.so. On failure err says what is missing and what to do
+ * (without the "device cuda requested but" that callers put in front). */
+static dexec_status cuda_module(const dexec_device_ops **out, char *err, size_t errlen)
+{
+    dexec_plugin_handle *h = NULL;
+    char why[2048];
+    dexec_status s = DEXEC_OK;
+
+    pthread_mutex_lock(&cuda_lock);
+    if (cuda_ops == NULL) {
+        s = dexec_plugin_load(DX_CUDA_MODULE, DEXEC_PLUGIN_DEVICE, NULL, &h, why, sizeof why);
+        if (s == DEXEC_OK) {
+            /* the object stays mapped: the ops outlive the handle */
+            cuda_ops = dexec_plugin_descriptor(h)->ops;
+            dexec_plugin_release(h);
+        }
+    }
+    *out = cuda_ops;
+    pthread_mutex_unlock(&cuda_lock);
+    if (s == DEXEC_OK)
+        return DEXEC_OK;
+    if (s == DEXEC_ENOTFOUND)
+        dexec_errorf(err, errlen,
+                     "the CUDA module is not installed: %s; install dexec's CUDA module "
+                     "(dexec_cuda.so, built when configure finds nvcc and cuBLAS), or use "
+                     "device = \"cpu\"",
+                     why);
+    else
+        /* a dlopen failure is, in practice, a CUDA library missing */
+        dexec_errorf(err, errlen, "the CUDA module cannot be used: %s; %s, or use device = \"cpu\"",
+                     why,
+                     strstr(why, "cannot be loaded") != NULL
+                         ? "install the CUDA runtime and cuBLAS libraries it was built against"
+                         : "install the module built with this dexec");
+    return DEXEC_ENOTSUP;
+}
 
 int dxk_cuda_device_count(char *reason, size_t reasonlen)
 {
+    const dexec_device_ops *ops;
+    char why[2560];
+
+    if (cuda_module(&ops, why, sizeof why) != DEXEC_OK) {
+        if (reason != NULL && reasonlen > 0)
+            snprintf(reason, reasonlen, "%s", why);
+        return 0;
+    }
+    return ops->probe(reason, reasonlen);
+}
+
+/* A device built against a newer dexec is fine; one whose struct is too
+ * small to hold the ops this library calls, or that leaves one unset, is
+ * refused before any op runs. */
+static dexec_status check_device(dexec_device *d, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } fns[] = {
+#define DX_FN(f) {#f, offsetof(dexec_device, f)}
+        DX_FN(alloc),          DX_FN(release),        DX_FN(upload),
+        DX_FN(download),       DX_FN(copy),           DX_FN(memory),
+        DX_FN(linear),         DX_FN(ln_modulate),    DX_FN(attention),
+        DX_FN(attention_scratch), DX_FN(gelu_tanh),   DX_FN(silu),
+        DX_FN(timestep_embed), DX_FN(add_embedding),  DX_FN(patchify),
+        DX_FN(unpatchify),     DX_FN(pos_embed_add),  DX_FN(gated_residual),
+        DX_FN(euler),          DX_FN(cfg_combine),    DX_FN(sync),
+#undef DX_FN
+    };
+
+    if (d->struct_size < offsetof(dexec_device, reserved)) {
+        dexec_errorf(err, errlen,
+                     "the CUDA module's device struct has size %u, this dexec needs at least "
+                     "%zu: install the module built with this dexec",
+                     d->struct_size, offsetof(dexec_device, reserved));
+        return DEXEC_EPLUGIN;
+    }
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        void (*fn)(void);
+
+        memcpy(&fn, (const char *)d + fns[i].offset, sizeof fn);
+        if (fn == NULL) {
+            dexec_errorf(err, errlen,
+                         "the CUDA module's device has no '%s' op: install the module built "
+                         "with this dexec",
+                         fns[i].name);
+            return DEXEC_EPLUGIN;
+        }
+    }
+    return DEXEC_OK;
+}
+
+/* The NVIDIA driver's library: present on every host where CUDA can run,
+ * whatever the toolkit version. */
+#define DX_CUDA_DRIVER_LIB "libcuda.so.1"
+
+int dxk_cuda_driver_present(char *reason, size_t reasonlen)
+{
+    const char *dlerr;
+    void *dl;
+
+    /* Opened and kept: when it is there, the CUDA module opens it next. */
+    dl = dlopen(DX_CUDA_DRIVER_LIB, RTLD_LAZY | RTLD_LOCAL);
+    if (dl != NULL)
+        return 1;
+    dlerr = dlerror();
     if (reason != NULL && reasonlen > 0)
-        snprintf(reason, reasonlen, "%s", DX_NO_CUDA_WHY);
+        snprintf(reason, reasonlen, "no NVIDIA driver: %s", dlerr != NULL ? dlerr : DX_CUDA_DRIVER_LIB);
     return 0;
 }
 
 dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, size_t errlen)
 {
-    (void)gpu;
+    const dexec_device_ops *ops;
+    char why[2560];
+    dexec_status s;
+
     *out = NULL;
-    if (err != NULL && errlen > 0)
-        snprintf(err, errlen,
-                 "device cuda requested but %s: rebuild with --with-cuda, or use device = "
-                 "\"cpu\"",
-                 DX_NO_CUDA_WHY);
-    return DEXEC_ENOTSUP;
+    if (cuda_module(&ops, why, sizeof why) != DEXEC_OK) {
+        dexec_errorf(err, errlen, "device cuda requested but %s", why);
+        return DEXEC_ENOTSUP;
+    }
+    s = ops->open(gpu, out, err, errlen);
+    if (s != DEXEC_OK) {
+        *out = NULL;
+        return s;
+    }
+    if ((*out)->destroy == NULL) {
+        dexec_errorf(err, errlen,
+                     "the CUDA module's device has no 'destroy' op: install the module built "
+                     "with this dexec");
+        *out = NULL; /* cannot be freed: leaked, with the module refused */
+        return DEXEC_EPLUGIN;
+    }
+    s = check_device(*out, err, errlen);
+    if (s != DEXEC_OK) {
+        dxk_backend_free(*out);
+        *out = NULL;
+    }
+    return s;
 }
-#endif

@@ -104,17 +104,16 @@ dexec_status dxk_resolve_model(const char *name, char *path, size_t pathlen, cha
 static dexec_status dx_open_backend(const char *device, int gpu, dxk_backend **be, char *err,
                                     size_t errlen)
 {
-    char why[256];
+    char why[1024];
 
     if (device == NULL || device[0] == '\0' || strcmp(device, "auto") == 0) {
-        if (dxk_cuda_device_count(why, sizeof why) > 0) {
+        if (dxk_cuda_driver_present(why, sizeof why) && dxk_cuda_device_count(why, sizeof why) > 0) {
             if (dxk_backend_cuda(gpu, be, why, sizeof why) == DEXEC_OK)
                 return DEXEC_OK;
             dexec_log(DEXEC_LOG_WARN, "kernels", "device auto: CUDA unusable, using the CPU: %s",
                       why);
         } else {
-            dexec_log(DEXEC_LOG_DEBUG, "kernels", "device auto: no CUDA (%s), using the CPU",
-                      why);
+            dexec_log(DEXEC_LOG_INFO, "kernels", "device auto: no CUDA (%s), using the CPU", why);
         }
         return dxk_backend_cpu(be, err, errlen);
     }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # test-cli-plugins.sh - "dexec plugins": directories listed in search order,
 # a name found again later marked as shadowed, refused files shown with the
-# loader's reason, exit status 0 only when every file loads.
+# loader's reason, a device plugin probed for its status, exit status 0
+# only when every file loads.
 set -u
 cli=${DEXEC_CLI:?run me from make check}
 libs=${DEXEC_TEST_BUILDDIR:?run me from make check}/plugins/.libs
@@ -23,7 +24,8 @@ expect_line() {
 
 mkdir "$tmp/a" "$tmp/b" || exit 99
 cp "$libs/dexec_testgood.so" "$tmp/a/" || exit 99
-cp "$libs/dexec_testgood.so" "$libs/dexec_testdisc.so" "$tmp/b/" || exit 99
+cp "$libs/dexec_testgood.so" "$libs/dexec_testdisc.so" "$libs/dexec_testdevice.so" "$tmp/b/" ||
+    exit 99
 echo "this is not a shared object" > "$tmp/a/dexec_notso.so"
 
 DEXEC_PLUGIN_PATH="$tmp/a:$tmp/b:$tmp/none" "$cli" plugins > "$tmp/out" 2>&1
@@ -34,6 +36,8 @@ expect_line "$tmp/none: (does not exist)"
 expect_line "plugin $tmp/a/dexec_notso.so: cannot be loaded: "
 expect_line "(shadowed by $tmp/a/dexec_testgood.so: that one is used for 'testgood')"
 expect_line "discovery  testdisc"
+expect_line "device     testdevice"
+expect_line "             status: no usable device: testdevice has no hardware"
 # directories appear in search order
 order=$(grep -n -e "^$tmp/a:" -e "^$tmp/b:" "$tmp/out" | cut -d: -f2 | tr '\n' ' ')
 [ "$order" = "$tmp/a $tmp/b " ] || fail "directories out of order: $order"

@@ -3,9 +3,12 @@
  * CPU backend on the same random inputs, the golden DiT (one forward pass
  * and a whole 8-step sample) on both, and the errors a user of the backend
  * sees. Tolerance: 1e-4 relative to the tensor's scale; NaN never passes.
+ * The CUDA backend is the device plugin dexec_cuda.so, loaded the way the
+ * worker loads it (kernels/backend.c, through $DEXEC_PLUGIN_PATH).
  *
- * Without a usable device (no GPU, no driver, a build without CUDA) the
- * program prints why and exits 77, which automake reports as SKIP.
+ * Without a usable device (no module, as in a build without CUDA; no
+ * driver; no GPU) the program prints why and exits 77, which automake
+ * reports as SKIP.
  */
 #include <config.h>
 

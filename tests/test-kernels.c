@@ -814,6 +814,59 @@ START_TEST(test_devices)
 }
 END_TEST
 
+/* Without dexec_cuda.so on the search path: device cuda fails naming the
+ * module and every directory searched, auto runs on the CPU. (Runs in its
+ * own child: the module, once loaded by a test, stays loaded.) */
+START_TEST(test_cuda_module_missing)
+{
+    char path[4096], err[4096], want[4096], dir[] = "/tmp/dexec-test-nomodule.XXXXXX";
+    dxk_model *m = NULL;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    setenv("DEXEC_PLUGIN_PATH", dir, 1);
+    golden_model_path(path, sizeof path);
+    ck_assert_int_eq(dxk_model_open(path, "cuda", 0, &m, err, sizeof err), DEXEC_ENOTSUP);
+    ck_assert_ptr_null(m);
+    snprintf(want, sizeof want,
+             "device cuda requested but the CUDA module is not installed: plugin 'cuda' not "
+             "found: no dexec_cuda.so in %s, %s (set DEXEC_PLUGIN_PATH or plugin_path, or give "
+             "the plugin's path); install dexec's CUDA module (dexec_cuda.so, built when "
+             "configure finds nvcc and cuBLAS), or use device = \"cpu\"",
+             dir, DEXEC_PLUGINDIR);
+    rmdir(dir);
+    ck_assert_str_eq(err, want);
+    ck_assert_int_eq(dxk_cuda_device_count(err, sizeof err), 0);
+    ck_assert_msg(strncmp(err, "the CUDA module is not installed: ", 34) == 0, "%s", err);
+    ck_assert_int_eq(dxk_model_open(path, "auto", 0, &m, err, sizeof err), DEXEC_OK);
+    ck_assert_str_eq(dxk_model_device(m), "cpu");
+    dxk_model_free(m);
+}
+END_TEST
+
+/* With the module but no usable device (no driver, or no GPU), device cuda
+ * fails with the module's reason and what to do. */
+START_TEST(test_cuda_no_device)
+{
+    char path[4096], err[1024], reason[512], want[1024];
+    dxk_model *m = NULL;
+
+    if (dxk_cuda_device_count(reason, sizeof reason) > 0)
+        return; /* a GPU host: the cuda suite covers it */
+    if (strncmp(reason, "the CUDA module is not", 22) == 0) {
+        /* a build without CUDA: test_cuda_module_missing covers it */
+        ck_assert_msg(strstr(reason, "dexec_cuda.so") != NULL, "%s", reason);
+        return;
+    }
+    golden_model_path(path, sizeof path);
+    ck_assert_int_eq(dxk_model_open(path, "cuda", 0, &m, err, sizeof err), DEXEC_ENOTSUP);
+    ck_assert_ptr_null(m);
+    snprintf(want, sizeof want, "device cuda requested but no CUDA device can be used: %s; ",
+             reason);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+    ck_assert_msg(strstr(err, ", or use device = \"cpu\"") != NULL, "%s", err);
+}
+END_TEST
+
 static dxk_model *open_golden(void)
 {
     char path[4096], err[1024];
@@ -1074,6 +1127,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(api, test_prompt);
     tcase_add_test(api, test_resolve);
     tcase_add_test(api, test_devices);
+    tcase_add_test(api, test_cuda_module_missing);
+    tcase_add_test(api, test_cuda_no_device);
     tcase_add_test(api, test_generate_determinism);
     tcase_add_test(api, test_generate_thread_count);
     tcase_add_test(api, test_generate_errors);

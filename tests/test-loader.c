@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dexec/device.h>
 #include <dexec/plugin.h>
 
 /* snprintf that fails the test instead of truncating. */
@@ -138,14 +139,43 @@ START_TEST(discovery_kind)
 }
 END_TEST
 
+/* A device plugin (an op backend, <dexec/device.h>) loads as such and only
+ * as such; its probe is callable straight from the descriptor. */
+START_TEST(device_kind)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128], reason[128];
+    const dexec_device_ops *ops;
+    dexec_device *dev = (dexec_device *)&dev;
+    dexec_plugin_handle *p = NULL;
+
+    ck_assert_int_eq(dexec_plugin_load("testdevice", DEXEC_PLUGIN_DEVICE, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_uint_eq(dexec_plugin_descriptor(p)->kind, DEXEC_PLUGIN_DEVICE);
+    ops = dexec_plugin_descriptor(p)->ops;
+    ck_assert_int_eq(ops->probe(reason, sizeof(reason)), 0);
+    ck_assert_str_eq(reason, "testdevice has no hardware");
+    ck_assert_int_eq(ops->open(0, &dev, err, sizeof(err)), DEXEC_ENOTSUP);
+    ck_assert_ptr_null(dev);
+    dexec_plugin_release(p);
+
+    plugin_path(path, sizeof(path), plugdir, "testdevice");
+    fmt(msg, sizeof(msg), "plugin %s is a device plugin, not an executor plugin", path);
+    expect_refusal("testdevice", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    plugin_path(path, sizeof(path), plugdir, "testdisc");
+    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not a device plugin", path);
+    expect_refusal("testdisc", DEXEC_PLUGIN_DEVICE, DEXEC_EPLUGIN, msg);
+}
+END_TEST
+
 START_TEST(abi_major_mismatch)
 {
     char path[PATH_MAX], msg[PATH_MAX + 128];
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 2.0, this dexec speaks 1.0: rebuild the plugin against dexec 1",
-             path);
+             "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
+             path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
@@ -156,9 +186,9 @@ START_TEST(abi_minor_newer)
 
     plugin_path(path, sizeof(path), plugdir, "testnewer");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 1.1 is newer than this dexec's 1.0: upgrade dexec, or rebuild "
+             "plugin %s: ABI 1.%d is newer than this dexec's 1.%d: upgrade dexec, or rebuild "
              "the plugin against this one",
-             path);
+             path, DEXEC_ABI_MINOR + 1, DEXEC_ABI_MINOR);
     expect_refusal("testnewer", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
@@ -393,6 +423,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, load_by_name);
     tcase_add_test(tc, load_by_path);
     tcase_add_test(tc, discovery_kind);
+    tcase_add_test(tc, device_kind);
     tcase_add_test(tc, abi_major_mismatch);
     tcase_add_test(tc, abi_minor_newer);
     tcase_add_test(tc, no_descriptor);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <dexec/device.h>
 #include <dexec/plugin.h>
 
 #include "cli.h"
@@ -24,7 +25,9 @@ static void usage(FILE *out)
             "the installed plugin directory (%s). For each file: kind, name,\n"
             "version, plugin ABI and path; a name found again in a later directory is\n"
             "marked as shadowed (the first one is used); a file that cannot be loaded\n"
-            "is shown with the loader's reason.\n\n"
+            "is shown with the loader's reason. A device plugin (an op backend such as\n"
+            "dexec_cuda.so) is also probed: \"status: usable, N device(s)\" or \"status:\n"
+            "no usable device: REASON\" (no driver, no GPU, ...).\n\n"
             "Options:\n"
             "  -c, --config FILE  read plugin_path from FILE (default: $DEXEC_CONFIG)\n"
             "  -h, --help         show this help\n\n"
@@ -93,7 +96,27 @@ static int is_plugin_file(const struct dirent *d)
 
 static const char *kind_label(uint32_t kind)
 {
-    return kind == DEXEC_PLUGIN_EXECUTOR ? "executor" : "discovery";
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "executor";
+    case DEXEC_PLUGIN_DISCOVERY: return "discovery";
+    default: return "device";
+    }
+}
+
+/* A device plugin that loads may still have no hardware to drive: its probe
+ * says so. Not a failure of the listing (a CPU host with the CUDA module
+ * installed is a normal setup: device = auto uses the CPU there). */
+static void print_device_status(const dexec_plugin_desc *d)
+{
+    const dexec_device_ops *ops = d->ops;
+    char reason[512] = "";
+    int n = ops->probe(reason, sizeof(reason));
+
+    if (n > 0)
+        printf("             status: usable, %d device(s)\n", n);
+    else
+        printf("             status: no usable device: %s\n",
+               reason[0] != '\0' ? reason : "(the plugin gave no reason)");
 }
 
 /* Lists one file; returns 0 when it loads, 1 when it does not. */
@@ -126,6 +149,8 @@ static int list_file(const char *path, const char *fname, seen *names)
            d->version != NULL ? d->version : "?", d->abi_major, d->abi_minor, path);
     if (d->description != NULL && d->description[0] != '\0')
         printf("             %s\n", d->description);
+    if (d->kind == DEXEC_PLUGIN_DEVICE && shadow == NULL)
+        print_device_status(d);
     if (shadow != NULL)
         printf("             (shadowed by %s: that one is used for '%s')\n", shadow, name);
     if (strcmp(d->name, name) != 0) {

@@ -1,6 +1,7 @@
 /*
  * plugin.h - the plugin ABI of dexec: what a shared object must export to be
- * loaded as an executor backend or a discovery plugin.
+ * loaded as an executor backend, a discovery plugin or a device (op
+ * backend; its ops table is in <dexec/device.h>).
  *
  * A plugin exports exactly one symbol, DEXEC_PLUGIN_SYMBOL ("dexec_plugin"),
  * a const dexec_plugin_desc. The core reads and checks the descriptor
@@ -9,7 +10,8 @@
  *   - abi_minor <= the core's DEXEC_ABI_MINOR (a newer plugin may rely on
  *     things this core lacks),
  *   - struct_size >= the size of the 1.0 descriptor,
- *   - kind as the caller asked (executor or discovery),
+ *   - kind as the caller asked (executor, discovery or device),
+ *   - an ops table of a plausible struct_size with every function set,
  *   - name equal to the name it was loaded by (for bare names).
  * Loaded plugins are never dlclose()d at run time (set DEXEC_PLUGIN_UNLOAD=1
  * to unload them at engine free, for leak checkers).
@@ -43,9 +45,10 @@ extern "C" {
 #endif
 
 /* Version of this ABI. Major: incompatible change. Minor: additions at the
- * end of a struct (old plugins keep working; struct_size tells). */
+ * end of a struct or new plugin kinds (old plugins keep working;
+ * struct_size tells). 1.1 added DEXEC_PLUGIN_DEVICE. */
 #define DEXEC_ABI_MAJOR 1
-#define DEXEC_ABI_MINOR 0
+#define DEXEC_ABI_MINOR 1
 
 #define DEXEC_PLUGIN_SYMBOL "dexec_plugin"
 
@@ -58,6 +61,7 @@ extern "C" {
 typedef enum dexec_plugin_kind {
     DEXEC_PLUGIN_EXECUTOR = 1,
     DEXEC_PLUGIN_DISCOVERY = 2,
+    DEXEC_PLUGIN_DEVICE = 3, /* an op backend (<dexec/device.h>); since ABI 1.1 */
 } dexec_plugin_kind;
 
 /* The descriptor. Fields are never reordered; new ones take reserved space. */
@@ -69,7 +73,8 @@ typedef struct dexec_plugin_desc {
     const char *name;        /* [a-z0-9_]+, equals the file name dexec_NAME.so */
     const char *version;     /* the plugin's own version, free form */
     const char *description; /* one line */
-    const void *ops;         /* const dexec_executor_ops* or const dexec_discovery_ops* */
+    const void *ops;         /* const dexec_executor_ops*, dexec_discovery_ops* or
+                              * dexec_device_ops* (as kind says) */
     void *reserved[8];       /* zero */
 } dexec_plugin_desc;
 
@@ -192,7 +197,7 @@ typedef struct dexec_plugin_handle dexec_plugin_handle;
  * containing '/'. cfg may be NULL. Errors: DEXEC_ENOTFOUND (lists the
  * directories searched), DEXEC_EPLUGIN (not a shared object: dlerror text;
  * no descriptor; wrong kind; name mismatch; bad name), DEXEC_EABI.
- * kind 0 accepts either kind (for tools that list plugins). */
+ * kind 0 accepts any kind (for tools that list plugins). */
 dexec_status dexec_plugin_load(const char *name_or_path, dexec_plugin_kind kind,
                                const dexec_config *cfg, dexec_plugin_handle **out, char *err,
                                size_t errlen);

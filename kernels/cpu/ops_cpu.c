@@ -569,6 +569,7 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
     }
     /* no pool is no error: the ops then run in the caller alone */
     c->pool = dxk_pool_new(dx_blas_threads(), dx_pool_thread_init);
+    be->struct_size = sizeof *be;
     be->name = "cpu";
     dx_cpu_name(be->device_name, sizeof be->device_name);
     be->host_memory = 1;

@@ -1,8 +1,8 @@
 /*
- * ops_cuda.cu - the CUDA backend of ops.h: finding a device, the backend
- * object, device buffers, sticky error reporting, and the linear layers.
- * The other ops live in attention.cu, layernorm.cu, elementwise.cu and
- * embed.cu.
+ * ops_cuda.cu - the device plugin "cuda" (dexec_cuda.so, <dexec/device.h>):
+ * its descriptor, finding a device, the device object, device buffers,
+ * sticky error reporting, and the linear layers. The other ops live in
+ * attention.cu, layernorm.cu, elementwise.cu and embed.cu.
  *
  * Linear layers are cuBLAS SGEMM in plain FP32 math: TF32 tensor cores
  * would be several times faster but move results by ~1e-3, and a request
@@ -16,9 +16,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <dexec/rpc.h>
-
 #include "ops_cuda.h"
+
+/* Like dxc_errorf(), which the module does not call: it uses no function
+ * of libdexec, so tests/gpu/run.sh can build it with the CUDA toolkit alone. */
+static void dxc_errorf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void dxc_errorf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err == NULL || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
 
 void dxc_fail(dxc *c, dexec_status s, const char *fmt, ...)
 {
@@ -314,7 +328,7 @@ static void cu_destroy(dxk_backend *be)
 
 /* ---- creation ---- */
 
-extern "C" int dxk_cuda_device_count(char *reason, size_t reasonlen)
+static int cu_probe(char *reason, size_t reasonlen)
 {
     int n = 0, driver = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -349,7 +363,7 @@ static dexec_status dxc_check_arch(int gpu, const cudaDeviceProp *prop, char *er
     if (e == cudaSuccess)
         return DEXEC_OK;
     cudaGetLastError();
-    dexec_errorf(err, errlen,
+    dxc_errorf(err, errlen,
             "device cuda requested but gpu %d (%s, compute capability %d.%d) cannot run the "
             "kernels of this build: %s; reconfigure with NVCCFLAGS=\"-O3 -gencode "
             "arch=compute_%d%d,code=sm_%d%d\"",
@@ -358,7 +372,7 @@ static dexec_status dxc_check_arch(int gpu, const cudaDeviceProp *prop, char *er
     return DEXEC_ENOTSUP;
 }
 
-extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, size_t errlen)
+static dexec_status cu_open(int gpu, dxk_backend **out, char *err, size_t errlen)
 {
     char reason[160];
     cudaDeviceProp prop;
@@ -367,17 +381,23 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
     cudaError_t e;
     cublasStatus_t bs;
     dexec_status s;
-    int n = dxk_cuda_device_count(reason, sizeof reason);
+    int n = cu_probe(reason, sizeof reason);
 
     *out = NULL;
     if (n == 0) {
-        dexec_errorf(err, errlen, "device cuda requested but no CUDA device can be used: %s", reason);
+        dxc_errorf(err, errlen,
+                   "device cuda requested but no CUDA device can be used: %s; %s, or use "
+                   "device = \"cpu\"",
+                   reason,
+                   strstr(reason, "driver") != NULL
+                       ? "install the NVIDIA driver (nvidia-smi must list a GPU)"
+                       : "check that nvidia-smi lists a GPU and CUDA_VISIBLE_DEVICES");
         return DEXEC_ENOTSUP;
     }
     if (gpu < 0 || gpu >= n) {
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
 
-        dexec_errorf(err, errlen,
+        dxc_errorf(err, errlen,
                 "device cuda requested on gpu %d, but this process sees %d CUDA device(s) "
                 "(CUDA_VISIBLE_DEVICES=%s)",
                 gpu, n, vis != NULL ? vis : "unset");
@@ -388,7 +408,7 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
         e = cudaGetDeviceProperties(&prop, gpu);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        dexec_errorf(err, errlen, "device cuda requested but gpu %d cannot be used: %s (%s)", gpu,
+        dxc_errorf(err, errlen, "device cuda requested but gpu %d cannot be used: %s (%s)", gpu,
                 cudaGetErrorString(e), cudaGetErrorName(e));
         return DEXEC_ENOTSUP;
     }
@@ -401,14 +421,14 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
     if (be == NULL || c == NULL) {
         free(be);
         free(c);
-        dexec_errorf(err, errlen, "cuda backend: out of memory");
+        dxc_errorf(err, errlen, "cuda backend: out of memory");
         return DEXEC_ENOMEM;
     }
     c->gpu = gpu;
     e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         c->stream = NULL;
-        dexec_errorf(err, errlen, "cuda gpu %d (%s): creating a stream: %s", gpu, prop.name,
+        dxc_errorf(err, errlen, "cuda gpu %d (%s): creating a stream: %s", gpu, prop.name,
                 cudaGetErrorString(e));
         dxc_release_all(c);
         free(be);
@@ -424,13 +444,14 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
             bs = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     }
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        dexec_errorf(err, errlen, "cuda gpu %d (%s): setting up cuBLAS: %s", gpu, prop.name,
+        dxc_errorf(err, errlen, "cuda gpu %d (%s): setting up cuBLAS: %s", gpu, prop.name,
                 cublasGetStatusString(bs));
         dxc_release_all(c);
         free(be);
         return bs == CUBLAS_STATUS_ALLOC_FAILED ? DEXEC_ENOMEM : DEXEC_EIO;
     }
 
+    be->struct_size = sizeof *be;
     be->name = "cuda";
     snprintf(be->device_name, sizeof be->device_name, "%.*s", (int)sizeof be->device_name - 1,
              prop.name);
@@ -461,3 +482,19 @@ extern "C" dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, 
     *out = be;
     return DEXEC_OK;
 }
+
+/* ---- the plugin ---- */
+
+static const dexec_device_ops cu_ops = {
+    /* .struct_size */ sizeof(dexec_device_ops),
+    /* .flags */ 0,
+    /* .probe */ cu_probe,
+    /* .open */ cu_open,
+    /* .reserved */ {},
+};
+
+/* The module's one exported symbol (local.am exports nothing else). */
+extern "C" DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
+    DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_DEVICE, "cuda", PACKAGE_VERSION,
+                           "CUDA op backend: cuBLAS SGEMM and CUDA kernels (FP32)", &cu_ops),
+    .reserved = {}};

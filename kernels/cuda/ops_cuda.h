@@ -1,19 +1,25 @@
 /*
  * ops_cuda.h - the state the .cu files of the CUDA backend share, and the
- * ops each of them implements. Internal to kernels/cuda: the rest of dexec
- * sees only dxk_backend_cuda() and dxk_cuda_device_count() of ops.h.
+ * ops each of them implements. Internal to kernels/cuda: together these
+ * files are the device plugin "cuda" (dexec_cuda.so, <dexec/device.h>),
+ * whose only exported symbol is the descriptor in ops_cuda.cu; the worker
+ * reaches it through kernels/backend.c, which loads the module at run
+ * time. It is the only object of dexec that links libcublas/libcudart,
+ * and it calls no libdexec function.
  *
  * Everything runs on one stream per backend; cuBLAS is bound to it. An op
  * first asks dxc_enter() (false after a failure: ops then do nothing),
  * queues its kernels, and checks the launch with dxc_launched(); faults
  * inside a kernel surface at the next sync.
  *
- * ops_cuda.cu holds the backend object, buffers, errors and the linear
- * layers; attention.cu, layernorm.cu, elementwise.cu and embed.cu the
- * other ops. local.am builds them when configure found nvcc; a build
- * without CUDA gets the ENOTSUP answers of kernels/backend.c.
- * tests/test-cuda.c compares every op with the CPU backend, and
- * tests/gpu/run.sh checks and times them with nothing but the CUDA toolkit.
+ * ops_cuda.cu holds the descriptor, the device object, buffers, errors and
+ * the linear layers; attention.cu, layernorm.cu, elementwise.cu and
+ * embed.cu the other ops. local.am builds them into dexec_cuda.so when
+ * configure found nvcc; without it there is no module, and device = cuda
+ * fails naming the directories searched. tests/test-cuda.c compares every
+ * op with the CPU backend through the module, and tests/gpu/run.sh checks
+ * and times them with nothing but the CUDA toolkit (its --build-only runs
+ * in make check wherever nvcc was found).
  */
 #ifndef DEXEC_KERNELS_CUDA_OPS_CUDA_H
 #define DEXEC_KERNELS_CUDA_OPS_CUDA_H

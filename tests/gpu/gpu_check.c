@@ -2,7 +2,10 @@
  * gpu_check.c - a standalone check and benchmark of the CUDA backend
  * (kernels/cuda/) for GPU machines that have the CUDA toolkit and a C
  * compiler but none of dexec's build dependencies (no autotools, Check,
- * OpenBLAS). tests/gpu/run.sh builds it with nvcc and runs it.
+ * OpenBLAS). tests/gpu/run.sh builds it with nvcc and runs it. The module's
+ * sources are compiled in, and reached through the module's own descriptor
+ * (dexec_plugin, the symbol the loader reads from dexec_cuda.so), so the
+ * check drives the same entry points the worker does.
  *
  * 1. Every op of the CUDA backend against a naive reference written here
  *    (plain C loops, double accumulation; independent of the CPU backend),
@@ -25,6 +28,9 @@
 #include <time.h>
 
 #include "ops.h"
+
+/* from kernels/cuda/ops_cuda.cu, compiled into this program */
+extern const dexec_plugin_desc dexec_plugin;
 
 #define TOL 1e-4
 
@@ -1050,6 +1056,7 @@ int main(int argc, char **argv)
 {
     char reason[256], err[512];
     int iters = 20, gpu_index = 0, i;
+    const dexec_device_ops *cuda;
     host_dit h;
 
     for (i = 1; i < argc; i++) {
@@ -1066,11 +1073,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "gpu_check: --iters must be at least 1\n");
         return 2;
     }
-    if (dxk_cuda_device_count(reason, sizeof reason) == 0) {
+    cuda = (const dexec_device_ops *)dexec_plugin.ops;
+    if (cuda->probe(reason, sizeof reason) == 0) {
         printf("SKIP: no CUDA device: %s\n", reason);
         return 77;
     }
-    if (dxk_backend_cuda(gpu_index, &gpu, err, sizeof err) != DEXEC_OK) {
+    if (cuda->open(gpu_index, &gpu, err, sizeof err) != DEXEC_OK) {
         printf("FAIL  %s\n", err);
         return 1;
     }

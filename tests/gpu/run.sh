@@ -2,7 +2,9 @@
 # tests/gpu/run.sh - checks and times the CUDA backend on a GPU machine that
 # has only the CUDA toolkit, libc and a C compiler (no autotools, Check,
 # OpenBLAS or msgpack): builds tests/gpu/gpu_check from kernels/cuda/*.cu
-# and tests/gpu/gpu_check.c with nvcc, and runs it. It prints a table of
+# (the sources of the device plugin dexec_cuda.so) and
+# tests/gpu/gpu_check.c with nvcc, and runs it. `make check` runs it with
+# --build-only wherever configure found nvcc (tests/test-gpu-build.sh). It prints a table of
 # every op against a naive C reference, one DiT-S-sized denoising step, and
 # timings; the exit status is gpu_check's (0 pass, 1 mismatch, 77 no GPU).
 #
@@ -69,10 +71,14 @@ fi
 
 mkdir -p "$build"
 # The .cu files include config.h first, as every dexec source does; from
-# configure they need nothing but HAVE_CUDA.
-cat >"$build/config.h" <<'EOF'
+# configure they need nothing but HAVE_CUDA and the version the module's
+# descriptor carries. The module calls no libdexec function, so nothing of
+# core/ is compiled here.
+version=$(sed -n 's/^AC_INIT(\[dexec\], \[\([^]]*\)\].*/\1/p' "$top/configure.ac")
+cat >"$build/config.h" <<EOF
 /* written by tests/gpu/run.sh for its standalone build */
 #define HAVE_CUDA 1
+#define PACKAGE_VERSION "${version:-unknown}"
 EOF
 
 echo "run.sh: building $build/gpu_check for $arch with $nvcc"
