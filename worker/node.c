@@ -30,7 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <dexec/plugin.h>
+#include <dexec/discovery.h>
 #include <dexec/rpc.h>
 
 #include "listen.h"
@@ -90,10 +90,7 @@ typedef struct node {
     int next_id;
     /* registry */
     dexec_config *cfg;
-    dexec_host hostsvc;
-    dexec_plugin_handle *plugin;
-    const dexec_discovery_ops *dops;
-    dexec_discovery *disc;
+    dexec_discovery_handle *disc;
     dexec_actor_info info;
     int ttl;
     int beat_failing;
@@ -225,7 +222,7 @@ static void publish(node *n)
 
     dexec_value_free(n->info.meta);
     n->info.meta = node_meta(n);
-    st = n->dops->heartbeat(n->disc, &n->info, n->ttl, err, sizeof(err));
+    st = dexec_discovery_heartbeat(n->disc, &n->info, n->ttl, err, sizeof(err));
     if (st != DEXEC_OK && !n->beat_failing)
         dexec_log(DEXEC_LOG_WARN, COMPONENT, "node %s: registry update failed: %s",
                   n->info.name, err);
@@ -258,7 +255,6 @@ static int advertised(const node *n, char *buf, size_t len)
 
 static int registry_open(node *n, char *err, size_t errlen)
 {
-    const char *url = n->opt->registry, *plugin = "redis_discovery";
     char host[256] = "", inst[96], addr[600];
     unsigned char rnd[8] = {0};
     int64_t ttl = 10;
@@ -268,17 +264,7 @@ static int registry_open(node *n, char *err, size_t errlen)
     if (st != DEXEC_OK)
         return -1;
     dexec_config_get_int(n->cfg, "discovery.redis.ttl", &ttl);
-    dexec_config_get_string(n->cfg, "external.discovery", &plugin);
     n->ttl = n->opt->ttl > 0 ? n->opt->ttl : (int)ttl;
-    if (url == NULL && getenv("DEXEC_REGISTRY") != NULL && *getenv("DEXEC_REGISTRY") != '\0')
-        url = getenv("DEXEC_REGISTRY");
-    n->hostsvc.struct_size = sizeof(n->hostsvc);
-    n->hostsvc.config = n->cfg;
-    n->hostsvc.log = dexec_log;
-    st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, n->cfg, &n->plugin, err, errlen);
-    if (st != DEXEC_OK)
-        return -1;
-    n->dops = dexec_plugin_descriptor(n->plugin)->ops;
     if (advertised(n, addr, sizeof(addr)) != 0) {
         dexec_errorf(err, errlen, "--advertise %s: a host needs a tcp: listener",
                      n->opt->advertise);
@@ -297,9 +283,9 @@ static int registry_open(node *n, char *err, size_t errlen)
     n->info.protocol = DEXEC_PROTOCOL_VERSION;
     n->info.started = (double)time(NULL);
     n->info.meta = node_meta(n);
-    st = n->dops->open(&n->hostsvc, url, &n->disc, err, errlen);
+    st = dexec_discovery_open(n->cfg, NULL, n->opt->registry, &n->disc, err, errlen);
     if (st == DEXEC_OK)
-        st = n->dops->register_actor(n->disc, &n->info, n->ttl, err, errlen);
+        st = dexec_discovery_register(n->disc, &n->info, n->ttl, err, errlen);
     return st == DEXEC_OK ? 0 : -1;
 }
 
@@ -1009,12 +995,9 @@ int dxn_run(const dxn_options *o)
     status = 0;
 out:
     stop_all(&n);
-    if (n.disc != NULL) {
-        n.dops->deregister(n.disc, &n.info, err, sizeof(err));
-        n.dops->close(n.disc);
-    }
-    if (n.plugin != NULL)
-        dexec_plugin_release(n.plugin);
+    if (n.disc != NULL)
+        dexec_discovery_deregister(n.disc, &n.info, err, sizeof(err));
+    dexec_discovery_close(n.disc);
     dexec_actor_info_clear(&n.info);
     dexec_config_free(n.cfg);
     dxw_listener_close(&n.lis);
