@@ -607,19 +607,18 @@ static int m_actor_status(void *user, dxs_conn *c, uint32_t id, dexec_value *par
     return 0;
 }
 
-static int m_get_info(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+static dexec_value *a_get_info(void *user, const dexec_value *params)
 {
-    dxs_reply_ok(c, id, node_meta(user));
-    dexec_value_free(params);
-    return 0;
+    (void)params;
+    return node_meta(user);
 }
 
 /* The method table: what the core dispatches to after hello. */
 static const dxs_method node_methods[] = {
-    {"spawn_actor", m_spawn_actor, NULL},
-    {"actor_status", m_actor_status, NULL},
-    {"get_info", m_get_info, NULL},
-    {NULL, NULL, NULL},
+    {"spawn_actor", m_spawn_actor, NULL, NULL},
+    {"actor_status", m_actor_status, NULL, NULL},
+    {"get_info", NULL, NULL, a_get_info},
+    {NULL, NULL, NULL, NULL},
 };
 
 static void conn_closed(void *user, dxs_conn *c)

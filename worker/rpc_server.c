@@ -174,7 +174,7 @@ static void known_methods(const dxs_server *s, char *buf, size_t len)
     size_t used = (size_t)snprintf(buf, len, "hello");
 
     for (const dxs_method *m = s->cfg.methods; m != NULL && m->name != NULL; m++) {
-        if (m->request == NULL || used >= len)
+        if ((m->request == NULL && m->answer == NULL) || used >= len)
             continue;
         used += (size_t)snprintf(buf + used, len - used, ", %s", m->name);
     }
@@ -267,10 +267,15 @@ static int dispatch(dxs_server *s, dxs_conn *c, dexec_value *m)
         return -1;
     }
     meth = find_method(s, name);
-    if (meth == NULL || meth->request == NULL) {
+    if (meth == NULL || (meth->request == NULL && meth->answer == NULL)) {
         known_methods(s, known, sizeof(known));
         dxs_reply_err(c, id, DEXEC_ENOTFOUND, s->cfg.rank, "unknown method '%s' (a %s knows: %s)",
                       name, s->cfg.role, known);
+        dexec_value_free(m);
+        return 0;
+    }
+    if (meth->request == NULL) {
+        dxs_reply_ok(c, id, meth->answer(s->cfg.user, m->u.arr.items[3]));
         dexec_value_free(m);
         return 0;
     }

@@ -34,11 +34,15 @@ typedef struct dxs_conn dxs_conn;
 typedef int (*dxs_request_fn)(void *user, dxs_conn *c, uint32_t msgid, dexec_value *params);
 /* A notification [2, method, params]; params as above. */
 typedef void (*dxs_notify_fn)(void *user, dxs_conn *c, dexec_value *params);
+/* The short form of a request that always succeeds at once: returns the
+ * result (the core replies with it and frees params, which are borrowed). */
+typedef dexec_value *(*dxs_answer_fn)(void *user, const dexec_value *params);
 
 typedef struct dxs_method {
     const char *name;       /* NULL ends the table */
-    dxs_request_fn request; /* NULL: not callable as a request */
+    dxs_request_fn request; /* NULL: see answer */
     dxs_notify_fn notify;   /* NULL: notifications of this name are ignored */
+    dxs_answer_fn answer;   /* used when request is NULL; both NULL: not a request */
 } dxs_method;
 
 typedef struct dxs_config {

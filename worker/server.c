@@ -745,20 +745,18 @@ static int m_collective_rpc(void *user, dxs_conn *c, uint32_t id, dexec_value *p
     return 0;
 }
 
-static int m_get_rank(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+static dexec_value *a_get_rank(void *user, const dexec_value *params)
 {
-    dxw_server *s = user;
+    const dxw_server *s = user;
 
-    dxs_reply_ok(c, id, dexec_value_int(s->opt.base_rank));
-    dexec_value_free(params);
-    return 0;
+    (void)params;
+    return dexec_value_int(s->opt.base_rank);
 }
 
-static int m_initialize(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+static dexec_value *a_initialize(void *user, const dexec_value *params)
 {
-    dxs_reply_ok(c, id, initialize_reply(user));
-    dexec_value_free(params);
-    return 0;
+    (void)params;
+    return initialize_reply(user);
 }
 
 static int m_check_health(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
@@ -788,14 +786,14 @@ static int m_shutdown(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
 }
 
 static const dxs_method worker_methods[] = {
-    {"initialize", m_initialize, NULL},
-    {"generate", m_generate, NULL},
-    {"execute_rpc", m_execute_rpc, NULL},
-    {"collective_rpc", m_collective_rpc, NULL},
-    {"get_rank", m_get_rank, NULL},
-    {"check_health", m_check_health, NULL},
-    {"shutdown", m_shutdown, NULL},
-    {NULL, NULL, NULL},
+    {"initialize", NULL, NULL, a_initialize},
+    {"generate", m_generate, NULL, NULL},
+    {"execute_rpc", m_execute_rpc, NULL, NULL},
+    {"collective_rpc", m_collective_rpc, NULL, NULL},
+    {"get_rank", NULL, NULL, a_get_rank},
+    {"check_health", m_check_health, NULL, NULL},
+    {"shutdown", m_shutdown, NULL, NULL},
+    {NULL, NULL, NULL, NULL},
 };
 
 /* ---- server lifecycle ---------------------------------------------------------- */
