@@ -44,7 +44,7 @@ struct dexec_conn {
     pthread_mutex_t lock;  /* guards everything below but the reader buffer */
     pthread_cond_t cond;   /* a reply arrived, the reader left, or death */
     pthread_mutex_t wlock; /* one writer at a time */
-    dexec_reader rd;       /* touched only by the current reader */
+    dexec_reader *rd;      /* touched only by the current reader */
     int reading;
     int dead;
     char dead_reason[384];
@@ -60,6 +60,11 @@ static dexec_conn *conn_new(int fd, const char *label)
 
     if (c == NULL)
         return NULL;
+    c->rd = dexec_reader_new(DEXEC_FRAME_MAX_DEFAULT);
+    if (c->rd == NULL) {
+        free(c);
+        return NULL;
+    }
     c->fd = fd;
     snprintf(c->label, sizeof(c->label), "%s", label != NULL ? label : "worker");
     pthread_mutex_init(&c->lock, NULL);
@@ -69,7 +74,6 @@ static dexec_conn *conn_new(int fd, const char *label)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->cond, &ca);
     pthread_condattr_destroy(&ca);
-    dexec_reader_init(&c->rd, DEXEC_FRAME_MAX_DEFAULT);
     c->next_id = 1;
     return c;
 }
@@ -328,7 +332,7 @@ void dexec_conn_free(dexec_conn *c)
         dexec_value_free(p->result);
         free(p);
     }
-    dexec_reader_free(&c->rd);
+    dexec_reader_free(c->rd);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->wlock);
     pthread_cond_destroy(&c->cond);
@@ -521,7 +525,7 @@ static void read_round(dexec_conn *c, double deadline)
     pthread_mutex_unlock(&c->lock);
     rc = dexec_wait_readable(c->fd, deadline);
     if (rc > 0)
-        st = dexec_reader_fill(&c->rd, c->fd, err, sizeof(err));
+        st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
     pthread_mutex_lock(&c->lock);
     if (rc < 0) {
         mark_dead(c, "poll failed");
@@ -531,7 +535,7 @@ static void read_round(dexec_conn *c, double deadline)
     for (;;) {
         dexec_value *m;
 
-        st = dexec_reader_take(&c->rd, &m, err, sizeof(err));
+        st = dexec_reader_take(c->rd, &m, err, sizeof(err));
         if (st != DEXEC_OK) {
             dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s; dropping the connection", c->label, err);
             shutdown(c->fd, SHUT_RDWR);

@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -19,16 +20,29 @@
 
 #define READ_CHUNK 65536
 
-void dexec_reader_init(dexec_reader *r, size_t max_frame)
+struct dexec_reader {
+    char *buf;
+    size_t len; /* bytes buffered */
+    size_t off; /* start of unconsumed bytes */
+    size_t cap;
+    size_t max_frame;
+};
+
+dexec_reader *dexec_reader_new(size_t max_frame)
 {
-    memset(r, 0, sizeof(*r));
-    r->max_frame = max_frame ? max_frame : DEXEC_FRAME_MAX_DEFAULT;
+    dexec_reader *r = calloc(1, sizeof(*r));
+
+    if (r != NULL)
+        r->max_frame = max_frame ? max_frame : DEXEC_FRAME_MAX_DEFAULT;
+    return r;
 }
 
 void dexec_reader_free(dexec_reader *r)
 {
+    if (r == NULL)
+        return;
     free(r->buf);
-    memset(r, 0, sizeof(*r));
+    free(r);
 }
 
 static uint32_t frame_len(const char *p)
@@ -38,9 +52,9 @@ static uint32_t frame_len(const char *p)
     return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) | ((uint32_t)u[2] << 8) | u[3];
 }
 
-/* Room to read into: enough for the frame being assembled (once its length
- * is known and accepted), else one chunk. */
-static int reserve(dexec_reader *r)
+/* Room to read into: at least min bytes, and enough for the frame being
+ * assembled (once its length is known and accepted), else one chunk. */
+static int reserve(dexec_reader *r, size_t min)
 {
     size_t pending = r->len - r->off, want = READ_CHUNK;
 
@@ -50,6 +64,8 @@ static int reserve(dexec_reader *r)
         if (n <= r->max_frame && (size_t)n + 4 > pending)
             want = (size_t)n + 4 - pending;
     }
+    if (want < min)
+        want = min;
     if (r->off > 0 && (r->off == r->len || r->cap - r->len < want)) {
         memmove(r->buf, r->buf + r->off, pending);
         r->len = pending;
@@ -71,7 +87,7 @@ dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen
 {
     ssize_t n;
 
-    if (reserve(r) != 0)
+    if (reserve(r, 0) != 0)
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory reading a frame");
     for (;;) {
         n = recv(fd, r->buf + r->len, r->cap - r->len, MSG_DONTWAIT);
@@ -88,6 +104,16 @@ dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen
         return dx_fail(err, errlen, errno == ECONNRESET ? DEXEC_ECLOSED : DEXEC_EIO,
                        "read: %s", strerror(errno));
     }
+}
+
+dexec_status dexec_reader_feed(dexec_reader *r, const void *data, size_t len, char *err,
+                               size_t errlen)
+{
+    if (len > SIZE_MAX - r->len || reserve(r, len) != 0)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory buffering %zu bytes", len);
+    memcpy(r->buf + r->len, data, len);
+    r->len += len;
+    return DEXEC_OK;
 }
 
 dexec_status dexec_reader_take(dexec_reader *r, dexec_value **msg, char *err, size_t errlen)

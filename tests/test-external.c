@@ -240,17 +240,19 @@ END_TEST
 START_TEST(redis_down_at_start)
 {
     dexec_engine *e = NULL;
-    char err[2048], expect[512];
+    char err[2048], expect[1024];
     double t0;
 
     test_redis_stop(&redis);
     t0 = test_now();
     ck_assert_int_eq(create(NULL, &e, err, sizeof(err)), DEXEC_EIO);
     ck_assert(test_now() - t0 < 1.5);
+    /* dexec_discovery_open's style: the plugin, its file, where the URL came from */
     snprintf(expect, sizeof(expect),
-             "external: cannot look up worker diffusion_worker_0: cannot reach Redis at %s: "
-             "Connection refused",
-             redis.url);
+             "external: cannot look up worker diffusion_worker_0: discovery plugin "
+             "redis_discovery (%s/dexec_redis_discovery.so), registry from the configuration: "
+             "cannot reach Redis at %s: Connection refused",
+             getenv("DEXEC_PLUGIN_PATH"), redis.url);
     ck_assert_str_eq(err, expect);
 }
 END_TEST

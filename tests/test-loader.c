@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <dexec/device.h>
+#include <dexec/discovery.h>
 #include <dexec/plugin.h>
 
 /* snprintf that fails the test instead of truncating. */
@@ -414,6 +415,144 @@ START_TEST(search_path_public)
 }
 END_TEST
 
+/* ---- dexec_discovery_open: one way to open the configured discovery plugin ---- */
+
+/* The directories searched, as the not-found message lists them. */
+static void searched(const dexec_config *cfg, char *buf, size_t size)
+{
+    char **dirs = dexec_plugin_search_path(cfg);
+    size_t len = 0;
+
+    ck_assert_ptr_nonnull(dirs);
+    buf[0] = '\0';
+    for (size_t i = 0; dirs[i] != NULL; i++) {
+        fmt(buf + len, size - len, "%s%s", i > 0 ? ", " : "", dirs[i]);
+        len = strlen(buf);
+    }
+    dexec_plugin_search_path_free(dirs);
+}
+
+START_TEST(discovery_open_unknown_lists_dirs)
+{
+    dexec_config *cfg = NULL;
+    dexec_discovery_handle *h = (dexec_discovery_handle *)&h;
+    char dirs[4096], want[5000];
+
+    ck_assert_int_eq(dexec_config_load(NULL, &cfg, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "external.discovery", "nosuch", err, sizeof(err)),
+                     DEXEC_OK);
+    searched(cfg, dirs, sizeof(dirs));
+    ck_assert_int_eq(dexec_discovery_open(cfg, NULL, NULL, &h, err, sizeof(err)),
+                     DEXEC_ENOTFOUND);
+    ck_assert_ptr_null(h);
+    fmt(want, sizeof(want),
+        "discovery plugin 'nosuch' (external.discovery): plugin 'nosuch' not found: no "
+        "dexec_nosuch.so in %s (set DEXEC_PLUGIN_PATH or plugin_path, or give the plugin's "
+        "path)",
+        dirs);
+    ck_assert_str_eq(err, want);
+    ck_assert_ptr_nonnull(strstr(err, plugdir));
+    dexec_config_free(cfg);
+}
+END_TEST
+
+START_TEST(discovery_open_wrong_kind)
+{
+    dexec_discovery_handle *h = NULL;
+    char path[PATH_MAX], want[PATH_MAX + 200];
+
+    plugin_path(path, sizeof(path), plugdir, "testgood");
+    ck_assert_int_eq(dexec_discovery_open(NULL, "testgood", "redis://h/0", &h, err, sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_ptr_null(h);
+    fmt(want, sizeof(want),
+        "discovery plugin 'testgood': plugin %s is an executor plugin, not a discovery plugin",
+        path);
+    ck_assert_str_eq(err, want);
+}
+END_TEST
+
+/* The open failure names the plugin, its file and the URL, never the
+ * password, even where the plugin echoes the URL it was given. */
+START_TEST(discovery_open_masks_password)
+{
+    static const struct {
+        const char *url, *shown, *secret;
+    } cases[] = {
+        {"redis://:s3cret@db.example:6379/0", "redis://:***@db.example:6379/0", "s3cret"},
+        {"redis://app:pa55word@[::1]:6380/2", "redis://app:***@[::1]:6380/2", "pa55word"},
+        {"unix:/run/redis.sock?db=2&password=hunter2", "unix:/run/redis.sock?db=2&password=***",
+         "hunter2"},
+        {"redis://db.example/0", "redis://db.example/0", NULL},
+    };
+    char path[PATH_MAX], want[PATH_MAX + 400];
+
+    plugin_path(path, sizeof(path), plugdir, "testdisc");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        dexec_discovery_handle *h = NULL;
+
+        ck_assert_int_eq(dexec_discovery_open(NULL, "testdisc", cases[i].url, &h, err,
+                                              sizeof(err)),
+                         DEXEC_ENOTSUP);
+        ck_assert_ptr_null(h);
+        fmt(want, sizeof(want),
+            "discovery plugin testdisc (%s), registry %s: testdisc has no registry (asked for %s)",
+            path, cases[i].shown, cases[i].shown);
+        ck_assert_str_eq(err, want);
+        if (cases[i].secret != NULL)
+            ck_assert_ptr_null(strstr(err, cases[i].secret));
+    }
+}
+END_TEST
+
+/* No URL: $DEXEC_REGISTRY, else the plugin's own configuration. */
+START_TEST(discovery_open_url_sources)
+{
+    dexec_discovery_handle *h = NULL;
+    char path[PATH_MAX], want[PATH_MAX + 400];
+
+    plugin_path(path, sizeof(path), plugdir, "testdisc");
+    setenv("DEXEC_REGISTRY", "redis://:topsecret@env.example/1", 1);
+    ck_assert_int_eq(dexec_discovery_open(NULL, "testdisc", NULL, &h, err, sizeof(err)),
+                     DEXEC_ENOTSUP);
+    fmt(want, sizeof(want),
+        "discovery plugin testdisc (%s), registry redis://:***@env.example/1: testdisc has no "
+        "registry (asked for redis://:***@env.example/1)",
+        path);
+    ck_assert_str_eq(err, want);
+    unsetenv("DEXEC_REGISTRY");
+    ck_assert_int_eq(dexec_discovery_open(NULL, "testdisc", NULL, &h, err, sizeof(err)),
+                     DEXEC_ENOTSUP);
+    fmt(want, sizeof(want),
+        "discovery plugin testdisc (%s), registry from the configuration: testdisc has no "
+        "registry (asked for its configured one)",
+        path);
+    ck_assert_str_eq(err, want);
+}
+END_TEST
+
+START_TEST(url_redact)
+{
+    char buf[256];
+
+    dexec_url_redact("redis://:pw@h:1/0", buf, sizeof(buf));
+    ck_assert_str_eq(buf, "redis://:***@h:1/0");
+    dexec_url_redact("redis://u:pw@h", buf, sizeof(buf));
+    ck_assert_str_eq(buf, "redis://u:***@h");
+    /* a user without a password, and an @ after the authority, stay */
+    dexec_url_redact("redis://u@h/0", buf, sizeof(buf));
+    ck_assert_str_eq(buf, "redis://u@h/0");
+    dexec_url_redact("redis://h/0?x=a@b:c", buf, sizeof(buf));
+    ck_assert_str_eq(buf, "redis://h/0?x=a@b:c");
+    dexec_url_redact("redis://h/0?password=pw&db=3", buf, sizeof(buf));
+    ck_assert_str_eq(buf, "redis://h/0?password=***&db=3");
+    dexec_url_redact(NULL, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "");
+    dexec_url_redact("redis://:pw@h:1/0", buf, 12);
+    ck_assert_str_eq(buf, "redis://:**");
+}
+END_TEST
+
 static Suite *loader_suite(void)
 {
     Suite *s = suite_create("loader");
@@ -437,6 +576,11 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, unload_for_leak_checkers);
     tcase_add_test(tc, misuse);
     tcase_add_test(tc, search_path_public);
+    tcase_add_test(tc, discovery_open_unknown_lists_dirs);
+    tcase_add_test(tc, discovery_open_wrong_kind);
+    tcase_add_test(tc, discovery_open_masks_password);
+    tcase_add_test(tc, discovery_open_url_sources);
+    tcase_add_test(tc, url_redact);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -643,6 +643,49 @@ START_TEST(test_cluster_agent_death_fails_calls)
 }
 END_TEST
 
+/* The node agent and the worker share one RPC server core: a request
+ * before hello gets the same refusal from both, and the connection ends. */
+static void refused_before_hello(const char *address, char *err, size_t errlen,
+                                 dexec_status *code)
+{
+    dexec_conn *c = NULL;
+    dexec_value *r = NULL;
+    char again[1024];
+
+    ck_assert_msg(dexec_conn_connect(address, 5, &c, err, errlen) == DEXEC_OK, "%s", err);
+    *code = dexec_conn_call(c, "get_info", NULL, dexec_now() + 5, &r, NULL, NULL, err, errlen);
+    ck_assert_ptr_null(r);
+    /* and the connection is dropped */
+    ck_assert_int_eq(dexec_conn_call(c, "get_info", NULL, dexec_now() + 5, &r, NULL, NULL, again,
+                                     sizeof(again)),
+                     DEXEC_ECLOSED);
+    ck_assert_ptr_null(r);
+    dexec_conn_free(c);
+}
+
+START_TEST(test_cluster_node_and_worker_refuse_before_hello)
+{
+    const char *wargs[] = {"--listen", "tcp:127.0.0.1:0", "--device", "cpu", NULL};
+    test_worker node, worker;
+    dexec_status ncode, wcode;
+    char nerr[1024], werr[1024];
+    int rc;
+
+    NEED_REDIS();
+    start_node(&node, "gatekeeper", NULL);
+    rc = test_worker_start(&worker, wargs, 30.0);
+    ck_assert_msg(rc == 0, "worker: %d: %s", rc, test_worker_stderr(&worker));
+    refused_before_hello(node.address, nerr, sizeof(nerr), &ncode);
+    refused_before_hello(worker.address, werr, sizeof(werr), &wcode);
+    ck_assert_int_eq(ncode, DEXEC_EAUTH);
+    ck_assert_int_eq(wcode, DEXEC_EAUTH);
+    ck_assert_str_eq(nerr, "the first request on a connection must be hello");
+    ck_assert_str_eq(werr, nerr);
+    test_worker_stop(&worker);
+    test_worker_stop(&node);
+}
+END_TEST
+
 static Suite *ray_suite(void)
 {
     Suite *s = suite_create("ray");
@@ -670,6 +713,7 @@ static Suite *ray_suite(void)
     tcase_add_test(cluster, test_cluster_auto_needs_registry_env);
     tcase_add_test(cluster, test_cluster_engine_sigkill_takes_actor);
     tcase_add_test(cluster, test_cluster_agent_death_fails_calls);
+    tcase_add_test(cluster, test_cluster_node_and_worker_refuse_before_hello);
     suite_add_tcase(s, cluster);
     return s;
 }

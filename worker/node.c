@@ -1,8 +1,10 @@
 /*
  * node.c - the node agent (dexec-worker --node).
  *
- * One thread runs everything: a poll loop over the listener, the engines'
- * connections and the stdout pipes of actors still starting. Actors are
+ * One thread runs everything: the RPC server core (rpc_server.c: accept,
+ * hello, framing, dispatch to the method table below) over the listener
+ * and the engines' connections, and the stdout pipes of actors still
+ * starting, watched through it. Actors are
  * forked from this thread, so their parent-death signal fires exactly
  * when the agent dies. The loop also reaps actors, finishes the kill
  * ladder of actors whose engine left, and publishes the node's free
@@ -18,42 +20,37 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <dexec/plugin.h>
+#include <dexec/discovery.h>
 #include <dexec/rpc.h>
 
 #include "listen.h"
 #include "node.h"
 #include "resources.h"
+#include "rpc_server.h"
 
 #define COMPONENT "node"
 #define KILL_WAIT 1.0      /* SIGTERM to SIGKILL for actors whose engine left */
 #define WRITE_TIMEOUT 5.0
+#define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
+#define TICK 0.05          /* reaping and the kill ladder run on this clock */
 #define MAX_GPUS 64
-
-typedef struct nconn {
-    int fd;
-    dexec_reader rd;
-    int authed;
-    struct nconn *next;
-} nconn;
 
 typedef struct nactor {
     dxr_child child;
     int id;
     int running;         /* not reaped yet */
-    nconn *owner;        /* the engine that asked for it; NULL once it left */
+    struct node *node;
+    dxs_conn *owner;     /* the engine that asked for it; NULL once it left */
     uint32_t msgid;      /* its spawn_actor call, answered once the actor listens */
     int replied;
     int out_fd;          /* the actor's stdout, where it prints its address; -1 after */
@@ -85,71 +82,39 @@ typedef struct node {
     int64_t memory;
     dexec_value *resources;
     cpu_set_t pool, outside; /* CPUs actors may get; allowed CPUs they may not */
-    nconn *conns;
+    dxs_server *rpc;
+    double last_beat;
     nactor *actors;
     int next_id;
     /* registry */
     dexec_config *cfg;
-    dexec_host hostsvc;
-    dexec_plugin_handle *plugin;
-    const dexec_discovery_ops *dops;
-    dexec_discovery *disc;
+    dexec_discovery_handle *disc;
     dexec_actor_info info;
     int ttl;
     int beat_failing;
 } node;
 
-static volatile sig_atomic_t g_stop;
+static dxs_server *g_rpc;
 
 static void on_signal(int sig)
 {
     (void)sig;
-    g_stop = 1;
+    if (g_rpc != NULL)
+        dxs_stop(g_rpc);
 }
 
-/* ---- replies ---------------------------------------------------------------------- */
-
-static void send_msg(nconn *c, dexec_value *m)
-{
-    char err[256];
-
-    if (dexec_frame_write(c->fd, m, dexec_now() + WRITE_TIMEOUT, err, sizeof(err)) !=
-        DEXEC_OK)
-        dexec_log(DEXEC_LOG_WARN, COMPONENT, "reply not sent: %s", err);
-    dexec_value_free(m);
-}
-
-/* [1, msgid, nil, result]; takes result. */
-static void reply_ok(nconn *c, uint32_t msgid, dexec_value *result)
-{
-    dexec_value *m = dexec_value_array();
-
-    dexec_value_array_push(m, dexec_value_int(1));
-    dexec_value_array_push(m, dexec_value_int(msgid));
-    dexec_value_array_push(m, dexec_value_nil());
-    dexec_value_array_push(m, result != NULL ? result : dexec_value_nil());
-    send_msg(c, m);
-}
-
-static void reply_err(nconn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
+/* Node agents answer for no rank. */
+static void reply_err(dxs_conn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static void reply_err(nconn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
+static void reply_err(dxs_conn *c, uint32_t msgid, dexec_status code, const char *fmt, ...)
 {
-    dexec_value *m = dexec_value_array(), *e = dexec_value_array();
     char msg[1024];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    dexec_value_array_push(e, dexec_value_int(code));
-    dexec_value_array_push(e, dexec_value_str(msg));
-    dexec_value_array_push(e, dexec_value_int(-1));
-    dexec_value_array_push(m, dexec_value_int(1));
-    dexec_value_array_push(m, dexec_value_int(msgid));
-    dexec_value_array_push(m, e);
-    dexec_value_array_push(m, dexec_value_nil());
-    send_msg(c, m);
+    dxs_reply_err(c, msgid, code, -1, "%s", msg);
 }
 
 /* ---- accounting -------------------------------------------------------------------- */
@@ -225,7 +190,7 @@ static void publish(node *n)
 
     dexec_value_free(n->info.meta);
     n->info.meta = node_meta(n);
-    st = n->dops->heartbeat(n->disc, &n->info, n->ttl, err, sizeof(err));
+    st = dexec_discovery_heartbeat(n->disc, &n->info, n->ttl, err, sizeof(err));
     if (st != DEXEC_OK && !n->beat_failing)
         dexec_log(DEXEC_LOG_WARN, COMPONENT, "node %s: registry update failed: %s",
                   n->info.name, err);
@@ -258,7 +223,6 @@ static int advertised(const node *n, char *buf, size_t len)
 
 static int registry_open(node *n, char *err, size_t errlen)
 {
-    const char *url = n->opt->registry, *plugin = "redis_discovery";
     char host[256] = "", inst[96], addr[600];
     unsigned char rnd[8] = {0};
     int64_t ttl = 10;
@@ -268,17 +232,7 @@ static int registry_open(node *n, char *err, size_t errlen)
     if (st != DEXEC_OK)
         return -1;
     dexec_config_get_int(n->cfg, "discovery.redis.ttl", &ttl);
-    dexec_config_get_string(n->cfg, "external.discovery", &plugin);
     n->ttl = n->opt->ttl > 0 ? n->opt->ttl : (int)ttl;
-    if (url == NULL && getenv("DEXEC_REGISTRY") != NULL && *getenv("DEXEC_REGISTRY") != '\0')
-        url = getenv("DEXEC_REGISTRY");
-    n->hostsvc.struct_size = sizeof(n->hostsvc);
-    n->hostsvc.config = n->cfg;
-    n->hostsvc.log = dexec_log;
-    st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, n->cfg, &n->plugin, err, errlen);
-    if (st != DEXEC_OK)
-        return -1;
-    n->dops = dexec_plugin_descriptor(n->plugin)->ops;
     if (advertised(n, addr, sizeof(addr)) != 0) {
         dexec_errorf(err, errlen, "--advertise %s: a host needs a tcp: listener",
                      n->opt->advertise);
@@ -297,9 +251,9 @@ static int registry_open(node *n, char *err, size_t errlen)
     n->info.protocol = DEXEC_PROTOCOL_VERSION;
     n->info.started = (double)time(NULL);
     n->info.meta = node_meta(n);
-    st = n->dops->open(&n->hostsvc, url, &n->disc, err, errlen);
+    st = dexec_discovery_open(n->cfg, NULL, n->opt->registry, &n->disc, err, errlen);
     if (st == DEXEC_OK)
-        st = n->dops->register_actor(n->disc, &n->info, n->ttl, err, errlen);
+        st = dexec_discovery_register(n->disc, &n->info, n->ttl, err, errlen);
     return st == DEXEC_OK ? 0 : -1;
 }
 
@@ -313,8 +267,10 @@ static void actor_free(node *n, nactor *a)
             break;
         }
     }
-    if (a->out_fd >= 0)
+    if (a->out_fd >= 0) {
+        dxs_unwatch(n->rpc, a->out_fd);
         close(a->out_fd);
+    }
     if (a->tokfile[0] != '\0')
         unlink(a->tokfile);
     dexec_value_free(a->labels);
@@ -349,7 +305,7 @@ static void actor_ready(node *n, nactor *a, const char *address)
     dexec_value_map_set(r, "address", dexec_value_str(address));
     dexec_value_map_set(r, "node", dexec_value_str(n->info.name));
     if (a->owner != NULL && !a->replied)
-        reply_ok(a->owner, a->msgid, r);
+        dxs_reply_ok(a->owner, a->msgid, r);
     else
         dexec_value_free(r);
     a->replied = 1;
@@ -362,8 +318,10 @@ static void actor_ready(node *n, nactor *a, const char *address)
               address);
 }
 
-static void actor_read_out(node *n, nactor *a)
+static void actor_read_out(void *arg, int fd)
 {
+    nactor *a = arg;
+    node *n = a->node;
     ssize_t got = read(a->out_fd, a->out + a->outlen, sizeof(a->out) - 1 - a->outlen);
     char *nl;
 
@@ -381,12 +339,13 @@ static void actor_read_out(node *n, nactor *a)
     }
     /* an address, EOF or an error: nothing more to read (a failure is
      * reported when the actor is reaped) */
+    dxs_unwatch(n->rpc, fd);
     close(a->out_fd);
     a->out_fd = -1;
 }
 
 /* The engine left: its actors go (SIGTERM now, SIGKILL after KILL_WAIT). */
-static void owner_left(node *n, nconn *c)
+static void owner_left(node *n, dxs_conn *c)
 {
     nactor *a = n->actors, *next;
 
@@ -457,7 +416,7 @@ static int write_token(const char *path, const char *token)
     return w == (ssize_t)len ? 0 : -1;
 }
 
-static void handle_spawn(node *n, nconn *c, uint32_t id, const dexec_value *params)
+static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *params)
 {
     int ranks, cpus, gpus, pfd[2];
     int64_t memory;
@@ -578,6 +537,13 @@ static void handle_spawn(node *n, nconn *c, uint32_t id, const dexec_value *para
     close(pfd[1]);
     fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);
     a->out_fd = pfd[0];
+    a->node = n;
+    if (dxs_watch(n->rpc, a->out_fd, actor_read_out, a) != 0) {
+        /* it could never be answered: stop it, it is reaped as usual */
+        reply_err(c, id, DEXEC_ENOMEM, "node %s: out of memory", n->info.name);
+        a->replied = 1;
+        kill(a->child.pid, SIGKILL);
+    }
     a->running = 1;
     a->owner = c;
     a->msgid = id;
@@ -590,7 +556,7 @@ static void handle_spawn(node *n, nconn *c, uint32_t id, const dexec_value *para
     publish(n);
 }
 
-static void handle_actor_status(node *n, nconn *c, uint32_t id, const dexec_value *params)
+static void handle_actor_status(node *n, dxs_conn *c, uint32_t id, const dexec_value *params)
 {
     int64_t pid = dexec_value_as_int(dexec_value_array_get(params, 0), -1);
     dexec_value *r;
@@ -603,7 +569,7 @@ static void handle_actor_status(node *n, nconn *c, uint32_t id, const dexec_valu
         dexec_value_map_set(r, "running", dexec_value_bool(a->running));
         if (!a->running)
             dexec_value_map_set(r, "exit", dexec_value_str(a->exit_desc));
-        reply_ok(c, id, r);
+        dxs_reply_ok(c, id, r);
         return;
     }
     reply_err(c, id, DEXEC_ENOTFOUND, "node %s has no actor with pid %lld", n->info.name,
@@ -612,25 +578,11 @@ static void handle_actor_status(node *n, nconn *c, uint32_t id, const dexec_valu
 
 /* ---- engine connections ------------------------------------------------------------------ */
 
-static int handle_hello(node *n, nconn *c, uint32_t id, const dexec_value *params)
+static dexec_value *hello_reply(void *user)
 {
-    const dexec_value *arg = dexec_value_array_get(params, 0);
-    int64_t proto = dexec_value_as_int(dexec_value_map_get(arg, "protocol"), -1);
-    const char *tok = dexec_value_as_str(dexec_value_map_get(arg, "token"), NULL);
-    dexec_value *r;
+    node *n = user;
+    dexec_value *r = dexec_value_map();
 
-    if (proto != DEXEC_PROTOCOL_VERSION) {
-        reply_err(c, id, DEXEC_EPROTO, "node agent speaks protocol %d, the client asked for %lld",
-                  DEXEC_PROTOCOL_VERSION, (long long)proto);
-        return -1;
-    }
-    if (n->token != NULL && (tok == NULL || !dexec_secret_equal(tok, n->token))) {
-        reply_err(c, id, DEXEC_EAUTH,
-                  tok == NULL ? "this node agent requires a token" : "wrong token");
-        return -1;
-    }
-    c->authed = 1;
-    r = dexec_value_map();
     dexec_value_map_set(r, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
     dexec_value_map_set(r, "kind", dexec_value_str("node"));
     dexec_value_map_set(r, "name", dexec_value_str(n->info.name));
@@ -638,88 +590,41 @@ static int handle_hello(node *n, nconn *c, uint32_t id, const dexec_value *param
     dexec_value_map_set(r, "host", dexec_value_str(n->info.host));
     dexec_value_map_set(r, "rank", dexec_value_int(0));
     dexec_value_map_set(r, "version", dexec_value_str(dexec_version()));
-    reply_ok(c, id, r);
+    return r;
+}
+
+static int m_spawn_actor(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+{
+    handle_spawn(user, c, id, params);
+    dexec_value_free(params);
     return 0;
 }
 
-/* One request. Returns -1 to drop the connection. */
-static int handle_message(node *n, nconn *c, const dexec_value *m)
+static int m_actor_status(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
 {
-    const dexec_value *t = dexec_value_array_get(m, 0), *idv = dexec_value_array_get(m, 1);
-    const char *method;
-    const dexec_value *params;
-    uint32_t id;
-
-    if (m->type != DEXEC_VAL_ARRAY || dexec_value_as_int(t, -1) == 2)
-        return m->type == DEXEC_VAL_ARRAY ? 0 : -1;
-    if (dexec_value_as_int(t, -1) != 0 || idv == NULL || idv->type != DEXEC_VAL_INT ||
-        idv->u.i < 0 || idv->u.i > UINT32_MAX || m->u.arr.len != 4 ||
-        m->u.arr.items[2]->type != DEXEC_VAL_STR || m->u.arr.items[3]->type != DEXEC_VAL_ARRAY) {
-        dexec_log(DEXEC_LOG_WARN, COMPONENT, "dropping a connection that sent a malformed request");
-        return -1;
-    }
-    id = (uint32_t)idv->u.i;
-    method = m->u.arr.items[2]->u.str.ptr;
-    params = m->u.arr.items[3];
-    if (strcmp(method, "hello") == 0)
-        return handle_hello(n, c, id, params);
-    if (!c->authed) {
-        reply_err(c, id, DEXEC_EAUTH, "the first request on a connection must be hello");
-        return -1;
-    }
-    if (strcmp(method, "spawn_actor") == 0)
-        handle_spawn(n, c, id, params);
-    else if (strcmp(method, "actor_status") == 0)
-        handle_actor_status(n, c, id, params);
-    else if (strcmp(method, "get_info") == 0)
-        reply_ok(c, id, node_meta(n));
-    else
-        reply_err(c, id, DEXEC_ENOTFOUND,
-                  "unknown method '%s' (a node agent knows: hello, spawn_actor, actor_status, "
-                  "get_info)",
-                  method);
+    handle_actor_status(user, c, id, params);
+    dexec_value_free(params);
     return 0;
 }
 
-static void conn_drop(node *n, nconn *c)
+static dexec_value *a_get_info(void *user, const dexec_value *params)
 {
-    for (nconn **pp = &n->conns; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == c) {
-            *pp = c->next;
-            break;
-        }
-    }
-    owner_left(n, c);
-    close(c->fd);
-    dexec_reader_free(&c->rd);
-    free(c);
+    (void)params;
+    return node_meta(user);
 }
 
-/* Reads what c sent; returns -1 when it is finished. */
-static int conn_service(node *n, nconn *c)
+/* The method table: what the core dispatches to after hello. */
+static const dxs_method node_methods[] = {
+    {"spawn_actor", m_spawn_actor, NULL, NULL},
+    {"actor_status", m_actor_status, NULL, NULL},
+    {"get_info", NULL, NULL, a_get_info},
+    {NULL, NULL, NULL, NULL},
+};
+
+static void conn_closed(void *user, dxs_conn *c)
 {
-    char err[512];
-    dexec_status st = dexec_reader_fill(&c->rd, c->fd, err, sizeof(err));
-
-    for (;;) {
-        dexec_value *m;
-
-        if (dexec_reader_take(&c->rd, &m, err, sizeof(err)) != DEXEC_OK) {
-            dexec_log(DEXEC_LOG_WARN, COMPONENT, "dropping a connection: %s", err);
-            return -1;
-        }
-        if (m == NULL)
-            break;
-        if (handle_message(n, c, m) != 0) {
-            dexec_value_free(m);
-            return -1;
-        }
-        dexec_value_free(m);
-    }
-    return st == DEXEC_OK ? 0 : -1;
+    owner_left(user, c);
 }
-
-/* ---- the loop ------------------------------------------------------------------------------ */
 
 static void reap_and_kill(node *n)
 {
@@ -741,80 +646,15 @@ static void reap_and_kill(node *n)
     }
 }
 
-static void loop(node *n)
+/* Every TICK: reap, the kill ladder, and the registry about once a second. */
+static void tick(void *user)
 {
-    double last_beat = dexec_now();
+    node *n = user;
 
-    while (!g_stop) {
-        size_t cap = 1, k = 0, nconns;
-        struct pollfd *pf;
-        void **who;
-        int rc;
-
-        for (nconn *c = n->conns; c != NULL; c = c->next)
-            cap++;
-        for (nactor *a = n->actors; a != NULL; a = a->next)
-            cap++;
-        pf = calloc(cap, sizeof(*pf));
-        who = calloc(cap, sizeof(*who));
-        if (pf == NULL || who == NULL) {
-            free(pf);
-            free(who);
-            dexec_log(DEXEC_LOG_ERROR, COMPONENT, "out of memory");
-            return;
-        }
-        pf[k++] = (struct pollfd){.fd = n->lis.fd, .events = POLLIN};
-        for (nconn *c = n->conns; c != NULL; c = c->next) {
-            who[k] = c;
-            pf[k++] = (struct pollfd){.fd = c->fd, .events = POLLIN};
-        }
-        nconns = k - 1;
-        for (nactor *a = n->actors; a != NULL; a = a->next) {
-            if (a->out_fd < 0)
-                continue;
-            who[k] = a;
-            pf[k++] = (struct pollfd){.fd = a->out_fd, .events = POLLIN};
-        }
-        /* short: reaping and the kill ladder run on this clock */
-        rc = poll(pf, (nfds_t)k, 50);
-        if (rc < 0 && errno != EINTR) {
-            dexec_log(DEXEC_LOG_ERROR, COMPONENT, "poll: %s", strerror(errno));
-            free(pf);
-            free(who);
-            return;
-        }
-        /* actors' pipes first: dropping a connection may free actors */
-        for (size_t i = nconns + 1; rc > 0 && i < k; i++)
-            if (pf[i].revents & (POLLIN | POLLHUP | POLLERR))
-                actor_read_out(n, who[i]);
-        for (size_t i = 1; rc > 0 && i <= nconns; i++)
-            if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && conn_service(n, who[i]) != 0)
-                conn_drop(n, who[i]);
-        if (rc > 0 && (pf[0].revents & POLLIN)) {
-            for (;;) {
-                int fd = accept4(n->lis.fd, NULL, NULL, SOCK_CLOEXEC);
-                nconn *c;
-
-                if (fd < 0)
-                    break;
-                c = calloc(1, sizeof(*c));
-                if (c == NULL) {
-                    close(fd);
-                    break;
-                }
-                c->fd = fd;
-                dexec_reader_init(&c->rd, n->opt->max_frame);
-                c->next = n->conns;
-                n->conns = c;
-            }
-        }
-        free(pf);
-        free(who);
-        reap_and_kill(n);
-        if (dexec_now() - last_beat >= 1.0) {
-            last_beat = dexec_now();
-            publish(n);
-        }
+    reap_and_kill(n);
+    if (dexec_now() - n->last_beat >= 1.0) {
+        n->last_beat = dexec_now();
+        publish(n);
     }
 }
 
@@ -920,14 +760,6 @@ static void stop_all(node *n)
         }
         actor_free(n, n->actors);
     }
-    while (n->conns != NULL) {
-        nconn *c = n->conns;
-
-        n->conns = c->next;
-        close(c->fd);
-        dexec_reader_free(&c->rd);
-        free(c);
-    }
 }
 
 int dxn_run(const dxn_options *o)
@@ -987,12 +819,37 @@ int dxn_run(const dxn_options *o)
         fprintf(stderr, "dexec-worker: %s\n", err);
         goto out;
     }
-    fcntl(n.lis.fd, F_SETFL, fcntl(n.lis.fd, F_GETFL) | O_NONBLOCK);
+    {
+        dxs_config rc = {
+            .component = COMPONENT,
+            .role = "node agent",
+            .token = n.token,
+            .max_frame = o->max_frame,
+            .rank = -1,
+            .write_timeout = WRITE_TIMEOUT,
+            .hello_timeout = HELLO_TIMEOUT,
+            .tick_interval = TICK,
+            .methods = node_methods,
+            .hello_reply = hello_reply,
+            .tick = tick,
+            .closed = conn_closed,
+            .user = &n,
+        };
+
+        n.rpc = dxs_server_new(&rc, err, sizeof(err));
+    }
+    if (n.rpc == NULL) {
+        fprintf(stderr, "dexec-worker: %s\n", err);
+        goto out;
+    }
+    dxs_add_listener(n.rpc, n.lis.fd);
+    n.lis.fd = -1; /* the server's now; the socket file is still ours to remove */
     actor_listen_host(&n);
     if (registry_open(&n, err, sizeof(err)) != 0) {
         fprintf(stderr, "dexec-worker: node %s: %s\n", o->name, err);
         goto out;
     }
+    g_rpc = n.rpc;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -1005,16 +862,15 @@ int dxn_run(const dxn_options *o)
         printf("%s\n", n.info.address);
         fflush(stdout);
     }
-    loop(&n);
-    status = 0;
+    n.last_beat = dexec_now();
+    status = dxs_run(n.rpc);
 out:
+    g_rpc = NULL;
     stop_all(&n);
-    if (n.disc != NULL) {
-        n.dops->deregister(n.disc, &n.info, err, sizeof(err));
-        n.dops->close(n.disc);
-    }
-    if (n.plugin != NULL)
-        dexec_plugin_release(n.plugin);
+    dxs_server_free(n.rpc);
+    if (n.disc != NULL)
+        dexec_discovery_deregister(n.disc, &n.info, err, sizeof(err));
+    dexec_discovery_close(n.disc);
     dexec_actor_info_clear(&n.info);
     dexec_config_free(n.cfg);
     dxw_listener_close(&n.lis);

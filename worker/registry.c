@@ -22,17 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <dexec/plugin.h>
+#include <dexec/discovery.h>
 #include <dexec/rpc.h>
 
 #include "registry.h"
 
 struct dxw_registry {
     dexec_config *cfg;
-    dexec_host host;
-    dexec_plugin_handle *plugin;
-    const dexec_discovery_ops *ops;
-    dexec_discovery *disc;
+    dexec_discovery_handle *disc;
     dexec_actor_info info;
     int ttl;
 
@@ -160,7 +157,7 @@ static void *heartbeat_main(void *arg)
         if (r->stopping)
             break;
         pthread_mutex_unlock(&r->lock);
-        st = r->ops->heartbeat(r->disc, &r->info, r->ttl, err, sizeof(err));
+        st = dexec_discovery_heartbeat(r->disc, &r->info, r->ttl, err, sizeof(err));
         /* log a change of state once, not every period */
         if (st != DEXEC_OK && !failing)
             dexec_log(DEXEC_LOG_WARN, "registry", "%s: heartbeat failed: %s (retrying every %.3g s)",
@@ -177,10 +174,7 @@ static void *heartbeat_main(void *arg)
 
 static void registry_free(dxw_registry *r)
 {
-    if (r->disc != NULL)
-        r->ops->close(r->disc);
-    if (r->plugin != NULL)
-        dexec_plugin_release(r->plugin);
+    dexec_discovery_close(r->disc);
     dexec_actor_info_clear(&r->info);
     dexec_config_free(r->cfg);
     pthread_mutex_destroy(&r->lock);
@@ -229,7 +223,6 @@ dexec_status dxw_registry_open(const dxw_registry_opts *o, dxw_registry **out, c
                                size_t errlen)
 {
     dxw_registry *r;
-    const char *url = o->url, *plugin = o->plugin;
     char address[512];
     int64_t ttl = 10;
     dexec_status st;
@@ -255,30 +248,18 @@ dexec_status dxw_registry_open(const dxw_registry_opts *o, dxw_registry **out, c
         goto fail;
     dexec_config_get_int(r->cfg, "discovery.redis.ttl", &ttl);
     r->ttl = o->ttl > 0 ? o->ttl : (int)ttl;
-    if (plugin == NULL)
-        dexec_config_get_string(r->cfg, "external.discovery", &plugin);
-    if (url == NULL && getenv("DEXEC_REGISTRY") != NULL && *getenv("DEXEC_REGISTRY") != '\0')
-        url = getenv("DEXEC_REGISTRY");
-    r->host.struct_size = sizeof(r->host);
-    r->host.config = r->cfg;
-    r->host.log = dexec_log;
-    st = dexec_plugin_load(plugin != NULL ? plugin : "redis_discovery", DEXEC_PLUGIN_DISCOVERY,
-                           r->cfg, &r->plugin, err, errlen);
-    if (st != DEXEC_OK)
-        goto fail;
-    r->ops = dexec_plugin_descriptor(r->plugin)->ops;
     st = fill_info(r, o, address);
     if (st != DEXEC_OK)
         goto fail;
-    st = r->ops->open(&r->host, url, &r->disc, err, errlen);
+    st = dexec_discovery_open(r->cfg, o->plugin, o->url, &r->disc, err, errlen);
     if (st != DEXEC_OK)
         goto fail;
-    st = r->ops->register_actor(r->disc, &r->info, r->ttl, err, errlen);
+    st = dexec_discovery_register(r->disc, &r->info, r->ttl, err, errlen);
     if (st != DEXEC_OK)
         goto fail;
     if (pthread_create(&r->thread, NULL, heartbeat_main, r) != 0) {
         dexec_errorf(err, errlen, "cannot start the heartbeat thread: %s", strerror(errno));
-        r->ops->deregister(r->disc, &r->info, NULL, 0);
+        dexec_discovery_deregister(r->disc, &r->info, NULL, 0);
         st = DEXEC_EIO;
         goto fail;
     }
@@ -310,7 +291,7 @@ void dxw_registry_close(dxw_registry *r)
         pthread_mutex_unlock(&r->lock);
         pthread_join(r->thread, NULL);
     }
-    if (r->ops->deregister(r->disc, &r->info, err, sizeof(err)) != DEXEC_OK)
+    if (dexec_discovery_deregister(r->disc, &r->info, err, sizeof(err)) != DEXEC_OK)
         dexec_log(DEXEC_LOG_WARN, "registry",
                   "%s: could not remove the entry (it expires within %d s): %s", r->info.name,
                   r->ttl, err);

@@ -1,7 +1,8 @@
 /*
  * server.c - the worker protocol, server side (see doc/protocol.md).
  *
- * Threads: one I/O thread runs the poll loop, decodes requests, answers the
+ * Threads: one I/O thread runs the RPC server core (rpc_server.c: accept,
+ * hello, framing, dispatch to the method table below), answers the
  * cheap methods at once (hello, get_rank, check_health, shutdown and the
  * read-only worker methods) and queues heavy work to the ranks. Each rank
  * has a compute thread that owns its model and device; it writes its own
@@ -13,39 +14,28 @@
 
 #include <errno.h>
 #include <stdarg.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <dexec/rpc.h>
 
 #include "kernels.h"
+#include "rpc_server.h"
 #include "server.h"
 
 #define WRITE_TIMEOUT 30.0
+#define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
 #define DEBUG_SLEEP_MAX 3600.0
-
-typedef struct wconn {
-    int fd;
-    dexec_reader rd;
-    pthread_mutex_t wlock;
-    int refs; /* atomic: the I/O loop's reference plus one per call in flight */
-    int authed;
-    int is_control;
-    struct wconn *next;
-} wconn;
 
 enum call_kind { CALL_GENERATE, CALL_EXECUTE, CALL_COLLECTIVE };
 
 typedef struct call {
-    wconn *c;
+    dxs_conn *c;
     uint32_t msgid;
     enum call_kind kind;
     dexec_value *params; /* owned; requests and arguments point into it */
@@ -85,100 +75,14 @@ struct dxw_server {
     dxw_options opt;
     char *model, *device, *token, *name;
     wrank *ranks;
-    int *listeners;
-    int nlisteners;
-    wconn *conns;
-    int wake[2];
-    volatile sig_atomic_t stopping;
-    int exit_status;
-    dxw_tick_fn tick;
-    void *tick_user;
+    dxs_server *rpc;
     double started;
     char host[256];
 };
 
-/* ---- connections ---------------------------------------------------------- */
-
-static wconn *wconn_new(int fd, size_t max_frame)
-{
-    wconn *c = calloc(1, sizeof(*c));
-
-    if (c == NULL)
-        return NULL;
-    c->fd = fd;
-    dexec_reader_init(&c->rd, max_frame);
-    pthread_mutex_init(&c->wlock, NULL);
-    c->refs = 1;
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    return c;
-}
-
-static void wconn_ref(wconn *c)
-{
-    __atomic_add_fetch(&c->refs, 1, __ATOMIC_ACQ_REL);
-}
-
-static void wconn_unref(wconn *c)
-{
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) != 0)
-        return;
-    close(c->fd);
-    dexec_reader_free(&c->rd);
-    pthread_mutex_destroy(&c->wlock);
-    free(c);
-}
-
-static void send_value(wconn *c, const dexec_value *msg)
-{
-    char err[256];
-    dexec_status st;
-
-    pthread_mutex_lock(&c->wlock);
-    st = dexec_frame_write(c->fd, msg, dexec_now() + WRITE_TIMEOUT, err, sizeof(err));
-    pthread_mutex_unlock(&c->wlock);
-    if (st != DEXEC_OK && st != DEXEC_ECLOSED)
-        dexec_log(DEXEC_LOG_WARN, "worker", "reply not sent: %s", err);
-}
-
-/* Sends [1, msgid, nil, result]; takes result. */
-static void reply_ok(wconn *c, uint32_t msgid, dexec_value *result)
-{
-    dexec_value *m = dexec_value_array();
-
-    dexec_value_array_push(m, dexec_value_int(1));
-    dexec_value_array_push(m, dexec_value_int(msgid));
-    dexec_value_array_push(m, dexec_value_nil());
-    dexec_value_array_push(m, result != NULL ? result : dexec_value_nil());
-    send_value(c, m);
-    dexec_value_free(m);
-}
-
-/* Sends [1, msgid, [code, message, rank], nil]. */
-static void reply_err(wconn *c, uint32_t msgid, dexec_status code, int rank, const char *fmt,
-                      ...) __attribute__((format(printf, 5, 6)));
-static void reply_err(wconn *c, uint32_t msgid, dexec_status code, int rank, const char *fmt, ...)
-{
-    dexec_value *m = dexec_value_array(), *e = dexec_value_array();
-    char msg[1024];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    dexec_value_array_push(e, dexec_value_int(code));
-    dexec_value_array_push(e, dexec_value_str(msg));
-    dexec_value_array_push(e, dexec_value_int(rank));
-    dexec_value_array_push(m, dexec_value_int(1));
-    dexec_value_array_push(m, dexec_value_int(msgid));
-    dexec_value_array_push(m, e);
-    dexec_value_array_push(m, dexec_value_nil());
-    send_value(c, m);
-    dexec_value_free(m);
-}
-
 /* ---- calls spanning ranks -------------------------------------------------- */
 
-static call *call_new(wconn *c, uint32_t msgid, enum call_kind kind, dexec_value *params,
+static call *call_new(dxs_conn *c, uint32_t msgid, enum call_kind kind, dexec_value *params,
                       size_t nslots, int parts)
 {
     call *k = calloc(1, sizeof(*k));
@@ -191,7 +95,7 @@ static call *call_new(wconn *c, uint32_t msgid, enum call_kind kind, dexec_value
         return NULL;
     }
     k->c = c;
-    wconn_ref(c);
+    dxs_conn_ref(c);
     k->msgid = msgid;
     k->kind = kind;
     k->params = params;
@@ -209,7 +113,7 @@ static void call_free(call *k)
     free(k->slots);
     dexec_value_free(k->params);
     pthread_mutex_destroy(&k->lock);
-    wconn_unref(k->c);
+    dxs_conn_unref(k->c);
     free(k);
 }
 
@@ -225,9 +129,9 @@ static void call_part_done(call *k)
     if (!last)
         return;
     if (k->err_code != 0) {
-        reply_err(k->c, k->msgid, (dexec_status)k->err_code, k->err_rank, "%s", k->err_msg);
+        dxs_reply_err(k->c, k->msgid, (dexec_status)k->err_code, k->err_rank, "%s", k->err_msg);
     } else if (k->kind == CALL_EXECUTE) {
-        reply_ok(k->c, k->msgid, k->slots[0]);
+        dxs_reply_ok(k->c, k->msgid, k->slots[0]);
         k->slots[0] = NULL;
     } else {
         res = dexec_value_array();
@@ -235,7 +139,7 @@ static void call_part_done(call *k)
             dexec_value_array_push(res, k->slots[i] != NULL ? k->slots[i] : dexec_value_nil());
             k->slots[i] = NULL;
         }
-        reply_ok(k->c, k->msgid, res);
+        dxs_reply_ok(k->c, k->msgid, res);
     }
     call_free(k);
 }
@@ -387,7 +291,7 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
 /* ---- generate ---------------------------------------------------------------- */
 
 typedef struct progress_ctx {
-    wconn *c;
+    dxs_conn *c;
     uint32_t msgid;
     size_t pos;
 } progress_ctx;
@@ -395,18 +299,14 @@ typedef struct progress_ctx {
 static void on_step(void *user, int image, int step, int total)
 {
     progress_ctx *p = user;
-    dexec_value *m = dexec_value_array(), *a = dexec_value_array();
+    dexec_value *a = dexec_value_array();
 
     dexec_value_array_push(a, dexec_value_int(p->msgid));
     dexec_value_array_push(a, dexec_value_int((int64_t)p->pos));
     dexec_value_array_push(a, dexec_value_int(image));
     dexec_value_array_push(a, dexec_value_int(step));
     dexec_value_array_push(a, dexec_value_int(total));
-    dexec_value_array_push(m, dexec_value_int(2));
-    dexec_value_array_push(m, dexec_value_str("progress"));
-    dexec_value_array_push(m, a);
-    send_value(p->c, m);
-    dexec_value_free(m);
+    dxs_notify(p->c, "progress", a);
 }
 
 static int read_int_field(const dexec_value *req, const char *key, int64_t lo, int64_t hi,
@@ -663,8 +563,9 @@ static void enqueue(wrank *r, job *j)
 
 /* ---- request handling (I/O thread) ------------------------------------------ */
 
-static dexec_value *hello_reply(dxw_server *s)
+static dexec_value *hello_reply(void *user)
 {
+    dxw_server *s = user;
     dexec_value *m = dexec_value_map();
 
     dexec_value_map_set(m, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
@@ -675,29 +576,6 @@ static dexec_value *hello_reply(dxw_server *s)
     dexec_value_map_set(m, "name", s->name != NULL ? dexec_value_str(s->name) : dexec_value_nil());
     dexec_value_map_set(m, "version", dexec_value_str(dexec_version()));
     return m;
-}
-
-/* Returns -1 when the connection must be dropped. */
-static int handle_hello(dxw_server *s, wconn *c, uint32_t id, const dexec_value *params)
-{
-    const dexec_value *arg = dexec_value_array_get(params, 0);
-    int64_t proto = dexec_value_as_int(dexec_value_map_get(arg, "protocol"), -1);
-    const char *tok = dexec_value_as_str(dexec_value_map_get(arg, "token"), NULL);
-
-    if (proto != DEXEC_PROTOCOL_VERSION) {
-        reply_err(c, id, DEXEC_EPROTO, s->opt.base_rank,
-                  "worker speaks protocol %d, the client asked for %lld", DEXEC_PROTOCOL_VERSION,
-                  (long long)proto);
-        return -1;
-    }
-    if (s->token != NULL && (tok == NULL || !dexec_secret_equal(tok, s->token))) {
-        reply_err(c, id, DEXEC_EAUTH, s->opt.base_rank,
-                  tok == NULL ? "this worker requires a token" : "wrong token");
-        return -1;
-    }
-    c->authed = 1;
-    reply_ok(c, id, hello_reply(s));
-    return 0;
 }
 
 static dexec_value *initialize_reply(dxw_server *s)
@@ -729,7 +607,7 @@ static dexec_value *initialize_reply(dxw_server *s)
     return m;
 }
 
-static void handle_generate(dxw_server *s, wconn *c, uint32_t id, dexec_value *params)
+static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value *params)
 {
     const dexec_value *reqs = dexec_value_array_get(params, 0);
     int n = s->opt.num_ranks, parts = 0;
@@ -737,14 +615,14 @@ static void handle_generate(dxw_server *s, wconn *c, uint32_t id, dexec_value *p
     call *k;
 
     if (reqs == NULL || reqs->type != DEXEC_VAL_ARRAY) {
-        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+        dxs_reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
                   "generate: expected params [[request, ...]]");
         dexec_value_free(params);
         return;
     }
     count = reqs->u.arr.len;
     if (count == 0) {
-        reply_ok(c, id, dexec_value_array());
+        dxs_reply_ok(c, id, dexec_value_array());
         dexec_value_free(params);
         return;
     }
@@ -752,7 +630,7 @@ static void handle_generate(dxw_server *s, wconn *c, uint32_t id, dexec_value *p
         parts += (size_t)i < count;
     k = call_new(c, id, CALL_GENERATE, params, count, parts);
     if (k == NULL) {
-        reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
+        dxs_reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
         dexec_value_free(params);
         return;
     }
@@ -768,7 +646,7 @@ static void handle_generate(dxw_server *s, wconn *c, uint32_t id, dexec_value *p
 }
 
 /* execute_rpc [method, args, kwargs] and collective_rpc [same]. */
-static void handle_rpc(dxw_server *s, wconn *c, uint32_t id, dexec_value *params,
+static void handle_rpc(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value *params,
                        enum call_kind kind)
 {
     const char *method = dexec_value_as_str(dexec_value_array_get(params, 0), NULL);
@@ -780,14 +658,14 @@ static void handle_rpc(dxw_server *s, wconn *c, uint32_t id, dexec_value *params
     if (method == NULL || (args != NULL && args->type != DEXEC_VAL_ARRAY &&
                            args->type != DEXEC_VAL_NIL) ||
         (kwargs != NULL && kwargs->type != DEXEC_VAL_MAP && kwargs->type != DEXEC_VAL_NIL)) {
-        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+        dxs_reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
                   "%s: expected params [method, [args...], {kwargs}]",
                   kind == CALL_EXECUTE ? "execute_rpc" : "collective_rpc");
         dexec_value_free(params);
         return;
     }
     if (!is_known_method(method)) {
-        reply_err(c, id, DEXEC_ENOTFOUND, s->opt.base_rank,
+        dxs_reply_err(c, id, DEXEC_ENOTFOUND, s->opt.base_rank,
                   "unknown worker method '%s' (known: %s)", method, known_methods);
         dexec_value_free(params);
         return;
@@ -807,7 +685,7 @@ static void handle_rpc(dxw_server *s, wconn *c, uint32_t id, dexec_value *params
                                          sizeof(err));
 
             if (st != DEXEC_OK) {
-                reply_err(c, id, st, s->ranks[i].rank, "%s", err);
+                dxs_reply_err(c, id, st, s->ranks[i].rank, "%s", err);
                 dexec_value_free(res);
                 dexec_value_free(params);
                 return;
@@ -817,13 +695,13 @@ static void handle_rpc(dxw_server *s, wconn *c, uint32_t id, dexec_value *params
             else
                 res = one;
         }
-        reply_ok(c, id, res);
+        dxs_reply_ok(c, id, res);
         dexec_value_free(params);
         return;
     }
     k = call_new(c, id, kind, params, kind == CALL_EXECUTE ? 1 : (size_t)n, n);
     if (k == NULL) {
-        reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
+        dxs_reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
         dexec_value_free(params);
         return;
     }
@@ -854,114 +732,76 @@ static dexec_value *health_reply(dxw_server *s, char *err, size_t errlen, int *b
     return dexec_value_bool(1);
 }
 
-/* Handles one decoded message. Returns -1 to drop the connection. */
-static int handle_message(dxw_server *s, wconn *c, dexec_value *m)
+/* The method table: what the core dispatches to after hello. */
+
+static int m_generate(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
 {
-    const dexec_value *t = dexec_value_array_get(m, 0);
-    const dexec_value *idv = dexec_value_array_get(m, 1);
-    const char *method;
-    dexec_value *params;
-    uint32_t id;
-    int rc = 0;
-
-    if (m->type != DEXEC_VAL_ARRAY || t == NULL || t->type != DEXEC_VAL_INT) {
-        dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection that sent a non-RPC message");
-        dexec_value_free(m);
-        return -1;
-    }
-    if (t->u.i == 2) { /* notifications from clients carry nothing we act on */
-        dexec_value_free(m);
-        return 0;
-    }
-    if (t->u.i != 0 || idv == NULL || idv->type != DEXEC_VAL_INT || idv->u.i < 0 ||
-        idv->u.i > UINT32_MAX) {
-        dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection that sent a malformed request");
-        dexec_value_free(m);
-        return -1;
-    }
-    id = (uint32_t)idv->u.i;
-    if (m->u.arr.len != 4 || m->u.arr.items[2]->type != DEXEC_VAL_STR ||
-        m->u.arr.items[3]->type != DEXEC_VAL_ARRAY) {
-        reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
-                  "malformed request: expected [0, msgid, method, [params...]]");
-        dexec_value_free(m);
-        return 0;
-    }
-    method = m->u.arr.items[2]->u.str.ptr;
-    params = m->u.arr.items[3];
-    if (strcmp(method, "hello") == 0) {
-        rc = handle_hello(s, c, id, params);
-        dexec_value_free(m);
-        return rc;
-    }
-    if (!c->authed) {
-        reply_err(c, id, DEXEC_EAUTH, s->opt.base_rank,
-                  "the first request on a connection must be hello");
-        dexec_value_free(m);
-        return -1;
-    }
-    /* detach params so calls can keep them while m goes */
-    m->u.arr.items[3] = NULL;
-    m->u.arr.len = 3;
-    if (strcmp(method, "generate") == 0) {
-        handle_generate(s, c, id, params);
-    } else if (strcmp(method, "execute_rpc") == 0) {
-        handle_rpc(s, c, id, params, CALL_EXECUTE);
-    } else if (strcmp(method, "collective_rpc") == 0) {
-        handle_rpc(s, c, id, params, CALL_COLLECTIVE);
-    } else if (strcmp(method, "get_rank") == 0) {
-        reply_ok(c, id, dexec_value_int(s->opt.base_rank));
-        dexec_value_free(params);
-    } else if (strcmp(method, "initialize") == 0) {
-        reply_ok(c, id, initialize_reply(s));
-        dexec_value_free(params);
-    } else if (strcmp(method, "check_health") == 0) {
-        char err[1024];
-        int bad = s->opt.base_rank;
-        dexec_value *h = health_reply(s, err, sizeof(err), &bad);
-
-        if (h != NULL)
-            reply_ok(c, id, h);
-        else
-            reply_err(c, id, DEXEC_EUNHEALTHY, bad, "%s", err);
-        dexec_value_free(params);
-    } else if (strcmp(method, "shutdown") == 0) {
-        reply_ok(c, id, dexec_value_nil());
-        dexec_value_free(params);
-        dexec_log(DEXEC_LOG_INFO, "worker", "shutdown requested");
-        s->stopping = 1;
-    } else {
-        reply_err(c, id, DEXEC_ENOTFOUND, s->opt.base_rank,
-                  "unknown method '%s' (known: hello, initialize, generate, execute_rpc, "
-                  "collective_rpc, get_rank, check_health, shutdown)",
-                  method);
-        dexec_value_free(params);
-    }
-    dexec_value_free(m);
+    handle_generate(user, c, id, params);
     return 0;
 }
 
-/* Reads what is available; returns -1 when the connection is finished. */
-static int service_conn(dxw_server *s, wconn *c)
+static int m_execute_rpc(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
 {
-    char err[512];
-    dexec_status st = dexec_reader_fill(&c->rd, c->fd, err, sizeof(err));
-
-    for (;;) {
-        dexec_value *m;
-        dexec_status tst = dexec_reader_take(&c->rd, &m, err, sizeof(err));
-
-        if (tst != DEXEC_OK) {
-            dexec_log(DEXEC_LOG_WARN, "worker", "dropping a connection: %s", err);
-            return -1;
-        }
-        if (m == NULL)
-            break;
-        if (handle_message(s, c, m) != 0)
-            return -1;
-    }
-    return st == DEXEC_OK ? 0 : -1;
+    handle_rpc(user, c, id, params, CALL_EXECUTE);
+    return 0;
 }
+
+static int m_collective_rpc(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+{
+    handle_rpc(user, c, id, params, CALL_COLLECTIVE);
+    return 0;
+}
+
+static dexec_value *a_get_rank(void *user, const dexec_value *params)
+{
+    const dxw_server *s = user;
+
+    (void)params;
+    return dexec_value_int(s->opt.base_rank);
+}
+
+static dexec_value *a_initialize(void *user, const dexec_value *params)
+{
+    (void)params;
+    return initialize_reply(user);
+}
+
+static int m_check_health(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+{
+    dxw_server *s = user;
+    char err[1024];
+    int bad = s->opt.base_rank;
+    dexec_value *h = health_reply(s, err, sizeof(err), &bad);
+
+    if (h != NULL)
+        dxs_reply_ok(c, id, h);
+    else
+        dxs_reply_err(c, id, DEXEC_EUNHEALTHY, bad, "%s", err);
+    dexec_value_free(params);
+    return 0;
+}
+
+static int m_shutdown(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
+{
+    dxw_server *s = user;
+
+    dxs_reply_ok(c, id, dexec_value_nil());
+    dexec_value_free(params);
+    dexec_log(DEXEC_LOG_INFO, "worker", "shutdown requested");
+    dxs_stop(s->rpc);
+    return 0;
+}
+
+static const dxs_method worker_methods[] = {
+    {"initialize", NULL, NULL, a_initialize},
+    {"generate", m_generate, NULL, NULL},
+    {"execute_rpc", m_execute_rpc, NULL, NULL},
+    {"collective_rpc", m_collective_rpc, NULL, NULL},
+    {"get_rank", NULL, NULL, a_get_rank},
+    {"check_health", m_check_health, NULL, NULL},
+    {"shutdown", m_shutdown, NULL, NULL},
+    {NULL, NULL, NULL, NULL},
+};
 
 /* ---- server lifecycle ---------------------------------------------------------- */
 
@@ -981,8 +821,28 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
     s->name = opt->name != NULL ? strdup(opt->name) : NULL;
     s->started = dexec_now();
     gethostname(s->host, sizeof(s->host) - 1);
-    if (pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
-        snprintf(err, errlen, "pipe: %s", strerror(errno));
+    {
+        dxs_config rc = {
+            .component = "worker",
+            .role = "worker",
+            .token = opt->token,
+            .max_frame = opt->max_frame,
+            .rank = s->opt.base_rank,
+            .write_timeout = WRITE_TIMEOUT,
+            .hello_timeout = HELLO_TIMEOUT,
+            .tick_interval = 1.0,
+            .methods = worker_methods,
+            .hello_reply = hello_reply,
+            .user = s,
+        };
+
+        s->rpc = dxs_server_new(&rc, err, errlen);
+    }
+    if (s->rpc == NULL) {
+        free(s->model);
+        free(s->device);
+        free(s->token);
+        free(s->name);
         free(s);
         return DEXEC_EIO;
     }
@@ -1010,110 +870,22 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
 
 void dxw_server_add_listener(dxw_server *s, int fd)
 {
-    s->listeners = realloc(s->listeners, (size_t)(s->nlisteners + 1) * sizeof(int));
-    s->listeners[s->nlisteners++] = fd;
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    dxs_add_listener(s->rpc, fd);
 }
 
 void dxw_server_add_connection(dxw_server *s, int fd)
 {
-    wconn *c = wconn_new(fd, s->opt.max_frame);
-
-    if (c == NULL) {
-        close(fd);
-        return;
-    }
-    c->is_control = s->opt.exit_on_eof;
-    c->next = s->conns;
-    s->conns = c;
-}
-
-void dxw_server_set_tick(dxw_server *s, dxw_tick_fn fn, void *user)
-{
-    s->tick = fn;
-    s->tick_user = user;
+    dxs_add_connection(s->rpc, fd, s->opt.exit_on_eof);
 }
 
 void dxw_server_stop(dxw_server *s)
 {
-    char b = 1;
-    ssize_t rc;
-
-    s->stopping = 1;
-    rc = write(s->wake[1], &b, 1);
-    (void)rc;
+    dxs_stop(s->rpc);
 }
 
 int dxw_server_run(dxw_server *s)
 {
-    double last_tick = dexec_now();
-
-    while (!s->stopping) {
-        int n = 0, cap = 1 + s->nlisteners;
-        struct pollfd *pf;
-        wconn **map;
-
-        for (wconn *c = s->conns; c != NULL; c = c->next)
-            cap++;
-        pf = calloc((size_t)cap, sizeof(*pf));
-        map = calloc((size_t)cap, sizeof(*map));
-        pf[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
-        for (int i = 0; i < s->nlisteners; i++)
-            pf[n++] = (struct pollfd){.fd = s->listeners[i], .events = POLLIN};
-        for (wconn *c = s->conns; c != NULL; c = c->next) {
-            map[n] = c;
-            pf[n++] = (struct pollfd){.fd = c->fd, .events = POLLIN};
-        }
-        int rc = poll(pf, (nfds_t)n, 1000);
-
-        if (rc < 0 && errno != EINTR) {
-            dexec_log(DEXEC_LOG_ERROR, "worker", "poll: %s", strerror(errno));
-            s->exit_status = 1;
-            free(pf);
-            free(map);
-            break;
-        }
-        if (s->tick != NULL && dexec_now() - last_tick >= 1.0) {
-            last_tick = dexec_now();
-            s->tick(s->tick_user);
-        }
-        for (int i = 1; rc > 0 && i <= s->nlisteners; i++) {
-            if (!(pf[i].revents & POLLIN))
-                continue;
-            for (;;) {
-                int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
-
-                if (fd < 0)
-                    break;
-                dxw_server_add_connection(s, fd);
-                s->conns->is_control = 0;
-            }
-        }
-        for (int i = 1 + s->nlisteners; rc > 0 && i < n; i++) {
-            wconn *c = map[i];
-
-            if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            if (service_conn(s, c) == 0)
-                continue;
-            /* finished: unlink and drop the loop's reference */
-            for (wconn **pp = &s->conns; *pp != NULL; pp = &(*pp)->next) {
-                if (*pp == c) {
-                    *pp = c->next;
-                    break;
-                }
-            }
-            if (c->is_control) {
-                dexec_log(DEXEC_LOG_INFO, "worker", "control socket closed: exiting");
-                s->stopping = 1;
-            }
-            shutdown(c->fd, SHUT_RDWR);
-            wconn_unref(c);
-        }
-        free(pf);
-        free(map);
-    }
-    return s->exit_status;
+    return dxs_run(s->rpc);
 }
 
 int dxw_server_busy(dxw_server *s)
@@ -1142,13 +914,7 @@ void dxw_server_free(dxw_server *s)
     }
     /* connections first: a rank finishing a call writes to a dead socket
      * and drops its reference instead of blocking */
-    while (s->conns != NULL) {
-        wconn *c = s->conns;
-
-        s->conns = c->next;
-        shutdown(c->fd, SHUT_RDWR);
-        wconn_unref(c);
-    }
+    dxs_server_free(s->rpc);
     for (int i = 0; i < s->opt.num_ranks; i++) {
         wrank *r = &s->ranks[i];
 
@@ -1166,11 +932,6 @@ void dxw_server_free(dxw_server *s)
         pthread_mutex_destroy(&r->qlock);
         pthread_cond_destroy(&r->qcond);
     }
-    for (int i = 0; i < s->nlisteners; i++)
-        close(s->listeners[i]);
-    free(s->listeners);
-    close(s->wake[0]);
-    close(s->wake[1]);
     free(s->ranks);
     free(s->model);
     free(s->device);

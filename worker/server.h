@@ -34,10 +34,6 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
 void dxw_server_add_listener(dxw_server *s, int fd);
 void dxw_server_add_connection(dxw_server *s, int fd);
 
-/* Called by the I/O loop about once a second (registry heartbeat, ...). */
-typedef void (*dxw_tick_fn)(void *user);
-void dxw_server_set_tick(dxw_server *s, dxw_tick_fn fn, void *user);
-
 /* Runs until shutdown is requested (shutdown RPC, SIGTERM/SIGINT through
  * dxw_server_stop, or EOF of the control socket in exit_on_eof mode).
  * Returns the exit status for the process. */

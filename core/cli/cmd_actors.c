@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <dexec/plugin.h>
+#include <dexec/discovery.h>
 #include <dexec/rpc.h>
 
 #include "cli.h"
@@ -112,13 +112,10 @@ int cmd_actors(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *url = NULL, *kind = NULL, *plugin = "redis_discovery";
+    const char *config_path = NULL, *url = NULL, *kind = NULL;
     double timeout = 1.0;
     dexec_config *cfg;
-    dexec_plugin_handle *ph = NULL;
-    const dexec_discovery_ops *ops;
-    dexec_discovery *d = NULL;
-    dexec_host host = {.struct_size = sizeof(dexec_host), .log = dexec_log};
+    dexec_discovery_handle *d = NULL;
     dexec_actor_info *all = NULL;
     size_t n = 0;
     char *token = NULL, err[2048];
@@ -162,25 +159,12 @@ int cmd_actors(int argc, char **argv)
     cfg = cli_load_config(config_path);
     if (cfg == NULL)
         return 1;
-    if (url == NULL && getenv("DEXEC_REGISTRY") != NULL && *getenv("DEXEC_REGISTRY") != '\0')
-        url = getenv("DEXEC_REGISTRY");
-    if (url == NULL)
-        dexec_config_get_string(cfg, "discovery.redis.url", &url);
-    dexec_config_get_string(cfg, "external.discovery", &plugin);
-    host.config = cfg;
     if (load_token(cfg, &token) != 0) {
         dexec_config_free(cfg);
         return 1;
     }
-    if (dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, cfg, &ph, err, sizeof(err)) != DEXEC_OK) {
-        fprintf(stderr, "dexec actors: discovery plugin (external.discovery): %s\n", err);
-        free(token);
-        dexec_config_free(cfg);
-        return 1;
-    }
-    ops = dexec_plugin_descriptor(ph)->ops;
-    if (ops->open(&host, url, &d, err, sizeof(err)) != DEXEC_OK ||
-        ops->list(d, kind, &all, &n, err, sizeof(err)) != DEXEC_OK) {
+    if (dexec_discovery_open(cfg, NULL, url, &d, err, sizeof(err)) != DEXEC_OK ||
+        dexec_discovery_list(d, kind, &all, &n, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec actors: %s\n", err);
         failed = 1;
     } else if (n == 0) {
@@ -206,9 +190,7 @@ int cmd_actors(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         dexec_actor_info_clear(&all[i]);
     free(all);
-    if (d != NULL)
-        ops->close(d);
-    dexec_plugin_release(ph);
+    dexec_discovery_close(d);
     free(token);
     dexec_config_free(cfg);
     return failed;

@@ -159,23 +159,26 @@ dexec_status dexec_value_from_msgpack(const char *buf, size_t len, dexec_value *
 
 /* ---- Server-side helpers (dexec-worker, custom workers) ------------------ */
 
-/* Buffered frame reader for one stream socket. */
-typedef struct dexec_reader {
-    char *buf;
-    size_t len; /* bytes buffered */
-    size_t off; /* start of unconsumed bytes */
-    size_t cap;
-    size_t max_frame;
-} dexec_reader;
+/* Buffered frame reader for one stream socket. Opaque: it may grow
+ * without breaking callers. Not thread-safe; one reader per connection. */
+typedef struct dexec_reader dexec_reader;
 
-void dexec_reader_init(dexec_reader *r, size_t max_frame);
+/* A reader that refuses frames longer than max_frame bytes (0: the default,
+ * DEXEC_FRAME_MAX_DEFAULT) before allocating anything for them. NULL when
+ * memory is exhausted. Free with dexec_reader_free (NULL is accepted). */
+dexec_reader *dexec_reader_new(size_t max_frame);
 void dexec_reader_free(dexec_reader *r);
 /* Reads what the socket has without blocking. Returns DEXEC_OK (maybe no
- * data), DEXEC_ECLOSED on EOF, DEXEC_EIO on error. */
+ * data), DEXEC_ECLOSED on EOF, DEXEC_EIO on error, DEXEC_ENOMEM. */
 dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen);
-/* Takes the next complete frame from the buffer: DEXEC_OK with *msg set,
- * DEXEC_OK with *msg NULL when incomplete, DEXEC_EPROTO when the stream is
- * broken (length over the limit, undecodable body). */
+/* Appends len bytes the caller read itself (an event loop that owns the
+ * reads). DEXEC_ENOMEM when they cannot be buffered. */
+dexec_status dexec_reader_feed(dexec_reader *r, const void *data, size_t len, char *err,
+                               size_t errlen);
+/* Takes the next complete frame from the buffer: DEXEC_OK with *msg set
+ * (the caller's), DEXEC_OK with *msg NULL when incomplete, DEXEC_EPROTO
+ * when the stream is broken (length over the limit, empty frame,
+ * undecodable body): drop the connection then. */
 dexec_status dexec_reader_take(dexec_reader *r, dexec_value **msg, char *err, size_t errlen);
 /* Waits (poll) until fd is readable or the deadline passes (deadline < 0:
  * no deadline). 1 readable, 0 timed out, -1 error. */

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dexec/discovery.h>
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
@@ -112,12 +113,9 @@ static dexec_status worker_names(struct dexec_executor *ex, char *err, size_t er
  * when some name needs it. */
 static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t errlen)
 {
-    const char *plugin = "redis_discovery";
-    dexec_plugin_handle *ph = NULL;
-    const dexec_discovery_ops *ops = NULL;
-    dexec_discovery *d = NULL;
+    dexec_discovery_handle *d = NULL;
     dexec_status st = DEXEC_OK;
-    char msg[1024];
+    char msg[2048];
 
     for (int i = 0; i < ex->n && st == DEXEC_OK; i++) {
         dexec_actor_info a;
@@ -128,23 +126,13 @@ static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t e
             continue;
         }
         if (d == NULL) {
-            dexec_config_get_string(ex->host->config, "external.discovery", &plugin);
-            st = dexec_plugin_load(plugin, DEXEC_PLUGIN_DISCOVERY, ex->host->config, &ph, msg,
-                                   sizeof(msg));
+            st = dexec_discovery_open(ex->host->config, NULL, NULL, &d, msg, sizeof(msg));
             if (st != DEXEC_OK) {
-                dexec_errorf(err, errlen, "discovery plugin (external.discovery): %s",
-                             msg);
-                break;
-            }
-            ops = dexec_plugin_descriptor(ph)->ops;
-            st = ops->open(ex->host, NULL, &d, msg, sizeof(msg));
-            if (st != DEXEC_OK) {
-                dexec_errorf(err, errlen, "cannot look up worker %s: %s",
-                             ex->names[i], msg);
+                dexec_errorf(err, errlen, "cannot look up worker %s: %s", ex->names[i], msg);
                 break;
             }
         }
-        st = ops->resolve(d, ex->names[i], &a, msg, sizeof(msg));
+        st = dexec_discovery_resolve(d, ex->names[i], &a, msg, sizeof(msg));
         if (st == DEXEC_ENOTFOUND) {
             dexec_errorf(err, errlen,
                          "worker %d: %s; start it with dexec-worker --name %s "
@@ -163,10 +151,7 @@ static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t e
             dexec_actor_info_clear(&a);
         }
     }
-    if (d != NULL)
-        ops->close(d);
-    if (ph != NULL)
-        dexec_plugin_release(ph);
+    dexec_discovery_close(d);
     return st;
 }
 

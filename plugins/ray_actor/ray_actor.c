@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dexec/discovery.h>
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
@@ -423,10 +424,8 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
                                  const char *address, double deadline, char *err,
                                  size_t errlen)
 {
-    const char *url = address, *token_file = "", *plugin_name = "redis_discovery";
-    dexec_plugin_handle *plugin = NULL;
-    const dexec_discovery_ops *dops = NULL;
-    dexec_discovery *d = NULL;
+    const char *url = address, *token_file = "";
+    dexec_discovery_handle *d = NULL;
     dexec_actor_info *nodes = NULL;
     size_t nn = 0;
     char *node_token = NULL, why[2048] = "", want[512], msg[512];
@@ -452,15 +451,11 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
     if (st != DEXEC_OK)
         goto done;
     /* the same registry client the node agents and external workers use */
-    dexec_config_get_string(ex->host->config, "external.discovery", &plugin_name);
-    st = dexec_plugin_load(plugin_name, DEXEC_PLUGIN_DISCOVERY, ex->host->config, &plugin, err,
-                           errlen);
+    st = dexec_discovery_open(ex->host->config, NULL, url, &d, err, errlen);
     if (st != DEXEC_OK)
         goto done;
-    dops = dexec_plugin_descriptor(plugin)->ops;
-    st = dops->open(ex->host, url, &d, msg, sizeof(msg));
-    if (st == DEXEC_OK)
-        st = dops->list(d, "node", &nodes, &nn, msg, sizeof(msg));
+    url = dexec_discovery_url(d); /* from here on, without its password */
+    st = dexec_discovery_list(d, "node", &nodes, &nn, msg, sizeof(msg));
     if (st != DEXEC_OK) {
         dexec_errorf(err, errlen, "registry %s: %s", url, msg);
         goto done;
@@ -499,9 +494,7 @@ done:
     for (size_t i = 0; i < nn; i++)
         dexec_actor_info_clear(&nodes[i]);
     free(nodes);
-    if (d != NULL)
-        dops->close(d);
-    dexec_plugin_release(plugin);
+    dexec_discovery_close(d);
     free(node_token);
     return st;
 }

@@ -17,20 +17,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    dexec_reader r;
+    dexec_reader *r = dexec_reader_new(1 << 16);
     char err[256];
 
-    /* as a stream: the reader's buffer holds what recv() would have read */
-    dexec_reader_init(&r, 1 << 16);
-    r.buf = malloc(size ? size : 1);
-    memcpy(r.buf, data, size);
-    r.len = r.cap = size;
+    /* as a stream: the reader holds what recv() would have read */
+    if (r == NULL || dexec_reader_feed(r, data, size, err, sizeof(err)) != DEXEC_OK)
+        abort();
     for (;;) {
         dexec_value *m = NULL, *again = NULL;
         char *enc;
         size_t len;
 
-        if (dexec_reader_take(&r, &m, err, sizeof(err)) != DEXEC_OK || m == NULL)
+        if (dexec_reader_take(r, &m, err, sizeof(err)) != DEXEC_OK || m == NULL)
             break;
         if (dexec_value_to_msgpack(m, &enc, &len) == DEXEC_OK) {
             if (dexec_value_from_msgpack(enc, len, &again, err, sizeof(err)) != DEXEC_OK ||
@@ -41,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         dexec_value_free(again);
         dexec_value_free(m);
     }
-    dexec_reader_free(&r);
+    dexec_reader_free(r);
     /* and as one bare message */
     {
         dexec_value *v = NULL;

@@ -1,6 +1,7 @@
 /* testdisc.c - a test-only discovery plugin: loads and passes every check,
  * but open() refuses (it has no registry), which is all the loader tests
- * need of a discovery plugin. */
+ * need of a discovery plugin. The refusal echoes the URL, as a careless
+ * plugin might, so the tests can check that its password is masked. */
 #include "config.h"
 
 #include <dexec/plugin.h>
@@ -9,7 +10,8 @@
 static dexec_status td_open(const dexec_host *host, const char *url, dexec_discovery **out,
                             char *err, size_t errlen)
 {
-    dexec_errorf(err, errlen, "testdisc has no registry");
+    dexec_errorf(err, errlen, "testdisc has no registry (asked for %s)",
+                 url != NULL ? url : "its configured one");
     return DEXEC_ENOTSUP;
 }
 
