@@ -75,8 +75,9 @@ static dexec_discovery *open_default(void)
 
 static dexec_actor_info entry(const char *name, const char *instance, int pid)
 {
-    dexec_actor_info a = {0};
+    dexec_actor_info a;
 
+    dexec_actor_info_init(&a);
     a.name = (char *)name;
     a.address = "unix:/run/dexec/w.sock";
     a.host = "hostA";

@@ -144,8 +144,8 @@ START_TEST(abi_major_mismatch)
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 2.0, this dexec speaks 1.0: rebuild the plugin against dexec 1",
-             path);
+             "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
+             path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
@@ -156,10 +156,25 @@ START_TEST(abi_minor_newer)
 
     plugin_path(path, sizeof(path), plugdir, "testnewer");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 1.1 is newer than this dexec's 1.0: upgrade dexec, or rebuild "
+             "plugin %s: ABI 1.%d is newer than this dexec's 1.%d: upgrade dexec, or rebuild "
              "the plugin against this one",
-             path);
+             path, DEXEC_ABI_MINOR + 1, DEXEC_ABI_MINOR);
     expect_refusal("testnewer", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+}
+END_TEST
+
+/* A 1.0 plugin would read the 1.1 request and output structs at the wrong
+ * offsets: refused before any of its code runs. */
+START_TEST(abi_minor_too_old)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testold");
+    fmt(msg, sizeof(msg),
+        "plugin %s: ABI 1.0 predates the sized request, output and actor structs of ABI 1.1: "
+        "rebuild the plugin against this dexec",
+        path);
+    expect_refusal("testold", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
 
@@ -395,6 +410,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, discovery_kind);
     tcase_add_test(tc, abi_major_mismatch);
     tcase_add_test(tc, abi_minor_newer);
+    tcase_add_test(tc, abi_minor_too_old);
     tcase_add_test(tc, no_descriptor);
     tcase_add_test(tc, name_mismatch);
     tcase_add_test(tc, missing_operation);
