@@ -89,7 +89,9 @@ void dexec_errorf(char *err, size_t errlen, const char *fmt, ...)
  *    fields the code that filled it knew, DEXEC_<TYPE>_SIZE of the headers
  *    it was built with. The init macro of the type (dexec_request_init,
  *    dexec_output_init, ...) sets it; whoever allocates or fills a struct
- *    initialises it (an out-parameter is initialised by the callee).
+ *    initialises it (an out-parameter is initialised by the callee). The
+ *    descriptor, ops tables and dexec_host of <dexec/plugin.h> put
+ *    sizeof(T) at build time there, which reads the same way.
  *  - Its last field is reserved space, zero. sizeof(T) never changes within
  *    ABI major 1, so arrays of T keep their stride: a field added in a
  *    minor version takes bytes from the reserved space, is zero when not
