@@ -14,9 +14,12 @@ static void put_str(dexec_value *m, const char *k, const char *s)
 
 dexec_value *dexec_request_to_value(const dexec_request *r)
 {
-    dexec_value *m = dexec_value_map();
+    dexec_value *m;
 
-    if (m == NULL)
+    if (r == NULL ||
+        DEXEC_STRUCT_CHECK(r, dexec_request, DEXEC_REQUEST_SIZE_1_1, NULL, 0) != DEXEC_OK)
+        return NULL;
+    if ((m = dexec_value_map()) == NULL)
         return NULL;
     put_str(m, "request_id", r->request_id);
     put_str(m, "prompt", r->prompt != NULL ? r->prompt : "");
@@ -65,7 +68,7 @@ dexec_status dexec_output_from_value(const dexec_value *v, dexec_output *out, ch
 {
     const dexec_value *images, *t, *e;
 
-    memset(out, 0, sizeof(*out));
+    dexec_output_init(out);
     out->rank = -1;
     if (v == NULL || v->type != DEXEC_VAL_MAP)
         return dx_fail(err, errlen, DEXEC_EPROTO, "generate reply entry is not a map");
@@ -98,7 +101,10 @@ dexec_status dexec_output_from_value(const dexec_value *v, dexec_output *out, ch
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < images->u.arr.len; i++) {
-        dexec_status st = decode_image(images->u.arr.items[i], &out->images[i], err, errlen);
+        dexec_status st;
+
+        dexec_image_init(&out->images[i]);
+        st = decode_image(images->u.arr.items[i], &out->images[i], err, errlen);
 
         if (st != DEXEC_OK) {
             dexec_output_clear(out);

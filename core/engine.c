@@ -121,25 +121,48 @@ const char *dexec_engine_last_error(const dexec_engine *e)
 
 /* ---- requests and outputs --------------------------------------------------- */
 
-void dexec_request_init(dexec_request *r)
+void dexec_request_init_sized(dexec_request *r, size_t struct_size)
 {
     if (r == NULL)
         return;
     memset(r, 0, sizeof(*r));
+    r->struct_size = (uint32_t)struct_size;
     r->guidance_scale = -1.0;
     r->seed = -1;
 }
 
-void dexec_output_clear(dexec_output *o)
+void dexec_image_init_sized(dexec_image *img, size_t struct_size)
+{
+    if (img == NULL)
+        return;
+    memset(img, 0, sizeof(*img));
+    img->struct_size = (uint32_t)struct_size;
+}
+
+void dexec_output_init_sized(dexec_output *o, size_t struct_size)
 {
     if (o == NULL)
         return;
+    memset(o, 0, sizeof(*o));
+    o->struct_size = (uint32_t)struct_size;
+    o->timings.struct_size = DEXEC_TIMINGS_SIZE;
+}
+
+/* The 1.1 fields exist in every 1.x output (sizeof never changes within a
+ * major), so clearing needs no size check. */
+void dexec_output_clear(dexec_output *o)
+{
+    uint32_t size;
+
+    if (o == NULL)
+        return;
+    size = o->struct_size;
     free(o->request_id);
     free(o->error);
     for (size_t i = 0; i < o->num_images; i++)
         free(o->images[i].pixels);
     free(o->images);
-    memset(o, 0, sizeof(*o));
+    dexec_output_init_sized(o, size);
 }
 
 void dexec_outputs_free(dexec_output *outs, size_t n)
@@ -370,7 +393,13 @@ static int64_t random_seed(void)
 
 static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_t i)
 {
-    const char *id = r->request_id != NULL ? r->request_id : "(no id)";
+    char msg[DX_ERR_MAX];
+    const char *id;
+
+    if (DEXEC_STRUCT_CHECK(r, dexec_request, DEXEC_REQUEST_SIZE_1_1, msg, sizeof(msg)) !=
+        DEXEC_OK)
+        return set_error(e, DEXEC_EINVAL, "request %zu: %s", i, msg);
+    id = r->request_id != NULL ? r->request_id : "(no id)";
 
     /* the limits of <dexec/limits.h>, which the worker applies too */
     if (r->height < 0 || r->height > DEXEC_MAX_IMAGE_SIZE)
@@ -431,7 +460,9 @@ dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        resolved[i] = reqs[i];
+        dexec_request_init(&resolved[i]);
+        dx_struct_import(&resolved[i], DEXEC_REQUEST_SIZE, &reqs[i]);
+        dexec_output_init(&o[i]);
         if (resolved[i].request_id == NULL) {
             uint64_t id = __atomic_fetch_add(&e->next_request, 1, __ATOMIC_RELAXED);
 
@@ -456,6 +487,16 @@ dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_
     }
     /* Backends fill what they know; the engine completes what it knows. */
     for (size_t i = 0; i < n; i++) {
+        if (DEXEC_STRUCT_CHECK(&o[i], dexec_output, DEXEC_OUTPUT_SIZE_1_1, msg, sizeof(msg)) !=
+            DEXEC_OK) {
+            /* Not ours to free: we cannot tell which fields it holds. */
+            st = set_error(e, DEXEC_EPLUGIN,
+                           "%s: step: output %zu: %s (a backend keeps the struct_size of the "
+                           "outputs it fills)",
+                           e->backend, i, msg);
+            memset(&o[i], 0, sizeof(o[i]));
+            goto out;
+        }
         if (o[i].request_id == NULL && (o[i].request_id = strdup(resolved[i].request_id)) == NULL) {
             st = set_error(e, DEXEC_ENOMEM, "step: out of memory");
             goto out;

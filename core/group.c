@@ -197,6 +197,7 @@ static void fail_outputs(dexec_output *outs, const progress_ctx *pc, const dexec
         dexec_output *o = &outs[pc->index[k]];
 
         dexec_output_clear(o);
+        dexec_output_init(o);
         o->request_id = dx_strdup(reqs[pc->index[k]].request_id);
         o->status = st;
         o->rank = rank;
@@ -221,6 +222,15 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
         free(ids);
         free(sts);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (DEXEC_STRUCT_CHECK(&reqs[i], dexec_request, DEXEC_REQUEST_SIZE_1_1, msg,
+                               sizeof(msg)) != DEXEC_OK) {
+            free(pc);
+            free(ids);
+            free(sts);
+            return dx_fail(err, errlen, DEXEC_EINVAL, "generate: request %zu: %s", i, msg);
+        }
     }
     for (int r = 0; r < nr; r++) {
         dexec_value *params, *batch;

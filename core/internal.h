@@ -18,6 +18,12 @@
 dexec_status dx_fail(char *err, size_t errlen, dexec_status code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Copies the fields a caller's struct carries (its struct_size bytes, at
+ * most `known`) over dst, which the caller initialised: fields the source
+ * lacks keep dst's defaults, bytes past its struct_size are never read,
+ * dst keeps its own struct_size. src must have passed dexec_struct_check. */
+void dx_struct_import(void *dst, size_t known, const void *src);
+
 /* strdup that returns NULL for NULL. */
 char *dx_strdup(const char *s);
 

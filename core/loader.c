@@ -166,6 +166,9 @@ static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char
     return DEXEC_OK;
 }
 
+/* The oldest minor of ABI 1 whose plugins this core loads. */
+#define DX_ABI_MINOR_OLDEST 1
+
 /* Everything plugin.h promises about a descriptor. name is NULL when the
  * plugin was named by path. */
 static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
@@ -184,6 +187,14 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
                        "plugin %s: ABI %u.%u is newer than this dexec's %d.%d: "
                        "upgrade dexec, or rebuild the plugin against this one",
                        path, d->abi_major, d->abi_minor, DEXEC_ABI_MAJOR, DEXEC_ABI_MINOR);
+    /* 1.1 put struct_size in front of the request, output, image, timings
+     * and actor-info structs: a 1.0 plugin would read them at the wrong
+     * offsets, so it is refused before any of its code runs. */
+    if (d->abi_minor < DX_ABI_MINOR_OLDEST)
+        return dx_fail(err, errlen, DEXEC_EABI,
+                       "plugin %s: ABI %u.%u predates the sized request, output and actor "
+                       "structs of ABI %d.%d: rebuild the plugin against this dexec",
+                       path, d->abi_major, d->abi_minor, DEXEC_ABI_MAJOR, DX_ABI_MINOR_OLDEST);
     if (d->struct_size < sizeof(dexec_plugin_desc) || d->struct_size > DX_STRUCT_SIZE_MAX)
         return dx_fail(err, errlen, DEXEC_EABI,
                        "plugin %s: descriptor size %u, this dexec expects at least %zu: "
@@ -436,14 +447,26 @@ void dexec_plugin_search_path_free(char **dirs)
     dx_strv_free(dirs);
 }
 
+/* The 1.1 fields exist in every 1.x entry, so clearing needs no size check. */
 void dexec_actor_info_clear(dexec_actor_info *a)
 {
+    uint32_t size;
+
     if (a == NULL)
         return;
+    size = a->struct_size;
     free(a->name);
     free(a->address);
     free(a->host);
     free(a->instance);
     dexec_value_free(a->meta);
+    dexec_actor_info_init_sized(a, size);
+}
+
+void dexec_actor_info_init_sized(dexec_actor_info *a, size_t struct_size)
+{
+    if (a == NULL)
+        return;
     memset(a, 0, sizeof(*a));
+    a->struct_size = (uint32_t)struct_size;
 }

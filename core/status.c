@@ -64,6 +64,34 @@ char *dx_strdup(const char *s)
     return s == NULL ? NULL : strdup(s);
 }
 
+dexec_status dexec_struct_check(const char *type, uint32_t struct_size, size_t oldest,
+                                size_t largest, char *err, size_t errlen)
+{
+    if (type == NULL)
+        type = "struct";
+    if (struct_size < oldest)
+        return dx_fail(err, errlen, DEXEC_EINVAL,
+                       "%s.struct_size is %u, below the smallest %s this dexec reads "
+                       "(%zu bytes, ABI 1.1): initialise it with %s_init()",
+                       type, struct_size, type, oldest, type);
+    if (struct_size > largest)
+        return dx_fail(err, errlen, DEXEC_EINVAL,
+                       "%s.struct_size is %u, above sizeof(%s) (%zu): not an initialised %s "
+                       "of ABI %d.x; initialise it with %s_init()",
+                       type, struct_size, type, largest, type, DEXEC_ABI_MAJOR, type);
+    return DEXEC_OK;
+}
+
+void dx_struct_import(void *dst, size_t known, const void *src)
+{
+    uint32_t size, keep;
+
+    memcpy(&size, src, sizeof(size));
+    memcpy(&keep, dst, sizeof(keep));
+    memcpy(dst, src, size < known ? size : known);
+    memcpy(dst, &keep, sizeof(keep));
+}
+
 double dexec_now(void)
 {
     struct timespec ts;

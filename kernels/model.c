@@ -328,6 +328,8 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         s = DEXEC_ENOMEM;
         goto done;
     }
+    for (i = 0; i < n; i++)
+        dexec_image_init(&out->images[i]);
     for (i = 0; i < n && s == DEXEC_OK; i++) {
         dxk_sample_args a;
         dexec_image *im = &out->images[i];

@@ -94,8 +94,9 @@ static void listen_live(void)
 
 static dexec_actor_info entry(const char *name, const char *instance, int pid)
 {
-    dexec_actor_info a = {0};
+    dexec_actor_info a;
 
+    dexec_actor_info_init(&a);
     if (live_fd < 0)
         listen_live();
     a.name = (char *)name;
@@ -128,7 +129,21 @@ START_TEST(register_resolve_list_deregister)
     ck_assert_int_eq(got.protocol, DEXEC_PROTOCOL_VERSION);
     ck_assert(got.started == 1700000000.0);
     ck_assert(got.age_s > 0);
+    /* filled by the plugin, initialised by it: the caller sees its size */
+    ck_assert_uint_eq(got.struct_size, DEXEC_ACTOR_INFO_SIZE);
     dexec_actor_info_clear(&got);
+    ck_assert_uint_eq(got.struct_size, DEXEC_ACTOR_INFO_SIZE);
+    ck_assert_ptr_null(got.name);
+
+    /* an entry the caller never initialised is refused, not read */
+    b.struct_size = 0;
+    ck_assert_int_eq(ops->register_actor(d, &b, 3, err, sizeof(err)), DEXEC_EINVAL);
+    snprintf(expect, sizeof(expect),
+        "dexec_actor_info.struct_size is 0, below the smallest dexec_actor_info this dexec reads "
+        "(%zu bytes, ABI 1.1): initialise it with dexec_actor_info_init()",
+        (size_t)DEXEC_ACTOR_INFO_SIZE_1_1);
+    ck_assert_str_eq(err, expect);
+    b.struct_size = (uint32_t)DEXEC_ACTOR_INFO_SIZE_1_1;
 
     /* the key carries the TTL */
     ck_assert_int_eq(test_redis_cmd(&redis, "TTL t:actor:w0", reply, sizeof(reply)), 0);

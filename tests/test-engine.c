@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <dexec/dexec.h>
+#include <dexec/codec.h>
 #include <dexec/plugin.h>
 
 /* snprintf that fails the test instead of truncating. */
@@ -165,6 +166,119 @@ START_TEST(step_keeps_order)
 
     ck_assert_int_eq(dexec_engine_step(e, NULL, 0, &o, NULL, NULL), DEXEC_OK);
     ck_assert_ptr_null(o);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* The growth rule (<dexec/dexec.h>): a caller's request is read up to its
+ * struct_size and no further. A caller built with the smallest 1.x request
+ * (struct_size DEXEC_REQUEST_SIZE_1_1) whose bytes past it hold garbage is
+ * served, and none of the garbage reaches the backend (testgood fails a
+ * request whose struct_size or reserved space differs from the engine's). */
+START_TEST(step_reads_requests_up_to_struct_size)
+{
+    dexec_engine *e = make_engine(2);
+    dexec_request r[3];
+    dexec_output *o = NULL;
+
+    for (int i = 0; i < 3; i++) {
+        dexec_request_init(&r[i]);
+        r[i].seed = 7 + i;
+        r[i].num_inference_steps = 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        memset((char *)&r[i] + DEXEC_REQUEST_SIZE_1_1, 0xa5,
+               sizeof(r[i]) - DEXEC_REQUEST_SIZE_1_1);
+        r[i].struct_size = (uint32_t)DEXEC_REQUEST_SIZE_1_1;
+    }
+    r[1].num_outputs_per_prompt = 2;
+    ck_assert_int_eq(DEXEC_REQUEST_SIZE_1_1 <= DEXEC_REQUEST_SIZE, 1);
+    ck_assert_msg(dexec_engine_step(e, r, 3, &o, NULL, NULL) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(o[i].status == DEXEC_OK, "output %d: %s", i, o[i].error);
+        ck_assert_int_eq(o[i].seed, 7 + i);
+        /* outputs come back initialised by this dexec */
+        ck_assert_uint_eq(o[i].struct_size, DEXEC_OUTPUT_SIZE);
+        ck_assert_uint_eq(o[i].timings.struct_size, DEXEC_TIMINGS_SIZE);
+        ck_assert_uint_eq(o[i].num_images, i == 1 ? 2 : 1);
+        for (size_t k = 0; k < o[i].num_images; k++)
+            ck_assert_uint_eq(o[i].images[k].struct_size, DEXEC_IMAGE_SIZE);
+        for (size_t k = 0; k < sizeof(o[i].reserved) / sizeof(o[i].reserved[0]); k++)
+            ck_assert_uint_eq(o[i].reserved[k], 0);
+    }
+    dexec_outputs_free(o, 3);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* A struct_size below the 1.1 size (an uninitialised or foreign struct) or
+ * above sizeof is refused with a message that says what to do. */
+START_TEST(step_refuses_bad_struct_size)
+{
+    dexec_engine *e = make_engine(1);
+    dexec_request r[2];
+    dexec_output *o = (dexec_output *)&o;
+    char want[512];
+
+    dexec_request_init(&r[0]);
+    dexec_request_init(&r[1]);
+    r[1].struct_size = 0;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    ck_assert_ptr_null(o);
+    fmt(want, sizeof(want),
+        "request 1: dexec_request.struct_size is 0, below the smallest dexec_request this dexec "
+        "reads (%zu bytes, ABI 1.1): initialise it with dexec_request_init()",
+        (size_t)DEXEC_REQUEST_SIZE_1_1);
+    ck_assert_str_eq(dexec_engine_last_error(e), want);
+
+    r[1].struct_size = (uint32_t)DEXEC_REQUEST_SIZE_1_1 - 1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    fmt(want, sizeof(want),
+        "request 1: dexec_request.struct_size is %zu, below the smallest dexec_request this "
+        "dexec reads (%zu bytes, ABI 1.1): initialise it with dexec_request_init()",
+        (size_t)DEXEC_REQUEST_SIZE_1_1 - 1, (size_t)DEXEC_REQUEST_SIZE_1_1);
+    ck_assert_str_eq(dexec_engine_last_error(e), want);
+
+    r[1].struct_size = (uint32_t)sizeof(dexec_request) + 1;
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
+    fmt(want, sizeof(want),
+        "request 1: dexec_request.struct_size is %zu, above sizeof(dexec_request) (%zu): not an "
+        "initialised dexec_request of ABI 1.x; initialise it with dexec_request_init()",
+        sizeof(dexec_request) + 1, sizeof(dexec_request));
+    ck_assert_str_eq(dexec_engine_last_error(e), want);
+
+    /* the codec refuses it too, rather than read past the caller's struct */
+    ck_assert_ptr_null(dexec_request_to_value(&r[1]));
+    ck_assert_int_eq(dexec_struct_check("dexec_thing", 10, 12, 16, want, sizeof(want)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(want, "dexec_thing.struct_size is 10, below the smallest dexec_thing this "
+                           "dexec reads (12 bytes, ABI 1.1): initialise it with dexec_thing_init()");
+    ck_assert_int_eq(dexec_struct_check("dexec_thing", 12, 12, 16, NULL, 0), DEXEC_OK);
+    ck_assert_int_eq(dexec_struct_check("dexec_thing", 16, 12, 16, NULL, 0), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* A backend that wipes the struct_size of the outputs it fills makes the
+ * step fail with EPLUGIN, not an engine that reads a struct it cannot size. */
+START_TEST(step_refuses_clobbered_output)
+{
+    dexec_engine *e = make_engine(1);
+    dexec_request r;
+    dexec_output *o = (dexec_output *)&o;
+    char want[512];
+
+    dexec_request_init(&r);
+    r.prompt = "clobber-output";
+    ck_assert_int_eq(dexec_engine_step(e, &r, 1, &o, NULL, NULL), DEXEC_EPLUGIN);
+    ck_assert_ptr_null(o);
+    fmt(want, sizeof(want),
+        "%s: step: output 0: dexec_output.struct_size is 0, below the smallest dexec_output this "
+        "dexec reads (%zu bytes, ABI 1.1): initialise it with dexec_output_init() (a backend "
+        "keeps the struct_size of the outputs it fills)",
+        dexec_engine_backend(e), (size_t)DEXEC_OUTPUT_SIZE_1_1);
+    ck_assert_str_eq(dexec_engine_last_error(e), want);
     dexec_engine_free(e);
 }
 END_TEST
@@ -585,6 +699,9 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, create_failures);
     tcase_add_test(tc, step_keeps_order);
     tcase_add_test(tc, step_rejects_bad_requests);
+    tcase_add_test(tc, step_reads_requests_up_to_struct_size);
+    tcase_add_test(tc, step_refuses_bad_struct_size);
+    tcase_add_test(tc, step_refuses_clobbered_output);
     tcase_add_test(tc, rpc_by_rank);
     tcase_add_test(tc, rpc_errors);
     tcase_add_test(tc, health);

@@ -898,9 +898,9 @@ START_TEST(test_generate_determinism)
     r.prompt = "sneaker";
     r.seed = 7;
     r.num_outputs_per_prompt = 2;
-    memset(&a, 0, sizeof a);
-    memset(&b, 0, sizeof b);
-    memset(&c, 0, sizeof c);
+    dexec_output_init(&a);
+    dexec_output_init(&b);
+    dexec_output_init(&c);
     steps_seen = 0;
     ck_assert_msg(dxk_generate(m, &r, &a, count_steps, NULL, err, sizeof err) == DEXEC_OK, "%s",
                   err);
@@ -950,8 +950,8 @@ START_TEST(test_generate_thread_count)
     r.height = 32;
     r.width = 32;
     r.num_outputs_per_prompt = 2;
-    memset(&a, 0, sizeof a);
-    memset(&b, 0, sizeof b);
+    dexec_output_init(&a);
+    dexec_output_init(&b);
     openblas_set_num_threads(1);
     ck_assert_int_eq(dxk_generate(m1, &r, &a, NULL, NULL, err, sizeof err), DEXEC_OK);
     openblas_set_num_threads(4);
@@ -1016,7 +1016,7 @@ START_TEST(test_generate_errors)
     dexec_output o;
     char err[2048];
 
-    memset(&o, 0, sizeof o);
+    dexec_output_init(&o);
     dexec_request_init(&r);
     r.seed = 1;
     r.height = 18;
@@ -1066,7 +1066,7 @@ START_TEST(test_generate_errors)
     ck_assert_uint_eq(o.num_images, 1);
     ck_assert_int_eq(o.images[0].height, 16);
     dexec_output_clear(&o);
-    memset(&o, 0, sizeof o);
+    dexec_output_init(&o);
     /* a size other than the native one, unconditional, guidance 1 */
     r.negative_prompt = NULL;
     r.prompt = "";

@@ -194,6 +194,21 @@ START_TEST(abi_minor_newer)
 }
 END_TEST
 
+/* A 1.0 plugin would read the 1.1 request and output structs at the wrong
+ * offsets: refused before any of its code runs. */
+START_TEST(abi_minor_too_old)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 128];
+
+    plugin_path(path, sizeof(path), plugdir, "testold");
+    fmt(msg, sizeof(msg),
+        "plugin %s: ABI 1.0 predates the sized request, output and actor structs of ABI 1.1: "
+        "rebuild the plugin against this dexec",
+        path);
+    expect_refusal("testold", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+}
+END_TEST
+
 START_TEST(no_descriptor)
 {
     char path[PATH_MAX], msg[PATH_MAX + 128];
@@ -565,6 +580,7 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, device_kind);
     tcase_add_test(tc, abi_major_mismatch);
     tcase_add_test(tc, abi_minor_newer);
+    tcase_add_test(tc, abi_minor_too_old);
     tcase_add_test(tc, no_descriptor);
     tcase_add_test(tc, name_mismatch);
     tcase_add_test(tc, missing_operation);

@@ -125,7 +125,7 @@ START_TEST(test_init_open_generate)
     dexec_request_init(&r);
     r.prompt = "a Kitty";
     r.seed = 1;
-    memset(&o, 0, sizeof o);
+    dexec_output_init(&o);
     ck_assert_msg(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err) == DEXEC_OK, "%s", err);
     ck_assert_int_eq(o.images[0].width, 8);
     ck_assert_int_eq(o.images[0].channels, 3);

@@ -369,7 +369,7 @@ START_TEST(test_tiny_model_ok)
     dexec_request_init(&r);
     r.prompt = "class1";
     r.seed = 3;
-    memset(&o, 0, sizeof o);
+    dexec_output_init(&o);
     ck_assert_msg(dxk_generate(m, &r, &o, NULL, NULL, err, sizeof err) == DEXEC_OK, "%s", err);
     ck_assert_int_eq(o.steps, 20);
     ck_assert_double_eq(o.guidance_scale, 4.0);

@@ -243,6 +243,7 @@ static int registry_open(node *n, char *err, size_t errlen)
         memset(rnd, (int)getpid(), sizeof(rnd));
     snprintf(inst, sizeof(inst), "%s-%d-%02x%02x%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
              rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    dexec_actor_info_init(&n->info);
     n->info.name = strdup(n->opt->name);
     n->info.address = strdup(addr);
     n->info.host = strdup(host);

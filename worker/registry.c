@@ -197,6 +197,7 @@ static dexec_status fill_info(dxw_registry *r, const dxw_registry_opts *o, const
     }
     snprintf(inst, sizeof(inst), "%s-%d-%02x%02x%02x%02x%02x%02x%02x%02x", host, (int)getpid(),
              rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    dexec_actor_info_init(&r->info);
     r->info.name = strdup(o->name);
     r->info.address = strdup(address);
     r->info.host = strdup(host);

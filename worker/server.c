@@ -441,7 +441,7 @@ static void run_generate(wrank *r, job *j, double queued_at)
         dexec_status st;
         double t0 = dexec_now();
 
-        memset(&out, 0, sizeof(out));
+        dexec_output_init(&out);
         if (parse_request(rv, &req, err, sizeof(err)) != 0) {
             st = DEXEC_EINVAL;
         } else {

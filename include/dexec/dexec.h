@@ -10,6 +10,8 @@
  *    into a caller buffer (err, errlen), which may be NULL.
  *  - Nothing waits without a deadline: every call that talks to workers
  *    takes a timeout (seconds; <= 0 means the configured default).
+ *  - Structs that cross the library or plugin boundary can grow within ABI
+ *    major 1 by the one rule under "Structs that can grow" below.
  *
  * Threads
  *  - dexec_engine_step(), dexec_engine_collective_rpc() and
@@ -67,6 +69,61 @@ const char *dexec_status_name(dexec_status s);
 
 /* "0.1.0" */
 const char *dexec_version(void);
+
+/* Current CLOCK_MONOTONIC time in seconds. Deadlines in the worker
+ * protocol headers (<dexec/conn.h>, <dexec/codec.h>, <dexec/server.h>) are
+ * absolute values of this clock. */
+double dexec_now(void);
+
+/* Writes a formatted message into err (NULL-safe; truncated to errlen). */
+void dexec_errorf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- Structs that can grow ------------------------------------------------
+ *
+ * Every public struct that one side of the ABI fills for the other
+ * (dexec_request, dexec_output, dexec_image, dexec_timings here,
+ * dexec_actor_info and the descriptor, ops tables and host services in
+ * <dexec/plugin.h>) follows one rule:
+ *
+ *  - Its first field is uint32_t struct_size: how many bytes of named
+ *    fields the code that filled it knew, DEXEC_<TYPE>_SIZE of the headers
+ *    it was built with. The init macro of the type (dexec_request_init,
+ *    dexec_output_init, ...) sets it; whoever allocates or fills a struct
+ *    initialises it (an out-parameter is initialised by the callee). The
+ *    descriptor, ops tables and dexec_host of <dexec/plugin.h> put
+ *    sizeof(T) at build time there, which reads the same way.
+ *  - Its last field is reserved space, zero. sizeof(T) never changes within
+ *    ABI major 1, so arrays of T keep their stride: a field added in a
+ *    minor version takes bytes from the reserved space, is zero when not
+ *    set, and zero means "as before".
+ *  - Fields are never reordered, resized or removed within a major.
+ *  - A reader reads a field only when struct_size covers it
+ *    (DEXEC_HAS_FIELD) and refuses a struct_size below the type's ABI 1.1
+ *    size (DEXEC_<TYPE>_SIZE_1_1) or above sizeof(T) (not a 1.x struct:
+ *    never initialised) with dexec_struct_check()'s message.
+ *
+ * Types the library alone allocates (dexec_value, below) and opaque types
+ * (dexec_engine, dexec_config, dexec_conn, ...) are outside this rule.
+ */
+
+/* Nonzero when the struct *p (of type T) carries field. */
+#define DEXEC_HAS_FIELD(p, T, field)                                                              \
+    ((size_t)(p)->struct_size >= offsetof(T, field) + sizeof(((const T *)0)->field))
+
+/* Checks the struct_size of a struct of type `type` (its name, e.g.
+ * "dexec_request") handed over the ABI: DEXEC_OK when
+ * oldest <= struct_size <= largest, else DEXEC_EINVAL and the message
+ * "TYPE.struct_size is N, below the smallest TYPE this dexec reads
+ * (M bytes, ABI 1.1): initialise it with TYPE_init()" (or "above
+ * sizeof(TYPE) (M): not an initialised TYPE of ABI 1.x; initialise it
+ * with TYPE_init()"). */
+dexec_status dexec_struct_check(const char *type, uint32_t struct_size, size_t oldest,
+                                size_t largest, char *err, size_t errlen);
+
+/* dexec_struct_check() for a pointer p to a struct T with its 1.1 size. */
+#define DEXEC_STRUCT_CHECK(p, T, size_1_1, err, errlen)                                           \
+    dexec_struct_check(#T, (p)->struct_size, (size_1_1), sizeof(T), (err), (errlen))
 
 /* ---- Logging ------------------------------------------------------------ */
 
@@ -150,6 +207,7 @@ dexec_status dexec_config_key_info(size_t index, const char **key, const char **
 /* ---- Requests and outputs ----------------------------------------------- */
 
 typedef struct dexec_request {
+    uint32_t struct_size;        /* DEXEC_REQUEST_SIZE: set by dexec_request_init */
     const char *request_id;      /* NULL: the engine assigns "req-N" */
     const char *prompt;          /* NULL or "": unconditional */
     const char *negative_prompt; /* NULL: none */
@@ -159,25 +217,47 @@ typedef struct dexec_request {
     double guidance_scale;       /* < 0: the model's default */
     int64_t seed;                /* < 0: random (the seed used is reported in the output) */
     int num_outputs_per_prompt;  /* 0: 1 */
+    uint64_t reserved[8];        /* zero */
 } dexec_request;
 
-/* Fills r with the defaults above. */
-void dexec_request_init(dexec_request *r);
+/* Bytes of named fields: in ABI 1.1, and in the headers you build with. */
+#define DEXEC_REQUEST_SIZE_1_1 (offsetof(dexec_request, num_outputs_per_prompt) + sizeof(int))
+#define DEXEC_REQUEST_SIZE offsetof(dexec_request, reserved)
+
+/* Fills r with the defaults above and struct_size with the size the
+ * caller was built with. */
+void dexec_request_init_sized(dexec_request *r, size_t struct_size);
+#define dexec_request_init(r) dexec_request_init_sized((r), DEXEC_REQUEST_SIZE)
 
 typedef struct dexec_image {
+    uint32_t struct_size;        /* DEXEC_IMAGE_SIZE: set by dexec_image_init */
     int width, height, channels; /* channels: 1 grey, 3 RGB */
     uint8_t *pixels;             /* width * height * channels bytes, row-major, interleaved */
+    uint64_t reserved[4];        /* zero */
 } dexec_image;
 
+#define DEXEC_IMAGE_SIZE_1_1 (offsetof(dexec_image, pixels) + sizeof(uint8_t *))
+#define DEXEC_IMAGE_SIZE offsetof(dexec_image, reserved)
+
+/* Zeroes img and sets its struct_size. */
+void dexec_image_init_sized(dexec_image *img, size_t struct_size);
+#define dexec_image_init(img) dexec_image_init_sized((img), DEXEC_IMAGE_SIZE)
+
 typedef struct dexec_timings {
-    double queue_s;   /* waiting in the worker before compute began */
-    double encode_s;  /* prompt -> condition */
-    double denoise_s; /* all denoising steps */
-    double decode_s;  /* latent -> pixels */
-    double total_s;   /* wall time seen by the engine for this request */
+    uint32_t struct_size; /* DEXEC_TIMINGS_SIZE: set by dexec_output_init */
+    double queue_s;       /* waiting in the worker before compute began */
+    double encode_s;      /* prompt -> condition */
+    double denoise_s;     /* all denoising steps */
+    double decode_s;      /* latent -> pixels */
+    double total_s;       /* wall time seen by the engine for this request */
+    uint64_t reserved[4]; /* zero */
 } dexec_timings;
 
+#define DEXEC_TIMINGS_SIZE_1_1 (offsetof(dexec_timings, total_s) + sizeof(double))
+#define DEXEC_TIMINGS_SIZE offsetof(dexec_timings, reserved)
+
 typedef struct dexec_output {
+    uint32_t struct_size; /* DEXEC_OUTPUT_SIZE: set by dexec_output_init */
     char *request_id;
     dexec_status status; /* DEXEC_OK or the error of this request alone */
     char *error;         /* NULL when status is DEXEC_OK */
@@ -186,11 +266,20 @@ typedef struct dexec_output {
     int steps;           /* the steps used */
     double guidance_scale;
     size_t num_images;
-    dexec_image *images;
+    dexec_image *images; /* num_images entries, each initialised (dexec_image_init) */
     dexec_timings timings;
+    uint64_t reserved[8]; /* zero */
 } dexec_output;
 
-/* Releases what an output holds (not the struct itself). */
+#define DEXEC_OUTPUT_SIZE_1_1 (offsetof(dexec_output, timings) + sizeof(dexec_timings))
+#define DEXEC_OUTPUT_SIZE offsetof(dexec_output, reserved)
+
+/* Zeroes o and sets its struct_size and its timings' struct_size. */
+void dexec_output_init_sized(dexec_output *o, size_t struct_size);
+#define dexec_output_init(o) dexec_output_init_sized((o), DEXEC_OUTPUT_SIZE)
+
+/* Releases what an output holds (not the struct itself) and initialises it
+ * again, keeping its struct_size. */
 void dexec_output_clear(dexec_output *o);
 /* Releases an array of n outputs and the array. */
 void dexec_outputs_free(dexec_output *outs, size_t n);

@@ -8,7 +8,8 @@
  * before it calls any plugin code:
  *   - abi_major equal to the core's DEXEC_ABI_MAJOR,
  *   - abi_minor <= the core's DEXEC_ABI_MINOR (a newer plugin may rely on
- *     things this core lacks),
+ *     things this core lacks) and >= 1 (ABI 1.0 plugins predate the sized
+ *     request, output and actor structs: see doc/plugin-guide.md),
  *   - struct_size >= the size of the 1.0 descriptor,
  *   - kind as the caller asked (executor, discovery or device),
  *   - an ops table of a plausible struct_size with every function set,
@@ -44,9 +45,14 @@
 extern "C" {
 #endif
 
-/* Version of this ABI. Major: incompatible change. Minor: additions at the
- * end of a struct or new plugin kinds (old plugins keep working;
- * struct_size tells). 1.1 added DEXEC_PLUGIN_DEVICE. */
+/* Version of this ABI. Major: incompatible change. Minor: additions in a
+ * struct's reserved space or new plugin kinds (older plugins of the same
+ * major keep working; struct_size tells which fields a struct carries).
+ * The growth rule every struct here follows is in <dexec/dexec.h>,
+ * "Structs that can grow".
+ * 1.1: dexec_request, dexec_output, dexec_image, dexec_timings and
+ * dexec_actor_info carry struct_size and reserved space; device plugins
+ * (DEXEC_PLUGIN_DEVICE). */
 #define DEXEC_ABI_MAJOR 1
 #define DEXEC_ABI_MINOR 1
 
@@ -126,8 +132,12 @@ typedef struct dexec_executor_ops {
                                    int unique_reply_rank, dexec_value **replies, char *err,
                                    size_t errlen);
 
-    /* Semantics of dexec_engine_step(): outs has n zeroed entries to fill.
-     * Requests arrive with defaults resolved except model-dependent ones (0). */
+    /* Semantics of dexec_engine_step(): outs has n entries to fill, each
+     * initialised (dexec_output_init); keep or re-initialise their
+     * struct_size, the engine refuses outputs whose struct_size it cannot
+     * read. Requests arrive initialised by the engine (struct_size
+     * DEXEC_REQUEST_SIZE of this dexec), with defaults resolved except
+     * model-dependent ones (0). */
     dexec_status (*add_requests)(dexec_executor *ex, const dexec_request *reqs, size_t n,
                                  dexec_output *outs, double timeout, dexec_progress_fn progress,
                                  void *user, char *err, size_t errlen);
@@ -145,8 +155,13 @@ typedef struct dexec_executor_ops {
 
 typedef struct dexec_discovery dexec_discovery; /* defined by each plugin */
 
-/* What a name resolves to. Strings are malloc'd; dexec_actor_info_clear frees them. */
+/* What a name resolves to. Strings are malloc'd; dexec_actor_info_clear frees
+ * them. Grows by the rule of <dexec/dexec.h>: whoever fills one (the
+ * caller before register_actor, the plugin in resolve and list) initialises
+ * it with dexec_actor_info_init; a plugin checks a caller's with
+ * DEXEC_STRUCT_CHECK(a, dexec_actor_info, DEXEC_ACTOR_INFO_SIZE_1_1, ...). */
 typedef struct dexec_actor_info {
+    uint32_t struct_size; /* DEXEC_ACTOR_INFO_SIZE: set by dexec_actor_info_init */
     char *name;
     char *address;    /* unix:/path or tcp:host:port */
     char *host;       /* hostname of the worker */
@@ -157,8 +172,17 @@ typedef struct dexec_actor_info {
     double started;   /* unix time */
     double age_s;     /* seconds since started, at the time of the lookup */
     dexec_value *meta; /* extra metadata (map) or NULL */
+    uint64_t reserved[8]; /* zero */
 } dexec_actor_info;
 
+#define DEXEC_ACTOR_INFO_SIZE_1_1 (offsetof(dexec_actor_info, meta) + sizeof(dexec_value *))
+#define DEXEC_ACTOR_INFO_SIZE offsetof(dexec_actor_info, reserved)
+
+/* Zeroes a and sets its struct_size. */
+void dexec_actor_info_init_sized(dexec_actor_info *a, size_t struct_size);
+#define dexec_actor_info_init(a) dexec_actor_info_init_sized((a), DEXEC_ACTOR_INFO_SIZE)
+/* Frees the strings and meta and initialises a again, keeping its
+ * struct_size. NULL is accepted. */
 void dexec_actor_info_clear(dexec_actor_info *a);
 
 typedef struct dexec_discovery_ops {
@@ -167,16 +191,19 @@ typedef struct dexec_discovery_ops {
     /* Connects using the config's discovery section (or url when not NULL). */
     dexec_status (*open)(const dexec_host *host, const char *url, dexec_discovery **out, char *err,
                          size_t errlen);
-    /* Registers a with a TTL; DEXEC_EINVAL if another live instance holds the name. */
+    /* Registers a with a TTL; DEXEC_EINVAL if another live instance holds the
+     * name, or if a's struct_size is not one this plugin reads. */
     dexec_status (*register_actor)(dexec_discovery *d, const dexec_actor_info *a, int ttl_s,
                                    char *err, size_t errlen);
     /* Refreshes the TTL of our own entry, re-registering it if it vanished. */
     dexec_status (*heartbeat)(dexec_discovery *d, const dexec_actor_info *a, int ttl_s, char *err,
                               size_t errlen);
-    /* DEXEC_ENOTFOUND when nothing is registered under name. */
+    /* Fills *out (initialised by the plugin; the caller clears it).
+     * DEXEC_ENOTFOUND when nothing is registered under name. */
     dexec_status (*resolve)(dexec_discovery *d, const char *name, dexec_actor_info *out, char *err,
                             size_t errlen);
-    /* All entries (kind "actor" or "node"); *out is a malloc'd array. */
+    /* All entries (kind "actor" or "node"); *out is a malloc'd array of n
+     * initialised entries (the caller clears each and frees the array). */
     dexec_status (*list)(dexec_discovery *d, const char *kind, dexec_actor_info **out, size_t *n,
                          char *err, size_t errlen);
     /* Deletes the entry only if it is still ours (compare-and-delete). */

@@ -6,6 +6,12 @@
  * releases a whole tree. Functions that return a new value give the caller
  * ownership; functions that take a value to store (array_push, map_set)
  * take ownership of it whatever they return.
+ *
+ * ABI: only libdexec allocates a dexec_value or a dexec_kv (the
+ * constructors below); never declare one by value or allocate one. Within
+ * ABI major 1 the members below keep their place and meaning; a minor
+ * version may add value types (read a type you do not know like
+ * DEXEC_VAL_NIL) and members at the end of struct dexec_value.
  */
 #ifndef DEXEC_VALUE_H
 #define DEXEC_VALUE_H

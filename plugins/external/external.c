@@ -120,6 +120,8 @@ static dexec_status resolve_names(struct dexec_executor *ex, char *err, size_t e
     for (int i = 0; i < ex->n && st == DEXEC_OK; i++) {
         dexec_actor_info a;
 
+        dexec_actor_info_init(&a);
+
         if (is_address(ex->names[i])) {
             ex->addresses[i] = strdup(ex->names[i]);
             st = ex->addresses[i] != NULL ? DEXEC_OK : DEXEC_ENOMEM;

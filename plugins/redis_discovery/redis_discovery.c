@@ -410,6 +410,9 @@ static const char *entry_kind(const dexec_actor_info *a)
 
 static dexec_status check_entry(const dexec_actor_info *a, char *err, size_t errlen)
 {
+    if (a != NULL && DEXEC_STRUCT_CHECK(a, dexec_actor_info, DEXEC_ACTOR_INFO_SIZE_1_1, err,
+                                        errlen) != DEXEC_OK)
+        return DEXEC_EINVAL;
     if (a == NULL || a->name == NULL || !valid_name(a->name)) {
         dexec_errorf(err, errlen, "bad actor name '%s': use 1 to %d characters of [A-Za-z0-9_.-]",
                      a != NULL && a->name != NULL ? a->name : "", NAME_MAX_LEN);
@@ -465,7 +468,7 @@ static dexec_status entry_parse(const struct dexec_discovery *d, const char *key
     dexec_value *m = dexec_value_from_json(text, len, jerr, sizeof(jerr));
     const dexec_value *meta;
 
-    memset(out, 0, sizeof(*out));
+    dexec_actor_info_init(out);
     if (m == NULL || m->type != DEXEC_VAL_MAP) {
         dexec_errorf(err, errlen, "registry %s: key %s does not hold a dexec entry: %s", d->url,
                      key, m == NULL ? jerr : "not a JSON object");

@@ -124,6 +124,19 @@ static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t
         dexec_output *o = &outs[i];
         int count = reqs[i].num_outputs_per_prompt;
 
+        if (strcmp(reqs[i].prompt, "clobber-output") == 0) {
+            /* a backend that forgets the struct_size the engine set */
+            memset(o, 0, sizeof(*o));
+            continue;
+        }
+        /* The engine hands requests over in its own layout, whatever size
+         * the caller's were: nothing past the caller's struct_size leaks. */
+        for (size_t k = 0; k < sizeof(reqs[i].reserved) / sizeof(reqs[i].reserved[0]); k++)
+            if (reqs[i].struct_size != DEXEC_REQUEST_SIZE || reqs[i].reserved[k] != 0) {
+                dexec_errorf(err, errlen, "request %zu arrived with struct_size %u, reserved[%zu] %llx",
+                             i, reqs[i].struct_size, k, (unsigned long long)reqs[i].reserved[k]);
+                return DEXEC_EPROTO;
+            }
         o->request_id = strdup(reqs[i].request_id);
         o->rank = (int)(i % (size_t)ex->nranks);
         o->seed = reqs[i].seed;
@@ -144,6 +157,7 @@ static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t
         for (int k = 0; k < count; k++) {
             dexec_image *img = &o->images[k];
 
+            dexec_image_init(img);
             img->width = img->height = img->channels = 1;
             if ((img->pixels = malloc(1)) == NULL) {
                 dexec_errorf(err, errlen, "out of memory");
