@@ -593,10 +593,9 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
                        "(set it to sizeof(dexec_spawn_args))",
                        a != NULL ? a->struct_size : 0, sizeof(dexec_spawn_args));
     memcpy(&args, a, a->struct_size < sizeof(args) ? a->struct_size : sizeof(args));
-    if (args.argv == NULL || args.argv[0] == NULL || args.argv[0][0] != '/')
+    if (args.argv == NULL || args.argv[0] == NULL || args.argv[0][0] == '\0')
         return dx_fail(err, errlen, DEXEC_EINVAL,
-                       "dexec_process_spawn: argv[0] must be an absolute program path (got %s)",
-                       args.argv != NULL && args.argv[0] != NULL ? args.argv[0] : "none");
+                       "dexec_process_spawn: argv[0], the program to run, is missing");
     p = calloc(1, sizeof(*p));
     j = calloc(1, sizeof(*j));
     if (p == NULL || j == NULL) {
@@ -684,8 +683,11 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
 
         close(ep[0]);
         if (msg[0] == STAGE_EXEC)
-            dexec_errorf(err, errlen, "%s: cannot run %s: %s (for dexec-worker: set DEXEC_WORKER)",
-                         p->component, args.argv[0], strerror(msg[1]));
+            dexec_errorf(err, errlen, "%s: cannot run %s: %s%s", p->component, args.argv[0],
+                         strerror(msg[1]),
+                         strstr(args.argv[0], "dexec-worker") != NULL
+                             ? " (set DEXEC_WORKER to the dexec-worker program to use)"
+                             : "");
         else
             dexec_errorf(err, errlen, "%s: %s: %s: %s", p->component, p->label, what,
                          strerror(msg[1]));

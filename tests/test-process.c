@@ -211,20 +211,22 @@ START_TEST(test_spawn_missing_program)
     ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_EINIT);
     ck_assert_ptr_null(p);
     ck_assert_str_eq(err, "test: cannot run /nonexistent/dexec-worker: No such file or directory "
-                          "(for dexec-worker: set DEXEC_WORKER)");
+                          "(set DEXEC_WORKER to the dexec-worker program to use)");
+    argv[0] = "/nonexistent/tool";
+    ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_EINIT);
+    ck_assert_str_eq(err, "test: cannot run /nonexistent/tool: No such file or directory");
 }
 END_TEST
 
 START_TEST(test_spawn_bad_arguments)
 {
-    char *argv[] = {"sleep", "1", NULL};
+    char *argv[] = {"", "1", NULL};
     dexec_spawn_args a = {.struct_size = sizeof(a), .argv = argv};
     dexec_process *p = NULL;
-    char err[512];
+    char err[512], want[512];
 
     ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "dexec_process_spawn: argv[0] must be an absolute program path "
-                          "(got sleep)");
+    ck_assert_str_eq(err, "dexec_process_spawn: argv[0], the program to run, is missing");
     argv[0] = "/bin/sleep";
     a.cpus = "3-1";
     ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_EINVAL);
@@ -232,6 +234,11 @@ START_TEST(test_spawn_bad_arguments)
     a.struct_size = 0;
     ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_EINVAL);
     ck_assert_ptr_null(p);
+    snprintf(want, sizeof(want),
+             "dexec_process_spawn: struct_size of the arguments is 0, expected %zu (set it to "
+             "sizeof(dexec_spawn_args))",
+             sizeof(dexec_spawn_args));
+    ck_assert_str_eq(err, want);
 }
 END_TEST
 

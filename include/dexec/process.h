@@ -59,8 +59,9 @@ typedef enum dexec_memory_limit {
  * against an older header. */
 typedef struct dexec_spawn_args {
     uint32_t struct_size;
-    /* argv[0] is the program: an absolute path (no PATH search), e.g. the
-     * host's worker_path. NULL-terminated; borrowed for the call. */
+    /* argv[0] is the program's path, used as is (no PATH search; a
+     * relative one is relative to the working directory), e.g. the host's
+     * worker_path. NULL-terminated; borrowed for the call. */
     char *const *argv;
     /* Becomes the child's fd 3 (for dexec-worker "--listen fd:3"); 0 or
      * -1: none (fd 0 is never passed, so a zeroed struct asks for nothing).
@@ -90,7 +91,8 @@ typedef struct dexec_spawn_args {
  * libdexec opens them), and it is killed when this process dies (see
  * "Parent death" above). Returns once the program is executing, or with
  * the reason it could not start.
- * Errors: DEXEC_EINVAL (bad arguments: argv empty, a bad CPU list),
+ * Errors: DEXEC_EINVAL (bad arguments: struct_size, no argv[0], a bad CPU
+ * list),
  * DEXEC_EINIT (the program cannot be executed, or a limit cannot be
  * applied: the message says which, with the errno text), DEXEC_EIO (pipe,
  * fork), DEXEC_ENOMEM, DEXEC_ETIMEDOUT (the spawner thread did not fork
