@@ -46,7 +46,7 @@
 extern char **environ;
 
 /* How long a caller waits for the spawner thread, and for a killed child. */
-#define SPAWN_WAIT 30.0
+#define SPAWN_WAIT       30.0
 #define KILLED_REAP_WAIT 10.0
 
 struct dexec_process {
@@ -141,8 +141,7 @@ dexec_status dexec_cpus_pick(int n, const char *avoid, char *out, size_t outlen,
 
     CPU_ZERO(&busy);
     if (avoid != NULL && cpulist_parse(avoid, &busy) != 0)
-        return dx_fail(err, errlen, DEXEC_EINVAL, "bad CPU list '%s' (expected e.g. 0-3,8)",
-                       avoid);
+        return dx_fail(err, errlen, DEXEC_EINVAL, "bad CPU list '%s' (expected e.g. 0-3,8)", avoid);
     if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
         return dx_fail(err, errlen, DEXEC_EIO, "sched_getaffinity: %s", strerror(errno));
     for (int i = 0; i < CPU_SETSIZE; i++)
@@ -159,8 +158,8 @@ dexec_status dexec_cpus_pick(int n, const char *avoid, char *out, size_t outlen,
         }
     }
     if (cpulist_format(&pick, out, outlen) != 0)
-        return dx_fail(err, errlen, DEXEC_ENOMEM, "the CPU list of %d CPUs does not fit in %zu bytes",
-                       n, outlen);
+        return dx_fail(err, errlen, DEXEC_ENOMEM,
+                       "the CPU list of %d CPUs does not fit in %zu bytes", n, outlen);
     return DEXEC_OK;
 }
 
@@ -291,7 +290,7 @@ typedef struct spawn_job {
     struct rlimit rl;
     int use_affinity;
     cpu_set_t cpus;
-    int pipe_w;            /* exec pipe, write end (the child's) */
+    int pipe_w; /* exec pipe, write end (the child's) */
     pid_t parent;
     /* result, under g_spawn.lock */
     int done, abandoned;
@@ -474,8 +473,7 @@ static dexec_status spawner_run(spawn_job *j, char *err, size_t errlen)
         int e = errno;
 
         pthread_mutex_unlock(&g_spawn.lock);
-        return dx_fail(err, errlen, DEXEC_EIO, "cannot start the spawner thread: %s",
-                       strerror(e));
+        return dx_fail(err, errlen, DEXEC_EIO, "cannot start the spawner thread: %s", strerror(e));
     }
     j->next = NULL;
     {
@@ -612,8 +610,8 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
     if (args.cpus != NULL && args.cpus[0] != '\0') {
         if (cpulist_parse(args.cpus, &j->cpus) != 0 || CPU_COUNT(&j->cpus) == 0) {
             st = dx_fail(err, errlen, DEXEC_EINVAL,
-                         "%s: bad CPU list '%s' (expected e.g. 0-3,8, CPUs below %d)",
-                         p->component, args.cpus, CPU_SETSIZE);
+                         "%s: bad CPU list '%s' (expected e.g. 0-3,8, CPUs below %d)", p->component,
+                         args.cpus, CPU_SETSIZE);
             goto fail;
         }
         j->use_affinity = 1;
@@ -666,8 +664,7 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
     }
     if (j->pid < 0) {
         close(ep[0]);
-        st = dx_fail(err, errlen, DEXEC_EIO, "%s: fork: %s", p->component,
-                     strerror(j->fork_errno));
+        st = dx_fail(err, errlen, DEXEC_EIO, "%s: fork: %s", p->component, strerror(j->fork_errno));
         goto fail;
     }
     p->pid = j->pid;
@@ -823,8 +820,8 @@ static void signal_left(dexec_process *const *procs, size_t n, int sig, double g
     }
 }
 
-void dexec_process_stop_all(dexec_process *const *procs, struct dexec_conn *const *conns,
-                            size_t n, double grace_s)
+void dexec_process_stop_all(dexec_process *const *procs, struct dexec_conn *const *conns, size_t n,
+                            double grace_s)
 {
     uint32_t *ids = calloc(n > 0 ? n : 1, sizeof(*ids));
     char *sent = calloc(n > 0 ? n : 1, 1);
@@ -930,8 +927,8 @@ dexec_value *dexec_resources_parse(const char *text, char *err, size_t errlen)
             snprintf(num, sizeof(num), "%.*s", (int)(len - nlen - 1), p + nlen + 1);
             amount = strtod(num, &end);
             if (num[0] == '\0' || *end != '\0' || !(amount >= 0) || !isfinite(amount)) {
-                dexec_errorf(err, errlen, "bad amount of resource %s: '%s' (a number >= 0)",
-                             name, num);
+                dexec_errorf(err, errlen, "bad amount of resource %s: '%s' (a number >= 0)", name,
+                             num);
                 dexec_value_free(m);
                 return NULL;
             }
@@ -947,8 +944,7 @@ dexec_value *dexec_resources_parse(const char *text, char *err, size_t errlen)
     return m;
 }
 
-int dexec_resources_fit(const dexec_value *want, const dexec_value *have, char *missing,
-                        size_t len)
+int dexec_resources_fit(const dexec_value *want, const dexec_value *have, char *missing, size_t len)
 {
     if (want == NULL || want->type != DEXEC_VAL_MAP)
         return 1;

@@ -262,8 +262,7 @@ START_TEST(test_cpus_pick)
 
     ck_assert_int_ge(n, 1);
     ck_assert_int_eq(dexec_cpus_pick(1, NULL, out, sizeof(out), err, sizeof(err)), DEXEC_OK);
-    ck_assert_msg(out[0] >= '0' && out[0] <= '9' && strchr(out, ',') == NULL, "picked '%s'",
-                  out);
+    ck_assert_msg(out[0] >= '0' && out[0] <= '9' && strchr(out, ',') == NULL, "picked '%s'", out);
     ck_assert_int_eq(dexec_cpus_pick(n + 1, NULL, out, sizeof(out), err, sizeof(err)),
                      DEXEC_EINVAL);
     snprintf(out, sizeof(out), "%d CPUs asked but only %d are available", n + 1, n);
@@ -376,8 +375,7 @@ START_TEST(test_example_plugin_limits)
         ck_assert_str_eq(gpus, want);
         if (MEMORY_LIMIT_TESTABLE)
             ck_assert_msg(memory_limited(pid, MEMORY_LIMIT),
-                          "rank %d has neither RLIMIT_AS nor memory.max of %lld", r,
-                          MEMORY_LIMIT);
+                          "rank %d has neither RLIMIT_AS nor memory.max of %lld", r, MEMORY_LIMIT);
     }
     generate_one(e);
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
@@ -459,11 +457,10 @@ static void check_ladder_honours_grace(const char *backend)
     took = dexec_now() - t0;
     if (!process_gone(pid))
         kill(pid, SIGKILL);
-    ck_assert_msg(took < 1.5, "%s: close took %.2f s with timeouts.shutdown_grace = 0.2",
-                  backend, took);
+    ck_assert_msg(took < 1.5, "%s: close took %.2f s with timeouts.shutdown_grace = 0.2", backend,
+                  took);
     ck_assert_msg(took >= 0.3, "%s: close took %.2f s: the grace was not waited", backend, took);
-    ck_assert_msg(wait_gone(pid, 1.0), "%s: stopped worker %d survived close", backend,
-                  (int)pid);
+    ck_assert_msg(wait_gone(pid, 1.0), "%s: stopped worker %d survived close", backend, (int)pid);
     dexec_engine_free(e);
 }
 
@@ -509,8 +506,8 @@ static void check_engine_outlives_creating_thread(const char *backend)
     usleep(300000); /* a parent-death signal would have arrived by now */
     for (int r = 0; r < 2; r++) {
         pids[r] = worker_pid(t.e, r);
-        ck_assert_msg(!process_gone(pids[r]), "%s: rank %d died with the creating thread",
-                      backend, r);
+        ck_assert_msg(!process_gone(pids[r]), "%s: rank %d died with the creating thread", backend,
+                      r);
     }
     ck_assert_int_eq(dexec_engine_check_health(t.e), DEXEC_OK);
     generate_one(t.e);

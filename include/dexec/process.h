@@ -137,8 +137,8 @@ void dexec_describe_exit(int status, char *buf, size_t len);
  * is logged as a warning naming the component, label and pid. procs[i]
  * may be NULL (skipped). Returns once every child is reaped. The
  * connections stay open (free them after). */
-void dexec_process_stop_all(dexec_process *const *procs, struct dexec_conn *const *conns,
-                            size_t n, double grace_s);
+void dexec_process_stop_all(dexec_process *const *procs, struct dexec_conn *const *conns, size_t n,
+                            double grace_s);
 
 /* dexec_process_stop_all for one child; conn may be NULL. */
 void dexec_process_stop(dexec_process *p, struct dexec_conn *conn, double grace_s);
