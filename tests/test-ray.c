@@ -268,7 +268,7 @@ START_TEST(test_local_resources_on_live_actor)
     f = fopen(path, "re");
     ck_assert_ptr_nonnull(f);
     while (fgets(line, sizeof(line), f) != NULL)
-        if (strncmp(line, "0::", 3) == 0 && strstr(line, "dexec-actor-") != NULL)
+        if (strncmp(line, "0::", 3) == 0 && strstr(line, "dexec-child-") != NULL)
             snprintf(cg, sizeof(cg), "%s", line + 3);
     fclose(f);
     if (cg[0] != '\0') {

@@ -4,9 +4,10 @@
  * One thread runs everything: the RPC server core (rpc_server.c: accept,
  * hello, framing, dispatch to the method table below) over the listener
  * and the engines' connections, and the stdout pipes of actors still
- * starting, watched through it. Actors are
- * forked from this thread, so their parent-death signal fires exactly
- * when the agent dies. The loop also reaps actors, finishes the kill
+ * starting, watched through it. Actors are forked by libdexec's spawner
+ * thread (dexec_process_spawn), which lives as long as the agent, so
+ * their parent-death signal fires exactly when the agent dies. The loop
+ * also reaps actors, finishes the kill
  * ladder of actors whose engine left, and publishes the node's free
  * resources in the registry about once a second.
  *
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,22 +33,22 @@
 #include <unistd.h>
 
 #include <dexec/discovery.h>
+#include <dexec/process.h>
 #include <dexec/rpc.h>
 
 #include "listen.h"
 #include "node.h"
-#include "resources.h"
 #include "rpc_server.h"
 
 #define COMPONENT "node"
-#define KILL_WAIT 1.0      /* SIGTERM to SIGKILL for actors whose engine left */
 #define WRITE_TIMEOUT 5.0
 #define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
 #define TICK 0.05          /* reaping and the kill ladder run on this clock */
 #define MAX_GPUS 64
 
 typedef struct nactor {
-    dxr_child child;
+    dexec_process *child;
+    int pid;
     int id;
     int running;         /* not reaped yet */
     struct node *node;
@@ -63,7 +65,7 @@ typedef struct nactor {
     int64_t memory;
     dexec_value *labels;
     char tokfile[300];
-    double kill_at;      /* SIGKILL time once SIGTERMed; 0: none */
+    double kill_at;      /* SIGKILL time once SIGTERMed (+ timeouts.shutdown_grace); 0: none */
     char exit_desc[128];
     struct nactor *next;
 } nactor;
@@ -92,6 +94,7 @@ typedef struct node {
     dexec_actor_info info;
     int ttl;
     int beat_failing;
+    double grace; /* timeouts.shutdown_grace: SIGTERM to SIGKILL for actors */
 } node;
 
 static dxs_server *g_rpc;
@@ -232,6 +235,7 @@ static int registry_open(node *n, char *err, size_t errlen)
     if (st != DEXEC_OK)
         return -1;
     dexec_config_get_int(n->cfg, "discovery.redis.ttl", &ttl);
+    dexec_config_get_float(n->cfg, "timeouts.shutdown_grace", &n->grace);
     n->ttl = n->opt->ttl > 0 ? n->opt->ttl : (int)ttl;
     if (advertised(n, addr, sizeof(addr)) != 0) {
         dexec_errorf(err, errlen, "--advertise %s: a host needs a tcp: listener",
@@ -282,14 +286,15 @@ static void actor_free(node *n, nactor *a)
 static void actor_reaped(node *n, nactor *a)
 {
     a->running = 0;
-    dxr_describe_exit(a->child.status, a->exit_desc, sizeof(a->exit_desc));
-    dxr_child_release(&a->child);
-    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d %s", (int)a->child.pid, a->exit_desc);
+    dexec_describe_exit(dexec_process_status(a->child), a->exit_desc, sizeof(a->exit_desc));
+    dexec_process_free(a->child);
+    a->child = NULL;
+    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d %s", (int)a->pid, a->exit_desc);
     if (a->owner != NULL && !a->replied) {
         reply_err(a->owner, a->msgid, DEXEC_EINIT,
                   "actor pid %d on node %s %s before it was ready (its log is in the node "
                   "agent's stderr)",
-                  (int)a->child.pid, n->info.name, a->exit_desc);
+                  (int)a->pid, n->info.name, a->exit_desc);
         a->replied = 1;
     }
     if (a->owner == NULL)
@@ -302,7 +307,7 @@ static void actor_ready(node *n, nactor *a, const char *address)
 {
     dexec_value *r = dexec_value_map();
 
-    dexec_value_map_set(r, "pid", dexec_value_int(a->child.pid));
+    dexec_value_map_set(r, "pid", dexec_value_int(a->pid));
     dexec_value_map_set(r, "address", dexec_value_str(address));
     dexec_value_map_set(r, "node", dexec_value_str(n->info.name));
     if (a->owner != NULL && !a->replied)
@@ -315,7 +320,7 @@ static void actor_ready(node *n, nactor *a, const char *address)
         unlink(a->tokfile);
         a->tokfile[0] = '\0';
     }
-    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d listening on %s", (int)a->child.pid,
+    dexec_log(DEXEC_LOG_INFO, COMPONENT, "actor pid %d listening on %s", (int)a->pid,
               address);
 }
 
@@ -345,7 +350,7 @@ static void actor_read_out(void *arg, int fd)
     a->out_fd = -1;
 }
 
-/* The engine left: its actors go (SIGTERM now, SIGKILL after KILL_WAIT). */
+/* The engine left: its actors go (SIGTERM now, SIGKILL after the grace). */
 static void owner_left(node *n, dxs_conn *c)
 {
     nactor *a = n->actors, *next;
@@ -360,9 +365,9 @@ static void owner_left(node *n, dxs_conn *c)
             continue;
         }
         dexec_log(DEXEC_LOG_INFO, COMPONENT, "engine of actor pid %d left: stopping it",
-                  (int)a->child.pid);
-        kill(a->child.pid, SIGTERM);
-        a->kill_at = dexec_now() + KILL_WAIT;
+                  (int)a->pid);
+        dexec_process_signal(a->child, SIGTERM);
+        a->kill_at = dexec_now() + n->grace;
     }
 }
 
@@ -417,6 +422,34 @@ static int write_token(const char *path, const char *token)
     return w == (ssize_t)len ? 0 : -1;
 }
 
+/* Picks n CPUs not in avoid into *set, and writes them as a CPU list
+ * ("0-3,8") for dexec_process_spawn. 0, or -1 when fewer are free or the
+ * list does not fit. */
+static int pick_cpus(int ncpus, const cpu_set_t *avoid, cpu_set_t *set, char *list, size_t len)
+{
+    cpu_set_t allowed;
+    size_t off = 0;
+    int k = 0;
+
+    CPU_ZERO(set);
+    list[0] = '\0';
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
+        return -1;
+    for (int i = 0; i < CPU_SETSIZE && k < ncpus; i++) {
+        int w;
+
+        if (!CPU_ISSET(i, &allowed) || CPU_ISSET(i, avoid))
+            continue;
+        CPU_SET(i, set);
+        w = snprintf(list + off, len - off, "%s%d", k ? "," : "", i);
+        if (w < 0 || (size_t)w >= len - off)
+            return -1;
+        off += (size_t)w;
+        k++;
+    }
+    return k == ncpus ? 0 : -1;
+}
+
 static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *params)
 {
     int ranks, cpus, gpus, pfd[2];
@@ -425,8 +458,9 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     const dexec_value *labels;
     char err[1024], missing[128], want[256], ranks_s[16], listen_s[320], devs[256];
     char *argv[24];
-    dxr_limits lim = {0};
-    dxr_spawn_args sa = {.argv = argv, .ctl_fd = -1, .component = COMPONENT, .limits = &lim};
+    char cpulist[1024] = "";
+    dexec_spawn_args sa = {.struct_size = sizeof(sa), .argv = argv, .component = COMPONENT,
+                           .label = "actor"};
     nactor *a;
     room r;
     int i = 0;
@@ -439,7 +473,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         return;
     }
     room_compute(n, &r);
-    dxr_resources_format(labels, want, sizeof(want));
+    dexec_resources_format(labels, want, sizeof(want));
     err[0] = '\0';
     if (cpus > r.cpus)
         snprintf(err, sizeof(err), "%d CPUs free", r.cpus);
@@ -447,7 +481,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         snprintf(err, sizeof(err), "%d GPUs free", r.gpus);
     else if (memory > r.memory)
         snprintf(err, sizeof(err), "%lld bytes of memory free", (long long)r.memory);
-    else if (!dxr_resources_fit(labels, r.resources, missing, sizeof(missing)))
+    else if (!dexec_resources_fit(labels, r.resources, missing, sizeof(missing)))
         snprintf(err, sizeof(err), "no %s free", missing);
     dexec_value_free(r.resources);
     if (err[0] != '\0') {
@@ -469,8 +503,10 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     a->labels = labels != NULL ? dexec_value_clone(labels) : NULL;
     /* disjoint CPU sets: everything held or outside the pool is avoided */
     CPU_OR(&avoid, &r.busy, &n->outside);
-    if (cpus > 0 && dxr_pick_cpus(cpus, &avoid, &a->cpuset, err, sizeof(err)) != DEXEC_OK) {
-        reply_err(c, id, DEXEC_ENOTFOUND, "node %s: %s", n->info.name, err);
+    if (cpus > 0 && pick_cpus(cpus, &avoid, &a->cpuset, cpulist, sizeof(cpulist)) != 0) {
+        reply_err(c, id, DEXEC_ENOTFOUND,
+                  "node %s: %d CPUs asked but fewer are free (CPU list too long or taken)",
+                  n->info.name, cpus);
         actor_free(n, a);
         return;
     }
@@ -482,10 +518,9 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         off += (size_t)snprintf(devs + off, sizeof(devs) - off, "%s%d", k ? "," : "", g);
         k++;
     }
-    lim.ncpus = cpus;
-    lim.cpus = a->cpuset;
-    lim.cuda_visible = devs;
-    lim.memory = memory;
+    sa.cpus = cpulist;
+    sa.visible_gpus = devs;
+    sa.memory_bytes = memory;
 
     snprintf(ranks_s, sizeof(ranks_s), "%d", ranks);
     if (n->actor_host[0] != '\0')
@@ -528,7 +563,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         return;
     }
     sa.stdout_fd = pfd[1];
-    if (dxr_spawn(&sa, &a->child, err, sizeof(err)) != DEXEC_OK) {
+    if (dexec_process_spawn(&sa, &a->child, err, sizeof(err)) != DEXEC_OK) {
         close(pfd[0]);
         close(pfd[1]);
         reply_err(c, id, DEXEC_EINIT, "node %s: %s", n->info.name, err);
@@ -536,6 +571,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         return;
     }
     close(pfd[1]);
+    a->pid = dexec_process_pid(a->child);
     fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);
     a->out_fd = pfd[0];
     a->node = n;
@@ -543,7 +579,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         /* it could never be answered: stop it, it is reaped as usual */
         reply_err(c, id, DEXEC_ENOMEM, "node %s: out of memory", n->info.name);
         a->replied = 1;
-        kill(a->child.pid, SIGKILL);
+        dexec_process_signal(a->child, SIGKILL);
     }
     a->running = 1;
     a->owner = c;
@@ -552,7 +588,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     n->actors = a;
     dexec_log(DEXEC_LOG_INFO, COMPONENT,
               "spawned actor pid %d: %d rank%s, %d CPUs, GPUs [%s], memory %lld, labels {%s}",
-              (int)a->child.pid, ranks, ranks == 1 ? "" : "s", cpus, devs, (long long)memory,
+              (int)a->pid, ranks, ranks == 1 ? "" : "s", cpus, devs, (long long)memory,
               want);
     publish(n);
 }
@@ -563,7 +599,7 @@ static void handle_actor_status(node *n, dxs_conn *c, uint32_t id, const dexec_v
     dexec_value *r;
 
     for (nactor *a = n->actors; a != NULL; a = a->next) {
-        if (a->child.pid != pid)
+        if (a->pid != pid)
             continue;
         r = dexec_value_map();
         dexec_value_map_set(r, "pid", dexec_value_int(pid));
@@ -636,12 +672,12 @@ static void reap_and_kill(node *n)
         next = a->next;
         if (!a->running)
             continue;
-        if (dxr_reap(&a->child, 0)) {
+        if (dexec_process_reap(a->child, 0)) {
             actor_reaped(n, a);
         } else if (a->kill_at > 0 && now >= a->kill_at) {
             dexec_log(DEXEC_LOG_WARN, COMPONENT, "actor pid %d ignored SIGTERM: SIGKILL",
-                      (int)a->child.pid);
-            kill(a->child.pid, SIGKILL);
+                      (int)a->pid);
+            dexec_process_signal(a->child, SIGKILL);
             a->kill_at = 0;
         }
     }
@@ -710,7 +746,7 @@ static int capacity_init(node *n, char *err, size_t errlen)
     }
     n->memory = o->memory >= 0 ? o->memory
                                : (int64_t)sysconf(_SC_PHYS_PAGES) * (int64_t)sysconf(_SC_PAGESIZE);
-    n->resources = dxr_resources_parse(o->resources, err, errlen);
+    n->resources = dexec_resources_parse(o->resources, err, errlen);
     return n->resources != NULL ? 0 : -1;
 }
 
@@ -732,32 +768,26 @@ static void actor_listen_host(node *n)
     }
 }
 
+/* The agent is stopping: its actors go with it (SIGTERM, the grace,
+ * SIGKILL, reap; they have no connection to us to ask them first). */
 static void stop_all(node *n)
 {
-    double deadline = dexec_now() + 2.0;
-    int left = 0;
+    size_t k = 0, cnt = 0;
+    dexec_process **procs;
 
     for (nactor *a = n->actors; a != NULL; a = a->next)
-        if (a->running && kill(a->child.pid, SIGTERM) == 0)
-            left++;
-    while (left > 0 && dexec_now() < deadline) {
-        left = 0;
-        for (nactor *a = n->actors; a != NULL; a = a->next)
-            if (a->running && !dxr_reap(&a->child, 0.01))
-                left++;
-    }
-    for (nactor *a = n->actors; a != NULL; a = a->next) {
-        if (!a->running)
-            continue;
-        kill(a->child.pid, SIGKILL);
-        dxr_reap(&a->child, 5.0);
-        a->running = 0;
-        dxr_child_release(&a->child);
-    }
+        cnt += a->running != 0;
+    procs = calloc(cnt > 0 ? cnt : 1, sizeof(*procs));
+    for (nactor *a = n->actors; a != NULL; a = a->next)
+        if (a->running && procs != NULL)
+            procs[k++] = a->child;
+    /* without memory for the list, dexec_process_free kills each at once */
+    dexec_process_stop_all(procs, NULL, k, n->grace);
+    free(procs);
     while (n->actors != NULL) {
         if (n->actors->running) {
             n->actors->running = 0;
-            dxr_child_release(&n->actors->child);
+            dexec_process_free(n->actors->child);
         }
         actor_free(n, n->actors);
     }
@@ -774,6 +804,7 @@ int dxn_run(const dxn_options *o)
     int status = 1;
 
     memset(&n, 0, sizeof(n));
+    n.grace = 5.0; /* until the configuration says otherwise */
     n.opt = o;
     n.lis.fd = -1;
     if (o->name == NULL || o->name[0] == '\0') {

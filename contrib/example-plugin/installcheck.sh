@@ -1,7 +1,8 @@
 #!/bin/sh
 # installcheck.sh - builds the example plugin against an installed dexec
 # (headers, dexec.pc and libdexec only, as a third party would) and runs a
-# generate through it with two real dexec-worker processes.
+# generate through it with two real dexec-worker processes, first started
+# here, then started by the plugin itself (spawn mode).
 #
 # Run by "make installcheck" (and so by "make distcheck"); by hand after a
 # staged install:
@@ -69,3 +70,16 @@ for p in $pids; do
     kill -0 "$p"
 done
 echo "example-plugin: generate through dexec_roundrobin.so with 2 workers: ok"
+
+# spawn mode: the plugin starts its own workers through <dexec/process.h>
+# (the staged dexec-worker, CPU device, one CPU each) and stops them on close
+DEXEC_WORKER="$stage$bindir/dexec-worker" ROUNDROBIN_SPAWN=2 ROUNDROBIN_CPUS=1 \
+    ROUNDROBIN_WORKERS= "$stage$bindir/dexec" generate --backend "$work/dexec_roundrobin.so" \
+    --device cpu -m "$model" -p "a sneaker" --steps 2 --seed 1 -b 2 -q -o "$work/own.png"
+for f in own-0.png own-1.png; do
+    if [ ! -s "$work/$f" ]; then
+        echo "example-plugin: $f was not written (spawn mode)" >&2
+        exit 1
+    fi
+done
+echo "example-plugin: generate through dexec_roundrobin.so with 2 workers of its own: ok"

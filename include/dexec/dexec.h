@@ -25,6 +25,11 @@
  *    call on an engine.
  *  - dexec_engine_last_error() returns the message of the last failing
  *    call made by the calling thread on that engine.
+ *  - An engine may be created on any thread, including one that exits
+ *    before the engine is closed: workers the engine owns are forked by
+ *    libdexec's own spawner thread, which lives as long as the process, so
+ *    their parent-death signal (they get SIGKILL when this process dies)
+ *    does not fire when the creating thread exits (see <dexec/process.h>).
  */
 #ifndef DEXEC_DEXEC_H
 #define DEXEC_DEXEC_H

@@ -5,10 +5,15 @@
  *
  * Ownership rules, so that no worker outlives its engine:
  *  - each child asks the kernel for SIGKILL when its parent dies
- *    (PR_SET_PDEATHSIG), and exits on EOF of its control socket;
+ *    (PR_SET_PDEATHSIG, from libdexec's spawner thread, so the engine
+ *    may be created on any thread), and exits on EOF of its control socket;
  *  - a worker that dies is noticed through EOF at once, and every call
  *    waiting on it fails naming the rank, pid and exit status or signal;
- *  - shutdown: shutdown RPC, grace period, SIGTERM, SIGKILL, reap.
+ *  - shutdown: shutdown RPC, grace, SIGTERM, grace, SIGKILL, reap, the
+ *    grace being timeouts.shutdown_grace (dexec_process_stop_all).
+ *
+ * Spawning, confining and stopping are libdexec's process services
+ * (<dexec/process.h>), shared with ray_actor and the node agent.
  */
 #include "config.h"
 
@@ -21,19 +26,13 @@
 #include <unistd.h>
 
 #include <dexec/plugin.h>
+#include <dexec/process.h>
 #include <dexec/rpc.h>
-
-#include "resources.h"
-
-typedef struct mp_worker {
-    int rank;
-    dxr_child child; /* pid, exit status, reaped once by whoever gets there first */
-} mp_worker;
 
 struct dexec_executor {
     const dexec_host *host;
     int n;
-    mp_worker *w;
+    dexec_process **proc; /* per rank; reaped once by whoever gets there first */
     dexec_group *group;
     double grace;
 };
@@ -49,12 +48,12 @@ static double left_s(double deadline)
  * before the kernel makes the exit status available, so wait a little. */
 static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
 {
-    mp_worker *w = user;
+    dexec_process *p = user;
     char how[128];
 
     (void)c;
-    if (dxr_reap(&w->child, 0.5)) {
-        dxr_describe_exit(w->child.status, how, sizeof(how));
+    if (dexec_process_reap(p, 0.5)) {
+        dexec_describe_exit(dexec_process_status(p), how, sizeof(how));
         snprintf(buf, len, "worker died: %s", how);
     } else {
         snprintf(buf, len, "worker closed its connection (process still running)");
@@ -66,12 +65,11 @@ static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
 static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char *model,
                                  const char *device, int *conn_fd, char *err, size_t errlen)
 {
-    char rank_s[16], gpu_s[16];
+    char rank_s[16], gpu_s[16], label[32];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--rank", rank_s,
                     "--model", (char *)model, "--device", (char *)device, NULL};
-    dxr_limits limits = {.cuda_visible = gpu_s};
-    dxr_spawn_args args = {.argv = argv, .stdout_fd = -1, .limits = &limits,
-                           .component = "mp"};
+    dexec_spawn_args args = {.struct_size = sizeof(args), .argv = argv, .stdout_fd = -1,
+                             .visible_gpus = gpu_s, .component = "mp", .label = label};
     dexec_status st;
     int sv[2];
 
@@ -81,45 +79,37 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
     }
     snprintf(rank_s, sizeof(rank_s), "%d", rank);
     snprintf(gpu_s, sizeof(gpu_s), "%d", rank);
+    snprintf(label, sizeof(label), "rank %d", rank);
     args.ctl_fd = sv[1];
-    st = dxr_spawn(&args, &ex->w[rank].child, err, errlen);
+    st = dexec_process_spawn(&args, &ex->proc[rank], err, errlen);
     close(sv[1]);
     if (st != DEXEC_OK) {
-        /* dxr_spawn released the child record itself */
-        ex->w[rank].child.pid = 0;
         close(sv[0]);
         return st == DEXEC_EIO || st == DEXEC_ENOMEM ? st : DEXEC_EINIT;
     }
-    ex->w[rank].rank = rank;
     *conn_fd = sv[0];
     return DEXEC_OK;
 }
 
-/* Stops every spawned worker: shutdown RPC, grace, then SIGTERM, SIGKILL, reap. */
+/* Stops every spawned worker, all ranks at once: shutdown RPC, grace,
+ * SIGTERM, grace, SIGKILL, reap; the grace is timeouts.shutdown_grace. */
 static void stop_workers(struct dexec_executor *ex)
 {
-    double deadline = dexec_now() + ex->grace;
+    dexec_conn **conns = calloc((size_t)ex->n, sizeof(*conns));
 
-    if (ex->group != NULL)
-        dexec_group_shutdown(ex->group, deadline);
-    for (int r = 0; r < ex->n; r++)
-        if (ex->w[r].child.pid > 0)
-            dxr_reap(&ex->w[r].child, left_s(deadline));
-    for (int r = 0; r < ex->n; r++) {
-        char what[32];
-
-        snprintf(what, sizeof(what), "rank %d", r);
-        dxr_kill(&ex->w[r].child, 2.0, "mp", what);
-    }
+    for (int r = 0; conns != NULL && ex->group != NULL && r < ex->n; r++)
+        conns[r] = dexec_group_conn(ex->group, r);
+    /* without memory for the list the ladder starts at SIGTERM */
+    dexec_process_stop_all(ex->proc, conns, (size_t)ex->n, ex->grace);
+    free(conns);
 }
 
 static void destroy(struct dexec_executor *ex)
 {
     dexec_group_free(ex->group);
-    for (int r = 0; r < ex->n; r++)
-        if (ex->w[r].child.pid > 0)
-            dxr_child_release(&ex->w[r].child);
-    free(ex->w);
+    for (int r = 0; ex->proc != NULL && r < ex->n; r++)
+        dexec_process_free(ex->proc[r]);
+    free(ex->proc);
     free(ex);
 }
 
@@ -152,10 +142,10 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
     ex->host = host;
     ex->n = (int)n;
     ex->grace = grace;
-    ex->w = calloc((size_t)n, sizeof(*ex->w));
+    ex->proc = calloc((size_t)n, sizeof(*ex->proc));
     ex->group = dexec_group_new((int)n);
     ids = calloc((size_t)n, sizeof(*ids));
-    if (ex->w == NULL || ex->group == NULL || ids == NULL) {
+    if (ex->proc == NULL || ex->group == NULL || ids == NULL) {
         free(ids);
         destroy(ex);
         return DEXEC_ENOMEM;
@@ -168,13 +158,13 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         st = spawn_worker(ex, r, model, device, &fd, err, errlen);
         if (st != DEXEC_OK)
             break;
-        snprintf(label, sizeof(label), "rank %d (pid %d)", r, (int)ex->w[r].child.pid);
+        snprintf(label, sizeof(label), "rank %d (pid %d)", r, dexec_process_pid(ex->proc[r]));
         if (dexec_conn_from_fd(fd, label, &c) != DEXEC_OK) {
             close(fd);
             st = DEXEC_ENOMEM;
             break;
         }
-        dexec_conn_on_death(c, on_death, &ex->w[r]);
+        dexec_conn_on_death(c, on_death, ex->proc[r]);
         dexec_group_set(ex->group, r, c);
     }
     /* hello, then initialize, on every rank in parallel */

@@ -6,8 +6,9 @@
  *
  * Where the actor runs (ray_init.address):
  *  - "local": spawned here over a socketpair, like the mp executor spawns
- *    its workers: it gets SIGKILL when the engine dies (PR_SET_PDEATHSIG)
- *    and exits on EOF of its control socket; its death is seen at once
+ *    its workers (libdexec's process services, <dexec/process.h>): it gets
+ *    SIGKILL when the engine dies (PR_SET_PDEATHSIG, whichever thread
+ *    created the engine) and exits on EOF of its control socket; its death is seen at once
  *    through EOF, with its exit status.
  *  - "redis://..." or "auto" ($DEXEC_REGISTRY): placed on a node whose
  *    agent (dexec-worker --node) registered room for it and the custom
@@ -31,9 +32,8 @@
 
 #include <dexec/discovery.h>
 #include <dexec/plugin.h>
+#include <dexec/process.h>
 #include <dexec/rpc.h>
-
-#include "resources.h"
 
 #define COMPONENT "ray_actor"
 /* how long the death of a remote actor may take to be explained by its agent */
@@ -56,7 +56,7 @@ struct dexec_executor {
     dexec_conn *actor;
     /* local mode */
     int local;
-    dxr_child child;
+    dexec_process *child;
     /* cluster mode: the agent that spawned the actor; dropping this
      * connection makes the agent kill the actor */
     dexec_conn *agent;
@@ -85,7 +85,7 @@ static void format_ask(const actor_ask *a, char *buf, size_t len)
 {
     char labels[256], mem[48] = "";
 
-    dxr_resources_format(a->labels, labels, sizeof(labels));
+    dexec_resources_format(a->labels, labels, sizeof(labels));
     if (a->memory > 0)
         snprintf(mem, sizeof(mem), ",memory=%lld", (long long)a->memory);
     snprintf(buf, len, "{cpus=%d,gpus=%d%s%s%s}", a->cpus, a->gpus, mem,
@@ -178,8 +178,8 @@ static void local_on_death(void *user, dexec_conn *c, char *buf, size_t len)
     char how[128];
 
     (void)c;
-    if (dxr_reap(&ex->child, 0.5)) {
-        dxr_describe_exit(ex->child.status, how, sizeof(how));
+    if (dexec_process_reap(ex->child, 0.5)) {
+        dexec_describe_exit(dexec_process_status(ex->child), how, sizeof(how));
         snprintf(buf, len, "actor died: %s", how);
     } else {
         snprintf(buf, len, "actor closed its connection (process still running)");
@@ -197,16 +197,16 @@ static dexec_status check_local_labels(const actor_ask *a, char *err, size_t err
 
     if (a->labels == NULL || a->labels->type != DEXEC_VAL_MAP || a->labels->u.map.len == 0)
         return DEXEC_OK;
-    have = dxr_resources_parse(env, perr, sizeof(perr));
+    have = dexec_resources_parse(env, perr, sizeof(perr));
     if (have == NULL) {
         dexec_errorf(err, errlen, "DEXEC_NODE_RESOURCES: %s", perr);
         return DEXEC_ECONFIG;
     }
-    fit = dxr_resources_fit(a->labels, have, missing, sizeof(missing));
+    fit = dexec_resources_fit(a->labels, have, missing, sizeof(missing));
     dexec_value_free(have);
     if (fit)
         return DEXEC_OK;
-    dxr_resources_format(a->labels, want, sizeof(want));
+    dexec_resources_format(a->labels, want, sizeof(want));
     dexec_errorf(err, errlen,
                  "ray_actor.resources asks for {%s} but this host does not offer %s "
                  "(DEXEC_NODE_RESOURCES=\"%s\"): label the host with DEXEC_NODE_RESOURCES, "
@@ -218,22 +218,31 @@ static dexec_status check_local_labels(const actor_ask *a, char *err, size_t err
 static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, char *err,
                                 size_t errlen)
 {
-    char ranks_s[16], devs[256];
+    char ranks_s[16], devs[256], cpus[1024] = "", perr[512];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--ranks", ranks_s,
                     "--rank", "0", "--model", (char *)a->model, "--device", (char *)a->device,
                     NULL};
-    dxr_limits lim = {.ncpus = a->cpus, .memory = a->memory, .cuda_visible = devs};
-    dxr_spawn_args sa = {.argv = argv, .ctl_fd = -1, .stdout_fd = -1, .limits = &lim,
-                         .component = COMPONENT};
+    dexec_spawn_args sa = {.struct_size = sizeof(sa), .argv = argv, .stdout_fd = -1,
+                           .cpus = cpus, .visible_gpus = devs, .memory_bytes = a->memory,
+                           .component = COMPONENT, .label = "actor"};
     dexec_status st;
     int sv[2];
 
     st = check_local_labels(a, err, errlen);
     if (st != DEXEC_OK)
         return st;
-    st = dxr_pick_cpus(a->cpus, NULL, &lim.cpus, err, errlen);
-    if (st != DEXEC_OK)
-        return st;
+    if (a->cpus > dexec_cpus_allowed()) {
+        dexec_errorf(err, errlen, "ray_actor.cpus = %d but only %d CPUs are available", a->cpus,
+                     dexec_cpus_allowed());
+        return DEXEC_EINVAL;
+    }
+    if (a->cpus > 0) {
+        st = dexec_cpus_pick(a->cpus, NULL, cpus, sizeof(cpus), perr, sizeof(perr));
+        if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "ray_actor.cpus = %d: %s", a->cpus, perr);
+            return st;
+        }
+    }
     device_list(a->gpus, devs, sizeof(devs));
     snprintf(ranks_s, sizeof(ranks_s), "%d", a->ranks);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -241,14 +250,14 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
         return DEXEC_EIO;
     }
     sa.ctl_fd = sv[1];
-    st = dxr_spawn(&sa, &ex->child, err, errlen);
+    st = dexec_process_spawn(&sa, &ex->child, err, errlen);
     close(sv[1]);
     if (st != DEXEC_OK) {
         close(sv[0]);
         return st;
     }
     ex->local = 1;
-    snprintf(ex->label, sizeof(ex->label), "actor (pid %d)", (int)ex->child.pid);
+    snprintf(ex->label, sizeof(ex->label), "actor (pid %d)", dexec_process_pid(ex->child));
     if (dexec_conn_from_fd(sv[0], ex->label, &ex->actor) != DEXEC_OK) {
         close(sv[0]);
         return DEXEC_ENOMEM;
@@ -317,7 +326,7 @@ static int node_fits(const dexec_actor_info *node, const actor_ask *a, char *why
                  (long long)dexec_value_as_int(dexec_value_map_get(free_, "memory"), 0));
         return 0;
     }
-    if (!dxr_resources_fit(a->labels, dexec_value_map_get(free_, "resources"), missing,
+    if (!dexec_resources_fit(a->labels, dexec_value_map_get(free_, "resources"), missing,
                            sizeof(missing))) {
         snprintf(why, len, "%s: no %s free", node->name, missing);
         return 0;
@@ -508,13 +517,14 @@ static void stop_actor(struct dexec_executor *ex)
     double deadline = dexec_now() + ex->grace;
     char msg[256];
 
+    if (ex->local) {
+        dexec_process_stop(ex->child, ex->actor, ex->grace);
+        return;
+    }
     if (ex->actor != NULL && !dexec_conn_dead(ex->actor))
         dexec_conn_call(ex->actor, "shutdown", NULL, deadline, NULL, NULL, NULL, msg,
                         sizeof(msg));
-    if (ex->local) {
-        dxr_reap(&ex->child, left_s(deadline));
-        dxr_kill(&ex->child, ex->grace, COMPONENT, "actor");
-    } else if (ex->actor != NULL) {
+    if (ex->actor != NULL) {
         /* the actor closes its connections as it exits */
         while (!dexec_conn_poll_dead(ex->actor) && left_s(deadline) > 0)
             sleep_s(0.01);
@@ -525,8 +535,7 @@ static void destroy(struct dexec_executor *ex)
 {
     dexec_conn_free(ex->actor);
     dexec_conn_free(ex->agent);
-    if (ex->local)
-        dxr_child_release(&ex->child);
+    dexec_process_free(ex->child);
     free(ex);
 }
 
