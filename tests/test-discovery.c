@@ -84,7 +84,8 @@ static void listen_live(void)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
 
     snprintf(live_addr, sizeof(live_addr), "unix:%s/live-%d.sock", test_tmpdir(), (int)getpid());
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", live_addr + 5);
+    ck_assert_uint_lt(strlen(live_addr + 5), sizeof(sa.sun_path));
+    memcpy(sa.sun_path, live_addr + 5, strlen(live_addr + 5) + 1);
     unlink(sa.sun_path);
     live_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ck_assert_int_ge(live_fd, 0);
@@ -116,7 +117,7 @@ START_TEST(register_resolve_list_deregister)
     dexec_actor_info a = entry("w0", "inst-1", 123), b = entry("w0", "inst-2", 456), got;
     dexec_actor_info node = entry("n0", "inst-3", 789), *all = NULL;
     size_t n = 0;
-    char err[1024], reply[256], expect[256];
+    char err[1024], reply[256], expect[1024];
 
     ck_assert_int_eq(ops->register_actor(d, &a, 3, err, sizeof(err)), DEXEC_OK);
     ck_assert_int_eq(ops->resolve(d, "w0", &got, err, sizeof(err)), DEXEC_OK);
