@@ -143,9 +143,10 @@ START_TEST(abi_major_mismatch)
     char path[PATH_MAX], msg[PATH_MAX + 128];
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
+    /* testabi2 keeps this build's minor version */
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 2.0, this dexec speaks 1.0: rebuild the plugin against dexec 1",
-             path);
+             "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
+             path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
@@ -156,9 +157,9 @@ START_TEST(abi_minor_newer)
 
     plugin_path(path, sizeof(path), plugdir, "testnewer");
     fmt(msg, sizeof(msg),
-             "plugin %s: ABI 1.1 is newer than this dexec's 1.0: upgrade dexec, or rebuild "
+             "plugin %s: ABI 1.%d is newer than this dexec's 1.%d: upgrade dexec, or rebuild "
              "the plugin against this one",
-             path);
+             path, DEXEC_ABI_MINOR + 1, DEXEC_ABI_MINOR);
     expect_refusal("testnewer", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
 }
 END_TEST
