@@ -11,6 +11,10 @@
  *   - struct_size >= the size of the 1.0 descriptor,
  *   - kind as the caller asked (executor or discovery),
  *   - name equal to the name it was loaded by (for bare names).
+ * A plugin may also own a section of the configuration file and declare
+ * its settings there (dexec_plugin_desc.settings, ABI 1.1; see "Settings a
+ * plugin owns" below): the core validates them, and the plugin reads them
+ * with dexec_config_get_*() like any key.
  * Loaded plugins are never dlclose()d at run time (set DEXEC_PLUGIN_UNLOAD=1
  * to unload them at engine free, for leak checkers).
  *
