@@ -1289,10 +1289,15 @@ static int owner_visit(const dexec_plugin_desc *d, const char *file, void *user)
 static int attach_owner(dexec_config *cfg, const char *name, char *err, size_t errlen)
 {
     struct owner_search o = {cfg, name, DEXEC_OK, err, errlen, 0};
+    char top[128];
 
     for (size_t i = 0; i < cfg->nschemas; i++)
         if (names_overlap(cfg->schemas[i]->section, name))
             return 0; /* its owner is known: the key is simply not one of its settings */
+    /* no plugin owns anything under the core's names ("timeouts.rcp") */
+    snprintf(top, sizeof(top), "%.*s", (int)strcspn(name, "."), name);
+    if (find_key(NULL, top, NULL) || is_group(NULL, top))
+        return 0;
     dx_plugin_foreach(cfg, owner_visit, &o);
     return o.st != DEXEC_OK ? -1 : o.found;
 }

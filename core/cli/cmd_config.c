@@ -127,7 +127,8 @@ static int config_check(int argc, char **argv)
 
         *eq = '\0';
         if (dexec_config_set(cfg, sets[i], eq + 1, err, sizeof(err)) != DEXEC_OK) {
-            fprintf(stderr, "dexec: -s %s=%s: %s\n", sets[i], eq + 1, err);
+            /* not the value: it may be a password (the message masks it) */
+            fprintf(stderr, "dexec: -s %s: %s\n", sets[i], err);
             dexec_config_free(cfg);
             free(sets);
             return 1;
