@@ -1,8 +1,12 @@
 /*
- * config.c - the deployment configuration. One schema table (keys below)
- * drives everything: parsing a libconfig file, validation, defaults, typed
- * getters, text setters, the dump that round-trips through the parser and
- * the key list of `dexec config keys`.
+ * config.c - the deployment configuration. One schema drives everything:
+ * parsing a libconfig file, validation, defaults, typed getters, text
+ * setters, the dump that round-trips through the parser and the key list
+ * of `dexec config keys`. The schema is the core's table (keys below) plus
+ * the settings tables of the plugins the configuration names or whose
+ * sections its file holds (plugin.h, "Settings a plugin owns"): each is
+ * copied into a dx_schema when the plugin is attached, so the
+ * configuration never depends on the plugin staying mapped.
  *
  * A value always carries its origin ("default", "FILE:LINE", "env NAME",
  * "set") so that a deployer can tell why a setting has the value it has.
@@ -17,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <libconfig.h>
@@ -31,9 +36,13 @@
  * a mistaken path (a model file) from being read into memory. */
 #define DX_CONFIG_MAX_BYTES (16u << 20)
 
-enum dx_ctype { CT_INT, CT_FLOAT, CT_STRING, CT_LIST, CT_MAP };
+enum dx_ctype { CT_INT, CT_FLOAT, CT_STRING, CT_LIST, CT_MAP, CT_BOOL };
 
-static const char *const ctype_names[] = {"integer", "float", "string", "list", "map"};
+static const char *const ctype_names[] = {"integer", "float", "string", "list", "map", "boolean"};
+
+/* A plugin's table larger than this is a corrupt descriptor, not a schema. */
+#define DX_SETTINGS_MAX 256
+#define DX_STRUCT_MAX 4096
 
 /* Checks a free-form string value: NULL when s is acceptable, otherwise
  * the problem in words. */
@@ -43,10 +52,12 @@ struct dx_key {
     const char *name;     /* dotted path: "timeouts.rpc" */
     enum dx_ctype type;
     const char *def;      /* the default, in the text form dexec_config_set() takes */
-    int64_t imin, imax;   /* CT_INT bounds, inclusive */
-    double fmax;          /* CT_FLOAT: values must be > 0 and <= fmax */
+    int64_t imin, imax;   /* CT_INT bounds, inclusive; both 0: any */
+    double fmin, fmax;    /* CT_FLOAT bounds; both 0: any finite number */
+    unsigned flags;       /* DEXEC_SETTING_* of plugin.h */
     const char *choices;  /* CT_STRING: "a|b|c" when only these are allowed */
-    dx_string_check check; /* CT_STRING: further checks, may be NULL */
+    const char *prefixes; /* CT_STRING: "a://|b:/": must start with one and go on */
+    dx_string_check check; /* CT_STRING: further checks, may be NULL (core keys only) */
     const char *range;    /* what is accepted, for people */
     const char *doc;
 };
@@ -55,28 +66,30 @@ static const char *check_nonempty(const char *s);
 static const char *check_plugin_ref(const char *s);
 static const char *check_address(const char *s);
 static const char *check_redis_url(const char *s);
-static const char *check_namespace(const char *s);
 
 /* The range text is the stringified bounds, so it cannot drift from them. */
 #define KEY_INT(n, d, lo, hi, doc) \
-    {n, CT_INT, #d, lo, hi, 0, NULL, NULL, #lo ".." #hi, doc}
-#define KEY_FLOAT(n, d, doc) \
-    {n, CT_FLOAT, d, 0, 0, 86400.0, NULL, NULL, "> 0, <= 86400 (seconds)", doc}
-#define KEY_ENUM(n, d, choices, doc) {n, CT_STRING, d, 0, 0, 0, choices, NULL, choices, doc}
-#define KEY_STR(n, d, check, range, doc) {n, CT_STRING, d, 0, 0, 0, NULL, check, range, doc}
-#define KEY_LIST(n, range, doc) {n, CT_LIST, "", 0, 0, 0, NULL, NULL, range, doc}
-#define KEY_MAP(n, range, doc) {n, CT_MAP, "", 0, 0, 0, NULL, NULL, range, doc}
+    {n, CT_INT, #d, lo, hi, 0, 0, 0, NULL, NULL, NULL, #lo ".." #hi, doc}
+#define KEY_FLOAT(n, d, doc)                                                                   \
+    {n, CT_FLOAT, d, 0, 0, 0, 86400.0, DEXEC_SETTING_ABOVE_MIN, NULL, NULL, NULL,               \
+     "> 0, <= 86400 (seconds)", doc}
+#define KEY_ENUM(n, d, choices, doc) \
+    {n, CT_STRING, d, 0, 0, 0, 0, 0, choices, NULL, NULL, choices, doc}
+#define KEY_STR(n, d, flags, check, range, doc) \
+    {n, CT_STRING, d, 0, 0, 0, 0, flags, NULL, NULL, check, range, doc}
+#define KEY_LIST(n, range, doc) {n, CT_LIST, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
+#define KEY_MAP(n, range, doc) {n, CT_MAP, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
 
 /* Keys of one group are kept together: the dump writes them as one block. */
 static const struct dx_key keys[] = {
-    KEY_STR("model", "fashion-dit", check_nonempty, "bundled model name or path",
+    KEY_STR("model", "fashion-dit", 0, check_nonempty, "bundled model name or path",
             "the model the workers load: a name searched in $DEXEC_MODEL_PATH and the "
             "installed models, or a path to a .safetensors file"),
     KEY_ENUM("device", "auto", "auto|cpu|cuda",
              "where the workers compute: cuda when a GPU is usable (auto), or forced"),
     KEY_INT("num_gpus", 1, 1, 64,
             "number of ranks (workers); with device cuda each rank gets one GPU"),
-    KEY_STR("distributed_executor_backend", "mp", check_plugin_ref,
+    KEY_STR("distributed_executor_backend", "mp", 0, check_plugin_ref,
             "NAME ([a-z0-9_]+) or a path containing '/'",
             "the executor plugin: mp, ray_actor, external (alias external_launcher), "
             "another installed name, or the path of a plugin .so"),
@@ -85,7 +98,7 @@ static const struct dx_key keys[] = {
              "installed plugin directory"),
     KEY_ENUM("log_level", "warn", "error|warn|info|debug",
              "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
-    KEY_STR("token_file", "", NULL, "path, or \"\" for none",
+    KEY_STR("token_file", "", 0, NULL, "path, or \"\" for none",
             "file holding the shared token that workers require in hello"),
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
@@ -106,27 +119,20 @@ static const struct dx_key keys[] = {
     KEY_MAP("ray_actor.resources", "group of NAME = number >= 0",
             "custom resources a node must offer to host the actor (placement labels)"),
 
-    KEY_STR("ray_init.address", "local", check_address, "local, auto or redis://HOST[:PORT][/DB]",
+    KEY_STR("ray_init.address", "local", DEXEC_SETTING_URL_PASSWORD, check_address, "local, auto or redis://HOST[:PORT][/DB]",
             "where the actor runs: spawned on this host (local), or placed on a node "
             "registered in the registry at auto ($DEXEC_REGISTRY) or the given URL"),
 
     KEY_LIST("external.worker_names", "list of names",
              "names of the workers to connect to, in rank order "
              "(DIFFUSION_WORKER_ACTOR_NAMES overrides)"),
-    KEY_STR("external.discovery", "redis_discovery", check_plugin_ref,
+    KEY_STR("external.discovery", "redis_discovery", 0, check_plugin_ref,
             "NAME ([a-z0-9_]+) or a path containing '/'",
             "the discovery plugin that turns worker names into addresses"),
-    KEY_STR("external.token_file", "", NULL, "path, or \"\" for token_file",
+    KEY_STR("external.token_file", "", 0, NULL, "path, or \"\" for token_file",
             "token file for external workers when it differs from token_file"),
+    /* discovery.redis.* belongs to the redis_discovery plugin (its settings table) */
 
-    KEY_STR("discovery.redis.url", "redis://127.0.0.1:6379/0", check_redis_url,
-            "redis://HOST[:PORT][/DB] or unix:/PATH", "the Redis server of the actor registry"),
-    KEY_STR("discovery.redis.namespace", "dexec", check_namespace, "non-empty, no spaces",
-            "prefix of the registry keys (NAMESPACE:actor:NAME)"),
-    KEY_INT("discovery.redis.ttl", 10, 1, 3600,
-            "seconds a registration lives without a heartbeat"),
-    KEY_FLOAT("discovery.redis.connect_timeout", "2.0", "deadline of connecting to Redis"),
-    KEY_FLOAT("discovery.redis.command_timeout", "2.0", "deadline of one Redis command"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -145,10 +151,32 @@ struct dx_slot {
     char *origin;
 };
 
+/* The settings of one plugin, copied from its table: immutable once built
+ * and shared by a configuration and its clones. */
+struct dx_schema {
+    unsigned refs;        /* atomic */
+    char *plugin;         /* the plugin's name */
+    char *file;           /* where it was loaded from */
+    char *section;        /* the dotted group it owns */
+    size_t n;
+    struct dx_key *keys;  /* n keys, every string owned */
+};
+
 struct dexec_config {
     char *path;            /* the file it came from, NULL otherwise */
     char *env_plugin_path; /* $DEXEC_PLUGIN_PATH when loaded, for the dump */
     struct dx_slot slot[NKEYS];
+    struct dx_schema **schemas; /* attached plugins, in the order attached */
+    struct dx_slot **pslots;    /* pslots[i]: the values of schemas[i]'s keys */
+    size_t nschemas;
+    char *named_failed;    /* why a plugin the configuration names was not read */
+};
+
+/* One key of a configuration's schema and its value. */
+struct dx_ref {
+    const struct dx_key *key;
+    struct dx_slot *slot;           /* NULL when there is no configuration */
+    const struct dx_schema *schema; /* NULL for the core's keys */
 };
 
 /* ---- string checks -------------------------------------------------------- */
@@ -190,16 +218,6 @@ static const char *check_address(const char *s)
     return "must be local, auto or a URL redis://HOST[:PORT][/DB] (or unix:/PATH)";
 }
 
-static const char *check_namespace(const char *s)
-{
-    if (*s == '\0')
-        return "must not be empty";
-    for (; *s != '\0'; s++)
-        if (isspace((unsigned char)*s) || iscntrl((unsigned char)*s))
-            return "must not contain spaces or control characters";
-    return NULL;
-}
-
 /* libconfig's setting names: [A-Za-z*][-A-Za-z0-9_*]*. Map keys are written
  * back as names by the dump, so set() accepts only these. */
 static int is_setting_name(const char *s)
@@ -214,23 +232,70 @@ static int is_setting_name(const char *s)
 
 /* ---- schema lookup ---------------------------------------------------------- */
 
-static int find_key(const char *name)
+/* Key number i of cfg's schema (the core's, then each attached plugin's);
+ * cfg NULL: the core's only. 0 past the last key. */
+static int key_at(const dexec_config *cfg, size_t i, struct dx_ref *r)
 {
-    for (size_t i = 0; i < NKEYS; i++)
-        if (strcmp(keys[i].name, name) == 0)
-            return (int)i;
-    return -1;
+    if (i < NKEYS) {
+        r->key = &keys[i];
+        r->slot = cfg != NULL ? (struct dx_slot *)&cfg->slot[i] : NULL;
+        r->schema = NULL;
+        return 1;
+    }
+    i -= NKEYS;
+    for (size_t s = 0; cfg != NULL && s < cfg->nschemas; s++) {
+        if (i < cfg->schemas[s]->n) {
+            r->key = &cfg->schemas[s]->keys[i];
+            r->slot = &cfg->pslots[s][i];
+            r->schema = cfg->schemas[s];
+            return 1;
+        }
+        i -= cfg->schemas[s]->n;
+    }
+    return 0;
+}
+
+static int find_key(const dexec_config *cfg, const char *name, struct dx_ref *r)
+{
+    struct dx_ref tmp;
+
+    for (size_t i = 0; key_at(cfg, i, &tmp); i++)
+        if (strcmp(tmp.key->name, name) == 0) {
+            if (r != NULL)
+                *r = tmp;
+            return 1;
+        }
+    return 0;
+}
+
+/* The value slot of one of the core's keys, which always exist. */
+static struct dx_slot *core_slot(const dexec_config *cfg, const char *name)
+{
+    struct dx_ref r;
+
+    find_key(NULL, name, &r);
+    return (struct dx_slot *)&cfg->slot[r.key - keys];
 }
 
 /* True when name is a group holding keys ("timeouts", "discovery.redis"). */
-static int is_group(const char *name)
+static int is_group(const dexec_config *cfg, const char *name)
 {
     size_t len = strlen(name);
+    struct dx_ref r;
 
-    for (size_t i = 0; i < NKEYS; i++)
-        if (strncmp(keys[i].name, name, len) == 0 && keys[i].name[len] == '.')
+    for (size_t i = 0; key_at(cfg, i, &r); i++)
+        if (strncmp(r.key->name, name, len) == 0 && r.key->name[len] == '.')
             return 1;
     return 0;
+}
+
+/* True when a and b name the same group or one holds the other. */
+static int names_overlap(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), l = la < lb ? la : lb;
+
+    return strncmp(a, b, l) == 0 && (a[l] == '\0' || a[l] == '.') &&
+           (b[l] == '\0' || b[l] == '.');
 }
 
 static size_t edit_distance(const char *a, size_t la, const char *b, size_t lb)
@@ -263,15 +328,16 @@ static size_t edit_distance(const char *a, size_t la, const char *b, size_t lb)
 /* Writes into buf the known key or group a mistyped name most likely meant:
  * a small edit distance, or the same last component in another group
  * ("address" -> "ray_init.address"). Empty when nothing is close. */
-static void suggest_key(const char *name, char *buf, size_t buflen)
+static void suggest_key(const dexec_config *cfg, const char *name, char *buf, size_t buflen)
 {
     size_t len = strlen(name), best = SIZE_MAX, limit = len >= 6 ? 2 : 1;
     const char *last = strrchr(name, '.');
+    struct dx_ref r;
 
     buf[0] = '\0';
     last = last != NULL ? last + 1 : name;
-    for (size_t i = 0; i < NKEYS; i++) {
-        const char *k = keys[i].name;
+    for (size_t i = 0; key_at(cfg, i, &r); i++) {
+        const char *k = r.key->name;
 
         /* every prefix ending at a dot is a group; the whole name is the key */
         for (size_t l = 1; l <= strlen(k); l++) {
@@ -288,25 +354,27 @@ static void suggest_key(const char *name, char *buf, size_t buflen)
     }
     if (best != SIZE_MAX)
         return;
-    for (size_t i = 0; i < NKEYS; i++) {
-        const char *kl = strrchr(keys[i].name, '.');
+    for (size_t i = 0; key_at(cfg, i, &r); i++) {
+        const char *kl = strrchr(r.key->name, '.');
 
-        if (kl != NULL && strcmp(kl + 1, last) == 0 && strcmp(keys[i].name, name) != 0) {
-            snprintf(buf, buflen, "%s", keys[i].name);
+        if (kl != NULL && strcmp(kl + 1, last) == 0 && strcmp(r.key->name, name) != 0) {
+            snprintf(buf, buflen, "%s", r.key->name);
             return;
         }
     }
 }
 
-static dexec_status unknown_key(char *err, size_t errlen, dexec_status code, const char *where,
-                                const char *name)
+static dexec_status unknown_key(const dexec_config *cfg, char *err, size_t errlen,
+                                dexec_status code, const char *where, const char *name)
 {
     char hint[128];
+    const char *note = cfg != NULL ? cfg->named_failed : NULL;
 
-    suggest_key(name, hint, sizeof(hint));
-    return dx_fail(err, errlen, code, "%s%s%s: unknown key (%s%s%s)", where ? where : "",
+    suggest_key(cfg, name, hint, sizeof(hint));
+    return dx_fail(err, errlen, code, "%s%s%s: unknown key (%s%s%s)%s%s", where ? where : "",
                    where ? ": " : "", name, hint[0] ? "did you mean " : "",
-                   hint[0] ? hint : "'dexec config keys' lists the known ones", hint[0] ? "?" : "");
+                   hint[0] ? hint : "'dexec config keys' lists the known ones", hint[0] ? "?" : "",
+                   note != NULL && !hint[0] ? "; note: " : "", note != NULL && !hint[0] ? note : "");
 }
 
 /* ---- values ---------------------------------------------------------------- */
@@ -409,6 +477,24 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
         if (v->s == NULL)
             goto oom;
         return 0;
+    case CT_BOOL: {
+        static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no",
+                                                                                 "off", "0"};
+        char *t = trimmed_dup(text, strlen(text));
+
+        if (t == NULL)
+            goto oom;
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(t, yes[i]) == 0 || strcasecmp(t, no[i]) == 0) {
+                v->i = strcasecmp(t, yes[i]) == 0;
+                free(t);
+                return 0;
+            }
+        }
+        free(t);
+        snprintf(why, whylen, "expected true or false, got \"%s\"", text);
+        return -1;
+    }
     case CT_LIST: {
         size_t cap = 0;
         const char *p = text;
@@ -650,6 +736,11 @@ static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
         if (v->s == NULL)
             goto oom;
         return 0;
+    case CT_BOOL:
+        if (t != CONFIG_TYPE_BOOL)
+            break;
+        v->i = config_setting_get_bool(s) != 0;
+        return 0;
     case CT_LIST: {
         size_t cap = 1;
 
@@ -710,25 +801,77 @@ oom:
     return -1;
 }
 
+/* The text of a string value that may be shown: a SECRET value is
+ * "********", the password of a URL_PASSWORD value (":PASSWORD@" or
+ * "password=...") is "****". Returns s itself or buf. */
+static const char *shown(const struct dx_key *k, const char *s, char *buf, size_t buflen)
+{
+    const char *scheme, *at, *pw;
+    size_t used = 0;
+
+    if (k->type != CT_STRING || s == NULL)
+        return s;
+    if (k->flags & DEXEC_SETTING_SECRET)
+        return *s != '\0' ? "********" : s;
+    if (!(k->flags & DEXEC_SETTING_URL_PASSWORD))
+        return s;
+    scheme = strstr(s, "://");
+    at = scheme != NULL ? strchr(scheme + 3, '@') : NULL;
+    if (at != NULL && memchr(scheme + 3, '/', (size_t)(at - scheme - 3)) != NULL)
+        at = NULL;
+    pw = strstr(s, "password=");
+    if (at == NULL && pw == NULL)
+        return s;
+    buf[0] = '\0';
+    for (const char *p = s; *p != '\0' && used + 8 < buflen;) {
+        if (at != NULL && p == scheme + 3) {
+            const char *colon = memchr(p, ':', (size_t)(at - p));
+
+            /* keep the user name, hide the rest of the user information */
+            used += (size_t)snprintf(buf + used, buflen - used, "%.*s****@",
+                                     colon != NULL ? (int)(colon - p + 1) : 0, p);
+            p = at + 1;
+        } else if (pw != NULL && p == pw) {
+            used += (size_t)snprintf(buf + used, buflen - used, "password=****");
+            p += 9 + strcspn(p + 9, "&");
+        } else {
+            buf[used++] = *p++;
+            buf[used] = '\0';
+        }
+    }
+    return buf;
+}
+
 /* Range and value checks shared by the file parser, the environment and
  * dexec_config_set(). */
 static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, size_t whylen)
 {
+    char masked[512];
+
     switch (k->type) {
     case CT_INT:
-        if (v->i < k->imin || v->i > k->imax) {
+        if ((k->imin != 0 || k->imax != 0) && (v->i < k->imin || v->i > k->imax)) {
             snprintf(why, whylen, "must be between %lld and %lld, got %lld", (long long)k->imin,
                      (long long)k->imax, (long long)v->i);
             return -1;
         }
         return 0;
     case CT_FLOAT:
-        if (!(v->f > 0) || v->f > k->fmax) {
-            snprintf(why, whylen, "must be greater than 0 and at most %g, got %g", k->fmax, v->f);
+        if (k->fmin == 0 && k->fmax == 0)
+            return 0;
+        if ((k->flags & DEXEC_SETTING_ABOVE_MIN) && (!(v->f > k->fmin) || v->f > k->fmax)) {
+            snprintf(why, whylen, "must be greater than %g and at most %g, got %g", k->fmin,
+                     k->fmax, v->f);
+            return -1;
+        }
+        if (!(v->f >= k->fmin) || v->f > k->fmax) {
+            snprintf(why, whylen, "must be between %g and %g, got %g", k->fmin, k->fmax, v->f);
             return -1;
         }
         return 0;
-    case CT_STRING:
+    case CT_STRING: {
+        const char *sv = shown(k, v->s, masked, sizeof(masked));
+
         if (k->choices != NULL) {
             size_t len = strlen(v->s), used;
 
@@ -739,7 +882,7 @@ static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, 
                     return 0;
                 c += clen + (c[clen] == '|');
             }
-            used = (size_t)snprintf(why, whylen, "\"%s\" is not one of:", v->s);
+            used = (size_t)snprintf(why, whylen, "\"%s\" is not one of:", sv);
             for (const char *c = k->choices; *c != '\0' && used < whylen;) {
                 size_t clen = strcspn(c, "|");
 
@@ -749,14 +892,55 @@ static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, 
             }
             return -1;
         }
+        if ((k->flags & DEXEC_SETTING_NONEMPTY) && v->s[0] == '\0') {
+            snprintf(why, whylen, "\"\" must not be empty");
+            return -1;
+        }
+        if (k->flags & DEXEC_SETTING_NO_SPACES) {
+            for (const char *p = v->s; *p != '\0'; p++)
+                if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p)) {
+                    snprintf(why, whylen, "\"%s\" must not contain spaces or control characters",
+                             sv);
+                    return -1;
+                }
+        }
+        if (k->prefixes != NULL) {
+            int ok = 0;
+            size_t used;
+
+            for (const char *c = k->prefixes; *c != '\0' && !ok;) {
+                size_t clen = strcspn(c, "|");
+
+                ok = strncmp(v->s, c, clen) == 0 && v->s[clen] != '\0';
+                c += clen + (c[clen] == '|');
+            }
+            if (ok)
+                return 0;
+            if (k->range != NULL) {
+                snprintf(why, whylen, "\"%s\" must be %s", sv, k->range);
+                return -1;
+            }
+            used = (size_t)snprintf(why, whylen, "\"%s\" must start with", sv);
+            for (const char *c = k->prefixes; *c != '\0' && used < whylen;) {
+                size_t clen = strcspn(c, "|");
+
+                used += (size_t)snprintf(why + used, whylen - used, "%s %.*s",
+                                         c == k->prefixes ? "" : " or", (int)clen, c);
+                c += clen + (c[clen] == '|');
+            }
+            return -1;
+        }
         if (k->check != NULL) {
             const char *problem = k->check(v->s);
 
             if (problem != NULL) {
-                snprintf(why, whylen, "\"%s\" %s", v->s, problem);
+                snprintf(why, whylen, "\"%s\" %s", sv, problem);
                 return -1;
             }
         }
+        return 0;
+    }
+    case CT_BOOL:
         return 0;
     case CT_LIST:
         for (size_t i = 0; i < v->n; i++)
@@ -780,8 +964,8 @@ static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, 
     return 0;
 }
 
-/* Replaces the value of key idx by v (taken) with its origin. */
-static dexec_status commit(dexec_config *cfg, int idx, struct dx_val *v, const char *origin)
+/* Replaces the value of r by v (taken) with its origin. */
+static dexec_status commit(const struct dx_ref *r, struct dx_val *v, const char *origin)
 {
     char *o = strdup(origin);
 
@@ -789,31 +973,355 @@ static dexec_status commit(dexec_config *cfg, int idx, struct dx_val *v, const c
         val_clear(v);
         return DEXEC_ENOMEM;
     }
-    val_clear(&cfg->slot[idx].v);
-    free(cfg->slot[idx].origin);
-    cfg->slot[idx].v = *v;
-    cfg->slot[idx].origin = o;
+    val_clear(&r->slot->v);
+    free(r->slot->origin);
+    r->slot->v = *v;
+    r->slot->origin = o;
     memset(v, 0, sizeof(*v));
     return DEXEC_OK;
 }
 
-/* Sets key idx from text; where (NULL for dexec_config_set) prefixes the
+/* Sets key r from text; where (NULL for dexec_config_set) prefixes the
  * message, origin is recorded. */
-static dexec_status apply_text(dexec_config *cfg, int idx, const char *text, const char *where,
+static dexec_status apply_text(const struct dx_ref *r, const char *text, const char *where,
                                const char *origin, char *err, size_t errlen)
 {
     struct dx_val v = {0};
     char why[512];
 
-    if (val_from_text(&keys[idx], text, &v, why, sizeof(why)) != 0 ||
-        val_check(&keys[idx], &v, why, sizeof(why)) != 0) {
+    if (val_from_text(r->key, text, &v, why, sizeof(why)) != 0 ||
+        val_check(r->key, &v, why, sizeof(why)) != 0) {
         val_clear(&v);
         return dx_fail(err, errlen, strcmp(why, "out of memory") ? DEXEC_ECONFIG : DEXEC_ENOMEM,
-                       "%s%s%s: %s", where ? where : "", where ? ": " : "", keys[idx].name, why);
+                       "%s%s%s: %s", where ? where : "", where ? ": " : "", r->key->name, why);
     }
-    if (commit(cfg, idx, &v, origin) != DEXEC_OK)
-        return dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", keys[idx].name);
+    if (commit(r, &v, origin) != DEXEC_OK)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", r->key->name);
     return DEXEC_OK;
+}
+
+/* ---- plugin settings ----------------------------------------------------------- */
+
+static void schema_unref(struct dx_schema *sc)
+{
+    if (sc == NULL || __atomic_sub_fetch(&sc->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    for (size_t i = 0; i < sc->n; i++) {
+        struct dx_key *k = &sc->keys[i];
+
+        free((char *)k->name);
+        free((char *)k->def);
+        free((char *)k->choices);
+        free((char *)k->prefixes);
+        free((char *)k->range);
+        free((char *)k->doc);
+    }
+    free(sc->keys);
+    free(sc->plugin);
+    free(sc->file);
+    free(sc->section);
+    free(sc);
+}
+
+/* A dotted name of [a-z][a-z0-9_]* parts. */
+static int is_dotted_name(const char *s)
+{
+    for (;;) {
+        if (!(*s >= 'a' && *s <= 'z'))
+            return 0;
+        for (s++; (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'; s++)
+            ;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != '.')
+            return 0;
+    }
+}
+
+/* The accepted values of a plugin setting in words, from its bounds. */
+static char *range_text(const struct dx_key *k)
+{
+    char *t = NULL;
+    int n = -1;
+
+    switch (k->type) {
+    case CT_INT:
+        if (k->imin == 0 && k->imax == 0)
+            n = asprintf(&t, "any integer");
+        else
+            n = asprintf(&t, "%lld..%lld", (long long)k->imin, (long long)k->imax);
+        break;
+    case CT_FLOAT:
+        if (k->fmin == 0 && k->fmax == 0)
+            n = asprintf(&t, "any number");
+        else
+            n = asprintf(&t, "%s %g, <= %g", k->flags & DEXEC_SETTING_ABOVE_MIN ? ">" : ">=",
+                         k->fmin, k->fmax);
+        break;
+    case CT_STRING:
+        if (k->choices != NULL)
+            n = asprintf(&t, "%s", k->choices);
+        else if (k->prefixes != NULL)
+            n = asprintf(&t, "starts with %s", k->prefixes);
+        else
+            n = asprintf(&t, "%s%s", k->flags & DEXEC_SETTING_NONEMPTY ? "non-empty" : "any text",
+                         k->flags & DEXEC_SETTING_NO_SPACES ? ", no spaces" : "");
+        break;
+    case CT_BOOL: n = asprintf(&t, "true|false"); break;
+    case CT_LIST: n = asprintf(&t, "list of strings"); break;
+    case CT_MAP: n = asprintf(&t, "group of NAME = number >= 0"); break;
+    }
+    return n < 0 ? NULL : t;
+}
+
+/* Copies one entry of a plugin's table into k; the problem in words when
+ * the entry breaks a rule of plugin.h. */
+static const char *copy_setting(const char *section, const dexec_setting *e, struct dx_key *k,
+                                char *name, size_t namelen)
+{
+    static const enum dx_ctype types[] = {CT_INT, CT_FLOAT, CT_STRING, CT_BOOL, CT_LIST, CT_MAP};
+
+    snprintf(name, namelen, "%s", e->name != NULL ? e->name : "(null)");
+    if (e->name == NULL || !is_dotted_name(e->name))
+        return "the name must be dotted parts of [a-z][a-z0-9_]*";
+    if (e->type < DEXEC_SETTING_INT || e->type > DEXEC_SETTING_MAP)
+        return "unknown type (DEXEC_SETTING_INT .. DEXEC_SETTING_MAP)";
+    if (e->doc == NULL || e->doc[0] == '\0')
+        return "the one-line doc is missing";
+    if (e->def == NULL &&
+        (e->type == DEXEC_SETTING_INT || e->type == DEXEC_SETTING_FLOAT ||
+         e->type == DEXEC_SETTING_BOOL))
+        return "a default is required for this type";
+    if (e->type == DEXEC_SETTING_INT && e->imin > e->imax)
+        return "imin is greater than imax";
+    if (e->type == DEXEC_SETTING_FLOAT && (!(e->fmin <= e->fmax) || !isfinite(e->fmin) ||
+                                           !isfinite(e->fmax)))
+        return "fmin and fmax must be finite, fmin <= fmax";
+    if (e->type == DEXEC_SETTING_STRING && e->choices != NULL && e->prefixes != NULL)
+        return "choices and prefixes exclude each other";
+    snprintf(name, namelen, "%s.%s", section, e->name);
+    k->type = types[e->type - 1];
+    k->imin = e->imin;
+    k->imax = e->imax;
+    k->fmin = e->fmin;
+    k->fmax = e->fmax;
+    k->flags = e->flags;
+    if ((k->name = strdup(name)) == NULL || (k->def = strdup(e->def ? e->def : "")) == NULL ||
+        (e->choices != NULL && (k->choices = strdup(e->choices)) == NULL) ||
+        (e->prefixes != NULL && (k->prefixes = strdup(e->prefixes)) == NULL) ||
+        (e->range != NULL && (k->range = strdup(e->range)) == NULL) ||
+        (k->doc = strdup(e->doc)) == NULL)
+        return "out of memory";
+    if (k->range == NULL && (k->range = range_text(k)) == NULL)
+        return "out of memory";
+    return NULL;
+}
+
+/* Adds the settings a descriptor declares to cfg's schema, with their
+ * defaults. Nothing to do for a plugin without settings, or one already
+ * attached. DEXEC_EPLUGIN for a table that breaks the rules of plugin.h. */
+static dexec_status attach_desc(dexec_config *cfg, const dexec_plugin_desc *d, const char *file,
+                                char *err, size_t errlen)
+{
+    const dexec_settings *t = d->abi_minor >= 1 ? d->settings : NULL;
+    struct dx_schema *sc, **ns;
+    struct dx_slot **np;
+    dexec_status st;
+    char name[300];
+    const char *problem = NULL;
+
+    if (t == NULL)
+        return DEXEC_OK;
+    for (size_t i = 0; i < cfg->nschemas; i++)
+        if (strcmp(cfg->schemas[i]->plugin, d->name) == 0)
+            return DEXEC_OK;
+    if (t->struct_size < offsetof(dexec_settings, reserved) || t->struct_size > DX_STRUCT_MAX ||
+        t->setting_size < offsetof(dexec_setting, reserved) || t->setting_size > DX_STRUCT_MAX)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s: settings table sizes %u/%u are not those of a dexec_settings "
+                       "and dexec_setting: initialize it with DEXEC_SETTINGS_INIT",
+                       file, t->struct_size, t->setting_size);
+    if (t->section == NULL || !is_dotted_name(t->section))
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s: settings section '%s' is not a dotted name of "
+                       "[a-z][a-z0-9_]* parts",
+                       file, t->section != NULL ? t->section : "(null)");
+    if (t->settings == NULL || t->count == 0 || t->count > DX_SETTINGS_MAX)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s: settings section %s: %u settings, expected 1 to %d", file,
+                       t->section, t->count, DX_SETTINGS_MAX);
+    {
+        size_t first = strcspn(t->section, ".");
+        char top[128];
+
+        snprintf(top, sizeof(top), "%.*s", (int)first, t->section);
+        if (find_key(NULL, top, NULL) || is_group(NULL, top))
+            return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                           "plugin %s: settings section %s: '%s' belongs to the core's keys; "
+                           "choose another section (the plugin's name, say)",
+                           file, t->section, top);
+    }
+    for (size_t i = 0; i < cfg->nschemas; i++)
+        if (names_overlap(cfg->schemas[i]->section, t->section))
+            return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                           "plugin %s: settings section %s overlaps section %s of plugin %s (%s)",
+                           file, t->section, cfg->schemas[i]->section, cfg->schemas[i]->plugin,
+                           cfg->schemas[i]->file);
+
+    sc = calloc(1, sizeof(*sc));
+    if (sc == NULL)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin %s: out of memory", file);
+    sc->refs = 1;
+    sc->keys = calloc(t->count, sizeof(*sc->keys));
+    if (sc->keys == NULL || (sc->plugin = strdup(d->name)) == NULL ||
+        (sc->file = strdup(file)) == NULL || (sc->section = strdup(t->section)) == NULL) {
+        schema_unref(sc);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin %s: out of memory", file);
+    }
+    for (uint32_t i = 0; i < t->count && problem == NULL; i++) {
+        const dexec_setting *e =
+            (const dexec_setting *)(const void *)((const char *)t->settings +
+                                                  (size_t)i * t->setting_size);
+
+        problem = copy_setting(t->section, e, &sc->keys[i], name, sizeof(name));
+        sc->n = i + 1;
+        for (uint32_t j = 0; j < i && problem == NULL; j++)
+            if (names_overlap(sc->keys[j].name, sc->keys[i].name))
+                problem = "declared twice, or both a key and a group";
+    }
+    if (problem != NULL) {
+        st = dx_fail(err, errlen, strcmp(problem, "out of memory") ? DEXEC_EPLUGIN : DEXEC_ENOMEM,
+                     "plugin %s: setting %s: %s", file, name, problem);
+        schema_unref(sc);
+        return st;
+    }
+    ns = realloc(cfg->schemas, (cfg->nschemas + 1) * sizeof(*ns));
+    if (ns != NULL)
+        cfg->schemas = ns;
+    np = ns != NULL ? realloc(cfg->pslots, (cfg->nschemas + 1) * sizeof(*np)) : NULL;
+    if (np != NULL)
+        cfg->pslots = np;
+    if (ns == NULL || np == NULL || (np[cfg->nschemas] = calloc(sc->n, sizeof(**np))) == NULL) {
+        schema_unref(sc);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "plugin %s: out of memory", file);
+    }
+    ns[cfg->nschemas++] = sc;
+    for (size_t i = 0; i < sc->n; i++) {
+        struct dx_ref r = {&sc->keys[i], &cfg->pslots[cfg->nschemas - 1][i], sc};
+        char msg[600];
+
+        st = apply_text(&r, sc->keys[i].def, NULL, "default", msg, sizeof(msg));
+        if (st != DEXEC_OK) {
+            /* keep the schema (freed with cfg) but report the plugin's mistake */
+            return dx_fail(err, errlen, st == DEXEC_ENOMEM ? st : DEXEC_EPLUGIN,
+                           "plugin %s: setting %s: its default is refused: %s", file,
+                           sc->keys[i].name, msg);
+        }
+    }
+    return DEXEC_OK;
+}
+
+/* Loads the plugin a key of the configuration names and attaches its
+ * settings. A plugin that cannot be loaded is not an error here (the
+ * engine reports it when it needs the plugin); why is kept for the hint of
+ * an unknown key in a section it might have owned. */
+static dexec_status attach_named(dexec_config *cfg, const char *key, char *err, size_t errlen)
+{
+    const char *name = core_slot(cfg, key)->v.s;
+    dexec_plugin_handle *h = NULL;
+    dexec_status st;
+    char msg[1024];
+
+    if (name == NULL || *name == '\0')
+        return DEXEC_OK;
+    if (dexec_plugin_load(name, 0, cfg, &h, msg, sizeof(msg)) != DEXEC_OK) {
+        char *why = NULL;
+
+        dexec_log(DEXEC_LOG_DEBUG, "config", "plugin %s (%s) not read for its settings: %s", name,
+                  key, msg);
+        if (cfg->named_failed == NULL &&
+            asprintf(&why, "plugin %s (%s) could not be read for its settings: %s", name, key,
+                     msg) >= 0)
+            cfg->named_failed = why;
+        return DEXEC_OK;
+    }
+    st = attach_desc(cfg, dexec_plugin_descriptor(h), dexec_plugin_file(h), err, errlen);
+    dexec_plugin_release(h);
+    return st;
+}
+
+static dexec_status attach_configured(dexec_config *cfg, char *err, size_t errlen)
+{
+    dexec_status st = attach_named(cfg, "distributed_executor_backend", err, errlen);
+
+    return st != DEXEC_OK ? st : attach_named(cfg, "external.discovery", err, errlen);
+}
+
+struct owner_search {
+    dexec_config *cfg;
+    const char *name;   /* the setting looking for an owner; NULL: attach all */
+    dexec_status st;
+    char *err;
+    size_t errlen;
+    int found;
+};
+
+static int owner_visit(const dexec_plugin_desc *d, const char *file, void *user)
+{
+    struct owner_search *o = user;
+    const dexec_settings *t = d->abi_minor >= 1 ? d->settings : NULL;
+
+    if (t == NULL || t->section == NULL)
+        return 0;
+    if (o->name != NULL && !names_overlap(t->section, o->name))
+        return 0;
+    for (size_t i = 0; i < o->cfg->nschemas; i++)
+        if (names_overlap(o->cfg->schemas[i]->section, t->section))
+            return 0; /* the section has an owner already: the earlier one wins */
+    o->st = attach_desc(o->cfg, d, file, o->err, o->errlen);
+    o->found = o->st == DEXEC_OK;
+    return o->name != NULL || o->st != DEXEC_OK;
+}
+
+/* Finds, in the search path, the plugin whose section holds (or is held
+ * by) name and attaches it: 1 when one was attached, 0 when none declares
+ * it, -1 on a plugin's broken table (message in err). */
+static int attach_owner(dexec_config *cfg, const char *name, char *err, size_t errlen)
+{
+    struct owner_search o = {cfg, name, DEXEC_OK, err, errlen, 0};
+    char top[128];
+
+    for (size_t i = 0; i < cfg->nschemas; i++)
+        if (names_overlap(cfg->schemas[i]->section, name))
+            return 0; /* its owner is known: the key is simply not one of its settings */
+    /* no plugin owns anything under the core's names ("timeouts.rcp") */
+    snprintf(top, sizeof(top), "%.*s", (int)strcspn(name, "."), name);
+    if (find_key(NULL, top, NULL) || is_group(NULL, top))
+        return 0;
+    dx_plugin_foreach(cfg, owner_visit, &o);
+    return o.st != DEXEC_OK ? -1 : o.found;
+}
+
+dexec_status dexec_config_add_plugin_settings(dexec_config *cfg, const char *name_or_path,
+                                              char *err, size_t errlen)
+{
+    dexec_plugin_handle *h = NULL;
+    dexec_status st;
+
+    if (cfg == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "dexec_config_add_plugin_settings: cfg is NULL");
+    if (name_or_path == NULL) {
+        struct owner_search o = {cfg, NULL, DEXEC_OK, err, errlen, 0};
+
+        dx_plugin_foreach(cfg, owner_visit, &o);
+        return o.st;
+    }
+    st = dexec_plugin_load(name_or_path, 0, cfg, &h, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    st = attach_desc(cfg, dexec_plugin_descriptor(h), dexec_plugin_file(h), err, errlen);
+    dexec_plugin_release(h);
+    return st;
 }
 
 /* ---- construction ------------------------------------------------------------ */
@@ -826,29 +1334,67 @@ static dexec_config *config_defaults(char *err, size_t errlen)
         dx_fail(err, errlen, DEXEC_ENOMEM, "configuration: out of memory");
         return NULL;
     }
-    for (size_t i = 0; i < NKEYS; i++)
-        if (apply_text(cfg, (int)i, keys[i].def, "default", "default", err, errlen) != DEXEC_OK) {
+    for (size_t i = 0; i < NKEYS; i++) {
+        struct dx_ref r;
+
+        key_at(cfg, i, &r);
+        if (apply_text(&r, keys[i].def, "default", "default", err, errlen) != DEXEC_OK) {
             dexec_config_free(cfg);
             return NULL;
         }
+    }
     return cfg;
+}
+
+static void slot_clear(struct dx_slot *s)
+{
+    val_clear(&s->v);
+    free(s->origin);
+    s->origin = NULL;
 }
 
 void dexec_config_free(dexec_config *cfg)
 {
     if (cfg == NULL)
         return;
-    for (size_t i = 0; i < NKEYS; i++) {
-        val_clear(&cfg->slot[i].v);
-        free(cfg->slot[i].origin);
+    for (size_t i = 0; i < NKEYS; i++)
+        slot_clear(&cfg->slot[i]);
+    for (size_t s = 0; s < cfg->nschemas; s++) {
+        for (size_t i = 0; i < cfg->schemas[s]->n; i++)
+            slot_clear(&cfg->pslots[s][i]);
+        free(cfg->pslots[s]);
+        schema_unref(cfg->schemas[s]);
     }
+    free(cfg->pslots);
+    free(cfg->schemas);
+    free(cfg->named_failed);
     free(cfg->path);
     free(cfg->env_plugin_path);
     free(cfg);
 }
 
+static int slot_copy(struct dx_slot *to, const struct dx_slot *from)
+{
+    to->v.i = from->v.i;
+    to->v.f = from->v.f;
+    to->v.n = from->v.n;
+    if ((from->origin != NULL && (to->origin = strdup(from->origin)) == NULL) ||
+        (from->v.s != NULL && (to->v.s = strdup(from->v.s)) == NULL) ||
+        (from->v.map != NULL && (to->v.map = dexec_value_clone(from->v.map)) == NULL))
+        return -1;
+    if (from->v.list != NULL) {
+        if ((to->v.list = calloc(from->v.n + 1, sizeof(char *))) == NULL)
+            return -1;
+        for (size_t k = 0; k < from->v.n; k++)
+            if ((to->v.list[k] = strdup(from->v.list[k])) == NULL)
+                return -1;
+    }
+    return 0;
+}
+
 /* For the engine, which keeps its own copy: values, origins and path too,
- * so messages about the copy still name the right file and line. */
+ * so messages about the copy still name the right file and line; the
+ * plugin schemas are shared. */
 dexec_config *dx_config_clone(const dexec_config *cfg)
 {
     dexec_config *c = calloc(1, sizeof(*c));
@@ -857,26 +1403,28 @@ dexec_config *dx_config_clone(const dexec_config *cfg)
         return NULL;
     if ((cfg->path != NULL && (c->path = strdup(cfg->path)) == NULL) ||
         (cfg->env_plugin_path != NULL &&
-         (c->env_plugin_path = strdup(cfg->env_plugin_path)) == NULL))
+         (c->env_plugin_path = strdup(cfg->env_plugin_path)) == NULL) ||
+        (cfg->named_failed != NULL && (c->named_failed = strdup(cfg->named_failed)) == NULL))
         goto oom;
-    for (size_t i = 0; i < NKEYS; i++) {
-        const struct dx_slot *from = &cfg->slot[i];
-        struct dx_slot *to = &c->slot[i];
-
-        to->v.i = from->v.i;
-        to->v.f = from->v.f;
-        to->v.n = from->v.n;
-        if ((from->origin != NULL && (to->origin = strdup(from->origin)) == NULL) ||
-            (from->v.s != NULL && (to->v.s = strdup(from->v.s)) == NULL) ||
-            (from->v.map != NULL && (to->v.map = dexec_value_clone(from->v.map)) == NULL))
+    for (size_t i = 0; i < NKEYS; i++)
+        if (slot_copy(&c->slot[i], &cfg->slot[i]) != 0)
             goto oom;
-        if (from->v.list != NULL) {
-            if ((to->v.list = calloc(from->v.n + 1, sizeof(char *))) == NULL)
+    if (cfg->nschemas > 0) {
+        c->schemas = calloc(cfg->nschemas, sizeof(*c->schemas));
+        c->pslots = calloc(cfg->nschemas, sizeof(*c->pslots));
+        if (c->schemas == NULL || c->pslots == NULL)
+            goto oom;
+    }
+    for (size_t s = 0; s < cfg->nschemas; s++) {
+        c->pslots[s] = calloc(cfg->schemas[s]->n, sizeof(**c->pslots));
+        if (c->pslots[s] == NULL)
+            goto oom;
+        __atomic_add_fetch(&cfg->schemas[s]->refs, 1, __ATOMIC_RELAXED);
+        c->schemas[s] = cfg->schemas[s];
+        c->nschemas = s + 1;
+        for (size_t i = 0; i < cfg->schemas[s]->n; i++)
+            if (slot_copy(&c->pslots[s][i], &cfg->pslots[s][i]) != 0)
                 goto oom;
-            for (size_t k = 0; k < from->v.n; k++)
-                if ((to->v.list[k] = strdup(from->v.list[k])) == NULL)
-                    goto oom;
-        }
     }
     return c;
 oom:
@@ -884,6 +1432,9 @@ oom:
     return NULL;
 }
 
+/* Applies the settings of group to cfg. A name that is neither a key nor a
+ * group of the schema may belong to a plugin nobody named: its owner is
+ * looked for in the search path before the name is called unknown. */
 static dexec_status apply_group(dexec_config *cfg, const config_setting_t *group,
                                 const char *prefix, const struct dx_source *src, char *err,
                                 size_t errlen)
@@ -895,13 +1446,21 @@ static dexec_status apply_group(dexec_config *cfg, const config_setting_t *group
         char full[256], where[1040], why[512], pathbuf[1024];
         const char *fname = source_path(src, file, pathbuf, sizeof(pathbuf));
         struct dx_val v = {0};
-        int idx;
+        struct dx_ref r;
+        int known;
 
         snprintf(full, sizeof(full), "%s%s%s", prefix ? prefix : "", prefix ? "." : "",
                  config_setting_name(s));
         snprintf(where, sizeof(where), "%s:%u", fname, line);
-        idx = find_key(full);
-        if (idx < 0 && is_group(full)) {
+        known = find_key(cfg, full, &r);
+        if (!known && !is_group(cfg, full)) {
+            int found = attach_owner(cfg, full, err, errlen);
+
+            if (found < 0)
+                return DEXEC_EPLUGIN;
+            known = found && find_key(cfg, full, &r);
+        }
+        if (!known && is_group(cfg, full)) {
             dexec_status st;
 
             if (config_setting_type(s) != CONFIG_TYPE_GROUP)
@@ -912,20 +1471,47 @@ static dexec_status apply_group(dexec_config *cfg, const config_setting_t *group
                 return st;
             continue;
         }
-        if (idx < 0)
-            return unknown_key(err, errlen, DEXEC_ECONFIG, where, full);
-        if (val_from_setting(&keys[idx], s, src, &v, &line, why, sizeof(why)) != 0 ||
-            val_check(&keys[idx], &v, why, sizeof(why)) != 0) {
+        if (!known)
+            return unknown_key(cfg, err, errlen, DEXEC_ECONFIG, where, full);
+        if (val_from_setting(r.key, s, src, &v, &line, why, sizeof(why)) != 0 ||
+            val_check(r.key, &v, why, sizeof(why)) != 0) {
             val_clear(&v);
             snprintf(where, sizeof(where), "%s:%u", fname, line);
             return dx_fail(err, errlen,
                            strcmp(why, "out of memory") ? DEXEC_ECONFIG : DEXEC_ENOMEM,
                            "%s: %s: %s", where, full, why);
         }
-        if (commit(cfg, idx, &v, where) != DEXEC_OK)
+        if (commit(&r, &v, where) != DEXEC_OK)
             return dx_fail(err, errlen, DEXEC_ENOMEM, "%s: out of memory", full);
     }
     return DEXEC_OK;
+}
+
+/* The keys that name plugins, and the search path they are found in, are
+ * read first (mistakes ignored: the full pass reports them), so that the
+ * plugins' settings are known before their sections are met. */
+static void apply_plugin_keys(dexec_config *cfg, config_t *lc, const struct dx_source *src)
+{
+    static const char *const names[] = {"plugin_path", "distributed_executor_backend",
+                                        "external.discovery"};
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        const config_setting_t *s = config_lookup(lc, names[i]);
+        struct dx_val v = {0};
+        struct dx_ref r;
+        unsigned line = 0;
+        char why[512];
+
+        if (s == NULL)
+            continue;
+        find_key(NULL, names[i], &r);
+        r.slot = core_slot(cfg, names[i]);
+        if (val_from_setting(r.key, s, src, &v, &line, why, sizeof(why)) == 0 &&
+            val_check(r.key, &v, why, sizeof(why)) == 0)
+            commit(&r, &v, "file");
+        else
+            val_clear(&v);
+    }
 }
 
 /* Parses text over the defaults in cfg. include_dir resolves @include. */
@@ -947,7 +1533,10 @@ static dexec_status parse_into(dexec_config *cfg, const char *text, const char *
         config_destroy(&lc);
         return st;
     }
-    st = apply_group(cfg, config_root_setting(&lc), NULL, &src, err, errlen);
+    apply_plugin_keys(cfg, &lc, &src);
+    st = attach_configured(cfg, err, errlen);
+    if (st == DEXEC_OK)
+        st = apply_group(cfg, config_root_setting(&lc), NULL, &src, err, errlen);
     config_destroy(&lc);
     return st;
 }
@@ -1042,6 +1631,7 @@ fail:
 static dexec_status apply_env(dexec_config *cfg, char *err, size_t errlen)
 {
     static const char *const canonical[] = {"error", "warn", "info", "debug"};
+    struct dx_ref r;
     const char *s;
     dexec_status st;
 
@@ -1050,14 +1640,16 @@ static dexec_status apply_env(dexec_config *cfg, char *err, size_t errlen)
         int l = dexec_log_level_parse(s);
 
         /* log.c accepts any case and "warning"; the key holds the canonical name */
-        st = apply_text(cfg, find_key("log_level"), l >= 0 ? canonical[l] : s,
+        find_key(cfg, "log_level", &r);
+        st = apply_text(&r, l >= 0 ? canonical[l] : s,
                         "env DEXEC_LOG_LEVEL", "env DEXEC_LOG_LEVEL", err, errlen);
         if (st != DEXEC_OK)
             return st;
     }
     s = getenv("DIFFUSION_WORKER_ACTOR_NAMES");
     if (s != NULL && *s != '\0') {
-        st = apply_text(cfg, find_key("external.worker_names"), s,
+        find_key(cfg, "external.worker_names", &r);
+        st = apply_text(&r, s,
                         "env DIFFUSION_WORKER_ACTOR_NAMES", "env DIFFUSION_WORKER_ACTOR_NAMES",
                         err, errlen);
         if (st != DEXEC_OK)
@@ -1109,6 +1701,8 @@ dexec_status dexec_config_load(const char *path, dexec_config **out, char *err, 
         }
         free(dir);
         free(text);
+    } else {
+        st = attach_configured(cfg, err, errlen);
     }
     if (st == DEXEC_OK)
         st = apply_env(cfg, err, errlen);
@@ -1127,16 +1721,15 @@ dexec_status dexec_config_load(const char *path, dexec_config **out, char *err, 
 static dexec_status lookup(const dexec_config *cfg, const char *key, enum dx_ctype type,
                            const struct dx_val **v)
 {
-    int idx;
+    struct dx_ref r;
 
     if (cfg == NULL || key == NULL)
         return DEXEC_EINVAL;
-    idx = find_key(key);
-    if (idx < 0)
+    if (!find_key(cfg, key, &r))
         return DEXEC_ENOTFOUND;
-    if (keys[idx].type != type)
+    if (r.key->type != type)
         return DEXEC_EINVAL;
-    *v = &cfg->slot[idx].v;
+    *v = &r.slot->v;
     return DEXEC_OK;
 }
 
@@ -1170,15 +1763,15 @@ dexec_status dexec_config_get_string(const dexec_config *cfg, const char *key, c
     return st;
 }
 
-/* No key of the schema is a boolean today; the getter keeps the contract
- * (DEXEC_ENOTFOUND for unknown keys, DEXEC_EINVAL for keys of another
- * type) so that callers need not change when one is added. */
+/* The core has no boolean key; plugins may declare some. */
 dexec_status dexec_config_get_bool(const dexec_config *cfg, const char *key, int *out)
 {
-    (void)out;
-    if (cfg == NULL || key == NULL)
-        return DEXEC_EINVAL;
-    return find_key(key) < 0 ? DEXEC_ENOTFOUND : DEXEC_EINVAL;
+    const struct dx_val *v;
+    dexec_status st = lookup(cfg, key, CT_BOOL, &v);
+
+    if (st == DEXEC_OK && out != NULL)
+        *out = (int)v->i;
+    return st;
 }
 
 dexec_status dexec_config_get_list(const dexec_config *cfg, const char *key, size_t *n,
@@ -1210,33 +1803,48 @@ dexec_status dexec_config_get_map(const dexec_config *cfg, const char *key,
 dexec_status dexec_config_set(dexec_config *cfg, const char *key, const char *value, char *err,
                               size_t errlen)
 {
-    int idx;
+    struct dx_ref r;
+    int known;
+    dexec_status st;
 
     if (cfg == NULL || key == NULL || value == NULL)
         return dx_fail(err, errlen, DEXEC_EINVAL,
                        "dexec_config_set: cfg, key and value are required");
-    idx = find_key(key);
-    if (idx < 0 && is_group(key)) {
+    known = find_key(cfg, key, &r);
+    if (!known && !is_group(cfg, key)) {
+        int found = attach_owner(cfg, key, err, errlen);
+
+        if (found < 0)
+            return DEXEC_EPLUGIN;
+        known = found && find_key(cfg, key, &r);
+    }
+    if (!known && is_group(cfg, key)) {
         size_t used = (size_t)snprintf(err, err ? errlen : 0,
                                        "%s: a group, not a key; set one of its keys:", key);
 
-        for (size_t i = 0; err != NULL && i < NKEYS && used < errlen; i++)
-            if (strncmp(keys[i].name, key, strlen(key)) == 0 && keys[i].name[strlen(key)] == '.')
-                used += (size_t)snprintf(err + used, errlen - used, " %s", keys[i].name);
+        for (size_t i = 0; err != NULL && key_at(cfg, i, &r) && used < errlen; i++)
+            if (strncmp(r.key->name, key, strlen(key)) == 0 && r.key->name[strlen(key)] == '.')
+                used += (size_t)snprintf(err + used, errlen - used, " %s", r.key->name);
         return DEXEC_ENOTFOUND;
     }
-    if (idx < 0)
-        return unknown_key(err, errlen, DEXEC_ENOTFOUND, NULL, key);
-    return apply_text(cfg, idx, value, NULL, "set", err, errlen);
+    if (!known)
+        return unknown_key(cfg, err, errlen, DEXEC_ENOTFOUND, NULL, key);
+    st = apply_text(&r, value, NULL, "set", err, errlen);
+    /* a plugin the configuration now names brings its settings */
+    if (st == DEXEC_OK && r.schema == NULL &&
+        (strcmp(key, "distributed_executor_backend") == 0 ||
+         strcmp(key, "external.discovery") == 0))
+        st = attach_named(cfg, key, err, errlen);
+    return st;
 }
 
 const char *dexec_config_origin(const dexec_config *cfg, const char *key)
 {
-    int idx;
+    struct dx_ref r;
 
-    if (cfg == NULL || key == NULL || (idx = find_key(key)) < 0)
+    if (cfg == NULL || key == NULL || !find_key(cfg, key, &r))
         return NULL;
-    return cfg->slot[idx].origin;
+    return r.slot->origin;
 }
 
 const char *dexec_config_path(const dexec_config *cfg)
@@ -1247,18 +1855,31 @@ const char *dexec_config_path(const dexec_config *cfg)
 dexec_status dexec_config_key_info(size_t index, const char **key, const char **type,
                                    const char **def, const char **range, const char **doc)
 {
-    if (index >= NKEYS)
+    return index < NKEYS
+               ? dexec_config_schema_key(NULL, index, key, type, def, range, doc, NULL)
+               : DEXEC_ENOTFOUND;
+}
+
+dexec_status dexec_config_schema_key(const dexec_config *cfg, size_t index, const char **key,
+                                     const char **type, const char **def, const char **range,
+                                     const char **doc, const char **plugin)
+{
+    struct dx_ref r;
+
+    if (!key_at(cfg, index, &r))
         return DEXEC_ENOTFOUND;
     if (key != NULL)
-        *key = keys[index].name;
+        *key = r.key->name;
     if (type != NULL)
-        *type = ctype_names[keys[index].type];
+        *type = ctype_names[r.key->type];
     if (def != NULL)
-        *def = keys[index].def;
+        *def = r.key->def;
     if (range != NULL)
-        *range = keys[index].range;
+        *range = r.key->range;
     if (doc != NULL)
-        *doc = keys[index].doc;
+        *doc = r.key->doc;
+    if (plugin != NULL)
+        *plugin = r.schema != NULL ? r.schema->plugin : NULL;
     return DEXEC_OK;
 }
 
@@ -1363,10 +1984,13 @@ static void buf_int(struct dx_buf *b, int64_t i)
 
 static void dump_value(struct dx_buf *b, const struct dx_key *k, const struct dx_val *v)
 {
+    char masked[1024];
+
     switch (k->type) {
     case CT_INT: buf_int(b, v->i); break;
     case CT_FLOAT: buf_double(b, v->f); break;
-    case CT_STRING: buf_quoted(b, v->s); break;
+    case CT_STRING: buf_quoted(b, shown(k, v->s, masked, sizeof(masked))); break;
+    case CT_BOOL: buf_printf(b, "%s", v->i ? "true" : "false"); break;
     case CT_LIST:
         buf_printf(b, "[");
         for (size_t i = 0; i < v->n; i++) {
@@ -1416,6 +2040,7 @@ char *dexec_config_dump(const dexec_config *cfg)
     struct dx_buf b = {0};
     const char *open = ""; /* the group block being written: open_len bytes of a key name */
     size_t open_len = 0;
+    struct dx_ref r;
 
     if (cfg == NULL)
         return NULL;
@@ -1427,8 +2052,8 @@ char *dexec_config_dump(const dexec_config *cfg)
         buf_comment(&b, cfg->env_plugin_path);
         buf_printf(&b, " is searched before plugin_path\n");
     }
-    for (size_t i = 0; i < NKEYS; i++) {
-        const char *name = keys[i].name;
+    for (size_t i = 0; key_at(cfg, i, &r); i++) {
+        const char *name = r.key->name;
         size_t glen = group_len(name), common = 0, depth;
 
         /* the longest whole-group prefix shared with the open block */
@@ -1440,6 +2065,12 @@ char *dexec_config_dump(const dexec_config *cfg)
         }
         for (depth = group_depth(open, open_len); depth > group_depth(name, common); depth--)
             buf_printf(&b, "%*s};\n", (int)(2 * (depth - 1)), "");
+        if (r.schema != NULL && r.key == &r.schema->keys[0]) {
+            buf_printf(&b, "%*s# %s: the settings of plugin %s (", (int)(2 * depth), "",
+                       r.schema->section, r.schema->plugin);
+            buf_comment(&b, r.schema->file);
+            buf_printf(&b, ")\n");
+        }
         for (size_t start = common ? common + 1 : 0; start < glen;) {
             size_t end = start;
 
@@ -1453,12 +2084,12 @@ char *dexec_config_dump(const dexec_config *cfg)
         open = name;
         open_len = glen;
         buf_printf(&b, "%*s%s = ", (int)(2 * depth), "", name + (glen ? glen + 1 : 0));
-        dump_value(&b, &keys[i], &cfg->slot[i].v);
-        if (strcmp(cfg->slot[i].origin, "default") == 0) {
+        dump_value(&b, r.key, &r.slot->v);
+        if (strcmp(r.slot->origin, "default") == 0) {
             buf_printf(&b, ";  # default\n");
         } else {
             buf_printf(&b, ";  # from ");
-            buf_comment(&b, cfg->slot[i].origin);
+            buf_comment(&b, r.slot->origin);
             buf_printf(&b, "\n");
         }
     }
@@ -1489,7 +2120,7 @@ char **dx_plugin_dirs(const dexec_config *cfg)
         p += len + (p[len] == ':');
     }
     if (cfg != NULL) {
-        const struct dx_val *pv = &cfg->slot[find_key("plugin_path")].v;
+        const struct dx_val *pv = &core_slot(cfg, "plugin_path")->v;
 
         for (size_t i = 0; i < pv->n; i++)
             if (list_push(&v, &n, &cap, strdup(pv->list[i])) != 0)

@@ -36,6 +36,16 @@ double dx_remaining(double deadline);
 char **dx_plugin_dirs(const dexec_config *cfg);
 void dx_strv_free(char **v);
 
+/* Calls fn(desc, file, user) for every plugin of cfg's search path that
+ * loads and passes the descriptor checks, directory by directory in search
+ * order and by file name within one; a plugin name already seen in an
+ * earlier directory is skipped, as dexec_plugin_load() would never reach
+ * it. Files that fail to load are skipped silently. fn returns nonzero to
+ * stop. The descriptor is valid during the call only (loader.c). */
+void dx_plugin_foreach(const dexec_config *cfg,
+                       int (*fn)(const dexec_plugin_desc *d, const char *file, void *user),
+                       void *user);
+
 /* Deep copy of a configuration, origins and path included (config.c).
  * NULL when memory is exhausted. */
 dexec_config *dx_config_clone(const dexec_config *cfg);

@@ -13,6 +13,7 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
@@ -435,6 +436,63 @@ void dexec_plugin_release(dexec_plugin_handle *p)
     pthread_mutex_unlock(&cache_lock);
     free(p->file);
     free(p);
+}
+
+static int plugin_file_name(const struct dirent *e)
+{
+    size_t len = strlen(e->d_name);
+
+    return len > 9 && strncmp(e->d_name, "dexec_", 6) == 0 &&
+           strcmp(e->d_name + len - 3, ".so") == 0;
+}
+
+void dx_plugin_foreach(const dexec_config *cfg,
+                       int (*fn)(const dexec_plugin_desc *d, const char *file, void *user),
+                       void *user)
+{
+    char **dirs = dx_plugin_dirs(cfg), **seen = NULL;
+    size_t nseen = 0;
+    int stop = 0;
+
+    for (size_t i = 0; dirs != NULL && dirs[i] != NULL && !stop; i++) {
+        struct dirent **names = NULL;
+        int n = scandir(dirs[i], &names, plugin_file_name, alphasort);
+
+        for (int k = 0; k < n; k++) {
+            const char *file = names[k]->d_name;
+            char name[DX_PLUGIN_NAME_MAX + 1], *path = NULL, **grown;
+            size_t nlen = strlen(file) - 9; /* "dexec_" NAME ".so" */
+            dexec_plugin_handle *h = NULL;
+            int dup = 0;
+
+            for (size_t j = 0; j < nseen && !dup; j++)
+                dup = strcmp(seen[j], file) == 0;
+            /* checked like a bare name: the descriptor must carry the file's name */
+            if (!stop && !dup && nlen <= DX_PLUGIN_NAME_MAX) {
+                memcpy(name, file + 6, nlen);
+                name[nlen] = '\0';
+                if (asprintf(&path, "%s/%s", dirs[i], file) < 0)
+                    path = NULL;
+                if (path != NULL && valid_name(name) &&
+                    load_file(path, 0, name, &h, NULL, 0) == DEXEC_OK) {
+                    stop = fn(h->obj->desc, path, user);
+                    dexec_plugin_release(h);
+                }
+            }
+            free(path);
+            grown = realloc(seen, (nseen + 1) * sizeof(*seen));
+            if (grown != NULL && (grown[nseen] = strdup(file)) != NULL)
+                nseen++;
+            if (grown != NULL)
+                seen = grown;
+            free(names[k]);
+        }
+        free(names);
+    }
+    for (size_t j = 0; j < nseen; j++)
+        free(seen[j]);
+    free(seen);
+    dx_strv_free(dirs);
 }
 
 char **dexec_plugin_search_path(const dexec_config *cfg)

@@ -52,11 +52,18 @@ static const char *write_file(const char *name, const char *text)
     return path;
 }
 
+/* The build tree's plugins ($DEXEC_PLUGIN_PATH of "make check"): the
+ * discovery.redis keys are the redis_discovery plugin's settings. */
+static char *plugin_path;
+
 static void clear_env(void)
 {
     unsetenv("DEXEC_CONFIG");
     unsetenv("DEXEC_LOG_LEVEL");
-    unsetenv("DEXEC_PLUGIN_PATH");
+    if (plugin_path != NULL)
+        setenv("DEXEC_PLUGIN_PATH", plugin_path, 1);
+    else
+        unsetenv("DEXEC_PLUGIN_PATH");
     unsetenv("DIFFUSION_WORKER_ACTOR_NAMES");
 }
 
@@ -259,8 +266,9 @@ static void assert_default_values(const dexec_config *cfg)
     ck_assert_uint_eq(map->u.map.len, 0);
     checked++;
 
-    /* every key of the schema was looked at above */
-    while (dexec_config_key_info(nkeys, NULL, NULL, NULL, NULL, NULL) == DEXEC_OK)
+    /* every key of the schema, the redis_discovery plugin's included, was
+     * looked at above */
+    while (dexec_config_schema_key(cfg, nkeys, NULL, NULL, NULL, NULL, NULL, NULL) == DEXEC_OK)
         nkeys++;
     ck_assert_uint_eq(checked, nkeys);
 }
@@ -538,7 +546,8 @@ static void assert_same_config(const dexec_config *a, const dexec_config *b)
 {
     const char *key, *type;
 
-    for (size_t k = 0; dexec_config_key_info(k, &key, &type, NULL, NULL, NULL) == DEXEC_OK; k++) {
+    for (size_t k = 0; dexec_config_schema_key(a, k, &key, &type, NULL, NULL, NULL, NULL) == DEXEC_OK;
+         k++) {
         if (strcmp(type, "integer") == 0) {
             int64_t x = 0, y = 1;
 
@@ -660,7 +669,9 @@ START_TEST(test_key_info)
         ck_assert_uint_ne(strlen(doc), 0);
         n++;
     }
-    ck_assert_uint_eq(n, 26);
+    /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
+    ck_assert_uint_eq(n, 21);
+    ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST
 
@@ -718,6 +729,231 @@ START_TEST(test_cli)
 }
 END_TEST
 
+/* ---- settings of a third-party plugin ---------------------------------------- */
+
+/* The test plugins (tests/plugins/.libs) in front of the build tree's. */
+static int use_test_plugins(void)
+{
+    const char *b = getenv("DEXEC_TEST_BUILDDIR");
+    char path[2048];
+
+    clear_env();
+    if (b == NULL)
+        return 0;
+    snprintf(path, sizeof(path), "%s/plugins/.libs%s%s", b, plugin_path ? ":" : "",
+             plugin_path ? plugin_path : "");
+    setenv("DEXEC_PLUGIN_PATH", path, 1);
+    return 1;
+}
+
+static const struct {
+    const char *text;
+    const char *message; /* %s is the file's path */
+} bad_plugin_files[] = {
+    {"testsettings = { retries = \"3\"; };\n",
+     "%s:1: testsettings.retries: expected an integer, got a string"},
+    {"num_gpus = 2;\ntestsettings = {\n  queue = \"q\";\n  retires = 3;\n};\n",
+     "%s:4: testsettings.retires: unknown key (did you mean testsettings.retries?)"},
+    {"testsettings = {\n  retries = 11;\n};\n",
+     "%s:2: testsettings.retries: must be between 0 and 10, got 11"},
+    {"testsettings = { ratio = 1.5; };\n",
+     "%s:1: testsettings.ratio: must be between 0 and 1, got 1.5"},
+    {"testsettings = { verbose = 1; };\n",
+     "%s:1: testsettings.verbose: expected a boolean, got an integer"},
+    {"testsettings = { mode = \"quick\"; };\n",
+     "%s:1: testsettings.mode: \"quick\" is not one of: fast, safe"},
+    {"testsettings = { queue = \"\"; };\n", "%s:1: testsettings.queue: \"\" must not be empty"},
+    {"testsettings = { limits = { cpu = { a = \"x\"; }; }; };\n",
+     "%s:1: testsettings.limits.cpu: a: expected a number, got a string"},
+    {"testsettings = 3;\n", "%s:1: testsettings: expected a group, got an integer"},
+    /* named as the backend, the plugin is known before its section is met */
+    {"distributed_executor_backend = \"testsettings\";\ntestsettings = { tags = [ \"\" ]; };\n",
+     "%s:2: testsettings.tags: element 1 is empty"},
+};
+
+START_TEST(test_plugin_bad_file)
+{
+    const char *path = write_file("plugin.conf", bad_plugin_files[_i].text);
+    dexec_config *cfg = (dexec_config *)1;
+    char want[1024], err[2048] = "";
+
+    if (!use_test_plugins())
+        return;
+    snprintf(want, sizeof(want), bad_plugin_files[_i].message, path);
+    ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
+    ck_assert_ptr_null(cfg);
+    ck_assert_str_eq(err, want);
+}
+END_TEST
+
+START_TEST(test_plugin_values)
+{
+    const char *path = write_file("plugin.conf", "testsettings = {\n"
+                                                 "  queue = \"gpu-high\";\n"
+                                                 "  retries = 7;\n"
+                                                 "  ratio = 1;\n"
+                                                 "  verbose = true;\n"
+                                                 "  tags = [ \"a\", \"b\" ];\n"
+                                                 "  limits = { cpu = { small = 2; }; };\n"
+                                                 "  api_key = \"k-123456\";\n"
+                                                 "};\n");
+    const char *s = NULL, *key, *plugin;
+    const char *const *items = NULL;
+    const dexec_value *map = NULL;
+    dexec_config *cfg = NULL;
+    dexec_engine *e = NULL;
+    char err[2048] = "", *text;
+    int64_t i = 0;
+    double f = 0;
+    int b = -1, seen = 0;
+    size_t n = 0;
+
+    if (!use_test_plugins())
+        return;
+    /* found by its section: the configuration does not name the plugin */
+    ck_assert_msg(dexec_config_load(path, &cfg, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    ck_assert_int_eq(dexec_config_get_string(cfg, "testsettings.queue", &s), DEXEC_OK);
+    ck_assert_str_eq(s, "gpu-high");
+    ck_assert_int_eq(dexec_config_get_int(cfg, "testsettings.retries", &i), DEXEC_OK);
+    ck_assert_int_eq(i, 7);
+    ck_assert_int_eq(dexec_config_get_float(cfg, "testsettings.ratio", &f), DEXEC_OK);
+    ck_assert_double_eq(f, 1.0);
+    ck_assert_int_eq(dexec_config_get_bool(cfg, "testsettings.verbose", &b), DEXEC_OK);
+    ck_assert_int_eq(b, 1);
+    ck_assert_int_eq(dexec_config_get_list(cfg, "testsettings.tags", &n, &items), DEXEC_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(items[1], "b");
+    ck_assert_int_eq(dexec_config_get_map(cfg, "testsettings.limits.cpu", &map), DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(map, "small"), 0), 2);
+    ck_assert_int_eq(dexec_config_get_string(cfg, "testsettings.mode", &s), DEXEC_OK);
+    ck_assert_str_eq(s, "fast"); /* the plugin's default */
+    ck_assert_str_eq(dexec_config_origin(cfg, "testsettings.mode"), "default");
+    {
+        char want[600];
+
+        snprintf(want, sizeof(want), "%s:3", path);
+        ck_assert_str_eq(dexec_config_origin(cfg, "testsettings.retries"), want);
+    }
+    /* a getter of another type, as for the core's keys */
+    ck_assert_int_eq(dexec_config_get_int(cfg, "testsettings.queue", &i), DEXEC_EINVAL);
+    /* the schema lists the settings with their plugin */
+    for (size_t k = 0; dexec_config_schema_key(cfg, k, &key, NULL, NULL, NULL, NULL, &plugin) ==
+                       DEXEC_OK;
+         k++)
+        if (strncmp(key, "testsettings.", 13) == 0) {
+            ck_assert_str_eq(plugin, "testsettings");
+            seen++;
+        }
+    ck_assert_int_eq(seen, 8);
+    /* the plugin reads them through the getters (its create() reports them) */
+    ck_assert_int_eq(dexec_config_set(cfg, "distributed_executor_backend", "testsettings", err,
+                                      sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTSUP);
+    ck_assert_ptr_nonnull(strstr(err, "testsettings: queue=gpu-high retries=7 ratio=1 verbose=1 "
+                                      "mode=fast tags=2:a cpu=1 key=k-123456"));
+    /* set() validates them like the file */
+    ck_assert_int_eq(dexec_config_set(cfg, "testsettings.retries", "12", err, sizeof(err)),
+                     DEXEC_ECONFIG);
+    ck_assert_str_eq(err, "testsettings.retries: must be between 0 and 10, got 12");
+    ck_assert_int_eq(dexec_config_set(cfg, "testsettings.verbose", "off", err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_get_bool(cfg, "testsettings.verbose", &b), DEXEC_OK);
+    ck_assert_int_eq(b, 0);
+    /* the dump names the plugin, never shows the secret, and reads back */
+    text = dexec_config_dump(cfg);
+    ck_assert_ptr_nonnull(strstr(text, "# testsettings: the settings of plugin testsettings ("));
+    ck_assert_ptr_nonnull(strstr(text, "  retries = 7;  # from "));
+    ck_assert_ptr_nonnull(strstr(text, "  api_key = \"********\";"));
+    ck_assert_ptr_null(strstr(text, "k-123456"));
+    ck_assert_ptr_nonnull(strstr(text, "  verbose = false;  # from set\n"));
+    dexec_config_free(cfg);
+    cfg = NULL;
+    ck_assert_msg(dexec_config_parse(text, "dump", &cfg, err, sizeof(err)) == DEXEC_OK, "%s",
+                  err);
+    ck_assert_int_eq(dexec_config_get_int(cfg, "testsettings.retries", &i), DEXEC_OK);
+    ck_assert_int_eq(i, 7);
+    free(text);
+
+    dexec_config_free(cfg);
+
+    /* named by set(), the plugin brings its defaults, and its keys can be set */
+    ck_assert_int_eq(dexec_config_parse("", "t", &cfg, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_get_int(cfg, "testsettings.retries", &i), DEXEC_ENOTFOUND);
+    ck_assert_int_eq(dexec_config_set(cfg, "testsettings.retries", "4", err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_get_int(cfg, "testsettings.retries", &i), DEXEC_OK);
+    ck_assert_int_eq(i, 4);
+    ck_assert_int_eq(dexec_config_get_string(cfg, "testsettings.queue", &s), DEXEC_OK);
+    ck_assert_str_eq(s, "default");
+    dexec_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_plugin_missing)
+{
+    const char *path = write_file("plugin.conf", "testsettings = { retries = 3; };\n");
+    dexec_config *cfg = NULL;
+    char want[1024], err[2048] = "";
+
+    /* without the plugin in the search path the section is unknown */
+    clear_env();
+    snprintf(want, sizeof(want),
+             "%s:1: testsettings: unknown key ('dexec config keys' lists the known ones)", path);
+    ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
+    ck_assert_str_eq(err, want);
+
+    /* a plugin built for ABI 1.0 is refused (its structs predate 1.1): a
+     * file naming it still parses, and asking for its settings says why */
+    if (!use_test_plugins())
+        return;
+    ck_assert_int_eq(dexec_config_parse("distributed_executor_backend = \"testold\";\n", "t",
+                                        &cfg, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_add_plugin_settings(cfg, "testold", err, sizeof(err)),
+                     DEXEC_EABI);
+    ck_assert_msg(strstr(err, "rebuild") != NULL, "%s", err);
+    dexec_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_plugin_cli)
+{
+    const char *path;
+    char out[65536], args[600], want[700];
+
+    if (getenv("DEXEC_CLI") == NULL || access(getenv("DEXEC_CLI"), X_OK) != 0)
+        return; /* run outside "make check": the tool's path is not known */
+    if (!use_test_plugins())
+        return;
+    ck_assert_int_eq(run_cli("config keys", out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\ntestsettings.retries             integer  default 2; "
+                                      "accepts 0..10  (plugin testsettings)\n"
+                                      "    times a failed job is submitted again\n"));
+    ck_assert_ptr_nonnull(strstr(out, "\ntestsettings.mode                string   default fast; "
+                                      "accepts fast|safe  (plugin testsettings)\n"));
+    ck_assert_ptr_nonnull(strstr(out, "\ndiscovery.redis.ttl              integer  default 10; "
+                                      "accepts 1..3600  (plugin redis_discovery)\n"));
+
+    path = write_file("cli.conf", "testsettings = {\n  ratio = -0.5;\n};\n");
+    snprintf(args, sizeof(args), "config check %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "dexec: %s:2: testsettings.ratio: must be between 0 and 1, got -0.5\n", path);
+    ck_assert_str_eq(out, want);
+
+    path = write_file("cli.conf", "testsettings = { tags = [ \"x\" ]; };\n"
+                                  "discovery = { redis = { url = \"redis://u:hunter2@r:6379/1\"; "
+                                  "}; };\n");
+    snprintf(args, sizeof(args), "config check -s testsettings.retries=9 %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "  retries = 9;  # from set\n"));
+    ck_assert_ptr_nonnull(strstr(out, "  tags = [ \"x\" ];  # from "));
+    ck_assert_ptr_nonnull(strstr(out, "    url = \"redis://u:****@r:6379/1\";  # from "));
+    ck_assert_ptr_null(strstr(out, "hunter2"));
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -735,17 +971,25 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_dump_round_trip);
     tcase_add_test(tc, test_key_info);
     tcase_add_test(tc, test_cli);
+    tcase_add_loop_test(tc, test_plugin_bad_file, 0,
+                        (int)(sizeof(bad_plugin_files) / sizeof(bad_plugin_files[0])));
+    tcase_add_test(tc, test_plugin_values);
+    tcase_add_test(tc, test_plugin_missing);
+    tcase_add_test(tc, test_plugin_cli);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
+    if (getenv("DEXEC_PLUGIN_PATH") != NULL)
+        plugin_path = strdup(getenv("DEXEC_PLUGIN_PATH"));
     SRunner *sr = srunner_create(config_suite());
     int failed;
 
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    free(plugin_path);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -174,6 +174,7 @@ START_TEST(abi_major_mismatch)
     char path[PATH_MAX], msg[PATH_MAX + 128];
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
+    /* testabi2 keeps this build's minor version */
     fmt(msg, sizeof(msg),
              "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
              path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);

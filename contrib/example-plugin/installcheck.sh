@@ -55,9 +55,22 @@ for i in $(seq 1 300); do
     sleep 0.1
 done
 
-ROUNDROBIN_WORKERS="unix:$work/run/w0.sock,unix:$work/run/w1.sock"
-export ROUNDROBIN_WORKERS
-"$stage$bindir/dexec" generate --backend "$work/dexec_roundrobin.so" -p "a sneaker" \
+# the plugin's own settings, in its section of the configuration file
+cat >"$work/rr.conf" <<EOF
+distributed_executor_backend = "$work/dexec_roundrobin.so";
+roundrobin = {
+  workers = [ "unix:$work/run/w0.sock", "unix:$work/run/w1.sock" ];
+  connect_timeout = 5.0;
+};
+EOF
+"$stage$bindir/dexec" config keys -c "$work/rr.conf" | grep -q "^roundrobin.workers .*(plugin roundrobin)"
+if "$stage$bindir/dexec" config check -c "$work/rr.conf" -s roundrobin.connect_timeout=0 \
+    2>"$work/check.err"; then
+    echo "example-plugin: roundrobin.connect_timeout=0 was accepted" >&2
+    exit 1
+fi
+grep -q "roundrobin.connect_timeout: must be greater than 0 and at most 3600, got 0" "$work/check.err"
+"$stage$bindir/dexec" generate -c "$work/rr.conf" -p "a sneaker" \
     --steps 2 --seed 1 -b 2 -q -o "$work/out.png"
 for f in out-0.png out-1.png; do
     if [ ! -s "$work/$f" ]; then

@@ -1,15 +1,21 @@
 /*
  * roundrobin.c - an example third-party executor for dexec that deals
  * requests across its workers round robin. Two ways to get workers:
- *  - connect: to the addresses listed in $ROUNDROBIN_WORKERS
- *    (comma-separated, unix:/PATH or tcp:HOST:PORT, in rank order); close
- *    only disconnects (like "external", minus the registry);
- *  - spawn ($ROUNDROBIN_SPAWN=N, when $ROUNDROBIN_WORKERS is unset): N
+ *  - connect: to the addresses listed in the configuration file's
+ *    `roundrobin = { workers = [ ... ]; }` or in $ROUNDROBIN_WORKERS
+ *    (comma-separated; it wins over the file), unix:/PATH or tcp:HOST:PORT
+ *    in rank order; close only disconnects (like "external", minus the
+ *    registry);
+ *  - spawn ($ROUNDROBIN_SPAWN=N, when no worker addresses are given): N
  *    dexec-worker processes it owns, started with libdexec's process
  *    services (<dexec/process.h>): rank i sees GPU i only, and may be
  *    confined to $ROUNDROBIN_CPUS CPUs of its own and $ROUNDROBIN_MEMORY
  *    bytes; they die with the engine, and close stops them with the
  *    shutdown ladder and timeouts.shutdown_grace.
+ *
+ * Its settings (the "roundrobin" section) are declared in the descriptor:
+ * dexec validates them with the file's line numbers, lists them in
+ * `dexec config keys`, and this code reads them with dexec_config_get_*.
  *
  * Built out of tree against the installed headers only (see Makefile):
  *     cc -shared -fPIC -fvisibility=hidden $(pkg-config --cflags dexec) \
@@ -52,21 +58,48 @@ static double left(double deadline)
     return l > 0 ? l : 0;
 }
 
-/* Splits $ROUNDROBIN_WORKERS into *n addresses. The array and *storage
- * (which holds the strings) are the caller's to free; NULL when unset. */
-static char **split_workers(int *n, char **storage)
+/* Joins a list with commas; NULL for an empty list (or no memory). */
+static char *join(const char *const *items, size_t n)
+{
+    size_t len = 1;
+    char *s;
+
+    for (size_t i = 0; i < n; i++)
+        len += strlen(items[i]) + 1;
+    if (n == 0 || (s = calloc(1, len)) == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            strcat(s, ",");
+        strcat(s, items[i]);
+    }
+    return s;
+}
+
+/* Splits $ROUNDROBIN_WORKERS, else roundrobin.workers, into *n addresses.
+ * The array and *storage (which holds the strings) are the caller's to
+ * free; NULL when neither says anything. */
+static char **split_workers(const dexec_config *cfg, int *n, char **storage)
 {
     const char *env = getenv(ENV_WORKERS);
-    char **v;
+    const char *const *items = NULL;
+    char **v, *joined = NULL;
+    size_t count = 0;
     int cap = 1;
 
     *n = 0;
     *storage = NULL;
-    if (env == NULL || *env == '\0')
-        return NULL;
+    if (env == NULL || *env == '\0') {
+        if (dexec_config_get_list(cfg, "roundrobin.workers", &count, &items) != DEXEC_OK)
+            return NULL;
+        env = joined = join(items, count);
+        if (env == NULL)
+            return NULL;
+    }
     for (const char *p = env; *p != '\0'; p++)
         cap += *p == ',';
     *storage = strdup(env);
+    free(joined);
     v = calloc((size_t)cap + 1, sizeof(*v));
     if (*storage == NULL || v == NULL) {
         free(*storage);
@@ -206,7 +239,7 @@ static dexec_status rr_create(const dexec_host *host, dexec_executor **out, char
                               size_t errlen)
 {
     struct dexec_executor *ex;
-    double init_t = 60.0, health_t = 5.0, grace = 5.0, deadline;
+    double init_t = 60.0, health_t = 5.0, grace = 5.0, connect_t = 10.0, deadline;
     const char *token_file = "";
     char *token = NULL, **addrs, *storage;
     dexec_status st = DEXEC_OK;
@@ -218,9 +251,12 @@ static dexec_status rr_create(const dexec_host *host, dexec_executor **out, char
     dexec_config_get_float(host->config, "timeouts.health", &health_t);
     dexec_config_get_float(host->config, "timeouts.shutdown_grace", &grace);
     dexec_config_get_string(host->config, "token_file", &token_file);
+    /* our own setting (the default above applies if a host loaded us
+     * without a configuration that names us) */
+    dexec_config_get_float(host->config, "roundrobin.connect_timeout", &connect_t);
     deadline = dexec_now() + init_t;
 
-    addrs = split_workers(&n, &storage);
+    addrs = split_workers(host->config, &n, &storage);
     if (n == 0 && (spawn < 0 || spawn > 1024 || ncpus < 0 || memory < 0)) {
         dexec_errorf(err, errlen,
                      ENV_SPAWN ", " ENV_CPUS " and " ENV_MEMORY
@@ -229,9 +265,9 @@ static dexec_status rr_create(const dexec_host *host, dexec_executor **out, char
     }
     if (n == 0 && spawn == 0) {
         dexec_errorf(err, errlen,
-                     "set " ENV_WORKERS " to the worker addresses, in rank order "
-                     "(unix:/PATH or tcp:HOST:PORT, comma-separated), or " ENV_SPAWN
-                     " to a number of workers to start");
+                     "no workers: set roundrobin.workers in the configuration file, or " ENV_WORKERS
+                     ", to the worker addresses in rank order (unix:/PATH or tcp:HOST:PORT), "
+                     "or " ENV_SPAWN " to a number of workers to start");
         free(storage);
         free(addrs);
         return DEXEC_EINVAL;
@@ -259,7 +295,9 @@ static dexec_status rr_create(const dexec_host *host, dexec_executor **out, char
         dexec_conn *c = NULL;
         char msg[1024];
 
-        st = dexec_conn_connect(addrs[i], left(deadline), &c, msg, sizeof(msg));
+        double t = left(deadline) < connect_t ? left(deadline) : connect_t;
+
+        st = dexec_conn_connect(addrs[i], t, &c, msg, sizeof(msg));
         if (st == DEXEC_OK) {
             dexec_group_set(ex->group, i, c);
             st = dexec_conn_hello(c, token, left(deadline), NULL, msg, sizeof(msg));
@@ -336,7 +374,25 @@ static const dexec_executor_ops rr_ops = {
     .shutdown = rr_shutdown,
 };
 
+/* The section "roundrobin" of the configuration file is ours. */
+static const dexec_setting rr_settings[] = {
+    {.name = "workers",
+     .type = DEXEC_SETTING_LIST,
+     .range = "list of unix:/PATH or tcp:HOST:PORT",
+     .doc = "worker addresses in rank order ($ROUNDROBIN_WORKERS overrides)"},
+    {.name = "connect_timeout",
+     .type = DEXEC_SETTING_FLOAT,
+     .flags = DEXEC_SETTING_ABOVE_MIN,
+     .def = "10.0",
+     .fmin = 0,
+     .fmax = 3600,
+     .doc = "seconds to wait for one worker to accept the connection"},
+};
+
+static const dexec_settings rr_settings_table = {DEXEC_SETTINGS_INIT("roundrobin", rr_settings)};
+
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
-    DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "roundrobin", "1.0",
-                           "example: workers at $ROUNDROBIN_WORKERS, or $ROUNDROBIN_SPAWN of its own",
-                           &rr_ops)};
+    DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "roundrobin", "1.1",
+                           "example: workers at roundrobin.workers, or $ROUNDROBIN_SPAWN of its own",
+                           &rr_ops),
+    .settings = &rr_settings_table};

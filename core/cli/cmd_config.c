@@ -1,6 +1,7 @@
 /* cmd_config.c - "dexec config": checks a configuration file and prints the
  * effective configuration (file, defaults and environment, with where each
- * value came from), and lists the keys of the schema. */
+ * value came from), and lists the keys of the schema: the core's and the
+ * settings plugins declare (marked with the plugin). */
 #include "config.h"
 
 #include <getopt.h>
@@ -14,14 +15,20 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: dexec config check [-s KEY=VALUE]... [[-c] FILE]\n"
-            "       dexec config keys\n"
+            "       dexec config keys [[-c] FILE]\n"
             "       dexec config --help\n\n"
             "check  validates FILE (default: $DEXEC_CONFIG, else the defaults), applies\n"
             "       the environment (DEXEC_LOG_LEVEL, DIFFUSION_WORKER_ACTOR_NAMES) and\n"
             "       then each -s KEY=VALUE, and prints the effective configuration as\n"
             "       libconfig text, every key with a comment saying where its value\n"
-            "       came from. The output is itself a valid configuration file.\n"
-            "keys   lists every key with its type, default, accepted values and meaning.\n\n"
+            "       came from; the sections of plugins (discovery.redis of redis_discovery)\n"
+            "       are checked and printed like the core's keys. The output is itself a\n"
+            "       valid configuration file, except that passwords and secrets are\n"
+            "       masked (\"****\").\n"
+            "keys   lists every key with its type, default, accepted values and meaning:\n"
+            "       the core's, then the settings of every plugin in the search path\n"
+            "       ($DEXEC_PLUGIN_PATH, FILE's plugin_path, the plugin directory),\n"
+            "       each marked \"(plugin NAME)\".\n\n"
             "Options of check:\n"
             "  -c, --config FILE    the file to check (the same as giving FILE)\n"
             "  -s, --set KEY=VALUE  override a key as on a command line: \"2\", \"4.5\",\n"
@@ -32,18 +39,32 @@ static void usage(FILE *out)
             "See dexec.conf(5).\n");
 }
 
-static int config_keys(void)
+static int config_keys(const char *path)
 {
-    const char *key, *type, *def, *range, *doc;
+    const char *key, *type, *def, *range, *doc, *plugin;
+    dexec_config *cfg = cli_load_config(path);
+    char err[2048];
+    int rc = 0;
 
-    for (size_t i = 0; dexec_config_key_info(i, &key, &type, &def, &range, &doc) == DEXEC_OK;
+    if (cfg == NULL)
+        return 1;
+    /* a plugin with a broken table is reported; the others are still listed */
+    if (dexec_config_add_plugin_settings(cfg, NULL, err, sizeof(err)) != DEXEC_OK) {
+        fprintf(stderr, "dexec config keys: %s\n", err);
+        rc = 1;
+    }
+    for (size_t i = 0;
+         dexec_config_schema_key(cfg, i, &key, &type, &def, &range, &doc, &plugin) == DEXEC_OK;
          i++) {
-        printf("%-32s %-8s default %s%s%s\n", key, type,
+        printf("%-32s %-8s default %s%s%s", key, type,
                *def != '\0' ? def : (strcmp(type, "string") == 0 ? "\"\"" : "empty"),
                *range != '\0' ? "; accepts " : "", range);
-        printf("    %s\n", doc);
+        if (plugin != NULL)
+            printf("  (plugin %s)", plugin);
+        printf("\n    %s\n", doc);
     }
-    return 0;
+    dexec_config_free(cfg);
+    return rc;
 }
 
 static int config_check(int argc, char **argv)
@@ -106,7 +127,8 @@ static int config_check(int argc, char **argv)
 
         *eq = '\0';
         if (dexec_config_set(cfg, sets[i], eq + 1, err, sizeof(err)) != DEXEC_OK) {
-            fprintf(stderr, "dexec: -s %s=%s: %s\n", sets[i], eq + 1, err);
+            /* not the value: it may be a password (the message masks it) */
+            fprintf(stderr, "dexec: -s %s: %s\n", sets[i], err);
             dexec_config_free(cfg);
             free(sets);
             return 1;
@@ -138,11 +160,15 @@ int cmd_config(int argc, char **argv)
     if (strcmp(argv[1], "check") == 0)
         return config_check(argc - 1, argv + 1);
     if (strcmp(argv[1], "keys") == 0) {
-        if (argc > 2) {
-            fprintf(stderr, "dexec config keys: unexpected argument '%s'\n", argv[2]);
+        int a = 2;
+
+        if (argc > a && (strcmp(argv[a], "-c") == 0 || strcmp(argv[a], "--config") == 0))
+            a++;
+        if (argc > a + 1 || (argc == a && a == 3)) {
+            fprintf(stderr, "dexec config keys: unexpected argument '%s'\n", argv[argc - 1]);
             return 2;
         }
-        return config_keys();
+        return config_keys(argc > a ? argv[a] : NULL);
     }
     fprintf(stderr, "dexec config: unknown subcommand '%s'\n\n", argv[1]);
     usage(stderr);

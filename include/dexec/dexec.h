@@ -159,7 +159,8 @@ typedef struct dexec_config dexec_config;
  * DEXEC_LOG_LEVEL, DIFFUSION_WORKER_ACTOR_NAMES). An unknown key, a wrong
  * type or a value out of range fails with DEXEC_ECONFIG and a message
  * "FILE:LINE: KEY: what is wrong". On success *out is owned by the caller
- * (dexec_config_free). */
+ * (dexec_config_free). Plugins' settings: see
+ * dexec_config_add_plugin_settings(). */
 dexec_status dexec_config_load(const char *path, dexec_config **out, char *err, size_t errlen);
 
 /* Parses configuration text (name is used in messages). */
@@ -168,14 +169,17 @@ dexec_status dexec_config_parse(const char *text, const char *name, dexec_config
 
 void dexec_config_free(dexec_config *cfg);
 
-/* Typed access by dotted key ("timeouts.rpc", "ray_actor.cpus",
- * "discovery.redis.url"). Setters validate like the file parser (type and
- * range) and fail with DEXEC_ECONFIG / DEXEC_ENOTFOUND (unknown key).
- * Getters fail with DEXEC_ENOTFOUND for an unknown key and DEXEC_EINVAL
- * for a key of another type. Strings returned are owned by cfg. */
+/* Typed access by dotted key ("timeouts.rpc", "ray_actor.cpus", and a
+ * plugin's settings: "discovery.redis.url"). Setters validate like the
+ * file parser (type and range) and fail with DEXEC_ECONFIG /
+ * DEXEC_ENOTFOUND (unknown key). Getters fail with DEXEC_ENOTFOUND for an
+ * unknown key (a plugin's key is known when its settings are attached:
+ * see dexec_config_add_plugin_settings) and DEXEC_EINVAL for a key of
+ * another type. Strings returned are owned by cfg. */
 dexec_status dexec_config_get_int(const dexec_config *cfg, const char *key, int64_t *out);
 dexec_status dexec_config_get_float(const dexec_config *cfg, const char *key, double *out);
 dexec_status dexec_config_get_string(const dexec_config *cfg, const char *key, const char **out);
+/* Booleans (only plugins declare them): 1 or 0. */
 dexec_status dexec_config_get_bool(const dexec_config *cfg, const char *key, int *out);
 /* List keys (external.worker_names, plugin_path): count and items. */
 dexec_status dexec_config_get_list(const dexec_config *cfg, const char *key, size_t *n,
@@ -193,14 +197,41 @@ dexec_status dexec_config_set(dexec_config *cfg, const char *key, const char *va
 /* Where a key's value came from: "default", "FILE:LINE", "env NAME", "set". */
 const char *dexec_config_origin(const dexec_config *cfg, const char *key);
 
-/* The effective configuration as libconfig text (every key, defaults too).
- * Caller frees. */
+/* The effective configuration as libconfig text (every key, defaults and
+ * attached plugins' settings too). Secrets are never written: a
+ * DEXEC_SETTING_SECRET value reads "********" and the password of a URL
+ * (ray_init.address, discovery.redis.url) "****". Caller frees. */
 char *dexec_config_dump(const dexec_config *cfg);
 
 /* The file the configuration came from, or NULL for defaults only. */
 const char *dexec_config_path(const dexec_config *cfg);
 
-/* The schema, for tools and documentation: key number index (0, 1, ... in
+/* The settings of plugins (plugin.h, "Settings a plugin owns") are part of
+ * a configuration's schema once attached. Loading or parsing attaches the
+ * plugins the configuration names (distributed_executor_backend and
+ * external.discovery; a plugin that cannot be loaded is skipped, and the
+ * engine reports it when it needs it) and, for a section of the file none
+ * of them owns, the plugin of the search path that declares it;
+ * dexec_config_set() of either key attaches the newly named plugin. This
+ * function attaches more: the plugin name_or_path (loaded as
+ * dexec_plugin_load() does), or, when it is NULL, every plugin of cfg's
+ * search path that declares settings (what `dexec config keys` lists).
+ * The settings get their defaults. Errors: those of dexec_plugin_load();
+ * DEXEC_EPLUGIN for a plugin whose settings table breaks plugin.h's rules
+ * or claims a section another attached plugin owns. */
+dexec_status dexec_config_add_plugin_settings(dexec_config *cfg, const char *name_or_path,
+                                              char *err, size_t errlen);
+
+/* Key number index of cfg's schema: the core's keys, then each attached
+ * plugin's, as dexec_config_key_info() describes them; *plugin is NULL for
+ * the core's keys, else the owning plugin's name. The strings are owned by
+ * cfg (static for the core's keys). cfg NULL: the core's keys only.
+ * DEXEC_ENOTFOUND when index is past the last key. */
+dexec_status dexec_config_schema_key(const dexec_config *cfg, size_t index, const char **key,
+                                     const char **type, const char **def, const char **range,
+                                     const char **doc, const char **plugin);
+
+/* The core's schema, for tools and documentation: key number index (0, 1, ... in
  * file order) as its dotted name, its type ("integer", "float", "string",
  * "list", "map"), its default in the text form dexec_config_set() takes,
  * what it accepts ("1..64", "auto|cpu|cuda", ...) and a one-line

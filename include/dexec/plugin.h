@@ -14,6 +14,10 @@
  *   - kind as the caller asked (executor, discovery or device),
  *   - an ops table of a plausible struct_size with every function set,
  *   - name equal to the name it was loaded by (for bare names).
+ * A plugin may also own a section of the configuration file and declare
+ * its settings there (dexec_plugin_desc.settings, ABI 1.1; see "Settings a
+ * plugin owns" below): the core validates them, and the plugin reads them
+ * with dexec_config_get_*() like any key.
  * Loaded plugins are never dlclose()d at run time (set DEXEC_PLUGIN_UNLOAD=1
  * to unload them at engine free, for leak checkers).
  *
@@ -50,9 +54,11 @@ extern "C" {
  * major keep working; struct_size tells which fields a struct carries).
  * The growth rule every struct here follows is in <dexec/dexec.h>,
  * "Structs that can grow".
- * 1.1: dexec_request, dexec_output, dexec_image, dexec_timings and
- * dexec_actor_info carry struct_size and reserved space; device plugins
- * (DEXEC_PLUGIN_DEVICE). */
+ *   1.0  the first ABI (no longer loaded: see doc/plugin-guide.md).
+ *   1.1  dexec_request, dexec_output, dexec_image, dexec_timings and
+ *        dexec_actor_info carry struct_size and reserved space; device
+ *        plugins (DEXEC_PLUGIN_DEVICE); dexec_plugin_desc.settings: a
+ *        plugin declares its configuration settings (it took reserved[0]). */
 #define DEXEC_ABI_MAJOR 1
 #define DEXEC_ABI_MINOR 1
 
@@ -70,6 +76,94 @@ typedef enum dexec_plugin_kind {
     DEXEC_PLUGIN_DEVICE = 3, /* an op backend (<dexec/device.h>); since ABI 1.1 */
 } dexec_plugin_kind;
 
+/* ---- Settings a plugin owns in the configuration file (ABI 1.1) ---------- */
+
+/* A plugin owns one section of the configuration file (a dotted group:
+ * "discovery.redis", "roundrobin") and declares its settings there. The
+ * core validates the section like its own keys (unknown key, wrong type,
+ * out of range: "FILE:LINE: KEY: what is wrong"), applies the defaults,
+ * lists the settings in `dexec config keys` and `dexec config check`, and
+ * the plugin reads them with the usual getters by their full dotted name
+ * (dexec_config_get_int(host->config, "roundrobin.retries", &n)).
+ *
+ * Which plugins' sections a configuration knows: the plugins it names
+ * (distributed_executor_backend, external.discovery, whether from the file,
+ * the defaults or dexec_config_set()), and, when the file holds a section
+ * none of them owns, the plugin in the search path that declares it (the
+ * core then opens every plugin of the search path to read descriptors).
+ * A section's first name must not be one of the core's keys or groups, and
+ * two plugins cannot own overlapping sections.
+ *
+ * The table is data only: the core never calls plugin code to validate a
+ * value, and copies what it needs, so the table may live in the plugin's
+ * read-only data. A table that breaks a rule below makes loading any
+ * configuration that names the plugin fail with DEXEC_EPLUGIN naming the
+ * plugin file and the setting. */
+
+typedef enum dexec_setting_type {
+    DEXEC_SETTING_INT = 1,    /* int64_t: dexec_config_get_int */
+    DEXEC_SETTING_FLOAT = 2,  /* double (an integer is accepted): dexec_config_get_float */
+    DEXEC_SETTING_STRING = 3, /* dexec_config_get_string */
+    DEXEC_SETTING_BOOL = 4,   /* true/false: dexec_config_get_bool */
+    DEXEC_SETTING_LIST = 5,   /* list of non-empty strings: dexec_config_get_list */
+    DEXEC_SETTING_MAP = 6,    /* group of NAME = number >= 0: dexec_config_get_map */
+} dexec_setting_type;
+
+#define DEXEC_SETTING_NONEMPTY 0x1u     /* STRING: "" is refused */
+#define DEXEC_SETTING_NO_SPACES 0x2u    /* STRING: no blanks or control characters */
+#define DEXEC_SETTING_ABOVE_MIN 0x4u    /* FLOAT: the value must be > fmin, not >= */
+#define DEXEC_SETTING_SECRET 0x8u       /* STRING: never printed; dumps show "********" */
+#define DEXEC_SETTING_URL_PASSWORD 0x10u /* STRING: a URL whose password (":PASSWORD@",
+                                           "password=") is never printed */
+
+/* One setting. Entries grow at the end: the core walks the table with the
+ * stride dexec_settings.setting_size. Fields not used by the type are 0. */
+typedef struct dexec_setting {
+    const char *name;     /* within the section: "url" is "SECTION.url"; dotted
+                             names ("limits.cpu") make sub-groups; each part
+                             [a-z][a-z0-9_]* */
+    uint32_t type;        /* dexec_setting_type */
+    uint32_t flags;       /* DEXEC_SETTING_* */
+    const char *def;      /* the default in the text form `dexec config check -s`
+                             takes: "10", "2.5", "true", "redis://h", "a,b",
+                             "gpu=1"; NULL is "" (empty string, list or map);
+                             required for INT, FLOAT and BOOL */
+    int64_t imin, imax;   /* INT: inclusive bounds; both 0: any integer */
+    double fmin, fmax;    /* FLOAT: bounds, inclusive unless ABOVE_MIN; both 0:
+                             any finite number */
+    const char *choices;  /* STRING: "a|b|c" when only these are allowed, or NULL */
+    const char *prefixes; /* STRING: "redis://|unix:/": the value starts with one
+                             of them and goes on after it; or NULL */
+    const char *range;    /* what is accepted, for people ("a URL redis://HOST");
+                             NULL: written from the bounds. Messages about a bad
+                             value of a choices/prefixes string say
+                             "\"VALUE\" must be RANGE" when it is set */
+    const char *doc;      /* one line, required */
+    void *reserved[4];    /* zero */
+} dexec_setting;
+
+/* The settings table a descriptor points to. */
+typedef struct dexec_settings {
+    uint32_t struct_size;          /* sizeof(dexec_settings) at build time */
+    uint32_t setting_size;         /* sizeof(dexec_setting) at build time */
+    const char *section;           /* the dotted group the plugin owns */
+    const dexec_setting *settings; /* count entries, setting_size bytes apart */
+    uint32_t count;                /* 1..256 */
+    void *reserved[4];             /* zero */
+} dexec_settings;
+
+/* Initializer of a dexec_settings over a static array of dexec_setting:
+ *   static const dexec_setting rr_settings[] = {
+ *       {.name = "retries", .type = DEXEC_SETTING_INT, .def = "2", .imin = 0, .imax = 10,
+ *        .doc = "times a failed request is sent again"},
+ *   };
+ *   static const dexec_settings rr_table = {DEXEC_SETTINGS_INIT("roundrobin", rr_settings)};
+ */
+#define DEXEC_SETTINGS_INIT(section_, array_)                                                    \
+    .struct_size = sizeof(dexec_settings), .setting_size = sizeof(dexec_setting),               \
+    .section = (section_), .settings = (array_),                                                 \
+    .count = (uint32_t)(sizeof(array_) / sizeof((array_)[0]))
+
 /* The descriptor. Fields are never reordered; new ones take reserved space. */
 typedef struct dexec_plugin_desc {
     uint32_t abi_major;      /* DEXEC_ABI_MAJOR the plugin was built with */
@@ -81,7 +175,9 @@ typedef struct dexec_plugin_desc {
     const char *description; /* one line */
     const void *ops;         /* const dexec_executor_ops*, dexec_discovery_ops* or
                               * dexec_device_ops* (as kind says) */
-    void *reserved[8];       /* zero */
+    const dexec_settings *settings; /* ABI 1.1: the settings it owns, or NULL (set it
+                                       after DEXEC_PLUGIN_DESC_INIT: .settings = &table) */
+    void *reserved[7];       /* zero */
 } dexec_plugin_desc;
 
 #define DEXEC_PLUGIN_DESC_INIT(kind_, name_, version_, description_, ops_)                      \

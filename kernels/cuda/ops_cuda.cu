@@ -497,4 +497,5 @@ static const dexec_device_ops cu_ops = {
 extern "C" DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_DEVICE, "cuda", PACKAGE_VERSION,
                            "CUDA op backend: cuBLAS SGEMM and CUDA kernels (FP32)", &cu_ops),
+    .settings = NULL,
     .reserved = {}};

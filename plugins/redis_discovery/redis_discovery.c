@@ -924,7 +924,53 @@ static const dexec_discovery_ops rd_ops = {
     .close = rd_close,
 };
 
+/* The discovery.redis section of the configuration file is this plugin's:
+ * the core validates it from this table, and every reader (this plugin, the
+ * worker's registry client and node agent, `dexec actors`) gets the values
+ * through dexec_config_get_*("discovery.redis.KEY"). */
+static const dexec_setting rd_settings[] = {
+    {.name = "url",
+     .type = DEXEC_SETTING_STRING,
+     .flags = DEXEC_SETTING_URL_PASSWORD,
+     .def = "redis://127.0.0.1:6379/0",
+     .prefixes = "redis://|unix:/",
+     .range = "a URL redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:/PATH[?db=N]",
+     .doc = "the Redis server of the actor registry"},
+    {.name = "namespace",
+     .type = DEXEC_SETTING_STRING,
+     .flags = DEXEC_SETTING_NONEMPTY | DEXEC_SETTING_NO_SPACES,
+     .def = "dexec",
+     .range = "non-empty, no spaces",
+     .doc = "prefix of the registry keys (NAMESPACE:actor:NAME)"},
+    {.name = "ttl",
+     .type = DEXEC_SETTING_INT,
+     .def = "10",
+     .imin = 1,
+     .imax = 3600,
+     .doc = "seconds a registration lives without a heartbeat"},
+    {.name = "connect_timeout",
+     .type = DEXEC_SETTING_FLOAT,
+     .flags = DEXEC_SETTING_ABOVE_MIN,
+     .def = "2.0",
+     .fmin = 0,
+     .fmax = 86400,
+     .range = "> 0, <= 86400 (seconds)",
+     .doc = "deadline of connecting to Redis"},
+    {.name = "command_timeout",
+     .type = DEXEC_SETTING_FLOAT,
+     .flags = DEXEC_SETTING_ABOVE_MIN,
+     .def = "2.0",
+     .fmin = 0,
+     .fmax = 86400,
+     .range = "> 0, <= 86400 (seconds)",
+     .doc = "deadline of one Redis command"},
+};
+
+static const dexec_settings rd_settings_table = {
+    DEXEC_SETTINGS_INIT("discovery.redis", rd_settings)};
+
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_DISCOVERY, "redis_discovery", PACKAGE_VERSION,
                            "named actors and node agents registered in Redis, with a TTL",
-                           &rd_ops)};
+                           &rd_ops),
+    .settings = &rd_settings_table};
