@@ -14,6 +14,7 @@
 
 static int log_level = -1; /* -1: not yet read from DEXEC_LOG_LEVEL */
 static int log_syslog;
+static char log_program[64] = "dexec"; /* the label of every line: PROGRAM[pid] */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -45,11 +46,18 @@ void dexec_log_set_level(dexec_log_level level)
         log_level = (int)level;
 }
 
+void dexec_log_set_program(const char *name)
+{
+    pthread_mutex_lock(&log_lock);
+    snprintf(log_program, sizeof(log_program), "%s", name != NULL && *name ? name : "dexec");
+    pthread_mutex_unlock(&log_lock);
+}
+
 void dexec_log_use_syslog(int on, const char *ident)
 {
     pthread_mutex_lock(&log_lock);
     if (on && !log_syslog)
-        openlog(ident != NULL ? ident : "dexec", LOG_PID, LOG_DAEMON);
+        openlog(ident != NULL ? ident : log_program, LOG_PID, LOG_DAEMON);
     else if (!on && log_syslog)
         closelog();
     log_syslog = on;
@@ -68,8 +76,8 @@ void dexec_log(dexec_log_level level, const char *component, const char *fmt, ..
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&log_lock);
-    fprintf(stderr, "dexec[%ld] %s %s: %s\n", (long)getpid(), level_names[level],
-            component != NULL ? component : "dexec", msg);
+    fprintf(stderr, "%s[%ld] %s %s: %s\n", log_program, (long)getpid(), level_names[level],
+            component != NULL ? component : log_program, msg);
     if (log_syslog)
         syslog(prio[level], "%s: %s", component != NULL ? component : "dexec", msg);
     pthread_mutex_unlock(&log_lock);

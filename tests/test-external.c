@@ -318,7 +318,13 @@ START_TEST(token_required)
 
     /* the engine without the token is refused, with it it works */
     ck_assert_int_eq(create(NULL, &e, err, sizeof(err)), DEXEC_EAUTH);
-    ck_assert_msg(strstr(err, "refused hello") != NULL, "%s", err);
+    /* once, with the fix: rank, name and address named once, then the hint */
+    ck_assert_msg(strncmp(err, "external: rank 0 (diffusion_worker_0 at ", 40) == 0 &&
+                      strstr(err, ") refused the handshake: this worker requires a token: give "
+                                  "the client the worker's token file (dexec: token_file, or "
+                                  "external.token_file, in the configuration)") != NULL &&
+                      strstr(err + 11, "rank 0 (") == NULL,
+                  "%s", err);
     snprintf(extra, sizeof(extra), "external = { token_file = \"%s\"; };\n", tok);
     ck_assert_msg(create(extra, &e, err, sizeof(err)) == DEXEC_OK, "%s", err);
     generate_two(e);

@@ -116,6 +116,7 @@ int main(int argc, char **argv)
     dxw_listener lis = {.fd = -1};
     struct sigaction sa;
 
+    dexec_log_set_program("dexec-worker");
     /* a model file truncated under its mapping fails requests, naming the
      * file, instead of killing the worker with SIGBUS */
     dxk_st_catch_sigbus();

@@ -195,10 +195,14 @@ static int handle_hello(dxs_server *s, dxs_conn *c, uint32_t id, const dexec_val
     }
     if (s->token != NULL && (tok == NULL || !dexec_secret_equal(tok, s->token))) {
         if (tok == NULL)
-            dxs_reply_err(c, id, DEXEC_EAUTH, s->cfg.rank, "this %s requires a token",
-                          s->cfg.role);
+            dxs_reply_err(c, id, DEXEC_EAUTH, s->cfg.rank,
+                          "this %s requires a token: give the client the %s's token file "
+                          "(dexec: token_file, or external.token_file, in the configuration)",
+                          s->cfg.role, s->cfg.role);
         else
-            dxs_reply_err(c, id, DEXEC_EAUTH, s->cfg.rank, "wrong token");
+            dxs_reply_err(c, id, DEXEC_EAUTH, s->cfg.rank,
+                          "wrong token: the client's token file does not hold this %s's token",
+                          s->cfg.role);
         return -1;
     }
     c->authed = 1;

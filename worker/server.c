@@ -860,7 +860,10 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
         snprintf(r->model_name, sizeof(r->model_name), "%s", s->model);
         if (dxk_model_open(s->model, s->device, i, &r->model, merr, sizeof(merr)) != DEXEC_OK) {
             snprintf(r->model_err, sizeof(r->model_err), "%s", merr);
-            dexec_log(DEXEC_LOG_ERROR, "worker", "rank %d: %s", r->rank, merr);
+            /* a worker its engine owns (fd mode) says it once, through the
+             * engine's initialize error; a standalone one logs it */
+            dexec_log(s->opt.exit_on_eof ? DEXEC_LOG_INFO : DEXEC_LOG_ERROR, "worker",
+                      "rank %d: %s", r->rank, merr);
         }
         pthread_create(&r->thread, NULL, rank_main, r);
     }

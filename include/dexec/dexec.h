@@ -148,6 +148,9 @@ dexec_log_level dexec_log_get_level(void);
 /* Parses "error|warn|info|debug"; returns -1 for anything else. */
 int dexec_log_level_parse(const char *name);
 /* Also send messages to syslog(3) under ident (NULL: "dexec"); 0 turns it off. */
+/* Names the program in every log line ("dexec-worker[4242] warn ...") and
+ * in syslog's default ident; "dexec" until set. */
+void dexec_log_set_program(const char *name);
 void dexec_log_use_syslog(int on, const char *ident);
 
 /* ---- Configuration ------------------------------------------------------ */

@@ -516,6 +516,7 @@ static int cmd_info(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    dexec_log_set_program("dexec-model");
     if (argc < 2) {
         usage(stderr);
         return 2;

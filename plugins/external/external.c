@@ -206,8 +206,8 @@ static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *p
     dexec_group_set(ex->group, i, c);
     st = dexec_conn_hello(c, token, left_s(deadline), &info, msg, sizeof(msg));
     if (st != DEXEC_OK) {
-        dexec_errorf(err, errlen, "worker %d (%s) at %s refused hello: %s", i,
-                     ex->names[i], ex->addresses[i], msg);
+        /* msg names the rank, the worker and its address already (the label) */
+        dexec_errorf(err, errlen, "%s", msg);
         return st;
     }
     who = dexec_value_as_str(dexec_value_map_get(info, "name"), NULL);

@@ -113,6 +113,16 @@ static void destroy(struct dexec_executor *ex)
     free(ex);
 }
 
+/* msg without the "rank R: " its worker put first (the caller names the
+ * rank itself: saying it twice reads as two ranks). */
+static const char *without_rank(const char *msg, int r)
+{
+    char prefix[32];
+    size_t n = (size_t)snprintf(prefix, sizeof(prefix), "rank %d: ", r);
+
+    return strncmp(msg, prefix, n) == 0 ? msg + n : msg;
+}
+
 static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char *err,
                               size_t errlen)
 {
@@ -186,11 +196,13 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
             dexec_errorf(err, errlen, "rank %d did not initialize within %.3g s (timeouts.init)",
                          r, init_t);
         } else if (st != DEXEC_OK) {
-            dexec_errorf(err, errlen, "rank %d failed to initialize: %s", r, msg);
+            dexec_errorf(err, errlen, "rank %d failed to initialize: %s", r, without_rank(msg, r));
             st = DEXEC_EINIT;
         } else if (strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready")) {
-            dexec_errorf(err, errlen, "rank %d failed to initialize: %s", r,
-                         dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"));
+            dexec_errorf(
+                err, errlen, "rank %d failed to initialize: %s", r,
+                without_rank(dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"),
+                             r));
             st = DEXEC_EINIT;
         }
         dexec_value_free(res);

@@ -1,0 +1,70 @@
+#!/bin/sh
+# test-messages.sh - what a user reads when something goes wrong: each
+# error said once (not by the worker and again by the engine), log lines
+# labelled with the program that wrote them, and a missing token answered
+# with what to set.
+set -u
+cli=${DEXEC_CLI:?run me from make check}
+worker=${DEXEC_WORKER:?run me from make check}
+tmp=$(mktemp -d /tmp/dexec-test-messages.XXXXXX) || exit 99
+chmod 700 "$tmp"
+wpid=
+cleanup() {
+    [ -n "$wpid" ] && kill -9 "$wpid" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+unset DEXEC_CONFIG
+status=0
+
+fail() {
+    echo "FAIL: $*"
+    [ -f "$tmp/err" ] && { echo "--- stderr:"; cat "$tmp/err"; }
+    status=1
+}
+
+# 1. a model that cannot be opened: one line about it, from the engine
+"$cli" generate -p sneaker -m "$tmp/none.safetensors" -o "$tmp/x.png" >/dev/null 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "bad model: exit status $rc, expected 1"
+n=$(grep -c "none.safetensors: cannot open: No such file or directory" "$tmp/err")
+[ "$n" -eq 1 ] || fail "bad model: the error is printed $n times, expected once"
+grep -F "dexec: mp: rank 0 failed to initialize: $tmp/none.safetensors: cannot open" "$tmp/err" \
+    >/dev/null || fail "bad model: no initialize error naming rank 0 once"
+
+# 2. a worker's log lines carry its own name
+"$worker" --listen "unix:$tmp/w.sock" --device cpu --log-level info >/dev/null 2>"$tmp/err" &
+wpid=$!
+for _ in $(seq 1 100); do
+    grep -q "listening on" "$tmp/err" && break
+    sleep 0.1
+done
+grep -E "^dexec-worker\[$wpid\] info worker: rank 0 listening on unix:" "$tmp/err" >/dev/null ||
+    fail "worker log line not labelled dexec-worker[$wpid]"
+kill "$wpid"
+wait "$wpid"
+wpid=
+
+# 3. a worker that wants a token, an engine without one: say what to set
+printf 'secret-token\n' >"$tmp/token"
+chmod 600 "$tmp/token"
+"$worker" --listen "unix:$tmp/t.sock" --device cpu --token-file "$tmp/token" 2>"$tmp/werr" &
+wpid=$!
+for _ in $(seq 1 100); do
+    [ -S "$tmp/t.sock" ] && break
+    sleep 0.1
+done
+DIFFUSION_WORKER_ACTOR_NAMES="unix:$tmp/t.sock" "$cli" health --backend external >/dev/null \
+    2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "no token: exit status $rc, expected 1"
+grep -F "refused the handshake: this worker requires a token: give the client the worker's token file (dexec: token_file, or external.token_file, in the configuration)" \
+    "$tmp/err" >/dev/null || fail "no token: no hint to set token_file"
+n=$(grep -o "rank 0 (" "$tmp/err" | wc -l)
+[ "$n" -eq 1 ] || fail "no token: rank 0 named $n times"
+printf 'token_file = "%s";\n' "$tmp/token" >"$tmp/dexec.conf"
+DIFFUSION_WORKER_ACTOR_NAMES="unix:$tmp/t.sock" "$cli" health --backend external \
+    -c "$tmp/dexec.conf" >"$tmp/out" 2>"$tmp/err" || fail "with token_file: health failed"
+grep -F "secret-token" "$tmp/err" "$tmp/out" "$tmp/werr" >/dev/null && fail "the token was printed"
+
+exit $status
