@@ -275,24 +275,7 @@ int dexec_value_map_set(dexec_value *map, const char *key, dexec_value *val)
             return 0;
         }
     }
-    if (map->u.map.len == map->u.map.cap) {
-        size_t cap = map->u.map.cap ? map->u.map.cap * 2 : 4;
-        dexec_kv *items = realloc(map->u.map.items, cap * sizeof(*items));
-
-        if (items == NULL) {
-            dexec_value_free(val);
-            return -1;
-        }
-        map->u.map.items = items;
-        map->u.map.cap = cap;
-    }
-    map->u.map.items[map->u.map.len].key = strdup(key);
-    if (map->u.map.items[map->u.map.len].key == NULL) {
-        dexec_value_free(val);
-        return -1;
-    }
-    map->u.map.items[map->u.map.len++].val = val;
-    return 0;
+    return dx_value_map_append(map, key, val);
 }
 
 const dexec_value *dexec_value_map_get(const dexec_value *map, const char *key)
