@@ -2,11 +2,23 @@
  * conn.c - one client connection to a worker: requests with message ids,
  * replies matched to their callers, deadlines, and death detection.
  *
- * Several threads may wait on one connection. Whichever waiter finds no
- * one reading becomes the reader (leader/follower): it reads frames and
- * hands each reply to its caller, so a lone caller reads its own reply
- * with no thread hop, and a health check can be answered while a long
- * generate is still waiting on the same socket.
+ * Every connection has its own reader thread that reads the socket
+ * whenever it has data, whoever waits: replies are handed to their
+ * pending calls and notifications queued on them, and every arrival wakes
+ * the waiters. So no peer's socket buffer fills while the engine waits on
+ * another peer, a waiter can wait on several connections at once
+ * (dx_conn_wait_all: a group's ranks), and EOF or a broken stream marks the
+ * connection dead as soon as it happens, not when someone next reads.
+ *
+ * Notifications are delivered by the waiting thread (the caller's), never
+ * by the reader, and the owner's death callback runs on the first thread
+ * that needs the reason: both keep to the threads that owned them before.
+ *
+ * Why a thread per connection and not an event library: the engine has a
+ * handful of connections (one per rank), the reader blocks in poll on one
+ * descriptor and needs no timers, and it leaves libdexec with no loop a
+ * caller must drive or share. The worker's server, with many clients,
+ * runs one poll loop (worker/rpc_server.c).
  */
 #include "config.h"
 
@@ -27,9 +39,21 @@
 
 #include "internal.h"
 
+/* One queued notification. */
+typedef struct note {
+    dexec_value *msg; /* [2, method, params] */
+    struct note *next;
+} note;
+
+/* Notifications one call may hold undelivered; beyond it the oldest are
+ * dropped (they are progress reports: the reply still comes). */
+#define NOTES_MAX 65536
+
 typedef struct pending {
     uint32_t msgid;
     int done;
+    note *notes, **notes_tail;
+    size_t nnotes;
     dexec_status st;
     dexec_value *result;
     char msg[512];
@@ -42,22 +66,85 @@ struct dexec_conn {
     int fd;
     char label[160];
     pthread_mutex_t lock;  /* guards everything below but the reader buffer */
-    pthread_cond_t cond;   /* a reply arrived, the reader left, or death */
     pthread_mutex_t wlock; /* one writer at a time */
-    dexec_reader *rd;      /* touched only by the current reader */
-    int reading;
+    pthread_mutex_t dlock; /* one death callback at a time */
+    dexec_reader *rd;      /* touched only by the reader thread */
+    pthread_t reader;
+    int reader_started;
+    int closing; /* dexec_conn_free: the reader stops quietly */
     int dead;
+    int dead_resolved; /* dead_reason holds the owner's reason */
+    char dead_why[256];
     char dead_reason[384];
+    int notes_dropped_logged;
     uint32_t next_id;
     pending *pend;
     dexec_death_fn death;
     void *death_user;
 };
 
+/* ---- the wake-up every waiter sleeps on ------------------------------------ */
+
+/* Any arrival on any connection (a reply, a notification, a death) bumps
+ * the generation and wakes every waiter; a waiter notes the generation
+ * before it looks, so no wake-up is lost. One for the process: the engine
+ * has few connections and waiters, and a waiter may wait on several. */
+static pthread_mutex_t g_wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_wake_cond;
+static unsigned long g_wake_gen;
+static pthread_once_t g_wake_once = PTHREAD_ONCE_INIT;
+
+static void wake_init(void)
+{
+    pthread_condattr_t ca;
+
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&g_wake_cond, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static void wake_all(void)
+{
+    pthread_mutex_lock(&g_wake_lock);
+    g_wake_gen++;
+    pthread_cond_broadcast(&g_wake_cond);
+    pthread_mutex_unlock(&g_wake_lock);
+}
+
+static unsigned long wake_gen(void)
+{
+    unsigned long g;
+
+    pthread_mutex_lock(&g_wake_lock);
+    g = g_wake_gen;
+    pthread_mutex_unlock(&g_wake_lock);
+    return g;
+}
+
+/* Sleeps until the generation moves past gen or the deadline passes. */
+static void wake_wait(unsigned long gen, double deadline)
+{
+    struct timespec ts;
+
+    ts.tv_sec = (time_t)deadline;
+    ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_nsec = 999999999L;
+    pthread_mutex_lock(&g_wake_lock);
+    while (g_wake_gen == gen && dx_remaining(deadline) > 0)
+        if (pthread_cond_timedwait(&g_wake_cond, &g_wake_lock, &ts) != 0)
+            break;
+    pthread_mutex_unlock(&g_wake_lock);
+}
+
+static void *reader_main(void *arg);
+
 static dexec_conn *conn_new(int fd, const char *label)
 {
     dexec_conn *c = calloc(1, sizeof(*c));
 
+    pthread_once(&g_wake_once, wake_init);
     if (c == NULL)
         return NULL;
     c->rd = dexec_reader_new(DEXEC_FRAME_MAX_DEFAULT);
@@ -69,12 +156,17 @@ static dexec_conn *conn_new(int fd, const char *label)
     snprintf(c->label, sizeof(c->label), "%s", label != NULL ? label : "worker");
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->wlock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&c->dlock, NULL);
     c->next_id = 1;
+    if (pthread_create(&c->reader, NULL, reader_main, c) != 0) {
+        dexec_reader_free(c->rd);
+        pthread_mutex_destroy(&c->lock);
+        pthread_mutex_destroy(&c->wlock);
+        pthread_mutex_destroy(&c->dlock);
+        free(c);
+        return NULL;
+    }
+    c->reader_started = 1;
     return c;
 }
 
@@ -227,6 +319,7 @@ static dexec_status connect_tcp(const char *hp, const char *address, double dead
         st = connect_wait(fd, ai->ai_addr, ai->ai_addrlen, deadline, address, err, errlen);
         if (st == DEXEC_OK) {
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            dx_socket_keepalive(fd);
             *out = fd;
             break;
         }
@@ -265,49 +358,51 @@ dexec_status dexec_conn_connect(const char *address, double timeout, dexec_conn 
 
 /* ---- death ---------------------------------------------------------------- */
 
-/* Called with c->lock held. Marks the connection dead once; the owner's
- * callback (which may wait a little for the child's exit status) runs
- * without the lock. */
+/* Called with c->lock held: marks the connection dead once, with why (the
+ * transport's view). The owner's reason replaces it in resolve_death. */
 static void mark_dead(dexec_conn *c, const char *why)
+{
+    if (c->dead)
+        return;
+    snprintf(c->dead_why, sizeof(c->dead_why), "%s", why);
+    snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, why);
+    __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
+    wake_all();
+}
+
+/* On a caller's thread, once the connection is dead: asks the owner why
+ * (its callback may wait a little for the child's exit status) and keeps
+ * the answer for every call that fails because of it. */
+static void resolve_death(dexec_conn *c)
 {
     dexec_death_fn fn;
     void *user;
     char reason[256] = "";
 
-    if (c->dead)
+    pthread_mutex_lock(&c->dlock);
+    pthread_mutex_lock(&c->lock);
+    if (!c->dead || c->dead_resolved) {
+        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_unlock(&c->dlock);
         return;
+    }
     fn = c->death;
     user = c->death_user;
     pthread_mutex_unlock(&c->lock);
     if (fn != NULL)
         fn(user, c, reason, sizeof(reason));
     pthread_mutex_lock(&c->lock);
-    if (c->dead)
-        return;
-    snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label,
-             reason[0] ? reason : why);
-    __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&c->cond);
+    if (reason[0] != '\0')
+        snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, reason);
+    c->dead_resolved = 1;
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->dlock);
 }
 
 int dexec_conn_poll_dead(dexec_conn *c)
 {
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    char b;
-
-    if (dexec_conn_dead(c))
-        return 1;
-    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLIN))) {
-        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-            pthread_mutex_lock(&c->lock);
-            mark_dead(c, "connection closed");
-            pthread_mutex_unlock(&c->lock);
-            return 1;
-        }
-    }
-    return 0;
+    /* the reader thread watches the socket all the time */
+    return dexec_conn_dead(c);
 }
 
 void dexec_conn_shutdown(dexec_conn *c)
@@ -320,42 +415,82 @@ void dexec_conn_shutdown(dexec_conn *c)
     pthread_mutex_unlock(&c->lock);
 }
 
+static void notes_free(note *n)
+{
+    while (n != NULL) {
+        note *next = n->next;
+
+        dexec_value_free(n->msg);
+        free(n);
+        n = next;
+    }
+}
+
 void dexec_conn_free(dexec_conn *c)
 {
     if (c == NULL)
         return;
+    if (c->reader_started) {
+        /* the reader sees EOF (or the error) and returns */
+        __atomic_store_n(&c->closing, 1, __ATOMIC_RELEASE);
+        shutdown(c->fd, SHUT_RDWR);
+        pthread_join(c->reader, NULL);
+    }
     close(c->fd);
     while (c->pend != NULL) {
         pending *p = c->pend;
 
         c->pend = p->next;
         dexec_value_free(p->result);
+        notes_free(p->notes);
         free(p);
     }
     dexec_reader_free(c->rd);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->wlock);
-    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->dlock);
     free(c);
 }
 
 /* ---- sending -------------------------------------------------------------- */
 
+/* How long one frame may take to leave: a peer that stops reading for this
+ * long has its connection closed (a frame half-written would corrupt the
+ * stream, so there is no giving up on one frame and going on). */
+#define WRITE_TIMEOUT 30.0
+
 static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, size_t errlen)
 {
     dexec_status st;
-    /* A peer that stops reading must not block us forever. */
-    double deadline = dexec_now() + 30.0;
+    char why[256];
 
     pthread_mutex_lock(&c->wlock);
-    st = dexec_frame_write(c->fd, msg, deadline, err, errlen);
-    pthread_mutex_unlock(&c->wlock);
-    if (st == DEXEC_ECLOSED) {
+    if (dexec_conn_dead(c)) {
+        pthread_mutex_unlock(&c->wlock);
+        resolve_death(c);
         pthread_mutex_lock(&c->lock);
-        mark_dead(c, "connection closed");
-        snprintf(err, errlen, "%s", c->dead_reason);
+        st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
+        pthread_mutex_unlock(&c->lock);
+        return st;
+    }
+    st = dexec_frame_write(c->fd, msg, dexec_now() + WRITE_TIMEOUT, why, sizeof(why));
+    if (st != DEXEC_OK && st != DEXEC_ENOMEM && st != DEXEC_EINVAL) {
+        /* part of the frame may be out: the stream is no longer usable */
+        shutdown(c->fd, SHUT_RDWR);
+        pthread_mutex_lock(&c->lock);
+        mark_dead(c, st == DEXEC_ECLOSED ? "connection closed" : why);
         pthread_mutex_unlock(&c->lock);
     }
+    pthread_mutex_unlock(&c->wlock);
+    if (st == DEXEC_ENOMEM || st == DEXEC_EINVAL || st == DEXEC_OK) {
+        if (st != DEXEC_OK)
+            dexec_errorf(err, errlen, "%s", why);
+        return st;
+    }
+    resolve_death(c);
+    pthread_mutex_lock(&c->lock);
+    st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
+    pthread_mutex_unlock(&c->lock);
     return st;
 }
 
@@ -389,6 +524,8 @@ dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_valu
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return DEXEC_ENOMEM;
+    if (dexec_conn_dead(c))
+        resolve_death(c);
     pthread_mutex_lock(&c->lock);
     if (c->dead) {
         st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
@@ -396,6 +533,7 @@ dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_valu
         free(p);
         return st;
     }
+    p->notes_tail = &p->notes;
     p->msgid = c->next_id++;
     if (c->next_id == 0)
         c->next_id = 1;
@@ -418,6 +556,7 @@ dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_valu
             }
         }
         pthread_mutex_unlock(&c->lock);
+        notes_free(p->notes);
         free(p);
     }
     return st;
@@ -463,9 +602,9 @@ static dexec_status error_from_value(const dexec_value *e, char *buf, size_t len
     return (dexec_status)c;
 }
 
-/* Handles one incoming message. Called by the reader with c->lock held;
- * may drop it around a notification callback. */
-static void dispatch(dexec_conn *c, dexec_value *m)
+/* Handles one incoming message on the reader thread, with c->lock held;
+ * takes m. Returns nonzero when a waiter has something new. */
+static int dispatch(dexec_conn *c, dexec_value *m)
 {
     const dexec_value *type = dexec_value_array_get(m, 0);
     int64_t t = dexec_value_as_int(type, -1);
@@ -474,10 +613,10 @@ static void dispatch(dexec_conn *c, dexec_value *m)
         int64_t id = dexec_value_as_int(m->u.arr.items[1], -1);
         pending *p = id >= 0 && id <= UINT32_MAX ? find_pending(c, (uint32_t)id) : NULL;
 
-        if (p == NULL) {
+        if (p == NULL || p->done) {
             /* a reply nobody waits for any more (the caller timed out) */
             dexec_value_free(m);
-            return;
+            return 0;
         }
         if (m->u.arr.items[2]->type != DEXEC_VAL_NIL) {
             p->st = error_from_value(m->u.arr.items[2], p->msg, sizeof(p->msg));
@@ -488,70 +627,108 @@ static void dispatch(dexec_conn *c, dexec_value *m)
             m->u.arr.len = 3;
         }
         p->done = 1;
-        pthread_cond_broadcast(&c->cond);
         dexec_value_free(m);
-        return;
+        return 1;
     }
     if (t == 2 && m->u.arr.len == 3 && m->u.arr.items[1]->type == DEXEC_VAL_STR) {
         /* progress notifications name the call they belong to in params[0] */
         int64_t id = dexec_value_as_int(dexec_value_array_get(m->u.arr.items[2], 0), -1);
         pending *p = id >= 0 && id <= UINT32_MAX ? find_pending(c, (uint32_t)id) : NULL;
+        note *n;
 
-        if (p != NULL && p->notify != NULL) {
-            dexec_notify_fn fn = p->notify;
-            void *user = p->user;
-
-            pthread_mutex_unlock(&c->lock);
-            fn(user, m->u.arr.items[1]->u.str.ptr, m->u.arr.items[2]);
-            pthread_mutex_lock(&c->lock);
+        if (p == NULL || p->notify == NULL || p->done || (n = calloc(1, sizeof(*n))) == NULL) {
+            dexec_value_free(m);
+            return 0;
         }
-        dexec_value_free(m);
-        return;
+        if (p->nnotes >= NOTES_MAX) {
+            note *old = p->notes;
+
+            p->notes = old->next;
+            if (p->notes == NULL)
+                p->notes_tail = &p->notes;
+            p->nnotes--;
+            old->next = NULL;
+            notes_free(old);
+            if (!c->notes_dropped_logged)
+                dexec_log(DEXEC_LOG_WARN, "rpc",
+                          "%s: more than %d notifications undelivered; dropping the oldest",
+                          c->label, NOTES_MAX);
+            c->notes_dropped_logged = 1;
+        }
+        n->msg = m;
+        if (p->notes_tail == NULL)
+            p->notes_tail = &p->notes;
+        *p->notes_tail = n;
+        p->notes_tail = &n->next;
+        p->nnotes++;
+        return 1;
     }
     dexec_log(DEXEC_LOG_WARN, "rpc", "%s: ignoring a message that is neither a reply nor a "
                                      "notification", c->label);
     dexec_value_free(m);
+    return 0;
 }
 
-/* One round as the reader: wait for data until the deadline, then hand out
- * every complete frame. Called and returns with c->lock held. */
-static void read_round(dexec_conn *c, double deadline)
+/* TCP keepalive with a user timeout: a peer behind a cut link is found
+ * dead within about DX_TCP_DEAD_S seconds whether or not data is in
+ * flight (doc/protocol.md, "Deadlines and limits"). */
+void dx_socket_keepalive(int fd)
 {
+    int one = 1, idle = 5, intvl = 2, cnt = 3;
+    unsigned int user_ms = 15000;
+
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms));
+}
+
+/* The reader thread: reads whatever arrives, until EOF, an error, a
+ * broken stream or dexec_conn_free. */
+static void *reader_main(void *arg)
+{
+    dexec_conn *c = arg;
     char err[256];
-    dexec_status st = DEXEC_OK;
-    int rc;
 
-    c->reading = 1;
-    pthread_mutex_unlock(&c->lock);
-    rc = dexec_wait_readable(c->fd, deadline);
-    if (rc > 0)
-        st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
-    pthread_mutex_lock(&c->lock);
-    if (rc < 0) {
-        mark_dead(c, "poll failed");
-    } else if (st != DEXEC_OK) {
-        mark_dead(c, st == DEXEC_ECLOSED ? "connection closed" : err);
-    }
     for (;;) {
-        dexec_value *m;
+        dexec_status st = DEXEC_OK;
+        int rc = dexec_wait_readable(c->fd, -1), news = 0;
 
-        st = dexec_reader_take(c->rd, &m, err, sizeof(err));
-        if (st != DEXEC_OK) {
-            dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s; dropping the connection", c->label, err);
-            shutdown(c->fd, SHUT_RDWR);
-            mark_dead(c, err);
-            break;
+        if (rc > 0)
+            st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
+        pthread_mutex_lock(&c->lock);
+        for (;;) {
+            dexec_value *m;
+            dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
+
+            if (ts != DEXEC_OK) {
+                if (!__atomic_load_n(&c->closing, __ATOMIC_ACQUIRE))
+                    dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s; dropping the connection",
+                              c->label, err);
+                shutdown(c->fd, SHUT_RDWR);
+                mark_dead(c, err);
+                break;
+            }
+            if (m == NULL)
+                break;
+            if (m->type != DEXEC_VAL_ARRAY) {
+                dexec_value_free(m);
+                continue;
+            }
+            news |= dispatch(c, m);
         }
-        if (m == NULL)
-            break;
-        if (m->type != DEXEC_VAL_ARRAY) {
-            dexec_value_free(m);
-            continue;
-        }
-        dispatch(c, m);
+        if (rc < 0)
+            mark_dead(c, "poll failed");
+        else if (st != DEXEC_OK)
+            mark_dead(c, st == DEXEC_ECLOSED ? "connection closed" : err);
+        rc = c->dead;
+        pthread_mutex_unlock(&c->lock);
+        if (news)
+            wake_all();
+        if (rc)
+            return NULL;
     }
-    c->reading = 0;
-    pthread_cond_broadcast(&c->cond);
 }
 
 static void unlink_pending(dexec_conn *c, pending *p)
@@ -564,59 +741,123 @@ static void unlink_pending(dexec_conn *c, pending *p)
     }
 }
 
+/* Delivers queued notifications on this (the waiting) thread. */
+static void deliver(note *n, dexec_notify_fn fn, void *user)
+{
+    for (note *k = n; k != NULL; k = k->next)
+        fn(user, k->msg->u.arr.items[1]->u.str.ptr, k->msg->u.arr.items[2]);
+    notes_free(n);
+}
+
+/* One look at w: delivers its notifications, and finishes it when its
+ * reply came, its connection died or the deadline passed. Returns nonzero
+ * when w is finished. */
+static int wait_one(dx_wait *w, double deadline)
+{
+    dexec_conn *c = w->c;
+    pending *p;
+    note *notes = NULL;
+    dexec_notify_fn fn = NULL;
+    void *user = NULL;
+    int finished = 0, dead_unresolved = 0;
+
+    pthread_mutex_lock(&c->lock);
+    p = find_pending(c, w->id);
+    if (p == NULL) {
+        pthread_mutex_unlock(&c->lock);
+        w->st = dx_fail(w->msg, sizeof(w->msg), DEXEC_EINVAL, "no call %u in flight", w->id);
+        return 1;
+    }
+    notes = p->notes;
+    p->notes = NULL;
+    p->notes_tail = &p->notes;
+    p->nnotes = 0;
+    fn = p->notify;
+    user = p->user;
+    if (p->done) {
+        w->st = p->st;
+        if (p->st == DEXEC_OK) {
+            w->result = p->result;
+            p->result = NULL;
+        } else {
+            snprintf(w->msg, sizeof(w->msg), "%s", p->msg);
+        }
+        finished = 1;
+    } else if (c->dead) {
+        if (c->dead_resolved) {
+            w->st = dx_fail(w->msg, sizeof(w->msg), DEXEC_ECLOSED, "%s", c->dead_reason);
+            finished = 1;
+        } else {
+            dead_unresolved = 1;
+        }
+    } else if (dx_remaining(deadline) <= 0) {
+        w->st = dx_fail(w->msg, sizeof(w->msg), DEXEC_ETIMEDOUT,
+                        "%s: no reply before the deadline", c->label);
+        finished = 1;
+    }
+    if (finished) {
+        unlink_pending(c, p);
+        free(p);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (notes != NULL && fn != NULL)
+        deliver(notes, fn, user);
+    else
+        notes_free(notes);
+    if (dead_unresolved) {
+        resolve_death(c);
+        return wait_one(w, deadline);
+    }
+    return finished;
+}
+
+void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
+{
+    for (size_t i = 0; i < n; i++) {
+        w[i].finished = !w[i].active;
+        if (!w[i].active)
+            continue;
+        w[i].result = NULL;
+        w[i].st = DEXEC_OK;
+        w[i].msg[0] = '\0';
+    }
+    for (;;) {
+        unsigned long gen = wake_gen();
+        size_t left = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            if (w[i].finished)
+                continue;
+            w[i].finished = wait_one(&w[i], deadline);
+            if (w[i].finished && w[i].done != NULL)
+                w[i].done(w[i].done_user, &w[i]);
+            left += !w[i].finished;
+        }
+        if (left == 0)
+            return;
+        wake_wait(gen, deadline);
+    }
+}
+
 dexec_status dexec_conn_wait(dexec_conn *c, uint32_t msgid, double deadline, dexec_value **result,
                              char *err, size_t errlen)
 {
-    pending *p;
-    dexec_status st;
+    dx_wait w = {.c = c, .id = msgid, .active = 1};
 
     if (result != NULL)
         *result = NULL;
-    pthread_mutex_lock(&c->lock);
-    p = find_pending(c, msgid);
-    if (p == NULL) {
-        pthread_mutex_unlock(&c->lock);
-        return dx_fail(err, errlen, DEXEC_EINVAL, "no call %u in flight", msgid);
+    dx_conn_wait_all(&w, 1, deadline);
+    if (w.st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s", w.msg);
+        return w.st;
     }
-    for (;;) {
-        if (p->done) {
-            st = p->st;
-            if (st == DEXEC_OK) {
-                if (result != NULL)
-                    *result = p->result;
-                else
-                    dexec_value_free(p->result);
-                p->result = NULL;
-            } else {
-                dexec_errorf(err, errlen, "%s", p->msg);
-            }
-            break;
-        }
-        if (c->dead) {
-            st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
-            break;
-        }
-        if (dx_remaining(deadline) <= 0) {
-            st = dx_fail(err, errlen, DEXEC_ETIMEDOUT, "%s: no reply before the deadline",
-                         c->label);
-            break;
-        }
-        if (c->reading) {
-            struct timespec ts;
-            double d = deadline;
-
-            ts.tv_sec = (time_t)d;
-            ts.tv_nsec = (long)((d - (double)ts.tv_sec) * 1e9);
-            pthread_cond_timedwait(&c->cond, &c->lock, &ts);
-            continue;
-        }
-        read_round(c, deadline);
-    }
-    unlink_pending(c, p);
-    pthread_mutex_unlock(&c->lock);
-    free(p);
-    return st;
+    if (result != NULL)
+        *result = w.result;
+    else
+        dexec_value_free(w.result);
+    return DEXEC_OK;
 }
+
 
 dexec_status dexec_conn_call(dexec_conn *c, const char *method, const dexec_value *params,
                              double deadline, dexec_value **result, dexec_notify_fn notify,

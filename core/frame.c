@@ -45,6 +45,16 @@ void dexec_reader_free(dexec_reader *r)
     free(r);
 }
 
+void dexec_reader_set_max_frame(dexec_reader *r, size_t max_frame)
+{
+    r->max_frame = max_frame ? max_frame : DEXEC_FRAME_MAX_DEFAULT;
+}
+
+size_t dexec_reader_buffered(const dexec_reader *r)
+{
+    return r->len - r->off;
+}
+
 static uint32_t frame_len(const char *p)
 {
     const unsigned char *u = (const unsigned char *)p;

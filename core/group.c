@@ -3,8 +3,11 @@
  * executor shares: collective_rpc by rank, requests dealt across ranks with
  * outputs kept in request order, and health by get_rank.
  *
- * Every call is sent to all ranks before any reply is awaited, so ranks
- * work in parallel and the whole call is bounded by one deadline.
+ * Every call is sent to all ranks before any reply is awaited, and the
+ * replies are awaited on all ranks at once (dx_conn_wait_all): ranks work
+ * in parallel, progress from every rank reaches the caller as it arrives,
+ * a rank that dies is reported as soon as its connection does, and the
+ * whole call is bounded by one deadline.
  */
 #include "config.h"
 
@@ -81,7 +84,8 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
     uint32_t *ids;
     dexec_status *sts, st = DEXEC_OK;
     dexec_value **res;
-    char msg[512], late[256] = "", first_err[768] = "";
+    dx_wait *waits = NULL;
+    char msg[768], late[256] = "", first_err[900] = "";
     int failed_rank = -1;
 
     if (replies != NULL)
@@ -103,16 +107,25 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
     ids = calloc((size_t)g->n, sizeof(*ids));
     sts = calloc((size_t)g->n, sizeof(*sts));
     res = calloc((size_t)g->n, sizeof(*res));
-    if (params == NULL || params->u.arr.len != 3 || ids == NULL || sts == NULL || res == NULL) {
+    waits = calloc((size_t)g->n, sizeof(*waits));
+    if (params == NULL || params->u.arr.len != 3 || ids == NULL || sts == NULL || res == NULL ||
+        waits == NULL) {
         st = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
         goto done;
     }
-    for (int r = 0; r < g->n; r++)
+    for (int r = 0; r < g->n; r++) {
         sts[r] = dexec_conn_send(g->conns[r], "execute_rpc", params, NULL, NULL, &ids[r], msg,
                                  sizeof(msg));
+        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r], .active = sts[r] == DEXEC_OK};
+        snprintf(waits[r].msg, sizeof(waits[r].msg), "%s", msg);
+    }
+    dx_conn_wait_all(waits, (size_t)g->n, deadline);
     for (int r = 0; r < g->n; r++) {
-        if (sts[r] == DEXEC_OK)
-            sts[r] = dexec_conn_wait(g->conns[r], ids[r], deadline, &res[r], msg, sizeof(msg));
+        if (sts[r] == DEXEC_OK) {
+            sts[r] = waits[r].st;
+            res[r] = waits[r].result;
+        }
+        snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (sts[r] == DEXEC_ETIMEDOUT) {
             list_add(late, sizeof(late), r);
         } else if (sts[r] != DEXEC_OK && failed_rank < 0) {
@@ -156,6 +169,7 @@ done:
         for (int r = 0; r < g->n; r++)
             dexec_value_free(res[r]);
     free(res);
+    free(waits);
     free(sts);
     free(ids);
     dexec_value_free(params);
@@ -205,6 +219,13 @@ static void fail_outputs(dexec_output *outs, const progress_ctx *pc, const dexec
     }
 }
 
+/* When a rank's reply came: its outputs' total_s. */
+static void stamp_done(void *user, dx_wait *w)
+{
+    (void)w;
+    *(double *)user = dexec_now();
+}
+
 dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen)
@@ -214,13 +235,17 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
     progress_ctx *pc = calloc((size_t)nr, sizeof(*pc));
     uint32_t *ids = calloc((size_t)nr, sizeof(*ids));
     dexec_status *sts = calloc((size_t)nr, sizeof(*sts));
+    dx_wait *waits = calloc((size_t)nr, sizeof(*waits));
+    double *fin = calloc((size_t)nr, sizeof(*fin));
     int failed = 0, used = 0;
     char msg[768], last[900] = "";
 
-    if (pc == NULL || ids == NULL || sts == NULL) {
+    if (pc == NULL || ids == NULL || sts == NULL || waits == NULL || fin == NULL) {
         free(pc);
         free(ids);
         free(sts);
+        free(waits);
+        free(fin);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
     }
     for (size_t i = 0; i < n; i++) {
@@ -229,6 +254,8 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
             free(pc);
             free(ids);
             free(sts);
+            free(waits);
+            free(fin);
             return dx_fail(err, errlen, DEXEC_EINVAL, "generate: request %zu: %s", i, msg);
         }
     }
@@ -257,13 +284,18 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
             failed++;
         }
     }
+    for (int r = 0; r < nr; r++)
+        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r],
+                             .active = pc[r].count > 0 && sts[r] == DEXEC_OK,
+                             .done = stamp_done, .done_user = &fin[r]};
+    dx_conn_wait_all(waits, (size_t)nr, deadline);
     for (int r = 0; r < nr; r++) {
-        dexec_value *res = NULL;
-        dexec_status st;
+        dexec_value *res = waits[r].result;
+        dexec_status st = waits[r].st;
 
-        if (pc[r].count == 0 || sts[r] != DEXEC_OK)
+        if (!waits[r].active)
             continue;
-        st = dexec_conn_wait(g->conns[r], ids[r], deadline, &res, msg, sizeof(msg));
+        snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (st == DEXEC_OK &&
             (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != pc[r].count)) {
             st = DEXEC_EPROTO;
@@ -276,7 +308,7 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
             st = dexec_output_from_value(res->u.arr.items[k], o, msg, sizeof(msg));
             if (st == DEXEC_OK) {
                 o->rank = r;
-                o->timings.total_s = dexec_now() - start;
+                o->timings.total_s = fin[r] - start;
             }
         }
         dexec_value_free(res);
@@ -308,6 +340,8 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
     free(pc);
     free(ids);
     free(sts);
+    free(waits);
+    free(fin);
     return ret;
 }
 
@@ -316,22 +350,31 @@ dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err,
     double deadline = dexec_now() + timeout;
     uint32_t *ids = calloc((size_t)g->n, sizeof(*ids));
     dexec_status *sts = calloc((size_t)g->n, sizeof(*sts)), ret = DEXEC_OK;
-    char msg[512];
+    dx_wait *waits = calloc((size_t)g->n, sizeof(*waits));
+    char msg[768];
 
-    if (ids == NULL || sts == NULL) {
+    if (ids == NULL || sts == NULL || waits == NULL) {
         free(ids);
         free(sts);
+        free(waits);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
     }
-    for (int r = 0; r < g->n; r++)
+    for (int r = 0; r < g->n; r++) {
         sts[r] = dexec_conn_send(g->conns[r], "get_rank", NULL, NULL, NULL, &ids[r], msg,
                                  sizeof(msg));
+        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r], .active = sts[r] == DEXEC_OK};
+        snprintf(waits[r].msg, sizeof(waits[r].msg), "%s", msg);
+    }
+    dx_conn_wait_all(waits, (size_t)g->n, deadline);
     for (int r = 0; r < g->n; r++) {
         dexec_value *res = NULL;
         dexec_status st = sts[r];
 
-        if (st == DEXEC_OK)
-            st = dexec_conn_wait(g->conns[r], ids[r], deadline, &res, msg, sizeof(msg));
+        if (st == DEXEC_OK) {
+            st = waits[r].st;
+            res = waits[r].result;
+        }
+        snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (ret == DEXEC_OK) {
             if (st == DEXEC_ETIMEDOUT)
                 ret = dx_fail(err, errlen, DEXEC_EUNHEALTHY,
@@ -348,6 +391,7 @@ dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err,
     }
     free(ids);
     free(sts);
+    free(waits);
     return ret;
 }
 

@@ -76,4 +76,29 @@ size_t dx_utf8_invalid_at(const char *s, size_t len);
 /* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */
 int dx_msgpack_encode(const dexec_value *v, size_t reserve, char **buf, size_t *len);
 
+/* ---- connections (conn.c) ---- */
+
+/* One call to wait for in dx_conn_wait_all. c, id, active (0: skip it),
+ * done and done_user are the caller's; the rest is filled in. */
+typedef struct dx_wait {
+    dexec_conn *c;
+    uint32_t id;
+    int active;
+    /* called on the waiting thread as soon as this call is finished (its
+     * reply, its connection's death, or the deadline), or NULL */
+    void (*done)(void *user, struct dx_wait *w);
+    void *done_user;
+    int finished;
+    dexec_status st;     /* DEXEC_OK, DEXEC_EWORKER..., DEXEC_ECLOSED, DEXEC_ETIMEDOUT */
+    dexec_value *result; /* on DEXEC_OK: the caller's */
+    char msg[768];       /* otherwise: why */
+} dx_wait;
+
+/* Waits for every active call of w at once until the absolute deadline,
+ * delivering each call's notifications on this thread as they arrive. */
+void dx_conn_wait_all(dx_wait *w, size_t n, double deadline);
+
+/* SO_KEEPALIVE with short probes and TCP_USER_TIMEOUT on a TCP socket. */
+void dx_socket_keepalive(int fd);
+
 #endif

@@ -74,6 +74,59 @@ static pid_t worker_pid(dexec_engine *e, int rank)
     return pid;
 }
 
+/* Progress of two ranks, as the engine's caller sees it. */
+typedef struct interleave {
+    pthread_mutex_t lock;
+    int step[2], total;
+    int other_when_done[2]; /* the other request's step when this one finished; -1 unset */
+} interleave;
+
+static void on_interleave(void *user, size_t req, int image, int step, int total)
+{
+    interleave *iv = user;
+
+    (void)image;
+    if (req > 1)
+        return;
+    pthread_mutex_lock(&iv->lock);
+    iv->step[req] = step;
+    iv->total = total;
+    if (step >= total && iv->other_when_done[req] < 0)
+        iv->other_when_done[req] = iv->step[1 - req];
+    pthread_mutex_unlock(&iv->lock);
+}
+
+START_TEST(test_two_ranks_progress_together)
+{
+    enum { STEPS_LONG = 200 };
+    dexec_request reqs[2];
+    char ids[2][16];
+    interleave iv = {.lock = PTHREAD_MUTEX_INITIALIZER, .other_when_done = {-1, -1}};
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_output *outs = NULL;
+    int first;
+
+    make_requests(reqs, 2, ids);
+    reqs[0].num_inference_steps = reqs[1].num_inference_steps = STEPS_LONG;
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 2, &outs, on_interleave, &iv), DEXEC_OK);
+    ck_assert_msg(outs[0].status == DEXEC_OK && outs[1].status == DEXEC_OK, "%s / %s",
+                  outs[0].error, outs[1].error);
+    ck_assert_int_eq(iv.total, STEPS_LONG);
+    ck_assert_int_ge(iv.other_when_done[0], 0);
+    ck_assert_int_ge(iv.other_when_done[1], 0);
+    /* when the first request finished, the other one (on the other rank)
+     * was well under way: both ranks' progress reached the caller */
+    first = iv.other_when_done[0] <= iv.other_when_done[1] ? 0 : 1;
+    ck_assert_msg(iv.other_when_done[first] >= STEPS_LONG / 4,
+                  "request %d finished while request %d was at step %d of %d: the ranks did "
+                  "not progress together",
+                  first, 1 - first, iv.other_when_done[first], STEPS_LONG);
+    dexec_outputs_free(outs, 2);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(test_generate_ranks_same_pixels)
 {
     enum { N = 6 };
@@ -541,6 +594,107 @@ START_TEST(test_malformed_frames)
 }
 END_TEST
 
+/* Writes a request frame [0, id, "execute_rpc", ["echo", [blob], {}]]. */
+static dexec_status send_echo(int fd, uint32_t id, size_t blob)
+{
+    dexec_value *m = dexec_value_array(), *p = dexec_value_array(), *a = dexec_value_array();
+    char *b = malloc(blob);
+
+    memset(b, 'x', blob);
+    dexec_value_array_push(a, dexec_value_bin(b, blob));
+    dexec_value_array_push(p, dexec_value_str("echo"));
+    dexec_value_array_push(p, a);
+    dexec_value_array_push(p, dexec_value_map());
+    dexec_value_array_push(m, dexec_value_int(0));
+    dexec_value_array_push(m, dexec_value_int(id));
+    dexec_value_array_push(m, dexec_value_str("execute_rpc"));
+    dexec_value_array_push(m, p);
+    dexec_status st = dexec_frame_write(fd, m, dexec_now() + 5, NULL, 0);
+
+    dexec_value_free(m);
+    free(b);
+    return st;
+}
+
+/* hello + get_rank on a new connection; returns the seconds it took. */
+static double timed_call(void)
+{
+    dexec_conn *c = NULL;
+    dexec_value *r = NULL;
+    char addr[128], err[256];
+    double t0 = dexec_now(), t;
+
+    snprintf(addr, sizeof(addr), "unix:%s/w.sock", sockdir);
+    ck_assert_int_eq(dexec_conn_connect(addr, 5, &c, err, sizeof(err)), DEXEC_OK);
+    ck_assert_msg(dexec_conn_hello(c, NULL, 10, NULL, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dexec_conn_call(c, "get_rank", NULL, dexec_now() + 10, &r, NULL, NULL, err,
+                                  sizeof(err)) == DEXEC_OK,
+                  "%s", err);
+    t = dexec_now() - t0;
+    dexec_value_free(r);
+    dexec_conn_free(c);
+    return t;
+}
+
+START_TEST(test_client_that_never_reads)
+{
+    enum { CLIENTS = 8, ECHOES = 40 };
+    int fds[CLIENTS];
+    double t;
+
+    start_worker();
+    for (int k = 0; k < CLIENTS; k++) {
+        fds[k] = raw_connect();
+        send_hello(fds[k]);
+        /* 40 echoes of 60 KB each, and never a read: the worker closes the
+         * connection once its queue passes the limit (then writes fail) */
+        for (uint32_t i = 0; i < ECHOES; i++)
+            if (send_echo(fds[k], 10 + i, 60000) != DEXEC_OK)
+                break;
+    }
+    usleep(300000);
+    t = timed_call();
+    /* 100 ms is the target (bench/); a loaded test machine gets slack */
+    ck_assert_msg(t < 1.0, "a good client waited %.3f s behind clients that never read", t);
+    for (int k = 0; k < CLIENTS; k++)
+        close(fds[k]);
+    stop_worker();
+}
+END_TEST
+
+START_TEST(test_limits_before_hello)
+{
+    int fd, big, silent[50];
+    double t0;
+    char b;
+    /* a 1.6 MB frame's header, before hello */
+    static const unsigned char head[] = {0x00, 0x18, 0x6a, 0x00, 0xdf, 0x00, 0x02, 0x71, 0x00};
+
+    start_worker();
+    big = raw_connect();
+    t0 = dexec_now();
+    ck_assert_int_eq(write(big, head, sizeof(head)), (ssize_t)sizeof(head));
+    ck_assert_int_eq(dexec_wait_readable(big, dexec_now() + 5), 1);
+    ck_assert_int_le(read(big, &b, 1), 0);
+    ck_assert_msg(dexec_now() - t0 < 1.0, "a big frame before hello took %.3f s to refuse",
+                  dexec_now() - t0);
+    close(big);
+    /* silent connections and half frames do not delay a good client */
+    for (int k = 0; k < 50; k++) {
+        silent[k] = raw_connect();
+        if (k % 2)
+            ck_assert_int_eq(write(silent[k], head, 3), 3);
+    }
+    ck_assert_msg(timed_call() < 1.0, "a good client waited behind silent connections");
+    for (int k = 0; k < 50; k++)
+        close(silent[k]);
+    fd = raw_connect();
+    send_hello(fd);
+    close(fd);
+    stop_worker();
+}
+END_TEST
+
 START_TEST(test_call_before_hello_refused)
 {
     dexec_conn *c = NULL;
@@ -587,6 +741,7 @@ static Suite *mp_suite(void)
     TCase *tc = tcase_create("engine");
 
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_two_ranks_progress_together);
     tcase_add_test(tc, test_generate_ranks_same_pixels);
     tcase_add_test(tc, test_bad_request_does_not_fail_batch);
     tcase_add_test(tc, test_collective_rpc_by_rank);
@@ -601,6 +756,8 @@ static Suite *mp_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_malformed_frames);
     tcase_add_test(tc, test_call_before_hello_refused);
+    tcase_add_test(tc, test_client_that_never_reads);
+    tcase_add_test(tc, test_limits_before_hello);
     suite_add_tcase(s, tc);
     return s;
 }

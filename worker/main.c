@@ -54,7 +54,12 @@ static void usage(FILE *out)
             "      --token-file FILE   require this shared token in hello (file mode 0600)\n"
             "      --insecure          allow a non-loopback TCP listener without a token,\n"
             "                          and a unix socket in a directory others can enter\n"
-            "      --max-frame BYTES   largest frame accepted (default 256 MiB)\n"
+            "      --max-frame BYTES   largest frame accepted (default 256 MiB); before hello\n"
+            "                          8 KiB\n"
+            "      --frame-timeout S   drop a client whose frame, once begun, does not arrive\n"
+            "                          whole within S seconds (default 120; 0: no limit)\n"
+            "      --idle-timeout S    drop a client silent for S seconds after hello\n"
+            "                          (default 0: no limit)\n"
             "      --print-address     print the address listened on to stdout, once ready\n"
             "      --name NAME         register in the actor registry under NAME once ready\n"
             "                          (deregistered on a clean exit)\n"
@@ -90,6 +95,8 @@ int main(int argc, char **argv)
         {"insecure", no_argument, NULL, 'I'},
         {"max-frame", required_argument, NULL, 'F'},
         {"print-address", no_argument, NULL, 'P'},
+        {"frame-timeout", required_argument, NULL, 1006},
+        {"idle-timeout", required_argument, NULL, 1007},
         {"log-level", required_argument, NULL, 'L'},
         {"name", required_argument, NULL, 'N'},
         {"registry", required_argument, NULL, 'G'},
@@ -106,7 +113,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     dxw_options opt = {.num_ranks = 1, .model = "fashion-dit", .device = "auto",
-                       .max_frame = DEXEC_FRAME_MAX_DEFAULT};
+                       .max_frame = DEXEC_FRAME_MAX_DEFAULT, .frame_timeout = 120.0};
     const char *listen_addr = NULL, *token_file = NULL;
     dxw_registry_opts reg_opt = {0};
     dxw_registry *registry = NULL;
@@ -137,6 +144,23 @@ int main(int argc, char **argv)
         case 1003: nopt.gpus = atoi(optarg); break;
         case 1004: nopt.memory = strtoll(optarg, NULL, 10); break;
         case 1005: nopt.resources = optarg; break;
+        case 1006:
+        case 1007: {
+            char *end;
+            double v = strtod(optarg, &end);
+
+            if (*optarg == '\0' || *end != '\0' || !(v >= 0) || v > 86400) {
+                fprintf(stderr, "dexec-worker: --%s expects seconds in 0..86400 (0: no limit), "
+                                "got '%s'\n",
+                        c == 1006 ? "frame-timeout" : "idle-timeout", optarg);
+                return 2;
+            }
+            if (c == 1006)
+                opt.frame_timeout = v;
+            else
+                opt.idle_timeout = v;
+            break;
+        }
         case 'N': reg_opt.name = optarg; break;
         case 'G': reg_opt.url = optarg; break;
         case 'T': reg_opt.ttl = atoi(optarg); break;
@@ -166,6 +190,8 @@ int main(int argc, char **argv)
         nopt.token_file = token_file;
         nopt.insecure = insecure;
         nopt.max_frame = opt.max_frame;
+        nopt.frame_timeout = opt.frame_timeout;
+        nopt.idle_timeout = opt.idle_timeout;
         nopt.print_address = print_address;
         return dxn_run(&nopt);
     }

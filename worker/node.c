@@ -860,6 +860,8 @@ int dxn_run(const dxn_options *o)
             .rank = -1,
             .write_timeout = WRITE_TIMEOUT,
             .hello_timeout = HELLO_TIMEOUT,
+            .frame_timeout = o->frame_timeout,
+            .idle_timeout = o->idle_timeout,
             .tick_interval = TICK,
             .methods = node_methods,
             .hello_reply = hello_reply,

@@ -25,6 +25,8 @@ typedef struct dxn_options {
     int64_t memory;         /* capacity in bytes; -1: physical memory */
     const char *resources;  /* custom resources "a=1,b=2", or NULL */
     size_t max_frame;
+    double frame_timeout; /* seconds a frame begun may take to arrive whole; 0: none */
+    double idle_timeout;  /* seconds a client may stay silent after hello; 0: none */
     int print_address;      /* print the registered address to stdout once registered */
 } dxn_options;
 

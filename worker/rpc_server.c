@@ -6,6 +6,21 @@
  * connections and the fds the user watches. Replies may come from other
  * threads: each connection has a write lock and a reference count, and
  * its fd is closed only when the last reference goes.
+ *
+ * No write blocks. A reply or notification is encoded and appended whole
+ * to its connection's outgoing queue, and as much as the socket takes is
+ * sent at once; the loop sends the rest when the socket is writable. A
+ * queue that would grow past its bound, or that makes no progress within
+ * write_timeout, closes the connection: a frame is never dropped from a
+ * stream that stays open. Before hello a connection may send frames of a
+ * few KiB only, must say hello within hello_timeout, and only so many such
+ * connections are kept per server (the oldest goes first).
+ *
+ * Why our own poll loop rather than libevent: the loop already exists and
+ * is small; what it lacked was non-blocking writes and deadlines, which
+ * are a queue and a few timestamps per connection. A server holds at most
+ * a few hundred connections, for which poll(2) rebuilt per round is cheap
+ * (bench/ measures the round trip).
  */
 #include "config.h"
 
@@ -18,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +44,11 @@
  * not to spin on a listener that stays readable, short enough to recover
  * soon after connections close. */
 #define ACCEPT_BACKOFF 1.0
+
+/* Before hello: frames up to this size (a hello with its token is well
+ * under it), and at most this many connections waiting to say hello. */
+#define PREHELLO_MAX_FRAME 8192
+#define PREHELLO_MAX_CONNS 128
 
 struct dxs_conn {
     int fd;
@@ -39,6 +61,15 @@ struct dxs_conn {
     struct dxs_conn *next;
     char component[32];
     double write_timeout;
+    double accepted; /* when: the oldest unauthenticated connection goes first */
+    double frame_by; /* a started frame must be complete by then; 0: none started */
+    double idle_by;  /* dropped unless something arrives by then; 0: no deadline */
+    /* the outgoing queue, under wlock */
+    char *out;
+    size_t out_off, out_len, out_cap, out_max;
+    double write_by; /* queued bytes must move by then */
+    int broken;      /* closed for writing: replies are discarded */
+    int wake_fd;     /* the loop's wake pipe */
 };
 
 typedef struct watch {
@@ -59,6 +90,9 @@ struct dxs_server {
     int wake[2];
     volatile sig_atomic_t stopping;
     int exit_status;
+    int unauthed; /* connections (not control) that have not said hello */
+    int evict_logged;
+    int queued; /* some connection has bytes queued */
     double accept_resume; /* listeners are not polled before this time */
     int accept_failing;   /* the failure was logged; log again only after a success */
 };
@@ -71,7 +105,7 @@ static dxs_conn *conn_new(dxs_server *s, int fd, int control)
 
     if (c == NULL)
         return NULL;
-    c->rd = dexec_reader_new(s->cfg.max_frame);
+    c->rd = dexec_reader_new(control ? s->cfg.max_frame : PREHELLO_MAX_FRAME);
     if (c->rd == NULL) {
         free(c);
         return NULL;
@@ -81,8 +115,11 @@ static dxs_conn *conn_new(dxs_server *s, int fd, int control)
     c->control = control;
     c->write_timeout = s->cfg.write_timeout;
     snprintf(c->component, sizeof(c->component), "%s", s->cfg.component);
+    c->accepted = dexec_now();
     if (!control && s->cfg.hello_timeout > 0)
-        c->hello_by = dexec_now() + s->cfg.hello_timeout;
+        c->hello_by = c->accepted + s->cfg.hello_timeout;
+    c->out_max = (s->cfg.max_frame ? s->cfg.max_frame : DEXEC_FRAME_MAX_DEFAULT) + 4 + 65536;
+    c->wake_fd = s->wake[1];
     pthread_mutex_init(&c->wlock, NULL);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     return c;
@@ -100,21 +137,123 @@ void dxs_conn_unref(dxs_conn *c)
     close(c->fd);
     dexec_reader_free(c->rd);
     pthread_mutex_destroy(&c->wlock);
+    free(c->out);
     free(c);
 }
 
-/* Sends msg and frees it. */
-static void send_msg(dxs_conn *c, dexec_value *msg)
+/* Stops writing to c (wlock held): the loop sees the shutdown and drops it. */
+static void break_conn(dxs_conn *c)
 {
-    char err[256];
-    dexec_status st;
+    c->broken = 1;
+    c->out_off = c->out_len = 0;
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Sends what the socket takes without blocking (wlock held). Nonzero when
+ * bytes stay queued. */
+static int flush_locked(dxs_conn *c)
+{
+    while (!c->broken && c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            c->write_by = dexec_now() + c->write_timeout;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        break_conn(c); /* EPIPE, ECONNRESET: the peer is gone */
+    }
+    if (c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    return c->out_len > c->out_off;
+}
+
+static int out_pending(dxs_conn *c)
+{
+    int p;
 
     pthread_mutex_lock(&c->wlock);
-    st = dexec_frame_write(c->fd, msg, dexec_now() + c->write_timeout, err, sizeof(err));
+    p = !c->broken && c->out_len > c->out_off;
     pthread_mutex_unlock(&c->wlock);
-    if (st != DEXEC_OK && st != DEXEC_ECLOSED)
-        dexec_log(DEXEC_LOG_WARN, c->component, "reply not sent: %s", err);
+    return p;
+}
+
+/* Queues msg as one frame, sends what the socket takes, frees msg. */
+static void send_msg(dxs_conn *c, dexec_value *msg)
+{
+    char *body = NULL, b = 1;
+    size_t len = 0, queued;
+    int wake = 0;
+
+    if (dexec_value_to_msgpack(msg, &body, &len) != DEXEC_OK || len > UINT32_MAX) {
+        dexec_log(DEXEC_LOG_ERROR, c->component,
+                  "a reply could not be encoded (out of memory, or over 4 GiB): closing the "
+                  "connection");
+        pthread_mutex_lock(&c->wlock);
+        break_conn(c);
+        pthread_mutex_unlock(&c->wlock);
+        free(body);
+        dexec_value_free(msg);
+        return;
+    }
     dexec_value_free(msg);
+    pthread_mutex_lock(&c->wlock);
+    queued = c->out_len - c->out_off;
+    if (c->broken) {
+        /* discarded: the connection is closing */
+    } else if (queued + 4 + len > c->out_max) {
+        dexec_log(DEXEC_LOG_WARN, c->component,
+                  "closing a connection whose client does not read: %zu bytes queued, and "
+                  "%zu more would pass the limit of %zu",
+                  queued, len + 4, c->out_max);
+        break_conn(c);
+    } else {
+        if (c->out_off > 0 && c->out_cap - c->out_len < len + 4) {
+            memmove(c->out, c->out + c->out_off, queued);
+            c->out_len = queued;
+            c->out_off = 0;
+        }
+        if (c->out_cap - c->out_len < len + 4) {
+            size_t cap = c->out_len + len + 4;
+            char *o;
+
+            cap = cap < 2 * c->out_cap ? 2 * c->out_cap : cap;
+            if (cap > c->out_max)
+                cap = c->out_max;
+            o = realloc(c->out, cap);
+            if (o == NULL) {
+                dexec_log(DEXEC_LOG_ERROR, c->component,
+                          "out of memory queueing %zu bytes: closing the connection", len + 4);
+                break_conn(c);
+                goto out;
+            }
+            c->out = o;
+            c->out_cap = cap;
+        }
+        c->out[c->out_len] = (char)(len >> 24);
+        c->out[c->out_len + 1] = (char)(len >> 16);
+        c->out[c->out_len + 2] = (char)(len >> 8);
+        c->out[c->out_len + 3] = (char)len;
+        memcpy(c->out + c->out_len + 4, body, len);
+        c->out_len += len + 4;
+        if (queued == 0)
+            c->write_by = dexec_now() + c->write_timeout;
+        /* bytes left over: the loop must watch for POLLOUT */
+        wake = flush_locked(c) && queued == 0;
+    }
+out:
+    pthread_mutex_unlock(&c->wlock);
+    free(body);
+    if (wake) {
+        ssize_t rc = write(c->wake_fd, &b, 1);
+
+        (void)rc;
+    }
 }
 
 void dxs_reply_ok(dxs_conn *c, uint32_t msgid, dexec_value *result)
@@ -205,8 +344,13 @@ static int handle_hello(dxs_server *s, dxs_conn *c, uint32_t id, const dexec_val
                           s->cfg.role);
         return -1;
     }
+    if (!c->authed && !c->control)
+        s->unauthed--;
     c->authed = 1;
     c->hello_by = 0;
+    dexec_reader_set_max_frame(c->rd, s->cfg.max_frame);
+    if (s->cfg.idle_timeout > 0)
+        c->idle_by = dexec_now() + s->cfg.idle_timeout;
     dxs_reply_ok(c, id, s->cfg.hello_reply(s->cfg.user));
     return 0;
 }
@@ -297,8 +441,12 @@ static int dispatch(dxs_server *s, dxs_conn *c, dexec_value *m)
 static int service(dxs_server *s, dxs_conn *c)
 {
     char err[512];
+    size_t before = dexec_reader_buffered(c->rd);
     dexec_status st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
+    double now = dexec_now();
 
+    if (dexec_reader_buffered(c->rd) > before && c->idle_by > 0)
+        c->idle_by = now + s->cfg.idle_timeout;
     for (;;) {
         dexec_value *m;
 
@@ -311,6 +459,11 @@ static int service(dxs_server *s, dxs_conn *c)
         if (dispatch(s, c, m) != 0)
             return -1;
     }
+    /* a frame begun must be complete within frame_timeout */
+    if (dexec_reader_buffered(c->rd) == 0)
+        c->frame_by = 0;
+    else if (c->frame_by == 0 && s->cfg.frame_timeout > 0 && !c->control)
+        c->frame_by = now + s->cfg.frame_timeout;
     return st == DEXEC_OK ? 0 : -1;
 }
 
@@ -327,13 +480,36 @@ static void drop(dxs_server *s, dxs_conn *c)
         dexec_log(DEXEC_LOG_INFO, s->cfg.component, "control socket closed: exiting");
         s->stopping = 1;
     }
+    if (!c->authed && !c->control)
+        s->unauthed--;
     if (s->cfg.closed != NULL)
         s->cfg.closed(s->cfg.user, c);
-    shutdown(c->fd, SHUT_RDWR);
+    pthread_mutex_lock(&c->wlock);
+    break_conn(c);
+    pthread_mutex_unlock(&c->wlock);
     dxs_conn_unref(c);
 }
 
 /* ---- accept ---------------------------------------------------------------------------- */
+
+/* TCP keepalive with a user timeout (doc/protocol.md): a client behind a
+ * cut link is dropped within about 15 s instead of never. */
+static void tcp_keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int one = 1, idle = 5, intvl = 2, cnt = 3;
+    unsigned int user_ms = 15000;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms));
+}
 
 static void accept_all(dxs_server *s, int lfd)
 {
@@ -344,6 +520,7 @@ static void accept_all(dxs_server *s, int lfd)
             if (s->accept_failing)
                 dexec_log(DEXEC_LOG_INFO, s->cfg.component, "accepting connections again");
             s->accept_failing = 0;
+            tcp_keepalive(fd);
             dxs_add_connection(s, fd, 0);
             continue;
         }
@@ -379,6 +556,10 @@ dxs_server *dxs_server_new(const dxs_config *cfg, char *err, size_t errlen)
         s->cfg.tick_interval = 0.01;
     if (s->cfg.write_timeout <= 0)
         s->cfg.write_timeout = 30.0;
+    if (s->cfg.frame_timeout < 0)
+        s->cfg.frame_timeout = 0;
+    if (s->cfg.idle_timeout < 0)
+        s->cfg.idle_timeout = 0;
     if (cfg->token != NULL && (s->token = strdup(cfg->token)) == NULL) {
         dexec_errorf(err, errlen, "out of memory");
         free(s);
@@ -419,6 +600,23 @@ void dxs_add_connection(dxs_server *s, int fd, int control)
     }
     c->next = s->conns;
     s->conns = c;
+    if (!control && ++s->unauthed > PREHELLO_MAX_CONNS) {
+        /* the oldest connection still without hello makes room */
+        dxs_conn *old = NULL;
+
+        for (dxs_conn *k = s->conns; k != NULL; k = k->next)
+            if (!k->authed && !k->control && k != c && (old == NULL || k->accepted < old->accepted))
+                old = k;
+        if (old != NULL) {
+            if (!s->evict_logged)
+                dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                          "more than %d connections without hello: closing the oldest (logged "
+                          "once)",
+                          PREHELLO_MAX_CONNS);
+            s->evict_logged = 1;
+            drop(s, old);
+        }
+    }
 }
 
 int dxs_watch(dxs_server *s, int fd, dxs_fd_fn fn, void *arg)
@@ -457,19 +655,52 @@ static void purge_watches(dxs_server *s)
     }
 }
 
-/* Drops connections that did not say hello in time. */
-static void expire_hellos(dxs_server *s, double now)
+/* Drops connections past a deadline: hello, a frame begun, idle, or
+ * queued bytes that did not move. Returns nonzero while some connection
+ * has bytes queued (the loop then wakes often enough to check). */
+static int expire(dxs_server *s, double now)
 {
     dxs_conn *c = s->conns, *next;
+    int queued = 0;
 
     for (; c != NULL; c = next) {
+        int stuck = 0, broken, pending;
+
         next = c->next;
-        if (c->authed || c->hello_by <= 0 || now < c->hello_by)
+        pthread_mutex_lock(&c->wlock);
+        broken = c->broken;
+        pending = c->out_len > c->out_off;
+        if (pending && now >= c->write_by) {
+            stuck = 1;
+            dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                      "dropping a connection that took none of its %zu queued bytes within "
+                      "%.0f s",
+                      c->out_len - c->out_off, c->write_timeout);
+            break_conn(c);
+        }
+        pthread_mutex_unlock(&c->wlock);
+        if (broken || stuck) {
+            drop(s, c);
             continue;
-        dexec_log(DEXEC_LOG_WARN, s->cfg.component,
-                  "dropping a connection that sent no hello within %.0f s", s->cfg.hello_timeout);
-        drop(s, c);
+        }
+        queued |= pending;
+        if (!c->authed && c->hello_by > 0 && now >= c->hello_by) {
+            dexec_log(DEXEC_LOG_INFO, s->cfg.component,
+                      "dropping a connection that sent no hello within %.0f s",
+                      s->cfg.hello_timeout);
+            drop(s, c);
+        } else if (c->frame_by > 0 && now >= c->frame_by) {
+            dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                      "dropping a connection whose frame did not arrive whole within %.0f s",
+                      s->cfg.frame_timeout);
+            drop(s, c);
+        } else if (c->idle_by > 0 && now >= c->idle_by) {
+            dexec_log(DEXEC_LOG_INFO, s->cfg.component,
+                      "dropping a connection idle for %.0f s", s->cfg.idle_timeout);
+            drop(s, c);
+        }
     }
+    return queued;
 }
 
 void dxs_stop(dxs_server *s)
@@ -518,7 +749,8 @@ int dxs_run(dxs_server *s)
         first_conn = n;
         for (dxs_conn *c = s->conns; c != NULL; c = c->next) {
             who[n] = c;
-            pf[n++] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+            pf[n++] = (struct pollfd){.fd = c->fd,
+                                      .events = (short)(POLLIN | (out_pending(c) ? POLLOUT : 0))};
         }
         first_watch = n;
         for (watch *w = s->watches; w != NULL; w = w->next) {
@@ -526,7 +758,7 @@ int dxs_run(dxs_server *s)
             pf[n++] = (struct pollfd){.fd = w->fd, .events = POLLIN};
         }
         ms = (int)((next_tick - dexec_now()) * 1000.0 + 0.999);
-        if (!accepting && ms > 100)
+        if ((!accepting || s->queued) && ms > 100)
             ms = 100;
         rc = poll(pf, (nfds_t)n, ms < 0 ? 0 : ms);
         if (rc < 0 && errno != EINTR) {
@@ -548,16 +780,24 @@ int dxs_run(dxs_server *s)
             if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && !w->removed)
                 w->fn(w->arg, w->fd);
         }
-        for (size_t i = first_conn; rc > 0 && i < first_watch; i++)
-            if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && service(s, who[i]) != 0)
-                drop(s, who[i]);
+        for (size_t i = first_conn; rc > 0 && i < first_watch; i++) {
+            dxs_conn *c = who[i];
+
+            if (pf[i].revents & POLLOUT) {
+                pthread_mutex_lock(&c->wlock);
+                flush_locked(c);
+                pthread_mutex_unlock(&c->wlock);
+            }
+            if ((pf[i].revents & (POLLIN | POLLHUP | POLLERR)) && service(s, c) != 0)
+                drop(s, c);
+        }
         for (size_t i = 1; rc > 0 && i < first_conn; i++)
             if (pf[i].revents & POLLIN)
                 accept_all(s, pf[i].fd);
         free(pf);
         free(who);
         now = dexec_now();
-        expire_hellos(s, now);
+        s->queued = expire(s, now);
         if (now >= next_tick) {
             next_tick = now + s->cfg.tick_interval;
             if (s->cfg.tick != NULL)
@@ -577,7 +817,9 @@ void dxs_server_free(dxs_server *s)
         dxs_conn *c = s->conns;
 
         s->conns = c->next;
-        shutdown(c->fd, SHUT_RDWR);
+        pthread_mutex_lock(&c->wlock);
+        break_conn(c);
+        pthread_mutex_unlock(&c->wlock);
         dxs_conn_unref(c);
     }
     for (int i = 0; i < s->nlisteners; i++)

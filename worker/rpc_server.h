@@ -51,8 +51,12 @@ typedef struct dxs_config {
     const char *token;       /* the token hello must carry, or NULL; copied */
     size_t max_frame;        /* frame limit in bytes; 0: DEXEC_FRAME_MAX_DEFAULT */
     int rank;                /* rank in the error replies the core sends itself */
-    double write_timeout;    /* seconds one reply may take to write */
+    double write_timeout;    /* seconds queued replies may go without moving before the
+                              * connection is closed (never blocks a thread) */
     double hello_timeout;    /* seconds a connection may stay without hello; 0: no limit */
+    double frame_timeout;    /* seconds a frame begun may take to arrive whole; 0: no limit */
+    double idle_timeout;     /* seconds an authenticated connection may stay silent; 0: no
+                              * limit */
     double tick_interval;    /* seconds between tick calls (at least 0.01) */
     const dxs_method *methods; /* borrowed; must outlive the server */
     /* The result of a successful hello (a MAP); the core sends it. */

@@ -19,6 +19,8 @@ typedef struct dxw_options {
     const char *token;     /* shared secret, or NULL */
     const char *name;      /* actor name (for hello/get_info), or NULL */
     size_t max_frame;      /* frame limit in bytes */
+    double frame_timeout; /* seconds a frame begun may take to arrive whole; 0: none */
+    double idle_timeout;  /* seconds a client may stay silent after hello; 0: none */
     int exit_on_eof;       /* fd mode: the control socket's EOF ends the process */
 } dxw_options;
 

@@ -25,6 +25,12 @@ typedef struct dexec_reader dexec_reader;
  * memory is exhausted. Free with dexec_reader_free (NULL is accepted). */
 dexec_reader *dexec_reader_new(size_t max_frame);
 void dexec_reader_free(dexec_reader *r);
+/* Changes the frame limit (0: the default) for frames not yet started, e.g.
+ * from a small pre-handshake limit to the configured one. */
+void dexec_reader_set_max_frame(dexec_reader *r, size_t max_frame);
+/* Bytes buffered and not yet taken: nonzero while a frame is incomplete
+ * (a per-frame read deadline runs while it is). */
+size_t dexec_reader_buffered(const dexec_reader *r);
 /* Reads what the socket has without blocking. Returns DEXEC_OK (maybe no
  * data), DEXEC_ECLOSED on EOF, DEXEC_EIO on error, DEXEC_ENOMEM. */
 dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen);
