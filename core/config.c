@@ -27,10 +27,7 @@
 #include <libconfig.h>
 
 #include "internal.h"
-
-#ifndef DEXEC_PLUGINDIR
-#error "DEXEC_PLUGINDIR must be defined by the build (core/Makefile.am)"
-#endif
+#include "paths.h"
 
 /* Larger files are certainly not configuration files; refusing them keeps
  * a mistaken path (a model file) from being read into memory. */
