@@ -100,7 +100,7 @@ static const struct dx_key keys[] = {
     KEY_ENUM("log_level", "warn", "error|warn|info|debug",
              "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
     KEY_STR("token_file", "", 0, NULL, "path, or \"\" for none",
-            "file holding the shared token that workers require in hello"),
+            "file holding the shared token that workers require in hello (DEXEC_TOKEN_FILE overrides)"),
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 
@@ -1762,6 +1762,15 @@ static dexec_status apply_env(dexec_config *cfg, char *err, size_t errlen)
         st = apply_text(&r, s,
                         "env DIFFUSION_WORKER_ACTOR_NAMES", "env DIFFUSION_WORKER_ACTOR_NAMES",
                         err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    /* the deployment files' variable (contrib/systemd, contrib/slurm): the
+     * engine and `dexec actors` use the token the workers were given */
+    s = getenv("DEXEC_TOKEN_FILE");
+    if (s != NULL && *s != '\0') {
+        find_key(cfg, "token_file", &r);
+        st = apply_text(&r, s, "env DEXEC_TOKEN_FILE", "env DEXEC_TOKEN_FILE", err, errlen);
         if (st != DEXEC_OK)
             return st;
     }
