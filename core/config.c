@@ -27,14 +27,15 @@
 #include <libconfig.h>
 
 #include "internal.h"
-
-#ifndef DEXEC_PLUGINDIR
-#error "DEXEC_PLUGINDIR must be defined by the build (core/Makefile.am)"
-#endif
+#include "paths.h"
 
 /* Larger files are certainly not configuration files; refusing them keeps
  * a mistaken path (a model file) from being read into memory. */
 #define DX_CONFIG_MAX_BYTES (16u << 20)
+
+/* The tail of the message for an integer beyond int64_t, after the digits
+ * as written. */
+#define DX_INT64_RANGE " is out of range (a 64-bit integer is -9223372036854775808..9223372036854775807)"
 
 enum dx_ctype { CT_INT, CT_FLOAT, CT_STRING, CT_LIST, CT_MAP, CT_BOOL };
 
@@ -99,7 +100,7 @@ static const struct dx_key keys[] = {
     KEY_ENUM("log_level", "warn", "error|warn|info|debug",
              "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
     KEY_STR("token_file", "", 0, NULL, "path, or \"\" for none",
-            "file holding the shared token that workers require in hello"),
+            "file holding the shared token that workers require in hello (DEXEC_TOKEN_FILE overrides)"),
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 
@@ -425,8 +426,10 @@ static int parse_int(const char *s, int64_t *out)
 
     errno = 0;
     v = strtoll(s, &end, 10);
-    if (end == s || errno != 0)
+    if (end == s || (errno != 0 && errno != ERANGE))
         return -1;
+    if (errno == ERANGE)
+        return -2;
     if (*end == 'L')
         end++;
     while (isspace((unsigned char)*end))
@@ -461,7 +464,13 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
 {
     switch (k->type) {
     case CT_INT:
-        if (parse_int(text, &v->i) != 0) {
+        switch (parse_int(text, &v->i)) {
+        case 0:
+            break;
+        case -2:
+            snprintf(why, whylen, "%s" DX_INT64_RANGE, text);
+            return -1;
+        default:
             snprintf(why, whylen, "expected an integer, got \"%s\"", text);
             return -1;
         }
@@ -631,80 +640,172 @@ static const char *source_path(const struct dx_source *src, const char *file, ch
 
 static char *read_file(const char *path, char *err, size_t errlen);
 
-/* The start of line `line` (1-based) of text, or NULL. */
-static const char *line_start(const char *text, unsigned line)
+/* Skips white space and the three kinds of comment libconfig knows (#,
+ * //, slash-star), as its scanner does. */
+static const char *lc_skip(const char *p)
 {
-    for (unsigned l = 1; l < line && text != NULL; l++) {
-        text = strchr(text, '\n');
-        if (text != NULL)
-            text++;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '#' || (p[0] == '/' && p[1] == '/'))
+            p += strcspn(p, "\n");
+        else if (p[0] == '/' && p[1] == '*') {
+            const char *e = strstr(p + 2, "*/");
+
+            p = e != NULL ? e + 2 : p + strlen(p);
+        } else
+            return p;
     }
-    return text;
+}
+
+/* The integer literal at p (libconfig's grammar: optional sign, decimal
+ * digits or 0x and hex digits), its magnitude checked against int64_t.
+ * Returns 1 and the value, 0 when p holds no integer literal, -1 when the
+ * literal is out of range; *end is set past the literal in both cases. */
+static int lc_integer(const char *p, int64_t *out, const char **end)
+{
+    int neg = *p == '-', hex;
+    uint64_t v = 0, lim;
+    const char *d;
+
+    if (*p == '-' || *p == '+')
+        p++;
+    hex = p[0] == '0' && (p[1] == 'x' || p[1] == 'X');
+    d = hex ? p + 2 : p;
+    lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (p = d; hex ? isxdigit((unsigned char)*p) : isdigit((unsigned char)*p); p++) {
+        unsigned digit = isdigit((unsigned char)*p) ? (unsigned)(*p - '0')
+                                                    : (unsigned)(tolower((unsigned char)*p) - 'a' + 10);
+        unsigned base = hex ? 16u : 10u;
+
+        if (v > (lim - digit) / base) {
+            while (isxdigit((unsigned char)*p))
+                p++;
+            *end = p;
+            return -1;
+        }
+        v = v * base + digit;
+    }
+    *end = p;
+    if (p == d || *p == '.' || *p == 'e' || *p == 'E' || isalpha((unsigned char)*p))
+        return 0; /* no digits, a float or an L-suffixed (64-bit) literal */
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 1;
+}
+
+/* The number of groups around s (0 for a top-level setting); lists and
+ * arrays hold no braces of their own. */
+static int setting_depth(const config_setting_t *s)
+{
+    int d = 0;
+
+    for (s = config_setting_parent(s); s != NULL && !config_setting_is_root(s);
+         s = config_setting_parent(s))
+        d += config_setting_type(s) == CONFIG_TYPE_GROUP;
+    return d;
+}
+
+/* One pass of setting_int64's scan: the literal after NAME = on line `line`,
+ * NAME at brace depth `depth` (-1: any). Returns 1 found, 0 not, -1 out
+ * of range (why filled in). */
+static int scan_int_literal(const char *text, const char *name, unsigned line, int depth,
+                            int kept, int64_t *out, char *why, size_t whylen)
+{
+    const char *p = text, *counted = text;
+    size_t nlen = strlen(name);
+    unsigned at = 1;
+    int d = 0;
+
+    while (*p != '\0') {
+        const char *q, *end;
+        int64_t v;
+        int got;
+
+        p = lc_skip(p);
+        if (*p == '"') { /* a string: skip it, escapes included */
+            for (p++; *p != '\0' && *p != '"'; p++)
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+            if (*p == '"')
+                p++;
+            continue;
+        }
+        if (*p == '{' || *p == '}') {
+            d += *p++ == '{' ? 1 : -1;
+            continue;
+        }
+        if (!(isalpha((unsigned char)*p) || *p == '*')) {
+            if (*p != '\0')
+                p++;
+            continue;
+        }
+        q = p;
+        while (isalnum((unsigned char)*q) || *q == '_' || *q == '-' || *q == '*')
+            q++;
+        for (; counted < p; counted++)
+            at += *counted == '\n';
+        if (at > line)
+            return 0;
+        if (at != line || (depth >= 0 && d != depth) || (size_t)(q - p) != nlen ||
+            strncmp(p, name, nlen) != 0) {
+            p = q;
+            continue;
+        }
+        q = lc_skip(q);
+        if (*q != '=' && *q != ':') {
+            p = q;
+            continue;
+        }
+        q = lc_skip(q + 1);
+        got = lc_integer(q, &v, &end);
+        if (got < 0) {
+            snprintf(why, whylen, "%.*s" DX_INT64_RANGE, (int)(end - q), q);
+            return -1;
+        }
+        if (got > 0 && (int32_t)(uint32_t)(uint64_t)v == kept) {
+            *out = v;
+            return 1;
+        }
+        p = end;
+    }
+    return 0;
 }
 
 /* libconfig 1.5 stores an integer written without the L suffix in an int,
- * silently truncated ("memory = 34359738368;" reads as 0). Deployers write
- * byte counts that way, so the integer is read again from the source: the
- * number after "NAME =", where NAME starts on the setting's line (libconfig
- * records the line of the name), whose low 32 bits equal what libconfig
- * kept. */
-static int64_t setting_int64(const config_setting_t *s, const struct dx_source *src)
+ * silently truncated ("memory = 34359738368;" reads as 0), where libconfig
+ * 1.7 promotes it to a 64-bit integer. So that a file means what the newer
+ * libconfig makes of it, the value is read again from the source with
+ * libconfig's lexical rules (comments and strings skipped, braces counted):
+ * the literal after "NAME =" or "NAME :", NAME on the setting's line
+ * (libconfig records the line of the name) and inside as many groups as
+ * the setting, whose low 32 bits equal what libconfig kept. An included
+ * file is taken as included at the top level; failing that, any depth on
+ * the line will do. A literal beyond the 64-bit range is refused with the
+ * digits written. */
+static int setting_int64(const config_setting_t *s, const struct dx_source *src, int64_t *out,
+                         char *why, size_t whylen)
 {
     const char *name = config_setting_name(s);
     const char *file = config_setting_source_file(s);
-    int kept = config_setting_get_int(s);
+    unsigned line = config_setting_source_line(s);
+    int kept = config_setting_get_int(s), depth = setting_depth(s), rc;
     char *owned = NULL, path[1024];
-    const char *text = src->text, *line, *eol;
-    int64_t result = kept;
-    size_t nlen;
+    const char *text = src->text;
 
+    *out = config_setting_get_int64(s);
     if (config_setting_type(s) == CONFIG_TYPE_INT64 || name == NULL)
-        return config_setting_get_int64(s);
+        return 0;
     if (file != NULL) {
         owned = read_file(source_path(src, file, path, sizeof(path)), NULL, 0);
         text = owned;
     }
-    line = line_start(text, config_setting_source_line(s));
-    if (line == NULL) {
-        free(owned);
-        return kept;
-    }
-    eol = line + strcspn(line, "\n");
-    nlen = strlen(name);
-    for (const char *p = strstr(line, name); p != NULL && p < eol; p = strstr(p + 1, name)) {
-        const char *q = p + nlen;
-        char *end;
-        long long v;
-        int neg = 0;
-
-        if (p > line && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '-' ||
-                         p[-1] == '*'))
-            continue;
-        while (isspace((unsigned char)*q))
-            q++;
-        if (*q != '=' && *q != ':')
-            continue;
-        q++;
-        while (isspace((unsigned char)*q))
-            q++;
-        if (*q == '-' || *q == '+')
-            neg = *q++ == '-';
-        errno = 0;
-        if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X'))
-            v = (long long)strtoull(q + 2, &end, 16);
-        else
-            v = strtoll(q, &end, 10);
-        if (end == q || errno != 0)
-            continue;
-        if (neg)
-            v = -v;
-        if ((int32_t)(uint32_t)(unsigned long long)v == kept) {
-            result = v;
-            break;
-        }
-    }
+    if (text == NULL)
+        return 0;
+    rc = scan_int_literal(text, name, line, depth, kept, out, why, whylen);
+    if (rc == 0 && file != NULL)
+        rc = scan_int_literal(text, name, line, -1, kept, out, why, whylen);
     free(owned);
-    return result;
+    return rc < 0 ? -1 : 0;
 }
 
 /* A value from a libconfig setting. *line is moved to the element at fault
@@ -719,14 +820,17 @@ static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
     case CT_INT:
         if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
             break;
-        v->i = setting_int64(s, src);
-        return 0;
+        return setting_int64(s, src, &v->i, why, whylen);
     case CT_FLOAT:
         if (t == CONFIG_TYPE_FLOAT)
             v->f = config_setting_get_float(s);
-        else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
-            v->f = (double)setting_int64(s, src);
-        else
+        else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+            int64_t i;
+
+            if (setting_int64(s, src, &i, why, whylen) != 0)
+                return -1;
+            v->f = (double)i;
+        } else
             break;
         return 0;
     case CT_STRING:
@@ -778,9 +882,15 @@ static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
             int et = config_setting_type(e);
             dexec_value *num;
 
-            if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64)
-                num = dexec_value_int(setting_int64(e, src));
-            else if (et == CONFIG_TYPE_FLOAT)
+            if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64) {
+                int64_t n;
+
+                if (setting_int64(e, src, &n, why, whylen) != 0) {
+                    *line = config_setting_source_line(e);
+                    return -1;
+                }
+                num = dexec_value_int(n);
+            } else if (et == CONFIG_TYPE_FLOAT)
                 num = dexec_value_float(config_setting_get_float(e));
             else {
                 *line = config_setting_source_line(e);
@@ -1652,6 +1762,15 @@ static dexec_status apply_env(dexec_config *cfg, char *err, size_t errlen)
         st = apply_text(&r, s,
                         "env DIFFUSION_WORKER_ACTOR_NAMES", "env DIFFUSION_WORKER_ACTOR_NAMES",
                         err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    /* the deployment files' variable (contrib/systemd, contrib/slurm): the
+     * engine and `dexec actors` use the token the workers were given */
+    s = getenv("DEXEC_TOKEN_FILE");
+    if (s != NULL && *s != '\0') {
+        find_key(cfg, "token_file", &r);
+        st = apply_text(&r, s, "env DEXEC_TOKEN_FILE", "env DEXEC_TOKEN_FILE", err, errlen);
         if (st != DEXEC_OK)
             return st;
     }

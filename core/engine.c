@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "paths.h"
 
 #define DX_ERR_MAX 1024
 

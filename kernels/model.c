@@ -20,11 +20,8 @@
 #include "ops.h"
 #include "prompt.h"
 #include "safetensors.h"
+#include "paths.h"
 #include "sampler.h"
-
-#ifndef DEXEC_PKGDATADIR
-#define DEXEC_PKGDATADIR "/usr/local/share/dexec"
-#endif
 
 /* Request limits: a request outside them is refused, not attempted. */
 #define DX_MAX_SIDE DEXEC_MAX_IMAGE_SIZE

@@ -5,10 +5,12 @@
 #include "config.h"
 
 #include <check.h>
+#include <errno.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -344,6 +346,61 @@ START_TEST(test_file_values)
     ck_assert_int_eq(dexec_config_get_string(cfg, "ray_init.address", &s), DEXEC_OK);
     ck_assert_str_eq(s, "redis://head:6379/0");
 
+    dexec_config_free(cfg);
+    cfg = NULL;
+
+    /* Integers as libconfig 1.7 reads them, whatever stands around them
+     * (libconfig 1.5 keeps the low 32 bits: 0 for 32 GiB). */
+    {
+        static const struct {
+            const char *text;
+            int64_t want;
+        } cases[] = {
+            {"ray_actor = { memory = /* 32 GiB */ 34359738368; };", 34359738368LL},
+            {"ray_actor = { memory = 34359738368; # 32 GiB\n};", 34359738368LL},
+            {"ray_actor = { memory = // 32 GiB\n 34359738368; };", 34359738368LL},
+            {"ray_actor = { memory : 0x800000000; };", 34359738368LL},
+            {"ray_actor = { memory = 9223372036854775807; };", INT64_MAX},
+            {"ray_actor = { memory = 34359738368L; };", 34359738368LL},
+            {"ray_actor = { cpus = 2; memory = 4294967297; };", 4294967297LL},
+            {"# memory = 5;\nray_actor = { /* memory = 7; */ memory = 4294967297; };",
+             4294967297LL},
+            {"ray_actor = { resources = { memory = 1; }; memory = 4294967297; };", 4294967297LL},
+        };
+
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+            path = write_file("int.conf", cases[c].text);
+            ck_assert_msg(dexec_config_load(path, &cfg, err, sizeof(err)) == DEXEC_OK, "%s: %s",
+                          cases[c].text, err);
+            ck_assert_int_eq(dexec_config_get_int(cfg, "ray_actor.memory", &i), DEXEC_OK);
+            ck_assert_msg(i == cases[c].want, "%s: got %lld", cases[c].text, (long long)i);
+            dexec_config_free(cfg);
+            cfg = NULL;
+        }
+    }
+    path = write_file("int.conf", "ray_actor = {\n memory = 9223372036854775808;\n};\n");
+    ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
+    snprintf(where, sizeof(where),
+             "%s:2: ray_actor.memory: 9223372036854775808 is out of range (a 64-bit integer is "
+             "-9223372036854775808..9223372036854775807)",
+             path);
+    ck_assert_str_eq(err, where);
+    path = write_file("int.conf", "ray_actor = { resources = { ssd = -99999999999999999999; }; };");
+    ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
+    snprintf(where, sizeof(where),
+             "%s:1: ray_actor.resources: -99999999999999999999 is out of range (a 64-bit "
+             "integer is -9223372036854775808..9223372036854775807)",
+             path);
+    ck_assert_str_eq(err, where);
+    ck_assert_int_eq(dexec_config_load(write_file("int.conf", "ray_actor = { memory = 1; };"),
+                                       &cfg, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "ray_actor.memory", "9223372036854775808", err,
+                                      sizeof(err)),
+                     DEXEC_ECONFIG);
+    ck_assert_str_eq(err, "ray_actor.memory: 9223372036854775808 is out of range (a 64-bit "
+                          "integer is -9223372036854775808..9223372036854775807)");
+
     /* getters: unknown key and key of another type */
     ck_assert_int_eq(dexec_config_get_int(cfg, "num_gpu", &i), DEXEC_ENOTFOUND);
     ck_assert_int_eq(dexec_config_get_int(cfg, "model", &i), DEXEC_EINVAL);
@@ -386,6 +443,24 @@ START_TEST(test_include)
     write_file("part.conf", "device = \"cpu\";\nnum_gpus = ;\n");
     ck_assert_int_eq(dexec_config_load(path, &cfg, err, sizeof(err)), DEXEC_ECONFIG);
     snprintf(want, sizeof(want), "%s/part.conf:2: syntax error", tmpdir);
+    ck_assert_str_eq(err, want);
+
+    /* doc/configuration.md: a relative name is taken from the directory of
+     * the file given, in an included file too. */
+    snprintf(want, sizeof(want), "%s/sub", tmpdir);
+    ck_assert_int_eq(mkdir(want, 0700) == 0 || errno == EEXIST, 1);
+    write_file("sub/b.conf", "device = \"cpu\";\n");
+    write_file("sub/a.conf", "num_gpus = 2;\n@include \"sub/b.conf\"\n");
+    path = write_file("main.conf", "model = \"m\";\n@include \"sub/a.conf\"\n");
+    ck_assert_msg(dexec_config_load(path, &cfg, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    snprintf(want, sizeof(want), "%s/sub/b.conf:1", tmpdir);
+    ck_assert_str_eq(dexec_config_origin(cfg, "device"), want);
+    dexec_config_free(cfg);
+    cfg = NULL;
+    write_file("sub/a.conf", "num_gpus = 2;\n@include \"b.conf\"\n");
+    path = write_file("main.conf", "model = \"m\";\n@include \"sub/a.conf\"\n");
+    ck_assert_msg(dexec_config_load(path, &cfg, err, sizeof(err)) == DEXEC_ECONFIG, "%s", path);
+    snprintf(want, sizeof(want), "%s/sub/a.conf:2: cannot open include file", tmpdir);
     ck_assert_str_eq(err, want);
 }
 END_TEST

@@ -65,6 +65,19 @@ n=$(grep -o "rank 0 (" "$tmp/err" | wc -l)
 printf 'token_file = "%s";\n' "$tmp/token" >"$tmp/dexec.conf"
 DIFFUSION_WORKER_ACTOR_NAMES="unix:$tmp/t.sock" "$cli" health --backend external \
     -c "$tmp/dexec.conf" >"$tmp/out" 2>"$tmp/err" || fail "with token_file: health failed"
+DEXEC_TOKEN_FILE="$tmp/token" DIFFUSION_WORKER_ACTOR_NAMES="unix:$tmp/t.sock" "$cli" health \
+    --backend external >"$tmp/out" 2>"$tmp/err" || fail "with DEXEC_TOKEN_FILE: health failed"
 grep -F "secret-token" "$tmp/err" "$tmp/out" "$tmp/werr" >/dev/null && fail "the token was printed"
+
+# 4. a unix socket in a directory that does not exist: the directory named,
+# with what to do (contrib/systemd's --listen unix:/run/dexec/w0.sock)
+kill "$wpid"
+wait "$wpid"
+wpid=
+"$worker" --listen "unix:$tmp/run/dexec/w0.sock" --device cpu >/dev/null 2>"$tmp/err"
+rc=$?
+[ "$rc" -ne 0 ] || fail "missing socket directory: exit status 0"
+grep -Fx "dexec-worker: unix:$tmp/run/dexec/w0.sock: directory $tmp/run/dexec: No such file or directory; create it first (mkdir -m 700 $tmp/run/dexec)" \
+    "$tmp/err" >/dev/null || fail "missing socket directory: message does not name $tmp/run/dexec"
 
 exit $status

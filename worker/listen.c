@@ -36,7 +36,7 @@ static dexec_status listen_unix(const char *path, int insecure, dxw_listener *ou
                                 size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    char dir[sizeof(sa.sun_path)];
+    char dir[sizeof(sa.sun_path)], *dname;
     struct stat st;
     mode_t old;
     int fd;
@@ -45,13 +45,19 @@ static dexec_status listen_unix(const char *path, int insecure, dxw_listener *ou
         return fail(err, errlen, DEXEC_EINVAL, "unix:%s: path too long (max %zu bytes)", path,
                     sizeof(sa.sun_path) - 1);
     snprintf(dir, sizeof(dir), "%s", path);
-    if (stat(dirname(dir), &st) != 0)
-        return fail(err, errlen, DEXEC_EIO, "unix:%s: directory: %s", path, strerror(errno));
+    dname = dirname(dir);
+    if (stat(dname, &st) != 0)
+        return fail(err, errlen, errno == ENOENT ? DEXEC_ENOTFOUND : DEXEC_EIO,
+                    "unix:%s: directory %s: %s%s%s%s", path, dname, strerror(errno),
+                    errno == ENOENT ? "; create it first (mkdir -m 700 " : "",
+                    errno == ENOENT ? dname : "", errno == ENOENT ? ")" : "");
+    if (!S_ISDIR(st.st_mode))
+        return fail(err, errlen, DEXEC_EINVAL, "unix:%s: %s is not a directory", path, dname);
     if (!insecure && ((st.st_mode & 077) != 0 || st.st_uid != geteuid()))
         return fail(err, errlen, DEXEC_EINVAL,
                     "unix:%s: directory %s can be entered by others (mode %03o); use a "
                     "directory only you can enter (mkdir -m 700), or --insecure",
-                    path, dir, (unsigned)(st.st_mode & 0777));
+                    path, dname, (unsigned)(st.st_mode & 0777));
     strcpy(sa.sun_path, path);
     if (lstat(path, &st) == 0) {
         int probe;

@@ -15,6 +15,7 @@
 #include <dexec/plugin.h>
 
 #include "cli.h"
+#include "paths.h"
 
 static void usage(FILE *out)
 {

@@ -159,7 +159,7 @@ typedef struct dexec_config dexec_config;
 
 /* Loads a configuration. path NULL means $DEXEC_CONFIG if set, else the
  * defaults. Environment overrides are applied on top (DEXEC_PLUGIN_PATH,
- * DEXEC_LOG_LEVEL, DIFFUSION_WORKER_ACTOR_NAMES). An unknown key, a wrong
+ * DEXEC_LOG_LEVEL, DEXEC_TOKEN_FILE, DIFFUSION_WORKER_ACTOR_NAMES). An unknown key, a wrong
  * type or a value out of range fails with DEXEC_ECONFIG and a message
  * "FILE:LINE: KEY: what is wrong". On success *out is owned by the caller
  * (dexec_config_free). Plugins' settings: see
