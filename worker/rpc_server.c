@@ -61,6 +61,8 @@ struct dxs_server {
     int exit_status;
     double accept_resume; /* listeners are not polled before this time */
     int accept_failing;   /* the failure was logged; log again only after a success */
+    int owned;            /* cfg.owner_wait: an owner said hello */
+    double owner_by;      /* cfg.owner_wait: end the loop unless owned by then */
 };
 
 /* ---- connections and replies ------------------------------------------------------ */
@@ -207,6 +209,10 @@ static int handle_hello(dxs_server *s, dxs_conn *c, uint32_t id, const dexec_val
     }
     c->authed = 1;
     c->hello_by = 0;
+    if (s->cfg.owner_wait > 0 && !s->owned) {
+        s->owned = 1;
+        c->control = 1;
+    }
     dxs_reply_ok(c, id, s->cfg.hello_reply(s->cfg.user));
     return 0;
 }
@@ -379,6 +385,7 @@ dxs_server *dxs_server_new(const dxs_config *cfg, char *err, size_t errlen)
         s->cfg.tick_interval = 0.01;
     if (s->cfg.write_timeout <= 0)
         s->cfg.write_timeout = 30.0;
+    s->owner_by = dexec_now() + s->cfg.owner_wait;
     if (cfg->token != NULL && (s->token = strdup(cfg->token)) == NULL) {
         dexec_errorf(err, errlen, "out of memory");
         free(s);
@@ -558,6 +565,11 @@ int dxs_run(dxs_server *s)
         free(who);
         now = dexec_now();
         expire_hellos(s, now);
+        if (s->cfg.owner_wait > 0 && !s->owned && now >= s->owner_by) {
+            dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                      "no owner said hello within %.0f s: exiting", s->cfg.owner_wait);
+            s->stopping = 1;
+        }
         if (now >= next_tick) {
             next_tick = now + s->cfg.tick_interval;
             if (s->cfg.tick != NULL)

@@ -20,6 +20,9 @@ typedef struct dxw_options {
     const char *name;      /* actor name (for hello/get_info), or NULL */
     size_t max_frame;      /* frame limit in bytes */
     int exit_on_eof;       /* fd mode: the control socket's EOF ends the process */
+    double owner_wait;     /* > 0: the first client to say hello owns the worker
+                              (its EOF ends the process); none within this many
+                              seconds ends it too (--owned) */
 } dxw_options;
 
 typedef struct dxw_server dxw_server;
