@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +50,7 @@ struct dexec_srun {
     char msgs[NMSG][256];
     int nmsgs;
     char label[64];
+    char token[65];
 };
 
 static double left(double deadline)
@@ -357,6 +359,27 @@ void dexec_srun_messages(dexec_srun *s, char *buf, size_t len)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* 32 random hex digits. 0, or -1 with errno. */
+static int make_token(char *buf, size_t len)
+{
+    unsigned char raw[16];
+    size_t got = 0;
+
+    while (got < sizeof(raw)) {
+        ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof(raw) && 2 * i + 2 < len; i++)
+        snprintf(buf + 2 * i, 3, "%02x", raw[i]);
+    explicit_bzero(raw, sizeof(raw));
+    return 0;
+}
+
 static void srun_release(dexec_srun *s)
 {
     if (s->reader_started) {
@@ -374,6 +397,7 @@ static void srun_release(dexec_srun *s)
     free(s->node);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    explicit_bzero(s->token, sizeof(s->token));
     free(s);
 }
 
@@ -399,10 +423,10 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
         return DEXEC_EINVAL;
     }
     memcpy(&args, a, a->struct_size < sizeof(args) ? a->struct_size : sizeof(args));
-    if (args.worker_argv == NULL || args.worker_argv[0] == NULL || !set(args.token) ||
-        strpbrk(args.token, "\r\n") != NULL) {
-        dexec_errorf(err, errlen, "dexec_srun_start: a worker program and a one-line token "
-                                  "are required");
+    if (args.worker_argv == NULL || args.worker_argv[0] == NULL ||
+        (set(args.token) && (strpbrk(args.token, "\r\n") != NULL || strlen(args.token) > 64))) {
+        dexec_errorf(err, errlen, "dexec_srun_start: a worker program is required, and a token "
+                                  "is one line of at most 64 bytes");
         return DEXEC_EINVAL;
     }
     if (args.ntasks <= 0)
@@ -418,6 +442,13 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
     if (!s->own_job)
         snprintf(s->job, sizeof(s->job), "%s", jobenv);
     snprintf(s->label, sizeof(s->label), "%s", set(args.label) ? args.label : "srun");
+    if (set(args.token)) {
+        snprintf(s->token, sizeof(s->token), "%s", args.token);
+    } else if (make_token(s->token, sizeof(s->token)) != 0) {
+        dexec_errorf(err, errlen, "getrandom: %s", strerror(errno));
+        srun_release(s);
+        return DEXEC_EIO;
+    }
     s->addr = calloc((size_t)s->ntasks, sizeof(*s->addr));
     s->node = calloc((size_t)s->ntasks, sizeof(*s->node));
     build_command(&args, &cmd);
@@ -452,7 +483,7 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
     if (st == DEXEC_OK) {
         /* a pipe holds far more than a token: this write does not block */
         char line[600];
-        int n = snprintf(line, sizeof(line), "%s\n", args.token);
+        int n = snprintf(line, sizeof(line), "%s\n", s->token);
 
         if (write(tpipe[1], line, (size_t)n) != n)
             st = DEXEC_EIO;
@@ -523,6 +554,11 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
 const char *dexec_srun_address(const dexec_srun *s, int task)
 {
     return s != NULL && task >= 0 && task < s->ntasks ? s->addr[task] : NULL;
+}
+
+const char *dexec_srun_token(const dexec_srun *s)
+{
+    return s->token;
 }
 
 const char *dexec_srun_step(const dexec_srun *s)

@@ -78,7 +78,8 @@ typedef struct dexec_srun_args {
     /* Further srun options, each one argument ("--qos=high",
      * "--exclusive"), NULL-terminated; NULL: none. Borrowed. */
     char *const *extra;
-    /* The token the workers require in hello (hex, no newline). Required. */
+    /* The token the workers require in hello (one line); NULL or "": a
+     * fresh random one (dexec_srun_token). */
     const char *token;
     /* Seconds a started worker waits for its owner's hello (--owned). */
     double owner_wait;
@@ -104,6 +105,10 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
 
 /* Task i's address ("tcp:NODE:PORT"), owned by s; NULL when out of range. */
 const char *dexec_srun_address(const dexec_srun *s, int task);
+
+/* The token the workers require in hello, owned by s. Secret: never put
+ * it in a message. */
+const char *dexec_srun_token(const dexec_srun *s);
 
 /* "JOBID.STEPID" of the step, owned by s. */
 const char *dexec_srun_step(const dexec_srun *s);
