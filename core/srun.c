@@ -328,8 +328,12 @@ static void cancel(dexec_srun *s)
         dexec_process_signal(s->proc, SIGTERM);
         return;
     }
-    dexec_log(DEXEC_LOG_WARN, COMPONENT, "%s: step %s still running: scancel %s", s->label,
-              s->step[0] ? s->step : s->job, target);
+    if (s->step[0] != '\0')
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "%s: step %s still running: scancel %s", s->label,
+                  s->step, target);
+    else
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "%s: job %s still pending: scancel %s", s->label,
+                  s->job, target);
     if (run_tool(args, NULL, 0) != 0)
         dexec_process_signal(s->proc, SIGTERM);
 }
