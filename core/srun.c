@@ -534,7 +534,7 @@ dexec_status dexec_srun_start(const dexec_srun_args *a, double deadline, dexec_s
         dexec_srun_stop(s, 0);
         dexec_srun_messages(s, msgs, sizeof(msgs));
         dexec_errorf(err, errlen,
-                     "Slurm did not start the %s within %.3g s (timeouts.init), cancelled it%s%s%s%s%s",
+                     "Slurm did not start the %s within %.0f s (timeouts.init), cancelled it%s%s%s%s%s",
                      s->label, waited,
                      why[0] ? ": job reason " : "", why, msgs[0] ? " (" : "", msgs,
                      msgs[0] ? ")" : "");
