@@ -120,9 +120,25 @@ static const struct dx_key keys[] = {
     KEY_MAP("ray_actor.resources", "group of NAME = number >= 0",
             "custom resources a node must offer to host the actor (placement labels)"),
 
-    KEY_STR("ray_init.address", "local", DEXEC_SETTING_URL_PASSWORD, check_address, "local, auto or redis://HOST[:PORT][/DB]",
-            "where the actor runs: spawned on this host (local), or placed on a node "
-            "registered in the registry at auto ($DEXEC_REGISTRY) or the given URL"),
+    KEY_STR("ray_init.address", "local", DEXEC_SETTING_URL_PASSWORD, check_address,
+            "local, slurm, auto or redis://HOST[:PORT][/DB]",
+            "where the actor runs: spawned on this host (local), started as a Slurm job "
+            "step (slurm), or placed on a node registered in the registry at auto "
+            "($DEXEC_REGISTRY) or the given URL"),
+
+    KEY_ENUM("mp.launcher", "local", "local|srun",
+             "how the mp executor starts its ranks: children of the engine (local), or "
+             "one Slurm job step with a task per rank (srun)"),
+
+    KEY_STR("slurm.partition", "", 0, NULL, "partition name, or \"\" for the default",
+            "Slurm partition of the steps dexec starts (srun --partition)"),
+    KEY_STR("slurm.account", "", 0, NULL, "account name, or \"\" for the default",
+            "Slurm account charged for them (srun --account)"),
+    KEY_STR("slurm.time", "", 0, NULL, "a Slurm time (MM, HH:MM:SS, D-HH), or \"\"",
+            "time limit of each step (srun --time): Slurm ends it then; \"\" means the "
+            "partition's limit"),
+    KEY_LIST("slurm.options", "list of srun options",
+             "further srun options, one per element (\"--qos=high\", \"--exclusive\")"),
 
     KEY_LIST("external.worker_names", "list of names",
              "names of the workers to connect to, in rank order "
@@ -214,9 +230,10 @@ static const char *check_redis_url(const char *s)
 
 static const char *check_address(const char *s)
 {
-    if (strcmp(s, "local") == 0 || strcmp(s, "auto") == 0 || check_redis_url(s) == NULL)
+    if (strcmp(s, "local") == 0 || strcmp(s, "auto") == 0 || strcmp(s, "slurm") == 0 ||
+        check_redis_url(s) == NULL)
         return NULL;
-    return "must be local, auto or a URL redis://HOST[:PORT][/DB] (or unix:/PATH)";
+    return "must be local, slurm, auto or a URL redis://HOST[:PORT][/DB] (or unix:/PATH)";
 }
 
 /* libconfig's setting names: [A-Za-z*][-A-Za-z0-9_*]*. Map keys are written

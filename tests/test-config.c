@@ -118,7 +118,7 @@ static const struct {
      "%s:1: distributed_executor_backend: \"Ray-Actor\" must be a plugin name of a-z, 0-9 and _, "
      "or a path containing '/'"},
     {"ray_init = { address = \"head:6379\"; };\n",
-     "%s:1: ray_init.address: \"head:6379\" must be local, auto or a URL "
+     "%s:1: ray_init.address: \"head:6379\" must be local, slurm, auto or a URL "
      "redis://HOST[:PORT][/DB] (or unix:/PATH)"},
     {"discovery = { redis = { url = \"http://x\"; }; };\n",
      "%s:1: discovery.redis.url: \"http://x\" must be a URL "
@@ -209,6 +209,10 @@ static void assert_default_values(const dexec_config *cfg)
         {"log_level", "warn"},
         {"token_file", ""},
         {"ray_init.address", "local"},
+        {"mp.launcher", "local"},
+        {"slurm.partition", ""},
+        {"slurm.account", ""},
+        {"slurm.time", ""},
         {"external.discovery", "redis_discovery"},
         {"external.token_file", ""},
         {"discovery.redis.url", "redis://127.0.0.1:6379/0"},
@@ -233,7 +237,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"discovery.redis.connect_timeout", 2.0},
         {"discovery.redis.command_timeout", 2.0},
     };
-    static const char *const lists[] = {"plugin_path", "external.worker_names"};
+    static const char *const lists[] = {"plugin_path", "external.worker_names", "slurm.options"};
     size_t checked = 0, nkeys = 0, n = 99;
     const char *const *items = NULL;
     const dexec_value *map = NULL;
@@ -745,7 +749,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 21);
+    ck_assert_uint_eq(n, 26);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

@@ -51,7 +51,11 @@ static void usage(FILE *out)
             "                          RANK..RANK+N-1, rank i on CUDA device i\n"
             "  -m, --model NAME|PATH   model (default fashion-dit)\n"
             "  -d, --device DEV        auto, cpu or cuda (default auto)\n"
-            "      --token-file FILE   require this shared token in hello (file mode 0600)\n"
+            "      --token-file FILE   require this shared token in hello (file mode 0600;\n"
+            "                          \"-\": the first line of standard input)\n"
+            "      --owned SECONDS     the first client to say hello owns this worker: the\n"
+            "                          worker exits when that connection closes, or when\n"
+            "                          no client said hello within SECONDS\n"
             "      --insecure          allow a non-loopback TCP listener without a token,\n"
             "                          and a unix socket in a directory others can enter\n"
             "      --max-frame BYTES   largest frame accepted (default 256 MiB); before hello\n"
@@ -83,6 +87,30 @@ static void usage(FILE *out)
             "  -V, --version           version\n");
 }
 
+/* --token-file -: the token is the first line of standard input (how an
+ * owner that starts us through srun hands it over without a file on shared
+ * storage or a command line others can read). 0, or -1 after saying why. */
+static int read_stdin_token(char **token)
+{
+    char buf[4096];
+    size_t len;
+
+    if (fgets(buf, sizeof(buf), stdin) == NULL) {
+        fprintf(stderr, "dexec-worker: --token-file -: standard input ended before a token\n");
+        return -1;
+    }
+    len = strcspn(buf, "\r\n");
+    buf[len] = '\0';
+    if (len == 0) {
+        fprintf(stderr, "dexec-worker: --token-file -: the first line of standard input is "
+                        "empty\n");
+        return -1;
+    }
+    *token = strdup(buf);
+    explicit_bzero(buf, sizeof(buf));
+    return *token != NULL ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -102,6 +130,7 @@ int main(int argc, char **argv)
         {"registry", required_argument, NULL, 'G'},
         {"ttl", required_argument, NULL, 'T'},
         {"advertise", required_argument, NULL, 'A'},
+        {"owned", required_argument, NULL, 'O'},
         {"node", no_argument, NULL, 1000},
         {"node-name", required_argument, NULL, 1001},
         {"cpus", required_argument, NULL, 1002},
@@ -165,6 +194,7 @@ int main(int argc, char **argv)
         case 'G': reg_opt.url = optarg; break;
         case 'T': reg_opt.ttl = atoi(optarg); break;
         case 'A': reg_opt.advertise = optarg; break;
+        case 'O': opt.owner_wait = strtod(optarg, NULL); break;
         case 'L':
             if (dexec_log_level_parse(optarg) < 0) {
                 fprintf(stderr, "dexec-worker: bad --log-level '%s' (error, warn, info, debug)\n",
@@ -227,7 +257,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "dexec-worker: bad --device '%s' (auto, cpu, cuda)\n", opt.device);
         return 2;
     }
-    if (token_file != NULL && dexec_token_read(token_file, &token, err, sizeof(err)) != DEXEC_OK) {
+    if (opt.owner_wait < 0 || opt.owner_wait > 86400 ||
+        (opt.owner_wait > 0 && strncmp(listen_addr, "fd:", 3) == 0)) {
+        fprintf(stderr, "dexec-worker: --owned takes 1..86400 seconds, with a unix: or tcp: "
+                        "listener\n");
+        return 2;
+    }
+    if (token_file != NULL && strcmp(token_file, "-") == 0) {
+        if (read_stdin_token(&token) != 0)
+            return 1;
+    } else if (token_file != NULL &&
+               dexec_token_read(token_file, &token, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec-worker: %s\n", err);
         return 1;
     }

@@ -95,6 +95,8 @@ struct dxs_server {
     int queued; /* some connection has bytes queued */
     double accept_resume; /* listeners are not polled before this time */
     int accept_failing;   /* the failure was logged; log again only after a success */
+    int owned;            /* cfg.owner_wait: an owner said hello */
+    double owner_by;      /* cfg.owner_wait: end the loop unless owned by then */
 };
 
 /* ---- connections and replies ------------------------------------------------------ */
@@ -351,6 +353,10 @@ static int handle_hello(dxs_server *s, dxs_conn *c, uint32_t id, const dexec_val
     dexec_reader_set_max_frame(c->rd, s->cfg.max_frame);
     if (s->cfg.idle_timeout > 0)
         c->idle_by = dexec_now() + s->cfg.idle_timeout;
+    if (s->cfg.owner_wait > 0 && !s->owned) {
+        s->owned = 1;
+        c->control = 1;
+    }
     dxs_reply_ok(c, id, s->cfg.hello_reply(s->cfg.user));
     return 0;
 }
@@ -560,6 +566,7 @@ dxs_server *dxs_server_new(const dxs_config *cfg, char *err, size_t errlen)
         s->cfg.frame_timeout = 0;
     if (s->cfg.idle_timeout < 0)
         s->cfg.idle_timeout = 0;
+    s->owner_by = dexec_now() + s->cfg.owner_wait;
     if (cfg->token != NULL && (s->token = strdup(cfg->token)) == NULL) {
         dexec_errorf(err, errlen, "out of memory");
         free(s);
@@ -798,6 +805,11 @@ int dxs_run(dxs_server *s)
         free(who);
         now = dexec_now();
         s->queued = expire(s, now);
+        if (s->cfg.owner_wait > 0 && !s->owned && now >= s->owner_by) {
+            dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                      "no owner said hello within %.0f s: exiting", s->cfg.owner_wait);
+            s->stopping = 1;
+        }
         if (now >= next_tick) {
             next_tick = now + s->cfg.tick_interval;
             if (s->cfg.tick != NULL)

@@ -68,6 +68,11 @@ typedef struct dxs_config {
      * reference. NULL: nothing to do. */
     void (*closed)(void *user, dxs_conn *c);
     void *user;
+    /* > 0: the first connection to complete hello owns the server: it
+     * becomes a control connection (its close ends the loop), and without
+     * such a connection within owner_wait seconds the loop ends. For an
+     * actor started where no socket can be passed (a Slurm step). */
+    double owner_wait;
 } dxs_config;
 
 /* Creates a server. NULL with a message when out of resources. */

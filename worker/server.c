@@ -836,6 +836,7 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
             .methods = worker_methods,
             .hello_reply = hello_reply,
             .user = s,
+            .owner_wait = opt->owner_wait,
         };
 
         s->rpc = dxs_server_new(&rc, err, errlen);

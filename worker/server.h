@@ -22,6 +22,9 @@ typedef struct dxw_options {
     double frame_timeout; /* seconds a frame begun may take to arrive whole; 0: none */
     double idle_timeout;  /* seconds a client may stay silent after hello; 0: none */
     int exit_on_eof;       /* fd mode: the control socket's EOF ends the process */
+    double owner_wait;     /* > 0: the first client to say hello owns the worker
+                              (its EOF ends the process); none within this many
+                              seconds ends it too (--owned) */
 } dxw_options;
 
 typedef struct dxw_server dxw_server;

@@ -14,6 +14,13 @@
  *
  * Spawning, confining and stopping are libdexec's process services
  * (<dexec/process.h>), shared with ray_actor and the node agent.
+ *
+ * With mp.launcher = "srun" the ranks are one Slurm job step instead
+ * (<dexec/srun.h>): one task per rank (rank = SLURM_PROCID, one GPU per
+ * task unless device = "cpu"), each reached over TCP with a token made for
+ * this engine. The same rules hold: each worker exits when the engine's
+ * connection to it closes (--owned), srun dies with the engine, and
+ * shutdown is the shutdown RPC, grace, scancel, SIGKILL of srun.
  */
 #include "config.h"
 
@@ -28,6 +35,7 @@
 #include <dexec/plugin.h>
 #include <dexec/process.h>
 #include <dexec/rpc.h>
+#include <dexec/srun.h>
 
 struct dexec_executor {
     const dexec_host *host;
@@ -35,6 +43,7 @@ struct dexec_executor {
     dexec_process **proc; /* per rank; reaped once by whoever gets there first */
     dexec_group *group;
     double grace;
+    dexec_srun *srun; /* mp.launcher = "srun": the step hosting every rank */
 };
 
 static double left_s(double deadline)
@@ -95,6 +104,20 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
  * SIGTERM, grace, SIGKILL, reap; the grace is timeouts.shutdown_grace. */
 static void stop_workers(struct dexec_executor *ex)
 {
+    if (ex->srun != NULL) {
+        char msg[256];
+        uint32_t id;
+
+        /* every rank exits on shutdown; srun then ends with its step */
+        for (int r = 0; ex->group != NULL && r < ex->n; r++) {
+            dexec_conn *c = dexec_group_conn(ex->group, r);
+
+            if (c != NULL && !dexec_conn_dead(c))
+                dexec_conn_send(c, "shutdown", NULL, NULL, NULL, &id, msg, sizeof(msg));
+        }
+        dexec_srun_stop(ex->srun, ex->grace);
+        return;
+    }
     dexec_conn **conns = calloc((size_t)ex->n, sizeof(*conns));
 
     for (int r = 0; conns != NULL && ex->group != NULL && r < ex->n; r++)
@@ -110,6 +133,7 @@ static void destroy(struct dexec_executor *ex)
     for (int r = 0; ex->proc != NULL && r < ex->n; r++)
         dexec_process_free(ex->proc[r]);
     free(ex->proc);
+    dexec_srun_free(ex->srun);
     free(ex);
 }
 
@@ -123,13 +147,79 @@ static const char *without_rank(const char *msg, int r)
     return strncmp(msg, prefix, n) == 0 ? msg + n : msg;
 }
 
+/* A rank's connection saw EOF: its task ended, or the whole step did. */
+static void srun_on_death(void *user, dexec_conn *c, char *buf, size_t len)
+{
+    struct dexec_executor *ex = user;
+    char how[128], msgs[512];
+    int status;
+
+    (void)c;
+    if (dexec_srun_exited(ex->srun, 1.0, &status)) {
+        dexec_describe_exit(status, how, sizeof(how));
+        dexec_srun_messages(ex->srun, msgs, sizeof(msgs));
+        snprintf(buf, len, "worker died: step %s ended, srun %s%s%s", dexec_srun_step(ex->srun),
+                 how, msgs[0] ? ": " : "", msgs);
+    } else {
+        snprintf(buf, len, "worker in step %s closed its connection",
+                 dexec_srun_step(ex->srun));
+    }
+}
+
+/* mp.launcher = "srun": every rank a task of one step, connected over TCP. */
+static dexec_status start_srun(struct dexec_executor *ex, const char *model, const char *device,
+                               double deadline, char *err, size_t errlen)
+{
+    const dexec_config *cfg = ex->host->config;
+    const char *const *opts = NULL;
+    char *argv[] = {(char *)ex->host->worker_path, "--model", (char *)model, "--device",
+                    (char *)device, NULL};
+    char **extra;
+    size_t nopts = 0;
+    dexec_srun_args sa = {.struct_size = sizeof(sa), .worker_argv = argv, .ntasks = ex->n,
+                          .gpus_per_task = strcmp(device, "cpu") != 0,
+                          .job_name = "dexec-mp", .label = "mp ranks"};
+    dexec_status st;
+
+    dexec_config_get_string(cfg, "slurm.partition", &sa.partition);
+    dexec_config_get_string(cfg, "slurm.account", &sa.account);
+    dexec_config_get_string(cfg, "slurm.time", &sa.time_limit);
+    dexec_config_get_list(cfg, "slurm.options", &nopts, &opts);
+    extra = calloc(nopts + 1, sizeof(*extra));
+    if (extra == NULL)
+        return DEXEC_ENOMEM;
+    for (size_t i = 0; i < nopts; i++)
+        extra[i] = (char *)opts[i];
+    sa.extra = extra;
+    sa.owner_wait = left_s(deadline) + 1;
+    st = dexec_srun_start(&sa, deadline, &ex->srun, err, errlen);
+    free(extra);
+    for (int r = 0; r < ex->n && st == DEXEC_OK; r++) {
+        const char *addr = dexec_srun_address(ex->srun, r);
+        char label[300], msg[1024];
+        dexec_conn *c;
+
+        snprintf(label, sizeof(label), "rank %d (Slurm step %s on %s)", r,
+                 dexec_srun_step(ex->srun), dexec_srun_node(ex->srun, r));
+        st = dexec_conn_connect(addr, left_s(deadline), &c, msg, sizeof(msg));
+        if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "%s at %s: %s", label, addr, msg);
+            return DEXEC_EINIT;
+        }
+        dexec_conn_set_label(c, label);
+        dexec_conn_on_death(c, srun_on_death, ex);
+        dexec_group_set(ex->group, r, c);
+    }
+    return st;
+}
+
 static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char *err,
                               size_t errlen)
 {
     struct dexec_executor *ex;
     int64_t n = 1;
     double init_t = 60.0, grace = 5.0;
-    const char *model = "fashion-dit", *device = "auto";
+    const char *model = "fashion-dit", *device = "auto", *launcher = "local";
     dexec_status st = DEXEC_OK;
     double deadline;
     uint32_t *ids;
@@ -140,6 +230,7 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
     dexec_config_get_float(host->config, "timeouts.shutdown_grace", &grace);
     dexec_config_get_string(host->config, "model", &model);
     dexec_config_get_string(host->config, "device", &device);
+    dexec_config_get_string(host->config, "mp.launcher", &launcher);
     if (n < 1 || n > 1024) {
         dexec_errorf(err, errlen, "num_gpus = %lld: the mp executor needs 1 or more ranks",
                      (long long)n);
@@ -160,7 +251,9 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         destroy(ex);
         return DEXEC_ENOMEM;
     }
-    for (int r = 0; r < ex->n && st == DEXEC_OK; r++) {
+    if (strcmp(launcher, "srun") == 0)
+        st = start_srun(ex, model, device, deadline, err, errlen);
+    for (int r = 0; ex->srun == NULL && r < ex->n && st == DEXEC_OK; r++) {
         int fd;
         dexec_conn *c;
         char label[64];
@@ -179,8 +272,9 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
     }
     /* hello, then initialize, on every rank in parallel */
     for (int r = 0; r < ex->n && st == DEXEC_OK; r++) {
-        st = dexec_conn_hello(dexec_group_conn(ex->group, r), NULL, left_s(deadline), NULL, msg,
-                              sizeof(msg));
+        st = dexec_conn_hello(dexec_group_conn(ex->group, r),
+                              ex->srun != NULL ? dexec_srun_token(ex->srun) : NULL,
+                              left_s(deadline), NULL, msg, sizeof(msg));
         if (st != DEXEC_OK)
             dexec_errorf(err, errlen, "%s", msg);
     }
@@ -213,7 +307,9 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         destroy(ex);
         return st;
     }
-    host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready", ex->n);
+    host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
+              ex->srun != NULL ? " in Slurm step " : "",
+              ex->srun != NULL ? dexec_srun_step(ex->srun) : "");
     *out = ex;
     return DEXEC_OK;
 }

@@ -10,6 +10,11 @@
  *    SIGKILL when the engine dies (PR_SET_PDEATHSIG, whichever thread
  *    created the engine) and exits on EOF of its control socket; its death is seen at once
  *    through EOF, with its exit status.
+ *  - "slurm": a Slurm job step (<dexec/srun.h>) in the allocation this
+ *    engine runs in, or in one srun asks for; the resources become the
+ *    step's request, the actor listens on TCP with a token made for this
+ *    engine and exits when the engine's connection to it closes; close
+ *    ends the step (shutdown, grace, scancel).
  *  - "redis://..." or "auto" ($DEXEC_REGISTRY): placed on a node whose
  *    agent (dexec-worker --node) registered room for it and the custom
  *    resources asked for. The agent spawns it the same way and kills it
@@ -34,6 +39,7 @@
 #include <dexec/plugin.h>
 #include <dexec/process.h>
 #include <dexec/rpc.h>
+#include <dexec/srun.h>
 
 #define COMPONENT "ray_actor"
 /* how long the death of a remote actor may take to be explained by its agent */
@@ -63,6 +69,8 @@ struct dexec_executor {
     int remote_pid;
     char node[128];
     char token[40]; /* the actor's own secret, made for this engine */
+    /* slurm mode: srun, whose step hosts the actor */
+    dexec_srun *srun;
 };
 
 static double left_s(double deadline)
@@ -508,6 +516,108 @@ done:
     return st;
 }
 
+/* ---- Slurm mode ---------------------------------------------------------------------- */
+
+/* The actor's connection saw EOF: its step ended, or the actor did. */
+static void slurm_on_death(void *user, dexec_conn *c, char *buf, size_t len)
+{
+    struct dexec_executor *ex = user;
+    char how[128], msgs[512];
+    int status;
+
+    (void)c;
+    if (dexec_srun_exited(ex->srun, 1.0, &status)) {
+        dexec_describe_exit(status, how, sizeof(how));
+        dexec_srun_messages(ex->srun, msgs, sizeof(msgs));
+        snprintf(buf, len, "actor died: step %s ended, srun %s%s%s", dexec_srun_step(ex->srun),
+                 how, msgs[0] ? ": " : "", msgs);
+    } else {
+        snprintf(buf, len, "actor in step %s closed its connection (the step is still running)",
+                 dexec_srun_step(ex->srun));
+    }
+}
+
+/* ray_actor.resources as node features: "gpu_worker&ssd". A feature has no
+ * amount, so only 1 is accepted. */
+static dexec_status slurm_constraint(const actor_ask *a, char *buf, size_t len, char *err,
+                                     size_t errlen)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; a->labels != NULL && a->labels->type == DEXEC_VAL_MAP &&
+                       i < a->labels->u.map.len;
+         i++) {
+        const dexec_kv *kv = &a->labels->u.map.items[i];
+
+        if (dexec_value_as_float(kv->val, 1) != 1) {
+            dexec_errorf(err, errlen,
+                         "ray_actor.resources: %s = %g, but Slurm node features have no "
+                         "amount: ask for %s = 1 (the node's feature), or place the actor "
+                         "with ray_init.address = \"local\" or a registry",
+                         kv->key, dexec_value_as_float(kv->val, 1), kv->key);
+            return DEXEC_EINVAL;
+        }
+        used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s",
+                                 used ? "&" : "", kv->key);
+    }
+    return used < len ? DEXEC_OK : DEXEC_EINVAL;
+}
+
+static dexec_status place_slurm(struct dexec_executor *ex, const actor_ask *a, double deadline,
+                                char *err, size_t errlen)
+{
+    const dexec_config *cfg = ex->host->config;
+    const char *const *opts = NULL;
+    char ranks_s[16], constraint[512], msg[1024];
+    char *argv[] = {(char *)ex->host->worker_path, "--ranks", ranks_s, "--model",
+                    (char *)a->model, "--device", (char *)a->device, NULL};
+    char **extra = NULL;
+    size_t nopts = 0;
+    dexec_srun_args sa = {.struct_size = sizeof(sa), .worker_argv = argv, .ntasks = 1,
+                          .cpus_per_task = a->cpus, .gres_gpus = a->gpus,
+                          .memory_bytes = a->memory, .constraint = constraint,
+                          .job_name = "dexec-actor", .label = "actor"};
+    dexec_status st;
+
+    st = slurm_constraint(a, constraint, sizeof(constraint), err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    st = make_token(ex->token, sizeof(ex->token), err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    snprintf(ranks_s, sizeof(ranks_s), "%d", a->ranks);
+    dexec_config_get_string(cfg, "slurm.partition", &sa.partition);
+    dexec_config_get_string(cfg, "slurm.account", &sa.account);
+    dexec_config_get_string(cfg, "slurm.time", &sa.time_limit);
+    dexec_config_get_list(cfg, "slurm.options", &nopts, &opts);
+    extra = calloc(nopts + 1, sizeof(*extra));
+    if (extra == NULL)
+        return DEXEC_ENOMEM;
+    for (size_t i = 0; i < nopts; i++)
+        extra[i] = (char *)opts[i];
+    sa.extra = extra;
+    sa.token = ex->token;
+    /* the actor waits for our hello no longer than we wait for it */
+    sa.owner_wait = left_s(deadline) + 1;
+    st = dexec_srun_start(&sa, deadline, &ex->srun, err, errlen);
+    free(extra);
+    if (st != DEXEC_OK)
+        return st;
+    snprintf(ex->label, sizeof(ex->label), "actor (Slurm step %s on %s)",
+             dexec_srun_step(ex->srun), dexec_srun_node(ex->srun, 0));
+    st = dexec_conn_connect(dexec_srun_address(ex->srun, 0), left_s(deadline), &ex->actor, msg,
+                            sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s at %s: %s", ex->label, dexec_srun_address(ex->srun, 0),
+                     msg);
+        return DEXEC_EINIT;
+    }
+    dexec_conn_set_label(ex->actor, ex->label);
+    dexec_conn_on_death(ex->actor, slurm_on_death, ex);
+    return DEXEC_OK;
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 /* Stops the actor: shutdown RPC, grace, SIGTERM, grace, SIGKILL, reap. A
@@ -524,6 +634,11 @@ static void stop_actor(struct dexec_executor *ex)
     if (ex->actor != NULL && !dexec_conn_dead(ex->actor))
         dexec_conn_call(ex->actor, "shutdown", NULL, deadline, NULL, NULL, NULL, msg,
                         sizeof(msg));
+    if (ex->srun != NULL) {
+        /* the actor exits, its task and step end, srun exits; else scancel */
+        dexec_srun_stop(ex->srun, ex->grace);
+        return;
+    }
     if (ex->actor != NULL) {
         /* the actor closes its connections as it exits */
         while (!dexec_conn_poll_dead(ex->actor) && left_s(deadline) > 0)
@@ -536,6 +651,7 @@ static void destroy(struct dexec_executor *ex)
     dexec_conn_free(ex->actor);
     dexec_conn_free(ex->agent);
     dexec_process_free(ex->child);
+    dexec_srun_free(ex->srun);
     free(ex);
 }
 
@@ -565,6 +681,10 @@ static dexec_status ray_create(const dexec_host *host, dexec_executor **out, cha
         st = spawn_local(ex, &ask, err, errlen);
         if (st == DEXEC_OK)
             st = start_actor(ex, NULL, deadline, init_t, err, errlen);
+    } else if (strcmp(address, "slurm") == 0) {
+        st = place_slurm(ex, &ask, deadline, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, ex->token, deadline, init_t, err, errlen);
     } else {
         st = place_remote(ex, &ask, address, deadline, err, errlen);
         if (st == DEXEC_OK)
@@ -751,5 +871,5 @@ static const dexec_executor_ops ray_ops = {
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "ray_actor", PACKAGE_VERSION,
-                           "one owned actor process hosting all ranks, here or on a node",
+                           "one owned actor process hosting all ranks: here, on a node, or in a Slurm step",
                            &ray_ops)};
