@@ -99,11 +99,11 @@ static dexec_status check_device(dexec_device *d, char *err, size_t errlen)
 #undef DX_FN
     };
 
-    if (d->struct_size < offsetof(dexec_device, reserved)) {
+    if (d->struct_size < DEXEC_DEVICE_SIZE_1_1) {
         dexec_errorf(err, errlen,
                      "the CUDA module's device struct has size %u, this dexec needs at least "
                      "%zu: install the module built with this dexec",
-                     d->struct_size, offsetof(dexec_device, reserved));
+                     d->struct_size, (size_t)DEXEC_DEVICE_SIZE_1_1);
         return DEXEC_EPLUGIN;
     }
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
@@ -169,4 +169,32 @@ dexec_status dxk_backend_cuda(int gpu, dxk_backend **out, char *err, size_t errl
         *out = NULL;
     }
     return s;
+}
+
+dexec_status dxk_backend_latent_ops(const dxk_backend *be, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } fns[] = {
+#define DX_FN(f) {#f, offsetof(dexec_device, f)}
+        DX_FN(conv2d), DX_FN(group_norm), DX_FN(upsample_nearest2x), DX_FN(ln_modulate_eps),
+#undef DX_FN
+    };
+
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        void (*fn)(void) = NULL;
+
+        if (be->struct_size >= fns[i].offset + sizeof fn)
+            memcpy(&fn, (const char *)be + fns[i].offset, sizeof fn);
+        if (fn == NULL) {
+            dexec_errorf(err, errlen,
+                         "device %s has no '%s' op, which the latent models (published DiT/SiT "
+                         "and their autoencoder) need: use device = \"cpu\" for this model, or "
+                         "install a %s module built with this dexec",
+                         be->name, fns[i].name, be->name);
+            return DEXEC_ENOTSUP;
+        }
+    }
+    return DEXEC_OK;
 }

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include <dexec/rpc.h>
 
 #include "dit.h"
@@ -106,7 +108,126 @@ dexec_status dxk_dit_config_read(const dxk_safetensors *st, dxk_dit_config *cfg,
                    st->path, cfg->hidden_size, cfg->num_heads);
         return DEXEC_EINVAL;
     }
+    cfg->layout = DXK_DIT_DEXEC;
+    cfg->out_channels = cfg->in_channels;
+    cfg->norm_eps = 1e-6;
     return DEXEC_OK;
+}
+
+/* An integer field of a JSON object in lo..hi; dflt when absent and
+ * dflt >= lo. */
+static int dx_json_int(json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
+                       int *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (v == NULL || json_is_null(v)) {
+        if (dflt >= lo) {
+            *out = dflt;
+            return 0;
+        }
+        dexec_errorf(err, errlen, "%s: field '%s' is missing", path, key);
+        return -1;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        dexec_errorf(err, errlen, "%s: field '%s' must be an integer in %d..%d", path, key, lo,
+                     hi);
+        return -1;
+    }
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+/* A string field that, when present, must be one of the values the
+ * published architecture has. */
+static int dx_json_expect(json_t *o, const char *path, const char *key, const char *want,
+                          char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_string(v) || strcmp(json_string_value(v), want) != 0) {
+        dexec_errorf(err, errlen,
+                     "%s: field '%s' must be \"%s\" (the DiT architecture dexec runs)", path,
+                     key, want);
+        return -1;
+    }
+    return 0;
+}
+
+dexec_status dxk_dit_config_json(const char *path, const char *json, dxk_dit_config *cfg,
+                                 char *err, size_t errlen)
+{
+    json_error_t je;
+    json_t *o = json_loads(json, 0, &je), *v;
+    int head_dim = 0, sample = 0, rc = -1;
+
+    memset(cfg, 0, sizeof *cfg);
+    if (o == NULL || !json_is_object(o)) {
+        dexec_errorf(err, errlen, "%s: not a JSON object (line %d: %s)", path, je.line,
+                     o == NULL ? je.text : "top level");
+        json_decref(o);
+        return DEXEC_EINVAL;
+    }
+    cfg->mlp_ratio = 4;
+    cfg->norm_eps = 1e-5; /* diffusers' default */
+    if (dx_json_int(o, path, "sample_size", -1, 1, 1024, &sample, err, errlen) ||
+        dx_json_int(o, path, "in_channels", -1, 1, 64, &cfg->in_channels, err, errlen) ||
+        dx_json_int(o, path, "out_channels", cfg->in_channels, 1, 128, &cfg->out_channels, err,
+                    errlen) ||
+        dx_json_int(o, path, "patch_size", -1, 1, 64, &cfg->patch_size, err, errlen) ||
+        dx_json_int(o, path, "num_layers", -1, 1, 256, &cfg->depth, err, errlen) ||
+        dx_json_int(o, path, "num_attention_heads", -1, 1, 256, &cfg->num_heads, err,
+                    errlen) ||
+        dx_json_int(o, path, "attention_head_dim", -1, 1, 1024, &head_dim, err, errlen) ||
+        dx_json_int(o, path, "num_embeds_ada_norm", -1, 1, 1000000, &cfg->num_classes, err,
+                    errlen) ||
+        dx_json_expect(o, path, "norm_type", "ada_norm_zero", err, errlen) ||
+        dx_json_expect(o, path, "activation_fn", "gelu-approximate", err, errlen))
+        goto out;
+    v = json_object_get(o, "norm_eps");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) < 1)) {
+            dexec_errorf(err, errlen, "%s: field 'norm_eps' must be a number in (0, 1)", path);
+            goto out;
+        }
+        cfg->norm_eps = json_number_value(v);
+    }
+    v = json_object_get(o, "norm_elementwise_affine");
+    if (v != NULL && json_is_true(v)) {
+        dexec_errorf(err, errlen,
+                     "%s: field 'norm_elementwise_affine' is true: DiT's LayerNorms have no "
+                     "affine parameters",
+                     path);
+        goto out;
+    }
+    if (cfg->out_channels != cfg->in_channels && cfg->out_channels != 2 * cfg->in_channels) {
+        dexec_errorf(err, errlen,
+                     "%s: out_channels %d must be in_channels %d, or twice it (learned sigma)",
+                     path, cfg->out_channels, cfg->in_channels);
+        goto out;
+    }
+    cfg->hidden_size = cfg->num_heads * head_dim;
+    if (cfg->hidden_size % 4 != 0 || cfg->hidden_size > 16384) {
+        dexec_errorf(err, errlen,
+                     "%s: num_attention_heads x attention_head_dim = %d must be a multiple of 4 "
+                     "and at most 16384",
+                     path, cfg->hidden_size);
+        goto out;
+    }
+    /* sample_size counts latent pixels: the image is 8x larger */
+    cfg->image_size = sample;
+    if (cfg->image_size % cfg->patch_size != 0) {
+        dexec_errorf(err, errlen, "%s: sample_size %d is not a multiple of patch_size %d", path,
+                     sample, cfg->patch_size);
+        goto out;
+    }
+    cfg->sigma_shift = 1.0;
+    rc = 0;
+out:
+    json_decref(o);
+    return rc == 0 ? DEXEC_OK : DEXEC_EINVAL;
 }
 
 static const char *dx_shape_str(const int64_t *shape, int ndim, char *buf, size_t len)
@@ -129,6 +250,7 @@ typedef struct dx_loader {
     char *err;
     size_t errlen;
     dexec_status s;
+    int host_only; /* hand out the file's own floats even on a device backend */
 } dx_loader;
 
 /* The weight called name, which must have the given shape; on a device
@@ -163,7 +285,7 @@ static const float *dx_take(dx_loader *ld, const char *name, int ndim, const int
     }
     ld->used[t - ld->st->tensors] = 1;
     ld->m->params += t->numel;
-    if (be->host_memory)
+    if (be->host_memory || ld->host_only)
         return t->data;
     grown = realloc(ld->m->uploads, (ld->m->nuploads + 1) * sizeof *grown);
     if (grown == NULL) {
@@ -276,6 +398,186 @@ dexec_status dxk_dit_load(const dxk_safetensors *st, const dxk_dit_config *cfg, 
     return DEXEC_OK;
 }
 
+/* The diffusers layout's to_q, to_k and to_v of one block, fused into
+ * one [3D, D] weight and [3D] bias, in the order the attention op reads a
+ * token's qkv. */
+static void dx_take_qkv(dx_loader *ld, dxk_linear *l, const char *prefix, int64_t D)
+{
+    static const char *part[3] = {"to_q", "to_k", "to_v"};
+    dxk_backend *be = ld->m->be;
+    int64_t ws[2] = {D, D}, bs[1] = {D};
+    const float *w[3], *b[3];
+    float *fw, *fb, **grown;
+    char name[160];
+    int i;
+
+    /* the parts are read on the host and the fused copy uploaded */
+    ld->host_only = 1;
+    for (i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s.%s.weight", prefix, part[i]);
+        w[i] = dx_take(ld, name, 2, ws);
+        snprintf(name, sizeof name, "%s.%s.bias", prefix, part[i]);
+        b[i] = dx_take(ld, name, 1, bs);
+    }
+    ld->host_only = 0;
+    if (ld->s != DEXEC_OK)
+        return;
+    grown = realloc(ld->m->uploads, (ld->m->nuploads + 2) * sizeof *grown);
+    if (grown == NULL) {
+        dexec_errorf(ld->err, ld->errlen, "%s: out of memory", ld->st->path);
+        ld->s = DEXEC_ENOMEM;
+        return;
+    }
+    ld->m->uploads = grown;
+    fw = be->alloc(be, (size_t)(3 * D * D));
+    fb = be->alloc(be, (size_t)(3 * D));
+    if (fw == NULL || fb == NULL) {
+        be->release(be, fw);
+        be->release(be, fb);
+        dexec_errorf(ld->err, ld->errlen, "%s: %s.to_q/k/v: %s: out of memory for %lld floats",
+                     ld->st->path, prefix, be->name, (long long)(3 * D * D));
+        ld->s = DEXEC_ENOMEM;
+        return;
+    }
+    ld->m->uploads[ld->m->nuploads++] = fw;
+    ld->m->uploads[ld->m->nuploads++] = fb;
+    for (i = 0; i < 3; i++) {
+        be->upload(be, fw + (size_t)i * D * D, w[i], (size_t)(D * D));
+        be->upload(be, fb + (size_t)i * D, b[i], (size_t)D);
+    }
+    l->w = fw;
+    l->b = fb;
+}
+
+dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *cfg,
+                                    dxk_backend *be, dxk_dit **out, char *err, size_t errlen)
+{
+    const int64_t D = cfg->hidden_size, C = cfg->in_channels, p = cfg->patch_size;
+    const int64_t M = D * cfg->mlp_ratio, K = cfg->num_classes, Co = cfg->out_channels;
+    const int64_t T0 = (int64_t)(cfg->image_size / p) * (cfg->image_size / p);
+    int64_t xs[4] = {D, C, p, p}, xb[1] = {D}, ys[2] = {K + 1, D};
+    dx_loader ld;
+    dxk_dit *m;
+    char prefix[96];
+    int i, diffusers;
+
+    *out = NULL;
+    if (dxk_st_find(st, "x_embedder.proj.weight") != NULL)
+        diffusers = 0;
+    else if (dxk_st_find(st, "pos_embed.proj.weight") != NULL)
+        diffusers = 1;
+    else {
+        dexec_errorf(err, errlen,
+                     "%s: neither 'x_embedder.proj.weight' (DiT/SiT's own names) nor "
+                     "'pos_embed.proj.weight' (diffusers' names): not a DiT transformer",
+                     st->path);
+        return DEXEC_EINVAL;
+    }
+    cfg->layout = diffusers ? DXK_DIT_DIFFUSERS : DXK_DIT_ORIGINAL;
+    if (!diffusers)
+        cfg->norm_eps = 1e-6;
+    m = calloc(1, sizeof *m);
+    if (m != NULL)
+        m->blocks = calloc((size_t)cfg->depth, sizeof *m->blocks);
+    memset(&ld, 0, sizeof ld);
+    ld.used = calloc(st->ntensors + 1, 1);
+    if (m == NULL || m->blocks == NULL || ld.used == NULL) {
+        if (m != NULL)
+            free(m->blocks);
+        free(m);
+        free(ld.used);
+        dexec_errorf(err, errlen, "%s: out of memory", st->path);
+        return DEXEC_ENOMEM;
+    }
+    m->cfg = *cfg;
+    m->be = be;
+    ld.st = st;
+    ld.m = m;
+    ld.err = err;
+    ld.errlen = errlen;
+    if (!diffusers) {
+        int64_t ps[3] = {1, T0, D};
+
+        m->x_emb.w = dx_take(&ld, "x_embedder.proj.weight", 4, xs);
+        m->x_emb.b = dx_take(&ld, "x_embedder.proj.bias", 1, xb);
+        if (dxk_st_find(st, "pos_embed") != NULL) {
+            ld.host_only = 1; /* checked, not used */
+            dx_take(&ld, "pos_embed", 3, ps);
+            ld.host_only = 0;
+        }
+        dx_take_linear(&ld, &m->t_mlp0, "t_embedder.mlp.0", D, DXK_TFREQ_DIM);
+        dx_take_linear(&ld, &m->t_mlp2, "t_embedder.mlp.2", D, D);
+        m->y_table = dx_take(&ld, "y_embedder.embedding_table.weight", 2, ys);
+        for (i = 0; i < cfg->depth; i++) {
+            dxk_dit_block *b = &m->blocks[i];
+
+            snprintf(prefix, sizeof prefix, "blocks.%d.adaLN_modulation.1", i);
+            dx_take_linear(&ld, &b->ada, prefix, 6 * D, D);
+            snprintf(prefix, sizeof prefix, "blocks.%d.attn.qkv", i);
+            dx_take_linear(&ld, &b->qkv, prefix, 3 * D, D);
+            snprintf(prefix, sizeof prefix, "blocks.%d.attn.proj", i);
+            dx_take_linear(&ld, &b->proj, prefix, D, D);
+            snprintf(prefix, sizeof prefix, "blocks.%d.mlp.fc1", i);
+            dx_take_linear(&ld, &b->fc1, prefix, M, D);
+            snprintf(prefix, sizeof prefix, "blocks.%d.mlp.fc2", i);
+            dx_take_linear(&ld, &b->fc2, prefix, D, M);
+        }
+        dx_take_linear(&ld, &m->final_ada, "final_layer.adaLN_modulation.1", 2 * D, D);
+        dx_take_linear(&ld, &m->final_lin, "final_layer.linear", p * p * Co, D);
+    } else {
+        m->x_emb.w = dx_take(&ld, "pos_embed.proj.weight", 4, xs);
+        m->x_emb.b = dx_take(&ld, "pos_embed.proj.bias", 1, xb);
+        for (i = 0; i < cfg->depth; i++) {
+            dxk_dit_block *b = &m->blocks[i];
+
+            snprintf(prefix, sizeof prefix,
+                     "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1", i);
+            dx_take_linear(&ld, &b->t_mlp0, prefix, D, DXK_TFREQ_DIM);
+            snprintf(prefix, sizeof prefix,
+                     "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2", i);
+            dx_take_linear(&ld, &b->t_mlp2, prefix, D, D);
+            snprintf(prefix, sizeof prefix,
+                     "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight", i);
+            b->y_table = dx_take(&ld, prefix, 2, ys);
+            snprintf(prefix, sizeof prefix, "transformer_blocks.%d.norm1.linear", i);
+            dx_take_linear(&ld, &b->ada, prefix, 6 * D, D);
+            snprintf(prefix, sizeof prefix, "transformer_blocks.%d.attn1", i);
+            dx_take_qkv(&ld, &b->qkv, prefix, D);
+            snprintf(prefix, sizeof prefix, "transformer_blocks.%d.attn1.to_out.0", i);
+            dx_take_linear(&ld, &b->proj, prefix, D, D);
+            snprintf(prefix, sizeof prefix, "transformer_blocks.%d.ff.net.0.proj", i);
+            dx_take_linear(&ld, &b->fc1, prefix, M, D);
+            snprintf(prefix, sizeof prefix, "transformer_blocks.%d.ff.net.2", i);
+            dx_take_linear(&ld, &b->fc2, prefix, D, M);
+        }
+        dx_take_linear(&ld, &m->final_ada, "proj_out_1", 2 * D, D);
+        dx_take_linear(&ld, &m->final_lin, "proj_out_2", p * p * Co, D);
+    }
+    for (i = 0; ld.s == DEXEC_OK && (size_t)i < st->ntensors; i++) {
+        if (!ld.used[i]) {
+            dexec_errorf(err, errlen,
+                         "%s: tensor '%s' is not part of a DiT of depth %d: the file and its "
+                         "config.json disagree",
+                         st->path, st->tensors[i].name, cfg->depth);
+            ld.s = DEXEC_EINVAL;
+        }
+    }
+    if (ld.s == DEXEC_OK) {
+        char berr[256];
+
+        ld.s = be->sync(be, berr, sizeof berr);
+        if (ld.s != DEXEC_OK)
+            dexec_errorf(err, errlen, "%s: uploading the weights: %s", st->path, berr);
+    }
+    free(ld.used);
+    if (ld.s != DEXEC_OK) {
+        dxk_dit_free(m);
+        return ld.s;
+    }
+    *out = m;
+    return DEXEC_OK;
+}
+
 void dxk_dit_free(dxk_dit *m)
 {
     size_t i;
@@ -287,6 +589,52 @@ void dxk_dit_free(dxk_dit *m)
     free(m->uploads);
     free(m->blocks);
     free(m);
+}
+
+/* E(d, q) of the 1-D sin-cos embedding: sin(q w_k) then cos(q w_k),
+ * w_k = 10000^(-k/(d/2)), in double. */
+static void dx_sincos_1d(float *out, int d, double q)
+{
+    int half = d / 2, k;
+
+    for (k = 0; k < half; k++) {
+        double a = q / pow(10000.0, (double)k / half);
+
+        out[k] = (float)sin(a);
+        out[half + k] = (float)cos(a);
+    }
+}
+
+/* The published models' extra activations: their position embedding
+ * (DiT's get_2d_sincos_pos_embed: the first half of each row encodes the
+ * column gx, the second the row gy), D ones (the gate that adds it with
+ * gated_residual) and the host side of the timestep features. */
+static int dx_published_ws(dxk_dit *m, dxk_dit_ws *ws, size_t T, size_t D)
+{
+    dxk_backend *be = m->be;
+    const int w = ws->W / m->cfg.patch_size;
+    float *host = malloc(T * D * sizeof *host);
+    size_t i;
+
+    ws->tf_host = malloc((size_t)ws->B * DXK_TFREQ_DIM * sizeof *ws->tf_host);
+    ws->pos = be->alloc(be, T * D);
+    ws->ones = be->alloc(be, D);
+    if (host == NULL || ws->tf_host == NULL || ws->pos == NULL || ws->ones == NULL) {
+        free(host);
+        return 0;
+    }
+    for (i = 0; i < T; i++) {
+        dx_sincos_1d(host + i * D, (int)D / 2, (double)(i % (size_t)w));
+        dx_sincos_1d(host + i * D + D / 2, (int)D / 2, (double)(i / (size_t)w));
+    }
+    be->upload(be, ws->pos, host, T * D);
+    for (i = 0; i < D; i++)
+        host[i] = 1.0f;
+    be->upload(be, ws->ones, host, D);
+    /* upload() may return before the copy is made: wait before freeing */
+    be->sync(be, NULL, 0);
+    free(host);
+    return 1;
 }
 
 dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out, char *err,
@@ -306,7 +654,8 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
         return DEXEC_EINVAL;
     }
     T = (size_t)(H / c->patch_size) * (size_t)(W / c->patch_size);
-    F = (size_t)c->in_channels * c->patch_size * c->patch_size;
+    F = (size_t)(c->out_channels > c->in_channels ? c->out_channels : c->in_channels) *
+        c->patch_size * c->patch_size;
     BT = (size_t)B * T;
     ws = calloc(1, sizeof *ws);
     if (ws == NULL) {
@@ -328,7 +677,12 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
     ws->c = be->alloc(be, (size_t)B * D);
     ws->sc = be->alloc(be, (size_t)B * D);
     ws->mod = be->alloc(be, (size_t)B * 6 * D);
-    s = be->sync(be, berr, sizeof berr);
+    if (c->layout != DXK_DIT_DEXEC && !dx_published_ws(m, ws, T, D)) {
+        s = DEXEC_ENOMEM;
+        snprintf(berr, sizeof berr, "%s: out of memory", be->name);
+    } else {
+        s = be->sync(be, berr, sizeof berr);
+    }
     if (s == DEXEC_OK &&
         (!ws->x || !ws->xn || !ws->qkv || !ws->att || !ws->hid || !ws->io || !ws->scratch ||
          !ws->tf || !ws->th || !ws->c || !ws->sc || !ws->mod)) {
@@ -362,7 +716,85 @@ void dxk_dit_ws_free(dxk_dit *m, dxk_dit_ws *ws)
     be->release(be, ws->c);
     be->release(be, ws->sc);
     be->release(be, ws->mod);
+    be->release(be, ws->pos);
+    be->release(be, ws->ones);
+    free(ws->tf_host);
     free(ws);
+}
+
+/* c = t_mlp2(SiLU(t_mlp0(features))) + table[y]; sc = SiLU(c) */
+static void dx_condition(dxk_dit *m, dxk_dit_ws *ws, const dxk_linear *t0, const dxk_linear *t2,
+                         const float *table, const int *y, int B)
+{
+    dxk_backend *be = m->be;
+    const int D = m->cfg.hidden_size;
+
+    be->linear(be, ws->th, ws->tf, t0->w, t0->b, B, D, DXK_TFREQ_DIM);
+    be->silu(be, ws->th, ws->th, (size_t)B * D);
+    be->linear(be, ws->c, ws->th, t2->w, t2->b, B, D, D);
+    be->add_embedding(be, ws->c, table, y, B, D);
+    be->silu(be, ws->sc, ws->c, (size_t)B * D);
+}
+
+static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x,
+                                 const double *t, const int *y, int B)
+{
+    const dxk_dit_config *c = &m->cfg;
+    dxk_backend *be = m->be;
+    const int D = c->hidden_size, C = c->in_channels, Co = c->out_channels, p = c->patch_size;
+    const int H = ws->H, W = ws->W, T = (H / p) * (W / p), BT = B * T;
+    const int M = D * c->mlp_ratio, half = DXK_TFREQ_DIM / 2;
+    const int diffusers = c->layout == DXK_DIT_DIFFUSERS;
+    /* diffusers' Timesteps(downscale_freq_shift=1) divides by half - 1 */
+    const double div = diffusers ? half - 1 : half;
+    int i, k;
+
+    be->patchify(be, ws->io, x, B, C, H, W, p);
+    be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, BT, D, C * p * p);
+    for (i = 0; i < B; i++)
+        be->gated_residual(be, ws->x + (size_t)i * T * D, ws->pos, ws->ones, 0, 1, T, D);
+
+    /* the timestep features, cos then sin, in double on the host */
+    for (i = 0; i < B; i++)
+        for (k = 0; k < half; k++) {
+            double a = t[i] * exp(-log(10000.0) * k / div);
+
+            ws->tf_host[(size_t)i * DXK_TFREQ_DIM + k] = (float)cos(a);
+            ws->tf_host[(size_t)i * DXK_TFREQ_DIM + half + k] = (float)sin(a);
+        }
+    be->upload(be, ws->tf, ws->tf_host, (size_t)B * DXK_TFREQ_DIM);
+    if (!diffusers)
+        dx_condition(m, ws, &m->t_mlp0, &m->t_mlp2, m->y_table, y, B);
+
+    for (i = 0; i < c->depth; i++) {
+        const dxk_dit_block *b = &m->blocks[i];
+        const float *mod = ws->mod;
+
+        if (diffusers)
+            dx_condition(m, ws, &b->t_mlp0, &b->t_mlp2, b->y_table, y, B);
+        be->linear(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D);
+        be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D);
+        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BT, 3 * D, D);
+        be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D);
+        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BT, D, D);
+        be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D);
+
+        be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, T, D,
+                            (float)c->norm_eps);
+        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BT, M, D);
+        be->gelu_tanh(be, ws->hid, (size_t)BT * M);
+        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BT, D, M);
+        be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, T, D);
+    }
+
+    /* diffusers conditions the final layer with block 0's embedders */
+    if (diffusers)
+        dx_condition(m, ws, &m->blocks[0].t_mlp0, &m->blocks[0].t_mlp2, m->blocks[0].y_table, y,
+                     B);
+    be->linear(be, ws->mod, ws->sc, m->final_ada.w, m->final_ada.b, B, 2 * D, D);
+    be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, T, D);
+    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BT, Co * p * p, D);
+    be->unpatchify(be, v, ws->io, B, Co, H, W, p);
 }
 
 void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const double *t,
@@ -375,6 +807,10 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
     const int M = D * c->mlp_ratio, BT = B * T;
     int i;
 
+    if (c->layout != DXK_DIT_DEXEC) {
+        dx_forward_published(m, ws, v, x, t, y, B);
+        return;
+    }
     /* patch embedding + positions */
     be->patchify(be, ws->io, x, B, C, H, W, p);
     be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, BT, D, F);

@@ -18,6 +18,7 @@
 #include "dit.h"
 #include "kernels.h"
 #include "ops.h"
+#include "pipeline.h"
 #include "prompt.h"
 #include "safetensors.h"
 #include "paths.h"
@@ -35,6 +36,7 @@ struct dxk_model {
     dxk_backend *be;
     dxk_dit *dit;
     dxk_vocab *vocab;
+    dxk_pipeline *pipe; /* a published latent model: then st, dit, vocab are NULL */
 };
 
 static int dx_ends_with(const char *s, const char *suffix)
@@ -141,6 +143,20 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
         return DEXEC_ENOMEM;
     }
     s = dx_open_backend(device, gpu, &m->be, err, errlen);
+    if (s == DEXEC_OK && dxk_pipeline_is_dir(path)) {
+        s = dxk_pipeline_open(path, m->be, &m->pipe, err, errlen);
+        if (s != DEXEC_OK) {
+            dxk_model_free(m);
+            return s;
+        }
+        dexec_log(DEXEC_LOG_INFO, "kernels",
+                  "model %s: %zu + %zu parameters (transformer + vae decoder), sampler %s, on "
+                  "%s (%s)",
+                  path, m->pipe->dit->params, m->pipe->vae->params,
+                  dxk_sampler_name(m->pipe->sampler), m->be->name, m->be->device_name);
+        *out = m;
+        return DEXEC_OK;
+    }
     if (s == DEXEC_OK)
         s = dxk_st_open(path, &m->st, err, errlen);
     if (s == DEXEC_OK)
@@ -163,6 +179,7 @@ void dxk_model_free(dxk_model *m)
 {
     if (m == NULL)
         return;
+    dxk_pipeline_free(m->pipe);
     dxk_dit_free(m->dit);
     dxk_vocab_free(m->vocab);
     dxk_st_close(m->st);
@@ -277,10 +294,156 @@ static dexec_status dx_check_file(const dxk_model *m, char *err, size_t errlen)
     return DEXEC_EIO;
 }
 
+/* dxk_generate for a published latent model: sample each image's latent,
+ * decode it with the VAE, convert to RGB pixels. */
+static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
+                                       dexec_output *out, dxk_step_fn step, void *user,
+                                       char *err, size_t errlen)
+{
+    dxk_pipeline *p = m->pipe;
+    const int C = p->dit->cfg.in_channels, scale = dxk_vae_scale(&p->vae->cfg);
+    const int unit = scale * p->dit->cfg.patch_size, oc = p->vae->cfg.out_channels;
+    int H, W, h, w, steps, n, y, y_neg, i;
+    double g, t0, t1;
+    dxk_dit_ws *ws = NULL;
+    float *noise = NULL, *z = NULL, *img = NULL;
+    size_t nz, k;
+    dexec_status s;
+    dx_progress prog;
+    char e2[768];
+
+    t0 = dx_now();
+    H = req->height > 0 ? req->height : p->image_size;
+    W = req->width > 0 ? req->width : p->image_size;
+    steps = req->num_inference_steps > 0 ? req->num_inference_steps : p->default_steps;
+    g = req->guidance_scale < 0 ? p->default_guidance : req->guidance_scale;
+    n = req->num_outputs_per_prompt > 0 ? req->num_outputs_per_prompt : 1;
+    if (H > DX_MAX_SIDE || W > DX_MAX_SIDE || H % unit != 0 || W % unit != 0) {
+        dexec_errorf(err, errlen,
+                     "image size %dx%d: each side must be a multiple of %d (the VAE's %d x the "
+                     "patch size %d) up to %d (0: %d)",
+                     W, H, unit, scale, p->dit->cfg.patch_size, DX_MAX_SIDE, p->image_size);
+        return DEXEC_EINVAL;
+    }
+    if ((long)(H / unit) * (W / unit) > DX_MAX_TOKENS || steps > 1000 ||
+        !isfinite(g) || g > DX_MAX_GUIDANCE || n > DX_MAX_OUTPUTS || req->seed < 0) {
+        dexec_errorf(err, errlen,
+                     "request outside the limits: at most %d tokens, 1..1000 steps, guidance "
+                     "0..%g, 1..%d outputs, a resolved seed",
+                     DX_MAX_TOKENS, DX_MAX_GUIDANCE, DX_MAX_OUTPUTS);
+        return DEXEC_EINVAL;
+    }
+    s = dxk_prompt_class(p->vocab, req->prompt, &y, err, errlen);
+    if (s == DEXEC_OK && req->negative_prompt != NULL) {
+        s = dxk_prompt_class(p->vocab, req->negative_prompt, &y_neg, e2, sizeof e2);
+        if (s != DEXEC_OK)
+            dexec_errorf(err, errlen, "negative_prompt: %s", e2);
+    } else {
+        y_neg = p->vocab->num_classes;
+    }
+    if (s != DEXEC_OK)
+        return s;
+    out->timings.encode_s = dx_now() - t0;
+    out->seed = req->seed;
+    out->steps = steps;
+    out->guidance_scale = g;
+    out->timings.denoise_s = 0;
+    out->timings.decode_s = 0;
+    h = H / scale;
+    w = W / scale;
+    nz = (size_t)C * h * w;
+    s = dxk_dit_ws_alloc(p->dit, g != 1.0 ? 2 : 1, h, w, &ws, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    noise = malloc(nz * sizeof *noise);
+    z = malloc(nz * sizeof *z);
+    img = malloc((size_t)oc * H * W * sizeof *img);
+    out->images = calloc((size_t)n, sizeof *out->images);
+    if (noise == NULL || z == NULL || img == NULL || out->images == NULL) {
+        dexec_errorf(err, errlen, "out of memory for %d image(s) of %dx%d", n, W, H);
+        s = DEXEC_ENOMEM;
+        goto done;
+    }
+    for (i = 0; i < n; i++)
+        dexec_image_init(&out->images[i]);
+    for (i = 0; i < n && s == DEXEC_OK; i++) {
+        dxk_latent_args a;
+        dexec_image *im = &out->images[i];
+        int py, px, c;
+
+        dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, nz);
+        memset(&a, 0, sizeof a);
+        a.noise = noise;
+        a.seed = (uint64_t)req->seed;
+        a.image = (uint64_t)i;
+        a.h = h;
+        a.w = w;
+        a.y = y;
+        a.y_neg = y_neg;
+        a.steps = steps;
+        a.guidance = g;
+        a.guide_channels = p->guide_channels;
+        a.sampler = p->sampler;
+        if (step != NULL) {
+            prog.fn = step;
+            prog.user = user;
+            prog.image = i;
+            a.step = dx_on_step;
+            a.user = &prog;
+        }
+        t1 = dx_now();
+        s = dxk_latent_sample(p->dit, ws, &a, z, err, errlen);
+        out->timings.denoise_s += dx_now() - t1;
+        if (s != DEXEC_OK)
+            break;
+        t1 = dx_now();
+        s = dxk_vae_decode(p->vae, z, 1, h, w, img, err, errlen);
+        if (s == DEXEC_OK && (im->pixels = malloc((size_t)oc * H * W)) == NULL) {
+            dexec_errorf(err, errlen, "out of memory for the pixels of image %d", i);
+            s = DEXEC_ENOMEM;
+        }
+        if (s != DEXEC_OK)
+            break;
+        im->width = W;
+        im->height = H;
+        im->channels = oc;
+        out->num_images = (size_t)i + 1;
+        k = 0;
+        for (py = 0; py < H; py++)
+            for (px = 0; px < W; px++)
+                for (c = 0; c < oc; c++)
+                    im->pixels[k++] = dxk_to_pixel(img[((size_t)c * H + py) * W + px]);
+        out->timings.decode_s += dx_now() - t1;
+    }
+done:
+    if (s == DEXEC_OK) {
+        size_t off;
+        const dxk_safetensors *bad = dxk_st_damaged(p->tst, &off)   ? p->tst
+                                     : dxk_st_damaged(p->vst, &off) ? p->vst
+                                                                    : NULL;
+
+        if (bad != NULL) {
+            dexec_errorf(err, errlen,
+                         "%s: the model file changed on disk while in use (its data at byte "
+                         "%zu is gone); no image is made from it: reload the model or restart "
+                         "the worker",
+                         bad->path, off);
+            s = DEXEC_EIO;
+        }
+    }
+    if (s != DEXEC_OK)
+        dx_free_images(out);
+    free(noise);
+    free(z);
+    free(img);
+    dxk_dit_ws_free(p->dit, ws);
+    return s;
+}
+
 dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *out,
                           dxk_step_fn step, void *user, char *err, size_t errlen)
 {
-    const int C = m->dit->cfg.in_channels;
+    const int C = m->pipe != NULL ? 0 : m->dit->cfg.in_channels;
     int H, W, steps, n, y, y_neg, i;
     double g, t0, t1;
     dxk_dit_ws *ws = NULL;
@@ -290,6 +453,8 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     dx_progress prog;
     char e2[768];
 
+    if (m->pipe != NULL)
+        return dx_generate_latent(m, req, out, step, user, err, errlen);
     t0 = dx_now();
     s = dx_check_file(m, err, errlen);
     if (s == DEXEC_OK)
@@ -412,7 +577,7 @@ static int dx_set_int(dexec_value *map, const char *key, int64_t v)
 
 dexec_value *dxk_model_info(const dxk_model *m)
 {
-    const dxk_dit_config *c = &m->dit->cfg;
+    const dxk_dit_config *c = m->pipe != NULL ? &m->pipe->dit->cfg : &m->dit->cfg;
     dexec_value *v = dexec_value_map(), *mem = dexec_value_map();
     int64_t rss, peak;
     size_t used = 0, dpeak = 0;
@@ -434,13 +599,30 @@ dexec_value *dxk_model_info(const dxk_model *m)
     bad |= dexec_value_map_set(v, "path", dexec_value_str(m->path));
     bad |= dexec_value_map_set(v, "device", dexec_value_str(m->be->name));
     bad |= dexec_value_map_set(v, "device_name", dexec_value_str(m->be->device_name));
-    bad |= dx_set_int(v, "parameters", (int64_t)m->dit->params);
-    bad |= dx_set_int(v, "bytes", (int64_t)(m->dit->params * sizeof(float)));
-    bad |= dx_set_int(v, "image_size", c->image_size);
-    bad |= dx_set_int(v, "channels", c->in_channels);
-    bad |= dx_set_int(v, "default_steps", c->default_steps);
-    bad |= dexec_value_map_set(v, "default_guidance", dexec_value_float(c->default_guidance));
-    bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(m->st->metadata));
+    if (m->pipe != NULL) {
+        const dxk_pipeline *p = m->pipe;
+        size_t params = p->dit->params + p->vae->params;
+
+        bad |= dx_set_int(v, "parameters", (int64_t)params);
+        bad |= dx_set_int(v, "bytes", (int64_t)(params * sizeof(float)));
+        bad |= dx_set_int(v, "image_size", p->image_size);
+        bad |= dx_set_int(v, "channels", p->vae->cfg.out_channels);
+        bad |= dx_set_int(v, "default_steps", p->default_steps);
+        bad |= dexec_value_map_set(v, "default_guidance", dexec_value_float(p->default_guidance));
+        bad |= dexec_value_map_set(v, "sampler", dexec_value_str(dxk_sampler_name(p->sampler)));
+        bad |= dexec_value_map_set(v, "layout",
+                                   dexec_value_str(c->layout == DXK_DIT_DIFFUSERS ? "diffusers"
+                                                                                   : "original"));
+        bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(p->tst->metadata));
+    } else {
+        bad |= dx_set_int(v, "parameters", (int64_t)m->dit->params);
+        bad |= dx_set_int(v, "bytes", (int64_t)(m->dit->params * sizeof(float)));
+        bad |= dx_set_int(v, "image_size", c->image_size);
+        bad |= dx_set_int(v, "channels", c->in_channels);
+        bad |= dx_set_int(v, "default_steps", c->default_steps);
+        bad |= dexec_value_map_set(v, "default_guidance", dexec_value_float(c->default_guidance));
+        bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(m->st->metadata));
+    }
     bad |= dexec_value_map_set(v, "memory", mem);
     if (bad) {
         dexec_value_free(v);

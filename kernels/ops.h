@@ -44,4 +44,10 @@ int dxk_cuda_driver_present(char *reason, size_t reasonlen);
 
 void dxk_backend_free(dxk_backend *be);
 
+/* DEXEC_OK when be has every op of the latent models (the 1.2 ops of
+ * <dexec/device.h>: conv2d, group_norm, upsample_nearest2x,
+ * ln_modulate_eps); otherwise DEXEC_ENOTSUP with a message naming the
+ * device and the missing op. */
+dexec_status dxk_backend_latent_ops(const dxk_backend *be, char *err, size_t errlen);
+
 #endif

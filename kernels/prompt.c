@@ -257,3 +257,49 @@ dexec_status dxk_prompt_class(const dxk_vocab *v, const char *prompt, int *cls, 
     free(norm);
     return DEXEC_EINVAL;
 }
+
+dexec_status dxk_vocab_from_labels(const char *const *labels, int K, dxk_vocab **out, char *err,
+                                   size_t errlen)
+{
+    dxk_vocab *v = calloc(1, sizeof *v);
+    dexec_status s = DEXEC_OK;
+    int i;
+
+    *out = NULL;
+    if (v == NULL || (v->class_names = calloc((size_t)K, sizeof *v->class_names)) == NULL) {
+        free(v);
+        snprintf(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    v->num_classes = K;
+    for (i = 0; i < K && s == DEXEC_OK; i++) {
+        const char *p = labels[i];
+
+        if ((v->class_names[i] = strdup(p)) == NULL) {
+            s = DEXEC_ENOMEM;
+            break;
+        }
+        while (*p != '\0' && s == DEXEC_OK) {
+            size_t len = strcspn(p, ",");
+            char *word = strndup(p, len);
+
+            if (word == NULL) {
+                s = DEXEC_ENOMEM;
+                break;
+            }
+            if (word[strspn(word, " ")] != '\0')
+                s = dx_vocab_add(v, word, i);
+            free(word);
+            p += len;
+            if (*p == ',')
+                p++;
+        }
+    }
+    if (s != DEXEC_OK) {
+        snprintf(err, errlen, "out of memory");
+        dxk_vocab_free(v);
+        return s;
+    }
+    *out = v;
+    return DEXEC_OK;
+}

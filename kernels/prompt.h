@@ -26,6 +26,13 @@ dexec_status dxk_vocab_load(const dxk_safetensors *st, int K, dxk_vocab **out, c
                             size_t errlen);
 void dxk_vocab_free(dxk_vocab *v);
 
+/* The vocabulary of K classes named by labels[0..K-1], each a
+ * comma-separated list of synonyms ("tench, Tinca tinca": the ImageNet
+ * label form of a diffusers DiT pipeline's id2label): the whole label is
+ * the class name and every synonym a key. DEXEC_ENOMEM only. */
+dexec_status dxk_vocab_from_labels(const char *const *labels, int K, dxk_vocab **out, char *err,
+                                   size_t errlen);
+
 /* Lower-cases, trims and collapses inner whitespace; returns a malloc'd
  * string (NULL when out of memory). NULL is read as "". */
 char *dxk_prompt_normalize(const char *prompt);

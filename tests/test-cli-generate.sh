@@ -159,4 +159,16 @@ expect_in err "$tmp/m.safetensors: the model file changed on disk while in use"
 grep -F "signal" "$tmp/err" >/dev/null && fail "truncated model: the worker died of a signal"
 [ ! -e "$tmp/t.png" ] || fail "truncated model: an image was written"
 
+# 7. a published latent model: a diffusers pipeline directory (the reduced
+# golden DiT + VAE of contrib/published) gives RGB images of its size
+"$cli" generate --device cpu -m "$DEXEC_TEST_SRCDIR/golden/published" -p "golden retriever" \
+    -s 4 --steps 3 -o "$tmp/p.png" >"$tmp/out" 2>"$tmp/err" || fail "pipeline directory: exit status $?"
+expect_in out "$tmp/p.png: 16x16, seed 4, 3 steps, cfg 4"
+python3 - "$tmp/p.png" <<'PY' || fail "pipeline directory: not a 16x16 RGB PNG"
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+w, h, depth, color = struct.unpack('>IIBB', d[16:26])
+sys.exit(0 if (w, h, depth, color) == (16, 16, 8, 2) else 1)
+PY
+
 exit $status

@@ -146,8 +146,44 @@ struct dexec_device {
     /* Frees the device and whatever buffers are still allocated on it. */
     void (*destroy)(dexec_device *be);
 
-    void *reserved[8]; /* zero */
+    /* ---- ops added in 1.2: the latent models (published DiT/SiT and the
+     * autoencoder's decoder, doc/model.md "Published models"). A device
+     * built against 1.1 leaves them zero (its struct_size is below
+     * DEXEC_DEVICE_SIZE_1_2); the worker then refuses those models on it
+     * and still runs the bundled one. A device that cannot run one of them
+     * sets the pointer to NULL rather than faking it. ---- */
+
+    /* y[B,Cout,H,W] = conv(x[B,Cin,H,W], w[Cout,Cin,k,k]) + b: stride 1,
+     * zero padding (k-1)/2, k odd (1 or 3 in the models); b may be NULL.
+     * y must not alias x. The device keeps its own scratch (the CPU one an
+     * im2col panel of at most 16 Mi floats, made in bands of rows). */
+    void (*conv2d)(dexec_device *be, float *y, const float *x, const float *w, const float *b,
+                   int B, int Cin, int H, int W, int Cout, int k);
+
+    /* y[b,c,:] = (x - mean_g) / sqrt(var_g + eps) * gamma[c] + beta[c],
+     * mean and biased variance over the HW positions of the C/G channels
+     * of group g (PyTorch GroupNorm on [B, C, HW]); then y = SiLU(y) when
+     * silu is non-zero. C must be a multiple of G. y may alias x. */
+    void (*group_norm)(dexec_device *be, float *y, const float *x, const float *gamma,
+                       const float *beta, int B, int C, int HW, int G, float eps, int silu);
+
+    /* y[B,C,2H,2W] = x[B,C,H,W] repeated 2x2 (nearest). y must not alias x. */
+    void (*upsample_nearest2x)(dexec_device *be, float *y, const float *x, int B, int C, int H,
+                               int W);
+
+    /* ln_modulate() with the LayerNorm's eps given (the published models'
+     * configuration names it: 1e-6 in DiT's own code, norm_eps in a
+     * diffusers configuration). */
+    void (*ln_modulate_eps)(dexec_device *be, float *y, const float *x, const float *shift,
+                            const float *scale, int mod_stride, int B, int T, int D, float eps);
+
+    void *reserved[4]; /* zero */
 };
+
+/* Bytes of named fields of a 1.1 device (up to destroy) and of a 1.2 one
+ * (the latent models' ops too). */
+#define DEXEC_DEVICE_SIZE_1_1 offsetof(dexec_device, conv2d)
+#define DEXEC_DEVICE_SIZE_1_2 offsetof(dexec_device, reserved)
 
 /* What a device plugin's descriptor points at. Fields are never reordered;
  * new ones take the reserved space. All functions are required; the loader

@@ -37,8 +37,15 @@ typedef struct dx_cpu {
      * sines in double at every step would cost as much as a small GEMM */
     float *pos;
     int pos_h, pos_w, pos_d;
+    float *col; /* conv2d's im2col panel */
+    size_t col_n;
     dxk_pool *pool; /* NULL: one thread */
 } dx_cpu;
+
+/* conv2d makes its im2col panel in bands of output rows, each at most this
+ * many floats (64 MiB): a 3x3 convolution of 512 channels at 256x256 would
+ * otherwise need a 1.2 GB panel. */
+#define DX_COL_MAX (16u * 1024u * 1024u)
 
 static int dx_blas_threads(void)
 {
@@ -176,6 +183,7 @@ typedef struct dx_ln_job {
     float *y;
     const float *x, *shift, *scale;
     int mod_stride, B, T, D, nthreads;
+    double eps;
 } dx_ln_job;
 
 /* rows [lo, hi) of the B*T rows */
@@ -203,7 +211,7 @@ DX_VECTORIZE static void dx_ln_rows(const dx_ln_job *j, int lo, int hi)
         }
         var /= D;
         m = (float)mean;
-        rs = (float)(1.0 / sqrt(var + 1e-6));
+        rs = (float)(1.0 / sqrt(var + j->eps));
         for (d = 0; d < D; d++)
             yr[d] = (xr[d] - m) * rs * (1.0f + sc[d]) + sh[d];
     }
@@ -223,7 +231,20 @@ static void cpu_ln_modulate(dxk_backend *be, float *y, const float *x, const flo
                             const float *scale, int mod_stride, int B, int T, int D)
 {
     dx_cpu *c = dx_priv(be);
-    dx_ln_job j = {y, x, shift, scale, mod_stride, B, T, D, dxk_pool_size(c->pool)};
+    dx_ln_job j = {y, x, shift, scale, mod_stride, B, T, D, dxk_pool_size(c->pool), 1e-6};
+
+    if ((size_t)B * T * D < DX_PAR_MIN)
+        dx_ln_rows(&j, 0, B * T);
+    else
+        dxk_pool_run(c->pool, j.nthreads, dx_ln_task, &j);
+}
+
+static void cpu_ln_modulate_eps(dxk_backend *be, float *y, const float *x, const float *shift,
+                                const float *scale, int mod_stride, int B, int T, int D,
+                                float eps)
+{
+    dx_cpu *c = dx_priv(be);
+    dx_ln_job j = {y, x, shift, scale, mod_stride, B, T, D, dxk_pool_size(c->pool), eps};
 
     if ((size_t)B * T * D < DX_PAR_MIN)
         dx_ln_rows(&j, 0, B * T);
@@ -511,6 +532,183 @@ DX_VECTORIZE static void cpu_cfg_combine(dxk_backend *be, float *out, const floa
         out[i] = vu[i] + g * (vc[i] - vu[i]);
 }
 
+static void dx_cpu_fail(dx_cpu *c, const char *what)
+{
+    if (c->fail == DEXEC_OK) {
+        c->fail = DEXEC_ENOMEM;
+        snprintf(c->msg, sizeof c->msg, "cpu: out of memory for %s", what);
+    }
+}
+
+typedef struct dx_col_job {
+    float *col;
+    const float *x; /* one image, [Cin, H, W] */
+    int Cin, H, W, k, r0, rows;
+} dx_col_job;
+
+/* task = input channel: its k*k rows of the panel for output rows
+ * [r0, r0 + rows), zero where the window leaves the image */
+static void dx_col_task(void *arg, int ci, int thread)
+{
+    const dx_col_job *j = arg;
+    const int k = j->k, pad = (k - 1) / 2, W = j->W, n = j->rows * W;
+    int ky, kx, oy, ox;
+
+    (void)thread;
+    for (ky = 0; ky < k; ky++)
+        for (kx = 0; kx < k; kx++) {
+            float *o = j->col + ((size_t)ci * k * k + (size_t)ky * k + kx) * n;
+
+            for (oy = 0; oy < j->rows; oy++) {
+                int iy = j->r0 + oy + ky - pad;
+                const float *xr = j->x + ((size_t)ci * j->H + iy) * W;
+                float *orow = o + (size_t)oy * W;
+
+                if (iy < 0 || iy >= j->H) {
+                    memset(orow, 0, (size_t)W * sizeof *orow);
+                    continue;
+                }
+                for (ox = 0; ox < W; ox++) {
+                    int ix = ox + kx - pad;
+
+                    orow[ox] = ix >= 0 && ix < W ? xr[ix] : 0.0f;
+                }
+            }
+        }
+}
+
+static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int B, int Cin, int H, int W, int Cout, int k)
+{
+    dx_cpu *c = dx_priv(be);
+    const size_t HW = (size_t)H * W, K = (size_t)Cin * k * k;
+    int img, r0, band, co;
+
+    if (c->fail != DEXEC_OK || B <= 0 || Cout <= 0 || HW == 0)
+        return;
+    band = (int)(DX_COL_MAX / (K * (size_t)W));
+    if (band < 1)
+        band = 1;
+    if (band > H)
+        band = H;
+    if (k > 1 && c->col_n < K * (size_t)band * W) {
+        float *p = realloc(c->col, K * (size_t)band * W * sizeof *p);
+
+        if (p == NULL) {
+            dx_cpu_fail(c, "the convolution panel");
+            return;
+        }
+        c->col = p;
+        c->col_n = K * (size_t)band * W;
+    }
+    for (img = 0; img < B; img++) {
+        const float *xi = x + (size_t)img * Cin * HW;
+        float *yi = y + (size_t)img * Cout * HW;
+
+        if (b != NULL)
+            for (co = 0; co < Cout; co++) {
+                float *r = yi + (size_t)co * HW;
+                size_t i;
+
+                for (i = 0; i < HW; i++)
+                    r[i] = b[co];
+            }
+        if (k == 1) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, (int)HW, Cin, 1.0f, w,
+                        Cin, xi, (int)HW, b != NULL ? 1.0f : 0.0f, yi, (int)HW);
+            continue;
+        }
+        for (r0 = 0; r0 < H; r0 += band) {
+            int rows = H - r0 < band ? H - r0 : band, n = rows * W;
+            dx_col_job j = {c->col, xi, Cin, H, W, k, r0, rows};
+
+            dxk_pool_run(c->pool, Cin, dx_col_task, &j);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Cout, n, (int)K, 1.0f, w,
+                        (int)K, c->col, n, b != NULL ? 1.0f : 0.0f, yi + (size_t)r0 * W,
+                        (int)HW);
+        }
+    }
+}
+
+typedef struct dx_gn_job {
+    float *y;
+    const float *x, *gamma, *beta;
+    int C, HW, G, silu;
+    double eps;
+} dx_gn_job;
+
+/* task = b*G + g: one group of one image */
+DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
+{
+    const dx_gn_job *j = arg;
+    const int cpg = j->C / j->G, b = task / j->G, g = task % j->G;
+    const size_t HW = (size_t)j->HW, n = (size_t)cpg * HW;
+    const size_t off = ((size_t)b * j->C + (size_t)g * cpg) * HW;
+    const float *xg = j->x + off;
+    float *yg = j->y + off;
+    double mean = 0.0, var = 0.0;
+    size_t i;
+    int ch;
+
+    (void)thread;
+    /* double accumulation: a group holds up to 512/32 x 512^2 values */
+    for (i = 0; i < n; i++)
+        mean += xg[i];
+    mean /= (double)n;
+    for (i = 0; i < n; i++) {
+        double e = xg[i] - mean;
+
+        var += e * e;
+    }
+    var /= (double)n;
+    for (ch = 0; ch < cpg; ch++) {
+        const int cc = g * cpg + ch;
+        const float a = (float)(j->gamma[cc] / sqrt(var + j->eps));
+        const float sh = (float)(j->beta[cc] - mean * a);
+        const float *xr = xg + (size_t)ch * HW;
+        float *yr = yg + (size_t)ch * HW;
+
+        for (i = 0; i < HW; i++)
+            yr[i] = xr[i] * a + sh;
+        if (j->silu)
+            for (i = 0; i < HW; i++)
+                yr[i] = yr[i] / (1.0f + dx_expf(-yr[i]));
+    }
+}
+
+static void cpu_group_norm(dxk_backend *be, float *y, const float *x, const float *gamma,
+                           const float *beta, int B, int C, int HW, int G, float eps, int silu)
+{
+    dx_cpu *c = dx_priv(be);
+    dx_gn_job j = {y, x, gamma, beta, C, HW, G, silu, eps};
+
+    if (c->fail != DEXEC_OK || B <= 0 || G <= 0 || C % G != 0)
+        return;
+    dxk_pool_run(c->pool, B * G, dx_gn_task, &j);
+}
+
+static void cpu_upsample_nearest2x(dxk_backend *be, float *y, const float *x, int B, int C,
+                                   int H, int W)
+{
+    size_t plane, p;
+    int oy, ox;
+
+    (void)be;
+    plane = (size_t)B * C;
+    for (p = 0; p < plane; p++) {
+        const float *xp = x + p * H * W;
+        float *yp = y + p * 4 * H * W;
+
+        for (oy = 0; oy < 2 * H; oy++) {
+            const float *xr = xp + (size_t)(oy / 2) * W;
+            float *yr = yp + (size_t)oy * 2 * W;
+
+            for (ox = 0; ox < 2 * W; ox++)
+                yr[ox] = xr[ox / 2];
+        }
+    }
+}
+
 static dexec_status cpu_sync(dxk_backend *be, char *err, size_t errlen)
 {
     dx_cpu *c = dx_priv(be);
@@ -526,6 +724,7 @@ static void cpu_destroy(dxk_backend *be)
 
     dxk_pool_free(c->pool);
     free(c->pos);
+    free(c->col);
     free(c);
     free(be);
 }
@@ -596,6 +795,10 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
     be->cfg_combine = cpu_cfg_combine;
     be->sync = cpu_sync;
     be->destroy = cpu_destroy;
+    be->conv2d = cpu_conv2d;
+    be->group_norm = cpu_group_norm;
+    be->upsample_nearest2x = cpu_upsample_nearest2x;
+    be->ln_modulate_eps = cpu_ln_modulate_eps;
     *out = be;
     return DEXEC_OK;
 }
