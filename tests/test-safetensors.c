@@ -232,8 +232,10 @@ START_TEST(test_malformed_table)
 END_TEST
 
 /* A header of 40,000 zero-size tensors (2.3 MB): reading it is linear in
- * its size. The quadratic reader of 0.1.0 took 21 s here; the bound leaves
- * a loaded CI machine twenty times the 0.1 s it takes. */
+ * its size. The quadratic reader of 0.1.0 took 21 s here; it takes about
+ * 0.1 s now, and the bound of 10 s leaves a loaded CI machine (2.2 s was
+ * seen under a load average of 10) room while still catching quadratic
+ * cost. */
 START_TEST(test_many_tensors_linear)
 {
     enum { N = 40000 };
@@ -262,7 +264,7 @@ START_TEST(test_many_tensors_linear)
     ck_assert_ptr_nonnull(dxk_st_find(st, "t39999"));
     ck_assert_ptr_null(dxk_st_find(st, "t40000"));
     dxk_st_close(st);
-    ck_assert_msg(t1 - t0 < 2.0, "40,000 tensors took %.2f s to read", t1 - t0);
+    ck_assert_msg(t1 - t0 < 10.0, "40,000 tensors took %.2f s to read", t1 - t0);
 }
 END_TEST
 

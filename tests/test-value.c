@@ -121,8 +121,8 @@ START_TEST(msgpack_refuses_bad_text)
 END_TEST
 
 /* A 1.4 MB frame holding one map of 160,000 keys: 0.1.0 checked each key
- * against all before it and took 57 s. The bound leaves a loaded CI machine
- * ample room over the ~0.1 s it takes. */
+ * against all before it and took 57 s. The bound (10 s) leaves a loaded CI
+ * machine ample room over the ~0.1 s it takes. */
 START_TEST(msgpack_large_map_is_linear)
 {
     enum { N = 160000 };
@@ -150,7 +150,7 @@ START_TEST(msgpack_large_map_is_linear)
     ck_assert_uint_eq(v->u.map.len, N);
     ck_assert_ptr_nonnull(dexec_value_map_get(v, "k159999"));
     dexec_value_free(v);
-    ck_assert_msg(t1 - t0 < 2.0, "160,000 keys took %.2f s", t1 - t0);
+    ck_assert_msg(t1 - t0 < 10.0, "160,000 keys took %.2f s", t1 - t0);
 
     /* the same map with its last key repeating the first: refused, also fast */
     memcpy(buf + len - 9, "\xa7k000000", 8);
@@ -159,7 +159,7 @@ START_TEST(msgpack_large_map_is_linear)
     t1 = now_s();
     ck_assert_ptr_null(v);
     ck_assert_str_eq(err, "malformed MessagePack at byte 1440005: map key 'k000000' appears twice");
-    ck_assert_msg(t1 - t0 < 2.0, "refusing 160,000 keys took %.2f s", t1 - t0);
+    ck_assert_msg(t1 - t0 < 10.0, "refusing 160,000 keys took %.2f s", t1 - t0);
     free(buf);
 }
 END_TEST
