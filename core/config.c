@@ -103,6 +103,10 @@ static const struct dx_key keys[] = {
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 
+    KEY_INT("engine.max_queued", 1024, 1, 1048576,
+            "requests dexec_engine_submit() holds waiting for a rank; one more is refused "
+            "with DEXEC_EAGAIN (queue full)"),
+
     KEY_FLOAT("timeouts.init", "60.0",
               "deadline for starting or connecting the workers and loading the model"),
     KEY_FLOAT("timeouts.rpc", "30.0", "default deadline of collective_rpc"),
