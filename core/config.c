@@ -79,6 +79,11 @@ static const char *check_redis_url(const char *s);
     {n, CT_STRING, d, 0, 0, 0, 0, flags, NULL, NULL, check, range, doc}
 #define KEY_LIST(n, range, doc) {n, CT_LIST, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
 #define KEY_MAP(n, range, doc) {n, CT_MAP, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
+/* A map of environment variables: NAME = "value" (core keys only). */
+#define DX_KEY_ENV 0x10000u
+#define KEY_ENV(n, doc)                                                                        \
+    {n, CT_MAP, "", 0, 0, 0, 0, DX_KEY_ENV, NULL, NULL, NULL,                                  \
+     "group of NAME = \"value\" (NAME: [A-Za-z_][A-Za-z0-9_]*)", doc}
 
 /* Keys of one group are kept together: the dump writes them as one block. */
 static const struct dx_key keys[] = {
@@ -126,6 +131,16 @@ static const struct dx_key keys[] = {
     KEY_STR("ray_init.address", "local", DEXEC_SETTING_URL_PASSWORD, check_address, "local, auto or redis://HOST[:PORT][/DB]",
             "where the actor runs: spawned on this host (local), or placed on a node "
             "registered in the registry at auto ($DEXEC_REGISTRY) or the given URL"),
+    KEY_INT("ray_init.num_cpus", -1, -1, 4096,
+            "local mode: CPUs actors may be given on this host (an actor asking for more is "
+            "refused at create); -1: what the host has"),
+    KEY_INT("ray_init.num_gpus", -1, -1, 64,
+            "local mode: GPUs actors may be given on this host (an actor asking for more is "
+            "refused at create); -1: what the host has"),
+
+    KEY_ENV("runtime_env.env_vars",
+            "environment variables of every worker or actor process an executor starts; "
+            "the executor's own (CUDA_VISIBLE_DEVICES) win, with a warning"),
 
     KEY_LIST("external.worker_names", "list of names",
              "names of the workers to connect to, in rank order "
@@ -224,6 +239,37 @@ static const char *check_address(const char *s)
 
 /* libconfig's setting names: [A-Za-z*][-A-Za-z0-9_*]*. Map keys are written
  * back as names by the dump, so set() accepts only these. */
+/* An environment variable name as POSIX shells accept it. */
+static int is_env_name(const char *s)
+{
+    if (!(isalpha((unsigned char)*s) || *s == '_'))
+        return 0;
+    for (s++; *s != '\0'; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '_'))
+            return 0;
+    return 1;
+}
+
+/* The comma that ends the NAME=VALUE entry at p, or NULL: a value may hold
+ * commas ("CUDA_VISIBLE_DEVICES=0,1"), so only a comma followed by
+ * another NAME= ends it. */
+static const char *env_entry_end(const char *p)
+{
+    for (const char *c = strchr(p, ','); c != NULL; c = strchr(c + 1, ',')) {
+        const char *q = c + 1;
+
+        while (isspace((unsigned char)*q))
+            q++;
+        if (!(isalpha((unsigned char)*q) || *q == '_'))
+            continue;
+        while (isalnum((unsigned char)*q) || *q == '_')
+            q++;
+        if (*q == '=')
+            return c;
+    }
+    return NULL;
+}
+
 static int is_setting_name(const char *s)
 {
     if (!(isalpha((unsigned char)*s) || *s == '*'))
@@ -539,7 +585,7 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
         if (*p == '\0')
             return 0;
         for (;;) {
-            const char *comma = strchr(p, ',');
+            const char *comma = (k->flags & DX_KEY_ENV) != 0 ? env_entry_end(p) : strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
             char *item = trimmed_dup(p, len), *eq, *name;
             dexec_value *num = NULL;
@@ -559,6 +605,27 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
             if (name == NULL) {
                 free(item);
                 goto oom;
+            }
+            if ((k->flags & DX_KEY_ENV) != 0) {
+                if (!is_env_name(name)) {
+                    snprintf(why, whylen,
+                             "\"%s\" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                             name);
+                    free(name);
+                    free(item);
+                    return -1;
+                }
+                num = dexec_value_str(eq + 1);
+                free(item);
+                if (num == NULL || dexec_value_map_set(v->map, name, num) != 0) {
+                    free(name);
+                    goto oom;
+                }
+                free(name);
+                if (comma == NULL)
+                    return 0;
+                p = comma + 1;
+                continue;
             }
             if (!is_setting_name(name)) {
                 snprintf(why, whylen,
@@ -782,7 +849,22 @@ static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
             int et = config_setting_type(e);
             dexec_value *num;
 
-            if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64)
+            if ((k->flags & DX_KEY_ENV) != 0) {
+                if (et != CONFIG_TYPE_STRING) {
+                    *line = config_setting_source_line(e);
+                    snprintf(why, whylen, "%s: expected a string, got %s",
+                             config_setting_name(e), lc_type_name(et));
+                    return -1;
+                }
+                if (!is_env_name(config_setting_name(e))) {
+                    *line = config_setting_source_line(e);
+                    snprintf(why, whylen,
+                             "\"%s\" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                             config_setting_name(e));
+                    return -1;
+                }
+                num = dexec_value_str(config_setting_get_string(e));
+            } else if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64)
                 num = dexec_value_int(setting_int64(e, src));
             else if (et == CONFIG_TYPE_FLOAT)
                 num = dexec_value_float(config_setting_get_float(e));
@@ -954,6 +1036,8 @@ static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, 
             }
         return 0;
     case CT_MAP:
+        if ((k->flags & DX_KEY_ENV) != 0)
+            return 0;
         for (size_t i = 0; i < v->map->u.map.len; i++) {
             const dexec_kv *kv = &v->map->u.map.items[i];
             double x = dexec_value_as_float(kv->val, -1);
@@ -2009,7 +2093,9 @@ static void dump_value(struct dx_buf *b, const struct dx_key *k, const struct dx
             const dexec_kv *kv = &v->map->u.map.items[i];
 
             buf_printf(b, " %s = ", kv->key);
-            if (kv->val->type == DEXEC_VAL_INT)
+            if (kv->val->type == DEXEC_VAL_STR)
+                buf_quoted(b, kv->val->u.str.ptr);
+            else if (kv->val->type == DEXEC_VAL_INT)
                 buf_int(b, kv->val->u.i);
             else
                 buf_double(b, dexec_value_as_float(kv->val, 0));

@@ -491,6 +491,97 @@ static const bad_frame bad_frames[] = {
 };
 
 
+/* ---- runtime_env.env_vars and get_logs ---------------------------------------- */
+
+/* The value of NAME in /proc/PID/environ into out ("" when unset). */
+static void proc_env(pid_t pid, const char *name, char *out, size_t len)
+{
+    char path[64], buf[65536];
+    size_t n, nl = strlen(name);
+    FILE *f;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+        if (strncmp(buf + i, name, nl) == 0 && buf[i + nl] == '=') {
+            snprintf(out, len, "%s", buf + i + nl + 1);
+            return;
+        }
+}
+
+START_TEST(test_runtime_env_reaches_every_rank)
+{
+    dexec_engine *e = open_engine(
+        2, "runtime_env.env_vars", "DEXEC_TEST_VAR=x,y,CUDA_VISIBLE_DEVICES=7,OMP_NUM_THREADS=1");
+    char v[64], want[16];
+
+    for (int r = 0; r < 2; r++) {
+        pid_t pid = worker_pid(e, r);
+
+        proc_env(pid, "DEXEC_TEST_VAR", v, sizeof(v));
+        ck_assert_str_eq(v, "x,y");
+        proc_env(pid, "OMP_NUM_THREADS", v, sizeof(v));
+        ck_assert_str_eq(v, "1");
+        /* the executor's own variable wins: rank r sees GPU r */
+        proc_env(pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+        snprintf(want, sizeof(want), "%d", r);
+        ck_assert_str_eq(v, want);
+    }
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_get_logs_has_failed_request)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_request r[2];
+    dexec_output *o = NULL;
+    dexec_value *logs = NULL, *args = dexec_value_array();
+    const dexec_value *rank1, *last = NULL;
+
+    for (int i = 0; i < 2; i++) {
+        dexec_request_init(&r[i]);
+        r[i].prompt = i == 1 ? "no-such-class-xyz" : "bag";
+        r[i].num_inference_steps = 1;
+    }
+    r[1].request_id = "bad-1";
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_OK);
+    ck_assert_int_ne(o[1].status, DEXEC_OK);
+    dexec_outputs_free(o, 2);
+    dexec_value_array_push(args, dexec_value_int(5));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, -1, &logs),
+                     DEXEC_OK);
+    rank1 = dexec_value_array_get(logs, 1);
+    ck_assert_int_eq(rank1->type, DEXEC_VAL_ARRAY);
+    ck_assert_int_ge(rank1->u.arr.len, 1);
+    ck_assert_int_le(rank1->u.arr.len, 5);
+    last = rank1->u.arr.items[rank1->u.arr.len - 1];
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(last, "level"), ""), "warn");
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(last, "component"), ""), "worker");
+    ck_assert_msg(strncmp(dexec_value_as_str(dexec_value_map_get(last, "message"), ""),
+                          "rank 1: request bad-1 failed: ", 30) == 0,
+                  "%s", dexec_value_as_str(dexec_value_map_get(last, "message"), ""));
+    ck_assert_double_gt(dexec_value_as_float(dexec_value_map_get(last, "time"), 0), 1.6e9);
+    dexec_value_free(logs);
+    /* a bad line count is refused by the worker */
+    dexec_value_free(args);
+    args = dexec_value_array();
+    dexec_value_array_push(args, dexec_value_int(0));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, -1, &logs),
+                     DEXEC_EWORKER);
+    ck_assert_msg(strstr(dexec_engine_last_error(e),
+                         "get_logs: expected a number of lines in 1..100000") != NULL,
+                  "%s", dexec_engine_last_error(e));
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
 /* ---- the asynchronous API with real workers ---------------------------------- */
 
 #define ASYNC_THREADS 4
@@ -816,6 +907,8 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
+    tcase_add_test(tc, test_runtime_env_reaches_every_rank);
+    tcase_add_test(tc, test_get_logs_has_failed_request);
     suite_add_tcase(s, tc);
     tc = tcase_create("async");
     tcase_set_timeout(tc, 300);
