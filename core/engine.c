@@ -1072,7 +1072,13 @@ static int cancel_handle(dexec_handle *h)
                        "request %s cancelled while running (abandoned: its worker stops at "
                        "the next step)",
                        h->id);
-        cancel_on_workers(e, h->id);
+        /* the executor must outlive the call: a close in progress is
+         * waited for, and after it there is no worker left to tell */
+        if (lock_shared(e) == 0) {
+            if (e->ex != NULL)
+                cancel_on_workers(e, h->id);
+            unlock_shared(e);
+        }
     }
     pthread_mutex_lock(&e->qlock);
     handle_unref_locked(h, &destroy);

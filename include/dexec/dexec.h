@@ -404,8 +404,10 @@ typedef void (*dexec_handle_progress_fn)(void *user, dexec_handle *h, int image_
  * dispatcher thread, or from the thread that cancels or closes for a
  * request cancelled or dropped there. h stays valid during the call even
  * when its owner freed it. A callback may call the engine (submit, rpc,
- * health, cancel) but not dexec_engine_close() (DEXEC_EINVAL) and must not
- * wait on a handle of the same engine. */
+ * health, cancel) but not dexec_engine_close() (DEXEC_EINVAL), and must
+ * not wait on a handle of the same engine (dexec_handle_wait with a
+ * timeout, dexec_engine_step): the dispatcher it runs on is not taking
+ * requests meanwhile. */
 typedef void (*dexec_handle_done_fn)(void *user, dexec_handle *h);
 
 typedef struct dexec_callbacks {
