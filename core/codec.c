@@ -86,7 +86,7 @@ dexec_status dexec_output_from_value(const dexec_value *v, dexec_output *out, ch
     if (e != NULL && e->type == DEXEC_VAL_STR) {
         int64_t code = dexec_value_as_int(dexec_value_map_get(v, "code"), DEXEC_EWORKER);
 
-        out->status = code > 0 && code <= DEXEC_EAUTH ? (dexec_status)code : DEXEC_EWORKER;
+        out->status = code > 0 && code <= DEXEC_ECANCELED ? (dexec_status)code : DEXEC_EWORKER;
         out->error = dx_strdup(e->u.str.ptr);
         return DEXEC_OK;
     }

@@ -80,6 +80,11 @@ static const char *check_redis_url(const char *s);
     {n, CT_STRING, d, 0, 0, 0, 0, flags, NULL, NULL, check, range, doc}
 #define KEY_LIST(n, range, doc) {n, CT_LIST, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
 #define KEY_MAP(n, range, doc) {n, CT_MAP, "", 0, 0, 0, 0, 0, NULL, NULL, NULL, range, doc}
+/* A map of environment variables: NAME = "value" (core keys only). */
+#define DX_KEY_ENV 0x10000u
+#define KEY_ENV(n, doc)                                                                        \
+    {n, CT_MAP, "", 0, 0, 0, 0, DX_KEY_ENV, NULL, NULL, NULL,                                  \
+     "group of NAME = \"value\" (NAME: [A-Za-z_][A-Za-z0-9_]*)", doc}
 
 /* Keys of one group are kept together: the dump writes them as one block. */
 static const struct dx_key keys[] = {
@@ -104,6 +109,10 @@ static const struct dx_key keys[] = {
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 
+    KEY_INT("engine.max_queued", 1024, 1, 1048576,
+            "requests dexec_engine_submit() holds waiting for a rank; one more is refused "
+            "with DEXEC_EAGAIN (queue full)"),
+
     KEY_FLOAT("timeouts.init", "60.0",
               "deadline for starting or connecting the workers and loading the model"),
     KEY_FLOAT("timeouts.rpc", "30.0", "default deadline of collective_rpc"),
@@ -125,6 +134,17 @@ static const struct dx_key keys[] = {
             "where the actor runs: spawned on this host (local), started as a Slurm job "
             "step (slurm), or placed on a node registered in the registry at auto "
             "($DEXEC_REGISTRY) or the given URL"),
+
+    KEY_INT("ray_init.num_cpus", -1, -1, 4096,
+            "local mode: CPUs actors may be given on this host (an actor asking for more is "
+            "refused at create); -1: what the host has"),
+    KEY_INT("ray_init.num_gpus", -1, -1, 64,
+            "local mode: GPUs actors may be given on this host (an actor asking for more is "
+            "refused at create); -1: what the host has"),
+
+    KEY_ENV("runtime_env.env_vars",
+            "environment variables of every worker or actor process an executor starts; "
+            "the executor's own (CUDA_VISIBLE_DEVICES) win, with a warning"),
 
     KEY_ENUM("mp.launcher", "local", "local|srun",
              "how the mp executor starts its ranks: children of the engine (local), or "
@@ -238,6 +258,37 @@ static const char *check_address(const char *s)
 
 /* libconfig's setting names: [A-Za-z*][-A-Za-z0-9_*]*. Map keys are written
  * back as names by the dump, so set() accepts only these. */
+/* An environment variable name as POSIX shells accept it. */
+static int is_env_name(const char *s)
+{
+    if (!(isalpha((unsigned char)*s) || *s == '_'))
+        return 0;
+    for (s++; *s != '\0'; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '_'))
+            return 0;
+    return 1;
+}
+
+/* The comma that ends the NAME=VALUE entry at p, or NULL: a value may hold
+ * commas ("CUDA_VISIBLE_DEVICES=0,1"), so only a comma followed by
+ * another NAME= ends it. */
+static const char *env_entry_end(const char *p)
+{
+    for (const char *c = strchr(p, ','); c != NULL; c = strchr(c + 1, ',')) {
+        const char *q = c + 1;
+
+        while (isspace((unsigned char)*q))
+            q++;
+        if (!(isalpha((unsigned char)*q) || *q == '_'))
+            continue;
+        while (isalnum((unsigned char)*q) || *q == '_')
+            q++;
+        if (*q == '=')
+            return c;
+    }
+    return NULL;
+}
+
 static int is_setting_name(const char *s)
 {
     if (!(isalpha((unsigned char)*s) || *s == '*'))
@@ -561,7 +612,7 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
         if (*p == '\0')
             return 0;
         for (;;) {
-            const char *comma = strchr(p, ',');
+            const char *comma = (k->flags & DX_KEY_ENV) != 0 ? env_entry_end(p) : strchr(p, ',');
             size_t len = comma ? (size_t)(comma - p) : strlen(p);
             char *item = trimmed_dup(p, len), *eq, *name;
             dexec_value *num = NULL;
@@ -581,6 +632,27 @@ static int val_from_text(const struct dx_key *k, const char *text, struct dx_val
             if (name == NULL) {
                 free(item);
                 goto oom;
+            }
+            if ((k->flags & DX_KEY_ENV) != 0) {
+                if (!is_env_name(name)) {
+                    snprintf(why, whylen,
+                             "\"%s\" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                             name);
+                    free(name);
+                    free(item);
+                    return -1;
+                }
+                num = dexec_value_str(eq + 1);
+                free(item);
+                if (num == NULL || dexec_value_map_set(v->map, name, num) != 0) {
+                    free(name);
+                    goto oom;
+                }
+                free(name);
+                if (comma == NULL)
+                    return 0;
+                p = comma + 1;
+                continue;
             }
             if (!is_setting_name(name)) {
                 snprintf(why, whylen,
@@ -899,7 +971,22 @@ static int val_from_setting(const struct dx_key *k, const config_setting_t *s,
             int et = config_setting_type(e);
             dexec_value *num;
 
-            if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64) {
+            if ((k->flags & DX_KEY_ENV) != 0) {
+                if (et != CONFIG_TYPE_STRING) {
+                    *line = config_setting_source_line(e);
+                    snprintf(why, whylen, "%s: expected a string, got %s",
+                             config_setting_name(e), lc_type_name(et));
+                    return -1;
+                }
+                if (!is_env_name(config_setting_name(e))) {
+                    *line = config_setting_source_line(e);
+                    snprintf(why, whylen,
+                             "\"%s\" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                             config_setting_name(e));
+                    return -1;
+                }
+                num = dexec_value_str(config_setting_get_string(e));
+            } else if (et == CONFIG_TYPE_INT || et == CONFIG_TYPE_INT64) {
                 int64_t n;
 
                 if (setting_int64(e, src, &n, why, whylen) != 0) {
@@ -1077,6 +1164,8 @@ static int val_check(const struct dx_key *k, const struct dx_val *v, char *why, 
             }
         return 0;
     case CT_MAP:
+        if ((k->flags & DX_KEY_ENV) != 0)
+            return 0;
         for (size_t i = 0; i < v->map->u.map.len; i++) {
             const dexec_kv *kv = &v->map->u.map.items[i];
             double x = dexec_value_as_float(kv->val, -1);
@@ -2141,7 +2230,9 @@ static void dump_value(struct dx_buf *b, const struct dx_key *k, const struct dx
             const dexec_kv *kv = &v->map->u.map.items[i];
 
             buf_printf(b, " %s = ", kv->key);
-            if (kv->val->type == DEXEC_VAL_INT)
+            if (kv->val->type == DEXEC_VAL_STR)
+                buf_quoted(b, kv->val->u.str.ptr);
+            else if (kv->val->type == DEXEC_VAL_INT)
                 buf_int(b, kv->val->u.i);
             else
                 buf_double(b, dexec_value_as_float(kv->val, 0));

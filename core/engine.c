@@ -58,7 +58,56 @@ struct dexec_engine {
 
     pthread_mutex_t errors_lock;
     dx_thread_state *errors;
+
+    /* asynchronous requests (dexec_engine_submit): the queue, the handles
+     * handed to the executor, and the dispatcher threads */
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;    /* queue not empty, or stopping */
+    pthread_cond_t donecond; /* a handle completed */
+    dexec_handle *qhead, *qtail;
+    dexec_handle *running; /* doubly linked through prev/next */
+    size_t queued;         /* handles in the queue */
+    size_t max_queued;     /* engine.max_queued */
+    uint64_t next_submission;
+    int stopping;
+    int ndispatch;
+    pthread_t *dispatch;
 };
+
+struct dexec_handle {
+    dexec_engine *e;
+    dexec_handle *prev, *next; /* in the queue or the running list */
+    uint64_t submission;       /* handles submitted together share it */
+    int mergeable;             /* submitted alone: may share a batch */
+    size_t index;              /* within its submission */
+    dexec_request req;         /* resolved; its strings are owned below */
+    char *id, *prompt, *negative;
+    dexec_callbacks cb;
+    dexec_handle_state state; /* guarded by e->qlock */
+    int refs;                 /* the owner's and the engine's; guarded by e->qlock */
+    int taken;                /* output moved out */
+    int batch_failed;         /* the executor failed the batch as a whole */
+    double started;           /* dispatched at (dexec_now) */
+    dexec_output out;
+};
+
+static void stop_dispatchers(dexec_engine *e);
+static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen);
+
+/* A formatted string the caller frees; NULL when memory is exhausted. */
+static char *dx_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *dx_asprintf(const char *fmt, ...)
+{
+    char *s = NULL;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : s;
+}
 
 /* ---- per-thread last error ------------------------------------------------ */
 
@@ -189,7 +238,7 @@ static double timeout_or(const dexec_config *cfg, const char *key, double fallba
 /* A status the ABI defines; anything else from a plugin is a bug in it. */
 static int known_status(dexec_status st)
 {
-    return st > DEXEC_OK && st <= DEXEC_EAUTH;
+    return st > DEXEC_OK && st <= DEXEC_ECANCELED;
 }
 
 static void engine_destroy(dexec_engine *e)
@@ -204,6 +253,9 @@ static void engine_destroy(dexec_engine *e)
     dexec_config_free(e->cfg);
     free(e->worker_path);
     pthread_mutex_destroy(&e->errors_lock);
+    pthread_mutex_destroy(&e->qlock);
+    pthread_cond_destroy(&e->qcond);
+    pthread_cond_destroy(&e->donecond);
     pthread_rwlock_destroy(&e->lock);
     free(e);
 }
@@ -226,6 +278,9 @@ static int init_locks(dexec_engine *e)
         pthread_rwlock_destroy(&e->lock);
         return -1;
     }
+    if (pthread_mutex_init(&e->qlock, NULL) != 0 || pthread_cond_init(&e->qcond, NULL) != 0 ||
+        pthread_cond_init(&e->donecond, NULL) != 0)
+        return -1; /* the process is out of memory: the few bytes leaked do not matter */
     return 0;
 }
 
@@ -293,6 +348,12 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
     e->rpc_s = timeout_or(e->cfg, "timeouts.rpc", DX_DEFAULT_RPC_S);
     e->generate_s = timeout_or(e->cfg, "timeouts.generate", DX_DEFAULT_GENERATE_S);
     e->health_s = timeout_or(e->cfg, "timeouts.health", DX_DEFAULT_HEALTH_S);
+    {
+        int64_t q = 1024;
+
+        dexec_config_get_int(e->cfg, "engine.max_queued", &q);
+        e->max_queued = q > 0 ? (size_t)q : 1;
+    }
 
     msg[0] = '\0';
     st = e->ops->create(&e->host, &ex, msg, sizeof(msg));
@@ -315,6 +376,11 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
     if (e->nranks <= 0) {
         st = dx_fail(err, errlen, DEXEC_EINIT, "%s: executor started with %d ranks", desc->name,
                      e->nranks);
+        e->ops->shutdown(ex);
+        e->ex = NULL;
+        goto fail;
+    }
+    if ((st = start_dispatchers(e, err, errlen)) != DEXEC_OK) {
         e->ops->shutdown(ex);
         e->ex = NULL;
         goto fail;
@@ -428,14 +494,663 @@ static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_
     return DEXEC_OK;
 }
 
+/* ---- asynchronous requests ------------------------------------------------------ */
+
+void dexec_callbacks_init_sized(dexec_callbacks *cb, size_t struct_size)
+{
+    if (cb == NULL)
+        return;
+    memset(cb, 0, sizeof(*cb));
+    cb->struct_size = (uint32_t)struct_size;
+}
+
+static void handle_unref_locked(dexec_handle *h, int *destroy)
+{
+    *destroy = --h->refs == 0;
+}
+
+static void handle_destroy(dexec_handle *h)
+{
+    dexec_output_clear(&h->out);
+    free(h->id);
+    free(h->prompt);
+    free(h->negative);
+    free(h);
+}
+
+static void list_remove(dexec_handle **head, dexec_handle **tail, dexec_handle *h)
+{
+    if (h->prev != NULL)
+        h->prev->next = h->next;
+    else
+        *head = h->next;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+    else if (tail != NULL)
+        *tail = h->prev;
+    h->prev = h->next = NULL;
+}
+
+/* Completes h with *out (moved, cleared here when h was complete already):
+ * exactly once, whoever gets here first. Called without e->qlock. */
+static void complete(dexec_handle *h, dexec_output *out, int batch_failed)
+{
+    dexec_engine *e = h->e;
+    int first = 0, destroy = 0;
+
+    pthread_mutex_lock(&e->qlock);
+    if (h->state != DEXEC_HANDLE_DONE) {
+        first = 1;
+        if (h->state == DEXEC_HANDLE_QUEUED) {
+            list_remove(&e->qhead, &e->qtail, h);
+            e->queued--;
+        } else {
+            list_remove(&e->running, NULL, h);
+        }
+        dexec_output_clear(&h->out);
+        h->out = *out;
+        dexec_output_init(out);
+        if (h->out.request_id == NULL)
+            h->out.request_id = strdup(h->id);
+        h->batch_failed = batch_failed;
+        h->state = DEXEC_HANDLE_DONE;
+    }
+    pthread_mutex_unlock(&e->qlock);
+    if (!first) {
+        dexec_output_clear(out);
+        return;
+    }
+    if (h->cb.done != NULL)
+        h->cb.done(h->cb.user, h);
+    pthread_mutex_lock(&e->qlock);
+    pthread_cond_broadcast(&e->donecond);
+    handle_unref_locked(h, &destroy); /* the engine's reference */
+    pthread_mutex_unlock(&e->qlock);
+    if (destroy)
+        handle_destroy(h);
+}
+
+/* Completes h with an error of its own. */
+static void complete_error(dexec_handle *h, dexec_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void complete_error(dexec_handle *h, dexec_status st, const char *fmt, ...)
+{
+    char msg[DX_ERR_MAX];
+    dexec_output o;
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    dexec_output_init(&o);
+    o.status = st;
+    o.rank = -1;
+    o.seed = h->req.seed;
+    o.error = strdup(msg);
+    complete(h, &o, 0);
+}
+
+/* Asks every rank to stop working on request id (the worker method
+ * "cancel"); the reply only says which ranks held it, so it is dropped. */
+static void cancel_on_workers(dexec_engine *e, const char *id)
+{
+    char msg[DX_ERR_MAX];
+    dexec_value *args = dexec_value_array(), *replies = NULL;
+    dexec_status st;
+
+    if (args == NULL || dexec_value_array_push(args, dexec_value_str(id)) != 0) {
+        dexec_value_free(args);
+        return;
+    }
+    msg[0] = '\0';
+    st = e->ops->collective_rpc(e->ex, "cancel", e->health_s, args, NULL, -1, &replies, msg,
+                                sizeof(msg));
+    if (st != DEXEC_OK)
+        dexec_log(DEXEC_LOG_WARN, "engine",
+                  "cancel %s: the workers were not told (%s): the request runs to its end "
+                  "and its result is dropped",
+                  id, msg[0] != '\0' ? msg : dexec_status_name(st));
+    dexec_value_free(replies);
+    dexec_value_free(args);
+}
+
+typedef struct batch_ctx {
+    dexec_handle **h;
+    size_t n;
+} batch_ctx;
+
+static void batch_progress(void *user, size_t i, int image, int step, int total)
+{
+    batch_ctx *b = user;
+    dexec_handle *h;
+    int live;
+
+    if (i >= b->n)
+        return;
+    h = b->h[i];
+    pthread_mutex_lock(&h->e->qlock);
+    live = h->state == DEXEC_HANDLE_RUNNING;
+    pthread_mutex_unlock(&h->e->qlock);
+    if (live && h->cb.progress != NULL)
+        h->cb.progress(h->cb.user, h, image, step, total);
+}
+
+/* Takes the next batch off the queue (e->qlock held): the head's whole
+ * submission, or up to one request per rank submitted alone. */
+static size_t take_batch(dexec_engine *e, dexec_handle **b)
+{
+    dexec_handle *h = e->qhead;
+    size_t n = 0;
+    double now = dexec_now();
+
+    while (h != NULL) {
+        dexec_handle *next = h->next;
+
+        if (n > 0) {
+            if (b[0]->mergeable ? !h->mergeable || n >= (size_t)e->nranks
+                                : h->submission != b[0]->submission)
+                break;
+        }
+        list_remove(&e->qhead, &e->qtail, h);
+        e->queued--;
+        h->state = DEXEC_HANDLE_RUNNING;
+        h->started = now;
+        h->refs++; /* the batch's, until run_batch is done with it */
+        h->next = e->running;
+        if (e->running != NULL)
+            e->running->prev = h;
+        e->running = h;
+        b[n++] = h;
+        h = next;
+    }
+    return n;
+}
+
+static void run_batch(dexec_engine *e, dexec_handle **b, size_t n)
+{
+    char msg[DX_ERR_MAX];
+    dexec_request *reqs = malloc(n * sizeof(*reqs));
+    dexec_output *o = calloc(n, sizeof(*o));
+    batch_ctx ctx = {.h = b, .n = n};
+    dx_thread_state *t = thread_state(e, 1);
+    double t0 = dexec_now();
+    dexec_status st;
+
+    if (reqs == NULL || o == NULL || t == NULL) {
+        for (size_t i = 0; i < n; i++)
+            complete_error(b[i], DEXEC_ENOMEM, "out of memory dispatching %zu requests", n);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        reqs[i] = b[i]->req;
+        dexec_output_init(&o[i]);
+    }
+    /* The dispatcher runs on behalf of callers that entered the engine
+     * (step() holds the read lock while it waits): callbacks it runs may
+     * call the engine again without taking the lock a second time. */
+    t->depth++;
+    msg[0] = '\0';
+    st = e->ops->add_requests(e->ex, reqs, n, o, e->generate_s, batch_progress, &ctx, msg,
+                              sizeof(msg));
+    if (st != DEXEC_OK) {
+        if (!known_status(st))
+            st = DEXEC_EPLUGIN;
+        for (size_t i = 0; i < n; i++) {
+            dexec_output_clear(&o[i]);
+            o[i].status = st;
+            o[i].rank = -1;
+            o[i].seed = b[i]->req.seed;
+            o[i].error = msg[0] != '\0' ? strdup(msg)
+                                        : dx_asprintf("%s: step: %s", e->backend,
+                                                      dexec_status_name(st));
+            complete(b[i], &o[i], 1);
+        }
+        t->depth--;
+        goto out;
+    }
+    /* Backends fill what they know; the engine completes what it knows. */
+    for (size_t i = 0; i < n; i++) {
+        if (DEXEC_STRUCT_CHECK(&o[i], dexec_output, DEXEC_OUTPUT_SIZE_1_1, msg, sizeof(msg)) !=
+            DEXEC_OK) {
+            char why[DX_ERR_MAX];
+
+            /* Not ours to free: we cannot tell which fields it holds. */
+            snprintf(why, sizeof(why), "%s", msg);
+            dexec_output_init(&o[i]);
+            o[i].status = DEXEC_EPLUGIN;
+            o[i].rank = -1;
+            o[i].error = dx_asprintf("%s: step: output %zu: %s (a backend keeps the "
+                                     "struct_size of the outputs it fills)",
+                                     e->backend, i, why);
+            complete(b[i], &o[i], 1);
+            continue;
+        }
+        if (o[i].timings.total_s == 0)
+            o[i].timings.total_s = dexec_now() - t0;
+        complete(b[i], &o[i], 0);
+    }
+    t->depth--;
+out:
+    for (size_t i = 0; i < n; i++) {
+        int destroy;
+
+        pthread_mutex_lock(&e->qlock);
+        handle_unref_locked(b[i], &destroy);
+        pthread_mutex_unlock(&e->qlock);
+        if (destroy)
+            handle_destroy(b[i]);
+    }
+    free(reqs);
+    free(o);
+}
+
+static void *dispatch_main(void *arg)
+{
+    dexec_engine *e = arg;
+    dexec_handle **b = calloc((size_t)e->nranks > 1 ? (size_t)e->nranks : 1, sizeof(*b));
+    size_t cap = (size_t)e->nranks > 1 ? (size_t)e->nranks : 1;
+
+    for (;;) {
+        size_t n, want = 0;
+
+        pthread_mutex_lock(&e->qlock);
+        while (e->qhead == NULL && !e->stopping)
+            pthread_cond_wait(&e->qcond, &e->qlock);
+        if (e->qhead == NULL) {
+            pthread_mutex_unlock(&e->qlock);
+            break;
+        }
+        /* a submission larger than the buffer: grow it first */
+        for (dexec_handle *h = e->qhead; h != NULL && !e->qhead->mergeable &&
+                                         h->submission == e->qhead->submission;
+             h = h->next)
+            want++;
+        if (want > cap) {
+            dexec_handle **nb = realloc(b, want * sizeof(*b));
+
+            if (nb == NULL) {
+                pthread_mutex_unlock(&e->qlock);
+                complete_error(e->qhead, DEXEC_ENOMEM, "out of memory dispatching");
+                continue;
+            }
+            b = nb;
+            cap = want;
+        }
+        if (b == NULL) {
+            pthread_mutex_unlock(&e->qlock);
+            break;
+        }
+        n = take_batch(e, b);
+        pthread_mutex_unlock(&e->qlock);
+        run_batch(e, b, n);
+    }
+    free(b);
+    return NULL;
+}
+
+/* Starts the dispatcher threads (one per rank). */
+static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen)
+{
+    e->dispatch = calloc((size_t)e->nranks, sizeof(*e->dispatch));
+    if (e->dispatch == NULL)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
+    for (int i = 0; i < e->nranks; i++) {
+        int rc = pthread_create(&e->dispatch[i], NULL, dispatch_main, e);
+
+        if (rc != 0) {
+            stop_dispatchers(e);
+            return dx_fail(err, errlen, DEXEC_EINIT, "engine: cannot start a dispatcher thread: %s",
+                           strerror(rc));
+        }
+        e->ndispatch++;
+    }
+    return DEXEC_OK;
+}
+
+/* Drops the queue (DEXEC_ECLOSED), cancels what runs and joins the
+ * dispatchers. */
+static void stop_dispatchers(dexec_engine *e)
+{
+    for (;;) {
+        dexec_handle *h;
+        int running = 0;
+
+        pthread_mutex_lock(&e->qlock);
+        e->stopping = 1;
+        pthread_cond_broadcast(&e->qcond);
+        h = e->qhead != NULL ? e->qhead : e->running;
+        if (h != NULL) {
+            h->refs++;
+            running = h->state == DEXEC_HANDLE_RUNNING;
+        }
+        pthread_mutex_unlock(&e->qlock);
+        if (h == NULL)
+            break;
+        {
+            int destroy;
+
+            complete_error(h, DEXEC_ECLOSED, "request %s: the engine was closed before it %s",
+                           h->id, running ? "finished" : "ran");
+            if (running)
+                cancel_on_workers(e, h->id);
+            pthread_mutex_lock(&e->qlock);
+            handle_unref_locked(h, &destroy);
+            pthread_mutex_unlock(&e->qlock);
+            if (destroy)
+                handle_destroy(h);
+        }
+    }
+    for (int i = 0; i < e->ndispatch; i++)
+        pthread_join(e->dispatch[i], NULL);
+    e->ndispatch = 0;
+    free(e->dispatch);
+    e->dispatch = NULL;
+}
+
+/* Copies a request and resolves the defaults the engine chooses. */
+static dexec_status resolve(dexec_engine *e, dexec_handle *h, const dexec_request *r)
+{
+    dexec_request_init(&h->req);
+    dx_struct_import(&h->req, DEXEC_REQUEST_SIZE, r);
+    if (h->req.request_id == NULL) {
+        uint64_t id = __atomic_fetch_add(&e->next_request, 1, __ATOMIC_RELAXED);
+
+        h->id = dx_asprintf("req-%llu", (unsigned long long)id);
+    } else {
+        h->id = strdup(h->req.request_id);
+    }
+    h->prompt = strdup(h->req.prompt != NULL ? h->req.prompt : "");
+    if (h->req.negative_prompt != NULL && (h->negative = strdup(h->req.negative_prompt)) == NULL)
+        return DEXEC_ENOMEM;
+    if (h->id == NULL || h->prompt == NULL)
+        return DEXEC_ENOMEM;
+    h->req.request_id = h->id;
+    h->req.prompt = h->prompt;
+    h->req.negative_prompt = h->negative;
+    if (h->req.seed < 0)
+        h->req.seed = random_seed();
+    if (h->req.num_outputs_per_prompt == 0)
+        h->req.num_outputs_per_prompt = 1;
+    return DEXEC_OK;
+}
+
+/* submit; bounded says whether engine.max_queued applies (not to step). */
+static dexec_status submit(dexec_engine *e, const dexec_request *reqs, size_t n,
+                           const dexec_callbacks *cb, dexec_handle **handles, int bounded,
+                           const char *what)
+{
+    dexec_callbacks c;
+    uint64_t sub;
+    dexec_status st;
+    char msg[DX_ERR_MAX];
+
+    for (size_t i = 0; i < n; i++)
+        handles[i] = NULL;
+    dexec_callbacks_init(&c);
+    if (cb != NULL) {
+        if (DEXEC_STRUCT_CHECK(cb, dexec_callbacks, DEXEC_CALLBACKS_SIZE_1_1, msg, sizeof(msg)) !=
+            DEXEC_OK)
+            return set_error(e, DEXEC_EINVAL, "%s: %s", what, msg);
+        dx_struct_import(&c, DEXEC_CALLBACKS_SIZE, cb);
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((st = check_request(e, &reqs[i], i)) != DEXEC_OK)
+            return st;
+    for (size_t i = 0; i < n; i++) {
+        dexec_handle *h = calloc(1, sizeof(*h));
+
+        if (h == NULL || (h->e = e, resolve(e, h, &reqs[i])) != DEXEC_OK) {
+            if (h != NULL)
+                handle_destroy(h);
+            for (size_t k = 0; k < i; k++) {
+                handle_destroy(handles[k]);
+                handles[k] = NULL;
+            }
+            return set_error(e, DEXEC_ENOMEM, "%s: out of memory for %zu requests", what, n);
+        }
+        dexec_output_init(&h->out);
+        h->index = i;
+        h->cb = c;
+        h->refs = 2;
+        h->mergeable = bounded && n == 1;
+        handles[i] = h;
+    }
+
+    pthread_mutex_lock(&e->qlock);
+    if (e->stopping) {
+        st = set_error(e, DEXEC_ECLOSED, "engine is closed");
+    } else if (bounded && e->queued + n > e->max_queued) {
+        st = set_error(e, DEXEC_EAGAIN,
+                       "queue full: %zu requests queued, %zu more do not fit in "
+                       "engine.max_queued = %zu: retry later",
+                       e->queued, n, e->max_queued);
+    } else {
+        sub = e->next_submission++;
+        for (size_t i = 0; i < n; i++) {
+            dexec_handle *h = handles[i];
+
+            h->submission = sub;
+            h->prev = e->qtail;
+            if (e->qtail != NULL)
+                e->qtail->next = h;
+            else
+                e->qhead = h;
+            e->qtail = h;
+        }
+        e->queued += n;
+        pthread_cond_broadcast(&e->qcond);
+        st = DEXEC_OK;
+    }
+    pthread_mutex_unlock(&e->qlock);
+    if (st != DEXEC_OK)
+        for (size_t i = 0; i < n; i++) {
+            handle_destroy(handles[i]);
+            handles[i] = NULL;
+        }
+    return st;
+}
+
+dexec_status dexec_engine_submit(dexec_engine *e, const dexec_request *reqs, size_t n,
+                                 const dexec_callbacks *cb, dexec_handle **handles)
+{
+    dexec_status st;
+
+    if (e == NULL)
+        return DEXEC_EINVAL;
+    if (n > 0 && reqs == NULL)
+        return set_error(e, DEXEC_EINVAL, "submit: %zu requests but reqs is NULL", n);
+    if (n > 0 && handles == NULL)
+        return set_error(e, DEXEC_EINVAL, "submit: handles is NULL");
+    if ((st = enter(e)) != DEXEC_OK)
+        return st;
+    st = n > 0 ? submit(e, reqs, n, cb, handles, 1, "submit") : DEXEC_OK;
+    leave(e);
+    return st;
+}
+
+dexec_handle_state dexec_handle_get_state(const dexec_handle *h)
+{
+    dexec_handle_state s;
+
+    if (h == NULL)
+        return DEXEC_HANDLE_DONE;
+    pthread_mutex_lock(&h->e->qlock);
+    s = h->state;
+    pthread_mutex_unlock(&h->e->qlock);
+    return s;
+}
+
+const char *dexec_handle_request_id(const dexec_handle *h)
+{
+    return h != NULL ? h->id : "";
+}
+
+dexec_status dexec_handle_wait(dexec_handle *h, double timeout)
+{
+    dexec_engine *e;
+    double deadline;
+    struct timespec ts;
+    dexec_status st;
+
+    if (h == NULL || isnan(timeout))
+        return DEXEC_EINVAL;
+    e = h->e;
+    deadline = dexec_now() + (timeout > 0 ? timeout : 0);
+    pthread_mutex_lock(&e->qlock);
+    while (h->state != DEXEC_HANDLE_DONE) {
+        double left = deadline - dexec_now();
+
+        if (left <= 0)
+            break;
+        /* the condition waits on CLOCK_REALTIME; slices of at most a second
+         * keep a clock step from stretching the deadline */
+        if (left > 1.0)
+            left = 1.0;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)left;
+        ts.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&e->donecond, &e->qlock, &ts);
+    }
+    st = h->state == DEXEC_HANDLE_DONE ? DEXEC_OK : DEXEC_ETIMEDOUT;
+    pthread_mutex_unlock(&e->qlock);
+    return st;
+}
+
+const dexec_output *dexec_handle_output(const dexec_handle *h)
+{
+    const dexec_output *o;
+
+    if (h == NULL)
+        return NULL;
+    pthread_mutex_lock(&h->e->qlock);
+    o = h->state == DEXEC_HANDLE_DONE && !h->taken ? &h->out : NULL;
+    pthread_mutex_unlock(&h->e->qlock);
+    return o;
+}
+
+dexec_status dexec_handle_take_output(dexec_handle *h, dexec_output *out)
+{
+    dexec_status st = DEXEC_EINVAL;
+
+    if (h == NULL || out == NULL)
+        return DEXEC_EINVAL;
+    pthread_mutex_lock(&h->e->qlock);
+    if (h->state == DEXEC_HANDLE_DONE && !h->taken) {
+        *out = h->out;
+        dexec_output_init(&h->out);
+        h->taken = 1;
+        st = DEXEC_OK;
+    }
+    pthread_mutex_unlock(&h->e->qlock);
+    return st;
+}
+
+/* Cancels h unless it is complete; 0 when it was complete already. */
+static int cancel_handle(dexec_handle *h)
+{
+    dexec_engine *e = h->e;
+    dexec_handle_state s;
+    int destroy;
+
+    pthread_mutex_lock(&e->qlock);
+    s = h->state;
+    if (s != DEXEC_HANDLE_DONE)
+        h->refs++; /* held while we complete it */
+    pthread_mutex_unlock(&e->qlock);
+    if (s == DEXEC_HANDLE_DONE)
+        return 0;
+    if (s == DEXEC_HANDLE_QUEUED) {
+        complete_error(h, DEXEC_ECANCELED, "request %s cancelled while queued", h->id);
+    } else {
+        /* complete first: the caller is answered even if a worker is slow
+         * to hear about it; the late result is dropped */
+        complete_error(h, DEXEC_ECANCELED,
+                       "request %s cancelled while running (abandoned: its worker stops at "
+                       "the next step)",
+                       h->id);
+        /* the executor must outlive the call: a close in progress is
+         * waited for, and after it there is no worker left to tell */
+        if (lock_shared(e) == 0) {
+            if (e->ex != NULL)
+                cancel_on_workers(e, h->id);
+            unlock_shared(e);
+        }
+    }
+    pthread_mutex_lock(&e->qlock);
+    handle_unref_locked(h, &destroy);
+    pthread_mutex_unlock(&e->qlock);
+    if (destroy)
+        handle_destroy(h);
+    return 1;
+}
+
+dexec_status dexec_handle_cancel(dexec_handle *h)
+{
+    if (h == NULL)
+        return DEXEC_EINVAL;
+    if (!cancel_handle(h))
+        return set_error(h->e, DEXEC_EINVAL, "request %s already completed", h->id);
+    return DEXEC_OK;
+}
+
+void dexec_handle_free(dexec_handle *h)
+{
+    int destroy;
+
+    if (h == NULL)
+        return;
+    cancel_handle(h);
+    pthread_mutex_lock(&h->e->qlock);
+    handle_unref_locked(h, &destroy);
+    pthread_mutex_unlock(&h->e->qlock);
+    if (destroy)
+        handle_destroy(h);
+}
+
+/* ---- step: submit and wait ---------------------------------------------------- */
+
+typedef struct step_ctx {
+    dexec_progress_fn fn;
+    void *user;
+} step_ctx;
+
+static void step_progress(void *user, dexec_handle *h, int image, int step, int total)
+{
+    step_ctx *s = user;
+
+    s->fn(s->user, h->index, image, step, total);
+}
+
+/* Waits for h: behind earlier submissions in the queue, then at most
+ * timeouts.generate (the executor's own deadline) plus a margin once it
+ * was dispatched. */
+static dexec_status step_wait(dexec_engine *e, dexec_handle *h)
+{
+    for (;;) {
+        double started;
+
+        if (dexec_handle_wait(h, 1.0) == DEXEC_OK)
+            return DEXEC_OK;
+        pthread_mutex_lock(&e->qlock);
+        started = h->state == DEXEC_HANDLE_RUNNING ? h->started : 0;
+        pthread_mutex_unlock(&e->qlock);
+        if (started > 0 && dexec_now() > started + e->generate_s + 5.0)
+            return DEXEC_ETIMEDOUT;
+    }
+}
+
 dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_t n,
                                dexec_output **outs, dexec_progress_fn progress, void *user)
 {
-    char msg[DX_ERR_MAX];
-    dexec_request *resolved = NULL;
-    char (*ids)[32] = NULL;
+    dexec_handle **h = NULL;
     dexec_output *o = NULL;
-    double t0;
+    step_ctx sc = {.fn = progress, .user = user};
+    dexec_callbacks cb;
     dexec_status st;
 
     if (e == NULL)
@@ -452,67 +1167,46 @@ dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_
             goto out;
     if (n == 0)
         goto out;
-
-    resolved = malloc(n * sizeof(*resolved));
-    ids = malloc(n * sizeof(*ids));
+    h = calloc(n, sizeof(*h));
     o = calloc(n, sizeof(*o));
-    if (resolved == NULL || ids == NULL || o == NULL) {
+    if (h == NULL || o == NULL) {
         st = set_error(e, DEXEC_ENOMEM, "step: out of memory for %zu requests", n);
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        dexec_request_init(&resolved[i]);
-        dx_struct_import(&resolved[i], DEXEC_REQUEST_SIZE, &reqs[i]);
-        dexec_output_init(&o[i]);
-        if (resolved[i].request_id == NULL) {
-            uint64_t id = __atomic_fetch_add(&e->next_request, 1, __ATOMIC_RELAXED);
-
-            snprintf(ids[i], sizeof(ids[i]), "req-%llu", (unsigned long long)id);
-            resolved[i].request_id = ids[i];
-        }
-        if (resolved[i].prompt == NULL)
-            resolved[i].prompt = "";
-        if (resolved[i].seed < 0)
-            resolved[i].seed = random_seed();
-        if (resolved[i].num_outputs_per_prompt == 0)
-            resolved[i].num_outputs_per_prompt = 1;
+    dexec_callbacks_init(&cb);
+    if (progress != NULL) {
+        cb.progress = step_progress;
+        cb.user = &sc;
     }
-
-    msg[0] = '\0';
-    t0 = dexec_now();
-    st = e->ops->add_requests(e->ex, resolved, n, o, e->generate_s, progress, user, msg,
-                              sizeof(msg));
-    if (st != DEXEC_OK) {
-        plugin_error(e, st, "step", msg);
+    if ((st = submit(e, reqs, n, &cb, h, 0, "step")) != DEXEC_OK)
         goto out;
-    }
-    /* Backends fill what they know; the engine completes what it knows. */
     for (size_t i = 0; i < n; i++) {
-        if (DEXEC_STRUCT_CHECK(&o[i], dexec_output, DEXEC_OUTPUT_SIZE_1_1, msg, sizeof(msg)) !=
-            DEXEC_OK) {
-            /* Not ours to free: we cannot tell which fields it holds. */
-            st = set_error(e, DEXEC_EPLUGIN,
-                           "%s: step: output %zu: %s (a backend keeps the struct_size of the "
-                           "outputs it fills)",
-                           e->backend, i, msg);
-            memset(&o[i], 0, sizeof(o[i]));
+        if (step_wait(e, h[i]) != DEXEC_OK) {
+            for (size_t k = i; k < n; k++)
+                cancel_handle(h[k]);
+            st = set_error(e, DEXEC_ETIMEDOUT,
+                           "step: request %s did not complete within timeouts.generate = %g s",
+                           h[i]->id, e->generate_s);
             goto out;
         }
-        if (o[i].request_id == NULL && (o[i].request_id = strdup(resolved[i].request_id)) == NULL) {
-            st = set_error(e, DEXEC_ENOMEM, "step: out of memory");
-            goto out;
-        }
-        if (o[i].timings.total_s == 0)
-            o[i].timings.total_s = dexec_now() - t0;
     }
-    *outs = o;
-    o = NULL;
+    for (size_t i = 0; i < n; i++) {
+        dexec_handle_take_output(h[i], &o[i]);
+        if (h[i]->batch_failed && st == DEXEC_OK)
+            st = set_error(e, o[i].status, "%s", o[i].error != NULL ? o[i].error : "step failed");
+    }
+    if (st == DEXEC_OK) {
+        *outs = o;
+        o = NULL;
+    }
 
 out:
+    if (h != NULL)
+        for (size_t i = 0; i < n; i++)
+            dexec_handle_free(h[i]);
     leave(e);
     dexec_outputs_free(o, n);
-    free(ids);
-    free(resolved);
+    free(h);
     return st;
 }
 
@@ -618,6 +1312,14 @@ dexec_status dexec_engine_close(dexec_engine *e)
         pthread_rwlock_unlock(&e->lock);
         return set_error(e, DEXEC_ECLOSED, "engine is closed");
     }
+    /* the dispatchers' callbacks may call the engine: they do so without
+     * the lock (see run_batch), on an executor that is still there */
+    t = thread_state(e, 1);
+    if (t != NULL)
+        t->depth++;
+    stop_dispatchers(e);
+    if (t != NULL)
+        t->depth--;
     e->ops->shutdown(e->ex);
     e->ex = NULL;
     pthread_rwlock_unlock(&e->lock);

@@ -538,6 +538,110 @@ fail:
     return NULL;
 }
 
+/* Length of the NAME of a "NAME=VALUE" (or bare "NAME") entry. */
+static size_t env_name_len(const char *e)
+{
+    const char *eq = strchr(e, '=');
+
+    return eq != NULL ? (size_t)(eq - e) : strlen(e);
+}
+
+/* 1 when env entry e sets the variable named like entry other. */
+static int env_same_name(const char *e, const char *other)
+{
+    size_t n = env_name_len(other);
+
+    return env_name_len(e) == n && strncmp(e, other, n) == 0;
+}
+
+/* The child's environment: this process's, then the caller's extra
+ * entries over it, then CUDA_VISIBLE_DEVICES (cuda, "NAME=VALUE", or NULL)
+ * over both; an extra CUDA_VISIBLE_DEVICES that loses is logged. */
+static char **child_env(const char *const *extra, const char *cuda, const char *component,
+                        const char *label)
+{
+    size_t n = 0, k = 0, ne = 0;
+    char **out;
+
+    while (environ[n] != NULL)
+        n++;
+    while (extra != NULL && extra[ne] != NULL)
+        ne++;
+    out = calloc(n + ne + 2, sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        int replaced = cuda != NULL && env_same_name(environ[i], cuda);
+
+        for (size_t x = 0; x < ne && !replaced; x++)
+            replaced = strchr(extra[x], '=') != NULL && env_same_name(environ[i], extra[x]);
+        if (!replaced && (out[k++] = strdup(environ[i])) == NULL)
+            goto fail;
+    }
+    for (size_t x = 0; x < ne; x++) {
+        if (strchr(extra[x], '=') == NULL)
+            continue;
+        if (cuda != NULL && env_same_name(extra[x], cuda)) {
+            dexec_log(DEXEC_LOG_WARN, component,
+                      "%s: runtime_env.env_vars sets %s but the executor sets %s for it (its "
+                      "GPUs): the executor's value wins",
+                      label, extra[x], cuda);
+            continue;
+        }
+        if ((out[k++] = strdup(extra[x])) == NULL)
+            goto fail;
+    }
+    if (cuda != NULL && (out[k++] = strdup(cuda)) == NULL)
+        goto fail;
+    return out;
+fail:
+    dx_strv_free(out);
+    return NULL;
+}
+
+char **dexec_runtime_env(const dexec_config *cfg, const char *const *own, const char *component)
+{
+    const dexec_value *m = NULL;
+    size_t n, k = 0;
+    char **out;
+
+    if (cfg == NULL || dexec_config_get_map(cfg, "runtime_env.env_vars", &m) != DEXEC_OK)
+        m = NULL;
+    n = m != NULL ? m->u.map.len : 0;
+    out = calloc(n + 1, sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const dexec_kv *kv = &m->u.map.items[i];
+        const char *v = dexec_value_as_str(kv->val, "");
+        int theirs = 0;
+
+        for (size_t o = 0; own != NULL && own[o] != NULL && !theirs; o++)
+            if (env_name_len(own[o]) == strlen(kv->key) &&
+                strncmp(own[o], kv->key, strlen(kv->key)) == 0) {
+                theirs = 1;
+                dexec_log(DEXEC_LOG_WARN, component != NULL ? component : "process",
+                          "runtime_env.env_vars sets %s=\"%s\" but the executor sets %s itself "
+                          "(%s): the executor's value wins",
+                          kv->key, v, kv->key, own[o]);
+            }
+        if (theirs)
+            continue;
+        if (asprintf(&out[k], "%s=%s", kv->key, v) < 0) {
+            out[k] = NULL;
+            dx_strv_free(out);
+            return NULL;
+        }
+        k++;
+    }
+    return out;
+}
+
+void dexec_env_free(char **env)
+{
+    dx_strv_free(env);
+}
+
 /* A CLOEXEC duplicate of fd at 10 or above, or -1 for "none" (fd <= 0). */
 static int dup_high(int fd)
 {
@@ -637,7 +741,7 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
         snprintf(cuda_env, len, "CUDA_VISIBLE_DEVICES=%s", args.visible_gpus);
     }
     j->argv = strv_copy(args.argv, NULL, NULL);
-    j->envp = strv_copy(environ, cuda_env != NULL ? "CUDA_VISIBLE_DEVICES=" : NULL, cuda_env);
+    j->envp = child_env(args.env, cuda_env, p->component, p->label);
     free(cuda_env);
     if (j->argv == NULL || j->envp == NULL) {
         st = DEXEC_ENOMEM;

@@ -27,6 +27,8 @@ const char *dexec_status_name(dexec_status s)
     case DEXEC_EIO: return "I/O error";
     case DEXEC_ENOTSUP: return "not supported";
     case DEXEC_EAUTH: return "authentication failed";
+    case DEXEC_EAGAIN: return "queue full";
+    case DEXEC_ECANCELED: return "cancelled";
     }
     return "unknown status";
 }

@@ -31,8 +31,10 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
                             char *err, size_t errlen);
 void dxk_model_free(dxk_model *m);
 
-/* Called after each denoising step of each image. */
-typedef void (*dxk_step_fn)(void *user, int image_index, int step, int total_steps);
+/* Called after each denoising step of each image. Returns 0 to go on, or
+ * nonzero to stop the request there: dxk_generate then fails with
+ * DEXEC_ECANCELED ("cancelled after step S of N"). */
+typedef int (*dxk_step_fn)(void *user, int image_index, int step, int total_steps);
 
 /* Generates the images of one request (num_outputs_per_prompt of them).
  * Zero/negative fields of req take the model's defaults (size, steps,

@@ -207,11 +207,11 @@ typedef struct dx_progress {
     int image;
 } dx_progress;
 
-static void dx_on_step(void *user, int step, int total)
+static int dx_on_step(void *user, int step, int total)
 {
     dx_progress *p = user;
 
-    p->fn(p->user, p->image, step, total);
+    return p->fn(p->user, p->image, step, total);
 }
 
 /* Checks the request and fills in the model's defaults: kernels.h makes

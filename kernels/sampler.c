@@ -110,7 +110,12 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
                 s = be->sync(be, err, errlen);
                 if (s != DEXEC_OK)
                     break;
-                a->step(a->user, i + 1, a->steps);
+                if (a->step(a->user, i + 1, a->steps) != 0) {
+                    /* a step boundary: the cancelled request frees the rank here */
+                    snprintf(err, errlen, "cancelled after step %d of %d", i + 1, a->steps);
+                    s = DEXEC_ECANCELED;
+                    break;
+                }
             }
         }
         if (s == DEXEC_OK)

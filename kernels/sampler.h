@@ -28,7 +28,8 @@ uint64_t dxk_splitmix64(uint64_t x);
  * rounds). */
 void dxk_noise(uint64_t seed, uint64_t image, float *out, size_t n);
 
-typedef void (*dxk_sample_step_fn)(void *user, int step, int total_steps);
+/* Returns nonzero to stop sampling there (DEXEC_ECANCELED). */
+typedef int (*dxk_sample_step_fn)(void *user, int step, int total_steps);
 
 typedef struct dxk_sample_args {
     const float *noise; /* host, [C, H, W] */

@@ -224,6 +224,7 @@ static void assert_default_values(const dexec_config *cfg)
     } ints[] = {
         {"num_gpus", 1},        {"max_frame_bytes", 256 << 20}, {"ray_actor.cpus", 1},
         {"ray_actor.gpus", -1}, {"ray_actor.memory", 0},        {"discovery.redis.ttl", 10},
+        {"engine.max_queued", 1024}, {"ray_init.num_cpus", -1},  {"ray_init.num_gpus", -1},
     };
     static const struct {
         const char *key;
@@ -269,6 +270,9 @@ static void assert_default_values(const dexec_config *cfg)
     }
     ck_assert_int_eq(dexec_config_get_map(cfg, "ray_actor.resources", &map), DEXEC_OK);
     ck_assert_int_eq(map->type, DEXEC_VAL_MAP);
+    ck_assert_uint_eq(map->u.map.len, 0);
+    checked++;
+    ck_assert_int_eq(dexec_config_get_map(cfg, "runtime_env.env_vars", &map), DEXEC_OK);
     ck_assert_uint_eq(map->u.map.len, 0);
     checked++;
 
@@ -733,6 +737,46 @@ START_TEST(test_dump_round_trip)
 }
 END_TEST
 
+/* runtime_env.env_vars: NAME = "value" in files; NAME=value,... on a
+ * command line, where a value may hold commas */
+START_TEST(test_env_vars)
+{
+    char err[512];
+    dexec_config *cfg = NULL;
+    const dexec_value *m = NULL;
+    char *dump;
+
+    ck_assert_int_eq(dexec_config_parse("runtime_env = { env_vars = { CUDA_VISIBLE_DEVICES = "
+                                        "\"0,1\"; OMP_NUM_THREADS = \"4\"; }; };",
+                                        "t.conf", &cfg, err, sizeof(err)),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_config_get_map(cfg, "runtime_env.env_vars", &m), DEXEC_OK);
+    ck_assert_uint_eq(m->u.map.len, 2);
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(m, "CUDA_VISIBLE_DEVICES"), ""),
+                     "0,1");
+    dump = dexec_config_dump(cfg);
+    ck_assert_ptr_nonnull(
+        strstr(dump, "env_vars = { CUDA_VISIBLE_DEVICES = \"0,1\"; OMP_NUM_THREADS = \"4\"; };"));
+    free(dump);
+    ck_assert_int_eq(
+        dexec_config_set(cfg, "runtime_env.env_vars", "A=1,2, B_2=x y", err, sizeof(err)),
+        DEXEC_OK);
+    ck_assert_int_eq(dexec_config_get_map(cfg, "runtime_env.env_vars", &m), DEXEC_OK);
+    ck_assert_uint_eq(m->u.map.len, 2);
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(m, "A"), ""), "1,2");
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(m, "B_2"), ""), "x y");
+    ck_assert_int_eq(dexec_config_set(cfg, "runtime_env.env_vars", "1A=x", err, sizeof(err)),
+                     DEXEC_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err, "\"1A\" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+    dexec_config_free(cfg);
+    cfg = NULL;
+    ck_assert_int_eq(dexec_config_parse("runtime_env = { env_vars = { A = 1; }; };", "t.conf",
+                                        &cfg, err, sizeof(err)),
+                     DEXEC_ECONFIG);
+    ck_assert_str_eq(err, "t.conf:1: runtime_env.env_vars: A: expected a string, got an integer");
+}
+END_TEST
+
 START_TEST(test_key_info)
 {
     const char *key = NULL, *type = NULL, *def = NULL, *range = NULL, *doc = NULL;
@@ -749,7 +793,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 26);
+    ck_assert_uint_eq(n, 30);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST
@@ -1049,6 +1093,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_set);
     tcase_add_test(tc, test_dump_round_trip);
     tcase_add_test(tc, test_key_info);
+    tcase_add_test(tc, test_env_vars);
     tcase_add_test(tc, test_cli);
     tcase_add_loop_test(tc, test_plugin_bad_file, 0,
                         (int)(sizeof(bad_plugin_files) / sizeof(bad_plugin_files[0])));

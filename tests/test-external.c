@@ -237,6 +237,51 @@ START_TEST(literal_addresses_need_no_registry)
 }
 END_TEST
 
+/* `dexec logs` on workers the engine does not own (started here as
+ * systemd or Slurm would): the line a failed request logged comes back */
+START_TEST(logs_of_external_workers)
+{
+    dexec_engine *e = NULL;
+    char extra[1200], err[2048], path[600], cmd[1400], line[1024];
+    dexec_request r[2];
+    dexec_output *o = NULL;
+    const char *cli = getenv("DEXEC_CLI");
+    int found = 0, lines = 0;
+    FILE *f;
+
+    ck_assert_ptr_nonnull(cli);
+    snprintf(extra, sizeof(extra), "external = { worker_names = [ \"%s\", \"%s\" ]; };\n",
+             w[0].address, w[1].address);
+    ck_assert_msg(create(extra, &e, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    for (int i = 0; i < 2; i++) {
+        dexec_request_init(&r[i]);
+        r[i].prompt = i == 1 ? "no-such-class-xyz" : "bag";
+        r[i].num_inference_steps = 1;
+    }
+    r[1].request_id = "bad-1";
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_OK);
+    ck_assert_int_ne(o[1].status, DEXEC_OK);
+    dexec_outputs_free(o, 2);
+    dexec_engine_free(e);
+
+    /* the configuration make_config() wrote, with these workers' addresses */
+    dexec_config_free(make_config(extra));
+    snprintf(path, sizeof(path), "%s/external-%d.conf", test_tmpdir(), (int)getpid());
+    snprintf(cmd, sizeof(cmd), "'%s' logs -c '%s' --rank 1 -n 20 2>&1", cli, path);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lines++;
+        ck_assert_msg(strncmp(line, "1 ", 2) == 0, "not rank 1: %s", line);
+        if (strstr(line, " warn worker: rank 1: request bad-1 failed: ") != NULL)
+            found = 1;
+    }
+    ck_assert_int_eq(pclose(f), 0);
+    ck_assert_msg(found, "no line for bad-1 in %d lines", lines);
+    ck_assert_int_le(lines, 20);
+}
+END_TEST
+
 START_TEST(redis_down_at_start)
 {
     dexec_engine *e = NULL;
@@ -344,6 +389,7 @@ static Suite *external_suite(void)
     tcase_add_test(t, rank_mismatch_is_unhealthy);
     tcase_add_test(t, unknown_name_not_found);
     tcase_add_test(t, literal_addresses_need_no_registry);
+    tcase_add_test(t, logs_of_external_workers);
     tcase_add_test(t, redis_down_at_start);
     tcase_add_test(t, dead_worker_with_live_key);
     tcase_set_timeout(t, 120);

@@ -887,12 +887,13 @@ static dxk_model *open_golden(void)
 
 static int steps_seen;
 
-static void count_steps(void *user, int image, int step, int total)
+static int count_steps(void *user, int image, int step, int total)
 {
-    (void)user;
     ck_assert_int_ge(image, 0);
     ck_assert_int_le(step, total);
     steps_seen++;
+    /* a non-NULL user asks to stop after that many steps */
+    return user != NULL && steps_seen >= *(const int *)user;
 }
 
 START_TEST(test_generate_determinism)
@@ -933,6 +934,18 @@ START_TEST(test_generate_determinism)
     dexec_output_clear(&a);
     dexec_output_clear(&b);
     dexec_output_clear(&c);
+    /* a step callback that says stop ends the request at that boundary */
+    {
+        int stop_after = 3;
+
+        steps_seen = 0;
+        ck_assert_int_eq(dxk_generate(m, &r, &a, count_steps, &stop_after, err, sizeof err),
+                         DEXEC_ECANCELED);
+        ck_assert_str_eq(err, "cancelled after step 3 of 8");
+        ck_assert_int_eq(steps_seen, 3);
+        ck_assert_uint_eq(a.num_images, 0);
+        dexec_output_clear(&a);
+    }
     dxk_model_free(m);
 }
 END_TEST

@@ -543,6 +543,317 @@ static const bad_frame bad_frames[] = {
     {"deep nesting", f_deep, sizeof(f_deep), 0, 0},
 };
 
+
+/* ---- runtime_env.env_vars and get_logs ---------------------------------------- */
+
+/* The value of NAME in /proc/PID/environ into out ("" when unset). */
+static void proc_env(pid_t pid, const char *name, char *out, size_t len)
+{
+    char path[64], buf[65536];
+    size_t n, nl = strlen(name);
+    FILE *f;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+        if (strncmp(buf + i, name, nl) == 0 && buf[i + nl] == '=') {
+            snprintf(out, len, "%s", buf + i + nl + 1);
+            return;
+        }
+}
+
+START_TEST(test_runtime_env_reaches_every_rank)
+{
+    dexec_engine *e = open_engine(
+        2, "runtime_env.env_vars", "DEXEC_TEST_VAR=x,y,CUDA_VISIBLE_DEVICES=7,OMP_NUM_THREADS=1");
+    char v[64], want[16];
+
+    for (int r = 0; r < 2; r++) {
+        pid_t pid = worker_pid(e, r);
+
+        proc_env(pid, "DEXEC_TEST_VAR", v, sizeof(v));
+        ck_assert_str_eq(v, "x,y");
+        proc_env(pid, "OMP_NUM_THREADS", v, sizeof(v));
+        ck_assert_str_eq(v, "1");
+        /* the executor's own variable wins: rank r sees GPU r */
+        proc_env(pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+        snprintf(want, sizeof(want), "%d", r);
+        ck_assert_str_eq(v, want);
+    }
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_get_logs_has_failed_request)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    dexec_request r[2];
+    dexec_output *o = NULL;
+    dexec_value *logs = NULL, *args = dexec_value_array();
+    const dexec_value *rank1, *last = NULL;
+
+    for (int i = 0; i < 2; i++) {
+        dexec_request_init(&r[i]);
+        r[i].prompt = i == 1 ? "no-such-class-xyz" : "bag";
+        r[i].num_inference_steps = 1;
+    }
+    r[1].request_id = "bad-1";
+    ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_OK);
+    ck_assert_int_ne(o[1].status, DEXEC_OK);
+    dexec_outputs_free(o, 2);
+    dexec_value_array_push(args, dexec_value_int(5));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, -1, &logs),
+                     DEXEC_OK);
+    rank1 = dexec_value_array_get(logs, 1);
+    ck_assert_int_eq(rank1->type, DEXEC_VAL_ARRAY);
+    ck_assert_int_ge(rank1->u.arr.len, 1);
+    ck_assert_int_le(rank1->u.arr.len, 5);
+    last = rank1->u.arr.items[rank1->u.arr.len - 1];
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(last, "level"), ""), "warn");
+    ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(last, "component"), ""), "worker");
+    ck_assert_msg(strncmp(dexec_value_as_str(dexec_value_map_get(last, "message"), ""),
+                          "rank 1: request bad-1 failed: ", 30) == 0,
+                  "%s", dexec_value_as_str(dexec_value_map_get(last, "message"), ""));
+    ck_assert_double_gt(dexec_value_as_float(dexec_value_map_get(last, "time"), 0), 1.6e9);
+    dexec_value_free(logs);
+    /* a bad line count is refused by the worker */
+    dexec_value_free(args);
+    args = dexec_value_array();
+    dexec_value_array_push(args, dexec_value_int(0));
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, -1, &logs),
+                     DEXEC_EWORKER);
+    ck_assert_msg(strstr(dexec_engine_last_error(e),
+                         "get_logs: expected a number of lines in 1..100000") != NULL,
+                  "%s", dexec_engine_last_error(e));
+    dexec_value_free(args);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* ---- the asynchronous API with real workers ---------------------------------- */
+
+#define ASYNC_THREADS 4
+#define ASYNC_PER_THREAD 50
+#define LONG_STEPS 400
+
+typedef struct async_req {
+    dexec_handle *h;
+    int done;     /* done callbacks seen (atomic) */
+    int progress; /* progress callbacks seen (atomic) */
+    int cancel;   /* 0: none, 1: cancelled right after submit, 2: cancelled once running */
+    int was_running;
+} async_req;
+
+typedef struct async_thread {
+    dexec_engine *e;
+    int id;
+    async_req r[ASYNC_PER_THREAD];
+    int bad; /* assertions that failed off the Check thread */
+} async_thread;
+
+static void async_done(void *user, dexec_handle *h)
+{
+    async_req *r = user;
+
+    (void)h;
+    __atomic_add_fetch(&r->done, 1, __ATOMIC_SEQ_CST);
+}
+
+static void async_progress(void *user, dexec_handle *h, int image, int step, int total)
+{
+    async_req *r = user;
+
+    (void)h;
+    (void)image;
+    (void)step;
+    (void)total;
+    __atomic_add_fetch(&r->progress, 1, __ATOMIC_SEQ_CST);
+}
+
+static void *async_submitter(void *arg)
+{
+    async_thread *t = arg;
+
+    for (int i = 0; i < ASYNC_PER_THREAD; i++) {
+        async_req *r = &t->r[i];
+        dexec_request req;
+        dexec_callbacks cb;
+        char id[32];
+
+        dexec_request_init(&req);
+        snprintf(id, sizeof(id), "t%d-%d", t->id, i);
+        req.request_id = id;
+        req.prompt = prompts[i % 6];
+        req.seed = i;
+        /* every 10th request is long, and gets cancelled once it runs */
+        req.num_inference_steps = i % 10 == 3 ? LONG_STEPS : 1;
+        r->cancel = i % 10 == 3 ? 2 : i % 7 == 5 ? 1 : 0;
+        dexec_callbacks_init(&cb);
+        cb.done = async_done;
+        cb.progress = async_progress;
+        cb.user = r;
+        if (dexec_engine_submit(t->e, &req, 1, &cb, &r->h) != DEXEC_OK) {
+            t->bad++;
+            continue;
+        }
+        if (r->cancel == 1) {
+            r->was_running = dexec_handle_get_state(r->h) == DEXEC_HANDLE_RUNNING;
+            if (dexec_handle_cancel(r->h) != DEXEC_OK)
+                t->bad++;
+        } else if (r->cancel == 2) {
+            /* running and past its first step: an abandon, not a drop */
+            double until = dexec_now() + 120;
+
+            while (__atomic_load_n(&r->progress, __ATOMIC_SEQ_CST) == 0 && dexec_now() < until)
+                usleep(2000);
+            r->was_running = 1;
+            if (dexec_handle_cancel(r->h) != DEXEC_OK)
+                t->bad++;
+        }
+    }
+    return NULL;
+}
+
+START_TEST(test_async_four_threads_cancel)
+{
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    static async_thread t[ASYNC_THREADS];
+    pthread_t th[ASYNC_THREADS];
+    int queued_cancels = 0, running_cancels = 0, ok = 0;
+    double t0 = dexec_now();
+    dexec_value *logs = NULL;
+    char *json;
+
+    for (int k = 0; k < ASYNC_THREADS; k++) {
+        memset(&t[k], 0, sizeof(t[k]));
+        t[k].e = e;
+        t[k].id = k;
+        ck_assert_int_eq(pthread_create(&th[k], NULL, async_submitter, &t[k]), 0);
+    }
+    for (int k = 0; k < ASYNC_THREADS; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < ASYNC_THREADS; k++) {
+        ck_assert_int_eq(t[k].bad, 0);
+        for (int i = 0; i < ASYNC_PER_THREAD; i++) {
+            async_req *r = &t[k].r[i];
+            const dexec_output *o;
+
+            ck_assert_int_eq(dexec_handle_wait(r->h, 120), DEXEC_OK);
+            ck_assert_int_eq(dexec_handle_get_state(r->h), DEXEC_HANDLE_DONE);
+            o = dexec_handle_output(r->h);
+            ck_assert_ptr_nonnull(o);
+            ck_assert_str_eq(o->request_id, dexec_handle_request_id(r->h));
+            if (r->cancel == 0) {
+                ck_assert_msg(o->status == DEXEC_OK, "%s: %s", o->request_id, o->error);
+                ck_assert_uint_eq(o->num_images, 1);
+                ck_assert_int_ge(r->progress, 1);
+                ok++;
+                continue;
+            }
+            ck_assert_int_eq(o->status, DEXEC_ECANCELED);
+            if (strstr(o->error, "cancelled while queued") != NULL) {
+                ck_assert_int_eq(r->cancel, 1);
+                queued_cancels++;
+            } else {
+                char want[128];
+
+                snprintf(want, sizeof(want),
+                         "request %s cancelled while running (abandoned: its worker stops at "
+                         "the next step)",
+                         o->request_id);
+                ck_assert_str_eq(o->error, want);
+                running_cancels++;
+            }
+        }
+    }
+    ck_assert_int_gt(queued_cancels, 0);
+    ck_assert_int_ge(running_cancels, ASYNC_THREADS * 5);
+    ck_assert_int_gt(ok, 100);
+    /* the abandoned long requests freed their ranks at a step boundary:
+     * 20 of them at LONG_STEPS steps each would take far longer */
+    ck_assert_msg(dexec_now() - t0 < 100, "took %.1f s", dexec_now() - t0);
+
+    /* every handle completed exactly once, and stays so */
+    usleep(200000);
+    for (int k = 0; k < ASYNC_THREADS; k++)
+        for (int i = 0; i < ASYNC_PER_THREAD; i++) {
+            ck_assert_int_eq(__atomic_load_n(&t[k].r[i].done, __ATOMIC_SEQ_CST), 1);
+            ck_assert_int_eq(dexec_handle_cancel(t[k].r[i].h), DEXEC_EINVAL);
+            dexec_handle_free(t[k].r[i].h);
+        }
+    {
+        char want[64];
+
+        snprintf(want, sizeof(want), "request t%d-%d already completed", ASYNC_THREADS - 1,
+                 ASYNC_PER_THREAD - 1);
+        ck_assert_str_eq(dexec_engine_last_error(e), want);
+    }
+    /* the workers said so in their logs */
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_logs", 0, NULL, NULL, -1, &logs),
+                     DEXEC_OK);
+    json = dexec_value_to_json(logs, 0);
+    ck_assert_msg(strstr(json, "request t0-3 cancelled after step") != NULL ||
+                      strstr(json, "request t0-3 cancelled before it started") != NULL,
+                  "%s", json);
+    free(json);
+    dexec_value_free(logs);
+    dexec_engine_free(e);
+}
+END_TEST
+
+START_TEST(test_async_queue_full_and_close)
+{
+    dexec_engine *e = open_engine(1, "engine.max_queued", "2");
+    dexec_handle *h[4] = {NULL}, *extra = NULL;
+    dexec_request req;
+    int n = 0;
+    dexec_status st;
+
+    dexec_request_init(&req);
+    req.prompt = "bag";
+    req.num_inference_steps = LONG_STEPS;
+    /* one runs, two wait, the next is refused */
+    for (n = 0; n < 4; n++) {
+        st = dexec_engine_submit(e, &req, 1, NULL, &h[n]);
+        if (st != DEXEC_OK)
+            break;
+        if (n == 0) {
+            double until = dexec_now() + 60;
+
+            while (dexec_handle_get_state(h[0]) != DEXEC_HANDLE_RUNNING && dexec_now() < until)
+                usleep(1000);
+        }
+    }
+    ck_assert_int_eq(n, 3);
+    ck_assert_int_eq(st, DEXEC_EAGAIN);
+    ck_assert_ptr_null(h[3]);
+    ck_assert_str_eq(dexec_engine_last_error(e),
+                     "queue full: 2 requests queued, 1 more do not fit in engine.max_queued = 2: "
+                     "retry later");
+    ck_assert_int_eq(dexec_handle_wait(h[1], 0), DEXEC_ETIMEDOUT);
+    ck_assert_ptr_null(dexec_handle_output(h[1]));
+    /* close: the queued ones and the running one complete, ECLOSED */
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    for (int i = 0; i < 3; i++) {
+        const dexec_output *o;
+
+        ck_assert_int_eq(dexec_handle_wait(h[i], 0), DEXEC_OK);
+        o = dexec_handle_output(h[i]);
+        ck_assert_int_eq(o->status, DEXEC_ECLOSED);
+        ck_assert_ptr_nonnull(strstr(o->error, i == 0 ? "closed before it finished"
+                                                      : "closed before it ran"));
+        dexec_handle_free(h[i]);
+    }
+    ck_assert_int_eq(dexec_engine_submit(e, &req, 1, NULL, &extra), DEXEC_ECLOSED);
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(test_malformed_frames)
 {
     /* 200 nested arrays: [[[[...]]]] */
@@ -751,6 +1062,13 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
+    tcase_add_test(tc, test_runtime_env_reaches_every_rank);
+    tcase_add_test(tc, test_get_logs_has_failed_request);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("async");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_async_four_threads_cancel);
+    tcase_add_test(tc, test_async_queue_full_and_close);
     suite_add_tcase(s, tc);
     tc = tcase_create("protocol");
     tcase_set_timeout(tc, 60);

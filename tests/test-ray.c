@@ -87,6 +87,28 @@ static pid_t actor_pid(dexec_engine *e, int rank)
     return pid;
 }
 
+
+/* The value of NAME in /proc/PID/environ into out ("" when unset). */
+static void proc_env(pid_t pid, const char *name, char *out, size_t len)
+{
+    char path[64], buf[65536];
+    size_t n, nl = strlen(name);
+    FILE *f;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+        if (strncmp(buf + i, name, nl) == 0 && buf[i + nl] == '=') {
+            snprintf(out, len, "%s", buf + i + nl + 1);
+            return;
+        }
+}
+
 /* A line "Key:\tvalue" of /proc/PID/status, or "" when absent. */
 static void proc_status(pid_t pid, const char *key, char *out, size_t len)
 {
@@ -303,6 +325,53 @@ START_TEST(test_local_too_many_cpus)
     ck_assert_ptr_null(e);
     ck_assert_msg(strstr(err, want) != NULL, "got: %s", err);
     ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
+/* ray.init(num_cpus=...): an actor asking for more than declared is
+ * refused at create, naming both numbers, and nothing is left running */
+START_TEST(test_local_more_cpus_than_ray_init_declares)
+{
+    dexec_engine *e;
+    char err[1024];
+
+    ck_assert_int_eq(try_engine(1, "ray_actor = { cpus = 2; };\nray_init = { num_cpus = 1; };",
+                                &e, err, sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_ptr_null(e);
+    ck_assert_str_eq(err, "ray_actor: ray_actor.cpus = 2 but ray_init.num_cpus = 1: the actor "
+                          "asks for more CPUs than this host declares (lower ray_actor.cpus or "
+                          "raise ray_init.num_cpus)");
+    ck_assert_int_eq(count_children(), 0);
+    ck_assert_int_eq(try_engine(1, "ray_actor = { gpus = 1; };\nray_init = { num_gpus = 0; };",
+                                &e, err, sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "ray_actor: ray_actor.gpus = 1 but ray_init.num_gpus = 0: the actor "
+                          "asks for more GPUs than this host declares (lower ray_actor.gpus or "
+                          "raise ray_init.num_gpus)");
+    /* within what is declared, it starts */
+    e = open_engine(1, "ray_actor = { cpus = 1; gpus = 0; };\n"
+                       "ray_init = { num_cpus = 1; num_gpus = 0; };");
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* runtime_env.env_vars reach the actor's environment; the actor's own
+ * CUDA_VISIBLE_DEVICES wins over the one asked for there */
+START_TEST(test_local_runtime_env)
+{
+    dexec_engine *e = open_engine(2, "ray_actor = { gpus = 0; };\n"
+                                     "runtime_env = { env_vars = { DEXEC_TEST_VAR = \"a b,c\"; "
+                                     "CUDA_VISIBLE_DEVICES = \"7\"; }; };");
+    pid_t pid = actor_pid(e, 0);
+    char v[256];
+
+    proc_env(pid, "DEXEC_TEST_VAR", v, sizeof(v));
+    ck_assert_str_eq(v, "a b,c");
+    proc_env(pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+    ck_assert_str_eq(v, "");
+    ck_assert_int_eq(actor_pid(e, 1), pid);
+    dexec_engine_free(e);
 }
 END_TEST
 
@@ -550,9 +619,16 @@ START_TEST(test_cluster_lands_on_labelled_node)
     NEED_REDIS();
     start_node(&a, "plain", NULL);
     start_node(&b, "labelled", "gpu_worker=1");
-    e = open_engine(2, cluster_conf("resources = { gpu_worker = 1; };"));
+    e = open_engine(2, cluster_conf("resources = { gpu_worker = 1; }; };\n"
+                                    "runtime_env = { env_vars = { DEXEC_TEST_VAR = \"cluster\"; };"));
     generate_and_check(e, 2);
     pid = actor_pid(e, 0);
+    {
+        char v[64];
+
+        proc_env(pid, "DEXEC_TEST_VAR", v, sizeof(v));
+        ck_assert_str_eq(v, "cluster");
+    }
     ck_assert_int_eq(actor_pid(e, 1), pid);
     proc_status(pid, "PPid", ppid, sizeof(ppid));
     snprintf(want, sizeof(want), "%d", (int)b.pid);
@@ -698,6 +774,8 @@ static Suite *ray_suite(void)
     tcase_add_test(local, test_local_resources_on_live_actor);
     tcase_add_test(local, test_local_too_many_cpus);
     tcase_add_test(local, test_local_too_few_gpus);
+    tcase_add_test(local, test_local_more_cpus_than_ray_init_declares);
+    tcase_add_test(local, test_local_runtime_env);
     tcase_add_test(local, test_local_labels_must_be_offered);
     tcase_add_test(local, test_local_init_error_leaves_nothing);
     tcase_add_test(local, test_local_error_reply_names_rank);

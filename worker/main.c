@@ -153,6 +153,9 @@ int main(int argc, char **argv)
     struct sigaction sa;
 
     dexec_log_set_program("dexec-worker");
+    /* the recent lines get_logs serves (info and worse, whatever reaches
+     * stderr): what a deployer reads through `dexec logs` */
+    dexec_log_keep(1000, DEXEC_LOG_INFO);
     /* a model file truncated under its mapping fails requests, naming the
      * file, instead of killing the worker with SIGBUS */
     dxk_st_catch_sigbus();

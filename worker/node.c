@@ -450,8 +450,47 @@ static int pick_cpus(int ncpus, const cpu_set_t *avoid, cpu_set_t *set, char *li
     return k == ncpus ? 0 : -1;
 }
 
+/* spawn_actor's "env": absent, nil or a MAP of NAME: "value". */
+static int check_env(const dexec_value *ev, char *err, size_t errlen)
+{
+    if (ev == NULL || ev->type == DEXEC_VAL_NIL)
+        return 0;
+    if (ev->type != DEXEC_VAL_MAP) {
+        snprintf(err, errlen, "spawn_actor: env must be a map of NAME: \"value\"");
+        return -1;
+    }
+    for (size_t k = 0; k < ev->u.map.len; k++) {
+        const dexec_kv *kv = &ev->u.map.items[k];
+
+        if (kv->val->type != DEXEC_VAL_STR || kv->key[0] == '\0' ||
+            strchr(kv->key, '=') != NULL) {
+            snprintf(err, errlen, "spawn_actor: env: %s must be a string under a name without '='",
+                     kv->key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The checked "env" as NAME=VALUE strings (dexec_env_free), NULL on ENOMEM. */
+static char **env_list(const dexec_value *ev)
+{
+    size_t n = ev != NULL && ev->type == DEXEC_VAL_MAP ? ev->u.map.len : 0;
+    char **env = calloc(n + 1, sizeof(*env));
+
+    for (size_t k = 0; env != NULL && k < n; k++)
+        if (asprintf(&env[k], "%s=%s", ev->u.map.items[k].key,
+                     ev->u.map.items[k].val->u.str.ptr) < 0) {
+            env[k] = NULL;
+            dexec_env_free(env);
+            env = NULL;
+        }
+    return env;
+}
+
 static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *params)
 {
+    char **env;
     int ranks, cpus, gpus, pfd[2];
     int64_t memory;
     const char *model, *device, *token;
@@ -469,6 +508,12 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
 
     if (parse_spawn(dexec_value_array_get(params, 0), &ranks, &model, &device, &cpus, &gpus,
                     &memory, &labels, &token, err, sizeof(err)) != 0) {
+        reply_err(c, id, DEXEC_EINVAL, "%s", err);
+        return;
+    }
+    /* "env": the engine's runtime_env.env_vars, {NAME: "value"} */
+    if (check_env(dexec_value_map_get(dexec_value_array_get(params, 0), "env"), err,
+                  sizeof(err)) != 0) {
         reply_err(c, id, DEXEC_EINVAL, "%s", err);
         return;
     }
@@ -563,13 +608,20 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         return;
     }
     sa.stdout_fd = pfd[1];
-    if (dexec_process_spawn(&sa, &a->child, err, sizeof(err)) != DEXEC_OK) {
+    env = env_list(dexec_value_map_get(dexec_value_array_get(params, 0), "env"));
+    sa.env = (const char *const *)env;
+    if (env == NULL || dexec_process_spawn(&sa, &a->child, err, sizeof(err)) != DEXEC_OK) {
         close(pfd[0]);
         close(pfd[1]);
-        reply_err(c, id, DEXEC_EINIT, "node %s: %s", n->info.name, err);
+        if (env == NULL)
+            reply_err(c, id, DEXEC_ENOMEM, "node %s: out of memory", n->info.name);
+        else
+            reply_err(c, id, DEXEC_EINIT, "node %s: %s", n->info.name, err);
+        dexec_env_free(env);
         actor_free(n, a);
         return;
     }
+    dexec_env_free(env);
     close(pfd[1]);
     a->pid = dexec_process_pid(a->child);
     fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK);

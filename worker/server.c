@@ -31,6 +31,8 @@
 #define WRITE_TIMEOUT 30.0
 #define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
 #define DEBUG_SLEEP_MAX 3600.0
+#define CANCELLED_MAX 256 /* request ids remembered by "cancel" */
+#define GET_LOGS_DEFAULT 100
 
 enum call_kind { CALL_GENERATE, CALL_EXECUTE, CALL_COLLECTIVE };
 
@@ -69,10 +71,16 @@ typedef struct wrank {
     /* statistics, guarded by qlock */
     long requests, images, errors;
     double encode_s, denoise_s, decode_s, busy_since;
+    char current[256]; /* request_id of the request it runs, "" when idle */
 } wrank;
 
 struct dxw_server {
     dxw_options opt;
+    /* request ids cancelled lately (a ring): a rank checks the id of the
+     * request it runs after every denoising step, and before it starts */
+    pthread_mutex_t cancel_lock;
+    char *cancelled[CANCELLED_MAX];
+    size_t cancel_next;
     char *model, *device, *token, *name;
     wrank *ranks;
     dxs_server *rpc;
@@ -200,15 +208,61 @@ static dexec_value *rank_info(wrank *r)
     return m;
 }
 
-static const char known_methods[] =
-    "get_rank, get_info, get_stats, load_model, check_health, echo, debug_sleep";
+static const char known_methods[] = "get_rank, get_info, get_stats, get_logs, cancel, "
+                                   "load_model, check_health, echo, debug_sleep";
 
 /* Methods cheap enough to answer on the I/O thread. */
 static int is_inline_method(const char *m)
 {
     return strcmp(m, "get_rank") == 0 || strcmp(m, "get_stats") == 0 ||
            strcmp(m, "check_health") == 0 || strcmp(m, "echo") == 0 ||
-           strcmp(m, "get_info") == 0;
+           strcmp(m, "get_info") == 0 || strcmp(m, "get_logs") == 0 ||
+           strcmp(m, "cancel") == 0;
+}
+
+/* 1 when request id was cancelled ("cancel" method). */
+static int is_cancelled(dxw_server *s, const char *id)
+{
+    int found = 0;
+
+    if (id == NULL)
+        return 0;
+    pthread_mutex_lock(&s->cancel_lock);
+    for (size_t i = 0; i < CANCELLED_MAX && !found; i++)
+        found = s->cancelled[i] != NULL && strcmp(s->cancelled[i], id) == 0;
+    pthread_mutex_unlock(&s->cancel_lock);
+    return found;
+}
+
+/* "cancel [request_id]": remembered once per server (an actor's ranks
+ * share it); replies whether this rank was running it. */
+static dexec_status cancel_request(wrank *r, const dexec_value *args, dexec_value **out,
+                                   char *err, size_t errlen)
+{
+    dxw_server *s = r->s;
+    const char *id = dexec_value_as_str(dexec_value_array_get(args, 0), NULL);
+    int running;
+
+    if (id == NULL || id[0] == '\0') {
+        snprintf(err, errlen, "cancel: expected the request_id as the first argument");
+        return DEXEC_EINVAL;
+    }
+    if (!is_cancelled(s, id)) {
+        char *copy = strdup(id);
+
+        if (copy == NULL)
+            return DEXEC_ENOMEM;
+        pthread_mutex_lock(&s->cancel_lock);
+        free(s->cancelled[s->cancel_next]);
+        s->cancelled[s->cancel_next] = copy;
+        s->cancel_next = (s->cancel_next + 1) % CANCELLED_MAX;
+        pthread_mutex_unlock(&s->cancel_lock);
+    }
+    pthread_mutex_lock(&r->qlock);
+    running = r->current[0] != '\0' && strcmp(r->current, id) == 0;
+    pthread_mutex_unlock(&r->qlock);
+    *out = dexec_value_bool(running);
+    return DEXEC_OK;
 }
 
 static int is_known_method(const char *m)
@@ -267,6 +321,20 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
         *out = args != NULL ? dexec_value_clone(args) : dexec_value_array();
     } else if (strcmp(method, "load_model") == 0) {
         return load_model(r, args, kwargs, out, err, errlen);
+    } else if (strcmp(method, "cancel") == 0) {
+        return cancel_request(r, args, out, err, errlen);
+    } else if (strcmp(method, "get_logs") == 0) {
+        const dexec_value *a = dexec_value_array_get(args, 0);
+        int64_t n = a != NULL ? dexec_value_as_int(a, -1)
+                              : dexec_value_as_int(dexec_value_map_get(kwargs, "n"),
+                                                   GET_LOGS_DEFAULT);
+
+        if (n < 1 || n > DEXEC_LOG_KEEP_MAX) {
+            snprintf(err, errlen, "get_logs: expected a number of lines in 1..%d",
+                     DEXEC_LOG_KEEP_MAX);
+            return DEXEC_EINVAL;
+        }
+        *out = dexec_log_recent((size_t)n);
     } else if (strcmp(method, "debug_sleep") == 0) {
         const dexec_value *a = dexec_value_array_get(args, 0);
         double s = dexec_value_as_float(a, -1);
@@ -294,12 +362,18 @@ typedef struct progress_ctx {
     dxs_conn *c;
     uint32_t msgid;
     size_t pos;
+    dxw_server *s;
+    const char *request_id;
 } progress_ctx;
 
-static void on_step(void *user, int image, int step, int total)
+static int on_step(void *user, int image, int step, int total)
 {
     progress_ctx *p = user;
-    dexec_value *a = dexec_value_array();
+    dexec_value *a;
+
+    if (is_cancelled(p->s, p->request_id))
+        return 1;
+    a = dexec_value_array();
 
     dexec_value_array_push(a, dexec_value_int(p->msgid));
     dexec_value_array_push(a, dexec_value_int((int64_t)p->pos));
@@ -307,6 +381,7 @@ static void on_step(void *user, int image, int step, int total)
     dexec_value_array_push(a, dexec_value_int(step));
     dexec_value_array_push(a, dexec_value_int(total));
     dxs_notify(p->c, "progress", a);
+    return 0;
 }
 
 static int read_int_field(const dexec_value *req, const char *key, int64_t lo, int64_t hi,
@@ -436,7 +511,7 @@ static void run_generate(wrank *r, job *j, double queued_at)
         const dexec_value *rv = dexec_value_array_get(reqs, pos);
         dexec_request req;
         dexec_output out;
-        progress_ctx pc = {.c = k->c, .msgid = k->msgid, .pos = pos};
+        progress_ctx pc = {.c = k->c, .msgid = k->msgid, .pos = pos, .s = r->s};
         char err[1024];
         dexec_status st;
         double t0 = dexec_now();
@@ -444,7 +519,15 @@ static void run_generate(wrank *r, job *j, double queued_at)
         dexec_output_init(&out);
         if (parse_request(rv, &req, err, sizeof(err)) != 0) {
             st = DEXEC_EINVAL;
+        } else if (is_cancelled(r->s, req.request_id)) {
+            snprintf(err, sizeof(err), "cancelled before it started");
+            st = DEXEC_ECANCELED;
         } else {
+            pc.request_id = req.request_id;
+            pthread_mutex_lock(&r->qlock);
+            snprintf(r->current, sizeof(r->current), "%s",
+                     req.request_id != NULL ? req.request_id : "");
+            pthread_mutex_unlock(&r->qlock);
             pthread_rwlock_rdlock(&r->mlock);
             if (r->model == NULL) {
                 snprintf(err, sizeof(err), "no model loaded: %s", r->model_err);
@@ -453,11 +536,22 @@ static void run_generate(wrank *r, job *j, double queued_at)
                 st = dxk_generate(r->model, &req, &out, on_step, &pc, err, sizeof(err));
             }
             pthread_rwlock_unlock(&r->mlock);
+            pthread_mutex_lock(&r->qlock);
+            r->current[0] = '\0';
+            pthread_mutex_unlock(&r->qlock);
         }
         if (st != DEXEC_OK) {
+            const char *id = req.request_id != NULL ? req.request_id : "(no id)";
+
             dexec_output_clear(&out);
             out.status = st;
             out.error = strdup(err);
+            /* said where get_logs and the journal show it */
+            if (st == DEXEC_ECANCELED)
+                dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: request %s %s", r->rank, id, err);
+            else
+                dexec_log(DEXEC_LOG_WARN, "worker", "rank %d: request %s failed: %s", r->rank,
+                          id, err);
         }
         out.timings.queue_s = t0 - queued_at;
         pthread_mutex_lock(&r->qlock);
@@ -820,6 +914,7 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
     s->token = opt->token != NULL ? strdup(opt->token) : NULL;
     s->name = opt->name != NULL ? strdup(opt->name) : NULL;
     s->started = dexec_now();
+    pthread_mutex_init(&s->cancel_lock, NULL);
     gethostname(s->host, sizeof(s->host) - 1);
     {
         dxs_config rc = {
@@ -938,6 +1033,9 @@ void dxw_server_free(dxw_server *s)
         pthread_mutex_destroy(&r->qlock);
         pthread_cond_destroy(&r->qcond);
     }
+    for (size_t i = 0; i < CANCELLED_MAX; i++)
+        free(s->cancelled[i]);
+    pthread_mutex_destroy(&s->cancel_lock);
     free(s->ranks);
     free(s->model);
     free(s->device);

@@ -12,6 +12,7 @@ int cmd_config(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_health(int argc, char **argv);
 int cmd_rpc(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
 int cmd_actors(int argc, char **argv);
 
 /* Loads the configuration for a subcommand: path (may be NULL: $DEXEC_CONFIG

@@ -1,11 +1,13 @@
 /* cmd_rpc.c - `dexec rpc METHOD [ARGS...]`: collective_rpc on the
- * deployment's workers, replies printed as JSON. */
+ * deployment's workers, replies printed as JSON; and `dexec logs`, the
+ * workers' recent log lines (the get_logs method) printed as text. */
 #include "config.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -16,8 +18,9 @@ static void usage(FILE *out)
             "Runs a worker method on every rank (collective_rpc) and prints the replies,\n"
             "ordered by rank, as JSON. Each ARG is parsed as JSON when it is valid JSON\n"
             "(42, 1.5, true, null, \"text\", [1,2], {\"k\": 1}) and taken as a string\n"
-            "otherwise. Worker methods: get_rank, get_info, get_stats, load_model MODEL,\n"
-            "check_health, echo ARGS..., debug_sleep SECONDS.\n\n"
+            "otherwise. Worker methods: get_rank, get_info, get_stats, get_logs [N],\n"
+            "cancel REQUEST_ID, load_model MODEL, check_health, echo ARGS...,\n"
+            "debug_sleep SECONDS.\n\n"
             "  -r, --rank R            print only rank R's reply (all ranks still run it)\n"
             "  -t, --timeout S         deadline in seconds (default timeouts.rpc)\n"
             "%s",
@@ -108,4 +111,116 @@ int cmd_rpc(int argc, char **argv)
 usage_error:
     dexec_value_free(args);
     return 2;
+}
+
+static void logs_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: dexec logs [--rank R] [-n N] [--json]\n\n"
+            "Prints the last N log lines of every worker (the get_logs worker method:\n"
+            "each worker keeps its last 1000 lines at info and worse), rank by rank, as\n"
+            "RANK TIME LEVEL COMPONENT: MESSAGE. Works with every executor; with\n"
+            "external it reads the workers systemd or Slurm started (an actor's ranks\n"
+            "share one process, so they show the same lines).\n\n"
+            "  -r, --rank R            only rank R\n"
+            "  -n, --lines N           lines per rank (default 100)\n"
+            "      --json              print the replies as JSON instead\n"
+            "%s",
+            cli_engine_opts_help);
+}
+
+static void print_line(int rank, const dexec_value *l)
+{
+    double t = dexec_value_as_float(dexec_value_map_get(l, "time"), 0);
+    time_t sec = (time_t)t;
+    struct tm tm;
+    char when[32];
+
+    gmtime_r(&sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    printf("%d %s.%03dZ %s %s: %s\n", rank, when, (int)((t - (double)sec) * 1000),
+           dexec_value_as_str(dexec_value_map_get(l, "level"), "?"),
+           dexec_value_as_str(dexec_value_map_get(l, "component"), "?"),
+           dexec_value_as_str(dexec_value_map_get(l, "message"), ""));
+}
+
+int cmd_logs(int argc, char **argv)
+{
+    cli_engine_opts eo = {0};
+    int rank = -1, json = 0, rc = 0;
+    long lines = 100;
+    dexec_value *args, *replies = NULL;
+    dexec_engine *e;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = cli_engine_opt(&eo, argc, argv, &i);
+        char *end;
+        long v;
+
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            logs_usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--json") == 0) {
+            json = 1;
+            continue;
+        }
+        if (strcmp(a, "-r") != 0 && strcmp(a, "--rank") != 0 && strcmp(a, "-n") != 0 &&
+            strcmp(a, "--lines") != 0) {
+            fprintf(stderr, "dexec logs: unknown argument '%s'\n", a);
+            return 2;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "dexec logs: option %s needs a value\n", a);
+            return 2;
+        }
+        v = strtol(argv[++i], &end, 10);
+        if (a[1] == 'r' || a[2] == 'r') {
+            if (*end != '\0' || v < 0 || v > 100000) {
+                fprintf(stderr, "dexec logs: --rank expects a rank number, got '%s'\n", argv[i]);
+                return 2;
+            }
+            rank = (int)v;
+        } else {
+            if (*end != '\0' || v < 1 || v > DEXEC_LOG_KEEP_MAX) {
+                fprintf(stderr, "dexec logs: -n expects 1..%d lines, got '%s'\n",
+                        DEXEC_LOG_KEEP_MAX, argv[i]);
+                return 2;
+            }
+            lines = v;
+        }
+    }
+    e = cli_open_engine(&eo);
+    if (e == NULL)
+        return 1;
+    args = dexec_value_array();
+    dexec_value_array_push(args, dexec_value_int(lines));
+    if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) != DEXEC_OK) {
+        fprintf(stderr, "dexec logs: %s\n", dexec_engine_last_error(e));
+        rc = 1;
+    } else if (json) {
+        char *text = dexec_value_to_json(replies, 2);
+
+        printf("%s\n", text != NULL ? text : "null");
+        free(text);
+    } else if (rank >= 0) {
+        for (size_t k = 0; k < replies->u.arr.len; k++)
+            print_line(rank, replies->u.arr.items[k]);
+    } else {
+        for (size_t r = 0; r < replies->u.arr.len; r++) {
+            const dexec_value *one = replies->u.arr.items[r];
+
+            for (size_t k = 0; one->type == DEXEC_VAL_ARRAY && k < one->u.arr.len; k++)
+                print_line((int)r, one->u.arr.items[k]);
+        }
+    }
+    dexec_value_free(replies);
+    dexec_value_free(args);
+    dexec_engine_free(e);
+    return rc;
 }

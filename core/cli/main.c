@@ -17,6 +17,7 @@ static const struct {
     {"generate", cmd_generate, "generate images from a prompt"},
     {"health", cmd_health, "check that every worker of a deployment answers"},
     {"rpc", cmd_rpc, "call a worker method on every rank and print the replies as JSON"},
+    {"logs", cmd_logs, "print the workers' recent log lines (get_logs)"},
     {"actors", cmd_actors, "list the actors registered in the discovery registry"},
     {"plugins", cmd_plugins, "list the plugins on the search path"},
     {"config", cmd_config, "check a configuration file and print the effective one"},

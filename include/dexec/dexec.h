@@ -67,6 +67,8 @@ typedef enum dexec_status {
     DEXEC_EIO = 13,       /* system call failed (message has errno text) */
     DEXEC_ENOTSUP = 14,   /* capability not built or not available here */
     DEXEC_EAUTH = 15,     /* handshake refused: bad or missing token */
+    DEXEC_EAGAIN = 16,    /* the engine's queue is full (engine.max_queued): retry later */
+    DEXEC_ECANCELED = 17, /* the request was cancelled (dexec_handle_cancel) */
 } dexec_status;
 
 /* Static, never NULL: "ok", "invalid argument", ... */
@@ -152,6 +154,21 @@ int dexec_log_level_parse(const char *name);
  * in syslog's default ident; "dexec" until set. */
 void dexec_log_set_program(const char *name);
 void dexec_log_use_syslog(int on, const char *ident);
+
+/* Largest ring dexec_log_keep() accepts. */
+#define DEXEC_LOG_KEEP_MAX 100000
+
+/* Keeps the last n lines logged at level or more severe in memory (whatever
+ * dexec_log_set_level() lets through to stderr), for dexec_log_recent():
+ * dexec-worker keeps 1000 at info and serves them as the get_logs method.
+ * n = 0 turns it off and drops the lines kept. DEXEC_EINVAL for n above
+ * DEXEC_LOG_KEEP_MAX or a bad level, DEXEC_ENOMEM. */
+dexec_status dexec_log_keep(size_t n, dexec_log_level level);
+
+/* The last max lines kept (0: all), oldest first: an ARRAY of MAPs
+ * {time: unix seconds (float), level: "error|warn|info|debug", component,
+ * message}. Empty when nothing is kept. Caller frees; NULL on ENOMEM. */
+dexec_value *dexec_log_recent(size_t max);
 
 /* ---- Configuration ------------------------------------------------------ */
 
@@ -327,8 +344,8 @@ void dexec_outputs_free(dexec_output *outs, size_t n);
 
 typedef struct dexec_engine dexec_engine;
 
-/* Progress callback: called from the thread running step(), once per
- * denoising step of each image. */
+/* Progress callback of step(): called from an engine dispatcher thread
+ * while step() waits, once per denoising step of each image. */
 typedef void (*dexec_progress_fn)(void *user, size_t request_index, int image_index, int step,
                                   int total_steps);
 
@@ -342,12 +359,115 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
                                  size_t errlen);
 
 /* Generates: one output per request, in request order, each holding images
- * or its own error. *outs is a new array the caller frees with
+ * or its own error (submit + wait: see "Asynchronous requests" below; the
+ * wait is bounded by timeouts.generate once the batch is dispatched). *outs is a new array the caller frees with
  * dexec_outputs_free. Returns DEXEC_OK when every request was attempted
  * (per-request failures are in the outputs), or an error when the batch as
  * a whole failed (then *outs is NULL). progress may be NULL. */
 dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_t n,
                                dexec_output **outs, dexec_progress_fn progress, void *user);
+
+/* ---- Asynchronous requests ------------------------------------------------
+ *
+ * The C shape of the reference's AsyncOmniDiffusion: dexec_engine_submit()
+ * queues requests and returns one handle per request at once; the engine's
+ * dispatcher threads (one per rank) hand them to the executor; each handle
+ * completes exactly once, with images or an error (its own, the batch's,
+ * DEXEC_ECANCELED or DEXEC_ECLOSED). Be told by callback, or wait on a
+ * handle with a deadline. dexec_engine_step() is submit + wait.
+ *
+ * Dispatch: requests submitted together (n > 1) are handed to the executor
+ * as one batch, request i to rank i mod n as step() does; requests
+ * submitted alone are gathered, up to one per rank, into a batch.
+ *
+ * Queue: at most engine.max_queued requests wait for a dispatcher; a submit
+ * that does not fit fails at once with DEXEC_EAGAIN (a service answers 429
+ * or 503 then). step() is never refused: its caller waits anyway.
+ *
+ * Cancel: a queued request is dropped; a running one completes at once with
+ * DEXEC_ECANCELED and is abandoned: the engine sends the workers the
+ * "cancel" method (doc/protocol.md), the worker stops it at the next
+ * denoising step boundary and takes the next request, and its late result
+ * is discarded.
+ *
+ * Close: queued requests complete with DEXEC_ECLOSED, running ones are
+ * cancelled (DEXEC_ECLOSED), then the workers stop. Handles stay valid
+ * until freed. */
+
+typedef struct dexec_handle dexec_handle;
+
+/* Called once per denoising step of each image of a running request, from
+ * a dispatcher thread. */
+typedef void (*dexec_handle_progress_fn)(void *user, dexec_handle *h, int image_index, int step,
+                                         int total_steps);
+/* Called exactly once when h completes (its output is readable), from a
+ * dispatcher thread, or from the thread that cancels or closes for a
+ * request cancelled or dropped there. h stays valid during the call even
+ * when its owner freed it. A callback may call the engine (submit, rpc,
+ * health, cancel) but not dexec_engine_close() (DEXEC_EINVAL), and must
+ * not wait on a handle of the same engine (dexec_handle_wait with a
+ * timeout, dexec_engine_step): the dispatcher it runs on is not taking
+ * requests meanwhile. */
+typedef void (*dexec_handle_done_fn)(void *user, dexec_handle *h);
+
+typedef struct dexec_callbacks {
+    uint32_t struct_size;              /* DEXEC_CALLBACKS_SIZE: set by dexec_callbacks_init */
+    dexec_handle_progress_fn progress; /* NULL: none */
+    dexec_handle_done_fn done;         /* NULL: none */
+    void *user;
+    uint64_t reserved[4]; /* zero */
+} dexec_callbacks;
+
+#define DEXEC_CALLBACKS_SIZE_1_1 (offsetof(dexec_callbacks, user) + sizeof(void *))
+#define DEXEC_CALLBACKS_SIZE offsetof(dexec_callbacks, reserved)
+
+/* Zeroes cb and sets its struct_size. */
+void dexec_callbacks_init_sized(dexec_callbacks *cb, size_t struct_size);
+#define dexec_callbacks_init(cb) dexec_callbacks_init_sized((cb), DEXEC_CALLBACKS_SIZE)
+
+/* Queues n requests (checked and resolved as step() does: ids, seeds) and
+ * writes n new handles into handles[] (caller's array), the caller owning
+ * each (dexec_handle_free). cb (NULL: none) is copied and applies to all n.
+ * Errors, with no handle made: DEXEC_EINVAL (a bad request: the message
+ * names it), DEXEC_EAGAIN ("queue full: Q requests queued, N more do not
+ * fit in engine.max_queued = M: retry later"), DEXEC_ECLOSED,
+ * DEXEC_ENOMEM. */
+dexec_status dexec_engine_submit(dexec_engine *e, const dexec_request *reqs, size_t n,
+                                 const dexec_callbacks *cb, dexec_handle **handles);
+
+typedef enum dexec_handle_state {
+    DEXEC_HANDLE_QUEUED = 0,  /* waiting for a dispatcher */
+    DEXEC_HANDLE_RUNNING = 1, /* handed to the executor */
+    DEXEC_HANDLE_DONE = 2,    /* completed: dexec_handle_output() is set */
+} dexec_handle_state;
+
+dexec_handle_state dexec_handle_get_state(const dexec_handle *h);
+
+/* The request id (assigned at submit when the request had none); owned by h. */
+const char *dexec_handle_request_id(const dexec_handle *h);
+
+/* Waits until h completes or timeout seconds pass (0: just look; there is
+ * no unbounded wait). DEXEC_OK once complete, DEXEC_ETIMEDOUT otherwise. */
+dexec_status dexec_handle_wait(dexec_handle *h, double timeout);
+
+/* The output once complete (status DEXEC_OK with images, or the error:
+ * the request's own, the batch's, DEXEC_ECANCELED, DEXEC_ECLOSED), else
+ * NULL. Owned by h. */
+const dexec_output *dexec_handle_output(const dexec_handle *h);
+
+/* Moves the output into *out (which the caller clears later) and leaves h's
+ * empty. DEXEC_EINVAL when h is not complete or its output was taken. */
+dexec_status dexec_handle_take_output(dexec_handle *h, dexec_output *out);
+
+/* Cancels h: a queued request is dropped, a running one abandoned (see
+ * above); either way h completes now with DEXEC_ECANCELED. DEXEC_OK when it
+ * did; DEXEC_EINVAL "request ID already completed" when h was complete
+ * (the engine's last error holds the message). */
+dexec_status dexec_handle_cancel(dexec_handle *h);
+
+/* Releases the caller's handle. A handle not yet complete is cancelled
+ * first (its done callback still runs once). NULL is accepted. */
+void dexec_handle_free(dexec_handle *h);
 
 /* Runs a worker method on every rank. args: a DEXEC_VAL_ARRAY or NULL
  * (no arguments); kwargs: a DEXEC_VAL_MAP or NULL. With

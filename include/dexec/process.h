@@ -82,7 +82,13 @@ typedef struct dexec_spawn_args {
      * is ("rank 0", "actor"). NULL: "process", "child". Copied. */
     const char *component;
     const char *label;
-    void *reserved[8];
+    /* Variables set in the child over this process's environment:
+     * "NAME=VALUE" entries, NULL-terminated, borrowed for the call; NULL:
+     * none. Normally dexec_runtime_env()'s (runtime_env.env_vars). Where
+     * visible_gpus is set, it wins over a CUDA_VISIBLE_DEVICES entry here,
+     * and a warning says so. (Added in 0.1 from the reserved space.) */
+    const char *const *env;
+    void *reserved[7];
 } dexec_spawn_args;
 
 /* Forks and executes a->argv with the limits applied in the child before
@@ -146,6 +152,22 @@ void dexec_process_stop(dexec_process *p, struct dexec_conn *conn, double grace_
 /* Releases p: a child still running gets SIGKILL and is reaped (bounded at
  * 10 s); the cgroup made for it is removed. NULL is accepted. */
 void dexec_process_free(dexec_process *p);
+
+/* ---- environment (runtime_env.env_vars) ----------------------------------- */
+
+/* The variables every worker or actor process an executor starts gets on
+ * top of this process's environment: the configuration's
+ * runtime_env.env_vars as "NAME=VALUE" strings, in file order, less the
+ * variables the executor sets itself. own lists those ("NAME" or
+ * "NAME=VALUE" entries, NULL-terminated; NULL: none): each one that
+ * runtime_env.env_vars also sets is left out and logged once as a warning
+ * "COMPONENT: runtime_env.env_vars sets NAME=\"V\" but the executor sets
+ * NAME itself (...): the executor's value wins". For executors that start
+ * processes by other means (srun --export, a node agent's spawn_actor) as
+ * well as for dexec_spawn_args.env. Returns a NULL-terminated array the
+ * caller frees with dexec_env_free(), or NULL when memory is exhausted. */
+char **dexec_runtime_env(const dexec_config *cfg, const char *const *own, const char *component);
+void dexec_env_free(char **env);
 
 /* ---- CPUs ---------------------------------------------------------------- */
 

@@ -80,6 +80,7 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
     dexec_spawn_args args = {.struct_size = sizeof(args), .argv = argv, .stdout_fd = -1,
                              .visible_gpus = gpu_s, .component = "mp", .label = label};
     dexec_status st;
+    char **env;
     int sv[2];
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -90,7 +91,17 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
     snprintf(gpu_s, sizeof(gpu_s), "%d", rank);
     snprintf(label, sizeof(label), "rank %d", rank);
     args.ctl_fd = sv[1];
+    /* runtime_env.env_vars; the rank's CUDA_VISIBLE_DEVICES wins in spawn */
+    env = dexec_runtime_env(ex->host->config, NULL, "mp");
+    if (env == NULL) {
+        close(sv[0]);
+        close(sv[1]);
+        dexec_errorf(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    args.env = (const char *const *)env;
     st = dexec_process_spawn(&args, &ex->proc[rank], err, errlen);
+    dexec_env_free(env);
     close(sv[1]);
     if (st != DEXEC_OK) {
         close(sv[0]);

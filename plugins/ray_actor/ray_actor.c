@@ -234,11 +234,32 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
                            .cpus = cpus, .visible_gpus = devs, .memory_bytes = a->memory,
                            .component = COMPONENT, .label = "actor"};
     dexec_status st;
+    int64_t num_cpus = -1, num_gpus = -1;
+    char **env;
     int sv[2];
 
     st = check_local_labels(a, err, errlen);
     if (st != DEXEC_OK)
         return st;
+    /* ray.init(num_cpus=, num_gpus=): what this host may hand out */
+    dexec_config_get_int(ex->host->config, "ray_init.num_cpus", &num_cpus);
+    dexec_config_get_int(ex->host->config, "ray_init.num_gpus", &num_gpus);
+    if (num_cpus >= 0 && a->cpus > num_cpus) {
+        dexec_errorf(err, errlen,
+                     "ray_actor.cpus = %d but ray_init.num_cpus = %lld: the actor asks for more "
+                     "CPUs than this host declares (lower ray_actor.cpus or raise "
+                     "ray_init.num_cpus)",
+                     a->cpus, (long long)num_cpus);
+        return DEXEC_EINVAL;
+    }
+    if (num_gpus >= 0 && a->gpus > num_gpus) {
+        dexec_errorf(err, errlen,
+                     "ray_actor.gpus = %d but ray_init.num_gpus = %lld: the actor asks for more "
+                     "GPUs than this host declares (lower ray_actor.gpus or raise "
+                     "ray_init.num_gpus)",
+                     a->gpus, (long long)num_gpus);
+        return DEXEC_EINVAL;
+    }
     if (a->cpus > dexec_cpus_allowed()) {
         dexec_errorf(err, errlen, "ray_actor.cpus = %d but only %d CPUs are available", a->cpus,
                      dexec_cpus_allowed());
@@ -258,7 +279,17 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
         return DEXEC_EIO;
     }
     sa.ctl_fd = sv[1];
+    /* runtime_env.env_vars; the actor's CUDA_VISIBLE_DEVICES wins in spawn */
+    env = dexec_runtime_env(ex->host->config, NULL, COMPONENT);
+    if (env == NULL) {
+        close(sv[0]);
+        close(sv[1]);
+        dexec_errorf(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    sa.env = (const char *const *)env;
     st = dexec_process_spawn(&sa, &ex->child, err, errlen);
+    dexec_env_free(env);
     close(sv[1]);
     if (st != DEXEC_OK) {
         close(sv[0]);
@@ -342,10 +373,16 @@ static int node_fits(const dexec_actor_info *node, const actor_ask *a, char *why
     return 1;
 }
 
-static dexec_value *spawn_params(const actor_ask *a, const char *token)
+static dexec_value *spawn_params(const actor_ask *a, const char *token, const dexec_config *cfg)
 {
     dexec_value *p = dexec_value_array(), *m = dexec_value_map();
+    const dexec_value *env = NULL;
 
+    /* runtime_env.env_vars travel to the agent, which applies them under
+     * the actor's own CUDA_VISIBLE_DEVICES */
+    if (dexec_config_get_map(cfg, "runtime_env.env_vars", &env) == DEXEC_OK && env != NULL &&
+        env->u.map.len > 0)
+        dexec_value_map_set(m, "env", dexec_value_clone(env));
     dexec_value_map_set(m, "ranks", dexec_value_int(a->ranks));
     dexec_value_map_set(m, "model", dexec_value_str(a->model));
     dexec_value_map_set(m, "device", dexec_value_str(a->device));
@@ -404,7 +441,7 @@ static dexec_status place_on(struct dexec_executor *ex, const dexec_actor_info *
         dexec_errorf(err, errlen, "node %s: %s", node->name, msg);
         return st == DEXEC_EAUTH ? st : DEXEC_EINIT;
     }
-    params = spawn_params(a, token);
+    params = spawn_params(a, token, ex->host->config);
     st = dexec_conn_call(ex->agent, "spawn_actor", params, deadline, &res, NULL, NULL, msg,
                          sizeof(msg));
     dexec_value_free(params);
