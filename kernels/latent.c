@@ -214,8 +214,10 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
                 for (k = 0; s == DEXEC_OK && k < n; k++)
                     x[k] += 0.5 * dt * ((double)e[k] + e2[k]);
             }
-            if (s == DEXEC_OK && a->step != NULL)
-                a->step(a->user, i + 1, N);
+            if (s == DEXEC_OK && a->step != NULL && a->step(a->user, i + 1, N) != 0) {
+                snprintf(err, errlen, "cancelled after step %d of %d", i + 1, N);
+                s = DEXEC_ECANCELED;
+            }
         }
     } else {
         dxk_ddpm_respace(N, ts, acp);
@@ -267,8 +269,10 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
                     x[k] = mean + (i > 0 ? exp(0.5 * logv) * z[k] : 0.0);
                 }
             }
-            if (a->step != NULL)
-                a->step(a->user, step + 1, N);
+            if (a->step != NULL && a->step(a->user, step + 1, N) != 0) {
+                snprintf(err, errlen, "cancelled after step %d of %d", step + 1, N);
+                s = DEXEC_ECANCELED;
+            }
         }
     }
     if (s == DEXEC_OK)

@@ -36,7 +36,9 @@ int dxk_sampler_is_flow(dxk_sampler s);
  * alphas_cumprod at ts[i]. ts and acp hold n values; n in 1..1000. */
 void dxk_ddpm_respace(int n, int *ts, double *acp);
 
-typedef void (*dxk_latent_step_fn)(void *user, int step, int total_steps);
+/* Called after each sampler step; a nonzero return stops the sampler there
+ * (a cancelled request: DEXEC_ECANCELED). */
+typedef int (*dxk_latent_step_fn)(void *user, int step, int total_steps);
 
 typedef struct dxk_latent_args {
     const float *noise;      /* host [C, h, w]: the starting latent */
