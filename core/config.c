@@ -100,6 +100,9 @@ static const struct dx_key keys[] = {
              "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
     KEY_STR("token_file", "", 0, NULL, "path, or \"\" for none",
             "file holding the shared token that workers require in hello"),
+    {"allow_admin_methods", CT_BOOL, "false", 0, 0, 0, 0, 0, NULL, NULL, NULL, "true|false",
+     "owned workers (mp, ray_actor) serve load_model and debug_sleep, methods that open "
+     "files or hold the process (dexec-worker --allow-admin)"},
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 

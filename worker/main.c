@@ -54,6 +54,8 @@ static void usage(FILE *out)
             "      --token-file FILE   require this shared token in hello (file mode 0600)\n"
             "      --insecure          allow a non-loopback TCP listener without a token,\n"
             "                          and a unix socket in a directory others can enter\n"
+            "      --allow-admin       serve load_model and debug_sleep (methods that open\n"
+            "                          files or hold the process) to authenticated clients\n"
             "      --max-frame BYTES   largest frame accepted (default 256 MiB)\n"
             "      --print-address     print the address listened on to stdout, once ready\n"
             "      --name NAME         register in the actor registry under NAME once ready\n"
@@ -88,6 +90,7 @@ int main(int argc, char **argv)
         {"device", required_argument, NULL, 'd'},
         {"token-file", required_argument, NULL, 't'},
         {"insecure", no_argument, NULL, 'I'},
+        {"allow-admin", no_argument, NULL, 1006},
         {"max-frame", required_argument, NULL, 'F'},
         {"print-address", no_argument, NULL, 'P'},
         {"log-level", required_argument, NULL, 'L'},
@@ -137,6 +140,7 @@ int main(int argc, char **argv)
         case 1003: nopt.gpus = atoi(optarg); break;
         case 1004: nopt.memory = strtoll(optarg, NULL, 10); break;
         case 1005: nopt.resources = optarg; break;
+        case 1006: opt.allow_admin = 1; break;
         case 'N': reg_opt.name = optarg; break;
         case 'G': reg_opt.url = optarg; break;
         case 'T': reg_opt.ttl = atoi(optarg); break;

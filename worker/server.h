@@ -20,6 +20,7 @@ typedef struct dxw_options {
     const char *name;      /* actor name (for hello/get_info), or NULL */
     size_t max_frame;      /* frame limit in bytes */
     int exit_on_eof;       /* fd mode: the control socket's EOF ends the process */
+    int allow_admin;       /* serve load_model and debug_sleep (--allow-admin) */
 } dxw_options;
 
 typedef struct dxw_server dxw_server;

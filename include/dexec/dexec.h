@@ -66,7 +66,7 @@ typedef enum dexec_status {
     DEXEC_ECLOSED = 12,   /* engine or connection closed */
     DEXEC_EIO = 13,       /* system call failed (message has errno text) */
     DEXEC_ENOTSUP = 14,   /* capability not built or not available here */
-    DEXEC_EAUTH = 15,     /* handshake refused: bad or missing token */
+    DEXEC_EAUTH = 15,     /* handshake refused (bad or missing token), or a method refused */
 } dexec_status;
 
 /* Static, never NULL: "ok", "invalid argument", ... */

@@ -46,6 +46,7 @@ typedef struct actor_ask {
     int cpus, gpus;
     int64_t memory;
     const dexec_value *labels; /* borrowed from the config; MAP or NULL */
+    int admin;                 /* allow_admin_methods: the actor gets --allow-admin */
 } actor_ask;
 
 struct dexec_executor {
@@ -106,6 +107,8 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
     dexec_config_get_int(cfg, "ray_actor.gpus", &gpus);
     dexec_config_get_int(cfg, "ray_actor.memory", &memory);
     dexec_config_get_map(cfg, "ray_actor.resources", &a->labels);
+    a->admin = 0;
+    dexec_config_get_bool(cfg, "allow_admin_methods", &a->admin);
     if (n < 1 || n > 64) {
         dexec_errorf(err, errlen, "num_gpus = %lld: the actor hosts 1 to 64 ranks", (long long)n);
         return DEXEC_EINVAL;
@@ -221,7 +224,7 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
     char ranks_s[16], devs[256], cpus[1024] = "", perr[512];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--ranks", ranks_s,
                     "--rank", "0", "--model", (char *)a->model, "--device", (char *)a->device,
-                    NULL};
+                    a->admin ? "--allow-admin" : NULL, NULL};
     dexec_spawn_args sa = {.struct_size = sizeof(sa), .argv = argv, .stdout_fd = -1,
                            .cpus = cpus, .visible_gpus = devs, .memory_bytes = a->memory,
                            .component = COMPONENT, .label = "actor"};
@@ -347,6 +350,8 @@ static dexec_value *spawn_params(const actor_ask *a, const char *token)
     dexec_value_map_set(m, "resources",
                         a->labels != NULL ? dexec_value_clone(a->labels) : dexec_value_map());
     dexec_value_map_set(m, "token", dexec_value_str(token));
+    if (a->admin)
+        dexec_value_map_set(m, "admin", dexec_value_bool(1));
     dexec_value_array_push(p, m);
     return p;
 }
