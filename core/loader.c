@@ -74,6 +74,25 @@ static const char *kind_phrase(uint32_t kind)
     return "a plugin of unknown kind";
 }
 
+/* The setting that names a plugin of this kind. */
+static const char *kind_setting(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "distributed_executor_backend";
+    case DEXEC_PLUGIN_DISCOVERY: return "external.discovery";
+    default: return "device";
+    }
+}
+
+static const char *kind_enum(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "DEXEC_PLUGIN_EXECUTOR";
+    case DEXEC_PLUGIN_DISCOVERY: return "DEXEC_PLUGIN_DISCOVERY";
+    default: return "DEXEC_PLUGIN_DEVICE";
+    }
+}
+
 static int valid_name(const char *name)
 {
     size_t n = 0;
@@ -161,7 +180,9 @@ static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char
         memcpy(&fn, (const char *)d->ops + f->offset, sizeof(fn));
         if (fn == NULL)
             return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                           "plugin %s: %s operation '%s' is missing (NULL in its ops table)",
+                           "plugin %s: %s operation '%s' is missing (NULL in its ops table): "
+                           "every operation is required (<dexec/plugin.h>); one the plugin "
+                           "cannot do returns DEXEC_ENOTSUP with a message",
                            path, kind, f->name);
     }
     return DEXEC_OK;
@@ -208,8 +229,11 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
                        path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY,
                        DEXEC_PLUGIN_DEVICE);
     if (kind != 0 && d->kind != (uint32_t)kind)
-        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s is %s, not %s", path,
-                       kind_phrase(d->kind), kind_phrase((uint32_t)kind));
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s is %s, not %s: %s is named by %s (or, if this is the plugin "
+                       "you meant, set its kind in the descriptor to %s)",
+                       path, kind_phrase(d->kind), kind_phrase((uint32_t)kind),
+                       kind_phrase(d->kind), kind_setting(d->kind), kind_enum((uint32_t)kind));
     if (d->name == NULL || !valid_name(d->name))
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
                        "plugin %s: descriptor name '%s' is not a valid plugin name ([a-z0-9_]+)",
@@ -258,7 +282,9 @@ static dexec_status open_object(const char *path, dx_object **out, char *err, si
         if (unload_requested())
             dlclose(dl);
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                       "plugin %s is not a dexec plugin (no " DEXEC_PLUGIN_SYMBOL " symbol)",
+                       "plugin %s is not a dexec plugin (no " DEXEC_PLUGIN_SYMBOL " symbol): "
+                       "define DEXEC_PLUGIN_EXPORT const dexec_plugin_desc " DEXEC_PLUGIN_SYMBOL
+                       " (DEXEC_PLUGIN_EXPORT exports it under -fvisibility=hidden)",
                        path);
     }
     o = calloc(1, sizeof(*o));

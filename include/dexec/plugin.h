@@ -25,16 +25,26 @@
  * the host's log function (or dexec_log), report errors by status and
  * message. Every blocking call takes a deadline.
  *
- * Minimal executor plugin:
+ * Every operation of an ops table is required: the loader refuses a
+ * plugin with a NULL one (executor: create, num_ranks, collective_rpc,
+ * add_requests, check_health, shutdown; discovery: open, register_actor,
+ * heartbeat, resolve, list, deregister, close; device: <dexec/device.h>).
+ * An operation the plugin cannot do returns DEXEC_ENOTSUP with a message.
+ *
+ * Minimal executor plugin (the whole file is contrib/example-plugin/minimal.c,
+ * which the test suite builds with -fvisibility=hidden and loads):
  *
  *   static const dexec_executor_ops ops = {
  *       .struct_size = sizeof(dexec_executor_ops),
- *       .create = my_create, .collective_rpc = my_rpc, .add_requests = my_add,
- *       .check_health = my_health, .shutdown = my_shutdown,
+ *       .create = my_create, .num_ranks = my_num_ranks, .collective_rpc = my_rpc,
+ *       .add_requests = my_add, .check_health = my_health, .shutdown = my_shutdown,
  *   };
  *   DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
- *       DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "k8s", "1.0", "pods", &ops)
- *   };
+ *       DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "minimal", "1.0", "the minimal example",
+ *                              &ops)};
+ *
+ * DEXEC_PLUGIN_EXPORT is what exports the descriptor when the plugin is
+ * built with -fvisibility=hidden (recommended: nothing else leaks).
  */
 #ifndef DEXEC_PLUGIN_H
 #define DEXEC_PLUGIN_H
