@@ -1906,7 +1906,8 @@ static void buf_printf(struct dx_buf *b, const char *fmt, ...)
         return;
     for (;;) {
         va_start(ap, fmt);
-        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        /* no buffer yet: measure only (NULL + 0 is undefined behaviour) */
+        n = vsnprintf(b->p != NULL ? b->p + b->len : NULL, b->cap - b->len, fmt, ap);
         va_end(ap);
         if (n < 0) {
             b->oom = 1;

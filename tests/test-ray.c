@@ -47,14 +47,15 @@ static dexec_status try_engine(int ranks, const char *extra, dexec_engine **e, c
     dexec_config *cfg = NULL;
     dexec_status st;
 
-    /* extra may name its own model */
+    /* extra may name its own model and device */
     snprintf(text, sizeof(text),
-             "%s%s%sdevice = \"cpu\";\nnum_gpus = %d;\n"
+             "%s%s%s%snum_gpus = %d;\n"
              "distributed_executor_backend = \"ray_actor\";\n"
              "timeouts = { init = 30.0; shutdown_grace = 2.0; };\n%s\n",
              extra != NULL && strstr(extra, "model =") ? "" : "model = \"",
              extra != NULL && strstr(extra, "model =") ? "" : model_path,
-             extra != NULL && strstr(extra, "model =") ? "" : "\";\n", ranks,
+             extra != NULL && strstr(extra, "model =") ? "" : "\";\n",
+             extra != NULL && strstr(extra, "device =") ? "" : "device = \"cpu\";\n", ranks,
              extra != NULL ? extra : "");
     st = dexec_config_parse(text, "test", &cfg, err, errlen);
     ck_assert_msg(st == DEXEC_OK, "config: %s", err);
@@ -562,6 +563,25 @@ START_TEST(test_cluster_lands_on_labelled_node)
 }
 END_TEST
 
+/* device auto on nodes without GPUs: the actor computes on the CPU, so it
+ * asks for no GPU (as it would locally), instead of "no node has room for
+ * {cpus=1,gpus=2}". */
+START_TEST(test_cluster_auto_device_on_cpu_node)
+{
+    static char conf[1024];
+    test_worker b;
+    dexec_engine *e;
+
+    NEED_REDIS();
+    start_node(&b, "cpuonly", NULL); /* --gpus 0 */
+    snprintf(conf, sizeof(conf), "device = \"auto\";\n%s", cluster_conf(NULL));
+    e = open_engine(2, conf);
+    generate_and_check(e, 2);
+    dexec_engine_free(e);
+    test_worker_stop(&b);
+}
+END_TEST
+
 START_TEST(test_cluster_no_room_for_second_engine)
 {
     test_worker b;
@@ -709,6 +729,7 @@ static Suite *ray_suite(void)
     tcase_set_timeout(cluster, 120);
     tcase_add_test(cluster, test_cluster_lands_on_labelled_node);
     tcase_add_test(cluster, test_cluster_no_room_for_second_engine);
+    tcase_add_test(cluster, test_cluster_auto_device_on_cpu_node);
     tcase_add_test(cluster, test_cluster_auto_needs_registry_env);
     tcase_add_test(cluster, test_cluster_engine_sigkill_takes_actor);
     tcase_add_test(cluster, test_cluster_agent_death_fails_calls);
@@ -721,14 +742,22 @@ int main(void)
 {
     SRunner *sr;
     int failed;
-    test_redis probe = {0};
+    pid_t probe;
+    int status = 1;
 
-    /* one start decides whether the cluster cases can run at all */
+    /* one start decides whether the cluster cases can run at all; in a
+     * child, so that its temporary directory is its own (each forked test
+     * removes the directory it made when it exits) */
     cluster_skip = test_redis_skip_reason();
     if (cluster_skip == NULL) {
-        if (test_redis_start(&probe, NULL) == 0)
-            test_redis_stop(&probe);
-        else
+        probe = fork();
+        if (probe == 0) {
+            test_redis r = {0};
+
+            exit(test_redis_start(&r, NULL) == 0 ? 0 : 1); /* at exit: stopped, removed */
+        }
+        if (probe < 0 || waitpid(probe, &status, 0) != probe || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0)
             cluster_skip = "redis-server ($REDIS_SERVER) did not start";
     }
     sr = srunner_create(ray_suite());

@@ -17,7 +17,8 @@ static void usage(FILE *out)
             "ordered by rank, as JSON. Each ARG is parsed as JSON when it is valid JSON\n"
             "(42, 1.5, true, null, \"text\", [1,2], {\"k\": 1}) and taken as a string\n"
             "otherwise. Worker methods: get_rank, get_info, get_stats, load_model MODEL,\n"
-            "check_health, echo ARGS..., debug_sleep SECONDS.\n\n"
+            "check_health, echo ARGS..., debug_sleep SECONDS (load_model and debug_sleep\n"
+            "only on workers started with --allow-admin).\n\n"
             "  -r, --rank R            print only rank R's reply (all ranks still run it)\n"
             "  -t, --timeout S         deadline in seconds (default timeouts.rpc)\n"
             "%s",

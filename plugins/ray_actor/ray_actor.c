@@ -47,6 +47,7 @@ typedef struct actor_ask {
     int64_t memory;
     const dexec_value *labels; /* borrowed from the config; MAP or NULL */
     int admin;                 /* allow_admin_methods: the actor gets --allow-admin */
+    int gpus_follow_device;    /* device auto, ray_actor.gpus unset: no GPU on a node without */
 } actor_ask;
 
 struct dexec_executor {
@@ -116,7 +117,10 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
     a->ranks = (int)n;
     a->cpus = (int)cpus;
     a->memory = memory;
-    /* a CPU actor needs no GPU unless one is asked for explicitly */
+    /* a CPU actor needs no GPU unless one is asked for explicitly; with
+     * device auto the actor computes on the CPU of a node that has no GPU,
+     * so there it asks for none (the GPU count follows the device) */
+    a->gpus_follow_device = gpus < 0 && strcmp(a->device, "auto") == 0;
     if (gpus < 0)
         gpus = strcmp(a->device, "cpu") == 0 ? 0 : n;
     a->gpus = (int)gpus;
@@ -477,15 +481,19 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
     format_ask(a, want, sizeof(want));
     st = DEXEC_ENOTFOUND;
     for (size_t i = 0; i < nn && st == DEXEC_ENOTFOUND; i++) {
+        const dexec_value *cap = dexec_value_map_get(nodes[i].meta, "capacity");
+        actor_ask here = *a;
         char one[256];
 
-        if (!node_fits(&nodes[i], a, one, sizeof(one))) {
+        if (a->gpus_follow_device && dexec_value_as_int(dexec_value_map_get(cap, "gpus"), 0) == 0)
+            here.gpus = 0;
+        if (!node_fits(&nodes[i], &here, one, sizeof(one))) {
             dexec_log(DEXEC_LOG_DEBUG, COMPONENT, "not placing on %s", one);
             snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? "; " : "",
                      one);
             continue;
         }
-        st = place_on(ex, &nodes[i], a, node_token, ex->token, deadline, msg, sizeof(msg));
+        st = place_on(ex, &nodes[i], &here, node_token, ex->token, deadline, msg, sizeof(msg));
         if (st != DEXEC_OK) {
             /* the registration was stale or another engine came first */
             dexec_log(DEXEC_LOG_INFO, COMPONENT, "%s", msg);
