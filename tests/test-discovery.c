@@ -597,6 +597,17 @@ START_TEST(cli_lists_actors)
     st = pclose(p);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s", out);
     ck_assert_msg(strstr(out, "unreachable: ") != NULL, "%s", out);
+
+    /* a password in the registry URL is never printed, even when it is refused */
+    snprintf(cmd, sizeof(cmd), "'%s' actors --registry redis://:hunter2@127.0.0.1:%d/0 2>&1",
+             cli, redis.port);
+    p = popen(cmd, "r");
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s", out);
+    ck_assert_msg(strstr(out, "hunter2") == NULL, "the password was printed: %s", out);
+    ck_assert_msg(strstr(out, "redis://:***@127.0.0.1:") != NULL, "%s", out);
     test_worker_stop(&w);
 }
 END_TEST
