@@ -76,4 +76,12 @@ size_t dx_utf8_invalid_at(const char *s, size_t len);
 /* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */
 int dx_msgpack_encode(const dexec_value *v, size_t reserve, char **buf, size_t *len);
 
+/* Copies the first len bytes of the object that symbol name of the ELF
+ * shared object at path defines, read from the file (no code of it runs):
+ * 0. 1 when the object's dynamic symbol table does not export name; then
+ * *hidden is 1 when it is defined but not exported (hidden visibility).
+ * -1 when the file is not an ELF object of this host that we can read,
+ * or name's object is shorter than len (core/elf.c). */
+int dx_elf_symbol_head(const char *path, const char *name, void *out, size_t len, int *hidden);
+
 #endif

@@ -182,7 +182,48 @@ START_TEST(abi_major_mismatch)
     fmt(msg, sizeof(msg),
              "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
              path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);
+    unsetenv("DEXEC_TESTBAD_LOADED");
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+    /* refused from the file: its constructor never ran */
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
+}
+END_TEST
+
+/* The same holds for a plugin of the wrong kind (testbadops is an
+ * executor, asked for as a discovery plugin); the same plugin asked for
+ * as an executor is opened, and refused for its NULL op afterwards. */
+START_TEST(wrong_kind_not_run)
+{
+    dexec_plugin_handle *p = NULL;
+
+    unsetenv("DEXEC_TESTBAD_LOADED");
+    ck_assert_int_eq(dexec_plugin_load("testbadops", DEXEC_PLUGIN_DISCOVERY, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_msg(strstr(err, "is an executor plugin, not a discovery plugin") != NULL, "%s", err);
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
+    ck_assert_int_eq(dexec_plugin_load("testbadops", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_ptr_nonnull(getenv("DEXEC_TESTBAD_LOADED"));
+}
+END_TEST
+
+/* A descriptor defined without DEXEC_PLUGIN_EXPORT under hidden
+ * visibility: refused unopened, saying what to add. */
+START_TEST(hidden_descriptor)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 512];
+
+    plugin_path(path, sizeof(path), plugdir, "testhidden");
+    fmt(msg, sizeof(msg),
+        "plugin %s does not export its dexec_plugin symbol (it is defined with hidden "
+        "visibility, as -fvisibility=hidden makes it): declare it DEXEC_PLUGIN_EXPORT const "
+        "dexec_plugin_desc dexec_plugin",
+        path);
+    unsetenv("DEXEC_TESTBAD_LOADED");
+    expect_refusal("testhidden", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
 }
 END_TEST
 
@@ -620,6 +661,8 @@ static Suite *loader_suite(void)
     tcase_add_test(tc, load_by_name);
     tcase_add_test(tc, load_by_path);
     tcase_add_test(tc, header_example_loads);
+    tcase_add_test(tc, wrong_kind_not_run);
+    tcase_add_test(tc, hidden_descriptor);
     tcase_add_test(tc, discovery_kind);
     tcase_add_test(tc, device_kind);
     tcase_add_test(tc, abi_major_mismatch);

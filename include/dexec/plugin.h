@@ -5,13 +5,19 @@
  *
  * A plugin exports exactly one symbol, DEXEC_PLUGIN_SYMBOL ("dexec_plugin"),
  * a const dexec_plugin_desc. The core reads and checks the descriptor
- * before it calls any plugin code:
- *   - abi_major equal to the core's DEXEC_ABI_MAJOR,
+ * before it calls any plugin function. The checks marked (file) are made
+ * on the file before it is opened, so a plugin they refuse has none of
+ * its code run, constructors included; the others need the object
+ * relocated, so they follow dlopen(), which runs the plugin's (and its
+ * libraries') constructors:
+ *   - the symbol exported (file; one defined with hidden visibility is
+ *     named as such: declare it DEXEC_PLUGIN_EXPORT),
+ *   - abi_major equal to the core's DEXEC_ABI_MAJOR (file),
  *   - abi_minor <= the core's DEXEC_ABI_MINOR (a newer plugin may rely on
  *     things this core lacks) and >= 1 (ABI 1.0 plugins predate the sized
- *     request, output and actor structs: see doc/plugin-guide.md),
- *   - struct_size >= the size of the 1.0 descriptor,
- *   - kind as the caller asked (executor, discovery or device),
+ *     request, output and actor structs: see doc/plugin-guide.md) (file),
+ *   - struct_size >= the size of the 1.0 descriptor (file),
+ *   - kind as the caller asked (executor, discovery or device) (file),
  *   - an ops table of a plausible struct_size with every function set,
  *   - name equal to the name it was loaded by (for bare names).
  * A plugin may also own a section of the configuration file and declare
