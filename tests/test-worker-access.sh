@@ -77,7 +77,7 @@ grep -E "^healthy: 1 rank\(s\) on external " "$tmp/out" >/dev/null ||
 "$cli" health --backend external --num-gpus 3 >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ "$rc" -eq 1 ] || fail "num_gpus 3 with one name: exit status $rc, expected 1"
-[ "$(cat "$tmp/err")" = "dexec: external: num_gpus = 3 (from set) but 1 worker name(s) are given (external.worker_names, from env DIFFUSION_WORKER_ACTOR_NAMES): each name is one rank; set num_gpus = 1, or name 3 workers" ] ||
+[ "$(cat "$tmp/err")" = "dexec: external: num_gpus = 3 (from set) but 1 worker name(s) are given (external.worker_names, from env DIFFUSION_WORKER_ACTOR_NAMES): each name is one rank; set num_gpus = 1, or name 3 workers (plugin ${DEXEC_PLUGIN_PATH%%:*}/dexec_external.so)" ] ||
     fail "num_gpus mismatch: wrong message"
 stop_worker
 "$cli" health --backend external >"$tmp/out" 2>"$tmp/err"
