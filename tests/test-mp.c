@@ -850,6 +850,29 @@ START_TEST(test_same_pixels_every_backend)
 }
 END_TEST
 
+/* Polls get_stats (answered by the I/O thread even while the rank
+ * computes) until rank 0 is busy: 1, or 0 after timeout seconds. */
+static int wait_busy(dexec_engine *e, double timeout)
+{
+    double end = dexec_now() + timeout;
+
+    while (dexec_now() < end) {
+        dexec_value *st = NULL;
+        int busy = 0;
+
+        if (dexec_engine_collective_rpc(e, "get_stats", 5, NULL, NULL, 0, &st) == DEXEC_OK) {
+            const dexec_value *b = dexec_value_map_get(st, "busy");
+
+            busy = b != NULL && b->type == DEXEC_VAL_BOOL && b->u.b;
+        }
+        dexec_value_free(st);
+        if (busy)
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
 typedef struct slow_call {
     dexec_engine *e;
     dexec_status st;
@@ -884,7 +907,7 @@ START_TEST(test_external_worker_death_fails_calls)
     s.e = open_backend("external");
     unsetenv("DIFFUSION_WORKER_ACTOR_NAMES");
     ck_assert_int_eq(pthread_create(&th, NULL, sleep_call, &s), 0);
-    usleep(300000); /* the call is on the wire; its result is what is checked */
+    ck_assert_msg(wait_busy(s.e, 10.0), "the worker never started the call");
     killed = dexec_now();
     kill(wpid, SIGKILL);
     pthread_join(th, NULL);

@@ -598,8 +598,16 @@ START_TEST(test_cluster_no_room_for_second_engine)
                   "got: %s", err);
     /* the room comes back once the first actor is gone */
     dexec_engine_free(e1);
-    usleep(300000);
-    e2 = open_engine(1, cluster_conf("resources = { gpu_worker = 1; };"));
+    {
+        double end = test_now() + 10;
+
+        /* the agent sees the actor's exit on its next tick: poll for the room */
+        while (try_engine(1, cluster_conf("resources = { gpu_worker = 1; };"), &e2, err,
+                          sizeof(err)) == DEXEC_ENOTFOUND &&
+               test_now() < end)
+            usleep(50000);
+        ck_assert_msg(e2 != NULL, "no room 10 s after the first engine closed: %s", err);
+    }
     dexec_engine_free(e2);
     test_worker_stop(&b);
 }
