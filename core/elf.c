@@ -31,7 +31,7 @@
 
 /* Larger tables are not a plugin's: refuse to read them. */
 #define DX_ELF_MAX_SECTIONS 4096
-#define DX_ELF_MAX_TABLE (64u << 20)
+#define DX_ELF_MAX_TABLE    (64u << 20)
 
 static int read_at(int fd, off_t size, uint64_t off, void *buf, size_t len)
 {
@@ -52,7 +52,7 @@ static int read_at(int fd, off_t size, uint64_t off, void *buf, size_t len)
 }
 
 /* A whole section into a new buffer (NUL-terminated for string tables). */
-static char *read_section(int fd, off_t size, const ElfW(Shdr) *sh)
+static char *read_section(int fd, off_t size, const ElfW(Shdr) * sh)
 {
     char *buf;
 
@@ -71,8 +71,8 @@ static char *read_section(int fd, off_t size, const ElfW(Shdr) *sh)
 
 /* Looks name up in the symbol table sh (SHT_DYNSYM or SHT_SYMTAB): 1 and
  * *out when it defines it, 0 when not, -1 when the table is unreadable. */
-static int find_symbol(int fd, off_t size, const ElfW(Shdr) *shs, size_t nsh, const ElfW(Shdr) *sh,
-                       const char *name, ElfW(Sym) *out)
+static int find_symbol(int fd, off_t size, const ElfW(Shdr) * shs, size_t nsh,
+                       const ElfW(Shdr) * sh, const char *name, ElfW(Sym) * out)
 {
     char *syms, *strs;
     size_t n;
@@ -111,7 +111,7 @@ int dx_elf_symbol_head(const char *path, const char *name, void *out, size_t len
     ElfW(Sym) sym;
     struct stat sb;
     int fd, rc = -1, in_dyn = 0, in_all = 0;
-    const ElfW(Shdr) *where;
+    const ElfW(Shdr) * where;
 
     *hidden = 0;
     fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -120,10 +120,9 @@ int dx_elf_symbol_head(const char *path, const char *name, void *out, size_t len
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
         read_at(fd, sb.st_size, 0, &eh, sizeof(eh)) != 0 || memcmp(eh.e_ident, ident, 4) != 0 ||
         eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
-        eh.e_ident[EI_DATA] != (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB
-                                                                          : ELFDATA2MSB) ||
-        eh.e_shentsize != sizeof(ElfW(Shdr)) || eh.e_shnum == 0 ||
-        eh.e_shnum > DX_ELF_MAX_SECTIONS)
+        eh.e_ident[EI_DATA] !=
+            (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB : ELFDATA2MSB) ||
+        eh.e_shentsize != sizeof(ElfW(Shdr)) || eh.e_shnum == 0 || eh.e_shnum > DX_ELF_MAX_SECTIONS)
         goto done;
     shs = malloc(eh.e_shnum * sizeof(*shs));
     if (shs == NULL || read_at(fd, sb.st_size, eh.e_shoff, shs, eh.e_shnum * sizeof(*shs)) != 0)

@@ -44,8 +44,7 @@ static int my_num_ranks(const dexec_executor *ex)
 
 static dexec_status my_rpc(dexec_executor *ex, const char *method, double timeout,
                            const dexec_value *args, const dexec_value *kwargs,
-                           int unique_reply_rank, dexec_value **replies, char *err,
-                           size_t errlen)
+                           int unique_reply_rank, dexec_value **replies, char *err, size_t errlen)
 {
     (void)ex, (void)timeout, (void)args, (void)kwargs;
     if (strcmp(method, "get_rank") != 0) {
