@@ -162,6 +162,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "dexec-worker: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    if (node && opt.allow_admin) {
+        /* an actor gets it from spawn_actor's "admin", which its engine sets */
+        fprintf(stderr, "dexec-worker: --allow-admin applies to a worker, not to --node (an "
+                        "actor serves administrative methods when its engine's "
+                        "allow_admin_methods is true)\n");
+        return 2;
+    }
     if (node) {
         nopt.listen = listen_addr;
         nopt.registry = reg_opt.url;
