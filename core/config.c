@@ -106,6 +106,9 @@ static const struct dx_key keys[] = {
              "messages above this level are dropped (DEXEC_LOG_LEVEL overrides)"),
     KEY_STR("token_file", "", 0, NULL, "path, or \"\" for none",
             "file holding the shared token that workers require in hello (DEXEC_TOKEN_FILE overrides)"),
+    {"allow_admin_methods", CT_BOOL, "false", 0, 0, 0, 0, 0, NULL, NULL, NULL, "true|false",
+     "owned workers (mp, ray_actor) serve load_model and debug_sleep, methods that open "
+     "files or hold the process (dexec-worker --allow-admin)"},
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
 
@@ -2128,7 +2131,8 @@ static void buf_printf(struct dx_buf *b, const char *fmt, ...)
         return;
     for (;;) {
         va_start(ap, fmt);
-        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        /* no buffer yet: measure only (NULL + 0 is undefined behaviour) */
+        n = vsnprintf(b->p != NULL ? b->p + b->len : NULL, b->cap - b->len, fmt, ap);
         va_end(ap);
         if (n < 0) {
             b->oom = 1;

@@ -367,8 +367,8 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
          * undefined one only says that starting failed. */
         if (!known_status(st))
             st = DEXEC_EINIT;
-        dx_fail(err, errlen, st, "%s: %s", desc->name,
-                msg[0] != '\0' ? msg : dexec_status_name(st));
+        dx_fail(err, errlen, st, "%s: %s (plugin %s)", desc->name,
+                msg[0] != '\0' ? msg : dexec_status_name(st), dexec_plugin_file(e->plugin));
         goto fail;
     }
     e->ex = ex;

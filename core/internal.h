@@ -101,4 +101,12 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline);
 /* SO_KEEPALIVE with short probes and TCP_USER_TIMEOUT on a TCP socket. */
 void dx_socket_keepalive(int fd);
 
+/* Copies the first len bytes of the object that symbol name of the ELF
+ * shared object at path defines, read from the file (no code of it runs):
+ * 0. 1 when the object's dynamic symbol table does not export name; then
+ * *hidden is 1 when it is defined but not exported (hidden visibility).
+ * -1 when the file is not an ELF object of this host that we can read,
+ * or name's object is shorter than len (core/elf.c). */
+int dx_elf_symbol_head(const char *path, const char *name, void *out, size_t len, int *hidden);
+
 #endif

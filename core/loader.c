@@ -3,8 +3,14 @@
  * plugins and devices).
  *
  * A plugin is opened with dlopen(RTLD_NOW | RTLD_LOCAL) and accepted only
- * when its descriptor passes every check in plugin.h; the checks read data
- * only, so a plugin built for another ABI never has its code called.
+ * when its descriptor passes every check in plugin.h. dlopen runs the
+ * object's constructors, so the checks that the descriptor's integers
+ * decide (ABI version, size, kind, and that the symbol is exported at all)
+ * are made first on the file itself (core/elf.c): a plugin built for
+ * another ABI or meant as another kind never has any of its code run. The
+ * name and the ops table are pointers that exist only once the object is
+ * relocated, so they are checked after dlopen: a plugin that fails only
+ * those has had its constructors run (and no other function called).
  * Opened objects are cached by real path and stay mapped for the life of
  * the process: a plugin may leave threads or destructors behind, and
  * unmapping their code under them would crash the host. DEXEC_PLUGIN_UNLOAD=1
@@ -72,6 +78,25 @@ static const char *kind_phrase(uint32_t kind)
     case DEXEC_PLUGIN_DEVICE: return "a device plugin";
     }
     return "a plugin of unknown kind";
+}
+
+/* The setting that names a plugin of this kind. */
+static const char *kind_setting(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "distributed_executor_backend";
+    case DEXEC_PLUGIN_DISCOVERY: return "external.discovery";
+    default: return "device";
+    }
+}
+
+static const char *kind_enum(uint32_t kind)
+{
+    switch (kind) {
+    case DEXEC_PLUGIN_EXECUTOR: return "DEXEC_PLUGIN_EXECUTOR";
+    case DEXEC_PLUGIN_DISCOVERY: return "DEXEC_PLUGIN_DISCOVERY";
+    default: return "DEXEC_PLUGIN_DEVICE";
+    }
 }
 
 static int valid_name(const char *name)
@@ -161,7 +186,9 @@ static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char
         memcpy(&fn, (const char *)d->ops + f->offset, sizeof(fn));
         if (fn == NULL)
             return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                           "plugin %s: %s operation '%s' is missing (NULL in its ops table)",
+                           "plugin %s: %s operation '%s' is missing (NULL in its ops table): "
+                           "every operation is required (<dexec/plugin.h>); one the plugin "
+                           "cannot do returns DEXEC_ENOTSUP with a message",
                            path, kind, f->name);
     }
     return DEXEC_OK;
@@ -170,13 +197,16 @@ static dexec_status check_ops(const char *path, const dexec_plugin_desc *d, char
 /* The oldest minor of ABI 1 whose plugins this core loads. */
 #define DX_ABI_MINOR_OLDEST 1
 
-/* Everything plugin.h promises about a descriptor. name is NULL when the
- * plugin was named by path. */
-static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
-                               dexec_plugin_kind kind, const char *name, char *err, size_t errlen)
-{
-    dexec_status st;
+/* The descriptor's head: its integers, which the file holds as they will
+ * be in memory (the pointers after them are relocated by dlopen). */
+typedef struct desc_head {
+    uint32_t abi_major, abi_minor, struct_size, kind;
+} desc_head;
 
+/* The checks plugin.h promises that the head alone decides. */
+static dexec_status check_head(const char *path, const desc_head *d, dexec_plugin_kind kind,
+                               char *err, size_t errlen)
+{
     if (d->abi_major != DEXEC_ABI_MAJOR)
         return dx_fail(err, errlen, DEXEC_EABI,
                        "plugin %s: ABI %u.%u, this dexec speaks %d.%d: "
@@ -208,8 +238,24 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
                        path, d->kind, DEXEC_PLUGIN_EXECUTOR, DEXEC_PLUGIN_DISCOVERY,
                        DEXEC_PLUGIN_DEVICE);
     if (kind != 0 && d->kind != (uint32_t)kind)
-        return dx_fail(err, errlen, DEXEC_EPLUGIN, "plugin %s is %s, not %s", path,
-                       kind_phrase(d->kind), kind_phrase((uint32_t)kind));
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s is %s, not %s: %s is named by %s (or, if this is the plugin "
+                       "you meant, set its kind in the descriptor to %s)",
+                       path, kind_phrase(d->kind), kind_phrase((uint32_t)kind),
+                       kind_phrase(d->kind), kind_setting(d->kind), kind_enum((uint32_t)kind));
+    return DEXEC_OK;
+}
+
+/* Everything plugin.h promises about a descriptor. name is NULL when the
+ * plugin was named by path. */
+static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
+                               dexec_plugin_kind kind, const char *name, char *err, size_t errlen)
+{
+    desc_head h = {d->abi_major, d->abi_minor, d->struct_size, d->kind};
+    dexec_status st = check_head(path, &h, kind, err, errlen);
+
+    if (st != DEXEC_OK)
+        return st;
     if (d->name == NULL || !valid_name(d->name))
         return dx_fail(err, errlen, DEXEC_EPLUGIN,
                        "plugin %s: descriptor name '%s' is not a valid plugin name ([a-z0-9_]+)",
@@ -223,10 +269,45 @@ static dexec_status check_desc(const char *path, const dexec_plugin_desc *d,
     return st;
 }
 
+static dexec_status no_symbol(const char *path, int hidden, char *err, size_t errlen)
+{
+    if (hidden)
+        return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                       "plugin %s does not export its " DEXEC_PLUGIN_SYMBOL " symbol (it is "
+                       "defined with hidden visibility, as -fvisibility=hidden makes it): "
+                       "declare it DEXEC_PLUGIN_EXPORT const dexec_plugin_desc "
+                       DEXEC_PLUGIN_SYMBOL,
+                       path);
+    return dx_fail(err, errlen, DEXEC_EPLUGIN,
+                   "plugin %s is not a dexec plugin (no " DEXEC_PLUGIN_SYMBOL " symbol): "
+                   "define DEXEC_PLUGIN_EXPORT const dexec_plugin_desc " DEXEC_PLUGIN_SYMBOL
+                   " (DEXEC_PLUGIN_EXPORT exports it under -fvisibility=hidden)",
+                   path);
+}
+
+/* Checks the descriptor's head as the file holds it, before dlopen runs
+ * any of the plugin's code (its constructors): a plugin of another ABI or
+ * kind, or with no exported descriptor, is refused unopened. A file that
+ * is not an ELF object of this host is left to dlopen to describe. */
+static dexec_status check_file(const char *path, dexec_plugin_kind kind, char *err,
+                               size_t errlen)
+{
+    desc_head h;
+    int hidden, rc = dx_elf_symbol_head(path, DEXEC_PLUGIN_SYMBOL, &h, sizeof(h), &hidden);
+
+    if (rc < 0)
+        return DEXEC_OK;
+    if (rc == 1)
+        return no_symbol(path, hidden, err, errlen);
+    return check_head(path, &h, kind, err, errlen);
+}
+
 /* Opens path (or finds it in the cache) and returns its object with a
  * reference taken. Called with cache_lock held. */
-static dexec_status open_object(const char *path, dx_object **out, char *err, size_t errlen)
+static dexec_status open_object(const char *path, dexec_plugin_kind kind, dx_object **out,
+                                char *err, size_t errlen)
 {
+    dexec_status st;
     char real[PATH_MAX];
     const char *dlerr;
     dx_object *o;
@@ -245,6 +326,9 @@ static dexec_status open_object(const char *path, dx_object **out, char *err, si
         }
     }
 
+    st = check_file(path, kind, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
     dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (dl == NULL) {
         /* dlerror() text belongs to the next dl* call: copy it now. */
@@ -257,9 +341,7 @@ static dexec_status open_object(const char *path, dx_object **out, char *err, si
     if (sym == NULL) {
         if (unload_requested())
             dlclose(dl);
-        return dx_fail(err, errlen, DEXEC_EPLUGIN,
-                       "plugin %s is not a dexec plugin (no " DEXEC_PLUGIN_SYMBOL " symbol)",
-                       path);
+        return no_symbol(path, 0, err, errlen);
     }
     o = calloc(1, sizeof(*o));
     if (o == NULL || (o->realpath = strdup(real)) == NULL) {
@@ -302,7 +384,7 @@ static dexec_status load_file(const char *path, dexec_plugin_kind kind, const ch
     dexec_status st;
 
     pthread_mutex_lock(&cache_lock);
-    st = open_object(path, &o, err, errlen);
+    st = open_object(path, kind, &o, err, errlen);
     if (st == DEXEC_OK) {
         st = check_desc(path, o->desc, kind, name, err, errlen);
         if (st != DEXEC_OK)

@@ -61,6 +61,14 @@ const char *test_worker_stderr(const test_worker *w);
  * removed with its files at exit. */
 const char *test_tmpdir(void);
 
+/* How far past a deadline a timed-out call may return on a loaded 2-core
+ * machine (scheduling, a context switch or two): tests check deadline +
+ * this. The tight figures are in bench/ and doc/performance.md. */
+#define TEST_DEADLINE_MARGIN 0.5
+/* How long a dexec-worker may take to exec and load the small test model
+ * on such a machine, on top of any deadline it then waits for. */
+#define TEST_START_MARGIN 5.0
+
 /* Seconds of CLOCK_MONOTONIC. */
 double test_now(void);
 

@@ -70,10 +70,17 @@ START_TEST(create_and_describe)
 }
 END_TEST
 
+/* The message of a create that failed: "NAME: what (plugin FILE)". */
+static void plugin_file(char *buf, size_t size, const char *name)
+{
+    fmt(buf, size, "%s: simulated create failure (plugin %s/dexec_%s.so)", name, plugdir, name);
+}
+
 START_TEST(create_failures)
 {
     dexec_config *cfg;
     dexec_engine *e = (dexec_engine *)&e;
+    char want[PATH_MAX + 128];
 
     cfg = make_config("nosuch", 1);
     ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTFOUND);
@@ -88,18 +95,20 @@ START_TEST(create_failures)
                   "unexpected: %s", err);
     dexec_config_free(cfg);
 
-    /* The backend's own code is kept, and its message is prefixed. */
+    /* The backend's own code is kept, and its message is prefixed with
+     * the plugin's name and followed by its file. */
+    plugin_file(want, sizeof(want), "testgood");
     cfg = make_config("testgood", 1);
     setenv("DEXEC_TESTGOOD_FAIL", "8", 1);
     ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ETIMEDOUT);
-    ck_assert_str_eq(err, "testgood: simulated create failure");
+    ck_assert_str_eq(err, want);
     /* A code outside the ABI only says that starting failed. */
     setenv("DEXEC_TESTGOOD_FAIL", "14", 1);
     ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTSUP);
-    ck_assert_str_eq(err, "testgood: simulated create failure");
+    ck_assert_str_eq(err, want);
     setenv("DEXEC_TESTGOOD_FAIL", "99", 1);
     ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_EINIT);
-    ck_assert_str_eq(err, "testgood: simulated create failure");
+    ck_assert_str_eq(err, want);
     unsetenv("DEXEC_TESTGOOD_FAIL");
 
     ck_assert_int_eq(dexec_engine_create(cfg, NULL, err, sizeof(err)), DEXEC_EINVAL);

@@ -192,15 +192,30 @@ START_TEST(names_from_environment)
 }
 END_TEST
 
+/* The first directory of $DEXEC_PLUGIN_PATH, where the plugins come from. */
+static const char *plugin_dir(void)
+{
+    static char first[512];
+
+    snprintf(first, sizeof(first), "%s", getenv("DEXEC_PLUGIN_PATH"));
+    first[strcspn(first, ":")] = '\0';
+    return first;
+}
+
 START_TEST(rank_mismatch_is_unhealthy)
 {
     dexec_engine *e = NULL;
-    char err[2048];
+    char err[2048], expect[2048];
 
     setenv("DIFFUSION_WORKER_ACTOR_NAMES", "diffusion_worker_1,diffusion_worker_0", 1);
     ck_assert_int_eq(create(NULL, &e, err, sizeof(err)), DEXEC_EUNHEALTHY);
     ck_assert_ptr_null(e);
-    ck_assert_str_eq(err, "external: Worker 0 unhealthy: it reports rank 1, expected 0");
+    /* a failed create names the plugin and, last, its file */
+    snprintf(expect, sizeof(expect),
+             "external: Worker 0 unhealthy: it reports rank 1, expected 0 (plugin "
+             "%s/dexec_external.so)",
+             plugin_dir());
+    ck_assert_str_eq(err, expect);
     ck_assert(test_worker_alive(&w[0]) && test_worker_alive(&w[1]));
 }
 END_TEST
@@ -208,7 +223,7 @@ END_TEST
 START_TEST(unknown_name_not_found)
 {
     dexec_engine *e = NULL;
-    char err[2048], expect[1024];
+    char err[2048], expect[2048];
 
     ck_assert_int_eq(
         create("external = { worker_names = [ \"diffusion_worker_0\", \"nosuch\" ]; };\n", &e,
@@ -217,8 +232,8 @@ START_TEST(unknown_name_not_found)
     snprintf(expect, sizeof(expect),
              "external: worker 1: no actor named nosuch in registry %s (namespace dexec); start "
              "it with dexec-worker --name nosuch --registry URL, or fix external.worker_names / "
-             "DIFFUSION_WORKER_ACTOR_NAMES",
-             redis.url);
+             "DIFFUSION_WORKER_ACTOR_NAMES (plugin %s/dexec_external.so)",
+             redis.url, plugin_dir());
     ck_assert_str_eq(err, expect);
 }
 END_TEST
@@ -285,13 +300,9 @@ END_TEST
 START_TEST(redis_down_at_start)
 {
     dexec_engine *e = NULL;
-    char err[2048], expect[1024];
-    char first[512];
+    char err[2048], expect[2048];
     double t0;
 
-    /* the plugin comes from the first directory of $DEXEC_PLUGIN_PATH */
-    snprintf(first, sizeof(first), "%s", getenv("DEXEC_PLUGIN_PATH"));
-    first[strcspn(first, ":")] = '\0';
     test_redis_stop(&redis);
     t0 = test_now();
     ck_assert_int_eq(create(NULL, &e, err, sizeof(err)), DEXEC_EIO);
@@ -300,8 +311,8 @@ START_TEST(redis_down_at_start)
     snprintf(expect, sizeof(expect),
              "external: cannot look up worker diffusion_worker_0: discovery plugin "
              "redis_discovery (%s/dexec_redis_discovery.so), registry from the configuration: "
-             "cannot reach Redis at %s: Connection refused",
-             first, redis.url);
+             "cannot reach Redis at %s: Connection refused (plugin %s/dexec_external.so)",
+             plugin_dir(), redis.url, plugin_dir());
     ck_assert_str_eq(err, expect);
 }
 END_TEST

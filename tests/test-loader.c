@@ -121,7 +121,7 @@ END_TEST
 
 START_TEST(discovery_kind)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
     dexec_plugin_handle *p = NULL;
 
     ck_assert_int_eq(dexec_plugin_load("testdisc", DEXEC_PLUGIN_DISCOVERY, NULL, &p, err,
@@ -134,10 +134,12 @@ START_TEST(discovery_kind)
     dexec_plugin_release(p);
 
     plugin_path(path, sizeof(path), plugdir, "testdisc");
-    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not an executor plugin", path);
+    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not an executor plugin: a discovery plugin is named by external.discovery (or, if this is the plugin you meant, set its kind in the descriptor to DEXEC_PLUGIN_EXECUTOR)",
+        path);
     expect_refusal("testdisc", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
     plugin_path(path, sizeof(path), plugdir, "testgood");
-    fmt(msg, sizeof(msg), "plugin %s is an executor plugin, not a discovery plugin", path);
+    fmt(msg, sizeof(msg), "plugin %s is an executor plugin, not a discovery plugin: an executor plugin is named by distributed_executor_backend (or, if this is the plugin you meant, set its kind in the descriptor to DEXEC_PLUGIN_DISCOVERY)",
+        path);
     expect_refusal(path, DEXEC_PLUGIN_DISCOVERY, DEXEC_EPLUGIN, msg);
 }
 END_TEST
@@ -146,7 +148,7 @@ END_TEST
  * as such; its probe is callable straight from the descriptor. */
 START_TEST(device_kind)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128], reason[128];
+    char path[PATH_MAX], msg[PATH_MAX + 512], reason[128];
     const dexec_device_ops *ops;
     dexec_device *dev = (dexec_device *)&dev;
     dexec_plugin_handle *p = NULL;
@@ -163,30 +165,73 @@ START_TEST(device_kind)
     dexec_plugin_release(p);
 
     plugin_path(path, sizeof(path), plugdir, "testdevice");
-    fmt(msg, sizeof(msg), "plugin %s is a device plugin, not an executor plugin", path);
+    fmt(msg, sizeof(msg), "plugin %s is a device plugin, not an executor plugin: a device plugin is named by device (or, if this is the plugin you meant, set its kind in the descriptor to DEXEC_PLUGIN_EXECUTOR)",
+        path);
     expect_refusal("testdevice", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
     plugin_path(path, sizeof(path), plugdir, "testdisc");
-    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not a device plugin", path);
+    fmt(msg, sizeof(msg), "plugin %s is a discovery plugin, not a device plugin: a discovery plugin is named by external.discovery (or, if this is the plugin you meant, set its kind in the descriptor to DEXEC_PLUGIN_DEVICE)",
+        path);
     expect_refusal("testdisc", DEXEC_PLUGIN_DEVICE, DEXEC_EPLUGIN, msg);
 }
 END_TEST
 
 START_TEST(abi_major_mismatch)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testabi2");
     /* testabi2 keeps this build's minor version */
     fmt(msg, sizeof(msg),
              "plugin %s: ABI 2.%d, this dexec speaks 1.%d: rebuild the plugin against dexec 1",
              path, DEXEC_ABI_MINOR, DEXEC_ABI_MINOR);
+    unsetenv("DEXEC_TESTBAD_LOADED");
     expect_refusal("testabi2", DEXEC_PLUGIN_EXECUTOR, DEXEC_EABI, msg);
+    /* refused from the file: its constructor never ran */
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
+}
+END_TEST
+
+/* The same holds for a plugin of the wrong kind (testbadops is an
+ * executor, asked for as a discovery plugin); the same plugin asked for
+ * as an executor is opened, and refused for its NULL op afterwards. */
+START_TEST(wrong_kind_not_run)
+{
+    dexec_plugin_handle *p = NULL;
+
+    unsetenv("DEXEC_TESTBAD_LOADED");
+    ck_assert_int_eq(dexec_plugin_load("testbadops", DEXEC_PLUGIN_DISCOVERY, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_msg(strstr(err, "is an executor plugin, not a discovery plugin") != NULL, "%s", err);
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
+    ck_assert_int_eq(dexec_plugin_load("testbadops", DEXEC_PLUGIN_EXECUTOR, NULL, &p, err,
+                                       sizeof(err)),
+                     DEXEC_EPLUGIN);
+    ck_assert_ptr_nonnull(getenv("DEXEC_TESTBAD_LOADED"));
+}
+END_TEST
+
+/* A descriptor defined without DEXEC_PLUGIN_EXPORT under hidden
+ * visibility: refused unopened, saying what to add. */
+START_TEST(hidden_descriptor)
+{
+    char path[PATH_MAX], msg[PATH_MAX + 512];
+
+    plugin_path(path, sizeof(path), plugdir, "testhidden");
+    fmt(msg, sizeof(msg),
+        "plugin %s does not export its dexec_plugin symbol (it is defined with hidden "
+        "visibility, as -fvisibility=hidden makes it): declare it DEXEC_PLUGIN_EXPORT const "
+        "dexec_plugin_desc dexec_plugin",
+        path);
+    unsetenv("DEXEC_TESTBAD_LOADED");
+    expect_refusal("testhidden", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
+    ck_assert_ptr_null(getenv("DEXEC_TESTBAD_LOADED"));
 }
 END_TEST
 
 START_TEST(abi_minor_newer)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testnewer");
     fmt(msg, sizeof(msg),
@@ -201,7 +246,7 @@ END_TEST
  * offsets: refused before any of its code runs. */
 START_TEST(abi_minor_too_old)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testold");
     fmt(msg, sizeof(msg),
@@ -214,17 +259,21 @@ END_TEST
 
 START_TEST(no_descriptor)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testnodesc");
-    fmt(msg, sizeof(msg), "plugin %s is not a dexec plugin (no dexec_plugin symbol)", path);
+    fmt(msg, sizeof(msg),
+        "plugin %s is not a dexec plugin (no dexec_plugin symbol): define DEXEC_PLUGIN_EXPORT "
+        "const dexec_plugin_desc dexec_plugin (DEXEC_PLUGIN_EXPORT exports it under "
+        "-fvisibility=hidden)",
+        path);
     expect_refusal("testnodesc", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
 }
 END_TEST
 
 START_TEST(name_mismatch)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
     dexec_plugin_handle *p = NULL;
 
     plugin_path(path, sizeof(path), plugdir, "testmismatch");
@@ -241,13 +290,45 @@ START_TEST(name_mismatch)
 }
 END_TEST
 
+/* The example of <dexec/plugin.h> (contrib/example-plugin/minimal.c, built
+ * with -fvisibility=hidden) loads, and an engine runs on it. */
+START_TEST(header_example_loads)
+{
+    char path[PATH_MAX], text[PATH_MAX + 128];
+    dexec_config *cfg = NULL;
+    dexec_engine *e = NULL;
+    dexec_value *r = NULL;
+    dexec_output *outs = NULL;
+    dexec_request req;
+
+    plugin_path(path, sizeof(path), plugdir, "minimal");
+    fmt(text, sizeof(text), "distributed_executor_backend = \"%s\";\n", path);
+    ck_assert_int_eq(dexec_config_parse(text, "test", &cfg, err, sizeof(err)), DEXEC_OK);
+    ck_assert_msg(dexec_engine_create(cfg, &e, err, sizeof(err)) == DEXEC_OK, "%s", err);
+    dexec_config_free(cfg);
+    ck_assert_str_eq(dexec_engine_backend(e), "minimal 1.0");
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &r), DEXEC_OK);
+    ck_assert_int_eq(r->type, DEXEC_VAL_ARRAY);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_array_get(r, 0), -1), 0);
+    dexec_value_free(r);
+    dexec_request_init(&req);
+    ck_assert_int_eq(dexec_engine_step(e, &req, 1, &outs, NULL, NULL), DEXEC_ENOTSUP);
+    ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e),
+                                 "this plugin generates nothing (it is the minimal example)"));
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(missing_operation)
 {
-    char path[PATH_MAX], msg[PATH_MAX + 128];
+    char path[PATH_MAX], msg[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testbadops");
     fmt(msg, sizeof(msg),
-             "plugin %s: executor operation 'add_requests' is missing (NULL in its ops table)",
+             "plugin %s: executor operation 'add_requests' is missing (NULL in its ops table): "
+             "every operation is required (<dexec/plugin.h>); one the plugin cannot do returns "
+             "DEXEC_ENOTSUP with a message",
              path);
     expect_refusal("testbadops", DEXEC_PLUGIN_EXECUTOR, DEXEC_EPLUGIN, msg);
 }
@@ -492,14 +573,16 @@ END_TEST
 START_TEST(discovery_open_wrong_kind)
 {
     dexec_discovery_handle *h = NULL;
-    char path[PATH_MAX], want[PATH_MAX + 200];
+    char path[PATH_MAX], want[PATH_MAX + 512];
 
     plugin_path(path, sizeof(path), plugdir, "testgood");
     ck_assert_int_eq(dexec_discovery_open(NULL, "testgood", "redis://h/0", &h, err, sizeof(err)),
                      DEXEC_EPLUGIN);
     ck_assert_ptr_null(h);
     fmt(want, sizeof(want),
-        "discovery plugin 'testgood': plugin %s is an executor plugin, not a discovery plugin",
+        "discovery plugin 'testgood': plugin %s is an executor plugin, not a discovery plugin: "
+        "an executor plugin is named by distributed_executor_backend (or, if this is the plugin "
+        "you meant, set its kind in the descriptor to DEXEC_PLUGIN_DISCOVERY)",
         path);
     ck_assert_str_eq(err, want);
 }
@@ -594,6 +677,9 @@ static Suite *loader_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, load_by_name);
     tcase_add_test(tc, load_by_path);
+    tcase_add_test(tc, header_example_loads);
+    tcase_add_test(tc, wrong_kind_not_run);
+    tcase_add_test(tc, hidden_descriptor);
     tcase_add_test(tc, discovery_kind);
     tcase_add_test(tc, device_kind);
     tcase_add_test(tc, abi_major_mismatch);

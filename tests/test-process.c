@@ -291,6 +291,30 @@ START_TEST(test_resources_labels)
 }
 END_TEST
 
+/* Polls /proc/PID/status until the process ignores sig (its SigIgn mask):
+ * 1, or 0 after timeout seconds. */
+static int wait_ignores(pid_t pid, int sig, double timeout)
+{
+    double end = dexec_now() + timeout;
+    char path[64], line[256];
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    while (dexec_now() < end) {
+        FILE *f = fopen(path, "re");
+        unsigned long long mask = 0;
+
+        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+            if (strncmp(line, "SigIgn:", 7) == 0)
+                mask = strtoull(line + 7, NULL, 16);
+        if (f != NULL)
+            fclose(f);
+        if (mask & (1ull << (sig - 1)))
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
 /* A child that ignores SIGTERM and has no connection: SIGTERM, grace,
  * SIGKILL, reaped; the ladder takes about one grace, not a constant. */
 START_TEST(test_ladder_without_connection)
@@ -302,7 +326,8 @@ START_TEST(test_ladder_without_connection)
     double t0;
 
     ck_assert_int_eq(dexec_process_spawn(&a, &p, err, sizeof(err)), DEXEC_OK);
-    usleep(200000); /* let the shell install its trap */
+    ck_assert_msg(wait_ignores(dexec_process_pid(p), SIGTERM, 10.0),
+                  "the shell did not install its trap");
     ck_assert_int_eq(dexec_process_reap(p, 0), 0);
     t0 = dexec_now();
     dexec_process_stop(p, NULL, 0.3);

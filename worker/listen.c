@@ -58,6 +58,11 @@ static dexec_status listen_unix(const char *path, int insecure, dxw_listener *ou
                     "unix:%s: directory %s can be entered by others (mode %03o); use a "
                     "directory only you can enter (mkdir -m 700), or --insecure",
                     path, dname, (unsigned)(st.st_mode & 0777));
+    if ((st.st_mode & 077) != 0 || st.st_uid != geteuid())
+        dexec_log(DEXEC_LOG_WARN, "worker",
+                  "unix:%s: directory %s can be entered by others (mode %03o, --insecure): "
+                  "other users of this host may drive this worker",
+                  path, dname, (unsigned)(st.st_mode & 0777));
     strcpy(sa.sun_path, path);
     if (lstat(path, &st) == 0) {
         int probe;
@@ -131,6 +136,11 @@ static dexec_status listen_tcp(const char *hp, int have_token, int insecure, dxw
                     "this worker; give --token-file FILE (or --insecure to allow it anyway)",
                     hp);
     }
+    if (!is_loopback(res->ai_addr) && !have_token)
+        dexec_log(DEXEC_LOG_WARN, "worker",
+                  "tcp:%s is not a loopback address and no token is required (--insecure): "
+                  "anyone who can reach it may drive this worker; give --token-file FILE",
+                  hp);
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         freeaddrinfo(res);

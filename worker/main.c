@@ -58,6 +58,8 @@ static void usage(FILE *out)
             "                          no client said hello within SECONDS\n"
             "      --insecure          allow a non-loopback TCP listener without a token,\n"
             "                          and a unix socket in a directory others can enter\n"
+            "      --allow-admin       serve load_model and debug_sleep (methods that open\n"
+            "                          files or hold the process) to authenticated clients\n"
             "      --max-frame BYTES   largest frame accepted (default 256 MiB); before hello\n"
             "                          8 KiB\n"
             "      --frame-timeout S   drop a client whose frame, once begun, does not arrive\n"
@@ -121,6 +123,7 @@ int main(int argc, char **argv)
         {"device", required_argument, NULL, 'd'},
         {"token-file", required_argument, NULL, 't'},
         {"insecure", no_argument, NULL, 'I'},
+        {"allow-admin", no_argument, NULL, 1008},
         {"max-frame", required_argument, NULL, 'F'},
         {"print-address", no_argument, NULL, 'P'},
         {"frame-timeout", required_argument, NULL, 1006},
@@ -193,6 +196,7 @@ int main(int argc, char **argv)
                 opt.idle_timeout = v;
             break;
         }
+        case 1008: opt.allow_admin = 1; break;
         case 'N': reg_opt.name = optarg; break;
         case 'G': reg_opt.url = optarg; break;
         case 'T': reg_opt.ttl = atoi(optarg); break;
@@ -213,6 +217,13 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "dexec-worker: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (node && opt.allow_admin) {
+        /* an actor gets it from spawn_actor's "admin", which its engine sets */
+        fprintf(stderr, "dexec-worker: --allow-admin applies to a worker, not to --node (an "
+                        "actor serves administrative methods when its engine's "
+                        "allow_admin_methods is true)\n");
         return 2;
     }
     if (node) {

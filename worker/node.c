@@ -379,7 +379,7 @@ static int parse_spawn(const dexec_value *p, int *ranks, const char **model, con
 
     if (p == NULL || p->type != DEXEC_VAL_MAP) {
         snprintf(err, errlen, "spawn_actor: expected params [{ranks, model, device, cpus, gpus, "
-                              "memory, resources, token}]");
+                              "memory, resources, token, admin}]");
         return -1;
     }
     *ranks = (int)dexec_value_as_int(dexec_value_map_get(p, "ranks"), 1);
@@ -491,10 +491,10 @@ static char **env_list(const dexec_value *ev)
 static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *params)
 {
     char **env;
-    int ranks, cpus, gpus, pfd[2];
+    int ranks, cpus, gpus, pfd[2], admin;
     int64_t memory;
     const char *model, *device, *token;
-    const dexec_value *labels;
+    const dexec_value *labels, *adm;
     char err[1024], missing[128], want[256], ranks_s[16], listen_s[320], devs[256];
     char *argv[24];
     char cpulist[1024] = "";
@@ -515,6 +515,13 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     if (check_env(dexec_value_map_get(dexec_value_array_get(params, 0), "env"), err,
                   sizeof(err)) != 0) {
         reply_err(c, id, DEXEC_EINVAL, "%s", err);
+        return;
+    }
+    adm = dexec_value_map_get(dexec_value_array_get(params, 0), "admin");
+    admin = adm != NULL && adm->type == DEXEC_VAL_BOOL && adm->u.b;
+    if (admin && token == NULL) {
+        /* the actor would serve load_model to anyone who can reach it */
+        reply_err(c, id, DEXEC_EINVAL, "spawn_actor: admin needs a token");
         return;
     }
     room_compute(n, &r);
@@ -601,6 +608,8 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     }
     if (n->opt->insecure)
         argv[i++] = "--insecure";
+    if (admin)
+        argv[i++] = "--allow-admin";
     argv[i] = NULL;
     if (pipe2(pfd, O_CLOEXEC) != 0) {
         reply_err(c, id, DEXEC_EIO, "node %s: pipe: %s", n->info.name, strerror(errno));

@@ -302,6 +302,15 @@ static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_va
     return DEXEC_OK;
 }
 
+/* Methods that open files named by the peer or hold the process for as
+ * long as the peer asks: a client that may call generate may not call
+ * these unless the worker was started with --allow-admin (doc/protocol.md,
+ * "Administrative methods"). */
+static int is_admin_method(const char *m)
+{
+    return strcmp(m, "load_model") == 0 || strcmp(m, "debug_sleep") == 0;
+}
+
 /* Runs a worker method on rank r. args is an ARRAY, kwargs a MAP (either
  * may be NULL). */
 static dexec_status run_method(wrank *r, const char *method, const dexec_value *args,
@@ -309,6 +318,14 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
                                size_t errlen)
 {
     *out = NULL;
+    if (is_admin_method(method) && !r->s->opt.allow_admin) {
+        snprintf(err, errlen,
+                 "%s: refused: this worker serves administrative methods (load_model, "
+                 "debug_sleep) only when started with --allow-admin (owned workers: set "
+                 "allow_admin_methods = true)",
+                 method);
+        return DEXEC_EAUTH;
+    }
     if (strcmp(method, "get_rank") == 0) {
         *out = dexec_value_int(r->rank);
     } else if (strcmp(method, "get_info") == 0) {

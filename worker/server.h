@@ -25,6 +25,7 @@ typedef struct dxw_options {
     double owner_wait;     /* > 0: the first client to say hello owns the worker
                               (its EOF ends the process); none within this many
                               seconds ends it too (--owned) */
+    int allow_admin;       /* serve load_model and debug_sleep (--allow-admin) */
 } dxw_options;
 
 typedef struct dxw_server dxw_server;

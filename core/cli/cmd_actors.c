@@ -30,7 +30,8 @@ static void usage(FILE *out)
             "  -r, --registry URL  registry URL (default: $DEXEC_REGISTRY, else\n"
             "                      discovery.redis.url)\n"
             "  -k, --kind KIND     actor, node or all (default all)\n"
-            "  -t, --timeout S     deadline of each ping in seconds (default 1)\n"
+            "  -t, --timeout S     deadline of each ping in seconds (default\n"
+            "                      timeouts.health)\n"
             "  -h, --help          show this help\n\n"
             "Exit status: 0 when every entry answers, 1 when one does not or the registry\n"
             "cannot be read, 2 on a usage error.\n");
@@ -113,7 +114,7 @@ int cmd_actors(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *url = NULL, *kind = NULL;
-    double timeout = 1.0;
+    double timeout = 0; /* 0: timeouts.health */
     dexec_config *cfg;
     dexec_discovery_handle *d = NULL;
     dexec_actor_info *all = NULL;
@@ -159,6 +160,8 @@ int cmd_actors(int argc, char **argv)
     cfg = cli_load_config(config_path);
     if (cfg == NULL)
         return 1;
+    if (timeout <= 0)
+        dexec_config_get_float(cfg, "timeouts.health", &timeout);
     if (load_token(cfg, &token) != 0) {
         dexec_config_free(cfg);
         return 1;

@@ -20,7 +20,8 @@ static void usage(FILE *out)
             "(42, 1.5, true, null, \"text\", [1,2], {\"k\": 1}) and taken as a string\n"
             "otherwise. Worker methods: get_rank, get_info, get_stats, get_logs [N],\n"
             "cancel REQUEST_ID, load_model MODEL, check_health, echo ARGS...,\n"
-            "debug_sleep SECONDS.\n\n"
+            "debug_sleep SECONDS (load_model and debug_sleep only on workers started\n"
+            "with --allow-admin).\n\n"
             "  -r, --rank R            print only rank R's reply (all ranks still run it)\n"
             "  -t, --timeout S         deadline in seconds (default timeouts.rpc)\n"
             "%s",

@@ -40,7 +40,12 @@ const char *dexec_conn_label(const dexec_conn *c);
 
 /* Called once when the connection is found dead (EOF or error) to let the
  * owner say why ("exited with status 3", "killed by signal 9"), written
- * into buf. Used in the error of every call that fails because of it. */
+ * into buf. Used in the error of every call that fails because of it.
+ * It runs on whichever thread was waiting on the connection when it saw
+ * EOF (a caller of dexec_conn_call or dexec_conn_wait, or
+ * dexec_conn_poll_dead), without the connection's lock held; it may block
+ * briefly (well under a second: the failing call waits for it), and must
+ * not free the connection or the process. */
 typedef void (*dexec_death_fn)(void *user, dexec_conn *c, char *buf, size_t len);
 void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user);
 

@@ -66,7 +66,7 @@ typedef enum dexec_status {
     DEXEC_ECLOSED = 12,   /* engine or connection closed */
     DEXEC_EIO = 13,       /* system call failed (message has errno text) */
     DEXEC_ENOTSUP = 14,   /* capability not built or not available here */
-    DEXEC_EAUTH = 15,     /* handshake refused: bad or missing token */
+    DEXEC_EAUTH = 15,     /* handshake refused (bad or missing token), or a method refused */
     DEXEC_EAGAIN = 16,    /* the engine's queue is full (engine.max_queued): retry later */
     DEXEC_ECANCELED = 17, /* the request was cancelled (dexec_handle_cancel) */
 } dexec_status;

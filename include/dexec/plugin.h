@@ -5,13 +5,19 @@
  *
  * A plugin exports exactly one symbol, DEXEC_PLUGIN_SYMBOL ("dexec_plugin"),
  * a const dexec_plugin_desc. The core reads and checks the descriptor
- * before it calls any plugin code:
- *   - abi_major equal to the core's DEXEC_ABI_MAJOR,
+ * before it calls any plugin function. The checks marked (file) are made
+ * on the file before it is opened, so a plugin they refuse has none of
+ * its code run, constructors included; the others need the object
+ * relocated, so they follow dlopen(), which runs the plugin's (and its
+ * libraries') constructors:
+ *   - the symbol exported (file; one defined with hidden visibility is
+ *     named as such: declare it DEXEC_PLUGIN_EXPORT),
+ *   - abi_major equal to the core's DEXEC_ABI_MAJOR (file),
  *   - abi_minor <= the core's DEXEC_ABI_MINOR (a newer plugin may rely on
  *     things this core lacks) and >= 1 (ABI 1.0 plugins predate the sized
- *     request, output and actor structs: see doc/plugin-guide.md),
- *   - struct_size >= the size of the 1.0 descriptor,
- *   - kind as the caller asked (executor, discovery or device),
+ *     request, output and actor structs: see doc/plugin-guide.md) (file),
+ *   - struct_size >= the size of the 1.0 descriptor (file),
+ *   - kind as the caller asked (executor, discovery or device) (file),
  *   - an ops table of a plausible struct_size with every function set,
  *   - name equal to the name it was loaded by (for bare names).
  * A plugin may also own a section of the configuration file and declare
@@ -25,16 +31,26 @@
  * the host's log function (or dexec_log), report errors by status and
  * message. Every blocking call takes a deadline.
  *
- * Minimal executor plugin:
+ * Every operation of an ops table is required: the loader refuses a
+ * plugin with a NULL one (executor: create, num_ranks, collective_rpc,
+ * add_requests, check_health, shutdown; discovery: open, register_actor,
+ * heartbeat, resolve, list, deregister, close; device: <dexec/device.h>).
+ * An operation the plugin cannot do returns DEXEC_ENOTSUP with a message.
+ *
+ * Minimal executor plugin (the whole file is contrib/example-plugin/minimal.c,
+ * which the test suite builds with -fvisibility=hidden and loads):
  *
  *   static const dexec_executor_ops ops = {
  *       .struct_size = sizeof(dexec_executor_ops),
- *       .create = my_create, .collective_rpc = my_rpc, .add_requests = my_add,
- *       .check_health = my_health, .shutdown = my_shutdown,
+ *       .create = my_create, .num_ranks = my_num_ranks, .collective_rpc = my_rpc,
+ *       .add_requests = my_add, .check_health = my_health, .shutdown = my_shutdown,
  *   };
  *   DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
- *       DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "k8s", "1.0", "pods", &ops)
- *   };
+ *       DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_EXECUTOR, "minimal", "1.0", "the minimal example",
+ *                              &ops)};
+ *
+ * DEXEC_PLUGIN_EXPORT is what exports the descriptor when the plugin is
+ * built with -fvisibility=hidden (recommended: nothing else leaks).
  */
 #ifndef DEXEC_PLUGIN_H
 #define DEXEC_PLUGIN_H

@@ -4,7 +4,9 @@
  *
  * Worker names come from external.worker_names (DIFFUSION_WORKER_ACTOR_NAMES
  * overrides it in the config loader), else diffusion_worker_0 ..
- * diffusion_worker_<num_gpus-1>; name i is rank i. A name that is an
+ * diffusion_worker_<num_gpus-1>; name i is rank i. With names given,
+ * num_gpus set to another count is refused (at its default it follows
+ * the names). A name that is an
  * address (unix:/PATH, tcp:HOST:PORT) is used as is; any other name is
  * resolved through the discovery plugin named by external.discovery.
  *
@@ -80,10 +82,23 @@ static dexec_status worker_names(struct dexec_executor *ex, char *err, size_t er
     int64_t ngpus = 1;
 
     dexec_config_get_list(ex->host->config, "external.worker_names", &named, &items);
+    dexec_config_get_int(ex->host->config, "num_gpus", &ngpus);
     n = named;
-    if (n == 0) {
-        dexec_config_get_int(ex->host->config, "num_gpus", &ngpus);
+    if (n == 0)
         n = (size_t)(ngpus > 0 ? ngpus : 1);
+    /* the names decide the ranks; a num_gpus set to something else is a
+     * mistake, not a request to use some of them */
+    if (named > 0 && (size_t)ngpus != named &&
+        strcmp(dexec_config_origin(ex->host->config, "num_gpus"), "default") != 0) {
+        const char *from = dexec_config_origin(ex->host->config, "external.worker_names");
+
+        dexec_errorf(err, errlen,
+                     "num_gpus = %lld (from %s) but %zu worker name(s) are given "
+                     "(external.worker_names, from %s): each name is one rank; set num_gpus = "
+                     "%zu, or name %lld workers",
+                     (long long)ngpus, dexec_config_origin(ex->host->config, "num_gpus"), named,
+                     from != NULL ? from : "?", named, (long long)ngpus);
+        return DEXEC_ECONFIG;
     }
     if (n > 1024) {
         dexec_errorf(err, errlen, "%zu workers named; at most 1024", n);

@@ -76,13 +76,16 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
 {
     char rank_s[16], gpu_s[16], label[32];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--rank", rank_s,
-                    "--model", (char *)model, "--device", (char *)device, NULL};
+                    "--model", (char *)model, "--device", (char *)device, NULL, NULL};
     dexec_spawn_args args = {.struct_size = sizeof(args), .argv = argv, .stdout_fd = -1,
                              .visible_gpus = gpu_s, .component = "mp", .label = label};
     dexec_status st;
     char **env;
-    int sv[2];
+    int sv[2], admin = 0;
 
+    dexec_config_get_bool(ex->host->config, "allow_admin_methods", &admin);
+    if (admin)
+        argv[9] = "--allow-admin";
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         dexec_errorf(err, errlen, "socketpair: %s", strerror(errno));
         return DEXEC_EIO;

@@ -52,6 +52,8 @@ typedef struct actor_ask {
     int cpus, gpus;
     int64_t memory;
     const dexec_value *labels; /* borrowed from the config; MAP or NULL */
+    int admin;                 /* allow_admin_methods: the actor gets --allow-admin */
+    int gpus_follow_device;    /* device auto, ray_actor.gpus unset: no GPU on a node without */
 } actor_ask;
 
 struct dexec_executor {
@@ -114,6 +116,8 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
     dexec_config_get_int(cfg, "ray_actor.gpus", &gpus);
     dexec_config_get_int(cfg, "ray_actor.memory", &memory);
     dexec_config_get_map(cfg, "ray_actor.resources", &a->labels);
+    a->admin = 0;
+    dexec_config_get_bool(cfg, "allow_admin_methods", &a->admin);
     if (n < 1 || n > 64) {
         dexec_errorf(err, errlen, "num_gpus = %lld: the actor hosts 1 to 64 ranks", (long long)n);
         return DEXEC_EINVAL;
@@ -121,7 +125,10 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
     a->ranks = (int)n;
     a->cpus = (int)cpus;
     a->memory = memory;
-    /* a CPU actor needs no GPU unless one is asked for explicitly */
+    /* a CPU actor needs no GPU unless one is asked for explicitly; with
+     * device auto the actor computes on the CPU of a node that has no GPU,
+     * so there it asks for none (the GPU count follows the device) */
+    a->gpus_follow_device = gpus < 0 && strcmp(a->device, "auto") == 0;
     if (gpus < 0)
         gpus = strcmp(a->device, "cpu") == 0 ? 0 : n;
     a->gpus = (int)gpus;
@@ -229,7 +236,7 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
     char ranks_s[16], devs[256], cpus[1024] = "", perr[512];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--ranks", ranks_s,
                     "--rank", "0", "--model", (char *)a->model, "--device", (char *)a->device,
-                    NULL};
+                    a->admin ? "--allow-admin" : NULL, NULL};
     dexec_spawn_args sa = {.struct_size = sizeof(sa), .argv = argv, .stdout_fd = -1,
                            .cpus = cpus, .visible_gpus = devs, .memory_bytes = a->memory,
                            .component = COMPONENT, .label = "actor"};
@@ -392,6 +399,8 @@ static dexec_value *spawn_params(const actor_ask *a, const char *token, const de
     dexec_value_map_set(m, "resources",
                         a->labels != NULL ? dexec_value_clone(a->labels) : dexec_value_map());
     dexec_value_map_set(m, "token", dexec_value_str(token));
+    if (a->admin)
+        dexec_value_map_set(m, "admin", dexec_value_bool(1));
     dexec_value_array_push(p, m);
     return p;
 }
@@ -517,15 +526,19 @@ static dexec_status place_remote(struct dexec_executor *ex, const actor_ask *a,
     format_ask(a, want, sizeof(want));
     st = DEXEC_ENOTFOUND;
     for (size_t i = 0; i < nn && st == DEXEC_ENOTFOUND; i++) {
+        const dexec_value *cap = dexec_value_map_get(nodes[i].meta, "capacity");
+        actor_ask here = *a;
         char one[256];
 
-        if (!node_fits(&nodes[i], a, one, sizeof(one))) {
+        if (a->gpus_follow_device && dexec_value_as_int(dexec_value_map_get(cap, "gpus"), 0) == 0)
+            here.gpus = 0;
+        if (!node_fits(&nodes[i], &here, one, sizeof(one))) {
             dexec_log(DEXEC_LOG_DEBUG, COMPONENT, "not placing on %s", one);
             snprintf(why + strlen(why), sizeof(why) - strlen(why), "%s%s", why[0] ? "; " : "",
                      one);
             continue;
         }
-        st = place_on(ex, &nodes[i], a, node_token, ex->token, deadline, msg, sizeof(msg));
+        st = place_on(ex, &nodes[i], &here, node_token, ex->token, deadline, msg, sizeof(msg));
         if (st != DEXEC_OK) {
             /* the registration was stale or another engine came first */
             dexec_log(DEXEC_LOG_INFO, COMPONENT, "%s", msg);

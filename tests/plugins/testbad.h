@@ -9,6 +9,13 @@
 
 #include <dexec/plugin.h>
 
+/* Runs when the object is dlopen()ed: the loader must refuse a plugin of
+ * another ABI before that (test-loader checks the variable is unset). */
+__attribute__((constructor)) static void tb_loaded(void)
+{
+    setenv("DEXEC_TESTBAD_LOADED", "1", 1);
+}
+
 __attribute__((unused)) static dexec_status tb_create(const dexec_host *host, dexec_executor **out, char *err,
                               size_t errlen)
 {
