@@ -1141,25 +1141,6 @@ START_TEST(test_generate_deadline)
 }
 END_TEST
 
-/* The value of NAME in /proc/PID/environ, or "" when it is not set. */
-static void proc_env(pid_t pid, const char *name, char *out, size_t len)
-{
-    char path[64], buf[65536];
-    size_t n, k = strlen(name);
-    FILE *f;
-
-    out[0] = '\0';
-    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-    f = fopen(path, "re");
-    ck_assert_ptr_nonnull(f);
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
-        if (strncmp(buf + i, name, k) == 0 && buf[i + k] == '=')
-            snprintf(out, len, "%s", buf + i + k + 1);
-}
-
 /* Rank i sees GPU i only, as its device 0: checked through the child's
  * environment, so it holds on a machine without GPUs too. */
 START_TEST(test_rank_sees_only_its_gpu)
