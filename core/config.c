@@ -111,6 +111,12 @@ static const struct dx_key keys[] = {
      "files or hold the process (dexec-worker --allow-admin)"},
     KEY_INT("max_frame_bytes", 268435456, 4096, 4294967295,
             "largest protocol frame accepted, in bytes (checked before allocating)"),
+    KEY_INT("max_restarts", 3, 0, 1000,
+            "times each dead owned rank is started again over the engine's life, with the "
+            "same rank, limits and model (Ray's max_restarts); 0 never"),
+    KEY_INT("max_task_retries", 3, 0, 1000,
+            "times a request lost with its worker is dealt again to a live rank (Ray's "
+            "max_task_retries); 0 fails it at once"),
 
     KEY_INT("engine.max_queued", 1024, 1, 1048576,
             "requests dexec_engine_submit() holds waiting for a rank; one more is refused "
@@ -124,6 +130,11 @@ static const struct dx_key keys[] = {
     KEY_FLOAT("timeouts.shutdown_grace", "5.0",
               "time owned workers get to exit after the shutdown RPC before SIGTERM, "
               "and again before SIGKILL"),
+
+    {"timeouts.stall", CT_FLOAT, "60.0", 0, 0, 0, 86400.0, 0, NULL, NULL, NULL,
+     ">= 0, <= 86400 (seconds)",
+     "a rank holding requests that sends nothing (no progress, no reply) this long is "
+     "declared hung, ended and handled as a death; 0 never"},
 
     KEY_INT("ray_actor.cpus", 1, 1, 4096, "CPUs the actor process may run on (affinity)"),
     KEY_INT("ray_actor.gpus", -1, -1, 64, "GPUs visible to the actor; -1 means num_gpus"),

@@ -839,6 +839,34 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     }
 }
 
+/* Added for executors that recover (group.c): a waiter that must act on
+ * each call as it ends (re-deal a dead rank's requests, restart it) and
+ * look at the clock between arrivals (stalled ranks) without giving up
+ * the calls still in flight. Runs on the caller's thread like
+ * dx_conn_wait_all, and shares its wait_one. */
+size_t dx_conn_wait_any(dx_wait *w, size_t n, double deadline, double until)
+{
+    if (until > deadline)
+        until = deadline;
+    for (;;) {
+        unsigned long gen = wake_gen();
+        size_t done = 0, left = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            if (!w[i].active || w[i].finished)
+                continue;
+            w[i].finished = wait_one(&w[i], deadline);
+            if (w[i].finished && w[i].done != NULL)
+                w[i].done(w[i].done_user, &w[i]);
+            done += w[i].finished != 0;
+            left += !w[i].finished;
+        }
+        if (done > 0 || left == 0 || dx_remaining(until) <= 0)
+            return done;
+        wake_wait(gen, until);
+    }
+}
+
 dexec_status dexec_conn_wait(dexec_conn *c, uint32_t msgid, double deadline, dexec_value **result,
                              char *err, size_t errlen)
 {

@@ -8,19 +8,53 @@
  * in parallel, progress from every rank reaches the caller as it arrives,
  * a rank that dies is reported as soon as its connection does, and the
  * whole call is bounded by one deadline.
+ *
+ * Recovery (<dexec/group.h>): a dead rank is logged at once and restarted
+ * on a thread of its own (restart_main) while the others go on; generate
+ * waits with dx_conn_wait_any so it can re-deal a dead rank's requests
+ * the moment the death is seen and look for stalled ranks between
+ * arrivals. Replaced connections are kept until the group is freed: a
+ * caller may still hold one.
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include <dexec/group.h>
 
 #include "internal.h"
+
+enum { RANK_LIVE, RANK_RESTARTING, RANK_DEAD };
+
+typedef struct rank_state {
+    int state;
+    int restarts;       /* restarts begun */
+    double since;       /* when the restart began */
+    char why[512];      /* the last death */
+    pthread_t th;
+    int th_joinable;
+} rank_state;
 
 struct dexec_group {
     int n;
     dexec_conn **conns;
+    pthread_mutex_t lock; /* conns, rs, graveyard, stopping */
+    dexec_group_recovery rec;
+    char component[32];
+    rank_state *rs;
+    dexec_conn **grave; /* replaced connections, freed with the group */
+    size_t ngrave;
+    int stopping;
 };
+
+typedef struct restart_arg {
+    dexec_group *g;
+    int rank;
+} restart_arg;
 
 dexec_group *dexec_group_new(int n)
 {
@@ -36,19 +70,178 @@ dexec_group *dexec_group_new(int n)
         free(g);
         return NULL;
     }
+    g->rs = calloc((size_t)n, sizeof(*g->rs));
+    if (g->rs == NULL) {
+        free(g->conns);
+        free(g);
+        return NULL;
+    }
     g->n = n;
+    pthread_mutex_init(&g->lock, NULL);
+    g->rec.struct_size = sizeof(g->rec);
+    snprintf(g->component, sizeof(g->component), "executor");
     return g;
 }
 
 void dexec_group_set(dexec_group *g, int rank, dexec_conn *c)
 {
-    if (g != NULL && rank >= 0 && rank < g->n)
+    if (g != NULL && rank >= 0 && rank < g->n) {
+        pthread_mutex_lock(&g->lock);
         g->conns[rank] = c;
+        pthread_mutex_unlock(&g->lock);
+    }
 }
 
 dexec_conn *dexec_group_conn(dexec_group *g, int rank)
 {
-    return g != NULL && rank >= 0 && rank < g->n ? g->conns[rank] : NULL;
+    dexec_conn *c = NULL;
+
+    if (g != NULL && rank >= 0 && rank < g->n) {
+        pthread_mutex_lock(&g->lock);
+        c = g->conns[rank];
+        pthread_mutex_unlock(&g->lock);
+    }
+    return c;
+}
+
+void dexec_group_recovery_from_config(const dexec_config *cfg, dexec_group_recovery *r)
+{
+    int64_t restarts = 3, retries = 3;
+    double stall = 60.0;
+
+    memset(r, 0, sizeof(*r));
+    r->struct_size = sizeof(*r);
+    dexec_config_get_int(cfg, "max_restarts", &restarts);
+    dexec_config_get_int(cfg, "max_task_retries", &retries);
+    dexec_config_get_float(cfg, "timeouts.stall", &stall);
+    r->max_restarts = (int)restarts;
+    r->max_task_retries = (int)retries;
+    r->stall_s = stall;
+}
+
+void dexec_group_set_recovery(dexec_group *g, const dexec_group_recovery *r)
+{
+    if (g == NULL || r == NULL || r->struct_size < offsetof(dexec_group_recovery, reserved))
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->rec = *r;
+    g->rec.struct_size = sizeof(g->rec);
+    snprintf(g->component, sizeof(g->component), "%s",
+             r->component != NULL ? r->component : "executor");
+    g->rec.component = g->component;
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void *restart_main(void *arg)
+{
+    restart_arg *a = arg;
+    dexec_group *g = a->g;
+    int r = a->rank;
+    dexec_conn *nc = NULL;
+    char err[1024] = "";
+    dexec_status st;
+    double t0 = dexec_now();
+
+    free(a);
+    st = g->rec.restart(g->rec.user, r, &nc, err, sizeof(err));
+    pthread_mutex_lock(&g->lock);
+    if (st == DEXEC_OK && nc != NULL) {
+        dexec_conn **ng = realloc(g->grave, (g->ngrave + 1) * sizeof(*ng));
+
+        if (ng != NULL) {
+            g->grave = ng;
+            g->grave[g->ngrave++] = g->conns[r];
+        } else {
+            /* nowhere to keep it: a caller holding it would be left dangling */
+            st = DEXEC_ENOMEM;
+            snprintf(err, sizeof(err), "out of memory");
+        }
+    }
+    if (st == DEXEC_OK && nc != NULL) {
+        g->conns[r] = nc;
+        g->rs[r].state = RANK_LIVE;
+        dexec_log(DEXEC_LOG_WARN, g->component,
+                  "rank %d restarted in %.2f s (restart %d of max_restarts = %d): %s", r,
+                  dexec_now() - t0, g->rs[r].restarts, g->rec.max_restarts,
+                  dexec_conn_label(nc));
+    } else {
+        g->rs[r].state = RANK_DEAD;
+        snprintf(g->rs[r].why, sizeof(g->rs[r].why), "restart %d failed: %s",
+                 g->rs[r].restarts, err[0] ? err : "no reason given");
+        dexec_log(DEXEC_LOG_ERROR, g->component, "rank %d: %s", r, g->rs[r].why);
+        dexec_conn_free(nc);
+    }
+    pthread_mutex_unlock(&g->lock);
+    return NULL;
+}
+
+/* Rank r's connection c died (why: the connection's reason): logs it
+ * once and restarts the rank if it may be. Only the first report of one
+ * connection's death counts. */
+static void note_death(dexec_group *g, int r, dexec_conn *c, const char *why)
+{
+    rank_state *s = &g->rs[r];
+
+    pthread_mutex_lock(&g->lock);
+    if (g->conns[r] != c || s->state != RANK_LIVE) {
+        pthread_mutex_unlock(&g->lock);
+        return;
+    }
+    snprintf(s->why, sizeof(s->why), "%s", why);
+    if (g->rec.restart != NULL && !g->stopping && s->restarts < g->rec.max_restarts) {
+        restart_arg *a = malloc(sizeof(*a));
+
+        if (s->th_joinable) {
+            pthread_join(s->th, NULL); /* the last restart's thread, long done */
+            s->th_joinable = 0;
+        }
+        s->restarts++;
+        s->state = RANK_RESTARTING;
+        s->since = dexec_now();
+        dexec_log(DEXEC_LOG_WARN, g->component, "%s; restarting it (restart %d of %d)", why,
+                  s->restarts, g->rec.max_restarts);
+        if (a != NULL) {
+            a->g = g;
+            a->rank = r;
+        }
+        if (a == NULL || pthread_create(&s->th, NULL, restart_main, a) != 0) {
+            free(a);
+            s->state = RANK_DEAD;
+            snprintf(s->why, sizeof(s->why), "%s; the restart could not start a thread", why);
+            dexec_log(DEXEC_LOG_ERROR, g->component, "rank %d: %s", r, s->why);
+        } else {
+            s->th_joinable = 1;
+        }
+    } else {
+        s->state = RANK_DEAD;
+        if (g->rec.restart != NULL && !g->stopping)
+            dexec_log(DEXEC_LOG_WARN, g->component, "%s; not restarted (max_restarts = %d%s)",
+                      why, g->rec.max_restarts, g->rec.max_restarts > 0 ? ", all used" : "");
+        else
+            dexec_log(DEXEC_LOG_WARN, g->component, "%s", why);
+    }
+    pthread_mutex_unlock(&g->lock);
+}
+
+void dexec_group_stop_recovery(dexec_group *g)
+{
+    if (g == NULL)
+        return;
+    pthread_mutex_lock(&g->lock);
+    g->stopping = 1;
+    pthread_mutex_unlock(&g->lock);
+    for (int r = 0; r < g->n; r++) {
+        pthread_t th;
+        int join;
+
+        pthread_mutex_lock(&g->lock);
+        join = g->rs[r].th_joinable;
+        th = g->rs[r].th;
+        g->rs[r].th_joinable = 0;
+        pthread_mutex_unlock(&g->lock);
+        if (join)
+            pthread_join(th, NULL);
+    }
 }
 
 int dexec_group_size(const dexec_group *g)
@@ -60,9 +253,15 @@ void dexec_group_free(dexec_group *g)
 {
     if (g == NULL)
         return;
+    dexec_group_stop_recovery(g);
     for (int i = 0; i < g->n; i++)
         dexec_conn_free(g->conns[i]);
+    for (size_t i = 0; i < g->ngrave; i++)
+        dexec_conn_free(g->grave[i]);
+    free(g->grave);
     free(g->conns);
+    free(g->rs);
+    pthread_mutex_destroy(&g->lock);
     free(g);
 }
 
@@ -114,9 +313,13 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
         goto done;
     }
     for (int r = 0; r < g->n; r++) {
-        sts[r] = dexec_conn_send(g->conns[r], "execute_rpc", params, NULL, NULL, &ids[r], msg,
+        dexec_conn *c = dexec_group_conn(g, r);
+
+        sts[r] = dexec_conn_send(c, "execute_rpc", params, NULL, NULL, &ids[r], msg,
                                  sizeof(msg));
-        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r], .active = sts[r] == DEXEC_OK};
+        if (sts[r] == DEXEC_ECLOSED)
+            note_death(g, r, c, msg);
+        waits[r] = (dx_wait){.c = c, .id = ids[r], .active = sts[r] == DEXEC_OK};
         snprintf(waits[r].msg, sizeof(waits[r].msg), "%s", msg);
     }
     dx_conn_wait_all(waits, (size_t)g->n, deadline);
@@ -124,6 +327,8 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
         if (sts[r] == DEXEC_OK) {
             sts[r] = waits[r].st;
             res[r] = waits[r].result;
+            if (sts[r] == DEXEC_ECLOSED)
+                note_death(g, r, waits[r].c, waits[r].msg);
         }
         snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (sts[r] == DEXEC_ETIMEDOUT) {
@@ -180,168 +385,439 @@ done:
     return st;
 }
 
-/* Progress of one rank's batch, mapped back to request indexes. */
-typedef struct progress_ctx {
-    dexec_progress_fn fn;
-    void *user;
+/* One generate call in flight: a rank's share of the requests. */
+typedef struct gcall {
+    int rank;
+    dexec_conn *c;
     size_t *index; /* batch position -> request index */
     size_t count;
-} progress_ctx;
+    double *heard; /* the step's: when this rank last said anything */
+    dexec_progress_fn fn;
+    void *user;
+    double fin;
+} gcall;
 
 static void on_progress(void *user, const char *method, const dexec_value *params)
 {
-    progress_ctx *p = user;
+    gcall *k = user;
     int64_t pos, image, step, total;
 
-    if (strcmp(method, "progress") != 0 || p->fn == NULL)
+    *k->heard = dexec_now();
+    if (strcmp(method, "progress") != 0 || k->fn == NULL)
         return;
     pos = dexec_value_as_int(dexec_value_array_get(params, 1), -1);
     image = dexec_value_as_int(dexec_value_array_get(params, 2), 0);
     step = dexec_value_as_int(dexec_value_array_get(params, 3), 0);
     total = dexec_value_as_int(dexec_value_array_get(params, 4), 0);
-    if (pos < 0 || (size_t)pos >= p->count)
+    if (pos < 0 || (size_t)pos >= k->count)
         return;
-    p->fn(p->user, p->index[pos], (int)image, (int)step, (int)total);
+    k->fn(k->user, k->index[pos], (int)image, (int)step, (int)total);
 }
 
-static void fail_outputs(dexec_output *outs, const progress_ctx *pc, const dexec_request *reqs,
-                         dexec_status st, int rank, const char *msg)
+static void fail_output(dexec_output *o, const dexec_request *req, dexec_status st, int rank,
+                        const char *msg)
 {
-    for (size_t k = 0; k < pc->count; k++) {
-        dexec_output *o = &outs[pc->index[k]];
+    dexec_output_clear(o);
+    dexec_output_init(o);
+    o->request_id = dx_strdup(req->request_id);
+    o->status = st;
+    o->rank = rank;
+    o->error = dx_strdup(msg);
+}
 
-        dexec_output_clear(o);
-        dexec_output_init(o);
-        o->request_id = dx_strdup(reqs[pc->index[k]].request_id);
-        o->status = st;
-        o->rank = rank;
-        o->error = dx_strdup(msg);
+/* When a call's reply came: its outputs' total_s. */
+static void stamp_done(void *user, dx_wait *w)
+{
+    gcall *k = user;
+
+    (void)w;
+    k->fin = dexec_now();
+    *k->heard = k->fin;
+}
+
+/* The state of one step (dexec_group_generate). */
+typedef struct step {
+    dexec_group *g;
+    const dexec_request *reqs;
+    size_t n;
+    dexec_output *outs;
+    dexec_progress_fn progress;
+    void *user;
+    double start, deadline, timeout;
+    gcall *calls; /* n slots: a call holds at least one request */
+    dx_wait *waits;
+    size_t *queue, nqueue; /* requests waiting for a live rank */
+    int *tries;            /* times each request was lost with its worker */
+    int *hung;             /* per rank: declared hung in this step */
+    double *heard;         /* per rank: when it last said anything (or got work while idle) */
+    size_t failed;
+    dexec_status last_st;
+    char last[900];
+} step;
+
+static void step_fail(step *s, size_t i, dexec_status st, int rank, const char *msg)
+{
+    fail_output(&s->outs[i], &s->reqs[i], st, rank, msg);
+    s->failed++;
+    s->last_st = st;
+    snprintf(s->last, sizeof(s->last), "%s", msg);
+}
+
+/* Sends requests idx[0..cnt) to rank r as one call. On a dead connection
+ * the requests go back to the queue (they never reached a worker) and the
+ * death is noted. */
+static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t cnt)
+{
+    size_t slot = 0;
+    dexec_value *params, *batch;
+    gcall *k;
+    char msg[768];
+    dexec_status st;
+
+    int idle = 1;
+
+    for (size_t q = 0; q < s->n; q++)
+        idle &= !(s->waits[q].active && !s->waits[q].finished && s->calls[q].rank == r);
+    if (idle)
+        s->heard[r] = dexec_now();
+    while (slot < s->n && s->waits[slot].active)
+        slot++;
+    if (slot == s->n || cnt == 0)
+        return; /* cannot happen: every call holds a request of its own */
+    k = &s->calls[slot];
+    free(k->index);
+    *k = (gcall){.rank = r, .c = c, .heard = &s->heard[r], .fn = s->progress, .user = s->user};
+    k->index = malloc(cnt * sizeof(size_t));
+    batch = dexec_value_array();
+    params = dexec_value_array();
+    if (k->index == NULL || batch == NULL || params == NULL) {
+        dexec_value_free(batch);
+        dexec_value_free(params);
+        for (size_t j = 0; j < cnt; j++)
+            step_fail(s, idx[j], DEXEC_ENOMEM, r, "generate: out of memory");
+        return;
+    }
+    memcpy(k->index, idx, cnt * sizeof(size_t));
+    k->count = cnt;
+    for (size_t j = 0; j < cnt; j++)
+        dexec_value_array_push(batch, dexec_request_to_value(&s->reqs[idx[j]]));
+    dexec_value_array_push(params, batch);
+    st = dexec_conn_send(c, "generate", params, on_progress, k, &s->waits[slot].id, msg,
+                         sizeof(msg));
+    dexec_value_free(params);
+    if (st == DEXEC_ECLOSED) {
+        note_death(s->g, r, c, msg);
+        for (size_t j = 0; j < cnt; j++)
+            s->queue[s->nqueue++] = idx[j];
+        return;
+    }
+    if (st != DEXEC_OK) {
+        char m[900];
+
+        snprintf(m, sizeof(m), "generate: rank %d: %s", r, msg);
+        for (size_t j = 0; j < cnt; j++)
+            step_fail(s, idx[j], DEXEC_EWORKER, r, m);
+        return;
+    }
+    s->waits[slot] = (dx_wait){.c = c, .id = s->waits[slot].id, .active = 1,
+                               .done = stamp_done, .done_user = k};
+}
+
+/* Deals the queued requests to the live ranks: the idle ones if any, else
+ * all live ones, round robin. With no rank live nor restarting they fail. */
+static void dispatch(step *s)
+{
+    dexec_group *g = s->g;
+    int nr = g->n, nlive = 0, nidle = 0, restarting = 0;
+    int *live = calloc((size_t)nr, sizeof(int)), *use;
+    dexec_conn **conns = calloc((size_t)nr, sizeof(*conns));
+    size_t *idx;
+
+    if (s->nqueue == 0 || live == NULL || conns == NULL) {
+        free(live);
+        free(conns);
+        return;
+    }
+    pthread_mutex_lock(&g->lock);
+    for (int r = 0; r < nr; r++) {
+        conns[r] = g->conns[r];
+        if (g->rs[r].state == RANK_LIVE && !dexec_conn_dead(conns[r]))
+            live[r] = 1, nlive++;
+        restarting += g->rs[r].state == RANK_RESTARTING;
+    }
+    pthread_mutex_unlock(&g->lock);
+    if (nlive == 0) {
+        if (restarting == 0) {
+            for (size_t q = 0; q < s->nqueue; q++) {
+                char m[900];
+
+                snprintf(m, sizeof(m), "generate: no live rank to run the request on (%.700s)",
+                         s->last[0] ? s->last : "every rank is dead");
+                step_fail(s, s->queue[q], DEXEC_EWORKER, -1, m);
+            }
+            s->nqueue = 0;
+        }
+        free(live);
+        free(conns);
+        return;
+    }
+    for (int r = 0; r < nr; r++) {
+        int busy = 0;
+
+        for (size_t k = 0; live[r] && k < s->n; k++)
+            busy |= s->waits[k].active && !s->waits[k].finished && s->calls[k].rank == r;
+        if (live[r] && !busy)
+            live[r] = 2, nidle++;
+    }
+    use = live;
+    idx = malloc(s->nqueue * sizeof(*idx));
+    if (idx != NULL) {
+        size_t nq = s->nqueue;
+        size_t *q = malloc(nq * sizeof(*q));
+        int want = nidle > 0 ? 2 : 1, nuse = nidle > 0 ? nidle : nlive, u = 0;
+
+        if (q != NULL) {
+            memcpy(q, s->queue, nq * sizeof(*q));
+            s->nqueue = 0;
+            for (int r = 0; r < nr; r++) {
+                size_t cnt = 0;
+
+                if (use[r] < want)
+                    continue;
+                for (size_t j = (size_t)u; j < nq; j += (size_t)nuse)
+                    idx[cnt++] = q[j];
+                u++;
+                send_call(s, r, conns[r], idx, cnt);
+            }
+            free(q);
+        }
+    }
+    free(idx);
+    free(live);
+    free(conns);
+}
+
+/* A call ended. */
+static void call_finished(step *s, size_t slot)
+{
+    dx_wait *w = &s->waits[slot];
+    gcall *k = &s->calls[slot];
+    dexec_group *g = s->g;
+    dexec_value *res = w->result;
+    dexec_status st = w->st;
+    char msg[768], m[1100];
+    int r = k->rank;
+
+    w->active = 0;
+    w->result = NULL;
+    snprintf(msg, sizeof(msg), "%s", w->msg);
+    if (st == DEXEC_ECLOSED) {
+        int retries = g->rec.max_task_retries;
+
+        if (s->hung[r])
+            snprintf(msg, sizeof(msg), "%s: hung (nothing heard for %.3g s, timeouts.stall), "
+                     "ended", dexec_conn_label(k->c), g->rec.stall_s);
+        note_death(g, r, k->c, msg);
+        for (size_t j = 0; j < k->count; j++) {
+            size_t i = k->index[j];
+
+            if (++s->tries[i] <= retries) {
+                s->queue[s->nqueue++] = i;
+            } else if (retries == 0) {
+                snprintf(m, sizeof(m), "generate: %s", msg);
+                step_fail(s, i, DEXEC_EWORKER, r, m);
+            } else {
+                snprintf(m, sizeof(m),
+                         "generate: request %zu was lost with its worker %d times "
+                         "(max_task_retries = %d): it may be what kills them; last: %s",
+                         i, s->tries[i], retries, msg);
+                step_fail(s, i, DEXEC_EWORKER, r, m);
+            }
+        }
+        dexec_value_free(res);
+        return;
+    }
+    if (st == DEXEC_OK &&
+        (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != k->count)) {
+        st = DEXEC_EPROTO;
+        snprintf(msg, sizeof(msg), "generate reply is not an array of %zu outputs", k->count);
+    }
+    for (size_t j = 0; st == DEXEC_OK && j < k->count; j++) {
+        dexec_output *o = &s->outs[k->index[j]];
+
+        st = dexec_output_from_value(res->u.arr.items[j], o, msg, sizeof(msg));
+        if (st == DEXEC_OK) {
+            o->rank = r;
+            o->timings.total_s = k->fin - s->start;
+        }
+    }
+    dexec_value_free(res);
+    if (st != DEXEC_OK) {
+        if (st == DEXEC_ETIMEDOUT)
+            snprintf(m, sizeof(m), "generate: no reply from rank %d within %.3g s", r,
+                     s->timeout);
+        else
+            snprintf(m, sizeof(m), "generate: rank %d: %s", r, msg);
+        if (st == DEXEC_EPROTO)
+            st = DEXEC_EWORKER;
+        for (size_t j = 0; j < k->count; j++)
+            step_fail(s, k->index[j], st, r, m);
     }
 }
 
-/* When a rank's reply came: its outputs' total_s. */
-static void stamp_done(void *user, dx_wait *w)
+/* Ranks holding calls that have said nothing for stall_s: hung. */
+static void check_stalls(step *s)
 {
-    (void)w;
-    *(double *)user = dexec_now();
+    dexec_group *g = s->g;
+    double now = dexec_now();
+
+    if (g->rec.stall_s <= 0)
+        return;
+    for (int r = 0; r < g->n; r++) {
+        double heard = s->heard[r];
+        int holding = 0;
+        dexec_conn *c = NULL;
+
+        if (s->hung[r])
+            continue;
+        for (size_t k = 0; k < s->n; k++) {
+            if (!s->waits[k].active || s->waits[k].finished || s->calls[k].rank != r)
+                continue;
+            holding = 1;
+            c = s->calls[k].c;
+        }
+        if (!holding || now - heard < g->rec.stall_s || c != dexec_group_conn(g, r))
+            continue;
+        s->hung[r] = 1;
+        dexec_log(DEXEC_LOG_WARN, g->component,
+                  "%s: hung: nothing heard for %.3g s while holding requests "
+                  "(timeouts.stall = %.3g s); %s", dexec_conn_label(c), now - heard,
+                  g->rec.stall_s, g->rec.kill != NULL ? "killing it" : "dropping it");
+        if (g->rec.kill != NULL)
+            g->rec.kill(g->rec.user, r);
+        else
+            dexec_conn_shutdown(c);
+    }
 }
+
+/* Waits between looks at the clock while a restart or a stall deadline
+ * may need the waiter (seconds). */
+#define TICK 0.05
 
 dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen)
 {
-    double start = dexec_now(), deadline = start + timeout;
+    step s = {.g = g, .reqs = reqs, .n = n, .outs = outs, .progress = progress, .user = user,
+              .timeout = timeout, .last_st = DEXEC_OK};
     int nr = g->n;
-    progress_ctx *pc = calloc((size_t)nr, sizeof(*pc));
-    uint32_t *ids = calloc((size_t)nr, sizeof(*ids));
-    dexec_status *sts = calloc((size_t)nr, sizeof(*sts));
-    dx_wait *waits = calloc((size_t)nr, sizeof(*waits));
-    double *fin = calloc((size_t)nr, sizeof(*fin));
-    int failed = 0, used = 0;
-    char msg[768], last[900] = "";
+    size_t **deal = NULL, *dealn = NULL;
+    dexec_status ret = DEXEC_OK;
+    char msg[768];
 
-    if (pc == NULL || ids == NULL || sts == NULL || waits == NULL || fin == NULL) {
-        free(pc);
-        free(ids);
-        free(sts);
-        free(waits);
-        free(fin);
-        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
-    }
+    s.start = dexec_now();
+    s.deadline = s.start + timeout;
     for (size_t i = 0; i < n; i++) {
         if (DEXEC_STRUCT_CHECK(&reqs[i], dexec_request, DEXEC_REQUEST_SIZE_1_1, msg,
-                               sizeof(msg)) != DEXEC_OK) {
-            free(pc);
-            free(ids);
-            free(sts);
-            free(waits);
-            free(fin);
+                               sizeof(msg)) != DEXEC_OK)
             return dx_fail(err, errlen, DEXEC_EINVAL, "generate: request %zu: %s", i, msg);
-        }
+    }
+    if (n == 0)
+        return DEXEC_OK;
+    s.calls = calloc(n, sizeof(*s.calls));
+    s.waits = calloc(n, sizeof(*s.waits));
+    s.queue = calloc(n, sizeof(*s.queue));
+    s.tries = calloc(n, sizeof(*s.tries));
+    s.hung = calloc((size_t)nr, sizeof(*s.hung));
+    s.heard = calloc((size_t)nr, sizeof(*s.heard));
+    deal = calloc((size_t)nr, sizeof(*deal));
+    dealn = calloc((size_t)nr, sizeof(*dealn));
+    for (int r = 0; deal != NULL && r < nr; r++)
+        if ((deal[r] = calloc(n / (size_t)nr + 1, sizeof(size_t))) == NULL)
+            ret = DEXEC_ENOMEM;
+    if (s.calls == NULL || s.waits == NULL || s.queue == NULL || s.tries == NULL ||
+        s.hung == NULL || s.heard == NULL || deal == NULL || dealn == NULL || ret != DEXEC_OK) {
+        ret = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
+        goto done;
+    }
+    /* request i to rank i mod n; a rank not live now leaves its share to
+     * the others */
+    for (size_t i = 0; i < n; i++) {
+        int r = (int)(i % (size_t)nr);
+
+        deal[r][dealn[r]++] = i;
     }
     for (int r = 0; r < nr; r++) {
-        dexec_value *params, *batch;
+        dexec_conn *c;
+        int live;
 
-        pc[r].fn = progress;
-        pc[r].user = user;
-        pc[r].index = calloc(n / (size_t)nr + 1, sizeof(size_t));
-        for (size_t i = (size_t)r; i < n; i += (size_t)nr)
-            pc[r].index[pc[r].count++] = i;
-        if (pc[r].count == 0)
+        if (dealn[r] == 0)
             continue;
-        used++;
-        batch = dexec_value_array();
-        for (size_t k = 0; k < pc[r].count; k++)
-            dexec_value_array_push(batch, dexec_request_to_value(&reqs[pc[r].index[k]]));
-        params = dexec_value_array();
-        dexec_value_array_push(params, batch);
-        sts[r] = dexec_conn_send(g->conns[r], "generate", params, on_progress, &pc[r], &ids[r],
-                                 msg, sizeof(msg));
-        dexec_value_free(params);
-        if (sts[r] != DEXEC_OK) {
-            snprintf(last, sizeof(last), "rank %d: %s", r, msg);
-            fail_outputs(outs, &pc[r], reqs, DEXEC_EWORKER, r, last);
-            failed++;
+        pthread_mutex_lock(&g->lock);
+        c = g->conns[r];
+        live = g->rs[r].state == RANK_LIVE;
+        pthread_mutex_unlock(&g->lock);
+        if (live) {
+            send_call(&s, r, c, deal[r], dealn[r]);
+        } else {
+            for (size_t j = 0; j < dealn[r]; j++)
+                s.queue[s.nqueue++] = deal[r][j];
         }
     }
-    for (int r = 0; r < nr; r++)
-        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r],
-                             .active = pc[r].count > 0 && sts[r] == DEXEC_OK,
-                             .done = stamp_done, .done_user = &fin[r]};
-    dx_conn_wait_all(waits, (size_t)nr, deadline);
-    for (int r = 0; r < nr; r++) {
-        dexec_value *res = waits[r].result;
-        dexec_status st = waits[r].st;
+    dispatch(&s);
+    for (;;) {
+        int busy = 0, restarting = 0;
+        double now = dexec_now(), until;
 
-        if (!waits[r].active)
-            continue;
-        snprintf(msg, sizeof(msg), "%s", waits[r].msg);
-        if (st == DEXEC_OK &&
-            (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != pc[r].count)) {
-            st = DEXEC_EPROTO;
-            snprintf(msg, sizeof(msg), "generate reply is not an array of %zu outputs",
-                     pc[r].count);
-        }
-        for (size_t k = 0; st == DEXEC_OK && k < pc[r].count; k++) {
-            dexec_output *o = &outs[pc[r].index[k]];
-
-            st = dexec_output_from_value(res->u.arr.items[k], o, msg, sizeof(msg));
-            if (st == DEXEC_OK) {
-                o->rank = r;
-                o->timings.total_s = fin[r] - start;
-            }
-        }
-        dexec_value_free(res);
-        if (st != DEXEC_OK) {
-            if (st == DEXEC_ETIMEDOUT)
-                snprintf(last, sizeof(last), "generate: no reply from rank %d within %.3g s", r,
-                         timeout);
-            else if (st == DEXEC_ECLOSED)
-                snprintf(last, sizeof(last), "generate: %s", msg);
-            else
-                snprintf(last, sizeof(last), "generate: rank %d: %s", r, msg);
-            if (st == DEXEC_ECLOSED || st == DEXEC_EPROTO)
-                st = DEXEC_EWORKER;
-            fail_outputs(outs, &pc[r], reqs, st, r, last);
-            sts[r] = st;
-            failed++;
-        }
-    }
-    dexec_status ret = DEXEC_OK;
-    if (used > 0 && failed == used) {
-        ret = DEXEC_EWORKER;
+        for (size_t k = 0; k < n; k++)
+            busy |= s.waits[k].active;
+        pthread_mutex_lock(&g->lock);
         for (int r = 0; r < nr; r++)
-            if (sts[r] == DEXEC_ETIMEDOUT)
-                ret = DEXEC_ETIMEDOUT;
-        dexec_errorf(err, errlen, "%s", last);
+            restarting |= g->rs[r].state == RANK_RESTARTING;
+        pthread_mutex_unlock(&g->lock);
+        if (!busy && (s.nqueue == 0 || !restarting))
+            break;
+        if (dx_remaining(s.deadline) <= 0) {
+            if (s.nqueue > 0) {
+                char m[900];
+
+                snprintf(m, sizeof(m), "generate: no live rank took the request within %.3g s "
+                         "(%.700s)", timeout, s.last[0] ? s.last : "ranks restarting");
+                for (size_t q = 0; q < s.nqueue; q++)
+                    step_fail(&s, s.queue[q], DEXEC_ETIMEDOUT, -1, m);
+                s.nqueue = 0;
+            }
+            if (!busy)
+                break;
+        }
+        until = restarting || g->rec.stall_s > 0 ? now + TICK : s.deadline;
+        if (busy)
+            dx_conn_wait_any(s.waits, n, s.deadline, until);
+        else
+            nanosleep(&(struct timespec){.tv_nsec = (long)(TICK * 1e9)}, NULL);
+        for (size_t k = 0; k < n; k++)
+            if (s.waits[k].active && s.waits[k].finished)
+                call_finished(&s, k);
+        check_stalls(&s);
+        dispatch(&s);
     }
-    for (int r = 0; r < nr; r++)
-        free(pc[r].index);
-    free(pc);
-    free(ids);
-    free(sts);
-    free(waits);
-    free(fin);
+    if (s.failed == n) {
+        ret = s.last_st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+        dexec_errorf(err, errlen, "%s", s.last);
+    }
+done:
+    for (size_t k = 0; s.calls != NULL && k < n; k++)
+        free(s.calls[k].index);
+    for (int r = 0; deal != NULL && r < nr; r++)
+        free(deal[r]);
+    free(deal);
+    free(dealn);
+    free(s.calls);
+    free(s.waits);
+    free(s.queue);
+    free(s.tries);
+    free(s.hung);
+    free(s.heard);
     return ret;
 }
 
@@ -351,28 +827,51 @@ dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err,
     uint32_t *ids = calloc((size_t)g->n, sizeof(*ids));
     dexec_status *sts = calloc((size_t)g->n, sizeof(*sts)), ret = DEXEC_OK;
     dx_wait *waits = calloc((size_t)g->n, sizeof(*waits));
+    int *state = calloc((size_t)g->n, sizeof(*state));
     char msg[768];
 
-    if (ids == NULL || sts == NULL || waits == NULL) {
+    if (ids == NULL || sts == NULL || waits == NULL || state == NULL) {
         free(ids);
         free(sts);
         free(waits);
+        free(state);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
     }
     for (int r = 0; r < g->n; r++) {
-        sts[r] = dexec_conn_send(g->conns[r], "get_rank", NULL, NULL, NULL, &ids[r], msg,
-                                 sizeof(msg));
-        waits[r] = (dx_wait){.c = g->conns[r], .id = ids[r], .active = sts[r] == DEXEC_OK};
+        dexec_conn *c;
+
+        pthread_mutex_lock(&g->lock);
+        c = g->conns[r];
+        state[r] = g->rs[r].state;
+        if (ret == DEXEC_OK && state[r] == RANK_RESTARTING)
+            ret = dx_fail(err, errlen, DEXEC_EUNHEALTHY,
+                          "Worker %d unhealthy: restarting (restart %d of max_restarts = %d, "
+                          "for %.1f s) after: %s", r, g->rs[r].restarts, g->rec.max_restarts,
+                          dexec_now() - g->rs[r].since, g->rs[r].why);
+        else if (ret == DEXEC_OK && state[r] == RANK_DEAD)
+            ret = dx_fail(err, errlen, DEXEC_EUNHEALTHY, "Worker %d unhealthy: %s", r,
+                          g->rs[r].why);
+        pthread_mutex_unlock(&g->lock);
+        if (state[r] != RANK_LIVE)
+            continue;
+        sts[r] = dexec_conn_send(c, "get_rank", NULL, NULL, NULL, &ids[r], msg, sizeof(msg));
+        waits[r] = (dx_wait){.c = c, .id = ids[r], .active = sts[r] == DEXEC_OK};
         snprintf(waits[r].msg, sizeof(waits[r].msg), "%s", msg);
+        if (sts[r] == DEXEC_ECLOSED)
+            note_death(g, r, c, msg);
     }
     dx_conn_wait_all(waits, (size_t)g->n, deadline);
     for (int r = 0; r < g->n; r++) {
         dexec_value *res = NULL;
         dexec_status st = sts[r];
 
+        if (state[r] != RANK_LIVE)
+            continue;
         if (st == DEXEC_OK) {
             st = waits[r].st;
             res = waits[r].result;
+            if (st == DEXEC_ECLOSED)
+                note_death(g, r, waits[r].c, waits[r].msg);
         }
         snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (ret == DEXEC_OK) {
@@ -392,6 +891,7 @@ dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err,
     free(ids);
     free(sts);
     free(waits);
+    free(state);
     return ret;
 }
 
@@ -406,6 +906,7 @@ void dexec_group_shutdown(dexec_group *g, double deadline)
         free(sent);
         return;
     }
+    dexec_group_stop_recovery(g);
     for (int r = 0; r < g->n; r++)
         if (g->conns[r] != NULL && !dexec_conn_dead(g->conns[r]))
             sent[r] = dexec_conn_send(g->conns[r], "shutdown", NULL, NULL, NULL, &ids[r], msg,

@@ -98,6 +98,14 @@ typedef struct dx_wait {
  * delivering each call's notifications on this thread as they arrive. */
 void dx_conn_wait_all(dx_wait *w, size_t n, double deadline);
 
+/* Waits on the active, unfinished calls of w until at least one finishes
+ * (its reply, its connection's death, or the deadline: then ETIMEDOUT as
+ * in dx_conn_wait_all) or until `until` (<= deadline) passes, whichever
+ * is first; calls not finished stay in flight and may be waited on again.
+ * The caller arms a call by setting active = 1, finished = 0, result =
+ * NULL, st = DEXEC_OK. Returns how many calls finished in this wait. */
+size_t dx_conn_wait_any(dx_wait *w, size_t n, double deadline, double until);
+
 /* SO_KEEPALIVE with short probes and TCP_USER_TIMEOUT on a TCP socket. */
 void dx_socket_keepalive(int fd);
 

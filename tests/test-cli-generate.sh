@@ -110,8 +110,11 @@ refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need
 refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
 [ ! -e "$tmp/x.jpg" ] && [ ! -e "$tmp/x.png" ] || fail "a refused run wrote a file"
 
-# 5. a rank killed mid-batch: its images are reported lost by index and
-# seed, the others keep their own names (request i -> o-i.png)
+# 5. a rank killed mid-batch, with recovery off: its images are reported
+# lost by index and seed, the others keep their own names (request i ->
+# o-i.png)
+printf 'max_restarts = 0;\nmax_task_retries = 0;\n' >"$tmp/norecover.conf"
+DEXEC_CONFIG="$tmp/norecover.conf" \
 "$cli" generate -p sneaker -b 4 -s 10 --steps 1000 --num-gpus 2 -o "$tmp/k.png" \
     >"$tmp/out" 2>"$tmp/err" &
 gen_pid=$!
@@ -138,6 +141,32 @@ expect_in err "dexec generate: image 1 (seed 11) lost: "
 expect_in err "dexec generate: image 3 (seed 13) lost: "
 expect_in err "dexec generate: 2 of 4 image(s) not written (index 1, 3); the others were"
 expect_in out "$tmp/k-2.png: 28x28, seed 12"
+
+# 5b. the same with the default recovery: the death is printed, rank 1 is
+# restarted, its images are dealt again and every file is written
+"$cli" generate -p sneaker -b 4 -s 10 --steps 500 --num-gpus 2 -o "$tmp/r.png" \
+    >"$tmp/out" 2>"$tmp/err" &
+gen_pid=$!
+victim=
+for _ in $(seq 1 100); do
+    victim=$(pgrep -P "$gen_pid" -f -- "--rank 1" | head -n 1)
+    [ -n "$victim" ] && break
+    sleep 0.1
+done
+if [ -z "$victim" ]; then
+    fail "rank 1's worker never appeared"
+else
+    sleep 1
+    kill -9 "$victim"
+fi
+wait "$gen_pid"
+rc=$?
+gen_pid=
+[ "$rc" -eq 0 ] || fail "recovered rank: exit status $rc, expected 0: $(cat "$tmp/err")"
+for i in 0 1 2 3; do
+    [ -f "$tmp/r-$i.png" ] || fail "recovered rank: r-$i.png missing"
+done
+expect_in err "warn mp: rank 1 (pid $victim): worker died: killed by signal 9 (Killed); restarting it (restart 1 of 3)"
 
 # 6. the model file truncated while the worker has it mapped: the request
 # fails naming the file, instead of the worker dying of SIGBUS

@@ -65,6 +65,8 @@ static void make_requests(dexec_request *r, size_t n, char ids[][16])
     }
 }
 
+static dexec_engine *open_engine_kv(int ranks, const char *const *kv);
+
 static pid_t worker_pid(dexec_engine *e, int rank)
 {
     dexec_value *info = NULL;
@@ -330,7 +332,8 @@ static void *run_long_step(void *p)
 
 START_TEST(test_worker_killed_mid_generate)
 {
-    dexec_engine *e = open_engine(1, NULL, NULL);
+    static const char *const kv[] = {"max_restarts", "0", "max_task_retries", "0", NULL};
+    dexec_engine *e = open_engine_kv(1, kv);
     step_arg a = {.e = e};
     pthread_t th;
     pid_t pid = worker_pid(e, 0);
@@ -352,6 +355,273 @@ START_TEST(test_worker_killed_mid_generate)
     ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
     dexec_engine_free(e);
+}
+END_TEST
+
+/* ---- recovery: kill -9, poison, SIGSTOP ---------------------------------- */
+
+/* Opens an mp engine of `ranks` with further KEY, VALUE pairs (NULL-ended). */
+static dexec_engine *open_engine_kv(int ranks, const char *const *kv)
+{
+    dexec_config *cfg = NULL;
+    dexec_engine *e = NULL;
+    char err[2048], n[16];
+
+    ck_assert_int_eq(dexec_config_load(NULL, &cfg, err, sizeof(err)), DEXEC_OK);
+    snprintf(n, sizeof(n), "%d", ranks);
+    ck_assert_int_eq(dexec_config_set(cfg, "num_gpus", n, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "device", "cpu", err, sizeof(err)), DEXEC_OK);
+    for (size_t i = 0; kv != NULL && kv[i] != NULL; i += 2)
+        if (dexec_config_set(cfg, kv[i], kv[i + 1], err, sizeof(err)) != DEXEC_OK)
+            ck_abort_msg("%s = %s: %s", kv[i], kv[i + 1], err);
+    if (dexec_engine_create(cfg, &e, err, sizeof(err)) != DEXEC_OK)
+        ck_abort_msg("engine create failed: %s", err);
+    dexec_config_free(cfg);
+    return e;
+}
+
+/* stderr (where dexec_log writes) goes to a file the test reads back. */
+static char log_path[64];
+
+static void capture_log(void)
+{
+    int fd;
+
+    snprintf(log_path, sizeof(log_path), "/tmp/test-mp-log-XXXXXX");
+    fd = mkstemp(log_path);
+    ck_assert_int_ge(fd, 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static int log_has(const char *needle)
+{
+    char buf[65536];
+    FILE *f = fopen(log_path, "r");
+    size_t n;
+
+    if (f == NULL)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+static void show_log(void)
+{
+    char cmd[128];
+
+    snprintf(cmd, sizeof(cmd), "cat %s >&1", log_path);
+    if (system(cmd) != 0)
+        return;
+}
+
+static void end_capture(void)
+{
+    unlink(log_path);
+}
+
+/* Kills `victim` when request `on_req` reports its first step, then notes
+ * when the death line reached the log, from the progress of the others. */
+typedef struct killer {
+    pid_t victim;
+    size_t on_req;
+    int sig;
+    double killed_at, logged_at;
+    const char *death_line;
+} killer;
+
+static void on_kill_progress(void *user, size_t req, int image, int step, int total)
+{
+    killer *k = user;
+
+    (void)image;
+    (void)total;
+    if (k->killed_at == 0 && req == k->on_req && step >= 1) {
+        kill(k->victim, k->sig);
+        k->killed_at = dexec_now();
+    } else if (k->killed_at > 0 && k->logged_at == 0 && log_has(k->death_line)) {
+        k->logged_at = dexec_now();
+    }
+}
+
+#define RB 16 /* requests of the recovery tests (-b 16) */
+
+static void recovery_requests(dexec_request *r, char ids[][16])
+{
+    make_requests(r, RB, ids);
+    for (int i = 0; i < RB; i++)
+        r[i].num_inference_steps = 12;
+}
+
+START_TEST(test_kill9_restarts_and_redeals)
+{
+    static const char *const kv[] = {"max_restarts", "2", "max_task_retries", "2", NULL};
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16], line[128];
+    dexec_output *ref = NULL, *outs = NULL;
+    killer k = {.on_req = 1, .sig = SIGKILL};
+    pid_t pid1, pid1b;
+    double done_at;
+
+    capture_log();
+    e = open_engine_kv(2, kv);
+    recovery_requests(reqs, ids);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &ref, NULL, NULL), DEXEC_OK);
+    pid1 = worker_pid(e, 1);
+    k.victim = pid1;
+    snprintf(line, sizeof(line), "rank 1 (pid %d): worker died: killed by signal 9", (int)pid1);
+    k.death_line = line;
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_OK);
+    done_at = dexec_now();
+    ck_assert_msg(k.killed_at > 0, "the kill never happened");
+    ck_assert_msg(k.logged_at > 0 && k.logged_at < done_at,
+                  "the death was not logged while the step ran");
+    ck_assert_msg(k.logged_at - k.killed_at < 1.0, "death logged %.3f s after the kill",
+                  k.logged_at - k.killed_at);
+    for (int i = 0; i < RB; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ck_assert_str_eq(outs[i].request_id, ids[i]);
+        ck_assert_msg(memcmp(outs[i].images[0].pixels, ref[i].images[0].pixels, 28 * 28) == 0,
+                      "request %d: other pixels than the undisturbed run", i);
+    }
+    dexec_outputs_free(outs, RB);
+    /* the restarted rank 1 (a new pid) serves the next step */
+    for (int t = 0; t < 600 && dexec_engine_check_health(e) != DEXEC_OK; t++)
+        usleep(100000);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    pid1b = worker_pid(e, 1);
+    ck_assert_int_ne(pid1b, pid1);
+    ck_assert_msg(log_has("rank 1 restarted in "), "the restart was not logged");
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, NULL, NULL), DEXEC_OK);
+    for (int i = 0; i < RB; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ck_assert_int_eq(outs[i].rank, i % 2);
+        ck_assert(memcmp(outs[i].images[0].pixels, ref[i].images[0].pixels, 28 * 28) == 0);
+    }
+    dexec_outputs_free(outs, RB);
+    dexec_outputs_free(ref, RB);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+    end_capture();
+}
+END_TEST
+
+START_TEST(test_kill9_no_recovery_fails_fast)
+{
+    static const char *const kv[] = {"max_restarts", "0", "max_task_retries", "0", NULL};
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16], line[160], want[160];
+    dexec_output *outs = NULL;
+    killer k = {.on_req = 1, .sig = SIGKILL};
+    pid_t pid1;
+    double done_at;
+
+    capture_log();
+    e = open_engine_kv(2, kv);
+    recovery_requests(reqs, ids);
+    pid1 = worker_pid(e, 1);
+    k.victim = pid1;
+    snprintf(line, sizeof(line),
+             "rank 1 (pid %d): worker died: killed by signal 9 (Killed); not restarted (max_restarts = 0)",
+             (int)pid1);
+    k.death_line = line;
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_OK);
+    done_at = dexec_now();
+    if (k.logged_at == 0)
+        show_log();
+    ck_assert_msg(k.logged_at > 0 && k.logged_at < done_at && k.logged_at - k.killed_at < 1.0,
+                  "lost requests not settled within 1 s while the step ran (%.3f s)",
+                  k.logged_at - k.killed_at);
+    snprintf(want, sizeof(want),
+             "generate: rank 1 (pid %d): worker died: killed by signal 9 (Killed)",
+             (int)pid1);
+    for (int i = 0; i < RB; i++) {
+        if (i % 2 == 0) {
+            ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        } else {
+            ck_assert_int_eq(outs[i].status, DEXEC_EWORKER);
+            ck_assert_str_eq(outs[i].error, want);
+        }
+    }
+    dexec_outputs_free(outs, RB);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+    end_capture();
+}
+END_TEST
+
+START_TEST(test_poison_request_fails_after_retries)
+{
+    static const char *const kv[] = {"max_restarts", "3", "max_task_retries", "1", NULL};
+    dexec_engine *e;
+    dexec_request reqs[2];
+    char ids[2][16];
+    dexec_output *outs = NULL;
+
+    setenv("DEXEC_WORKER_TEST_HOOKS", "1", 1);
+    capture_log();
+    e = open_engine_kv(2, kv);
+    make_requests(reqs, 2, ids);
+    reqs[0].prompt = "dexec-test: crash the worker";
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 2, &outs, NULL, NULL), DEXEC_OK);
+    ck_assert_int_eq(outs[0].status, DEXEC_EWORKER);
+    ck_assert_msg(strstr(outs[0].error, "generate: request 0 was lost with its worker 2 times "
+                                        "(max_task_retries = 1): it may be what kills them; "
+                                        "last: rank ") == outs[0].error,
+                  "error: %s", outs[0].error);
+    ck_assert_msg(outs[1].status == DEXEC_OK, "request 1: %s", outs[1].error);
+    dexec_outputs_free(outs, 2);
+    /* the engine stays healthy: both ranks come back and serve */
+    for (int t = 0; t < 600 && dexec_engine_check_health(e) != DEXEC_OK; t++)
+        usleep(100000);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    reqs[0].prompt = "coat";
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 2, &outs, NULL, NULL), DEXEC_OK);
+    ck_assert(outs[0].status == DEXEC_OK && outs[1].status == DEXEC_OK);
+    dexec_outputs_free(outs, 2);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+    end_capture();
+    unsetenv("DEXEC_WORKER_TEST_HOOKS");
+}
+END_TEST
+
+START_TEST(test_sigstop_declared_hung)
+{
+    static const char *const kv[] = {"max_restarts", "1", "max_task_retries", "1",
+                                     "timeouts.stall", "1.0", NULL};
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16], line[160];
+    dexec_output *outs = NULL;
+    killer k = {.on_req = 1, .sig = SIGSTOP};
+    pid_t pid1;
+
+    capture_log();
+    e = open_engine_kv(2, kv);
+    recovery_requests(reqs, ids);
+    for (int i = 0; i < RB; i++)
+        reqs[i].num_inference_steps = 40; /* rank 0 still runs when rank 1 is found hung */
+    pid1 = worker_pid(e, 1);
+    k.victim = pid1;
+    snprintf(line, sizeof(line), "rank 1 (pid %d): hung: nothing heard for ", (int)pid1);
+    k.death_line = line;
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_OK);
+    ck_assert_msg(k.logged_at > 0, "rank 1 was not declared hung while the step ran");
+    /* stall deadline 1 s; generous for a loaded machine, far below timeouts.generate */
+    ck_assert_msg(k.logged_at - k.killed_at < 10.0, "declared hung %.3f s after SIGSTOP",
+                  k.logged_at - k.killed_at);
+    for (int i = 0; i < RB; i++)
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+    dexec_outputs_free(outs, RB);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+    end_capture();
 }
 END_TEST
 
@@ -1410,6 +1680,10 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_external_worker_death_fails_calls);
     tcase_add_test(tc, test_rpc_deadline_names_method_and_rank);
     tcase_add_test(tc, test_worker_killed_mid_generate);
+    tcase_add_test(tc, test_kill9_restarts_and_redeals);
+    tcase_add_test(tc, test_kill9_no_recovery_fails_fast);
+    tcase_add_test(tc, test_poison_request_fails_after_retries);
+    tcase_add_test(tc, test_sigstop_declared_hung);
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);

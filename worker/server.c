@@ -518,6 +518,24 @@ static dexec_value *output_to_value(const dexec_output *o, int rank, const char 
     return m;
 }
 
+/* Test-only: with DEXEC_WORKER_TEST_HOOKS=1 in the worker's environment, a
+ * request whose prompt is TEST_CRASH_PROMPT kills the worker (SIGKILL) the
+ * moment it starts: the "poison request" of the recovery tests. Without
+ * the variable the prompt is an ordinary prompt. */
+#define TEST_CRASH_PROMPT "dexec-test: crash the worker"
+
+static int test_hooks(void)
+{
+    static int on = -1;
+
+    if (on < 0) {
+        const char *v = getenv("DEXEC_WORKER_TEST_HOOKS");
+
+        on = v != NULL && strcmp(v, "1") == 0;
+    }
+    return on;
+}
+
 static void run_generate(wrank *r, job *j, double queued_at)
 {
     call *k = j->call;
@@ -539,6 +557,11 @@ static void run_generate(wrank *r, job *j, double queued_at)
         } else if (is_cancelled(r->s, req.request_id)) {
             snprintf(err, sizeof(err), "cancelled before it started");
             st = DEXEC_ECANCELED;
+        } else if (test_hooks() && req.prompt != NULL &&
+                   strcmp(req.prompt, TEST_CRASH_PROMPT) == 0) {
+            raise(SIGKILL);
+            st = DEXEC_EWORKER;
+            snprintf(err, sizeof(err), "test hook: still alive after SIGKILL");
         } else {
             pc.request_id = req.request_id;
             pthread_mutex_lock(&r->qlock);

@@ -25,6 +25,59 @@ void dexec_group_set(dexec_group *g, int rank, dexec_conn *c);
 dexec_conn *dexec_group_conn(dexec_group *g, int rank);
 int dexec_group_size(const dexec_group *g);
 
+/* ---- recovery ------------------------------------------------------------
+ *
+ * How a group lives through a rank that dies or hangs, after Ray's actor
+ * options (doc/configuration.md "Recovery"):
+ *  - a death (EOF of the rank's connection) is logged once, at once, at
+ *    warn level, with the connection's reason (rank, pid, exit status or
+ *    signal);
+ *  - max_restarts: how many times each rank is started again over the
+ *    group's life (Ray's max_restarts, per rank). The restart runs on a
+ *    thread of the group's own, so the other ranks go on; while it runs
+ *    dexec_group_check_health reports the rank as restarting; its time is
+ *    logged. 0 (or no restart function): a dead rank stays dead;
+ *  - max_task_retries: how many times a request lost with its worker is
+ *    dealt again to a live rank (Ray's max_task_retries). Every request a
+ *    dead worker held counts one try, whichever of them killed it; a
+ *    request lost more often fails with a message saying so (a poison
+ *    request) and the step's other requests are kept;
+ *  - stall_s: a rank holding requests that has sent nothing (no progress
+ *    notification, no reply) for this long is declared hung, its worker is
+ *    ended by kill (or its connection shut when kill is NULL), and it is
+ *    handled as a death. 0: never.
+ * collective_rpc is not retried: a call that fails on a dead rank fails
+ * (the rank is still restarted). */
+typedef struct dexec_group_recovery {
+    uint32_t struct_size; /* sizeof(dexec_group_recovery) */
+    int max_restarts;     /* >= 0 */
+    int max_task_retries; /* >= 0 */
+    double stall_s;       /* >= 0, seconds */
+    const char *component; /* for log lines ("mp"); copied */
+    /* Starts rank again with the same rank, limits and model and returns
+     * its new, ready connection in *out (the group owns it). Called on a
+     * thread of the group's, never two at once for one rank; it must not
+     * call back into the group. NULL: ranks are never restarted. */
+    dexec_status (*restart)(void *user, int rank, dexec_conn **out, char *err, size_t errlen);
+    /* Ends a hung rank's worker (SIGKILL an owned one); called on the thread
+     * that waits on the step. NULL: the group shuts the connection down. */
+    void (*kill)(void *user, int rank);
+    void *user;
+    void *reserved[4];
+} dexec_group_recovery;
+
+/* Reads max_restarts, max_task_retries and timeouts.stall from cfg into r
+ * (struct_size set, functions NULL). */
+void dexec_group_recovery_from_config(const dexec_config *cfg, dexec_group_recovery *r);
+
+/* Sets how g recovers; the default is no restarts, no retries, no stall
+ * deadline. Call before the group is used. */
+void dexec_group_set_recovery(dexec_group *g, const dexec_group_recovery *r);
+
+/* Waits for restarts in progress and starts no more: call before stopping
+ * the workers. Safe to call twice. */
+void dexec_group_stop_recovery(dexec_group *g);
+
 /* collective_rpc through each rank's execute_rpc. Semantics as
  * dexec_engine_collective_rpc(). */
 dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, double timeout,
@@ -35,7 +88,9 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
 /* Deals requests across ranks (request i to rank i mod n), runs them with
  * "generate" and fills outs in request order (each output initialised
  * here; the caller clears them). A rank that fails marks only its own
- * requests failed. Returns DEXEC_OK unless every rank failed, and
+ * requests failed; a rank that dies or hangs has its requests dealt again
+ * as the recovery settings say. Returns DEXEC_OK unless every request
+ * failed, and
  * DEXEC_EINVAL naming the request when a request's struct_size is not one
  * this dexec reads. */
 dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,

@@ -12,6 +12,15 @@
  *  - shutdown: shutdown RPC, grace, SIGTERM, grace, SIGKILL, reap, the
  *    grace being timeouts.shutdown_grace (dexec_process_stop_all).
  *
+ * Recovery (<dexec/group.h>, doc/configuration.md "Recovery"): a dead
+ * rank is started again (max_restarts) by mp_restart on the group's
+ * restart thread, with the same rank, model and device; the requests it
+ * held are dealt again (max_task_retries); a hung rank (timeouts.stall)
+ * is killed with SIGKILL by mp_kill and then handled as a death. The
+ * processes replaced are kept, reaped, until the executor is freed: the
+ * dead connection's death callback still points at them. With
+ * mp.launcher = "srun" ranks are not restarted (the step is one unit).
+ *
  * Spawning, confining and stopping are libdexec's process services
  * (<dexec/process.h>), shared with ray_actor and the node agent.
  *
@@ -25,6 +34,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +54,11 @@ struct dexec_executor {
     dexec_group *group;
     double grace;
     dexec_srun *srun; /* mp.launcher = "srun": the step hosting every rank */
+    const char *model, *device; /* the configuration's strings */
+    double init_t;
+    pthread_mutex_t plock;     /* proc[] and old[] against mp_kill */
+    dexec_process **old;       /* replaced by restarts; freed in destroy */
+    size_t nold;
 };
 
 static double left_s(double deadline)
@@ -103,7 +118,14 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
         return DEXEC_ENOMEM;
     }
     args.env = (const char *const *)env;
-    st = dexec_process_spawn(&args, &ex->proc[rank], err, errlen);
+    {
+        dexec_process *p = NULL;
+
+        st = dexec_process_spawn(&args, &p, err, errlen);
+        pthread_mutex_lock(&ex->plock);
+        ex->proc[rank] = p;
+        pthread_mutex_unlock(&ex->plock);
+    }
     dexec_env_free(env);
     close(sv[1]);
     if (st != DEXEC_OK) {
@@ -118,6 +140,7 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
  * SIGTERM, grace, SIGKILL, reap; the grace is timeouts.shutdown_grace. */
 static void stop_workers(struct dexec_executor *ex)
 {
+    dexec_group_stop_recovery(ex->group);
     if (ex->srun != NULL) {
         char msg[256];
         uint32_t id;
@@ -146,7 +169,11 @@ static void destroy(struct dexec_executor *ex)
     dexec_group_free(ex->group);
     for (int r = 0; ex->proc != NULL && r < ex->n; r++)
         dexec_process_free(ex->proc[r]);
+    for (size_t i = 0; i < ex->nold; i++)
+        dexec_process_free(ex->old[i]);
+    free(ex->old);
     free(ex->proc);
+    pthread_mutex_destroy(&ex->plock);
     dexec_srun_free(ex->srun);
     free(ex);
 }
@@ -227,6 +254,101 @@ static dexec_status start_srun(struct dexec_executor *ex, const char *model, con
     return st;
 }
 
+/* Hello and initialize on rank's new connection, until deadline. */
+static dexec_status init_rank(dexec_conn *c, int r, double deadline, double init_t, char *err,
+                              size_t errlen)
+{
+    dexec_value *res = NULL;
+    char msg[1024];
+    uint32_t id;
+    dexec_status st;
+
+    st = dexec_conn_hello(c, NULL, left_s(deadline), NULL, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s", msg);
+        return st;
+    }
+    st = dexec_conn_send(c, "initialize", NULL, NULL, NULL, &id, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    st = dexec_conn_wait(c, id, deadline, &res, msg, sizeof(msg));
+    if (st == DEXEC_ETIMEDOUT) {
+        dexec_errorf(err, errlen, "rank %d did not initialize within %.3g s (timeouts.init)", r,
+                     init_t);
+    } else if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "rank %d failed to initialize: %s", r, without_rank(msg, r));
+        st = DEXEC_EINIT;
+    } else if (strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready")) {
+        dexec_errorf(err, errlen, "rank %d failed to initialize: %s", r,
+                     without_rank(dexec_value_as_str(dexec_value_map_get(res, "error"),
+                                                     "no reason given"),
+                                  r));
+        st = DEXEC_EINIT;
+    }
+    dexec_value_free(res);
+    return st;
+}
+
+/* The group's restart of a dead rank (its own thread): the old process is
+ * reaped (SIGKILL first if it still runs: it closed its connection or was
+ * declared hung), a new one is spawned with the same rank, model, device
+ * and GPU, and initialized within timeouts.init. */
+static dexec_status mp_restart(void *user, int rank, dexec_conn **out, char *err, size_t errlen)
+{
+    struct dexec_executor *ex = user;
+    double deadline = dexec_now() + ex->init_t;
+    dexec_process *old;
+    dexec_process **grown;
+    dexec_conn *c;
+    dexec_status st;
+    char label[64];
+    int fd;
+
+    pthread_mutex_lock(&ex->plock);
+    old = ex->proc[rank];
+    grown = realloc(ex->old, (ex->nold + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        pthread_mutex_unlock(&ex->plock);
+        return DEXEC_ENOMEM;
+    }
+    ex->old = grown;
+    ex->old[ex->nold++] = old;
+    ex->proc[rank] = NULL;
+    pthread_mutex_unlock(&ex->plock);
+    if (old != NULL && !dexec_process_reap(old, 0)) {
+        dexec_process_signal(old, SIGKILL);
+        dexec_process_reap(old, 5.0);
+    }
+    st = spawn_worker(ex, rank, ex->model, ex->device, &fd, err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    snprintf(label, sizeof(label), "rank %d (pid %d)", rank, dexec_process_pid(ex->proc[rank]));
+    if (dexec_conn_from_fd(fd, label, &c) != DEXEC_OK) {
+        close(fd);
+        return DEXEC_ENOMEM;
+    }
+    dexec_conn_on_death(c, on_death, ex->proc[rank]);
+    st = init_rank(c, rank, deadline, ex->init_t, err, errlen);
+    if (st != DEXEC_OK) {
+        dexec_process_stop(ex->proc[rank], c, 0);
+        dexec_conn_free(c);
+        return st;
+    }
+    *out = c;
+    return DEXEC_OK;
+}
+
+/* The group declared rank hung: SIGKILL; EOF follows and it is a death. */
+static void mp_kill(void *user, int rank)
+{
+    struct dexec_executor *ex = user;
+
+    pthread_mutex_lock(&ex->plock);
+    if (ex->proc[rank] != NULL)
+        dexec_process_signal(ex->proc[rank], SIGKILL);
+    pthread_mutex_unlock(&ex->plock);
+}
+
 static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char *err,
                               size_t errlen)
 {
@@ -257,6 +379,10 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
     ex->host = host;
     ex->n = (int)n;
     ex->grace = grace;
+    ex->model = model;
+    ex->device = device;
+    ex->init_t = init_t;
+    pthread_mutex_init(&ex->plock, NULL);
     ex->proc = calloc((size_t)n, sizeof(*ex->proc));
     ex->group = dexec_group_new((int)n);
     ids = calloc((size_t)n, sizeof(*ids));
@@ -320,6 +446,16 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         stop_workers(ex);
         destroy(ex);
         return st;
+    }
+    {
+        dexec_group_recovery rec;
+
+        dexec_group_recovery_from_config(host->config, &rec);
+        rec.component = "mp";
+        rec.restart = ex->srun == NULL ? mp_restart : NULL;
+        rec.kill = ex->srun == NULL ? mp_kill : NULL;
+        rec.user = ex;
+        dexec_group_set_recovery(ex->group, &rec);
     }
     host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
               ex->srun != NULL ? " in Slurm step " : "",
