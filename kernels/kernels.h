@@ -54,4 +54,17 @@ dexec_value *dxk_model_info(const dxk_model *m);
 /* "cpu" or "cuda" */
 const char *dxk_model_device(const dxk_model *m);
 
+/* 1 when method is one of the tensor methods of a published latent model
+ * (latent_forward, latent_guided, latent_sample, vae_decode). */
+int dxk_tensor_method_known(const char *method);
+
+/* Runs a tensor method (doc/protocol.md "Tensor methods"): args[0] a MAP
+ * of options, then the input tensors as BIN values of little-endian
+ * float32 in the documented shapes. *out is a MAP {shape: [dims], data:
+ * BIN float32}, the caller's. Reads no file. Errors: DEXEC_ENOTSUP (the
+ * model is not a latent one), DEXEC_EINVAL (an option or a tensor's size:
+ * the message names it and the expected shape), the backend's. */
+dexec_status dxk_tensor_method(dxk_model *m, const char *method, const dexec_value *args,
+                               dexec_value **out, char *err, size_t errlen);
+
 #endif

@@ -39,6 +39,11 @@ struct dxk_model {
     dxk_pipeline *pipe; /* a published latent model: then st, dit, vocab are NULL */
 };
 
+dxk_pipeline *dxk_model_pipeline(dxk_model *m)
+{
+    return m->pipe;
+}
+
 static int dx_ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);

@@ -31,6 +31,11 @@ typedef struct dxk_pipeline {
     int image_size; /* pixels: sample_size x the VAE's scale */
 } dxk_pipeline;
 
+/* The pipeline of a model opened from a pipeline directory; NULL for a
+ * single-file (bundled-format) model. Owned by the model. */
+struct dxk_model;
+dxk_pipeline *dxk_model_pipeline(struct dxk_model *m);
+
 /* 1 when path is a directory holding model_index.json. */
 int dxk_pipeline_is_dir(const char *path);
 

@@ -208,8 +208,9 @@ static dexec_value *rank_info(wrank *r)
     return m;
 }
 
-static const char known_methods[] = "get_rank, get_info, get_stats, get_logs, cancel, "
-                                   "load_model, check_health, echo, debug_sleep";
+static const char known_methods[] =
+    "get_rank, get_info, get_stats, get_logs, cancel, load_model, check_health, echo, "
+    "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode";
 
 /* Methods cheap enough to answer on the I/O thread. */
 static int is_inline_method(const char *m)
@@ -268,7 +269,7 @@ static dexec_status cancel_request(wrank *r, const dexec_value *args, dexec_valu
 static int is_known_method(const char *m)
 {
     return is_inline_method(m) || strcmp(m, "load_model") == 0 ||
-           strcmp(m, "debug_sleep") == 0;
+           strcmp(m, "debug_sleep") == 0 || dxk_tensor_method_known(m);
 }
 
 static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_value *kwargs,
@@ -352,6 +353,14 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
             return DEXEC_EINVAL;
         }
         *out = dexec_log_recent((size_t)n);
+    } else if (dxk_tensor_method_known(method)) {
+        /* on the compute thread, which owns the model: no lock needed
+         * against load_model, which runs there too */
+        if (r->model == NULL) {
+            snprintf(err, errlen, "%s: no model is loaded (%s)", method, r->model_err);
+            return DEXEC_ENOTFOUND;
+        }
+        return dxk_tensor_method(r->model, method, args, out, err, errlen);
     } else if (strcmp(method, "debug_sleep") == 0) {
         const dexec_value *a = dexec_value_array_get(args, 0);
         double s = dexec_value_as_float(a, -1);

@@ -2,7 +2,7 @@
  * ops_cuda.cu - the device plugin "cuda" (dexec_cuda.so, <dexec/device.h>):
  * its descriptor, finding a device, the device object, device buffers,
  * sticky error reporting, and the linear layers. The other ops live in
- * attention.cu, layernorm.cu, elementwise.cu and embed.cu.
+ * attention.cu, layernorm.cu, elementwise.cu, embed.cu and conv.cu.
  *
  * Linear layers are cuBLAS SGEMM in plain FP32 math: TF32 tensor cores
  * would be several times faster but move results by ~1e-3, and a request
@@ -479,6 +479,10 @@ static dexec_status cu_open(int gpu, dxk_backend **out, char *err, size_t errlen
     be->cfg_combine = dxc_cfg_combine;
     be->sync = cu_sync;
     be->destroy = cu_destroy;
+    be->conv2d = dxc_conv2d;
+    be->group_norm = dxc_group_norm;
+    be->upsample_nearest2x = dxc_upsample_nearest2x;
+    be->ln_modulate_eps = dxc_ln_modulate_eps;
     *out = be;
     return DEXEC_OK;
 }

@@ -13,8 +13,9 @@
  * inside a kernel surface at the next sync.
  *
  * ops_cuda.cu holds the descriptor, the device object, buffers, errors and
- * the linear layers; attention.cu, layernorm.cu, elementwise.cu and
- * embed.cu the other ops. local.am builds them into dexec_cuda.so when
+ * the linear layers; attention.cu, layernorm.cu (LayerNorm, GroupNorm),
+ * elementwise.cu, embed.cu and conv.cu (convolution, upsampling) the
+ * other ops. local.am builds them into dexec_cuda.so when
  * configure found nvcc; without it there is no module, and device = cuda
  * fails naming the directories searched. tests/test-cuda.c compares every
  * op with the CPU backend through the module, and tests/gpu/run.sh checks
@@ -63,6 +64,9 @@ typedef struct dxc {
      * in double at every step would cost more than the addition */
     float *pos;
     int pos_h, pos_w, pos_d;
+    /* conv2d's im2col panel (conv.cu), kept between calls */
+    float *col;
+    size_t col_n; /* floats */
 } dxc;
 
 static inline dxc *dxc_of(dxk_backend *be)
@@ -146,6 +150,16 @@ size_t dxc_attention_scratch(dxk_backend *be, int B, int T, int H);
 /* layernorm.cu */
 void dxc_ln_modulate(dxk_backend *be, float *y, const float *x, const float *shift,
                      const float *scale, int mod_stride, int B, int T, int D);
+void dxc_ln_modulate_eps(dxk_backend *be, float *y, const float *x, const float *shift,
+                         const float *scale, int mod_stride, int B, int T, int D, float eps);
+void dxc_group_norm(dxk_backend *be, float *y, const float *x, const float *gamma,
+                    const float *beta, int B, int C, int HW, int G, float eps, int silu);
+
+/* conv.cu */
+void dxc_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b, int B,
+                int Cin, int H, int W, int Cout, int k);
+void dxc_upsample_nearest2x(dxk_backend *be, float *y, const float *x, int B, int C, int H,
+                            int W);
 
 /* elementwise.cu */
 void dxc_gelu_tanh(dxk_backend *be, float *x, size_t n);

@@ -9,11 +9,14 @@
  *
  * 1. Every op of the CUDA backend against a naive reference written here
  *    (plain C loops, double accumulation; independent of the CPU backend),
- *    relative error <= 1e-4 of the tensor's scale, NaN never passes.
+ *    relative error <= 1e-4 of the tensor's scale, NaN never passes; the
+ *    latent models' ops (conv2d, group_norm, upsample_nearest2x,
+ *    ln_modulate_eps) too.
  * 2. One denoising step of a DiT-S-sized model with random weights (width
  *    384, depth 12, 6 heads, 256 tokens, batch 2 for classifier-free
  *    guidance) on both, compared the same way.
- * 3. Timings on the GPU: that step, each op at its DiT-S shape, and cuBLAS
+ * 3. Timings on the GPU: that step, each op at its DiT-S shape, the
+ *    autoencoder's widest 3x3 convolution and GroupNorm, and cuBLAS
  *    SGEMM (FP32, through the backend's linear op) at the step's shapes
  *    and at 4096^3, so the step can be read against what SGEMM reaches.
  *
@@ -330,6 +333,101 @@ static void ref_cfg_combine(dxk_backend *be, float *out, const float *vc, const 
         out[i] = (float)((double)vu[i] + (double)g * ((double)vc[i] - vu[i]));
 }
 
+/* ln_modulate with its eps given */
+static void ref_ln_modulate_eps(dxk_backend *be, float *y, const float *x, const float *shift,
+                                const float *scale, int mod_stride, int B, int T, int D,
+                                float eps)
+{
+    int b, t, d;
+
+    (void)be;
+    for (b = 0; b < B; b++)
+        for (t = 0; t < T; t++) {
+            const float *xr = x + ((size_t)b * T + t) * D;
+            float *yr = y + ((size_t)b * T + t) * D;
+            const float *sh = shift + (size_t)b * mod_stride, *sc = scale + (size_t)b * mod_stride;
+            double mean = 0, var = 0, rs;
+
+            for (d = 0; d < D; d++)
+                mean += xr[d];
+            mean /= D;
+            for (d = 0; d < D; d++)
+                var += (xr[d] - mean) * (xr[d] - mean);
+            rs = 1.0 / sqrt(var / D + (double)eps);
+            for (d = 0; d < D; d++)
+                yr[d] = (float)((xr[d] - mean) * rs * (1.0 + sc[d]) + sh[d]);
+        }
+}
+
+/* The convolution by its definition: one output at a time, in double. */
+static void ref_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int B, int Cin, int H, int W, int Cout, int k)
+{
+    const int pad = (k - 1) / 2;
+    int n, co, oy, ox, ci, ky, kx;
+
+    (void)be;
+    for (n = 0; n < B; n++)
+        for (co = 0; co < Cout; co++)
+            for (oy = 0; oy < H; oy++)
+                for (ox = 0; ox < W; ox++) {
+                    double a = b != NULL ? b[co] : 0.0;
+
+                    for (ci = 0; ci < Cin; ci++)
+                        for (ky = 0; ky < k; ky++)
+                            for (kx = 0; kx < k; kx++) {
+                                int iy = oy + ky - pad, ix = ox + kx - pad;
+
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                    continue;
+                                a += (double)x[(((size_t)n * Cin + ci) * H + iy) * W + ix] *
+                                     w[(((size_t)co * Cin + ci) * k + ky) * k + kx];
+                            }
+                    y[(((size_t)n * Cout + co) * H + oy) * W + ox] = (float)a;
+                }
+}
+
+static void ref_group_norm(dxk_backend *be, float *y, const float *x, const float *gamma,
+                           const float *beta, int B, int C, int HW, int G, float eps, int silu)
+{
+    const int cpg = C / G;
+    int b, g;
+
+    (void)be;
+    for (b = 0; b < B; b++)
+        for (g = 0; g < G; g++) {
+            const size_t off = ((size_t)b * C + (size_t)g * cpg) * HW, n = (size_t)cpg * HW;
+            double mean = 0, var = 0, rs;
+            size_t i;
+
+            for (i = 0; i < n; i++)
+                mean += x[off + i];
+            mean /= (double)n;
+            for (i = 0; i < n; i++)
+                var += (x[off + i] - mean) * (x[off + i] - mean);
+            rs = 1.0 / sqrt(var / (double)n + (double)eps);
+            for (i = 0; i < n; i++) {
+                const int cc = g * cpg + (int)(i / (size_t)HW);
+                double v = (x[off + i] - mean) * rs * gamma[cc] + beta[cc];
+
+                y[off + i] = (float)(silu ? v / (1.0 + exp(-v)) : v);
+            }
+        }
+}
+
+static void ref_upsample_nearest2x(dxk_backend *be, float *y, const float *x, int B, int C, int H,
+                                   int W)
+{
+    size_t p;
+    int oy, ox;
+
+    (void)be;
+    for (p = 0; p < (size_t)B * C; p++)
+        for (oy = 0; oy < 2 * H; oy++)
+            for (ox = 0; ox < 2 * W; ox++)
+                y[(p * 2 * H + oy) * 2 * W + ox] = x[(p * H + oy / 2) * W + ox / 2];
+}
+
 static dexec_status ref_sync(dxk_backend *be, char *err, size_t errlen)
 {
     (void)be;
@@ -373,6 +471,10 @@ static dxk_backend *ref_backend(void)
     be->cfg_combine = ref_cfg_combine;
     be->sync = ref_sync;
     be->destroy = ref_destroy;
+    be->conv2d = ref_conv2d;
+    be->group_norm = ref_group_norm;
+    be->upsample_nearest2x = ref_upsample_nearest2x;
+    be->ln_modulate_eps = ref_ln_modulate_eps;
     return be;
 }
 
@@ -619,6 +721,75 @@ static void check_ops(void)
         snprintf(shape, sizeof shape, "B=%d %dx%d D=%d", B, h, w, D);
         check("pos_embed_add", shape, &tok);
         twin_free(&tok);
+    }
+
+    /* the latent models' ops. The last conv2d shape (Cin 64, 3x3, 40x40)
+     * is one band of the im2col panel; the one with H = 1 has no rows
+     * above or below, W = 1 no columns beside. */
+    {
+        static const int conv[][6] = {{1, 1, 1, 1, 1, 1}, {2, 3, 5, 7, 4, 3},  {1, 4, 1, 9, 2, 3},
+                                      {2, 5, 6, 1, 3, 3}, {2, 8, 9, 11, 16, 1}, {1, 64, 40, 40, 32, 3}};
+        static const int gn[][4] = {{1, 4, 1, 2}, {2, 64, 49, 32}, {1, 128, 4096, 32}};
+
+        for (s = 0; s < sizeof conv / sizeof conv[0]; s++)
+            for (wb = 0; wb < 2; wb++) {
+                const int B = conv[s][0], Ci = conv[s][1], H = conv[s][2], W = conv[s][3];
+                const int Co = conv[s][4], k = conv[s][5];
+                twin x = twin_new((size_t)B * Ci * H * W, -1, 1);
+                twin w = twin_new((size_t)Co * Ci * k * k, -0.2, 0.2), b = twin_new(Co, -1, 1);
+                twin y = twin_new((size_t)B * Co * H * W, -1, 1);
+
+                ref->conv2d(ref, y.r, x.r, w.r, wb ? b.r : NULL, B, Ci, H, W, Co, k);
+                gpu->conv2d(gpu, y.g, x.g, w.g, wb ? b.g : NULL, B, Ci, H, W, Co, k);
+                snprintf(shape, sizeof shape, "B=%d %d->%d %dx%d k=%d%s", B, Ci, Co, H, W, k,
+                         wb ? " +bias" : "");
+                check("conv2d", shape, &y);
+                twin_free(&x);
+                twin_free(&w);
+                twin_free(&b);
+                twin_free(&y);
+            }
+        for (s = 0; s < sizeof gn / sizeof gn[0]; s++)
+            for (wb = 0; wb < 2; wb++) {
+                const int B = gn[s][0], C = gn[s][1], HW = gn[s][2], G = gn[s][3];
+                /* a large mean against the spread, as for ln_modulate */
+                twin x = twin_new((size_t)B * C * HW, 40, 60), y = twin_new((size_t)B * C * HW, 0, 1);
+                twin gam = twin_new(C, 0.5, 1.5), bet = twin_new(C, -1, 1);
+
+                ref->group_norm(ref, y.r, x.r, gam.r, bet.r, B, C, HW, G, 1e-6f, wb);
+                gpu->group_norm(gpu, y.g, x.g, gam.g, bet.g, B, C, HW, G, 1e-6f, wb);
+                snprintf(shape, sizeof shape, "B=%d C=%d HW=%d G=%d%s", B, C, HW, G,
+                         wb ? " +silu" : "");
+                check("group_norm", shape, &y);
+                ref->group_norm(ref, x.r, x.r, gam.r, bet.r, B, C, HW, G, 1e-5f, wb);
+                gpu->group_norm(gpu, x.g, x.g, gam.g, bet.g, B, C, HW, G, 1e-5f, wb);
+                check("group_norm", "(in place, eps 1e-5)", &x);
+                twin_free(&x);
+                twin_free(&y);
+                twin_free(&gam);
+                twin_free(&bet);
+            }
+        {
+            twin x = twin_new((size_t)2 * 3 * 5 * 7, -1, 1), y = twin_new((size_t)2 * 3 * 10 * 14, 0, 1);
+
+            ref->upsample_nearest2x(ref, y.r, x.r, 2, 3, 5, 7);
+            gpu->upsample_nearest2x(gpu, y.g, x.g, 2, 3, 5, 7);
+            check("upsample_near2x", "B=2 C=3 5x7", &y);
+            twin_free(&x);
+            twin_free(&y);
+        }
+        {
+            const int B = 2, T = 64, D = 96;
+            twin x = twin_new((size_t)B * T * D, 90, 110), m = twin_new((size_t)B * 6 * D, -1, 1);
+            twin y = twin_new((size_t)B * T * D, 0, 1);
+
+            ref->ln_modulate_eps(ref, y.r, x.r, m.r, m.r + D, 6 * D, B, T, D, 1e-5f);
+            gpu->ln_modulate_eps(gpu, y.g, x.g, m.g, m.g + D, 6 * D, B, T, D, 1e-5f);
+            check("ln_modulate_eps", "B=2 T=64 D=96 eps=1e-5", &y);
+            twin_free(&x);
+            twin_free(&m);
+            twin_free(&y);
+        }
     }
 }
 
@@ -997,6 +1168,74 @@ static void run_step(void *p)
     dit_step(p);
 }
 
+typedef struct vae_args {
+    float *x, *y, *w, *b, *gam, *bet;
+    int which;
+} vae_args;
+
+/* The autoencoder's widest layers at 256 px: a 3x3 convolution of 512
+ * channels at 32x32 (the mid block) and of 128 channels at 256x256 (the
+ * last up block), and GroupNorm+SiLU over 128 x 256^2. */
+static void run_vae_op(void *p)
+{
+    vae_args *a = p;
+
+    if (a->which == 0)
+        gpu->conv2d(gpu, a->y, a->x, a->w, a->b, 1, 512, 32, 32, 512, 3);
+    else if (a->which == 1)
+        gpu->conv2d(gpu, a->y, a->x, a->w, a->b, 1, 128, 256, 256, 128, 3);
+    else
+        gpu->group_norm(gpu, a->y, a->x, a->gam, a->bet, 1, 128, 256 * 256, 32, 1e-6f, 1);
+}
+
+static void vae_timings(int iters, double peak_sgemm)
+{
+    static const char *names[] = {"conv2d 512->512 3x3 at 32x32", "conv2d 128->128 3x3 at 256^2",
+                                  "group_norm+silu 128 x 256^2"};
+    const double flops[] = {2.0 * 512 * 512 * 9 * 32 * 32, 2.0 * 128 * 128 * 9 * 256 * 256, 0};
+    const size_t n = (size_t)128 * 256 * 256;
+    vae_args a;
+    double s;
+    int i;
+
+    a.x = gpu->alloc(gpu, n);
+    a.y = gpu->alloc(gpu, n);
+    a.w = gpu->alloc(gpu, (size_t)512 * 512 * 9);
+    a.b = gpu->alloc(gpu, 512);
+    a.gam = gpu->alloc(gpu, 128);
+    a.bet = gpu->alloc(gpu, 128);
+    if (a.x == NULL || a.y == NULL || a.w == NULL || a.b == NULL || a.gam == NULL ||
+        a.bet == NULL)
+        gpu_sync_or_die("allocating the autoencoder's buffers");
+    /* contents do not matter for the time, but NaN might: zeros */
+    {
+        float *z = xmalloc((size_t)512 * 512 * 9 * sizeof *z);
+
+        memset(z, 0, (size_t)512 * 512 * 9 * sizeof *z);
+        gpu->upload(gpu, a.w, z, (size_t)512 * 512 * 9);
+        gpu->upload(gpu, a.b, z, 512);
+        gpu->upload(gpu, a.gam, z, 128);
+        gpu->upload(gpu, a.bet, z, 128);
+        free(z);
+    }
+    printf("  %-40s %10s %12s\n", "autoencoder ops (256 px)", "us/call", "GFLOP/s");
+    for (i = 0; i < 3; i++) {
+        a.which = i;
+        s = time_gpu(run_vae_op, &a, iters);
+        if (flops[i] > 0)
+            printf("  %-40s %10.1f %12.0f (%.0f%% of SGEMM 4096^3)\n", names[i], s * 1e6,
+                   flops[i] / s * 1e-9, 100.0 * flops[i] / s * 1e-9 / peak_sgemm);
+        else
+            printf("  %-40s %10.1f %12s\n", names[i], s * 1e6, "-");
+    }
+    gpu->release(gpu, a.x);
+    gpu->release(gpu, a.y);
+    gpu->release(gpu, a.w);
+    gpu->release(gpu, a.b);
+    gpu->release(gpu, a.gam);
+    gpu->release(gpu, a.bet);
+}
+
 static void timings(const host_dit *h, int iters)
 {
     static const char *names[] = {"attention (B=2 T=256 H=6 D=384)", "ln_modulate (512 x 384)",
@@ -1040,6 +1279,7 @@ static void timings(const host_dit *h, int iters)
         else
             printf("  %-40s %10.1f %12s\n", names[i], s * 1e6, "-");
     }
+    vae_timings(iters, peak_sgemm);
 
     gpu->memory(gpu, &used, &peak);
     printf("\nDiT-S denoising step (B=2 for CFG, T=%d, D=%d, depth %d, %d heads):\n",
