@@ -163,6 +163,10 @@ void dexec_output_clear(dexec_output *o)
     for (size_t i = 0; i < o->num_images; i++)
         free(o->images[i].pixels);
     free(o->images);
+    if (DEXEC_HAS_FIELD(o, dexec_output, class_name))
+        free(o->class_name);
+    if (DEXEC_HAS_FIELD(o, dexec_output, negative_class_name))
+        free(o->negative_class_name);
     dexec_output_init_sized(o, size);
 }
 
