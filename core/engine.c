@@ -140,6 +140,10 @@ void dexec_image_init_sized(dexec_image *img, size_t struct_size)
     img->struct_size = (uint32_t)struct_size;
 }
 
+/* Fields added after 1.1 took reserved space: the size of 1.1 stands. */
+_Static_assert(sizeof(dexec_output) == DEXEC_OUTPUT_SIZE_1_1 + 8 * sizeof(uint64_t),
+               "dexec_output changed size within ABI major 1");
+
 void dexec_output_init_sized(dexec_output *o, size_t struct_size)
 {
     if (o == NULL)
