@@ -82,6 +82,9 @@ dexec_status dexec_output_from_value(const dexec_value *v, dexec_output *out, ch
     out->timings.encode_s = dexec_value_as_float(dexec_value_map_get(t, "encode"), 0);
     out->timings.denoise_s = dexec_value_as_float(dexec_value_map_get(t, "denoise"), 0);
     out->timings.decode_s = dexec_value_as_float(dexec_value_map_get(t, "decode"), 0);
+    out->class_name = dx_strdup(dexec_value_as_str(dexec_value_map_get(v, "class"), NULL));
+    out->negative_class_name =
+        dx_strdup(dexec_value_as_str(dexec_value_map_get(v, "negative_class"), NULL));
     e = dexec_value_map_get(v, "error");
     if (e != NULL && e->type == DEXEC_VAL_STR) {
         int64_t code = dexec_value_as_int(dexec_value_map_get(v, "code"), DEXEC_EWORKER);

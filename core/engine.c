@@ -189,6 +189,10 @@ void dexec_image_init_sized(dexec_image *img, size_t struct_size)
     img->struct_size = (uint32_t)struct_size;
 }
 
+/* Fields added after 1.1 took reserved space: the size of 1.1 stands. */
+_Static_assert(sizeof(dexec_output) == DEXEC_OUTPUT_SIZE_1_1 + 8 * sizeof(uint64_t),
+               "dexec_output changed size within ABI major 1");
+
 void dexec_output_init_sized(dexec_output *o, size_t struct_size)
 {
     if (o == NULL)
@@ -212,6 +216,10 @@ void dexec_output_clear(dexec_output *o)
     for (size_t i = 0; i < o->num_images; i++)
         free(o->images[i].pixels);
     free(o->images);
+    if (DEXEC_HAS_FIELD(o, dexec_output, class_name))
+        free(o->class_name);
+    if (DEXEC_HAS_FIELD(o, dexec_output, negative_class_name))
+        free(o->negative_class_name);
     dexec_output_init_sized(o, size);
 }
 

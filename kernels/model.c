@@ -37,6 +37,8 @@ struct dxk_model {
     dxk_dit *dit;
     dxk_vocab *vocab;
     dxk_pipeline *pipe; /* a published latent model: then st, dit, vocab are NULL */
+    int nsizes;         /* dexec.sizes: the only sizes served; 0 = any multiple of the patch */
+    int (*sizes)[2];    /* nsizes {width, height} */
 };
 
 dxk_pipeline *dxk_model_pipeline(dxk_model *m)
@@ -129,6 +131,54 @@ static dexec_status dx_open_backend(const char *device, int gpu, dxk_backend **b
     return DEXEC_EINVAL;
 }
 
+/* Reads the optional metadata key dexec.sizes: "WxH[,WxH...]", each a
+ * multiple of the patch size within the token limit (doc/model-format.md). */
+static dexec_status dx_read_sizes(dxk_model *m, const dxk_dit_config *c, char *err,
+                                  size_t errlen)
+{
+    const char *v = dxk_st_meta(m->st, "dexec.sizes"), *p;
+    int n = 1;
+
+    if (v == NULL)
+        return DEXEC_OK;
+    for (p = v; *p != '\0'; p++)
+        n += *p == ',';
+    m->sizes = calloc((size_t)n, sizeof *m->sizes);
+    if (m->sizes == NULL) {
+        dexec_errorf(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    for (p = v; m->nsizes < n; m->nsizes++) {
+        int w, h, used = 0;
+
+        if (sscanf(p, " %4dx%4d %n", &w, &h, &used) != 2 || used == 0 ||
+            (p[used] != ',' && p[used] != '\0') || w < 1 || h < 1 ||
+            w % c->patch_size != 0 || h % c->patch_size != 0 ||
+            (long)(w / c->patch_size) * (h / c->patch_size) > DX_MAX_TOKENS) {
+            dexec_errorf(err, errlen,
+                         "%s: metadata 'dexec.sizes' is '%s': expected WIDTHxHEIGHT[,...], each "
+                         "side a multiple of dexec.patch_size %d, at most %d tokens",
+                         m->path, v, c->patch_size, DX_MAX_TOKENS);
+            return DEXEC_EINVAL;
+        }
+        m->sizes[m->nsizes][0] = w;
+        m->sizes[m->nsizes][1] = h;
+        p += used + (p[used] == ',');
+    }
+    return DEXEC_OK;
+}
+
+/* "28x28, 56x56" into buf. */
+static void dx_sizes_text(const dxk_model *m, char *buf, size_t len)
+{
+    size_t o = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; i < m->nsizes && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%dx%d", i ? ", " : "", m->sizes[i][0],
+                              m->sizes[i][1]);
+}
+
 dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_model **out,
                             char *err, size_t errlen)
 {
@@ -169,6 +219,8 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
     if (s == DEXEC_OK)
         s = dxk_vocab_load(m->st, cfg.num_classes, &m->vocab, err, errlen);
     if (s == DEXEC_OK)
+        s = dx_read_sizes(m, &cfg, err, errlen);
+    if (s == DEXEC_OK)
         s = dxk_dit_load(m->st, &cfg, m->be, &m->dit, err, errlen);
     if (s != DEXEC_OK) {
         dxk_model_free(m);
@@ -189,6 +241,7 @@ void dxk_model_free(dxk_model *m)
     dxk_vocab_free(m->vocab);
     dxk_st_close(m->st);
     dxk_backend_free(m->be);
+    free(m->sizes);
     free(m->path);
     free(m);
 }
@@ -237,6 +290,22 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
                req->width, req->height, DX_MAX_SIDE, c->image_size);
         return DEXEC_EINVAL;
     }
+    if (m->nsizes > 0) {
+        char list[512];
+        int i;
+
+        for (i = 0; i < m->nsizes; i++)
+            if (m->sizes[i][0] == *W && m->sizes[i][1] == *H)
+                break;
+        if (i == m->nsizes) {
+            dx_sizes_text(m, list, sizeof list);
+            dexec_errorf(err, errlen,
+                         "image size %dx%d (width x height) is not one this model serves: %s "
+                         "(its metadata dexec.sizes)",
+                         *W, *H, list);
+            return DEXEC_EINVAL;
+        }
+    }
     if (*H % c->patch_size != 0 || *W % c->patch_size != 0) {
         dexec_errorf(err, errlen, "image size %dx%d is not a multiple of the model's patch size %d", *W,
                *H, c->patch_size);
@@ -267,6 +336,25 @@ static dexec_status dx_check_request(const dxk_model *m, const dexec_request *re
         dexec_errorf(err, errlen, "seed %lld is negative: the engine resolves random seeds first",
                (long long)req->seed);
         return DEXEC_EINVAL;
+    }
+    return DEXEC_OK;
+}
+
+/* The class names prompt and negative prompt resolved to, into out
+ * (dexec_output.class_name, negative_class_name). */
+static dexec_status dx_set_classes(const dxk_vocab *v, int y, int y_neg, int has_neg,
+                                   dexec_output *out, char *err, size_t errlen)
+{
+    const char *a = y < v->num_classes ? v->class_names[y] : "(unconditional)";
+    const char *b = y_neg < v->num_classes ? v->class_names[y_neg] : "(unconditional)";
+
+    if (!DEXEC_HAS_FIELD(out, dexec_output, negative_class_name))
+        return DEXEC_OK;
+    out->class_name = strdup(a);
+    out->negative_class_name = has_neg ? strdup(b) : NULL;
+    if (out->class_name == NULL || (has_neg && out->negative_class_name == NULL)) {
+        dexec_errorf(err, errlen, "out of memory");
+        return DEXEC_ENOMEM;
     }
     return DEXEC_OK;
 }
@@ -346,6 +434,8 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
     } else {
         y_neg = p->vocab->num_classes;
     }
+    if (s == DEXEC_OK)
+        s = dx_set_classes(p->vocab, y, y_neg, req->negative_prompt != NULL, out, err, errlen);
     if (s != DEXEC_OK)
         return s;
     out->timings.encode_s = dx_now() - t0;
@@ -474,6 +564,8 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     } else {
         y_neg = m->vocab->num_classes;
     }
+    if (s == DEXEC_OK)
+        s = dx_set_classes(m->vocab, y, y_neg, req->negative_prompt != NULL, out, err, errlen);
     if (s != DEXEC_OK)
         return s;
     out->timings.encode_s = dx_now() - t0;
@@ -627,6 +719,20 @@ dexec_value *dxk_model_info(const dxk_model *m)
         bad |= dx_set_int(v, "default_steps", c->default_steps);
         bad |= dexec_value_map_set(v, "default_guidance", dexec_value_float(c->default_guidance));
         bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(m->st->metadata));
+        if (m->nsizes > 0) {
+            dexec_value *sz = dexec_value_array();
+
+            bad |= sz == NULL;
+            for (int i = 0; i < m->nsizes && sz != NULL; i++) {
+                char one[32];
+
+                snprintf(one, sizeof one, "%dx%d", m->sizes[i][0], m->sizes[i][1]);
+                bad |= dexec_value_array_push(sz, dexec_value_str(one));
+            }
+            bad |= dexec_value_map_set(v, "sizes", sz);
+        }
+        bad |= dx_set_int(v, "size_multiple", c->patch_size);
+        bad |= dx_set_int(v, "max_tokens", DX_MAX_TOKENS);
     }
     bad |= dexec_value_map_set(v, "memory", mem);
     if (bad) {

@@ -90,10 +90,11 @@ static void forget_child(pid_t pid)
 
 static void at_exit(void)
 {
+    /* SIGTERM first (SIGKILL after 5 s): a node agent removes its private
+     * directory only when it is allowed to exit */
     for (int i = 0; i < MAX_CHILDREN; i++) {
         if (children[i] > 0) {
-            kill(children[i], SIGKILL);
-            waitpid(children[i], NULL, 0);
+            stop_pid(children[i]);
             children[i] = 0;
         }
     }
@@ -138,7 +139,13 @@ const char *test_tmpdir(void)
  * errfile; the child dies with us. */
 static pid_t spawn(char *const *argv, int out_fd, const char *errfile)
 {
-    pid_t parent = getpid(), pid = fork();
+    pid_t parent, pid;
+
+    /* the children's TMPDIR: removed with everything in it at exit (a
+     * killed node agent's private directory goes too) */
+    setenv("TMPDIR", test_tmpdir(), 1);
+    parent = getpid();
+    pid = fork();
 
     if (pid == 0) {
         int fd;

@@ -67,6 +67,14 @@ for kv in size=28x28 prompt=sneaker seed=6 steps=2 "Software=dexec "; do
 done
 grep -E '^model=.*fashion-dit\.safetensors$' "$tmp/text" >/dev/null ||
     fail "o-1.png: no model chunk: $(cat "$tmp/text")"
+grep -Fx "class=sneaker" "$tmp/text" >/dev/null || fail "o-1.png: no class chunk: $(cat "$tmp/text")"
+# the resolved class of a synonym and of a negative prompt
+"$cli" generate -p "white trainers" -n "ankle boots" -s 5 --steps 2 -o "$tmp/c.png" >"$tmp/out" 2>"$tmp/err" ||
+    fail "class: exit status $?: $(cat "$tmp/err")"
+png_text "$tmp/c.png" >"$tmp/text" || fail "c.png is not a valid PNG"
+for kv in "class=sneaker" "negative_class=ankle boot" "prompt=white trainers"; do
+    grep -Fx -- "$kv" "$tmp/text" >/dev/null || fail "c.png: no text chunk $kv: $(cat "$tmp/text")"
+done
 
 # 2. -o -: the PNG alone on stdout, the status line on stderr; -q quiet
 "$cli" generate -p sneaker -s 3 --steps 2 -o - >"$tmp/stdout.png" 2>"$tmp/err"
@@ -108,6 +116,20 @@ refuse "dexec generate: unexpected argument 'sneaker': a prompt needs -p, as in:
 refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need seed 9223372036854775807+1, above the largest seed 9223372036854775807: use a seed <= 9223372036854775806" \
     -p sneaker -s 9223372036854775807 -b 2
 refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
+# sizes the model does not serve (its dexec.sizes): refused at once, the sizes named
+t0=$(date +%s)
+for wh in "512 512" "64 64" "32 28"; do
+    set -- $wh
+    "$cli" generate -p sneaker -W "$1" -H "$2" -o "$tmp/sz.png" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 1 ] || fail "-W $1 -H $2: exit status $rc, expected 1"
+    expect_in err "image size $1x$2 (width x height) is not one this model serves: 28x28 (its metadata dexec.sizes)"
+done
+[ $(($(date +%s) - t0)) -lt 60 ] || fail "sizes: refusing three sizes took $(($(date +%s) - t0)) s"
+[ ! -e "$tmp/sz.png" ] || fail "sizes: an image was written"
+"$cli" rpc get_info >"$tmp/info" 2>"$tmp/err" || fail "rpc get_info: exit status $?"
+tr -d ' \n' <"$tmp/info" | grep -F '"sizes":["28x28"],"size_multiple":4' >/dev/null ||
+    fail "get_info names no sizes: $(grep -A3 sizes "$tmp/info")"
 [ ! -e "$tmp/x.jpg" ] && [ ! -e "$tmp/x.png" ] || fail "a refused run wrote a file"
 
 # 5. a rank killed mid-batch, with recovery off: its images are reported

@@ -278,6 +278,13 @@ static void actor_free(node *n, nactor *a)
     }
     if (a->tokfile[0] != '\0')
         unlink(a->tokfile);
+    if (n->actor_host[0] == '\0' && n->tmpdir[0] != '\0') {
+        char sock[300];
+
+        /* an actor killed by a signal leaves its unix socket file behind */
+        snprintf(sock, sizeof(sock), "%s/actor-%d.sock", n->tmpdir, a->id);
+        unlink(sock);
+    }
     dexec_value_free(a->labels);
     free(a);
 }
@@ -854,6 +861,23 @@ static void stop_all(node *n)
     }
 }
 
+/* Removes the agent's private directory and what is left in it (the files
+ * of actors that died without cleaning up: only this agent writes there). */
+static void remove_private_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+
+    if (d != NULL) {
+        while ((e = readdir(d)) != NULL)
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    if (rmdir(dir) != 0 && errno != ENOENT)
+        dexec_log(DEXEC_LOG_WARN, COMPONENT, "cannot remove %s: %s", dir, strerror(errno));
+}
+
 int dxn_run(const dxn_options *o)
 {
     node n;
@@ -970,7 +994,7 @@ out:
     dexec_config_free(n.cfg);
     dxw_listener_close(&n.lis);
     if (n.tmpdir[0] != '\0')
-        rmdir(n.tmpdir);
+        remove_private_dir(n.tmpdir);
     dexec_value_free(n.resources);
     free(n.token);
     return status;

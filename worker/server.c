@@ -504,6 +504,10 @@ static dexec_value *output_to_value(const dexec_output *o, int rank, const char 
     dexec_value_map_set(m, "seed", dexec_value_int(o->seed));
     dexec_value_map_set(m, "steps", dexec_value_int(o->steps));
     dexec_value_map_set(m, "guidance_scale", dexec_value_float(o->guidance_scale));
+    if (o->class_name != NULL)
+        dexec_value_map_set(m, "class", dexec_value_str(o->class_name));
+    if (o->negative_class_name != NULL)
+        dexec_value_map_set(m, "negative_class", dexec_value_str(o->negative_class_name));
     imgs = dexec_value_array();
     for (size_t i = 0; i < o->num_images; i++) {
         const dexec_image *im = &o->images[i];

@@ -16,8 +16,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: dexec actors [-c CONFIG] [--registry URL] [--kind actor|node|all]\n"
-            "                    [--timeout S]\n\n"
+            "Usage: dexec actors [-c CONFIG] [--registry URL] [--token-file FILE]\n"
+            "                    [--kind actor|node|all] [--timeout S]\n\n"
             "Lists the entries of the actor registry (workers started with dexec-worker\n"
             "--name, and node agents) with their address, rank, host, pid and age, and\n"
             "pings each one: connect, hello (with the configured token) and get_rank,\n"
@@ -29,6 +29,8 @@ static void usage(FILE *out)
             "                      discovery.redis.*, external.discovery, token files\n"
             "  -r, --registry URL  registry URL (default: $DEXEC_REGISTRY, else\n"
             "                      discovery.redis.url)\n"
+            "  -T, --token-file F  the workers' token (default: external.token_file, else\n"
+            "                      $DEXEC_TOKEN_FILE, else token_file)\n"
             "  -k, --kind KIND     actor, node or all (default all)\n"
             "  -t, --timeout S     deadline of each ping in seconds (default\n"
             "                      timeouts.health)\n"
@@ -84,14 +86,16 @@ static int ping(const dexec_actor_info *a, int is_node, const char *token, doubl
     return ok;
 }
 
-/* external.token_file, else token_file; NULL when none. */
-static int load_token(const dexec_config *cfg, char **token)
+/* --token-file, else external.token_file, else token_file (which
+ * $DEXEC_TOKEN_FILE overrides); NULL when none. */
+static int load_token(const dexec_config *cfg, const char *given, char **token)
 {
-    const char *path = "";
+    const char *path = given != NULL ? given : "";
     char err[1024];
 
     *token = NULL;
-    dexec_config_get_string(cfg, "external.token_file", &path);
+    if (*path == '\0')
+        dexec_config_get_string(cfg, "external.token_file", &path);
     if (path == NULL || *path == '\0')
         dexec_config_get_string(cfg, "token_file", &path);
     if (path == NULL || *path == '\0')
@@ -108,12 +112,13 @@ int cmd_actors(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"registry", required_argument, NULL, 'r'},
+        {"token-file", required_argument, NULL, 'T'},
         {"kind", required_argument, NULL, 'k'},
         {"timeout", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *url = NULL, *kind = NULL;
+    const char *config_path = NULL, *url = NULL, *kind = NULL, *token_file = NULL;
     double timeout = 0; /* 0: timeouts.health */
     dexec_config *cfg;
     dexec_discovery_handle *d = NULL;
@@ -123,10 +128,17 @@ int cmd_actors(int argc, char **argv)
     int c, failed = 0;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:r:k:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:r:T:k:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c': config_path = optarg; break;
         case 'r': url = optarg; break;
+        case 'T':
+            if (*optarg == '\0') {
+                fprintf(stderr, "dexec actors: --token-file needs a file name\n");
+                return 2;
+            }
+            token_file = optarg;
+            break;
         case 'k':
             if (strcmp(optarg, "all") == 0) {
                 kind = NULL;
@@ -162,7 +174,7 @@ int cmd_actors(int argc, char **argv)
         return 1;
     if (timeout <= 0)
         dexec_config_get_float(cfg, "timeouts.health", &timeout);
-    if (load_token(cfg, &token) != 0) {
+    if (load_token(cfg, token_file, &token) != 0) {
         dexec_config_free(cfg);
         return 1;
     }

@@ -244,6 +244,10 @@ static int write_outputs(const dexec_output *o, long i, long batch, const char *
                          FILE *info)
 {
     char seed_s[32], steps_s[16], cfg_s[32];
+    /* the class names the prompts resolved to (an older worker sends none) */
+    const char *cls = DEXEC_HAS_FIELD(o, dexec_output, class_name) ? o->class_name : NULL;
+    const char *neg =
+        DEXEC_HAS_FIELD(o, dexec_output, negative_class_name) ? o->negative_class_name : NULL;
     int failed = 0;
 
     snprintf(seed_s, sizeof(seed_s), "%" PRId64, o->seed);
@@ -255,6 +259,8 @@ static int write_outputs(const dexec_output *o, long i, long batch, const char *
                               base->negative_prompt != NULL ? base->negative_prompt : "",
                               "seed", seed_s, "steps", steps_s, "guidance_scale", cfg_s,
                               "model", model != NULL ? model : "",
+                              "class", cls != NULL ? cls : "",
+                              "negative_class", neg != NULL ? neg : "",
                               "Software", "dexec " PACKAGE_VERSION, NULL};
         const char *dest = strcmp(output, "-") == 0 ? NULL : output;
         char err[512], *name = dest != NULL ? output_name(output, i, batch, k, o->num_images)

@@ -324,7 +324,13 @@ typedef struct dexec_output {
     size_t num_images;
     dexec_image *images; /* num_images entries, each initialised (dexec_image_init) */
     dexec_timings timings;
-    uint64_t reserved[8]; /* zero */
+    /* ABI 1.1 ends here. Added after 1.1, in the reserved space (read them
+     * only when DEXEC_HAS_FIELD(o, dexec_output, field)); NULL when the
+     * worker did not report them (an older worker, or a failed request): */
+    char *class_name;          /* the class name the prompt resolved to;
+                                * "(unconditional)" for an empty prompt */
+    char *negative_class_name; /* the class of negative_prompt; NULL without one */
+    uint64_t reserved[8 - 2 * sizeof(char *) / sizeof(uint64_t)]; /* zero */
 } dexec_output;
 
 #define DEXEC_OUTPUT_SIZE_1_1 (offsetof(dexec_output, timings) + sizeof(dexec_timings))

@@ -50,7 +50,7 @@ done
 # host B: the node agent, with a token (it listens on a routable address)
 printf 'node-secret-%s\n' "$$" >"$TMP/token"
 chmod 600 "$TMP/token"
-ip netns exec "$B" env DEXEC_LOG_LEVEL=info "$DEXEC_WORKER" --node --node-name host-b \
+ip netns exec "$B" env DEXEC_LOG_LEVEL=info TMPDIR="$TMP" "$DEXEC_WORKER" --node --node-name host-b \
     --registry "$URL" --listen tcp:10.77.0.2:7070 --token-file "$TMP/token" \
     --cpus 1 --gpus 0 --resources gpu_worker=1 --print-address >"$TMP/node.out" 2>"$TMP/node.log" &
 PIDS="$PIDS $!"
