@@ -277,9 +277,20 @@ int dexec_conn_dead(const dexec_conn *c)
 static dexec_status connect_wait(int fd, const struct sockaddr *sa, socklen_t salen,
                                  double deadline, const char *address, char *err, size_t errlen)
 {
-    if (connect(fd, sa, salen) == 0)
-        return DEXEC_OK;
-    if (errno != EINPROGRESS && errno != EAGAIN)
+    /* a unix socket says EAGAIN while the listener's backlog is full (a
+     * busy or stalled server): try again until the deadline */
+    for (;;) {
+        if (connect(fd, sa, salen) == 0)
+            return DEXEC_OK;
+        if (errno != EAGAIN || sa->sa_family != AF_UNIX)
+            break;
+        if (dx_remaining(deadline) <= 0)
+            return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
+                           "connect to %s: timed out (the server's backlog stayed full)",
+                           address);
+        usleep(10000);
+    }
+    if (errno != EINPROGRESS && errno != EINTR)
         return dx_fail(err, errlen, DEXEC_EIO, "connect to %s: %s", address, strerror(errno));
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLOUT};
