@@ -1117,8 +1117,17 @@ static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
     }
 }
 
-/* Reads every held connection that has data, waiting until `until` at most. */
-static void read_held(dexec_conn **held, size_t nheld, double until)
+/* How long a wait reads its connections in order, the first unfinished
+ * one alone, before it reads all of them as data comes: a short call's
+ * replies then wake the caller about once, as a plain fan-out would,
+ * rather than once per rank (on a busy host every wake-up is a context
+ * switch that delays the ranks still working). Longer calls (a step) are
+ * read all at once after it, so no rank's notifications wait. */
+#define ORDERED_READ_S 0.002
+
+/* Reads every held connection that has data (only `only`, when not NULL),
+ * waiting until `until` at most. */
+static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until)
 {
     struct pollfd pf[64];
     dexec_conn *pc[64];
@@ -1127,7 +1136,7 @@ static void read_held(dexec_conn **held, size_t nheld, double until)
     double left = dx_remaining(until);
 
     for (size_t i = 0; i < nheld && np < 64; i++) {
-        if (dexec_conn_dead(held[i]))
+        if (dexec_conn_dead(held[i]) || (only != NULL && held[i] != only))
             continue;
         pf[np] = (struct pollfd){.fd = held[i]->fd, .events = POLLIN};
         pc[np++] = held[i];
@@ -1148,6 +1157,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
 {
     dexec_conn **held = n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
     size_t nheld = 0;
+    double ordered_until = dexec_now() + ORDERED_READ_S;
 
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
@@ -1190,10 +1200,18 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         }
         if (left == 0)
             break;
-        if (nheld > 0)
-            read_held(held, nheld, next);
-        else
+        if (nheld > 1 && now < ordered_until) {
+            dexec_conn *first = NULL;
+
+            for (size_t i = 0; i < n && first == NULL; i++)
+                if (!w[i].finished && !dexec_conn_dead(w[i].c))
+                    first = w[i].c;
+            read_held(held, nheld, first, next < ordered_until ? next : ordered_until);
+        } else if (nheld > 0) {
+            read_held(held, nheld, NULL, next);
+        } else {
             wake_wait(gen, next);
+        }
     }
     for (size_t i = 0; i < n; i++)
         probe_drop(&w[i]);

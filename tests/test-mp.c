@@ -324,6 +324,40 @@ START_TEST(test_worker_killed_mid_generate)
 }
 END_TEST
 
+START_TEST(test_silent_rank_reported_at_health_deadline)
+{
+    /* timeouts.health = 1: silent 1 s, then a get_rank probe unanswered 1 s */
+    dexec_engine *e = open_engine(1, "timeouts.health", "1.0");
+    step_arg a = {.e = e};
+    pthread_t th;
+    pid_t pid = worker_pid(e, 0);
+    char want[128];
+    double stopped_at;
+
+    pthread_create(&th, NULL, run_long_step, &a);
+    usleep(300000);
+    stopped_at = dexec_now();
+    kill(pid, SIGSTOP); /* connected, alive, and silent */
+    pthread_join(th, NULL);
+    kill(pid, SIGCONT);
+    /* 2 s; a loaded machine gets slack, timeouts.generate is 300 s */
+    ck_assert_msg(a.done_at - stopped_at < 6.0, "step returned %.3f s after the rank stopped",
+                  a.done_at - stopped_at);
+    ck_assert_int_eq(a.st, DEXEC_EWORKER);
+    snprintf(want, sizeof(want), "rank 0 (pid %d): silent for ", (int)pid);
+    ck_assert_msg(strstr(a.msg, want) != NULL &&
+                      strstr(a.msg, "and no answer to a get_rank probe within 1 s "
+                                    "(timeouts.health); closed the connection") != NULL,
+                  "message: %s", a.msg);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    /* it still computes the step nobody waits for: no need to wait out
+     * the shutdown grace */
+    kill(pid, SIGKILL);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 static int process_gone(pid_t pid)
 {
     char path[64], buf[512];
@@ -929,6 +963,7 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_load_model_swaps);
     tcase_add_test(tc, test_rpc_deadline_names_method_and_rank);
     tcase_add_test(tc, test_worker_killed_mid_generate);
+    tcase_add_test(tc, test_silent_rank_reported_at_health_deadline);
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
