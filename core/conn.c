@@ -3,12 +3,13 @@
  * replies matched to their callers, deadlines, and death detection.
  *
  * Every connection has its own reader thread that reads the socket
- * whenever it has data, whoever waits: replies are handed to their
- * pending calls and notifications queued on them, and every arrival wakes
- * the waiters. So no peer's socket buffer fills while the engine waits on
- * another peer, a waiter can wait on several connections at once
- * (dx_conn_wait_all: a group's ranks), and EOF or a broken stream marks the
- * connection dead as soon as it happens, not when someone next reads.
+ * whenever it has data and no waiting caller reads it (below): replies
+ * are handed to their pending calls and notifications queued on them,
+ * and every arrival wakes the waiters. So no peer's socket buffer fills
+ * while the engine waits on another peer, a waiter can wait on several
+ * connections at once (dx_conn_wait_all: a group's ranks), and EOF or a
+ * broken stream marks the connection dead soon after it happens, not
+ * when someone next calls.
  *
  * Notifications are delivered by the waiting thread (the caller's), never
  * by the reader, and the owner's death callback runs on the first thread
@@ -474,9 +475,31 @@ static void resolve_death(dexec_conn *c)
     pthread_mutex_unlock(&c->dlock);
 }
 
+static int read_some(dexec_conn *c, int readable);
+static void token_give(dexec_conn *c);
+
 int dexec_conn_poll_dead(dexec_conn *c)
 {
-    /* the reader thread watches the socket all the time */
+    int take = 0;
+
+    if (dexec_conn_dead(c))
+        return 1;
+    /* the reader thread may be parked (a caller read lately): look now,
+     * unless someone else reads */
+    pthread_mutex_lock(&c->lock);
+    if (c->reading == RD_NONE) {
+        c->reading = RD_CALLER;
+        take = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (take) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int rc = poll(&p, 1, 0);
+
+        if (rc != 0 && read_some(c, rc < 0 ? -1 : 1))
+            wake_all();
+        token_give(c);
+    }
     return dexec_conn_dead(c);
 }
 
@@ -835,9 +858,10 @@ static void *reader_main(void *arg)
         if (c->dead || __atomic_load_n(&c->closing, __ATOMIC_ACQUIRE))
             break;
         if (reader_parks(c)) {
-            /* wake at the lease's end, or within a second to look again */
+            /* wake at the lease's end, or within a quarter second to look
+             * again (a caller gives the token back without waking us) */
             double until = c->reading == RD_CALLER || c->want > 0 || c->lease_until <= 0
-                               ? dexec_now() + 1.0
+                               ? dexec_now() + 0.25
                                : c->lease_until;
             struct timespec ts;
 
