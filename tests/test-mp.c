@@ -910,6 +910,57 @@ START_TEST(test_descriptor_limit)
 }
 END_TEST
 
+/* Runs dexec-worker with args (NULL-terminated); its exit status, and its
+ * standard error in buf. */
+static int worker_refusal(const char *const *args, char *buf, size_t len)
+{
+    const char *argv[16] = {"dexec-worker"};
+    int errp[2], status = 0, n = 1;
+    size_t got = 0;
+    ssize_t r;
+    pid_t pid;
+
+    for (int k = 0; args[k] != NULL && n < 15; k++)
+        argv[n++] = args[k];
+    argv[n] = NULL;
+    ck_assert_int_eq(pipe(errp), 0);
+    pid = fork();
+    if (pid == 0) {
+        dup2(errp[1], 2);
+        execv(getenv("DEXEC_WORKER"), (char *const *)argv);
+        _exit(127);
+    }
+    close(errp[1]);
+    while (got + 1 < len && (r = read(errp[0], buf + got, len - 1 - got)) > 0)
+        got += (size_t)r;
+    buf[got] = '\0';
+    close(errp[0]);
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(test_handshake_options_refused)
+{
+    static const char *const a1[] = {"--listen", "unix:/tmp/x", "--handshake-timeout", "-1",
+                                      NULL};
+    static const char *const a2[] = {"--listen", "unix:/tmp/x", "--hello-max-frame", "100",
+                                     NULL};
+    static const char *const a3[] = {"--listen", "unix:/tmp/x", "--max-unauthenticated", "0",
+                                     NULL};
+    char buf[1024];
+
+    ck_assert_int_eq(worker_refusal(a1, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --handshake-timeout expects seconds in 0..86400 (0: no "
+                          "limit), got '-1'\n");
+    ck_assert_int_eq(worker_refusal(a2, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --hello-max-frame expects bytes in 512..1048576, got "
+                          "'100'\n");
+    ck_assert_int_eq(worker_refusal(a3, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --max-unauthenticated expects a count in 1..65536, got "
+                          "'0'\n");
+}
+END_TEST
+
 START_TEST(test_call_before_hello_refused)
 {
     dexec_conn *c = NULL;
@@ -977,6 +1028,7 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_handshake_deadline);
     tcase_add_test(tc, test_hello_max_frame_option);
     tcase_add_test(tc, test_descriptor_limit);
+    tcase_add_test(tc, test_handshake_options_refused);
     suite_add_tcase(s, tc);
     return s;
 }
