@@ -27,10 +27,10 @@
  *
  * Deadlines while waiting: a connection may carry a silence timeout
  * (dexec_conn_set_timeouts, the engine's timeouts.health). A call whose
- * connection says nothing for that long gets a get_rank probe; a probe
- * unanswered for that long again closes the connection as dead, so a
- * rank that hangs or sits behind a cut link is reported within twice the
- * health deadline even in a long step.
+ * connection says nothing for half of it gets a get_rank probe; silent
+ * (the probe unanswered) for all of it, the connection is closed as dead,
+ * so a rank that hangs or sits behind a cut link is reported within the
+ * health deadline of its last word, even in a long step.
  *
  * Why a thread per connection and not an event library: the engine has a
  * handful of connections (one per rank), the reader blocks in poll on one
@@ -1020,9 +1020,10 @@ static int wait_one(dx_wait *w, double deadline)
 }
 
 /* Silence watch of one unfinished call (see the top of the file): sends
- * a get_rank probe when its connection has been silent for c->silence,
- * and closes the connection when the probe stays unanswered as long.
- * Returns when it next needs a look (a dexec_now() time; +inf: never). */
+ * a get_rank probe when its connection has been silent for half of
+ * c->silence, and closes the connection when it stays silent (the probe
+ * unanswered) for all of it. Returns when it next needs a look (a
+ * dexec_now() time; +inf: never). */
 static double watch_silence(dx_wait *w, double now)
 {
     dexec_conn *c = w->c;
@@ -1043,12 +1044,12 @@ static double watch_silence(dx_wait *w, double now)
                 free(p);
             }
             w->probe_id = 0;
-        } else if (now - w->probe_at >= silence) {
+        } else if (now - last >= silence) {
             char why[200];
 
             snprintf(why, sizeof(why),
-                     "silent for %.3g s and no answer to a get_rank probe within %.3g s "
-                     "(timeouts.health); closed the connection",
+                     "silent for %.3g s, past timeouts.health (%.3g s), a get_rank probe "
+                     "unanswered; closed the connection",
                      now - last, silence);
             dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s", c->label, why);
             shutdown(c->fd, SHUT_RDWR);
@@ -1062,16 +1063,16 @@ static double watch_silence(dx_wait *w, double now)
     if (silence <= 0 || dexec_conn_dead(c))
         return 1.0 / 0.0;
     if (w->probe_id != 0)
-        return w->probe_at + silence;
-    if (now - last < silence)
         return last + silence;
+    if (now - last < silence / 2)
+        return last + silence / 2;
     if (dexec_conn_send(c, "get_rank", NULL, NULL, NULL, &w->probe_id, msg, sizeof(msg)) !=
         DEXEC_OK) {
         w->probe_id = 0;
         return 1.0 / 0.0; /* the connection is dead: wait_one reports it */
     }
     w->probe_at = now;
-    return now + silence;
+    return last + silence;
 }
 
 /* Drops the probe still in flight for w, if any. */
