@@ -126,7 +126,11 @@ static const struct dx_key keys[] = {
               "deadline for starting or connecting the workers and loading the model"),
     KEY_FLOAT("timeouts.rpc", "30.0", "default deadline of collective_rpc"),
     KEY_FLOAT("timeouts.generate", "300.0", "deadline of one step (a batch of requests)"),
-    KEY_FLOAT("timeouts.health", "5.0", "deadline of check_health"),
+    KEY_FLOAT("timeouts.health", "5.0",
+              "deadline of check_health, and of a rank's silence during a call"),
+    KEY_FLOAT("timeouts.write", "30.0",
+              "how long one frame to a worker may take to leave before the connection "
+              "is closed"),
     KEY_FLOAT("timeouts.shutdown_grace", "5.0",
               "time owned workers get to exit after the shutdown RPC before SIGTERM, "
               "and again before SIGKILL"),

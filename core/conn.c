@@ -3,16 +3,34 @@
  * replies matched to their callers, deadlines, and death detection.
  *
  * Every connection has its own reader thread that reads the socket
- * whenever it has data, whoever waits: replies are handed to their
- * pending calls and notifications queued on them, and every arrival wakes
- * the waiters. So no peer's socket buffer fills while the engine waits on
- * another peer, a waiter can wait on several connections at once
- * (dx_conn_wait_all: a group's ranks), and EOF or a broken stream marks the
- * connection dead as soon as it happens, not when someone next reads.
+ * whenever it has data and no waiting caller reads it (below): replies
+ * are handed to their pending calls and notifications queued on them,
+ * and every arrival wakes the waiters. So no peer's socket buffer fills
+ * while the engine waits on another peer, a waiter can wait on several
+ * connections at once (dx_conn_wait_all: a group's ranks), and EOF or a
+ * broken stream marks the connection dead soon after it happens, not
+ * when someone next calls.
  *
  * Notifications are delivered by the waiting thread (the caller's), never
  * by the reader, and the owner's death callback runs on the first thread
  * that needs the reason: both keep to the threads that owned them before.
+ *
+ * The fast path: reading is a token (c->reading). A caller that waits on
+ * connections nobody else reads takes their tokens and reads them itself,
+ * in one poll over all of them, so its reply reaches it with no thread hop
+ * (the round trip of bench/bench-rpc). The reader thread gives its token
+ * up when asked (an eventfd wakes it) and stays parked for a short lease
+ * after the caller is done, so back-to-back calls do not wake it; once no
+ * caller has read for a lease, or another thread waits on the connection
+ * without the token, it reads again. Whoever holds the token is the only
+ * one touching c->rd.
+ *
+ * Deadlines while waiting: a connection may carry a silence timeout
+ * (dexec_conn_set_timeouts, the engine's timeouts.health). A call whose
+ * connection says nothing for half of it gets a get_rank probe; silent
+ * (the probe unanswered) for all of it, the connection is closed as dead,
+ * so a rank that hangs or sits behind a cut link is reported within the
+ * health deadline of its last word, even in a long step.
  *
  * Why a thread per connection and not an event library: the engine has a
  * handful of connections (one per rank), the reader blocks in poll on one
@@ -32,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -62,8 +81,18 @@ typedef struct pending {
     struct pending *next;
 } pending;
 
+/* Who reads the socket (c->reading). */
+enum { RD_NONE, RD_THREAD, RD_CALLER };
+
+/* How long the reader thread stays parked after a caller read for itself. */
+#define READ_LEASE 0.05
+
+/* Default deadline of one frame's write (dexec_conn_set_timeouts). */
+#define WRITE_TIMEOUT_DEFAULT 30.0
+
 struct dexec_conn {
     int fd;
+    int evfd; /* wakes the reader thread out of poll to give up its token */
     char label[160];
     pthread_mutex_t lock;  /* guards everything below but the reader buffer */
     pthread_mutex_t wlock; /* one writer at a time */
@@ -74,9 +103,19 @@ struct dexec_conn {
     int closing; /* dexec_conn_free: the reader stops quietly */
     int dead;
     int dead_resolved; /* dead_reason holds the owner's reason */
+    int dead_local;    /* we closed it (a health deadline): our reason stands */
     char dead_why[256];
     char dead_reason[384];
     int notes_dropped_logged;
+    /* the read token, under lock; see the top of the file */
+    int reading;          /* RD_* */
+    int want;             /* callers waiting for the token */
+    int cond_waiters;     /* threads waiting on a reply without the token */
+    double lease_until;   /* the reader thread stays parked until then */
+    pthread_cond_t tok_cond;
+    double last_rx;       /* when bytes last arrived (dexec_now) */
+    double write_timeout; /* seconds one frame may take to leave */
+    double silence;       /* seconds of silence before a probe; 0: none */
     uint32_t next_id;
     pending *pend;
     dexec_death_fn death;
@@ -152,13 +191,31 @@ static dexec_conn *conn_new(int fd, const char *label)
         free(c);
         return NULL;
     }
+    c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->evfd < 0) {
+        dexec_reader_free(c->rd);
+        free(c);
+        return NULL;
+    }
     c->fd = fd;
     snprintf(c->label, sizeof(c->label), "%s", label != NULL ? label : "worker");
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->wlock, NULL);
     pthread_mutex_init(&c->dlock, NULL);
+    {
+        pthread_condattr_t ca;
+
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&c->tok_cond, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    c->write_timeout = WRITE_TIMEOUT_DEFAULT;
+    c->last_rx = dexec_now();
     c->next_id = 1;
     if (pthread_create(&c->reader, NULL, reader_main, c) != 0) {
+        close(c->evfd);
+        pthread_cond_destroy(&c->tok_cond);
         dexec_reader_free(c->rd);
         pthread_mutex_destroy(&c->lock);
         pthread_mutex_destroy(&c->wlock);
@@ -198,6 +255,14 @@ void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user)
     pthread_mutex_unlock(&c->lock);
 }
 
+void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
+{
+    pthread_mutex_lock(&c->lock);
+    c->write_timeout = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
+    c->silence = silence > 0 ? silence : 0;
+    pthread_mutex_unlock(&c->lock);
+}
+
 int dexec_conn_fd(const dexec_conn *c)
 {
     return c->fd;
@@ -213,9 +278,20 @@ int dexec_conn_dead(const dexec_conn *c)
 static dexec_status connect_wait(int fd, const struct sockaddr *sa, socklen_t salen,
                                  double deadline, const char *address, char *err, size_t errlen)
 {
-    if (connect(fd, sa, salen) == 0)
-        return DEXEC_OK;
-    if (errno != EINPROGRESS && errno != EAGAIN)
+    /* a unix socket says EAGAIN while the listener's backlog is full (a
+     * busy or stalled server): try again until the deadline */
+    for (;;) {
+        if (connect(fd, sa, salen) == 0)
+            return DEXEC_OK;
+        if (errno != EAGAIN || sa->sa_family != AF_UNIX)
+            break;
+        if (dx_remaining(deadline) <= 0)
+            return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
+                           "connect to %s: timed out (the server's backlog stayed full)",
+                           address);
+        usleep(10000);
+    }
+    if (errno != EINPROGRESS && errno != EINTR)
         return dx_fail(err, errlen, DEXEC_EIO, "connect to %s: %s", address, strerror(errno));
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLOUT};
@@ -392,16 +468,38 @@ static void resolve_death(dexec_conn *c)
     if (fn != NULL)
         fn(user, c, reason, sizeof(reason));
     pthread_mutex_lock(&c->lock);
-    if (reason[0] != '\0')
+    if (reason[0] != '\0' && !c->dead_local)
         snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, reason);
     c->dead_resolved = 1;
     pthread_mutex_unlock(&c->lock);
     pthread_mutex_unlock(&c->dlock);
 }
 
+static int read_some(dexec_conn *c, int readable);
+static void token_give(dexec_conn *c);
+
 int dexec_conn_poll_dead(dexec_conn *c)
 {
-    /* the reader thread watches the socket all the time */
+    int take = 0;
+
+    if (dexec_conn_dead(c))
+        return 1;
+    /* the reader thread may be parked (a caller read lately): look now,
+     * unless someone else reads */
+    pthread_mutex_lock(&c->lock);
+    if (c->reading == RD_NONE) {
+        c->reading = RD_CALLER;
+        take = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (take) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        int rc = poll(&p, 1, 0);
+
+        if (rc != 0 && read_some(c, rc < 0 ? -1 : 1))
+            wake_all();
+        token_give(c);
+    }
     return dexec_conn_dead(c);
 }
 
@@ -432,11 +530,16 @@ void dexec_conn_free(dexec_conn *c)
         return;
     if (c->reader_started) {
         /* the reader sees EOF (or the error) and returns */
+        pthread_mutex_lock(&c->lock);
         __atomic_store_n(&c->closing, 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&c->tok_cond);
+        pthread_mutex_unlock(&c->lock);
         shutdown(c->fd, SHUT_RDWR);
         pthread_join(c->reader, NULL);
     }
     close(c->fd);
+    close(c->evfd);
+    pthread_cond_destroy(&c->tok_cond);
     while (c->pend != NULL) {
         pending *p = c->pend;
 
@@ -454,15 +557,11 @@ void dexec_conn_free(dexec_conn *c)
 
 /* ---- sending -------------------------------------------------------------- */
 
-/* How long one frame may take to leave: a peer that stops reading for this
- * long has its connection closed (a frame half-written would corrupt the
- * stream, so there is no giving up on one frame and going on). */
-#define WRITE_TIMEOUT 30.0
-
 static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, size_t errlen)
 {
     dexec_status st;
     char why[256];
+    double wt;
 
     pthread_mutex_lock(&c->wlock);
     if (dexec_conn_dead(c)) {
@@ -473,7 +572,13 @@ static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, s
         pthread_mutex_unlock(&c->lock);
         return st;
     }
-    st = dexec_frame_write(c->fd, msg, dexec_now() + WRITE_TIMEOUT, why, sizeof(why));
+    /* a peer that stops reading for write_timeout has its connection
+     * closed: a frame half-written would corrupt the stream, so there is
+     * no giving up on one frame and going on */
+    pthread_mutex_lock(&c->lock);
+    wt = c->write_timeout;
+    pthread_mutex_unlock(&c->lock);
+    st = dexec_frame_write(c->fd, msg, dexec_now() + wt, why, sizeof(why));
     if (st != DEXEC_OK && st != DEXEC_ENOMEM && st != DEXEC_EINVAL) {
         /* part of the frame may be out: the stream is no longer usable */
         shutdown(c->fd, SHUT_RDWR);
@@ -684,51 +789,154 @@ void dx_socket_keepalive(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms));
 }
 
-/* The reader thread: reads whatever arrives, until EOF, an error, a
- * broken stream or dexec_conn_free. */
+/* Reads what the socket holds and dispatches every whole message; the
+ * caller holds the read token and not c->lock. readable: what poll said
+ * (> 0 readable or hung up, < 0 poll failed). Returns nonzero when a
+ * waiter has something new (a reply, a notification, a death). */
+static int read_some(dexec_conn *c, int readable)
+{
+    dexec_status st = DEXEC_OK;
+    char err[256];
+    int news = 0, was_dead;
+
+    if (readable > 0)
+        st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
+    pthread_mutex_lock(&c->lock);
+    was_dead = c->dead;
+    if (readable > 0)
+        c->last_rx = dexec_now();
+    for (;;) {
+        dexec_value *m;
+        dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
+
+        if (ts != DEXEC_OK) {
+            if (!__atomic_load_n(&c->closing, __ATOMIC_ACQUIRE))
+                dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s; dropping the connection", c->label,
+                          err);
+            shutdown(c->fd, SHUT_RDWR);
+            mark_dead(c, err);
+            break;
+        }
+        if (m == NULL)
+            break;
+        if (m->type != DEXEC_VAL_ARRAY) {
+            dexec_value_free(m);
+            continue;
+        }
+        news |= dispatch(c, m);
+    }
+    if (readable < 0)
+        mark_dead(c, "poll failed");
+    else if (st != DEXEC_OK)
+        mark_dead(c, st == DEXEC_ECLOSED ? "connection closed" : err);
+    news |= c->dead && !was_dead;
+    pthread_mutex_unlock(&c->lock);
+    return news;
+}
+
+/* Called with c->lock held: whether the reader thread should leave the
+ * socket to a caller (one reads, one is about to, or one read lately and
+ * nobody else waits). */
+static int reader_parks(const dexec_conn *c)
+{
+    return c->reading == RD_CALLER || c->want > 0 ||
+           (c->cond_waiters == 0 && dexec_now() < c->lease_until);
+}
+
+/* The reader thread: reads whatever arrives while no caller holds the
+ * read token, until EOF, an error, a broken stream or dexec_conn_free. */
 static void *reader_main(void *arg)
 {
     dexec_conn *c = arg;
-    char err[256];
 
+    pthread_mutex_lock(&c->lock);
     for (;;) {
-        dexec_status st = DEXEC_OK;
-        int rc = dexec_wait_readable(c->fd, -1), news = 0;
+        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = c->evfd, .events = POLLIN}};
+        int rc, news;
+        uint64_t v;
 
-        if (rc > 0)
-            st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
-        pthread_mutex_lock(&c->lock);
-        for (;;) {
-            dexec_value *m;
-            dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
+        if (c->dead || __atomic_load_n(&c->closing, __ATOMIC_ACQUIRE))
+            break;
+        if (reader_parks(c)) {
+            /* wake at the lease's end, or within a quarter second to look
+             * again (a caller gives the token back without waking us) */
+            double until = c->reading == RD_CALLER || c->want > 0 || c->lease_until <= 0
+                               ? dexec_now() + 0.25
+                               : c->lease_until;
+            struct timespec ts;
 
-            if (ts != DEXEC_OK) {
-                if (!__atomic_load_n(&c->closing, __ATOMIC_ACQUIRE))
-                    dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s; dropping the connection",
-                              c->label, err);
-                shutdown(c->fd, SHUT_RDWR);
-                mark_dead(c, err);
-                break;
-            }
-            if (m == NULL)
-                break;
-            if (m->type != DEXEC_VAL_ARRAY) {
-                dexec_value_free(m);
-                continue;
-            }
-            news |= dispatch(c, m);
+            ts.tv_sec = (time_t)until;
+            ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+            if (ts.tv_nsec >= 1000000000L)
+                ts.tv_nsec = 999999999L;
+            pthread_cond_timedwait(&c->tok_cond, &c->lock, &ts);
+            continue;
         }
-        if (rc < 0)
-            mark_dead(c, "poll failed");
-        else if (st != DEXEC_OK)
-            mark_dead(c, st == DEXEC_ECLOSED ? "connection closed" : err);
-        rc = c->dead;
+        c->reading = RD_THREAD;
         pthread_mutex_unlock(&c->lock);
+        do
+            rc = poll(p, 2, -1);
+        while (rc < 0 && errno == EINTR);
+        if (rc > 0 && (p[1].revents & POLLIN))
+            while (read(c->evfd, &v, sizeof(v)) > 0)
+                ;
+        news = read_some(c, rc < 0 ? -1 : (p[0].revents != 0));
         if (news)
             wake_all();
-        if (rc)
-            return NULL;
+        pthread_mutex_lock(&c->lock);
+        c->reading = RD_NONE;
+        pthread_cond_broadcast(&c->tok_cond);
     }
+    c->reading = RD_NONE;
+    pthread_cond_broadcast(&c->tok_cond);
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* Takes c's read token for this thread, waiting for the reader thread to
+ * give it up, until deadline. Nonzero when taken. */
+static int token_take(dexec_conn *c, double deadline)
+{
+    int taken = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if (c->reading == RD_CALLER) {
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+    }
+    c->want++;
+    while (c->reading == RD_THREAD && dx_remaining(deadline) > 0) {
+        uint64_t one = 1;
+        struct timespec ts;
+        double until = deadline;
+
+        if (write(c->evfd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            break;
+        ts.tv_sec = (time_t)until;
+        ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_nsec = 999999999L;
+        pthread_cond_timedwait(&c->tok_cond, &c->lock, &ts);
+    }
+    c->want--;
+    if (c->reading == RD_NONE) {
+        c->reading = RD_CALLER;
+        taken = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return taken;
+}
+
+/* Gives c's read token back; the reader thread takes over after a lease
+ * unless someone else waits on c now. */
+static void token_give(dexec_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->reading = RD_NONE;
+    c->lease_until = dexec_now() + READ_LEASE;
+    if (c->want > 0 || c->cond_waiters > 0 || c->dead)
+        pthread_cond_broadcast(&c->tok_cond);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void unlink_pending(dexec_conn *c, pending *p)
@@ -811,32 +1019,239 @@ static int wait_one(dx_wait *w, double deadline)
     return finished;
 }
 
+/* Silence watch of one unfinished call (see the top of the file): sends
+ * a get_rank probe when its connection has been silent for half of
+ * c->silence, and closes the connection when it stays silent (the probe
+ * unanswered) for all of it. Returns when it next needs a look (a
+ * dexec_now() time; +inf: never). */
+static double watch_silence(dx_wait *w, double now)
+{
+    dexec_conn *c = w->c;
+    double silence, last;
+    char msg[256];
+
+    pthread_mutex_lock(&c->lock);
+    silence = c->silence;
+    last = c->last_rx;
+    if (w->probe_id != 0) {
+        pending *p = find_pending(c, w->probe_id);
+
+        if (p == NULL || p->done || c->dead) {
+            if (p != NULL) {
+                dexec_value_free(p->result);
+                notes_free(p->notes);
+                unlink_pending(c, p);
+                free(p);
+            }
+            w->probe_id = 0;
+        } else if (now - last >= silence) {
+            char why[200];
+
+            snprintf(why, sizeof(why),
+                     "silent for %.3g s, past timeouts.health (%.3g s), a get_rank probe "
+                     "unanswered; closed the connection",
+                     now - last, silence);
+            dexec_log(DEXEC_LOG_ERROR, "rpc", "%s: %s", c->label, why);
+            shutdown(c->fd, SHUT_RDWR);
+            c->dead_local = 1;
+            mark_dead(c, why);
+            pthread_mutex_unlock(&c->lock);
+            return 1.0 / 0.0;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (silence <= 0 || dexec_conn_dead(c))
+        return 1.0 / 0.0;
+    if (w->probe_id != 0)
+        return last + silence;
+    if (now - last < silence / 2)
+        return last + silence / 2;
+    if (dexec_conn_send(c, "get_rank", NULL, NULL, NULL, &w->probe_id, msg, sizeof(msg)) !=
+        DEXEC_OK) {
+        w->probe_id = 0;
+        return 1.0 / 0.0; /* the connection is dead: wait_one reports it */
+    }
+    w->probe_at = now;
+    return last + silence;
+}
+
+/* Drops the probe still in flight for w, if any. */
+static void probe_drop(dx_wait *w)
+{
+    dexec_conn *c = w->c;
+    pending *p;
+
+    if (w->probe_id == 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    p = find_pending(c, w->probe_id);
+    if (p != NULL) {
+        dexec_value_free(p->result);
+        notes_free(p->notes);
+        unlink_pending(c, p);
+        free(p);
+    }
+    pthread_mutex_unlock(&c->lock);
+    w->probe_id = 0;
+}
+
+/* Whether c is among the first n of list. */
+static int conn_listed(dexec_conn *const *list, size_t n, const dexec_conn *c)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] == c)
+            return 1;
+    return 0;
+}
+
+/* Takes the read token of every connection w waits on, or none (another
+ * caller reads one of them). Returns how many are held in held. */
+static size_t tokens_take_all(dx_wait *w, size_t n, dexec_conn **held, double deadline)
+{
+    size_t nheld = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!w[i].active || conn_listed(held, nheld, w[i].c))
+            continue;
+        if (!token_take(w[i].c, deadline)) {
+            while (nheld > 0)
+                token_give(held[--nheld]);
+            return 0;
+        }
+        held[nheld++] = w[i].c;
+    }
+    return nheld;
+}
+
+/* Without the tokens: counts this thread among c's waiters, so that the
+ * reader thread reads for it at once (no lease), or stops counting it. */
+static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
+{
+    size_t nseen = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        dexec_conn *c = w[i].c;
+
+        if (!w[i].active || conn_listed(seen, nseen, c))
+            continue;
+        seen[nseen++] = c;
+        pthread_mutex_lock(&c->lock);
+        c->cond_waiters += delta;
+        pthread_cond_broadcast(&c->tok_cond);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* How long a wait reads its connections in order, the first unfinished
+ * one alone, before it reads all of them as data comes: a short call's
+ * replies then wake the caller about once, as a plain fan-out would,
+ * rather than once per rank (on a busy host every wake-up is a context
+ * switch that delays the ranks still working). Longer calls (a step) are
+ * read all at once after it, so no rank's notifications wait. */
+#define ORDERED_READ_S 0.002
+
+/* Reads every held connection that has data (only `only`, when not NULL),
+ * waiting until `until` at most. */
+static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until)
+{
+    struct pollfd pf[64];
+    dexec_conn *pc[64];
+    size_t np = 0;
+    int rc, news = 0;
+    double left = dx_remaining(until);
+
+    for (size_t i = 0; i < nheld && np < 64; i++) {
+        if (dexec_conn_dead(held[i]) || (only != NULL && held[i] != only))
+            continue;
+        pf[np] = (struct pollfd){.fd = held[i]->fd, .events = POLLIN};
+        pc[np++] = held[i];
+    }
+    if (np == 0)
+        return;
+    rc = poll(pf, np, left <= 0 ? 0 : left > 3600 ? 3600000 : (int)(left * 1000 + 0.999));
+    if (rc < 0 && errno == EINTR)
+        return;
+    for (size_t i = 0; i < np; i++)
+        if (rc < 0 || pf[i].revents != 0)
+            news |= read_some(pc[i], rc < 0 ? -1 : 1);
+    if (news)
+        wake_all(); /* other threads may wait on calls of these connections */
+}
+
 void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
 {
+    dexec_conn **held = n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
+    size_t nheld = 0;
+    double ordered_until = dexec_now() + ORDERED_READ_S;
+
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
+        w[i].probe_id = 0;
         if (!w[i].active)
             continue;
         w[i].result = NULL;
         w[i].st = DEXEC_OK;
         w[i].msg[0] = '\0';
     }
+    if (held != NULL)
+        nheld = tokens_take_all(w, n, held, deadline);
+    if (nheld == 0) {
+        dexec_conn **seen = calloc(n + 1, sizeof(*seen));
+
+        if (seen != NULL) {
+            cond_wait_mark(w, n, seen, +1);
+            free(seen);
+        }
+    }
     for (;;) {
         unsigned long gen = wake_gen();
+        double now = dexec_now(), next = deadline;
         size_t left = 0;
 
         for (size_t i = 0; i < n; i++) {
             if (w[i].finished)
                 continue;
             w[i].finished = wait_one(&w[i], deadline);
-            if (w[i].finished && w[i].done != NULL)
-                w[i].done(w[i].done_user, &w[i]);
-            left += !w[i].finished;
+            if (w[i].finished) {
+                probe_drop(&w[i]);
+                if (w[i].done != NULL)
+                    w[i].done(w[i].done_user, &w[i]);
+                continue;
+            }
+            left++;
+            double t = watch_silence(&w[i], now);
+            if (t < next)
+                next = t;
         }
         if (left == 0)
-            return;
-        wake_wait(gen, deadline);
+            break;
+        if (nheld > 1 && now < ordered_until) {
+            dexec_conn *first = NULL;
+
+            for (size_t i = 0; i < n && first == NULL; i++)
+                if (!w[i].finished && !dexec_conn_dead(w[i].c))
+                    first = w[i].c;
+            read_held(held, nheld, first, next < ordered_until ? next : ordered_until);
+        } else if (nheld > 0) {
+            read_held(held, nheld, NULL, next);
+        } else {
+            wake_wait(gen, next);
+        }
     }
+    for (size_t i = 0; i < n; i++)
+        probe_drop(&w[i]);
+    if (nheld > 0) {
+        while (nheld > 0)
+            token_give(held[--nheld]);
+    } else {
+        dexec_conn **seen = calloc(n + 1, sizeof(*seen));
+
+        if (seen != NULL) {
+            cond_wait_mark(w, n, seen, -1);
+            free(seen);
+        }
+    }
+    free(held);
 }
 
 /* Added for executors that recover (group.c): a waiter that must act on

@@ -92,10 +92,17 @@ typedef struct dx_wait {
     dexec_status st;     /* DEXEC_OK, DEXEC_EWORKER..., DEXEC_ECLOSED, DEXEC_ETIMEDOUT */
     dexec_value *result; /* on DEXEC_OK: the caller's */
     char msg[768];       /* otherwise: why */
+    uint32_t probe_id;   /* a get_rank probe in flight (silence watch), or 0 */
+    double probe_at;     /* when it was sent */
 } dx_wait;
 
 /* Waits for every active call of w at once until the absolute deadline,
- * delivering each call's notifications on this thread as they arrive. */
+ * delivering each call's notifications on this thread as they arrive.
+ * When no other thread reads those connections, this thread reads them
+ * itself (no hop through the reader threads). A connection with a
+ * silence timeout (dexec_conn_set_timeouts) that stays silent is probed
+ * with get_rank and closed when the probe goes unanswered: its calls
+ * finish with DEXEC_ECLOSED naming the deadline. */
 void dx_conn_wait_all(dx_wait *w, size_t n, double deadline);
 
 /* Waits on the active, unfinished calls of w until at least one finishes

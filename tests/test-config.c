@@ -235,6 +235,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"timeouts.rpc", 30.0},
         {"timeouts.generate", 300.0},
         {"timeouts.health", 5.0},
+        {"timeouts.write", 30.0},
         {"timeouts.shutdown_grace", 5.0},
         {"timeouts.stall", 60.0},
         {"discovery.redis.connect_timeout", 2.0},
@@ -557,7 +558,7 @@ START_TEST(test_set)
         {"num_gpu", "2", DEXEC_ENOTFOUND, "num_gpu: unknown key (did you mean num_gpus?)"},
         {"timeouts", "2", DEXEC_ENOTFOUND,
          "timeouts: a group, not a key; set one of its keys: timeouts.init timeouts.rpc "
-         "timeouts.generate timeouts.health timeouts.shutdown_grace timeouts.stall"},
+         "timeouts.generate timeouts.health timeouts.write timeouts.shutdown_grace timeouts.stall"},
         {"num_gpus", "two", DEXEC_ECONFIG, "num_gpus: expected an integer, got \"two\""},
         {"num_gpus", "2.5", DEXEC_ECONFIG, "num_gpus: expected an integer, got \"2.5\""},
         {"num_gpus", "100", DEXEC_ECONFIG, "num_gpus: must be between 1 and 64, got 100"},
@@ -809,7 +810,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 34);
+    ck_assert_uint_eq(n, 35);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -622,6 +623,38 @@ START_TEST(test_sigstop_declared_hung)
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
     dexec_engine_free(e);
     end_capture();
+START_TEST(test_silent_rank_reported_at_health_deadline)
+{
+    /* timeouts.health = 1: a get_rank probe after 0.5 s of silence, the
+     * connection closed after 1 s */
+    dexec_engine *e = open_engine(1, "timeouts.health", "1.0");
+    step_arg a = {.e = e};
+    pthread_t th;
+    pid_t pid = worker_pid(e, 0);
+    char want[128];
+    double stopped_at;
+
+    pthread_create(&th, NULL, run_long_step, &a);
+    usleep(300000);
+    stopped_at = dexec_now();
+    kill(pid, SIGSTOP); /* connected, alive, and silent */
+    pthread_join(th, NULL);
+    kill(pid, SIGCONT);
+    /* 1 s; a loaded machine gets slack, timeouts.generate is 300 s */
+    ck_assert_msg(a.done_at - stopped_at < 5.0, "step returned %.3f s after the rank stopped",
+                  a.done_at - stopped_at);
+    ck_assert_int_eq(a.st, DEXEC_EWORKER);
+    snprintf(want, sizeof(want), "rank 0 (pid %d): silent for ", (int)pid);
+    ck_assert_msg(strstr(a.msg, want) != NULL &&
+                      strstr(a.msg, ", past timeouts.health (1 s), a get_rank probe "
+                                    "unanswered; closed the connection") != NULL,
+                  "message: %s", a.msg);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    /* it still computes the step nobody waits for: no need to wait out
+     * the shutdown grace */
+    kill(pid, SIGKILL);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
 }
 END_TEST
 
@@ -742,22 +775,39 @@ static char sockdir[64];
 static pid_t wpid;
 
 static void start_worker_with(const char *extra)
+/* Starts a worker on a unix socket in a fresh directory, with extra
+ * options (NULL-terminated, or NULL) and, when nofile > 0, that
+ * descriptor limit. */
+static void start_worker_with(const char *const *extra, long nofile)
 {
     char path[128];
     int out[2];
     char line[256];
     ssize_t n;
+    const char *argv[32] = {"dexec-worker", "--listen", NULL, "--device", "cpu",
+                            "--print-address", "--max-frame", "65536"};
+    int argc = 8;
 
     snprintf(sockdir, sizeof(sockdir), "/tmp/dexec-test-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(sockdir));
     snprintf(path, sizeof(path), "unix:%s/w.sock", sockdir);
     ck_assert_int_eq(pipe(out), 0);
+    argv[2] = path;
+    for (int k = 0; extra != NULL && extra[k] != NULL && argc < 31; k++)
+        argv[argc++] = extra[k];
+    argv[argc] = NULL;
     wpid = fork();
     if (wpid == 0) {
         dup2(out[1], 1);
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with the test, even a failed one */
         execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", path, "--device", "cpu",
               "--print-address", "--max-frame", "65536", extra, (char *)NULL);
+        if (nofile > 0) {
+            struct rlimit rl = {.rlim_cur = (rlim_t)nofile, .rlim_max = (rlim_t)nofile};
+
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        execv(getenv("DEXEC_WORKER"), (char *const *)argv);
         _exit(127);
     }
     close(out[1]);
@@ -769,6 +819,7 @@ static void start_worker_with(const char *extra)
 static void start_worker(void)
 {
     start_worker_with(NULL);
+    start_worker_with(NULL, 0);
 }
 
 static void stop_worker(void)
@@ -1314,6 +1365,218 @@ START_TEST(test_limits_before_hello)
 }
 END_TEST
 
+/* Whether fd was closed by the peer (EOF or reset) by deadline. */
+static int closed_by_peer(int fd, double deadline)
+{
+    char b;
+
+    if (dexec_wait_readable(fd, deadline) != 1)
+        return 0;
+    return read(fd, &b, 1) <= 0;
+}
+
+START_TEST(test_handshake_deadline)
+{
+    enum { SILENT = 500, HALF = 100, N = SILENT + HALF };
+    static const char *const args[] = {"--handshake-timeout", "3", "--max-unauthenticated",
+                                       "1000", NULL};
+    /* the first bytes of a 256-byte frame, the rest never sent */
+    static const unsigned char head[] = {0x00, 0x00, 0x01, 0x00, 0x94};
+    static int fds[N];
+    double t0, t, first = 0, last = 0;
+    struct rlimit rl;
+
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 2 * N + 64) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < 2 * N + 64) {
+        printf("test_handshake_deadline: skipped: descriptor limit %lu, need %d\n",
+               (unsigned long)rl.rlim_cur, 2 * N + 64);
+        return;
+    }
+    start_worker_with(args, 0);
+    t0 = dexec_now();
+    for (int k = 0; k < N; k++) {
+        fds[k] = raw_connect();
+        if (k >= SILENT)
+            ck_assert_int_eq(write(fds[k], head, sizeof(head)), (ssize_t)sizeof(head));
+    }
+    t = timed_call();
+    ck_assert_msg(t < 1.0, "a good client waited %.3f s behind %d silent and %d half-frame "
+                           "connections", t, SILENT, HALF);
+    /* not one of them is closed before its deadline ... */
+    if (dexec_now() - t0 < 2.5)
+        for (int k = 0; k < N; k += 37)
+            ck_assert_int_eq(dexec_wait_readable(fds[k], 0), 0);
+    /* ... and every one of them at it (3 s, with slack for a loaded machine) */
+    for (int k = 0; k < N; k++) {
+        ck_assert_msg(closed_by_peer(fds[k], t0 + 20), "connection %d still open after %.1f s",
+                      k, dexec_now() - t0);
+        if (k == 0)
+            first = dexec_now() - t0;
+        close(fds[k]);
+    }
+    last = dexec_now() - t0;
+    ck_assert_msg(first >= 2.5, "the first connection was closed after %.2f s, before the 3 s "
+                                "handshake deadline", first);
+    ck_assert_msg(last < 20, "the last connection was closed after %.2f s", last);
+    ck_assert_msg(timed_call() < 1.0, "a good client after the purge");
+    stop_worker();
+}
+END_TEST
+
+START_TEST(test_hello_max_frame_option)
+{
+    static const char *const args[] = {"--hello-max-frame", "512", NULL};
+    /* a 600-byte frame announced before hello */
+    static const unsigned char head[] = {0x00, 0x00, 0x02, 0x58, 0x94};
+    int fd;
+
+    start_worker_with(args, 0);
+    fd = raw_connect();
+    ck_assert_int_eq(write(fd, head, sizeof(head)), (ssize_t)sizeof(head));
+    ck_assert_msg(closed_by_peer(fd, dexec_now() + 5), "a 600-byte frame before hello was not "
+                                                       "refused with --hello-max-frame 512");
+    close(fd);
+    fd = raw_connect();
+    send_hello(fd);
+    close(fd);
+    stop_worker();
+}
+END_TEST
+
+/* utime + stime of pid, in seconds. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[2048], *p;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(buf, sizeof(buf), f));
+    fclose(f);
+    p = strrchr(buf, ')'); /* the command name may hold blanks */
+    ck_assert_ptr_nonnull(p);
+    /* after ") ": state(3) ... utime is field 14, stime 15 */
+    ck_assert_int_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                            &st),
+                     2);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int count_proc_fds(pid_t pid)
+{
+    char path[64];
+    DIR *d;
+    struct dirent *e;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    d = opendir(path);
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+START_TEST(test_descriptor_limit)
+{
+    enum { LIMIT = 48, TRIES = 120 };
+    static const char *const args[] = {"--handshake-timeout", "60", NULL};
+    int fds[TRIES], n = 0, at;
+    double c0, c1, w0, w1, t;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+    start_worker_with(args, LIMIT);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/w.sock", sockdir);
+    /* more connections than the worker has descriptors; the kernel's
+     * backlog holds the rest, and beyond it connect says EAGAIN */
+    for (int k = 0; k < TRIES; k++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            fds[n++] = fd;
+        else
+            close(fd);
+        usleep(2000);
+    }
+    usleep(500000);
+    at = count_proc_fds(wpid);
+    ck_assert_msg(at >= LIMIT - 1, "the worker holds %d descriptors of %d: not at its limit "
+                                   "(%d connections made)", at, LIMIT, n);
+    w0 = dexec_now();
+    c0 = cpu_seconds(wpid);
+    usleep(2000000);
+    c1 = cpu_seconds(wpid);
+    w1 = dexec_now();
+    ck_assert_msg((c1 - c0) / (w1 - w0) < 0.10,
+                  "a worker at its descriptor limit used %.0f %% CPU", 100 * (c1 - c0) / (w1 - w0));
+    for (int k = 0; k < n; k++)
+        close(fds[k]);
+    t = timed_call();
+    ck_assert_msg(t < 5.0, "a client waited %.2f s once descriptors were free", t);
+    stop_worker();
+}
+END_TEST
+
+/* Runs dexec-worker with args (NULL-terminated); its exit status, and its
+ * standard error in buf. */
+static int worker_refusal(const char *const *args, char *buf, size_t len)
+{
+    const char *argv[16] = {"dexec-worker"};
+    int errp[2], status = 0, n = 1;
+    size_t got = 0;
+    ssize_t r;
+    pid_t pid;
+
+    for (int k = 0; args[k] != NULL && n < 15; k++)
+        argv[n++] = args[k];
+    argv[n] = NULL;
+    ck_assert_int_eq(pipe(errp), 0);
+    pid = fork();
+    if (pid == 0) {
+        dup2(errp[1], 2);
+        execv(getenv("DEXEC_WORKER"), (char *const *)argv);
+        _exit(127);
+    }
+    close(errp[1]);
+    while (got + 1 < len && (r = read(errp[0], buf + got, len - 1 - got)) > 0)
+        got += (size_t)r;
+    buf[got] = '\0';
+    close(errp[0]);
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(test_handshake_options_refused)
+{
+    static const char *const a1[] = {"--listen", "unix:/tmp/x", "--handshake-timeout", "-1",
+                                      NULL};
+    static const char *const a2[] = {"--listen", "unix:/tmp/x", "--hello-max-frame", "100",
+                                     NULL};
+    static const char *const a3[] = {"--listen", "unix:/tmp/x", "--max-unauthenticated", "0",
+                                     NULL};
+    char buf[1024];
+
+    ck_assert_int_eq(worker_refusal(a1, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --handshake-timeout expects seconds in 0..86400 (0: no "
+                          "limit), got '-1'\n");
+    ck_assert_int_eq(worker_refusal(a2, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --hello-max-frame expects bytes in 512..1048576, got "
+                          "'100'\n");
+    ck_assert_int_eq(worker_refusal(a3, buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "dexec-worker: --max-unauthenticated expects a count in 1..65536, got "
+                          "'0'\n");
+}
+END_TEST
+
 START_TEST(test_call_before_hello_refused)
 {
     dexec_conn *c = NULL;
@@ -1684,6 +1947,7 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_kill9_no_recovery_fails_fast);
     tcase_add_test(tc, test_poison_request_fails_after_retries);
     tcase_add_test(tc, test_sigstop_declared_hung);
+    tcase_add_test(tc, test_silent_rank_reported_at_health_deadline);
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
@@ -1701,6 +1965,10 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_call_before_hello_refused);
     tcase_add_test(tc, test_client_that_never_reads);
     tcase_add_test(tc, test_limits_before_hello);
+    tcase_add_test(tc, test_handshake_deadline);
+    tcase_add_test(tc, test_hello_max_frame_option);
+    tcase_add_test(tc, test_descriptor_limit);
+    tcase_add_test(tc, test_handshake_options_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -61,11 +61,17 @@ static void usage(FILE *out)
             "      --allow-admin       serve load_model and debug_sleep (methods that open\n"
             "                          files or hold the process) to authenticated clients\n"
             "      --max-frame BYTES   largest frame accepted (default 256 MiB); before hello\n"
-            "                          8 KiB\n"
+            "                          --hello-max-frame\n"
             "      --frame-timeout S   drop a client whose frame, once begun, does not arrive\n"
             "                          whole within S seconds (default 120; 0: no limit)\n"
             "      --idle-timeout S    drop a client silent for S seconds after hello\n"
             "                          (default 0: no limit)\n"
+            "      --handshake-timeout S  drop a client that has not said hello within S\n"
+            "                          seconds (default 30; 0: no limit)\n"
+            "      --hello-max-frame BYTES  largest frame before hello (default 8192,\n"
+            "                          at least 512)\n"
+            "      --max-unauthenticated N  connections kept without hello; beyond it the\n"
+            "                          oldest is closed (default 128)\n"
             "      --print-address     print the address listened on to stdout, once ready\n"
             "      --name NAME         register in the actor registry under NAME once ready\n"
             "                          (deregistered on a clean exit)\n"
@@ -128,6 +134,9 @@ int main(int argc, char **argv)
         {"print-address", no_argument, NULL, 'P'},
         {"frame-timeout", required_argument, NULL, 1006},
         {"idle-timeout", required_argument, NULL, 1007},
+        {"handshake-timeout", required_argument, NULL, 1008},
+        {"hello-max-frame", required_argument, NULL, 1009},
+        {"max-unauthenticated", required_argument, NULL, 1010},
         {"log-level", required_argument, NULL, 'L'},
         {"name", required_argument, NULL, 'N'},
         {"registry", required_argument, NULL, 'G'},
@@ -145,7 +154,8 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     dxw_options opt = {.num_ranks = 1, .model = "fashion-dit", .device = "auto",
-                       .max_frame = DEXEC_FRAME_MAX_DEFAULT, .frame_timeout = 120.0};
+                       .max_frame = DEXEC_FRAME_MAX_DEFAULT, .frame_timeout = 120.0,
+                       .hello_timeout = 30.0, .hello_max_frame = 8192, .hello_max_conns = 128};
     const char *listen_addr = NULL, *token_file = NULL;
     dxw_registry_opts reg_opt = {0};
     dxw_registry *registry = NULL;
@@ -180,20 +190,43 @@ int main(int argc, char **argv)
         case 1004: nopt.memory = strtoll(optarg, NULL, 10); break;
         case 1005: nopt.resources = optarg; break;
         case 1006:
-        case 1007: {
+        case 1007:
+        case 1008: {
             char *end;
             double v = strtod(optarg, &end);
 
             if (*optarg == '\0' || *end != '\0' || !(v >= 0) || v > 86400) {
                 fprintf(stderr, "dexec-worker: --%s expects seconds in 0..86400 (0: no limit), "
                                 "got '%s'\n",
-                        c == 1006 ? "frame-timeout" : "idle-timeout", optarg);
+                        c == 1006 ? "frame-timeout" : c == 1007 ? "idle-timeout"
+                                                                : "handshake-timeout",
+                        optarg);
                 return 2;
             }
             if (c == 1006)
                 opt.frame_timeout = v;
-            else
+            else if (c == 1007)
                 opt.idle_timeout = v;
+            else
+                opt.hello_timeout = v;
+            break;
+        }
+        case 1009:
+        case 1010: {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            unsigned long long lo = c == 1009 ? 512 : 1, hi = c == 1009 ? 1048576 : 65536;
+
+            if (*optarg == '\0' || *end != '\0' || *optarg == '-' || v < lo || v > hi) {
+                fprintf(stderr, "dexec-worker: --%s expects %s in %llu..%llu, got '%s'\n",
+                        c == 1009 ? "hello-max-frame" : "max-unauthenticated",
+                        c == 1009 ? "bytes" : "a count", lo, hi, optarg);
+                return 2;
+            }
+            if (c == 1009)
+                opt.hello_max_frame = (size_t)v;
+            else
+                opt.hello_max_conns = (int)v;
             break;
         }
         case 1008: opt.allow_admin = 1; break;
@@ -236,6 +269,9 @@ int main(int argc, char **argv)
         nopt.max_frame = opt.max_frame;
         nopt.frame_timeout = opt.frame_timeout;
         nopt.idle_timeout = opt.idle_timeout;
+        nopt.hello_timeout = opt.hello_timeout;
+        nopt.hello_max_frame = opt.hello_max_frame;
+        nopt.hello_max_conns = opt.hello_max_conns;
         nopt.print_address = print_address;
         return dxn_run(&nopt);
     }

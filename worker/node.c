@@ -42,7 +42,6 @@
 
 #define COMPONENT "node"
 #define WRITE_TIMEOUT 5.0
-#define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
 #define TICK 0.05          /* reaping and the kill ladder run on this clock */
 #define MAX_GPUS 64
 
@@ -944,7 +943,9 @@ int dxn_run(const dxn_options *o)
             .max_frame = o->max_frame,
             .rank = -1,
             .write_timeout = WRITE_TIMEOUT,
-            .hello_timeout = HELLO_TIMEOUT,
+            .hello_timeout = o->hello_timeout,
+            .hello_max_frame = o->hello_max_frame,
+            .hello_max_conns = o->hello_max_conns,
             .frame_timeout = o->frame_timeout,
             .idle_timeout = o->idle_timeout,
             .tick_interval = TICK,

@@ -27,6 +27,9 @@ typedef struct dxn_options {
     size_t max_frame;
     double frame_timeout; /* seconds a frame begun may take to arrive whole; 0: none */
     double idle_timeout;  /* seconds a client may stay silent after hello; 0: none */
+    double hello_timeout; /* seconds a connection may stay without hello; 0: none */
+    size_t hello_max_frame; /* frame limit before hello */
+    int hello_max_conns;  /* connections kept without hello */
     int print_address;      /* print the registered address to stdout once registered */
 } dxn_options;
 

@@ -45,8 +45,9 @@
  * soon after connections close. */
 #define ACCEPT_BACKOFF 1.0
 
-/* Before hello: frames up to this size (a hello with its token is well
- * under it), and at most this many connections waiting to say hello. */
+/* Defaults before hello: frames up to this size (a hello with its token
+ * is well under it), and at most this many connections waiting to say
+ * hello (dxs_config.hello_max_frame, hello_max_conns). */
 #define PREHELLO_MAX_FRAME 8192
 #define PREHELLO_MAX_CONNS 128
 
@@ -107,7 +108,7 @@ static dxs_conn *conn_new(dxs_server *s, int fd, int control)
 
     if (c == NULL)
         return NULL;
-    c->rd = dexec_reader_new(control ? s->cfg.max_frame : PREHELLO_MAX_FRAME);
+    c->rd = dexec_reader_new(control ? s->cfg.max_frame : s->cfg.hello_max_frame);
     if (c->rd == NULL) {
         free(c);
         return NULL;
@@ -566,6 +567,10 @@ dxs_server *dxs_server_new(const dxs_config *cfg, char *err, size_t errlen)
         s->cfg.frame_timeout = 0;
     if (s->cfg.idle_timeout < 0)
         s->cfg.idle_timeout = 0;
+    if (s->cfg.hello_max_frame == 0)
+        s->cfg.hello_max_frame = PREHELLO_MAX_FRAME;
+    if (s->cfg.hello_max_conns <= 0)
+        s->cfg.hello_max_conns = PREHELLO_MAX_CONNS;
     s->owner_by = dexec_now() + s->cfg.owner_wait;
     if (cfg->token != NULL && (s->token = strdup(cfg->token)) == NULL) {
         dexec_errorf(err, errlen, "out of memory");
@@ -607,7 +612,7 @@ void dxs_add_connection(dxs_server *s, int fd, int control)
     }
     c->next = s->conns;
     s->conns = c;
-    if (!control && ++s->unauthed > PREHELLO_MAX_CONNS) {
+    if (!control && ++s->unauthed > s->cfg.hello_max_conns) {
         /* the oldest connection still without hello makes room */
         dxs_conn *old = NULL;
 
@@ -619,7 +624,7 @@ void dxs_add_connection(dxs_server *s, int fd, int control)
                 dexec_log(DEXEC_LOG_WARN, s->cfg.component,
                           "more than %d connections without hello: closing the oldest (logged "
                           "once)",
-                          PREHELLO_MAX_CONNS);
+                          s->cfg.hello_max_conns);
             s->evict_logged = 1;
             drop(s, old);
         }

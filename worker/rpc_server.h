@@ -54,6 +54,8 @@ typedef struct dxs_config {
     double write_timeout;    /* seconds queued replies may go without moving before the
                               * connection is closed (never blocks a thread) */
     double hello_timeout;    /* seconds a connection may stay without hello; 0: no limit */
+    size_t hello_max_frame;  /* frame limit before hello; 0: 8 KiB */
+    int hello_max_conns;     /* connections kept without hello (the oldest goes); 0: 128 */
     double frame_timeout;    /* seconds a frame begun may take to arrive whole; 0: no limit */
     double idle_timeout;     /* seconds an authenticated connection may stay silent; 0: no
                               * limit */

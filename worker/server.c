@@ -29,7 +29,6 @@
 #include "server.h"
 
 #define WRITE_TIMEOUT 30.0
-#define HELLO_TIMEOUT 30.0 /* a connection that says nothing is dropped after this */
 #define DEBUG_SLEEP_MAX 3600.0
 #define CANCELLED_MAX 256 /* request ids remembered by "cancel" */
 #define GET_LOGS_DEFAULT 100
@@ -977,7 +976,9 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
             .max_frame = opt->max_frame,
             .rank = s->opt.base_rank,
             .write_timeout = WRITE_TIMEOUT,
-            .hello_timeout = HELLO_TIMEOUT,
+            .hello_timeout = opt->hello_timeout,
+            .hello_max_frame = opt->hello_max_frame,
+            .hello_max_conns = opt->hello_max_conns,
             .frame_timeout = opt->frame_timeout,
             .idle_timeout = opt->idle_timeout,
             .tick_interval = 1.0,

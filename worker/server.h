@@ -21,6 +21,9 @@ typedef struct dxw_options {
     size_t max_frame;      /* frame limit in bytes */
     double frame_timeout; /* seconds a frame begun may take to arrive whole; 0: none */
     double idle_timeout;  /* seconds a client may stay silent after hello; 0: none */
+    double hello_timeout; /* seconds a connection may stay without hello; 0: none */
+    size_t hello_max_frame; /* frame limit before hello */
+    int hello_max_conns;  /* connections kept without hello */
     int exit_on_eof;       /* fd mode: the control socket's EOF ends the process */
     double owner_wait;     /* > 0: the first client to say hello owns the worker
                               (its EOF ends the process); none within this many

@@ -49,6 +49,19 @@ const char *dexec_conn_label(const dexec_conn *c);
 typedef void (*dexec_death_fn)(void *user, dexec_conn *c, char *buf, size_t len);
 void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user);
 
+/* Deadlines of c (seconds; <= 0: the default). write_timeout: how long
+ * one outgoing frame may take to leave before the connection is closed
+ * as dead (default 30; a half-written frame cannot be taken back).
+ * silence: while a call waits, a connection that says nothing for half
+ * of it is sent a get_rank probe, and one silent for all of it (the probe
+ * unanswered) is closed as dead, so the call fails with DEXEC_ECLOSED
+ * ("LABEL: silent for S s, past timeouts.health (H s), a get_rank probe
+ * unanswered; closed the connection") instead of waiting out its own
+ * deadline (default 0: no probes). Executors set them from
+ * timeouts.write and timeouts.health once the worker is ready (a worker
+ * refuses requests before hello). */
+void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence);
+
 /* Sends hello (protocol version, and token when not NULL) and checks the
  * reply. *info (may be NULL) receives the worker's hello reply (map with
  * rank, pid, name, protocol). Errors: DEXEC_EAUTH, DEXEC_EPROTO (version

@@ -300,6 +300,15 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
         destroy(ex);
         return st;
     }
+    {
+        double write_t = 30.0;
+
+        /* a worker silent past timeouts.health during a call is probed and,
+         * unanswered, reported in that call */
+        dexec_config_get_float(host->config, "timeouts.write", &write_t);
+        for (int i = 0; i < ex->n; i++)
+            dexec_conn_set_timeouts(dexec_group_conn(ex->group, i), write_t, health_t);
+    }
     host->log(DEXEC_LOG_INFO, "external", "connected to %d external worker(s)", ex->n);
     *out = ex;
     return DEXEC_OK;

@@ -456,6 +456,14 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         rec.kill = ex->srun == NULL ? mp_kill : NULL;
         rec.user = ex;
         dexec_group_set_recovery(ex->group, &rec);
+        double write_t = 30.0, health_t = 5.0;
+
+        /* from here on a rank silent past timeouts.health is probed and,
+         * unanswered, reported in the call that waits on it */
+        dexec_config_get_float(host->config, "timeouts.write", &write_t);
+        dexec_config_get_float(host->config, "timeouts.health", &health_t);
+        for (int r = 0; r < ex->n; r++)
+            dexec_conn_set_timeouts(dexec_group_conn(ex->group, r), write_t, health_t);
     }
     host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
               ex->srun != NULL ? " in Slurm step " : "",

@@ -745,6 +745,15 @@ static dexec_status ray_create(const dexec_host *host, dexec_executor **out, cha
         destroy(ex);
         return st;
     }
+    {
+        double write_t = 30.0, health_t = 5.0;
+
+        /* an actor silent past timeouts.health during a call is probed
+         * and, unanswered, reported in that call */
+        dexec_config_get_float(host->config, "timeouts.write", &write_t);
+        dexec_config_get_float(host->config, "timeouts.health", &health_t);
+        dexec_conn_set_timeouts(ex->actor, write_t, health_t);
+    }
     host->log(DEXEC_LOG_INFO, COMPONENT, "%s ready with %d rank%s", ex->label, ex->n,
               ex->n == 1 ? "" : "s");
     *out = ex;
