@@ -968,11 +968,18 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
         int ndone, stopping;
         double now = dexec_now();
 
+        int failed = 0;
+
         pthread_mutex_lock(&S.lock);
         ndone = j->ndone;
         stopping = S.stopping;
+        for (int i = 0; i < j->n && !failed; i++)
+            failed = j->done[i] && dexec_handle_output(j->h[i]) != NULL &&
+                     dexec_handle_output(j->h[i])->status != DEXEC_OK;
         pthread_mutex_unlock(&S.lock);
-        if (ndone == j->n)
+        /* one image failed: the answer is that error, the others are not
+         * worth waiting for */
+        if (ndone == j->n || failed)
             break;
         if (stopping) {
             job_finish(j);
@@ -1004,6 +1011,8 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
         char *b;
 
         dexec_output_init(&o);
+        if (dexec_handle_get_state(j->h[i]) != DEXEC_HANDLE_DONE)
+            continue; /* another image failed: this one is cancelled below */
         if (dexec_handle_take_output(j->h[i], &o) != DEXEC_OK) {
             json_decref(data);
             job_finish(j);
@@ -1301,7 +1310,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     n = strlen(msg);
     while (n > 0 && msg[n - 1] == '\n')
         msg[--n] = '\0';
-    dexec_log(DEXEC_LOG_WARN, COMP, "libmicrohttpd: %s", msg);
+    /* what a handler returning MHD_NO (a client that hung up) leads to */
+    dexec_log(strncmp(msg, "Application reported internal error", 35) == 0 ? DEXEC_LOG_DEBUG
+                                                                             : DEXEC_LOG_WARN,
+              COMP, "libmicrohttpd: %s", msg);
 }
 
 /* ---- the command -------------------------------------------------------------------- */
@@ -1597,12 +1609,11 @@ int cmd_serve(int argc, char **argv)
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (S.rank_busy != NULL && S.rank_errors != NULL)
-        S.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+        S.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
+                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
                                ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)maxconn,
-                               MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_EXTERNAL_LOGGER,
-                               mhd_log, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-                               MHD_OPTION_END);
+                               MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
     if (S.d == NULL) {
         const char *listen_s = "";
 
