@@ -33,7 +33,7 @@ for _ in $(seq 1 600); do
 done
 [ -n "$url" ] || { cat "$tmp/err"; echo "FAIL: the server did not start"; exit 1; }
 
-rss() { sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' "/proc/$pid/status"; }
+rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status"; }
 fds() { ls "/proc/$pid/fd" | wc -l; }
 
 python3 "$src/serve_client.py" "$url" 16 1000 1 >"$tmp/warm" || fail "warm-up client failed"
@@ -46,7 +46,8 @@ echo "server RSS ${rss0} kB -> ${rss1} kB, descriptors $fd0 -> $fd1"
 grep -F '"statuses": {"200": 1000}' "$tmp/warm" >/dev/null || fail "warm-up: not every request succeeded"
 grep -F '"statuses": {"200": 3000}' "$tmp/run" >/dev/null || fail "not every request succeeded"
 grep -F '"images": 3000' "$tmp/run" >/dev/null || fail "not every image came back"
-[ $((rss1 - rss0)) -le 4096 ] || fail "RSS grew by $((rss1 - rss0)) kB over 3000 requests"
+[ -n "$rss0" ] && [ -n "$rss1" ] || fail "could not read the server's VmRSS"
+[ $((${rss1:-0} - ${rss0:-0})) -le 4096 ] || fail "RSS grew by $((rss1 - rss0)) kB over 3000 requests"
 [ "$fd1" -le "$fd0" ] || fail "descriptors grew from $fd0 to $fd1"
 kill -TERM "$pid"
 wait "$pid" || fail "exit status $? after SIGTERM"
