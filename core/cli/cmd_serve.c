@@ -2,10 +2,9 @@
  * (libmicrohttpd, a thread per connection) speaking the OpenAI Images API,
  * with /health, /ready, Prometheus /metrics and a page at /.
  *
- * Each image of a request is submitted to the engine alone
- * (dexec_engine_submit), so a free rank takes the next image as soon as it
- * is free and the images of one request spread over the ranks; the
- * engine's bounded queue (engine.max_queued) answers 429 when full. The
+ * The images of a request are one submission (dexec_engine_submit), which
+ * the engine hands to the ranks together (image i to rank i mod ranks);
+ * the engine's bounded queue (engine.max_queued) answers 429 when full. The
  * connection's thread waits for its images with the request's deadline,
  * watching the socket: a client that hangs up has its images cancelled.
  *
@@ -285,10 +284,17 @@ static job *find_job(uint64_t id)
     return NULL;
 }
 
-/* The callbacks' user pointer: job id and image index (max_images <= 256). */
-#define JOB_USER(id, i) ((void *)(uintptr_t)(((id) << 8) | (uint64_t)(i)))
-#define USER_JOB(u) ((uint64_t)(uintptr_t)(u) >> 8)
-#define USER_IMAGE(u) ((int)((uintptr_t)(u)&0xff))
+/* The callbacks' user pointer is the job id; the image index is the
+ * number after the last '#' of the request id ("JOB:RID#INDEX"), set at submit,
+ * since the callbacks may run before dexec_engine_submit() returns. */
+#define JOB_USER(id) ((void *)(uintptr_t)(id))
+
+static int image_index(dexec_handle *h)
+{
+    const char *id = dexec_handle_request_id(h), *hash = id != NULL ? strrchr(id, '#') : NULL;
+
+    return hash != NULL ? atoi(hash + 1) : -1;
+}
 
 static void wake(job *j)
 {
@@ -300,15 +306,15 @@ static void wake(job *j)
 
 static void on_progress(void *user, dexec_handle *h, int image, int step, int total)
 {
+    int i = image_index(h);
     job *j;
 
-    (void)h;
     (void)image;
     pthread_mutex_lock(&S.lock);
-    j = find_job(USER_JOB(user));
-    if (j != NULL && USER_IMAGE(user) < j->n) {
-        j->step[USER_IMAGE(user)] = step;
-        j->total[USER_IMAGE(user)] = total;
+    j = find_job((uint64_t)(uintptr_t)user);
+    if (j != NULL && i >= 0 && i < j->n) {
+        j->step[i] = step;
+        j->total[i] = total;
         wake(j);
     }
     pthread_mutex_unlock(&S.lock);
@@ -316,13 +322,13 @@ static void on_progress(void *user, dexec_handle *h, int image, int step, int to
 
 static void on_done(void *user, dexec_handle *h)
 {
+    int i = image_index(h);
     job *j;
 
-    (void)h;
     pthread_mutex_lock(&S.lock);
-    j = find_job(USER_JOB(user));
-    if (j != NULL && USER_IMAGE(user) < j->n && !j->done[USER_IMAGE(user)]) {
-        j->done[USER_IMAGE(user)] = 1;
+    j = find_job((uint64_t)(uintptr_t)user);
+    if (j != NULL && i >= 0 && i < j->n && !j->done[i]) {
+        j->done[i] = 1;
         j->ndone++;
         wake(j);
     }
@@ -759,53 +765,70 @@ static void output_error(const dexec_output *o, int index, char *msg, size_t msg
         snprintf(msg, msglen, "image %d: %s", index, e);
 }
 
-/* Submits the images of a request, one each. 0, or the HTTP status of a
- * refusal (everything submitted is cancelled then). */
+/* Submits the images of a request as one submission: the engine hands
+ * them to the executor together, image i to rank i mod ranks, so they run
+ * in parallel, and a full queue refuses all of them or none. The callbacks
+ * are per image. 0, or the HTTP status of a refusal. */
 static unsigned submit_job(job *j, const gen_params *g, const char **type, const char **code,
                            char *msg, size_t msglen)
 {
-    for (int i = 0; i < j->n; i++) {
-        dexec_request r;
-        dexec_callbacks cb;
-        dexec_status st;
+    dexec_request *r = calloc((size_t)j->n, sizeof(*r));
+    dexec_callbacks cb;
+    dexec_status st = DEXEC_OK;
+    int ok = r != NULL;
 
-        dexec_request_init(&r);
-        r.prompt = g->prompt;
-        r.negative_prompt = g->negative;
-        r.width = g->width;
-        r.height = g->height;
-        r.num_inference_steps = g->steps;
-        r.guidance_scale = g->guidance;
-        r.seed = g->seed >= 0 ? g->seed + i : -1;
-        dexec_callbacks_init(&cb);
-        cb.progress = on_progress;
-        cb.done = on_done;
-        cb.user = JOB_USER(j->id, i);
-        st = dexec_engine_submit(S.e, &r, 1, &cb, &j->h[i]);
-        if (st == DEXEC_OK)
-            continue;
-        snprintf(msg, msglen, "%s", dexec_engine_last_error(S.e));
-        for (int k = 0; k < i; k++) {
-            dexec_handle_free(j->h[k]);
-            j->h[k] = NULL;
-        }
-        *code = NULL;
-        *type = "invalid_request_error";
-        if (st == DEXEC_EAGAIN) {
-            *type = "rate_limit_error";
-            *code = "queue_full";
-            return 429;
-        }
-        if (st == DEXEC_EINVAL)
-            return 400;
+    for (int i = 0; ok && i < j->n; i++) {
+        char id[96];
+
+        dexec_request_init(&r[i]);
+        snprintf(id, sizeof(id), "%" PRIu64 ":%s#%d", j->id, j->rid, i);
+        ok = (r[i].request_id = strdup(id)) != NULL;
+    }
+    if (!ok) {
+        for (int i = 0; r != NULL && i < j->n; i++)
+            free((char *)r[i].request_id);
+        free(r);
+        snprintf(msg, msglen, "out of memory");
         *type = "server_error";
-        if (st == DEXEC_ECLOSED) {
-            *code = "shutting_down";
-            return 503;
-        }
+        *code = NULL;
         return 500;
     }
-    return 0;
+    for (int i = 0; i < j->n; i++) {
+        r[i].prompt = g->prompt;
+        r[i].negative_prompt = g->negative;
+        r[i].width = g->width;
+        r[i].height = g->height;
+        r[i].num_inference_steps = g->steps;
+        r[i].guidance_scale = g->guidance;
+        r[i].seed = g->seed >= 0 ? g->seed + i : -1;
+    }
+    dexec_callbacks_init(&cb);
+    cb.progress = on_progress;
+    cb.done = on_done;
+    cb.user = JOB_USER(j->id);
+    st = dexec_engine_submit(S.e, r, (size_t)j->n, &cb, j->h);
+    for (int i = 0; i < j->n; i++)
+        free((char *)r[i].request_id);
+    free(r);
+    if (st == DEXEC_OK)
+        return 0;
+    snprintf(msg, msglen, "%s", dexec_engine_last_error(S.e));
+    memset(j->h, 0, (size_t)j->n * sizeof(*j->h));
+    *code = NULL;
+    *type = "invalid_request_error";
+    if (st == DEXEC_EAGAIN) {
+        *type = "rate_limit_error";
+        *code = "queue_full";
+        return 429;
+    }
+    if (st == DEXEC_EINVAL)
+        return 400;
+    *type = "server_error";
+    if (st == DEXEC_ECLOSED) {
+        *code = "shutting_down";
+        return 503;
+    }
+    return 500;
 }
 
 static void append(job *j, const char *s, size_t n)
