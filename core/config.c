@@ -122,6 +122,29 @@ static const struct dx_key keys[] = {
             "requests dexec_engine_submit() holds waiting for a rank; one more is refused "
             "with DEXEC_EAGAIN (queue full)"),
 
+    KEY_STR("serve.listen", "127.0.0.1:8000", 0, check_nonempty, "HOST:PORT or [V6]:PORT",
+            "address `dexec serve` listens on; one that is not loopback needs serve.token_file "
+            "or serve.insecure = 1"),
+    KEY_STR("serve.token_file", "", 0, NULL, "path, or \"\" for none",
+            "file holding the bearer token HTTP clients must send (same rules as token_file: "
+            "mode 0600 or stricter)"),
+    KEY_INT("serve.insecure", 0, 0, 1,
+            "1 lets a non-loopback listener run without a token (a warning is logged)"),
+    KEY_FLOAT("serve.request_timeout", "300.0",
+              "deadline of one HTTP generation request, queueing included; past it the "
+              "request is cancelled and answered 504"),
+    KEY_FLOAT("serve.drain_grace", "30.0",
+              "on SIGTERM, time in-flight requests get to finish before they are cancelled"),
+    KEY_FLOAT("serve.health_interval", "10.0",
+              "how often the server checks the workers' health in the background"),
+    KEY_INT("serve.max_body_bytes", 65536, 256, 16777216,
+            "largest request body accepted (413 above)"),
+    KEY_INT("serve.max_prompt_bytes", 4096, 1, 1048576,
+            "longest prompt or negative_prompt accepted, in bytes (400 above)"),
+    KEY_INT("serve.max_images", 16, 1, 256, "largest n (images per HTTP request)"),
+    KEY_INT("serve.max_connections", 256, 1, 65536,
+            "connections served at once (one thread each); more wait in the listen backlog"),
+
     KEY_FLOAT("timeouts.init", "60.0",
               "deadline for starting or connecting the workers and loading the model"),
     KEY_FLOAT("timeouts.rpc", "30.0", "default deadline of collective_rpc"),

@@ -217,6 +217,8 @@ static void assert_default_values(const dexec_config *cfg)
         {"external.token_file", ""},
         {"discovery.redis.url", "redis://127.0.0.1:6379/0"},
         {"discovery.redis.namespace", "dexec"},
+        {"serve.listen", "127.0.0.1:8000"},
+        {"serve.token_file", ""},
     };
     static const struct {
         const char *key;
@@ -226,6 +228,8 @@ static void assert_default_values(const dexec_config *cfg)
         {"ray_actor.gpus", -1}, {"ray_actor.memory", 0},        {"discovery.redis.ttl", 10},
         {"engine.max_queued", 1024}, {"ray_init.num_cpus", -1},  {"ray_init.num_gpus", -1},
         {"max_restarts", 3},    {"max_task_retries", 3},
+        {"serve.insecure", 0}, {"serve.max_body_bytes", 65536}, {"serve.max_prompt_bytes", 4096},
+        {"serve.max_images", 16}, {"serve.max_connections", 256},
     };
     static const struct {
         const char *key;
@@ -240,6 +244,9 @@ static void assert_default_values(const dexec_config *cfg)
         {"timeouts.stall", 60.0},
         {"discovery.redis.connect_timeout", 2.0},
         {"discovery.redis.command_timeout", 2.0},
+        {"serve.request_timeout", 300.0},
+        {"serve.drain_grace", 30.0},
+        {"serve.health_interval", 10.0},
     };
     static const char *const lists[] = {"plugin_path", "external.worker_names", "slurm.options"};
     size_t checked = 0, nkeys = 0, n = 99;
@@ -810,7 +817,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 35);
+    ck_assert_uint_eq(n, 45);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

@@ -28,13 +28,31 @@ for u in dexec-worker@.service dexec-node.service; do
     sed "s|^ExecStart=$bindir/dexec-worker|ExecStart=$worker|" "$f" >"$tmp/$u"
 done
 
+# dexec serve's unit: the same setup, this build's dexec, the workers'
+# hardening, and SIGTERM to the server alone so that it can drain
+f="$top/contrib/systemd/dexec-serve.service"
+if [ -f "$f" ]; then
+    grep -n '@[a-z_]*@' "$f" && fail "dexec-serve.service: a placeholder is left"
+    grep -q "^ExecStart=$bindir/dexec serve$" "$f" || fail "dexec-serve.service: ExecStart is not $bindir/dexec serve"
+    grep -q '^KillMode=mixed$' "$f" || fail "dexec-serve.service: no KillMode=mixed"
+    for h in $(sed -n 's/^\(NoNewPrivileges\|Protect[A-Za-z]*\|Restrict[A-Za-z]*\|CapabilityBoundingSet\)=.*/\1/p' \
+        "$top/contrib/systemd/dexec-worker@.service"); do
+        grep -q "^$h=" "$f" || fail "dexec-serve.service: lacks the worker unit's $h"
+    done
+    sed -n 's/^#   \(useradd\|install\|(umask\|chown\|systemctl\)/\1/p' "$f" >"$tmp/setup.sh"
+    sh -n "$tmp/setup.sh" || fail "dexec-serve.service: its setup commands are not valid shell"
+    sed "s|^ExecStart=$bindir/dexec serve|ExecStart=$top/core/dexec serve|" "$f" >"$tmp/dexec-serve.service"
+else
+    fail "$f was not built"
+fi
+
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "SKIP (partly): systemd-analyze not installed, units not verified"
-elif ! systemd-analyze verify --man=no "$tmp/dexec-node.service" "$tmp/dexec-worker@w0.service" \
+elif ! systemd-analyze verify --man=no "$tmp/dexec-node.service" "$tmp/dexec-worker@w0.service" "$tmp/dexec-serve.service" \
     >"$tmp/verify" 2>&1; then
     # outside a booted systemd (a container) verify can fail for reasons
     # that are not the unit's: only messages naming our units count
-    if grep -E 'dexec-(node|worker@)' "$tmp/verify"; then
+    if grep -E 'dexec-(node|worker@|serve)' "$tmp/verify"; then
         fail "systemd-analyze verify"
     fi
 fi

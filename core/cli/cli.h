@@ -26,7 +26,7 @@ typedef struct cli_engine_opts {
     const char *device;  /* --device */
     const char *num_gpus; /* --num-gpus */
     const char *model;   /* -m */
-    const char *set_key[4], *set_val[4]; /* more overrides (e.g. timeouts) */
+    const char *set_key[16], *set_val[16]; /* more overrides (e.g. timeouts) */
     int nset;
 } cli_engine_opts;
 
@@ -38,11 +38,22 @@ extern const char cli_engine_opts_help[];
 /* Loads the config, applies the options and creates the engine. Prints
  * the error and returns NULL on failure. */
 dexec_engine *cli_open_engine(const cli_engine_opts *o);
+/* The configuration cli_open_engine() starts from: loaded, with the options
+ * applied. Prints the error and returns NULL on failure; caller frees. */
+dexec_config *cli_engine_config(const cli_engine_opts *o);
 
 /* Writes an 8-bit grey or RGB image as PNG to path (NULL: standard output)
  * with text chunks (pairs of key, value; NULL-terminated): tEXt for ASCII
  * values, iTXt for UTF-8 ones. Returns 0, or -1 with a message in err. */
 int cli_write_png(const char *path, const dexec_image *img, const char *const *text, char *err,
                   size_t errlen);
+/* The same PNG in memory: *out (caller frees) of *len bytes. Returns 0, or
+ * -1 with a message in err. */
+int cli_png_encode(const dexec_image *img, const char *const *text, unsigned char **out,
+                   size_t *len, char *err, size_t errlen);
+
+int cmd_serve(int argc, char **argv);
+/* The page `dexec serve` answers at / (serve_page.c). */
+extern const char serve_page_html[];
 
 #endif

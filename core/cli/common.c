@@ -56,12 +56,11 @@ int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i)
     return 0;
 }
 
-dexec_engine *cli_open_engine(const cli_engine_opts *o)
+dexec_config *cli_engine_config(const cli_engine_opts *o)
 {
     const char *keys[] = {"distributed_executor_backend", "device", "num_gpus", "model"};
     const char *vals[] = {o->backend, o->device, o->num_gpus, o->model};
     dexec_config *cfg = cli_load_config(o->config);
-    dexec_engine *e = NULL;
     char err[2048];
 
     if (cfg == NULL)
@@ -80,6 +79,17 @@ dexec_engine *cli_open_engine(const cli_engine_opts *o)
             return NULL;
         }
     }
+    return cfg;
+}
+
+dexec_engine *cli_open_engine(const cli_engine_opts *o)
+{
+    dexec_config *cfg = cli_engine_config(o);
+    dexec_engine *e = NULL;
+    char err[2048];
+
+    if (cfg == NULL)
+        return NULL;
     if (dexec_engine_create(cfg, &e, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec: %s\n", err);
         e = NULL;

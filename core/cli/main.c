@@ -15,6 +15,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"generate", cmd_generate, "generate images from a prompt"},
+    {"serve", cmd_serve, "serve images over HTTP (OpenAI Images API, metrics, a page to try it)"},
     {"health", cmd_health, "check that every worker of a deployment answers"},
     {"rpc", cmd_rpc, "call a worker method on every rank and print the replies as JSON"},
     {"logs", cmd_logs, "print the workers' recent log lines (get_logs)"},

@@ -1,0 +1,305 @@
+#!/bin/sh
+# test-serve.sh - `dexec serve` as a client sees it, with real workers on
+# free loopback ports (port 0, the port read from the server's first line):
+# every endpoint and error status with its body and headers, server-sent
+# progress, the access log, queue full (429), a client that hangs up
+# freeing its queue slot, the deadline (504), a bearer token on a
+# non-loopback listener, a worker killed during a request (500 naming the
+# rank) and SIGTERM draining in-flight requests.
+set -u
+cli=${DEXEC_CLI:?run me from make check}
+command -v curl >/dev/null || { echo "SKIP: curl is not installed (apt-get install curl)"; exit 77; }
+command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 77; }
+tmp=$(mktemp -d /tmp/dexec-test-serve.XXXXXX) || exit 99
+pids=
+cleanup() {
+    for p in $pids; do kill -9 "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+unset DEXEC_CONFIG
+export OPENBLAS_NUM_THREADS=1
+status=0
+
+fail() {
+    echo "FAIL: $*"
+    status=1
+}
+
+# start NAME ARGS...: starts a server; sets $pid and $url (or fails).
+start() {
+    name=$1
+    shift
+    "$cli" serve -l 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    pid=$!
+    pids="$pids $pid"
+    url=
+    for _ in $(seq 1 600); do
+        url=$(sed -n 's|.*listening on \(http://[^ ]*\)/$|\1|p' "$tmp/$name.out")
+        [ -n "$url" ] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -n "$url" ] || { fail "$name: server did not start"; cat "$tmp/$name.err"; }
+}
+
+# req NAME CURL-ARGS...: $tmp/NAME.body, $tmp/NAME.hdr; prints the status.
+req() {
+    n=$1
+    shift
+    curl -s -o "$tmp/$n.body" -D "$tmp/$n.hdr" -w '%{http_code}' "$@"
+}
+
+expect_status() { # name got want
+    [ "$2" = "$3" ] || fail "$1: status $2, expected $3: $(head -c 400 "$tmp/$1.body" 2>/dev/null)"
+}
+expect_body() { # name text
+    grep -F -- "$2" "$tmp/$1.body" >/dev/null || fail "$1: body lacks: $2 (body: $(head -c 400 "$tmp/$1.body"))"
+}
+expect_hdr() { # name text (case-insensitive)
+    tr -d '\r' <"$tmp/$1.hdr" | grep -i -F -- "$2" >/dev/null || fail "$1: headers lack: $2"
+}
+metric() { # name: its value in /metrics
+    curl -s "$url/metrics" | sed -n "s/^$1 //p"
+}
+
+gen="/v1/images/generations"
+
+# ---- 1. endpoints, bodies and headers (2 ranks) -----------------------------
+start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
+    --set serve.max_images=4
+st=$(req health "$url/health" -H 'X-Request-Id: abc-1')
+expect_status health "$st" 200
+expect_body health '{"status":"ok"}'
+expect_hdr health 'Content-Type: application/json'
+expect_hdr health 'X-Request-Id: abc-1'
+st=$(req ready "$url/ready")
+expect_status ready "$st" 200
+expect_body ready '{"status":"ready","ranks":2,"backend":"mp '
+st=$(req models "$url/v1/models")
+expect_status models "$st" 200
+expect_body models '{"object":"list","data":[{"id":"fashion-dit","object":"model"'
+st=$(req page "$url/")
+expect_status page "$st" 200
+expect_hdr page 'Content-Type: text/html; charset=utf-8'
+expect_body page '<title>dexec serve</title>'
+grep -E '(src|href)="https?:' "$tmp/page.body" >/dev/null && fail "page: refers to an external asset"
+
+st=$(req ok -X POST "$url$gen" -H 'Content-Type: application/json' \
+    -d '{"prompt":"sneaker","n":2,"seed":7,"num_inference_steps":2,"response_format":"b64_json","model":"fashion-dit"}')
+expect_status ok "$st" 200
+expect_hdr ok 'Content-Type: application/json'
+python3 - "$tmp/ok.body" <<'PY' || fail "ok: the images are not the PNGs asked for"
+import base64, json, struct, sys
+r = json.load(open(sys.argv[1]))
+assert isinstance(r['created'], int), r
+assert [d['seed'] for d in r['data']] == [7, 8], r
+for d in r['data']:
+    png = base64.b64decode(d['b64_json'])
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
+    w, h = struct.unpack('>II', png[16:24])
+    assert (w, h) == (28, 28), (w, h)
+    assert b'seed\x00' + str(d['seed']).encode() in png
+    assert d['num_inference_steps'] == 2
+PY
+
+# server-sent events: progress per step, each image, then done
+curl -s -N -X POST "$url$gen" -H 'Accept: text/event-stream' \
+    -d '{"prompt":"sneaker","n":2,"seed":1,"num_inference_steps":3}' >"$tmp/sse.body"
+for e in 'event: progress' 'data: {"index":0,"step":1,"total_steps":3}' 'event: image' \
+    'data: {"index":1,"b64_json":"iVBOR' 'event: done' '"images":2,"errors":0'; do
+    expect_body sse "$e"
+done
+
+# each refusal: status, the OpenAI error object naming the field
+check_error() { # name status body-text curl-args...
+    n=$1 want=$2 text=$3
+    shift 3
+    st=$(req "$n" "$@")
+    expect_status "$n" "$st" "$want"
+    expect_body "$n" "$text"
+    expect_hdr "$n" 'Content-Type: application/json'
+}
+check_error e_prompt 400 '{"error":{"message":"prompt is required","type":"invalid_request_error","param":"prompt","code":null}}' \
+    -X POST "$url$gen" -d '{"n":1}'
+check_error e_size 400 '"message":"size must be WIDTHxHEIGHT, e.g. \"32x32\", got \"big\"","type":"invalid_request_error","param":"size"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","size":"big"}'
+check_error e_n 400 '"message":"n must be an integer in 1..4 (serve.max_images)","type":"invalid_request_error","param":"n"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","n":5}'
+check_error e_steps 400 '"param":"num_inference_steps"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":0}'
+check_error e_long 400 '"message":"prompt is 65 bytes, above serve.max_prompt_bytes = 64","type":"invalid_request_error","param":"prompt"' \
+    -X POST "$url$gen" -d "{\"prompt\":\"$(printf '%065d' 0)\"}"
+check_error e_format 400 '"param":"response_format"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","response_format":"url"}'
+check_error e_field 400 '"message":"unknown field '"'"'colour'"'"'' \
+    -X POST "$url$gen" -d '{"prompt":"bag","colour":"red"}'
+check_error e_json 400 '"message":"the request body is not valid JSON: ' \
+    -X POST "$url$gen" -d '{"prompt":'
+check_error e_model 404 '{"error":{"message":"model '"'"'dall-e-3'"'"' not found: this server serves '"'"'fashion-dit'"'"' (GET /v1/models)","type":"invalid_request_error","param":"model","code":"model_not_found"}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag","model":"dall-e-3"}'
+check_error e_path 404 '"message":"no such endpoint: GET /v2/x (see GET / or dexec(1))"' "$url/v2/x"
+check_error e_method 405 '"code":"method_not_allowed"' -X DELETE "$url$gen"
+expect_hdr e_method 'Allow: POST'
+head -c 2000 /dev/zero | tr '\0' 'x' >"$tmp/big.json"
+check_error e_body 413 '"message":"the request body is 2000 bytes, above serve.max_body_bytes = 1024"' \
+    -X POST "$url$gen" --data-binary @"$tmp/big.json"
+
+st=$(req metrics "$url/metrics")
+expect_status metrics "$st" 200
+expect_hdr metrics 'Content-Type: text/plain; version=0.0.4'
+for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 8' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="404"} 1' \
+    'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
+    'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \
+    'dexec_serve_stage_duration_seconds_bucket{stage="denoise",le="+Inf"} 4' \
+    'dexec_serve_rank_busy_seconds_total{rank="1"}' 'dexec_serve_worker_errors_total{rank="0"} 0' \
+    'dexec_serve_images_per_second' 'dexec_serve_ready 1'; do
+    expect_body metrics "$m"
+done
+grep -E 'info serve: POST /v1/images/generations 200 [0-9.]+s id=http-[0-9]+' "$tmp/a.err" >/dev/null ||
+    fail "no access log line for the generation"
+grep -F 'info serve: GET /health 200' "$tmp/a.err" | grep -F 'id=abc-1' >/dev/null ||
+    fail "the access log line lacks the request id"
+
+# ---- 2. a worker killed during a request -------------------------------------
+req killed -X POST "$url$gen" -d '{"prompt":"bag","n":2,"num_inference_steps":1000}' >"$tmp/killed.st" &
+cpid=$!
+pids="$pids $cpid"
+victim=$(pgrep -P "$pid" -f -- "--rank 1" | head -n 1)
+# both images running: each rank has begun its denoising steps
+for _ in $(seq 1 300); do
+    [ "$(metric dexec_serve_in_flight_requests)" = 1 ] && [ "$(metric dexec_serve_queue_depth)" = 0 ] && break
+    sleep 0.1
+done
+if [ -z "$victim" ]; then
+    fail "rank 1's worker is not a child of the server"
+else
+    kill -9 "$victim"
+fi
+wait "$cpid"
+expect_status killed "$(cat "$tmp/killed.st")" 500
+expect_body killed '"type":"server_error"'
+expect_body killed 'rank 1'
+expect_body killed '"code":"worker_error"'
+st=$(req health2 "$url/health")
+expect_status health2 "$st" 200
+st=$(req ready2 "$url/ready")
+expect_status ready2 "$st" 503
+expect_body ready2 '"message":"the engine is unhealthy: '
+expect_body ready2 'rank 1'
+expect_hdr ready2 'Retry-After: 5'
+check_error unhealthy 503 '"code":"unhealthy"' -X POST "$url$gen" -d '{"prompt":"bag"}'
+metric 'dexec_serve_worker_errors_total{rank="1"}' | grep -qx 1 ||
+    fail "worker_errors_total{rank=1} is not 1"
+kill -TERM "$pid"
+wait "$pid" || fail "server a: exit status $? after SIGTERM, expected 0"
+
+# ---- 3. queue full, a client hanging up, SIGTERM draining (1 rank) -----------
+start b --max-queued 1 --drain-grace 120
+req long -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":1000}' >"$tmp/long.st" &
+long=$!
+pids="$pids $long"
+for _ in $(seq 1 100); do
+    [ "$(metric dexec_serve_in_flight_requests)" = 1 ] && [ "$(metric dexec_serve_queue_depth)" = 0 ] && break
+    sleep 0.1
+done
+# curl itself in the background (not a subshell), so that killing $! hangs up
+curl -s -o /dev/null -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":2}' &
+queued=$!
+pids="$pids $queued"
+for _ in $(seq 1 100); do
+    [ "$(metric dexec_serve_queue_depth)" = 1 ] && break
+    sleep 0.1
+done
+[ "$(metric dexec_serve_queue_depth)" = 1 ] || fail "the second request is not queued"
+check_error full 429 '{"error":{"message":"queue full: 1 requests queued, 1 more do not fit in engine.max_queued = 1: retry later","type":"rate_limit_error","param":null,"code":"queue_full"}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag"}'
+expect_hdr full 'Retry-After: 1'
+kill -9 "$queued" # the client hangs up: its queued image is dropped
+for _ in $(seq 1 100); do
+    [ "$(metric dexec_serve_queue_depth)" = 0 ] && break
+    sleep 0.1
+done
+[ "$(metric dexec_serve_queue_depth)" = 0 ] || fail "a client that hung up kept its queue slot"
+req after -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":2}' >"$tmp/after.st" &
+after=$!
+pids="$pids $after"
+sleep 0.5
+grep -E 'POST /v1/images/generations 499 ' "$tmp/b.err" >/dev/null ||
+    fail "no 499 access log line for the client that hung up"
+# SIGTERM while one request runs and one waits: both finish, then exit 0
+kill -TERM "$pid"
+sleep 0.5
+curl -s -m 5 "$url/health" >/dev/null && fail "still accepting connections while draining"
+wait "$pid"
+rc=$?
+[ "$rc" -eq 0 ] || fail "server b: exit status $rc after SIGTERM, expected 0"
+wait "$long"
+wait "$after"
+expect_status long "$(cat "$tmp/long.st")" 200
+expect_status after "$(cat "$tmp/after.st")" 200
+grep -F 'Terminated: draining' "$tmp/b.err" >/dev/null || fail "no draining log line"
+
+# ---- 4. the deadline: 504, the rank is free again --------------------------------
+start c --request-timeout 1.5
+t0=$(date +%s)
+check_error late 504 '"message":"request late-1 passed its deadline of serve.request_timeout = 1.5 s with 1 of 1 image(s) not done","type":"server_error","param":null,"code":"timeout"' \
+    -X POST "$url$gen" -H 'X-Request-Id: late-1' -d '{"prompt":"bag","num_inference_steps":1000}'
+[ $(($(date +%s) - t0)) -lt 30 ] || fail "504 came after $(($(date +%s) - t0)) s"
+st=$(req next -m 60 -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":2}')
+expect_status next "$st" 200
+kill -TERM "$pid"
+wait "$pid" || fail "server c: exit status $?"
+
+# ---- 5. non-loopback listeners: token or --insecure ------------------------------
+"$cli" serve -l 0.0.0.0:0 >"$tmp/d.out" 2>"$tmp/d.err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "0.0.0.0 without a token: exit status $rc, expected 1"
+grep -F "dexec serve: serve.listen '0.0.0.0:0' is not a loopback address: set serve.token_file (--token-file FILE) so that clients must send a bearer token, or serve.insecure = 1 (--insecure) to serve anyone who can reach it" \
+    "$tmp/d.err" >/dev/null || fail "0.0.0.0 without a token: message: $(cat "$tmp/d.err")"
+echo 's3cret-token' >"$tmp/token"
+chmod 644 "$tmp/token"
+"$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err"
+[ $? -eq 1 ] && grep -F "dexec serve: serve.token_file: " "$tmp/d.err" >/dev/null ||
+    fail "a token file readable by others was accepted: $(cat "$tmp/d.err")"
+chmod 600 "$tmp/token"
+"$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err" &
+pid=$!
+pids="$pids $pid"
+port=
+for _ in $(seq 1 600); do
+    port=$(sed -n 's|.*listening on http://0.0.0.0:\([0-9]*\)/$|\1|p' "$tmp/d.out")
+    [ -n "$port" ] && break
+    sleep 0.1
+done
+url=http://127.0.0.1:$port
+check_error noauth 401 '{"error":{"message":"missing bearer token: send Authorization: Bearer TOKEN with the token of serve.token_file","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}' \
+    "$url/v1/models"
+expect_hdr noauth 'WWW-Authenticate: Bearer'
+check_error badauth 401 '"message":"wrong bearer token: send the token of serve.token_file"' \
+    -X POST "$url$gen" -H 'Authorization: Bearer s3cret-tokeN' -d '{"prompt":"bag"}'
+check_error badmetrics 401 '"code":"invalid_api_key"' "$url/metrics"
+st=$(req auth "$url/v1/models" -H 'Authorization: Bearer s3cret-token')
+expect_status auth "$st" 200
+st=$(req authgen -X POST "$url$gen" -H 'Authorization: Bearer s3cret-token' \
+    -d '{"prompt":"bag","num_inference_steps":2}')
+expect_status authgen "$st" 200
+st=$(req openhealth "$url/health")
+expect_status openhealth "$st" 200
+kill -TERM "$pid"
+wait "$pid" || fail "server d: exit status $?"
+"$cli" serve -l 0.0.0.0:0 --insecure >"$tmp/e.out" 2>"$tmp/e.err" &
+pid=$!
+pids="$pids $pid"
+for _ in $(seq 1 600); do
+    grep -q listening "$tmp/e.out" && break
+    sleep 0.1
+done
+grep -F "warn serve: listening on 0.0.0.0:0 without a token (serve.insecure = 1): anyone who can reach it can generate images and read its metrics" \
+    "$tmp/e.err" >/dev/null || fail "--insecure: no warning: $(cat "$tmp/e.err")"
+kill -TERM "$pid"
+wait "$pid" || fail "server e: exit status $?"
+
+exit $status
