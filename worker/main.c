@@ -129,7 +129,7 @@ int main(int argc, char **argv)
         {"device", required_argument, NULL, 'd'},
         {"token-file", required_argument, NULL, 't'},
         {"insecure", no_argument, NULL, 'I'},
-        {"allow-admin", no_argument, NULL, 1008},
+        {"allow-admin", no_argument, NULL, 1020},
         {"max-frame", required_argument, NULL, 'F'},
         {"print-address", no_argument, NULL, 'P'},
         {"frame-timeout", required_argument, NULL, 1006},
@@ -229,7 +229,7 @@ int main(int argc, char **argv)
                 opt.hello_max_conns = (int)v;
             break;
         }
-        case 1008: opt.allow_admin = 1; break;
+        case 1020: opt.allow_admin = 1; break;
         case 'N': reg_opt.name = optarg; break;
         case 'G': reg_opt.url = optarg; break;
         case 'T': reg_opt.ttl = atoi(optarg); break;
