@@ -623,6 +623,9 @@ START_TEST(test_sigstop_declared_hung)
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
     dexec_engine_free(e);
     end_capture();
+}
+END_TEST
+
 START_TEST(test_silent_rank_reported_at_health_deadline)
 {
     /* timeouts.health = 1: a get_rank probe after 0.5 s of silence, the
@@ -774,7 +777,6 @@ END_TEST
 static char sockdir[64];
 static pid_t wpid;
 
-static void start_worker_with(const char *extra)
 /* Starts a worker on a unix socket in a fresh directory, with extra
  * options (NULL-terminated, or NULL) and, when nofile > 0, that
  * descriptor limit. */
@@ -800,8 +802,6 @@ static void start_worker_with(const char *const *extra, long nofile)
     if (wpid == 0) {
         dup2(out[1], 1);
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* dies with the test, even a failed one */
-        execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", path, "--device", "cpu",
-              "--print-address", "--max-frame", "65536", extra, (char *)NULL);
         if (nofile > 0) {
             struct rlimit rl = {.rlim_cur = (rlim_t)nofile, .rlim_max = (rlim_t)nofile};
 
@@ -818,7 +818,6 @@ static void start_worker_with(const char *const *extra, long nofile)
 
 static void start_worker(void)
 {
-    start_worker_with(NULL);
     start_worker_with(NULL, 0);
 }
 
@@ -1880,7 +1879,11 @@ START_TEST(test_external_worker_death_fails_calls)
     pthread_t th;
     double killed;
 
-    start_worker_with("--allow-admin");
+    {
+        static const char *const admin[] = {"--allow-admin", NULL};
+
+        start_worker_with(admin, 0);
+    }
     snprintf(addr, sizeof(addr), "unix:%s/w.sock", sockdir);
     setenv("DIFFUSION_WORKER_ACTOR_NAMES", addr, 1);
     s.e = open_backend("external");
