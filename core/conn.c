@@ -1267,18 +1267,29 @@ size_t dx_conn_wait_any(dx_wait *w, size_t n, double deadline, double until)
         unsigned long gen = wake_gen();
         size_t done = 0, left = 0;
 
+        double now = dexec_now(), next = until;
+
         for (size_t i = 0; i < n; i++) {
             if (!w[i].active || w[i].finished)
                 continue;
             w[i].finished = wait_one(&w[i], deadline);
-            if (w[i].finished && w[i].done != NULL)
-                w[i].done(w[i].done_user, &w[i]);
-            done += w[i].finished != 0;
-            left += !w[i].finished;
+            if (w[i].finished) {
+                probe_drop(&w[i]);
+                if (w[i].done != NULL)
+                    w[i].done(w[i].done_user, &w[i]);
+                done++;
+                continue;
+            }
+            left++;
+            /* a rank silent past timeouts.health is probed, then closed,
+             * as in dx_conn_wait_all: its death is what the caller acts on */
+            double t = watch_silence(&w[i], now);
+            if (t < next)
+                next = t;
         }
         if (done > 0 || left == 0 || dx_remaining(until) <= 0)
             return done;
-        wake_wait(gen, until);
+        wake_wait(gen, next);
     }
 }
 

@@ -629,8 +629,12 @@ END_TEST
 START_TEST(test_silent_rank_reported_at_health_deadline)
 {
     /* timeouts.health = 1: a get_rank probe after 0.5 s of silence, the
-     * connection closed after 1 s */
-    dexec_engine *e = open_engine(1, "timeouts.health", "1.0");
+     * connection closed after 1 s; recovery off, so the step reports it
+     * (with recovery the silent rank is handled as a death: killed,
+     * restarted, its request re-dealt) */
+    static const char *const kv[] = {"timeouts.health", "1.0", "max_restarts", "0",
+                                     "max_task_retries", "0", NULL};
+    dexec_engine *e = open_engine_kv(1, kv);
     step_arg a = {.e = e};
     pthread_t th;
     pid_t pid = worker_pid(e, 0);
