@@ -103,6 +103,7 @@ struct dexec_executor {
     int restarting;
     double since;
     char why[512];
+    char lost[1024]; /* why there is no actor: the death and the failed restart */
 };
 
 static double left_s(double deadline)
@@ -807,6 +808,7 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
     if (st != DEXEC_OK) {
         drop_actor(ex);
         dexec_errorf(err, errlen, "%s; restart %d failed: %s", why, ex->restarts, msg);
+        snprintf(ex->lost, sizeof(ex->lost), "%s", err);
         ex->host->log(DEXEC_LOG_ERROR, COMPONENT, "%s", err);
     } else {
         ex->host->log(DEXEC_LOG_WARN, COMPONENT,
@@ -823,7 +825,7 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
 static void death_of(struct dexec_executor *ex, char *why, size_t len)
 {
     if (ex->actor == NULL)
-        snprintf(why, len, "actor not running (its last restart failed)");
+        snprintf(why, len, "%s", ex->lost);
     else if (dexec_conn_call(ex->actor, "get_rank", NULL, dexec_now(), NULL, NULL, NULL, why,
                              len) == DEXEC_OK)
         snprintf(why, len, "%s is alive", ex->label);
