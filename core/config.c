@@ -190,6 +190,10 @@ static const struct dx_key keys[] = {
     KEY_ENUM("mp.launcher", "local", "local|srun",
              "how the mp executor starts its ranks: children of the engine (local), or "
              "one Slurm job step with a task per rank (srun)"),
+    KEY_INT("mp.cpus_per_rank", 0, -1, 4096,
+            "CPUs each local mp rank runs on (its affinity) and threads it computes with "
+            "(OPENBLAS_NUM_THREADS, the CPU pool): 0 splits this host's CPUs evenly "
+            "between the ranks, -1 leaves both to the worker"),
 
     KEY_STR("slurm.partition", "", 0, NULL, "partition name, or \"\" for the default",
             "Slurm partition of the steps dexec starts (srun --partition)"),

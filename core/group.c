@@ -223,6 +223,48 @@ static void note_death(dexec_group *g, int r, dexec_conn *c, const char *why)
     pthread_mutex_unlock(&g->lock);
 }
 
+int dexec_group_rank_dead(dexec_group *g, int rank)
+{
+    int dead;
+
+    if (g == NULL || rank < 0 || rank >= g->n)
+        return 0;
+    pthread_mutex_lock(&g->lock);
+    dead = g->rs[rank].state == RANK_DEAD ||
+           (g->rs[rank].state == RANK_LIVE &&
+            (g->conns[rank] == NULL || dexec_conn_poll_dead(g->conns[rank])));
+    pthread_mutex_unlock(&g->lock);
+    return dead;
+}
+
+dexec_status dexec_group_revive(dexec_group *g, int rank, dexec_conn *c)
+{
+    dexec_conn **ng;
+
+    if (g == NULL || c == NULL || rank < 0 || rank >= g->n)
+        return DEXEC_EINVAL;
+    pthread_mutex_lock(&g->lock);
+    if (!(g->rs[rank].state == RANK_DEAD ||
+          (g->rs[rank].state == RANK_LIVE &&
+           (g->conns[rank] == NULL || dexec_conn_dead(g->conns[rank]))))) {
+        pthread_mutex_unlock(&g->lock);
+        return DEXEC_EINVAL;
+    }
+    if (g->conns[rank] != NULL) {
+        ng = realloc(g->grave, (g->ngrave + 1) * sizeof(*ng));
+        if (ng == NULL) {
+            pthread_mutex_unlock(&g->lock);
+            return DEXEC_ENOMEM;
+        }
+        g->grave = ng;
+        g->grave[g->ngrave++] = g->conns[rank];
+    }
+    g->conns[rank] = c;
+    g->rs[rank].state = RANK_LIVE;
+    pthread_mutex_unlock(&g->lock);
+    return DEXEC_OK;
+}
+
 void dexec_group_stop_recovery(dexec_group *g)
 {
     if (g == NULL)

@@ -21,7 +21,7 @@
 #include "redis_helper.h"
 
 static test_redis redis;
-static test_worker w[2];
+static test_worker w[3];
 
 static void start_worker(int i, int rank, const char *name, const char *token_file)
 {
@@ -72,6 +72,7 @@ static void teardown(void)
 {
     test_worker_stop(&w[0]);
     test_worker_stop(&w[1]);
+    test_worker_stop(&w[2]);
     test_redis_stop(&redis);
 }
 
@@ -335,6 +336,76 @@ START_TEST(dead_worker_with_live_key)
 }
 END_TEST
 
+/* Kills victim when request 1 reports its first step. */
+static void kill_on_progress(void *user, size_t req, int image, int step, int total)
+{
+    test_worker *victim = user;
+
+    (void)image;
+    (void)total;
+    if (req == 1 && step >= 1 && victim->pid > 0 && test_worker_alive(victim))
+        kill(victim->pid, SIGKILL);
+}
+
+/* -b 8 with 2 steps; every request must succeed; the ranks that served
+ * them go to ranks[]. */
+static void step_eight(dexec_engine *e, dexec_progress_fn progress, void *user, int *ranks)
+{
+    enum { N = 8 };
+    dexec_request r[N];
+    dexec_output *outs = NULL;
+
+    for (int i = 0; i < N; i++) {
+        dexec_request_init(&r[i]);
+        r[i].prompt = "a sneaker";
+        r[i].num_inference_steps = 6;
+        r[i].seed = 7 + i;
+    }
+    ck_assert_msg(dexec_engine_step(e, r, N, &outs, progress, user) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ranks[i] = outs[i].rank;
+    }
+    dexec_outputs_free(outs, N);
+}
+
+/* A named worker killed mid-step: its requests are dealt to the live
+ * rank; restarted by the test under the same name (another socket), it is
+ * reconnected and serves the next step. */
+START_TEST(killed_worker_back_under_its_name)
+{
+    dexec_engine *e = NULL;
+    dexec_value *info = NULL;
+    char err[2048];
+    int ranks[8], served1 = 0;
+
+    ck_assert_msg(create("max_task_retries = 2;", &e, err, sizeof(err)) == DEXEC_OK, "%s",
+                  err);
+    step_eight(e, kill_on_progress, &w[1], ranks);
+    for (int t = 0; t < 500 && test_worker_alive(&w[1]); t++)
+        usleep(10000);
+    ck_assert_msg(!test_worker_alive(&w[1]), "the killed worker still runs");
+    /* rank 1 is dead and not back: the next step runs on rank 0 alone */
+    step_eight(e, NULL, NULL, ranks);
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(ranks[i], 0);
+    /* the same name, another address */
+    start_worker(2, 1, "diffusion_worker_1", NULL);
+    ck_assert_str_ne(w[2].address, w[1].address);
+    step_eight(e, NULL, NULL, ranks);
+    for (int i = 0; i < 8; i++)
+        served1 += ranks[i] == 1;
+    ck_assert_int_eq(served1, 4);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, 1, &info),
+                     DEXEC_OK);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(info, "pid"), -1), w[2].pid);
+    dexec_value_free(info);
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(token_required)
 {
     dexec_engine *e = NULL;
@@ -402,6 +473,7 @@ static Suite *external_suite(void)
     tcase_add_test(t, literal_addresses_need_no_registry);
     tcase_add_test(t, logs_of_external_workers);
     tcase_add_test(t, redis_down_at_start);
+    tcase_add_test(t, killed_worker_back_under_its_name);
     tcase_add_test(t, dead_worker_with_live_key);
     tcase_set_timeout(t, 120);
     suite_add_tcase(s, t);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -928,6 +929,87 @@ static void proc_env(pid_t pid, const char *name, char *out, size_t len)
             return;
         }
 }
+
+/* /proc/PID/status's value of key ("Cpus_allowed_list") into out. */
+static void proc_status(pid_t pid, const char *key, char *out, size_t len)
+{
+    char path[64], line[512];
+    size_t kl = strlen(key);
+    FILE *f;
+
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "re");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+            char *v = line + kl + 1;
+
+            v += strspn(v, " \t");
+            v[strcspn(v, "\n")] = '\0';
+            snprintf(out, len, "%s", v);
+        }
+    }
+    fclose(f);
+}
+
+/* get_info of rank: its threads and CPU list. */
+static void rank_threads(dexec_engine *e, int rank, int *threads, char *cpus, size_t len,
+                         pid_t *pid)
+{
+    dexec_value *info = NULL;
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, rank, &info),
+                     DEXEC_OK);
+    *threads = (int)dexec_value_as_int(dexec_value_map_get(info, "threads"), -1);
+    snprintf(cpus, len, "%s", dexec_value_as_str(dexec_value_map_get(info, "cpus"), "?"));
+    *pid = (pid_t)dexec_value_as_int(dexec_value_map_get(info, "pid"), -1);
+    dexec_value_free(info);
+}
+
+/* By default two local ranks split the engine's CPUs: disjoint affinity,
+ * as many BLAS/pool threads as CPUs each, as get_info and /proc say;
+ * mp.cpus_per_rank = -1 leaves both to the worker. */
+START_TEST(test_ranks_split_the_cpus)
+{
+    static const char *const off[] = {"mp.cpus_per_rank", "-1", NULL};
+    cpu_set_t set;
+    int have, threads[2];
+    char cpus[2][256], proc[256], env[32];
+    dexec_engine *e;
+    pid_t pid[2];
+
+    ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+    have = CPU_COUNT(&set); /* >= 2: the suite leaves the test out otherwise */
+    e = open_engine_kv(2, NULL);
+    for (int r = 0; r < 2; r++) {
+        rank_threads(e, r, &threads[r], cpus[r], sizeof(cpus[r]), &pid[r]);
+        ck_assert_int_eq(threads[r], have / 2);
+        proc_status(pid[r], "Cpus_allowed_list", proc, sizeof(proc));
+        ck_assert_str_eq(proc, cpus[r]);
+        proc_env(pid[r], "OPENBLAS_NUM_THREADS", env, sizeof(env));
+        ck_assert_int_eq(atoi(env), have / 2);
+    }
+    ck_assert_str_ne(cpus[0], cpus[1]);
+    if (have == 2) {
+        ck_assert_str_eq(cpus[0], "0");
+        ck_assert_str_eq(cpus[1], "1");
+    }
+    dexec_engine_free(e);
+
+    e = open_engine_kv(2, off);
+    for (int r = 0; r < 2; r++) {
+        rank_threads(e, r, &threads[r], cpus[r], sizeof(cpus[r]), &pid[r]);
+        proc_status(getpid(), "Cpus_allowed_list", proc, sizeof(proc));
+        ck_assert_str_eq(cpus[r], proc);
+        proc_env(pid[r], "OPENBLAS_NUM_THREADS", env, sizeof(env));
+        ck_assert_str_eq(env, getenv("OPENBLAS_NUM_THREADS") != NULL
+                                  ? getenv("OPENBLAS_NUM_THREADS")
+                                  : "");
+    }
+    dexec_engine_free(e);
+}
+END_TEST
 
 START_TEST(test_runtime_env_reaches_every_rank)
 {
@@ -1959,6 +2041,15 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
     tcase_add_test(tc, test_runtime_env_reaches_every_rank);
+    {
+        cpu_set_t set;
+
+        if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) >= 2)
+            tcase_add_test(tc, test_ranks_split_the_cpus);
+        else
+            fprintf(stderr, "test_ranks_split_the_cpus skipped: this process may run on "
+                            "fewer than 2 CPUs\n");
+    }
     tcase_add_test(tc, test_get_logs_has_failed_request);
     suite_add_tcase(s, tc);
     tc = tcase_create("async");

@@ -51,11 +51,14 @@ static dexec_status try_engine(int ranks, const char *extra, dexec_engine **e, c
     snprintf(text, sizeof(text),
              "%s%s%s%snum_gpus = %d;\n"
              "distributed_executor_backend = \"ray_actor\";\n"
-             "timeouts = { init = 30.0; shutdown_grace = 2.0; };\n%s\n",
+             "%s\n%s\n",
              extra != NULL && strstr(extra, "model =") ? "" : "model = \"",
              extra != NULL && strstr(extra, "model =") ? "" : model_path,
              extra != NULL && strstr(extra, "model =") ? "" : "\";\n",
              extra != NULL && strstr(extra, "device =") ? "" : "device = \"cpu\";\n", ranks,
+             extra != NULL && strstr(extra, "timeouts =")
+                 ? ""
+                 : "timeouts = { init = 30.0; shutdown_grace = 2.0; };",
              extra != NULL ? extra : "");
     st = dexec_config_parse(text, "test", &cfg, err, errlen);
     ck_assert_msg(st == DEXEC_OK, "config: %s", err);
@@ -497,7 +500,7 @@ static void *sleep_call(void *arg)
 
 START_TEST(test_local_kill9_fails_calls_within_a_second)
 {
-    sleeper s = {.e = open_engine(2, "allow_admin_methods = true;")};
+    sleeper s = {.e = open_engine(2, "allow_admin_methods = true; max_restarts = 0;")};
     pid_t pid = actor_pid(s.e, 0);
     pthread_t t;
     double killed;
@@ -517,6 +520,206 @@ START_TEST(test_local_kill9_fails_calls_within_a_second)
                   dexec_engine_last_error(s.e));
     dexec_engine_free(s.e);
     ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
+/* ---- recovery: the actor (all ranks) restarted, lost requests re-dealt ---- */
+
+/* stderr (where dexec_log writes) goes to a file the test reads back. */
+static char log_path[64];
+
+static void capture_log(void)
+{
+    int fd;
+
+    snprintf(log_path, sizeof(log_path), "/tmp/test-ray-log-XXXXXX");
+    fd = mkstemp(log_path);
+    ck_assert_int_ge(fd, 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static int log_has(const char *needle)
+{
+    char buf[65536];
+    FILE *f = fopen(log_path, "r");
+    size_t n;
+
+    if (f == NULL)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* Sends sig to victim when request on_req reports its first step, then
+ * notes when the death line reached the log, from the others' progress. */
+typedef struct killer {
+    pid_t victim;
+    size_t on_req;
+    int sig;
+    double killed_at, logged_at;
+    const char *death_line;
+    volatile int stop;
+    pthread_t th;
+} killer;
+
+/* Notes when the death line reaches the log (the step may send no
+ * progress meanwhile). */
+static void *log_watch(void *arg)
+{
+    killer *k = arg;
+
+    while (!k->stop && k->logged_at == 0) {
+        if (k->killed_at > 0 && log_has(k->death_line))
+            k->logged_at = test_now();
+        usleep(10000);
+    }
+    return NULL;
+}
+
+static void watch_start(killer *k)
+{
+    pthread_create(&k->th, NULL, log_watch, k);
+}
+
+static void watch_stop(killer *k)
+{
+    k->stop = 1;
+    pthread_join(k->th, NULL);
+}
+
+static void on_kill_progress(void *user, size_t req, int image, int step, int total)
+{
+    killer *k = user;
+
+    (void)image;
+    (void)total;
+    if (k->killed_at == 0 && req == k->on_req && step >= 1) {
+        kill(k->victim, k->sig);
+        k->killed_at = test_now();
+    }
+}
+
+#define RB 16 /* requests of the recovery tests (-b 16) */
+#define PIXELS(im) ((size_t)(im)->width * (im)->height * (im)->channels)
+
+static void recovery_requests(dexec_request *r, char ids[][16])
+{
+    make_requests(r, RB, ids);
+    for (int i = 0; i < RB; i++)
+        r[i].num_inference_steps = 12;
+}
+
+/* kill -9 (or SIGSTOP with a low timeouts.stall) of the actor mid-step:
+ * every image of the step with the undisturbed pixels, the death logged
+ * as it happens, a new actor (new pid) serving the next step. */
+static void actor_recovers(int sig)
+{
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16], line[160];
+    dexec_output *ref = NULL, *outs = NULL;
+    killer k = {.on_req = 1, .sig = sig};
+    pid_t pid, pid2;
+
+    capture_log();
+    e = open_engine(2, "max_restarts = 1; max_task_retries = 1;\n"
+                       "timeouts = { init = 30.0; shutdown_grace = 2.0; stall = 2.0; };");
+    recovery_requests(reqs, ids);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &ref, NULL, NULL), DEXEC_OK);
+    pid = actor_pid(e, 0);
+    k.victim = pid;
+    if (sig == SIGKILL)
+        snprintf(line, sizeof(line), "actor (pid %d): actor died: killed by signal 9", (int)pid);
+    else
+        snprintf(line, sizeof(line), "actor (pid %d): nothing heard for ", (int)pid);
+    k.death_line = line;
+    watch_start(&k);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_OK);
+    watch_stop(&k);
+    ck_assert_msg(k.killed_at > 0, "the signal was never sent");
+    ck_assert_msg(k.logged_at > 0, "the death was not logged while the step ran");
+    ck_assert_msg(k.logged_at - k.killed_at < (sig == SIGKILL ? 1.0 : 10.0),
+                  "death logged %.3f s after the signal", k.logged_at - k.killed_at);
+    for (int i = 0; i < RB; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ck_assert_str_eq(outs[i].request_id, ids[i]);
+        ck_assert_msg(memcmp(outs[i].images[0].pixels, ref[i].images[0].pixels, PIXELS(&ref[i].images[0])) == 0,
+                      "request %d (rank %d): other pixels than the undisturbed run", i,
+                      outs[i].rank);
+    }
+    dexec_outputs_free(outs, RB);
+    ck_assert_msg(log_has("; restarting it (restart 1 of 1)"), "the restart was not logged");
+    ck_assert_msg(log_has("actor restarted in "), "the restart was not logged");
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    pid2 = actor_pid(e, 1);
+    ck_assert_int_ne(pid2, pid);
+    ck_assert_int_eq(actor_pid(e, 0), pid2);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, NULL, NULL), DEXEC_OK);
+    for (int i = 0; i < RB; i++) {
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ck_assert_int_eq(outs[i].rank, i % 2);
+        ck_assert(memcmp(outs[i].images[0].pixels, ref[i].images[0].pixels, PIXELS(&ref[i].images[0])) == 0);
+    }
+    dexec_outputs_free(outs, RB);
+    dexec_outputs_free(ref, RB);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    ck_assert_msg(process_gone(pid2), "restarted actor %d still running after close", (int)pid2);
+    dexec_engine_free(e);
+    ck_assert_int_eq(count_children(), 0);
+    unlink(log_path);
+}
+
+START_TEST(test_local_kill9_actor_restarted)
+{
+    actor_recovers(SIGKILL);
+}
+END_TEST
+
+START_TEST(test_local_sigstop_actor_hung)
+{
+    actor_recovers(SIGSTOP);
+}
+END_TEST
+
+/* max_restarts = 0: the step's requests fail at once with the death. */
+START_TEST(test_local_kill9_no_restart_fails_fast)
+{
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16], line[160], want[160];
+    dexec_output *outs = NULL;
+    killer k = {.on_req = 1, .sig = SIGKILL};
+    double done_at;
+    pid_t pid;
+
+    capture_log();
+    e = open_engine(2, "max_restarts = 0; max_task_retries = 0;");
+    recovery_requests(reqs, ids);
+    pid = actor_pid(e, 0);
+    k.victim = pid;
+    snprintf(line, sizeof(line), "actor (pid %d): actor died: killed by signal 9", (int)pid);
+    k.death_line = line;
+    watch_start(&k);
+    /* the actor hosts both ranks: every request of the step is lost */
+    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_EWORKER);
+    done_at = test_now();
+    usleep(100000);
+    watch_stop(&k);
+    ck_assert_msg(k.killed_at > 0 && done_at - k.killed_at < 1.0,
+                  "step returned %.3f s after the kill", done_at - k.killed_at);
+    ck_assert_msg(k.logged_at > 0 && k.logged_at - k.killed_at < 1.0, "not logged at once: %s",
+                  line);
+    ck_assert_msg(log_has("not restarted (max_restarts = 0)"), "no 'not restarted' line");
+    snprintf(want, sizeof(want), "generate: actor (pid %d): actor died: killed by signal 9",
+             (int)pid);
+    ck_assert_msg(strstr(dexec_engine_last_error(e), want) != NULL, "got: %s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    dexec_engine_free(e);
+    unlink(log_path);
 }
 END_TEST
 
@@ -817,6 +1020,9 @@ static Suite *ray_suite(void)
     tcase_add_test(local, test_local_error_reply_names_rank);
     tcase_add_test(local, test_local_rpc_timeout_names_method);
     tcase_add_test(local, test_local_kill9_fails_calls_within_a_second);
+    tcase_add_test(local, test_local_kill9_actor_restarted);
+    tcase_add_test(local, test_local_sigstop_actor_hung);
+    tcase_add_test(local, test_local_kill9_no_restart_fails_fast);
     tcase_add_test(local, test_local_engine_sigkill_takes_actor);
     suite_add_tcase(s, local);
 

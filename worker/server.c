@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <signal.h>
@@ -186,8 +187,44 @@ static dexec_value *rank_stats(wrank *r)
     return m;
 }
 
+/* OpenBLAS's thread count, which also sizes the CPU backend's pool
+ * (weak: a reference BLAS has none, and computes on one thread). */
+#pragma weak openblas_get_num_threads
+int openblas_get_num_threads(void);
+
+static int compute_threads(void)
+{
+    return openblas_get_num_threads ? openblas_get_num_threads() : 1;
+}
+
+/* This process's CPU affinity as a CPU list ("0-1,4"). */
+static void affinity_list(char *buf, size_t len)
+{
+    cpu_set_t set;
+    size_t used = 0;
+
+    buf[0] = '\0';
+    if (sched_getaffinity(0, sizeof(set), &set) != 0)
+        return;
+    for (int c = 0; c < CPU_SETSIZE && used < len; c++) {
+        int e = c;
+
+        if (!CPU_ISSET(c, &set))
+            continue;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set))
+            e++;
+        if (e == c)
+            used += (size_t)snprintf(buf + used, len - used, "%s%d", used ? "," : "", c);
+        else
+            used += (size_t)snprintf(buf + used, len - used, "%s%d-%d", used ? "," : "", c, e);
+        c = e;
+    }
+}
+
 static dexec_value *rank_info(wrank *r)
 {
+    char cpus[1024];
+
     dexec_value *m;
 
     pthread_rwlock_rdlock(&r->mlock);
@@ -204,6 +241,9 @@ static dexec_value *rank_info(wrank *r)
         dexec_value_map_set(m, "name", dexec_value_str(r->s->name));
     dexec_value_map_set(m, "protocol", dexec_value_int(DEXEC_PROTOCOL_VERSION));
     dexec_value_map_set(m, "version", dexec_value_str(dexec_version()));
+    affinity_list(cpus, sizeof(cpus));
+    dexec_value_map_set(m, "threads", dexec_value_int(compute_threads()));
+    dexec_value_map_set(m, "cpus", dexec_value_str(cpus));
     return m;
 }
 

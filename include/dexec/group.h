@@ -74,6 +74,19 @@ void dexec_group_recovery_from_config(const dexec_config *cfg, dexec_group_recov
  * deadline. Call before the group is used. */
 void dexec_group_set_recovery(dexec_group *g, const dexec_group_recovery *r);
 
+/* Nonzero when rank's connection is dead (its death handled, or an EOF
+ * found waiting on the socket now) and no restart of it runs: the rank
+ * gets no requests until dexec_group_revive gives it a new connection. */
+int dexec_group_rank_dead(dexec_group *g, int rank);
+
+/* Gives a dead rank (dexec_group_rank_dead) a new connection c, hello and
+ * initialize already done; the group owns c from here, and keeps the old
+ * one until it is freed (a caller may still hold it). The rank is live
+ * again and its death is reported afresh. For executors that reconnect to
+ * workers they do not own (external). DEXEC_EINVAL (c not taken) when the
+ * rank is out of range or not dead. */
+dexec_status dexec_group_revive(dexec_group *g, int rank, dexec_conn *c);
+
 /* Waits for restarts in progress and starts no more: call before stopping
  * the workers. Safe to call twice. */
 void dexec_group_stop_recovery(dexec_group *g);

@@ -17,14 +17,25 @@
  * must return the worker's index within timeouts.health.
  *
  * Closing only disconnects: the workers keep running for the next engine.
+ *
+ * Recovery (doc/configuration.md "Recovery"): nothing is restarted, since
+ * the engine does not own the workers. A worker that dies or hangs
+ * (timeouts.stall: its connection is shut) is logged at once and the
+ * requests it held are dealt again to the live ranks (max_task_retries).
+ * Before each step, collective_rpc and check_health every dead rank's
+ * name is resolved again and, when a worker answers as that name (it
+ * came back, registered under the same name), reconnected: the rank is
+ * live again from that call on.
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <dexec/discovery.h>
+#include <dexec/group.h>
 #include <dexec/plugin.h>
 #include <dexec/rpc.h>
 
@@ -41,6 +52,9 @@ struct dexec_executor {
     char **addresses;
     dexec_group *group;
     ext_peer *peers; /* one per rank; the group's death callbacks point here */
+    char *token;     /* the workers' token, for reconnecting; NULL when none */
+    double init_t;
+    pthread_mutex_t rlock; /* one reconnect pass at a time */
 };
 
 static double left_s(double deadline)
@@ -71,6 +85,8 @@ static void destroy(struct dexec_executor *ex)
     free(ex->peers);
     free_strv(ex->names, ex->n);
     free_strv(ex->addresses, ex->n);
+    free(ex->token);
+    pthread_mutex_destroy(&ex->rlock);
     free(ex);
 }
 
@@ -196,7 +212,8 @@ static dexec_status read_token(const dexec_config *cfg, char **token, char *err,
 
 /* connect + hello to rank i, checking that the worker answers as its name. */
 static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *peer,
-                                   const char *token, double deadline, char *err, size_t errlen)
+                                   const char *token, double deadline, dexec_conn **out,
+                                   char *err, size_t errlen)
 {
     dexec_conn *c = NULL;
     dexec_value *info = NULL;
@@ -218,7 +235,7 @@ static dexec_status connect_worker(struct dexec_executor *ex, int i, ext_peer *p
     snprintf(peer->name, sizeof(peer->name), "%s", ex->names[i]);
     snprintf(peer->address, sizeof(peer->address), "%s", ex->addresses[i]);
     dexec_conn_on_death(c, on_death, peer);
-    dexec_group_set(ex->group, i, c);
+    *out = c; /* the caller's, even when hello fails */
     st = dexec_conn_hello(c, token, left_s(deadline), &info, msg, sizeof(msg));
     if (st != DEXEC_OK) {
         /* msg names the rank, the worker and its address already (the label) */
@@ -253,6 +270,8 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
     if (ex == NULL)
         return DEXEC_ENOMEM;
     ex->host = host;
+    ex->init_t = init_t;
+    pthread_mutex_init(&ex->rlock, NULL);
     st = worker_names(ex, err, errlen);
     if (st == DEXEC_OK)
         st = read_token(host->config, &token, err, errlen);
@@ -265,9 +284,14 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
         if (ex->group == NULL || ex->peers == NULL || ids == NULL)
             st = DEXEC_ENOMEM;
     }
-    for (int i = 0; i < ex->n && st == DEXEC_OK; i++)
-        st = connect_worker(ex, i, &ex->peers[i], token, deadline, err, errlen);
-    free(token);
+    for (int i = 0; i < ex->n && st == DEXEC_OK; i++) {
+        dexec_conn *c = NULL;
+
+        st = connect_worker(ex, i, &ex->peers[i], token, deadline, &c, err, errlen);
+        if (c != NULL)
+            dexec_group_set(ex->group, i, c);
+    }
+    ex->token = token;
     for (int i = 0; i < ex->n && st == DEXEC_OK; i++)
         st = dexec_conn_send(dexec_group_conn(ex->group, i), "initialize", NULL, NULL, NULL,
                              &ids[i], err, errlen);
@@ -308,10 +332,92 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
         dexec_config_get_float(host->config, "timeouts.write", &write_t);
         for (int i = 0; i < ex->n; i++)
             dexec_conn_set_timeouts(dexec_group_conn(ex->group, i), write_t, health_t);
+        dexec_group_recovery rec;
+
+        /* no restarts (not ours); re-deals, and hung workers dropped */
+        dexec_group_recovery_from_config(host->config, &rec);
+        rec.max_restarts = 0;
+        rec.component = "external";
+        dexec_group_set_recovery(ex->group, &rec);
     }
     host->log(DEXEC_LOG_INFO, "external", "connected to %d external worker(s)", ex->n);
     *out = ex;
     return DEXEC_OK;
+}
+
+/* Resolves rank i's name again (an address is used as is). */
+static dexec_status resolve_again(struct dexec_executor *ex, int i, char *err, size_t errlen)
+{
+    dexec_discovery_handle *d = NULL;
+    dexec_actor_info a;
+    dexec_status st;
+    char msg[1024];
+
+    if (is_address(ex->names[i]))
+        return DEXEC_OK;
+    st = dexec_discovery_open(ex->host->config, NULL, NULL, &d, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        dexec_errorf(err, errlen, "cannot look up worker %s: %s", ex->names[i], msg);
+        return st;
+    }
+    dexec_actor_info_init(&a);
+    st = dexec_discovery_resolve(d, ex->names[i], &a, msg, sizeof(msg));
+    if (st == DEXEC_OK) {
+        free(ex->addresses[i]);
+        ex->addresses[i] = a.address;
+        a.address = NULL;
+    } else {
+        dexec_errorf(err, errlen, "worker %d: %s", i, msg);
+    }
+    dexec_actor_info_clear(&a);
+    dexec_discovery_close(d);
+    return st;
+}
+
+/* Every dead rank whose worker is back under its name (same name, maybe
+ * another address) is reconnected: connect, hello (the name checked),
+ * initialize. A rank whose worker is not back stays dead until the next
+ * call tries again. */
+static void reconnect_dead(struct dexec_executor *ex)
+{
+    pthread_mutex_lock(&ex->rlock);
+    for (int i = 0; i < ex->n; i++) {
+        double deadline = dexec_now() + ex->init_t;
+        dexec_conn *c = NULL;
+        dexec_value *res = NULL;
+        char msg[1024];
+        dexec_status st;
+
+        if (!dexec_group_rank_dead(ex->group, i))
+            continue;
+        st = resolve_again(ex, i, msg, sizeof(msg));
+        if (st == DEXEC_OK)
+            st = connect_worker(ex, i, &ex->peers[i], ex->token, deadline, &c, msg,
+                                sizeof(msg));
+        if (st == DEXEC_OK) {
+            st = dexec_conn_call(c, "initialize", NULL, deadline, &res, NULL, NULL, msg,
+                                 sizeof(msg));
+            if (st == DEXEC_OK &&
+                strcmp(dexec_value_as_str(dexec_value_map_get(res, "status"), ""), "ready")) {
+                snprintf(msg, sizeof(msg), "worker %d (%s) failed to initialize: %s", i,
+                         ex->names[i],
+                         dexec_value_as_str(dexec_value_map_get(res, "error"), "no reason given"));
+                st = DEXEC_EINIT;
+            }
+            dexec_value_free(res);
+        }
+        if (st == DEXEC_OK)
+            st = dexec_group_revive(ex->group, i, c);
+        if (st == DEXEC_OK) {
+            ex->host->log(DEXEC_LOG_WARN, "external", "rank %d (%s) reconnected at %s", i,
+                          ex->names[i], ex->addresses[i]);
+        } else {
+            dexec_conn_free(c);
+            ex->host->log(DEXEC_LOG_DEBUG, "external", "rank %d (%s) still dead: %s", i,
+                          ex->names[i], msg);
+        }
+    }
+    pthread_mutex_unlock(&ex->rlock);
 }
 
 static int ext_num_ranks(const dexec_executor *ex)
@@ -324,6 +430,7 @@ static dexec_status ext_rpc(dexec_executor *ex, const char *method, double timeo
                             int unique_reply_rank, dexec_value **replies, char *err,
                             size_t errlen)
 {
+    reconnect_dead(ex);
     return dexec_group_collective_rpc(ex->group, method, timeout, args, kwargs,
                                       unique_reply_rank, replies, err, errlen);
 }
@@ -332,11 +439,13 @@ static dexec_status ext_add(dexec_executor *ex, const dexec_request *reqs, size_
                             dexec_output *outs, double timeout, dexec_progress_fn progress,
                             void *user, char *err, size_t errlen)
 {
+    reconnect_dead(ex);
     return dexec_group_generate(ex->group, reqs, n, outs, timeout, progress, user, err, errlen);
 }
 
 static dexec_status ext_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
 {
+    reconnect_dead(ex);
     return dexec_group_check_health(ex->group, timeout, err, errlen);
 }
 

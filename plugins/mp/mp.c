@@ -59,6 +59,9 @@ struct dexec_executor {
     pthread_mutex_t plock;     /* proc[] and old[] against mp_kill */
     dexec_process **old;       /* replaced by restarts; freed in destroy */
     size_t nold;
+    /* mp.cpus_per_rank: each rank's CPU list ("" none) and thread count (0 none) */
+    char (*cpus)[256];
+    int threads;
 };
 
 static double left_s(double deadline)
@@ -82,6 +85,61 @@ static void on_death(void *user, dexec_conn *c, char *buf, size_t len)
     } else {
         snprintf(buf, len, "worker closed its connection (process still running)");
     }
+}
+
+/* 1 when env (NAME=VALUE entries) sets name. */
+static int env_has(char *const *env, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (size_t i = 0; env[i] != NULL; i++)
+        if (strncmp(env[i], name, n) == 0 && env[i][n] == '=')
+            return 1;
+    return 0;
+}
+
+/* mp.cpus_per_rank: disjoint CPU lists for the ranks and their thread
+ * count. 0 splits this process's CPUs evenly (one thread each, no pinning
+ * with more ranks than CPUs); N > 0 gives N each; -1 sets nothing. */
+static dexec_status split_cpus(struct dexec_executor *ex, char *err, size_t errlen)
+{
+    int64_t per = 0;
+    int have = dexec_cpus_allowed();
+    char avoid[4096] = "", perr[512];
+
+    dexec_config_get_int(ex->host->config, "mp.cpus_per_rank", &per);
+    if (per < 0)
+        return DEXEC_OK;
+    if (per == 0 && ex->n > have) {
+        ex->threads = 1;
+        return DEXEC_OK;
+    }
+    if (per == 0)
+        per = have / ex->n;
+    if (per * ex->n > have) {
+        dexec_errorf(err, errlen,
+                     "mp.cpus_per_rank = %lld with %d ranks needs %lld CPUs but only %d are "
+                     "available (lower mp.cpus_per_rank, or 0 to split them, or -1)",
+                     (long long)per, ex->n, (long long)per * ex->n, have);
+        return DEXEC_EINVAL;
+    }
+    ex->cpus = calloc((size_t)ex->n, sizeof(*ex->cpus));
+    if (ex->cpus == NULL)
+        return DEXEC_ENOMEM;
+    ex->threads = (int)per;
+    for (int r = 0; r < ex->n; r++) {
+        size_t used = strlen(avoid);
+        dexec_status st = dexec_cpus_pick((int)per, avoid[0] ? avoid : NULL, ex->cpus[r],
+                                          sizeof(ex->cpus[r]), perr, sizeof(perr));
+
+        if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "mp.cpus_per_rank = %lld: rank %d: %s", (long long)per,
+                         r, perr);
+            return st;
+        }
+        snprintf(avoid + used, sizeof(avoid) - used, "%s%s", used ? "," : "", ex->cpus[r]);
+    }
+    return DEXEC_OK;
 }
 
 /* Starts rank's worker on one end of a socketpair (its fd 3); rank i sees
@@ -116,6 +174,30 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
         close(sv[1]);
         dexec_errorf(err, errlen, "out of memory");
         return DEXEC_ENOMEM;
+    }
+    if (ex->cpus != NULL && ex->cpus[rank][0] != '\0')
+        args.cpus = ex->cpus[rank];
+    if (ex->threads > 0 && !env_has(env, "OPENBLAS_NUM_THREADS")) {
+        char **grown;
+        size_t k = 0;
+
+        while (env[k] != NULL)
+            k++;
+        grown = realloc(env, (k + 2) * sizeof(*env));
+        if (grown != NULL) {
+            env = grown;
+            env[k + 1] = NULL;
+            env[k] = malloc(48);
+            if (env[k] != NULL)
+                snprintf(env[k], 48, "OPENBLAS_NUM_THREADS=%d", ex->threads);
+        }
+        if (grown == NULL || env[k] == NULL) {
+            dexec_env_free(env);
+            close(sv[0]);
+            close(sv[1]);
+            dexec_errorf(err, errlen, "out of memory");
+            return DEXEC_ENOMEM;
+        }
     }
     args.env = (const char *const *)env;
     {
@@ -173,6 +255,7 @@ static void destroy(struct dexec_executor *ex)
         dexec_process_free(ex->old[i]);
     free(ex->old);
     free(ex->proc);
+    free(ex->cpus);
     pthread_mutex_destroy(&ex->plock);
     dexec_srun_free(ex->srun);
     free(ex);
@@ -393,6 +476,8 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
     }
     if (strcmp(launcher, "srun") == 0)
         st = start_srun(ex, model, device, deadline, err, errlen);
+    else
+        st = split_cpus(ex, err, errlen);
     for (int r = 0; ex->srun == NULL && r < ex->n && st == DEXEC_OK; r++) {
         int fd;
         dexec_conn *c;

@@ -23,10 +23,27 @@
  * Resources (ray_actor.*): cpus = CPU affinity, gpus = CUDA_VISIBLE_DEVICES,
  * memory = a hard limit (cgroup v2 memory.max, else RLIMIT_AS), resources
  * = labels a node must offer (see doc/ray-actor.md).
+ *
+ * Recovery (doc/configuration.md "Recovery", Ray's actor options): the
+ * actor hosts every rank, so it is restarted as a whole: a dead actor
+ * (EOF of its connection) is logged at once and started again through
+ * the same path that created it (spawn here, placement on a node, a new
+ * Slurm step), with the same ranks, limits and model, at most
+ * max_restarts times over the engine's life; the requests of the step it
+ * died in are dealt again to the new actor, each at most
+ * max_task_retries times (a request lost more often fails as a possible
+ * poison request). A step whose actor has sent nothing (no progress
+ * notification) for timeouts.stall is declared hung: a local actor gets
+ * SIGKILL, a remote one its connection shut (its agent or step then ends
+ * it), and it is handled as a death. An actor that dies between calls is
+ * restarted at the next call; while a restart runs check_health reports
+ * it as restarting.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +53,7 @@
 #include <unistd.h>
 
 #include <dexec/discovery.h>
+#include <dexec/group.h>
 #include <dexec/plugin.h>
 #include <dexec/process.h>
 #include <dexec/rpc.h>
@@ -73,6 +91,19 @@ struct dexec_executor {
     char token[40]; /* the actor's own secret, made for this engine */
     /* slurm mode: srun, whose step hosts the actor */
     dexec_srun *srun;
+    /* recovery */
+    const char *address;  /* ray_init.address (the config's string) */
+    actor_ask ask;        /* what the actor was created with */
+    double init_t;
+    dexec_group_recovery rec;
+    int restarts;         /* restarts begun */
+    /* lk: read-held by every call on ex->actor, write-held to replace it */
+    pthread_rwlock_t lk;
+    pthread_mutex_t mu;   /* restarting, since, why */
+    int restarting;
+    double since;
+    char why[512];
+    char lost[1024]; /* why there is no actor: the death and the failed restart */
 };
 
 static double left_s(double deadline)
@@ -696,13 +727,128 @@ static void stop_actor(struct dexec_executor *ex)
     }
 }
 
+/* Drops what is left of a dead or hung actor: a local one is killed if it
+ * still runs and reaped; a remote one's agent kills it when our connection
+ * to the agent drops; a Slurm step is ended. No call may be in flight. */
+static void drop_actor(struct dexec_executor *ex)
+{
+    if (ex->child != NULL && !dexec_process_reap(ex->child, 0)) {
+        dexec_process_signal(ex->child, SIGKILL);
+        dexec_process_reap(ex->child, 5.0);
+    }
+    if (ex->srun != NULL)
+        dexec_srun_stop(ex->srun, 0);
+    dexec_conn_free(ex->actor);
+    dexec_conn_free(ex->agent);
+    dexec_process_free(ex->child);
+    dexec_srun_free(ex->srun);
+    ex->actor = ex->agent = NULL;
+    ex->child = NULL;
+    ex->srun = NULL;
+    ex->local = 0;
+}
+
 static void destroy(struct dexec_executor *ex)
 {
     dexec_conn_free(ex->actor);
     dexec_conn_free(ex->agent);
     dexec_process_free(ex->child);
     dexec_srun_free(ex->srun);
+    pthread_rwlock_destroy(&ex->lk);
+    pthread_mutex_destroy(&ex->mu);
     free(ex);
+}
+
+/* Creates the actor where ray_init.address says and initializes it. */
+static dexec_status place_actor(struct dexec_executor *ex, char *err, size_t errlen)
+{
+    double deadline = dexec_now() + ex->init_t;
+    dexec_status st;
+
+    if (strcmp(ex->address, "local") == 0) {
+        st = spawn_local(ex, &ex->ask, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, NULL, deadline, ex->init_t, err, errlen);
+    } else if (strcmp(ex->address, "slurm") == 0) {
+        st = place_slurm(ex, &ex->ask, deadline, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, ex->token, deadline, ex->init_t, err, errlen);
+    } else {
+        st = place_remote(ex, &ex->ask, ex->address, deadline, err, errlen);
+        if (st == DEXEC_OK)
+            st = start_actor(ex, ex->token, deadline, ex->init_t, err, errlen);
+    }
+    return st;
+}
+
+/* The actor is dead (why says how): restart it if max_restarts allows.
+ * Called with ex->lk write-held. DEXEC_OK: a new actor is ready. */
+static dexec_status restart_actor(struct dexec_executor *ex, const char *why, char *err,
+                                  size_t errlen)
+{
+    double t0 = dexec_now();
+    dexec_status st;
+    char msg[1024];
+
+    if (ex->restarts >= ex->rec.max_restarts) {
+        dexec_errorf(err, errlen, "%s; not restarted (max_restarts = %d%s)", why,
+                     ex->rec.max_restarts, ex->rec.max_restarts > 0 ? ", all used" : "");
+        return DEXEC_EWORKER;
+    }
+    ex->restarts++;
+    pthread_mutex_lock(&ex->mu);
+    ex->restarting = 1;
+    ex->since = t0;
+    snprintf(ex->why, sizeof(ex->why), "%s", why);
+    pthread_mutex_unlock(&ex->mu);
+    ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; restarting it (restart %d of %d)", why,
+                  ex->restarts, ex->rec.max_restarts);
+    drop_actor(ex);
+    st = place_actor(ex, msg, sizeof(msg));
+    if (st != DEXEC_OK) {
+        drop_actor(ex);
+        dexec_errorf(err, errlen, "%s; restart %d failed: %s", why, ex->restarts, msg);
+        snprintf(ex->lost, sizeof(ex->lost), "%s", err);
+        ex->host->log(DEXEC_LOG_ERROR, COMPONENT, "%s", err);
+    } else {
+        ex->host->log(DEXEC_LOG_WARN, COMPONENT,
+                      "actor restarted in %.2f s (restart %d of max_restarts = %d): %s",
+                      dexec_now() - t0, ex->restarts, ex->rec.max_restarts, ex->label);
+    }
+    pthread_mutex_lock(&ex->mu);
+    ex->restarting = 0;
+    pthread_mutex_unlock(&ex->mu);
+    return st;
+}
+
+/* How the dead actor ended, from its connection. */
+static void death_of(struct dexec_executor *ex, char *why, size_t len)
+{
+    if (ex->actor == NULL)
+        snprintf(why, len, "%s", ex->lost);
+    else if (dexec_conn_call(ex->actor, "get_rank", NULL, dexec_now(), NULL, NULL, NULL, why,
+                             len) == DEXEC_OK)
+        snprintf(why, len, "%s is alive", ex->label);
+}
+
+/* Takes ex->lk (read) for a call, with a live actor when it can: an actor
+ * that died since the last call is restarted first (max_restarts). */
+static void begin_call(struct dexec_executor *ex)
+{
+    pthread_rwlock_rdlock(&ex->lk);
+    if (ex->actor != NULL && !dexec_conn_poll_dead(ex->actor))
+        return;
+    pthread_rwlock_unlock(&ex->lk);
+    pthread_rwlock_wrlock(&ex->lk);
+    if ((ex->actor == NULL || dexec_conn_poll_dead(ex->actor)) &&
+        ex->restarts < ex->rec.max_restarts) {
+        char why[512], msg[1024];
+
+        death_of(ex, why, sizeof(why));
+        restart_actor(ex, why, msg, sizeof(msg));
+    }
+    pthread_rwlock_unlock(&ex->lk);
+    pthread_rwlock_rdlock(&ex->lk);
 }
 
 static dexec_status ray_create(const dexec_host *host, dexec_executor **out, char *err,
@@ -710,7 +856,7 @@ static dexec_status ray_create(const dexec_host *host, dexec_executor **out, cha
 {
     struct dexec_executor *ex;
     const char *address = "local";
-    double init_t = 60.0, grace = 5.0, deadline;
+    double init_t = 60.0, grace = 5.0;
     actor_ask ask;
     dexec_status st;
 
@@ -720,26 +866,19 @@ static dexec_status ray_create(const dexec_host *host, dexec_executor **out, cha
     st = read_ask(host->config, &ask, err, errlen);
     if (st != DEXEC_OK)
         return st;
-    deadline = dexec_now() + init_t;
     ex = calloc(1, sizeof(*ex));
     if (ex == NULL)
         return DEXEC_ENOMEM;
     ex->host = host;
     ex->n = ask.ranks;
     ex->grace = grace;
-    if (strcmp(address, "local") == 0) {
-        st = spawn_local(ex, &ask, err, errlen);
-        if (st == DEXEC_OK)
-            st = start_actor(ex, NULL, deadline, init_t, err, errlen);
-    } else if (strcmp(address, "slurm") == 0) {
-        st = place_slurm(ex, &ask, deadline, err, errlen);
-        if (st == DEXEC_OK)
-            st = start_actor(ex, ex->token, deadline, init_t, err, errlen);
-    } else {
-        st = place_remote(ex, &ask, address, deadline, err, errlen);
-        if (st == DEXEC_OK)
-            st = start_actor(ex, ex->token, deadline, init_t, err, errlen);
-    }
+    ex->address = address;
+    ex->ask = ask;
+    ex->init_t = init_t;
+    pthread_rwlock_init(&ex->lk, NULL);
+    pthread_mutex_init(&ex->mu, NULL);
+    dexec_group_recovery_from_config(host->config, &ex->rec);
+    st = place_actor(ex, err, errlen);
     if (st != DEXEC_OK) {
         stop_actor(ex);
         destroy(ex);
@@ -807,8 +946,15 @@ static dexec_status ray_collective_rpc(dexec_executor *ex, const char *method, d
         return DEXEC_ENOMEM;
     }
     snprintf(what, sizeof(what), "collective_rpc %s", method);
-    st = dexec_conn_call(ex->actor, "collective_rpc", params, dexec_now() + timeout, &res, NULL,
-                         NULL, msg, sizeof(msg));
+    begin_call(ex);
+    if (ex->actor == NULL) {
+        st = DEXEC_ECLOSED;
+        death_of(ex, msg, sizeof(msg));
+    } else {
+        st = dexec_conn_call(ex->actor, "collective_rpc", params, dexec_now() + timeout, &res,
+                             NULL, NULL, msg, sizeof(msg));
+    }
+    pthread_rwlock_unlock(&ex->lk);
     dexec_value_free(params);
     if (st != DEXEC_OK)
         return call_error(ex, st, what, timeout, msg, err, errlen);
@@ -833,7 +979,13 @@ static dexec_status ray_collective_rpc(dexec_executor *ex, const char *method, d
 typedef struct progress_ctx {
     dexec_progress_fn fn;
     void *user;
-    size_t n;
+    size_t n;          /* requests in this call */
+    const size_t *idx; /* their indexes in the step */
+    /* the stall watchdog */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    double heard; /* when the actor last said something */
+    int done, hung;
 } progress_ctx;
 
 static void on_progress(void *user, const char *method, const dexec_value *params)
@@ -841,52 +993,228 @@ static void on_progress(void *user, const char *method, const dexec_value *param
     progress_ctx *p = user;
     int64_t pos = dexec_value_as_int(dexec_value_array_get(params, 1), -1);
 
+    pthread_mutex_lock(&p->mu);
+    p->heard = dexec_now();
+    pthread_mutex_unlock(&p->mu);
     if (strcmp(method, "progress") != 0 || p->fn == NULL || pos < 0 || (size_t)pos >= p->n)
         return;
-    p->fn(p->user, (size_t)pos, (int)dexec_value_as_int(dexec_value_array_get(params, 2), 0),
+    p->fn(p->user, p->idx[pos], (int)dexec_value_as_int(dexec_value_array_get(params, 2), 0),
           (int)dexec_value_as_int(dexec_value_array_get(params, 3), 0),
           (int)dexec_value_as_int(dexec_value_array_get(params, 4), 0));
 }
 
+typedef struct watchdog {
+    struct dexec_executor *ex;
+    progress_ctx *pc;
+} watchdog;
+
+/* timeouts.stall: an actor that says nothing for that long while it holds
+ * requests is declared hung and ended (SIGKILL here, its connection shut
+ * elsewhere); the call then fails as for a death. */
+static void *watchdog_main(void *arg)
+{
+    watchdog *w = arg;
+    progress_ctx *p = w->pc;
+    struct dexec_executor *ex = w->ex;
+
+    pthread_mutex_lock(&p->mu);
+    while (!p->done) {
+        double now = dexec_now(), wake = p->heard + ex->rec.stall_s;
+        struct timespec ts;
+
+        if (now >= wake) {
+            p->hung = 1;
+            pthread_mutex_unlock(&p->mu);
+            ex->host->log(DEXEC_LOG_WARN, COMPONENT,
+                          "%s: nothing heard for %.1f s while it holds requests "
+                          "(timeouts.stall = %.3g s); %s",
+                          ex->label, now - p->heard, ex->rec.stall_s,
+                          ex->local ? "killing it" : "dropping it");
+            if (ex->local)
+                dexec_process_signal(ex->child, SIGKILL);
+            else
+                dexec_conn_shutdown(ex->actor);
+            return NULL;
+        }
+        if (wake > now + 0.25)
+            wake = now + 0.25;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(wake - now);
+        ts.tv_nsec += (long)(((wake - now) - (double)(time_t)(wake - now)) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* One generate call on the actor for the requests idx[0..m); called with
+ * ex->lk read-held and a live actor. */
+static dexec_status call_generate(struct dexec_executor *ex, const dexec_request *reqs,
+                                  const size_t *idx, size_t m, double deadline,
+                                  dexec_progress_fn progress, void *user, dexec_value **res,
+                                  int *hung, char *msg, size_t msglen)
+{
+    dexec_value *params = dexec_value_array(), *batch = dexec_value_array();
+    progress_ctx pc = {.fn = progress, .user = user, .n = m, .idx = idx,
+                       .heard = dexec_now()};
+    watchdog w = {.ex = ex, .pc = &pc};
+    pthread_t th;
+    int watching = 0;
+    dexec_status st;
+
+    *hung = 0;
+    for (size_t j = 0; j < m; j++)
+        dexec_value_array_push(batch, dexec_request_to_value(&reqs[idx[j]]));
+    dexec_value_array_push(params, batch);
+    if (params == NULL || params->u.arr.len != 1 || batch->u.arr.len != m) {
+        dexec_value_free(params);
+        snprintf(msg, msglen, "out of memory");
+        return DEXEC_ENOMEM;
+    }
+    pthread_mutex_init(&pc.mu, NULL);
+    pthread_cond_init(&pc.cv, NULL);
+    if (ex->rec.stall_s > 0)
+        watching = pthread_create(&th, NULL, watchdog_main, &w) == 0;
+    st = dexec_conn_call(ex->actor, "generate", params, deadline, res, on_progress, &pc, msg,
+                         msglen);
+    if (watching) {
+        pthread_mutex_lock(&pc.mu);
+        pc.done = 1;
+        pthread_cond_signal(&pc.cv);
+        pthread_mutex_unlock(&pc.mu);
+        pthread_join(th, NULL);
+    }
+    *hung = pc.hung;
+    pthread_cond_destroy(&pc.cv);
+    pthread_mutex_destroy(&pc.mu);
+    dexec_value_free(params);
+    return st;
+}
+
+static void fail_output(dexec_output *o, dexec_status st, const char *msg)
+{
+    dexec_output_clear(o);
+    o->status = st;
+    o->error = strdup(msg);
+    o->rank = -1;
+}
+
+/* generate on the actor; a dead or hung actor is restarted (max_restarts)
+ * and the step's requests dealt to the new one (max_task_retries each). */
 static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *reqs, size_t n,
                                      dexec_output *outs, double timeout,
                                      dexec_progress_fn progress, void *user, char *err,
                                      size_t errlen)
 {
     double start = dexec_now();
-    dexec_value *params = dexec_value_array(), *batch = dexec_value_array(), *res = NULL;
-    progress_ctx pc = {.fn = progress, .user = user, .n = n};
-    char msg[1024];
-    dexec_status st;
+    size_t *idx = calloc(n ? n : 1, sizeof(*idx)), m = n, failed = 0;
+    int *tries = calloc(n ? n : 1, sizeof(*tries));
+    char msg[1024], m2[1400];
+    dexec_status st = DEXEC_OK;
 
-    for (size_t i = 0; i < n; i++)
-        dexec_value_array_push(batch, dexec_request_to_value(&reqs[i]));
-    dexec_value_array_push(params, batch);
-    if (params == NULL || params->u.arr.len != 1 || batch->u.arr.len != n) {
-        dexec_value_free(params);
+    if (idx == NULL || tries == NULL) {
+        free(idx);
+        free(tries);
         return DEXEC_ENOMEM;
     }
-    st = dexec_conn_call(ex->actor, "generate", params, start + timeout, &res, on_progress, &pc,
-                         msg, sizeof(msg));
-    dexec_value_free(params);
-    if (st != DEXEC_OK)
-        return call_error(ex, st, "generate", timeout, msg, err, errlen);
-    if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != n) {
-        dexec_value_free(res);
-        dexec_errorf(err, errlen, "generate: %s did not reply with %zu outputs", ex->label, n);
-        return DEXEC_EPROTO;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (dexec_output_from_value(res->u.arr.items[i], &outs[i], msg, sizeof(msg)) !=
-            DEXEC_OK) {
-            dexec_output_clear(&outs[i]);
-            outs[i].status = DEXEC_EPROTO;
-            outs[i].error = strdup(msg);
-            outs[i].rank = -1;
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    begin_call(ex);
+    while (m > 0) {
+        dexec_value *res = NULL;
+        int hung = 0;
+        size_t keep = 0;
+
+        if (ex->actor == NULL) {
+            death_of(ex, msg, sizeof(msg));
+            st = DEXEC_ECLOSED;
+        } else {
+            st = call_generate(ex, reqs, idx, m, start + timeout, progress, user, &res, &hung,
+                               msg, sizeof(msg));
         }
-        outs[i].timings.total_s = dexec_now() - start;
+        if (st == DEXEC_OK) {
+            if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != m) {
+                dexec_value_free(res);
+                pthread_rwlock_unlock(&ex->lk);
+                free(idx);
+                free(tries);
+                dexec_errorf(err, errlen, "generate: %s did not reply with %zu outputs",
+                             ex->label, m);
+                return DEXEC_EPROTO;
+            }
+            for (size_t j = 0; j < m; j++) {
+                dexec_output *o = &outs[idx[j]];
+
+                if (dexec_output_from_value(res->u.arr.items[j], o, msg, sizeof(msg)) !=
+                    DEXEC_OK)
+                    fail_output(o, DEXEC_EPROTO, msg);
+                o->timings.total_s = dexec_now() - start;
+            }
+            dexec_value_free(res);
+            break;
+        }
+        if (st != DEXEC_ECLOSED || ex->actor == NULL) {
+            /* not a death, or no actor to restart: every request left fails */
+            if (st == DEXEC_ECLOSED)
+                snprintf(m2, sizeof(m2), "generate: %s", msg);
+            else
+                call_error(ex, st, "generate", timeout, msg, m2, sizeof(m2));
+            for (size_t j = 0; j < m; j++)
+                fail_output(&outs[idx[j]], st == DEXEC_ETIMEDOUT ? st : DEXEC_EWORKER, m2);
+            failed += m;
+            break;
+        }
+        /* the actor died (or was ended as hung) holding idx[0..m) */
+        if (hung)
+            snprintf(msg, sizeof(msg), "%s: hung (nothing heard for %.3g s, timeouts.stall), "
+                     "ended", ex->label, ex->rec.stall_s);
+        for (size_t j = 0; j < m; j++) {
+            size_t i = idx[j];
+
+            if (++tries[i] <= ex->rec.max_task_retries) {
+                idx[keep++] = i;
+                continue;
+            }
+            if (ex->rec.max_task_retries == 0)
+                snprintf(m2, sizeof(m2), "generate: %s", msg);
+            else
+                snprintf(m2, sizeof(m2),
+                         "generate: request %zu was lost with its worker %d times "
+                         "(max_task_retries = %d): it may be what kills them; last: %s",
+                         i, tries[i], ex->rec.max_task_retries, msg);
+            fail_output(&outs[i], DEXEC_EWORKER, m2);
+            failed++;
+        }
+        m = keep;
+        pthread_rwlock_unlock(&ex->lk);
+        pthread_rwlock_wrlock(&ex->lk);
+        if (ex->restarts < ex->rec.max_restarts) {
+            restart_actor(ex, msg, m2, sizeof(m2));
+        } else {
+            ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
+                          msg, ex->rec.max_restarts,
+                          ex->rec.max_restarts > 0 ? ", all used" : "");
+            for (size_t j = 0; j < m; j++) {
+                snprintf(m2, sizeof(m2), "generate: %s", msg);
+                fail_output(&outs[idx[j]], DEXEC_EWORKER, m2);
+                failed++;
+            }
+            m = 0;
+        }
+        pthread_rwlock_unlock(&ex->lk);
+        pthread_rwlock_rdlock(&ex->lk);
     }
-    dexec_value_free(res);
+    pthread_rwlock_unlock(&ex->lk);
+    free(idx);
+    free(tries);
+    if (n > 0 && failed == n) {
+        dexec_errorf(err, errlen, "%s", outs[0].error != NULL ? outs[0].error : "generate failed");
+        return st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+    }
     return DEXEC_OK;
 }
 
@@ -894,9 +1222,27 @@ static dexec_status ray_check_health(dexec_executor *ex, double timeout, char *e
                                      size_t errlen)
 {
     char msg[1024];
-    dexec_status st = dexec_conn_call(ex->actor, "check_health", NULL, dexec_now() + timeout,
-                                      NULL, NULL, NULL, msg, sizeof(msg));
+    dexec_status st;
 
+    pthread_mutex_lock(&ex->mu);
+    if (ex->restarting) {
+        dexec_errorf(err, errlen,
+                     "actor unhealthy: restarting (restart %d of max_restarts = %d, for %.1f s) "
+                     "after: %s",
+                     ex->restarts, ex->rec.max_restarts, dexec_now() - ex->since, ex->why);
+        pthread_mutex_unlock(&ex->mu);
+        return DEXEC_EUNHEALTHY;
+    }
+    pthread_mutex_unlock(&ex->mu);
+    begin_call(ex);
+    if (ex->actor == NULL) {
+        st = DEXEC_ECLOSED;
+        death_of(ex, msg, sizeof(msg));
+    } else {
+        st = dexec_conn_call(ex->actor, "check_health", NULL, dexec_now() + timeout, NULL, NULL,
+                             NULL, msg, sizeof(msg));
+    }
+    pthread_rwlock_unlock(&ex->lk);
     if (st == DEXEC_OK)
         return DEXEC_OK;
     if (st == DEXEC_ETIMEDOUT)
