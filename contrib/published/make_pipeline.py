@@ -4,7 +4,7 @@ like a published model, for the full-size check and the benchmarks
 
 /usr/bin/python3 contrib/published/make_pipeline.py --out /tmp/DiT-XL-2-256
     [--image-size 256|512] [--layout diffusers|original] [--sampler ddpm|ddim|euler|heun]
-    [--seed N]
+    [--seed N] [--depth N]
 
 DiT-XL/2 (depth 28, hidden 1152, 16 heads, patch 2, learned sigma, 1000
 classes) and the sd-vae-ft-ema decoder (block_out_channels 128, 256, 512,
@@ -31,13 +31,15 @@ def main():
     ap.add_argument("--layout", default="diffusers", choices=("diffusers", "original"))
     ap.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "euler", "heun"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=28,
+                    help="transformer blocks (28: DiT-XL/2; fewer for a quicker benchmark)")
     args = ap.parse_args()
     labels = P.imagenet_labels(1000)
     if labels["0"] == "class0":
         sys.exit("make_pipeline.py: needs the ImageNet category names: "
                  "apt-get install python3-torchvision")
     t0 = time.time()
-    tcfg = P.dit_config(sample_size=args.image_size // 8)
+    tcfg = P.dit_config(sample_size=args.image_size // 8, depth=args.depth)
     sd = P.dit_random(tcfg, args.seed)
     if args.layout == "diffusers":
         sd = P.to_diffusers(sd, tcfg)

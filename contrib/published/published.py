@@ -138,10 +138,11 @@ def ln(x, eps):
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
-def dit_forward(sd, cfg, x, t, y, layout):
-    """One forward pass, float64. layout: 'original' or 'diffusers' (sd in
-    that layout's names). Returns [B, out_channels, H, W]."""
-    sd = {k: v.to(torch.float64) for k, v in sd.items()}
+def dit_forward(sd, cfg, x, t, y, layout, dtype=torch.float64):
+    """One forward pass, float64 (or dtype: bench/ runs it in float32 with x
+    and sd already so). layout: 'original' or 'diffusers' (sd in that
+    layout's names). Returns [B, out_channels, H, W]."""
+    sd = {k: v.to(dtype) for k, v in sd.items()}
     D = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     Hh, p, Co = cfg["num_attention_heads"], cfg["patch_size"], cfg["out_channels"]
     B, C, H, W = x.shape
@@ -149,8 +150,8 @@ def dit_forward(sd, cfg, x, t, y, layout):
     dif = layout == "diffusers"
     pe = "pos_embed.proj" if dif else "x_embedder.proj"
     tok = F.conv2d(x, sd[pe + ".weight"], sd[pe + ".bias"], stride=p).flatten(2).transpose(1, 2)
-    tok = tok + torch.from_numpy(pos_embed(D, h, w))[None]
-    tf = t_features(t, 1 if dif else 0)
+    tok = tok + torch.from_numpy(pos_embed(D, h, w)).to(dtype)[None]
+    tf = t_features(t, 1 if dif else 0).to(dtype)
 
     def cond(t0, t2, table):
         c = F.linear(F.silu(F.linear(tf, sd[t0 + ".weight"], sd[t0 + ".bias"])),
@@ -340,9 +341,10 @@ def vae_random(cfg, seed, old_attention_names=False, dtype=torch.float32):
     return sd
 
 
-def vae_decode(sd, cfg, z):
-    """diffusers' AutoencoderKL.decode(z / scaling_factor), float64."""
-    sd = {k: v.to(torch.float64) for k, v in sd.items()}
+def vae_decode(sd, cfg, z, dtype=torch.float64):
+    """diffusers' AutoencoderKL.decode(z / scaling_factor), float64 (or
+    dtype, with z and sd already so)."""
+    sd = {k: v.to(dtype) for k, v in sd.items()}
     G, bo = cfg["norm_num_groups"], cfg["block_out_channels"]
     L = cfg["layers_per_block"] + 1
 
@@ -399,8 +401,11 @@ def imagenet_labels(K):
 
 
 def write_pipeline(outdir, tcfg, tsd, vcfg, vsd, id2label, scheduler):
-    """A diffusers-layout directory dexec opens with -m outdir."""
+    """A diffusers-layout directory dexec opens with -m outdir. vcfg None:
+    the caller places vae/ itself (convert_pt.py)."""
     for sub in ("transformer", "vae", "scheduler"):
+        if sub == "vae" and vcfg is None:
+            continue
         os.makedirs(os.path.join(outdir, sub), exist_ok=True)
     with open(os.path.join(outdir, "model_index.json"), "w") as f:
         json.dump({"_class_name": "DiTPipeline", "_diffusers_version": "0.30.0",
@@ -408,6 +413,8 @@ def write_pipeline(outdir, tcfg, tsd, vcfg, vsd, id2label, scheduler):
                    "transformer": ["diffusers", tcfg["_class_name"]],
                    "vae": ["diffusers", "AutoencoderKL"]}, f, indent=1)
     for sub, cfg, sd in (("transformer", tcfg, tsd), ("vae", vcfg, vsd)):
+        if cfg is None:
+            continue
         with open(os.path.join(outdir, sub, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
         safetensors_io.save_file({k: v.contiguous() for k, v in sd.items()},
