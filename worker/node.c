@@ -428,6 +428,8 @@ static int write_token(const char *path, const char *token)
     return w == (ssize_t)len ? 0 : -1;
 }
 
+static void reap_and_kill(node *n);
+
 /* Picks n CPUs not in avoid into *set, and writes them as a CPU list
  * ("0-3,8") for dexec_process_spawn. 0, or -1 when fewer are free or the
  * list does not fit. */
@@ -530,6 +532,9 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
         reply_err(c, id, DEXEC_EINVAL, "spawn_actor: admin needs a token");
         return;
     }
+    /* an actor that exited since the last tick still counts until reaped:
+     * reap now, so a spawn right after an engine left finds its room */
+    reap_and_kill(n);
     room_compute(n, &r);
     dexec_resources_format(labels, want, sizeof(want));
     err[0] = '\0';

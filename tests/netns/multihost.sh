@@ -75,6 +75,10 @@ ip netns exec "$A" "$DEXEC_CLI" generate -c "$TMP/engine.conf" -q -p sneaker --s
 [ -s "$TMP/out.png" ] || fail "no image"
 grep -q "spawned actor" "$TMP/node.log" || fail "the actor did not run on host B"
 echo "multihost: generated on host B"
+# the node frees the actor's CPU once it has reaped it (the engine's close
+# does not wait for that): wait for it, so the next engine finds room
+for _ in $(seq 100); do grep -q "actor pid [0-9]* exited" "$TMP/node.log" && break; sleep 0.1; done
+grep -q "actor pid [0-9]* exited" "$TMP/node.log" || fail "host B never reaped the first actor"
 
 # a long-lived engine on A whose link to B is then cut: check_health must
 # fail within the health deadline (2 s), not wait for the generate timeout
