@@ -114,9 +114,7 @@ dexec_status dxk_dit_config_read(const dxk_safetensors *st, dxk_dit_config *cfg,
     return DEXEC_OK;
 }
 
-/* An integer field of a JSON object in lo..hi; dflt when absent and
- * dflt >= lo. */
-static int dx_json_int(json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
+int dxk_json_int(json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
                        int *out, char *err, size_t errlen)
 {
     json_t *v = json_object_get(o, key);
@@ -172,16 +170,16 @@ dexec_status dxk_dit_config_json(const char *path, const char *json, dxk_dit_con
     }
     cfg->mlp_ratio = 4;
     cfg->norm_eps = 1e-5; /* diffusers' default */
-    if (dx_json_int(o, path, "sample_size", -1, 1, 1024, &sample, err, errlen) ||
-        dx_json_int(o, path, "in_channels", -1, 1, 64, &cfg->in_channels, err, errlen) ||
-        dx_json_int(o, path, "out_channels", cfg->in_channels, 1, 128, &cfg->out_channels, err,
+    if (dxk_json_int(o, path, "sample_size", -1, 1, 1024, &sample, err, errlen) ||
+        dxk_json_int(o, path, "in_channels", -1, 1, 64, &cfg->in_channels, err, errlen) ||
+        dxk_json_int(o, path, "out_channels", cfg->in_channels, 1, 128, &cfg->out_channels, err,
                     errlen) ||
-        dx_json_int(o, path, "patch_size", -1, 1, 64, &cfg->patch_size, err, errlen) ||
-        dx_json_int(o, path, "num_layers", -1, 1, 256, &cfg->depth, err, errlen) ||
-        dx_json_int(o, path, "num_attention_heads", -1, 1, 256, &cfg->num_heads, err,
+        dxk_json_int(o, path, "patch_size", -1, 1, 64, &cfg->patch_size, err, errlen) ||
+        dxk_json_int(o, path, "num_layers", -1, 1, 256, &cfg->depth, err, errlen) ||
+        dxk_json_int(o, path, "num_attention_heads", -1, 1, 256, &cfg->num_heads, err,
                     errlen) ||
-        dx_json_int(o, path, "attention_head_dim", -1, 1, 1024, &head_dim, err, errlen) ||
-        dx_json_int(o, path, "num_embeds_ada_norm", -1, 1, 1000000, &cfg->num_classes, err,
+        dxk_json_int(o, path, "attention_head_dim", -1, 1, 1024, &head_dim, err, errlen) ||
+        dxk_json_int(o, path, "num_embeds_ada_norm", -1, 1, 1000000, &cfg->num_classes, err,
                     errlen) ||
         dx_json_expect(o, path, "norm_type", "ada_norm_zero", err, errlen) ||
         dx_json_expect(o, path, "activation_fn", "gelu-approximate", err, errlen))

@@ -121,4 +121,12 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
  * (2 per multiply-add, GEMMs and attention products only). */
 double dxk_dit_flops(const dxk_dit_config *cfg, int B, int H, int W);
 
+/* An integer field key of the JSON object o (a config.json read from path)
+ * in lo..hi, into *out; dflt when absent or null and dflt >= lo. -1 with a
+ * message naming path and key otherwise. Shared by the DiT and VAE config
+ * readers. */
+struct json_t;
+int dxk_json_int(struct json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
+                 int *out, char *err, size_t errlen);
+
 #endif

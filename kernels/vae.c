@@ -19,28 +19,6 @@
 
 #define DX_GN_EPS 1e-6f
 
-static int dx_int_field(json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
-                        int *out, char *err, size_t errlen)
-{
-    json_t *v = json_object_get(o, key);
-
-    if (v == NULL || json_is_null(v)) {
-        if (dflt >= lo) {
-            *out = dflt;
-            return 0;
-        }
-        dexec_errorf(err, errlen, "%s: field '%s' is missing", path, key);
-        return -1;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        dexec_errorf(err, errlen, "%s: field '%s' must be an integer in %d..%d", path, key, lo,
-                     hi);
-        return -1;
-    }
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
 dexec_status dxk_vae_config_json(const char *path, const char *json, dxk_vae_config *cfg,
                                  char *err, size_t errlen)
 {
@@ -56,11 +34,11 @@ dexec_status dxk_vae_config_json(const char *path, const char *json, dxk_vae_con
         json_decref(o);
         return DEXEC_EINVAL;
     }
-    if (dx_int_field(o, path, "latent_channels", 4, 1, 64, &cfg->latent_channels, err,
+    if (dxk_json_int(o, path, "latent_channels", 4, 1, 64, &cfg->latent_channels, err,
                      errlen) ||
-        dx_int_field(o, path, "out_channels", 3, 1, 4, &cfg->out_channels, err, errlen) ||
-        dx_int_field(o, path, "norm_num_groups", 32, 1, 1024, &cfg->groups, err, errlen) ||
-        dx_int_field(o, path, "layers_per_block", 1, 1, 16, &cfg->layers_per_block, err, errlen))
+        dxk_json_int(o, path, "out_channels", 3, 1, 4, &cfg->out_channels, err, errlen) ||
+        dxk_json_int(o, path, "norm_num_groups", 32, 1, 1024, &cfg->groups, err, errlen) ||
+        dxk_json_int(o, path, "layers_per_block", 1, 1, 16, &cfg->layers_per_block, err, errlen))
         goto out;
     v = json_object_get(o, "block_out_channels");
     if (!json_is_array(v) || json_array_size(v) < 1 || json_array_size(v) > DXK_VAE_MAX_BLOCKS) {
