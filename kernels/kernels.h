@@ -12,6 +12,7 @@
 #include <dexec/value.h>
 
 typedef struct dxk_model dxk_model;
+struct dxk_parallel;
 
 /* Turns a model name into a file path: a value containing '/' or ending in
  * ".safetensors" is a path; a bare NAME is NAME.safetensors searched in
@@ -45,6 +46,16 @@ typedef int (*dxk_step_fn)(void *user, int image_index, int step, int total_step
  * known words; size not a multiple of the patch size; ...). */
 dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *out,
                           dxk_step_fn step, void *user, char *err, size_t errlen);
+
+/* Sets (par != NULL) or clears (NULL) the parallel group this rank computes
+ * with: later dxk_generate calls compute each request together with the
+ * group's other ranks, which must call dxk_generate with the same request.
+ * *par is copied; its communicators stay the caller's. Errors:
+ * DEXEC_ENOTSUP for a layout this build or model cannot compute (the
+ * message says which axis), DEXEC_EINVAL for sizes the model cannot split
+ * (e.g. a sequence size that does not divide the heads or the tokens). */
+dexec_status dxk_model_set_parallel(dxk_model *m, const struct dxk_parallel *par, char *err,
+                                    size_t errlen);
 
 /* A MAP describing the model and device: path, device, device_name,
  * parameters, bytes (weights), metadata (map of the file's __metadata__),

@@ -15,6 +15,7 @@
 
 #include <dexec/rpc.h>
 
+#include "comm.h"
 #include "dit.h"
 #include "kernels.h"
 #include "ops.h"
@@ -39,7 +40,30 @@ struct dxk_model {
     dxk_pipeline *pipe; /* a published latent model: then st, dit, vocab are NULL */
     int nsizes;         /* dexec.sizes: the only sizes served; 0 = any multiple of the patch */
     int (*sizes)[2];    /* nsizes {width, height} */
+    dxk_parallel par;   /* the group this rank computes with; zeroed = alone */
 };
+
+dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char *err,
+                                    size_t errlen)
+{
+    if (par == NULL) {
+        memset(&m->par, 0, sizeof m->par);
+        return DEXEC_OK;
+    }
+    if (par->cfg != NULL && par->cfg->size > 1) {
+        dexec_errorf(err, errlen, "cfg parallelism (cfg = %d) is not supported yet by this worker",
+                     par->cfg->size);
+        return DEXEC_ENOTSUP;
+    }
+    if (par->seq != NULL && par->seq->size > 1) {
+        dexec_errorf(err, errlen,
+                     "sequence parallelism (sequence = %d) is not supported yet by this worker",
+                     par->seq->size);
+        return DEXEC_ENOTSUP;
+    }
+    m->par = *par;
+    return DEXEC_OK;
+}
 
 dxk_pipeline *dxk_model_pipeline(dxk_model *m)
 {
