@@ -36,6 +36,15 @@
 #define DX_DEFAULT_GENERATE_S 300.0
 #define DX_DEFAULT_HEALTH_S 5.0
 
+/* A data-parallel slot and its dispatcher thread. */
+typedef struct dx_slot {
+    struct dexec_engine *e;
+    int index;
+    int busy;                 /* given a request, until the executor returns it */
+    struct dexec_handle *next; /* the request given, not yet taken by the thread */
+    pthread_t thread;
+} dx_slot;
+
 typedef struct dx_thread_state {
     struct dx_thread_state *next;
     pthread_t thread;
@@ -60,7 +69,8 @@ struct dexec_engine {
     dx_thread_state *errors;
 
     /* asynchronous requests (dexec_engine_submit): the queue, the handles
-     * handed to the executor, and the dispatcher threads */
+     * handed to the executor, and the dispatcher threads, one per
+     * data-parallel slot (today a slot is one rank) */
     pthread_mutex_t qlock;
     pthread_cond_t qcond;    /* queue not empty, or stopping */
     pthread_cond_t donecond; /* a handle completed */
@@ -70,15 +80,20 @@ struct dexec_engine {
     size_t max_queued;     /* engine.max_queued */
     uint64_t next_submission;
     int stopping;
-    int ndispatch;
-    pthread_t *dispatch;
+    int nslots;
+    dx_slot *slots;
+    int ndispatch; /* dispatcher threads started */
+    /* the executor's ABI 1.2 ops, NULL for an older plugin */
+    dexec_status (*add_requests_on)(dexec_executor *, int, const dexec_request *, size_t,
+                                    dexec_output *, double, dexec_progress_fn, void *, char *,
+                                    size_t);
+    dexec_status (*rank_stats)(dexec_executor *, int, dexec_rank_stats *);
 };
 
 struct dexec_handle {
     dexec_engine *e;
     dexec_handle *prev, *next; /* in the queue or the running list */
     uint64_t submission;       /* handles submitted together share it */
-    int mergeable;             /* submitted alone: may share a batch */
     size_t index;              /* within its submission */
     dexec_request req;         /* resolved; its strings are owned below */
     char *id, *prompt, *negative;
@@ -86,10 +101,15 @@ struct dexec_handle {
     dexec_handle_state state; /* guarded by e->qlock */
     int refs;                 /* the owner's and the engine's; guarded by e->qlock */
     int taken;                /* output moved out */
-    int batch_failed;         /* the executor failed the batch as a whole */
+    int batch_failed;         /* the executor failed the call as a whole, or
+                                 BATCH_PLUGIN_BUG: it filled an output it must not */
+    double queued_at;         /* submitted at (dexec_now) */
     double started;           /* dispatched at (dexec_now) */
     dexec_output out;
 };
+
+/* handle.batch_failed of an output the backend broke (fails the step) */
+#define BATCH_PLUGIN_BUG 2
 
 static void stop_dispatchers(dexec_engine *e);
 static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen);
@@ -380,6 +400,10 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         goto fail;
     }
     e->ex = ex;
+    if (desc->abi_minor >= 2) {
+        e->add_requests_on = e->ops->add_requests_on;
+        e->rank_stats = e->ops->rank_stats;
+    }
     e->nranks = e->ops->num_ranks(ex);
     if (e->nranks <= 0) {
         st = dx_fail(err, errlen, DEXEC_EINIT, "%s: executor started with %d ranks", desc->name,
@@ -644,39 +668,60 @@ static void batch_progress(void *user, size_t i, int image, int step, int total)
         h->cb.progress(h->cb.user, h, image, step, total);
 }
 
-/* Takes the next batch off the queue (e->qlock held): the head's whole
- * submission, or up to one request per rank submitted alone. */
-static size_t take_batch(dexec_engine *e, dexec_handle **b)
+/* Takes the head of the queue for a slot (e->qlock held). */
+static dexec_handle *take_head(dexec_engine *e)
 {
     dexec_handle *h = e->qhead;
-    size_t n = 0;
-    double now = dexec_now();
 
-    while (h != NULL) {
-        dexec_handle *next = h->next;
-
-        if (n > 0) {
-            if (b[0]->mergeable ? !h->mergeable || n >= (size_t)e->nranks
-                                : h->submission != b[0]->submission)
-                break;
-        }
-        list_remove(&e->qhead, &e->qtail, h);
-        e->queued--;
-        h->state = DEXEC_HANDLE_RUNNING;
-        h->started = now;
-        h->refs++; /* the batch's, until run_batch is done with it */
-        h->next = e->running;
-        if (e->running != NULL)
-            e->running->prev = h;
-        e->running = h;
-        b[n++] = h;
-        h = next;
-    }
-    return n;
+    list_remove(&e->qhead, &e->qtail, h);
+    e->queued--;
+    h->state = DEXEC_HANDLE_RUNNING;
+    h->started = dexec_now();
+    h->refs++; /* the dispatcher's, until run_batch is done with it */
+    h->next = e->running;
+    if (e->running != NULL)
+        e->running->prev = h;
+    e->running = h;
+    return h;
 }
 
-static void run_batch(dexec_engine *e, dexec_handle **b, size_t n)
+/* Gives the queue's head requests, in order, to the free slots, lowest
+ * number first (e->qlock held). Called where a request arrives and where a
+ * slot becomes free, so requests are placed at one instant, whatever
+ * thread wakes first: on an idle engine request i of a submission goes to
+ * slot i. */
+static void assign_slots(dexec_engine *e)
 {
+    int given = 0;
+
+    for (int i = 0; i < e->ndispatch && e->qhead != NULL; i++) {
+        dx_slot *sl = &e->slots[i];
+
+        if (sl->busy)
+            continue;
+        sl->next = take_head(e);
+        sl->busy = 1;
+        given = 1;
+    }
+    if (given)
+        pthread_cond_broadcast(&e->qcond);
+}
+
+/* sl's executor call returned: it takes the next request. */
+static void slot_free(dexec_engine *e, dx_slot *sl)
+{
+    pthread_mutex_lock(&e->qlock);
+    sl->busy = 0;
+    assign_slots(e);
+    pthread_mutex_unlock(&e->qlock);
+}
+
+/* Runs b[0..n) on sl and completes each handle; sl is free again once
+ * the executor returned, before the handles complete, so a caller woken by
+ * a completion finds it free. */
+static void run_batch(dexec_engine *e, dx_slot *sl, dexec_handle **b, size_t n)
+{
+    int slot = sl->index;
     char msg[DX_ERR_MAX];
     dexec_request *reqs = malloc(n * sizeof(*reqs));
     dexec_output *o = calloc(n, sizeof(*o));
@@ -686,6 +731,7 @@ static void run_batch(dexec_engine *e, dexec_handle **b, size_t n)
     dexec_status st;
 
     if (reqs == NULL || o == NULL || t == NULL) {
+        slot_free(e, sl);
         for (size_t i = 0; i < n; i++)
             complete_error(b[i], DEXEC_ENOMEM, "out of memory dispatching %zu requests", n);
         goto out;
@@ -699,8 +745,13 @@ static void run_batch(dexec_engine *e, dexec_handle **b, size_t n)
      * call the engine again without taking the lock a second time. */
     t->depth++;
     msg[0] = '\0';
-    st = e->ops->add_requests(e->ex, reqs, n, o, e->generate_s, batch_progress, &ctx, msg,
-                              sizeof(msg));
+    if (e->add_requests_on != NULL)
+        st = e->add_requests_on(e->ex, slot, reqs, n, o, e->generate_s, batch_progress, &ctx, msg,
+                                sizeof(msg));
+    else
+        st = e->ops->add_requests(e->ex, reqs, n, o, e->generate_s, batch_progress, &ctx, msg,
+                                  sizeof(msg));
+    slot_free(e, sl);
     if (st != DEXEC_OK) {
         if (!known_status(st))
             st = DEXEC_EPLUGIN;
@@ -731,11 +782,13 @@ static void run_batch(dexec_engine *e, dexec_handle **b, size_t n)
             o[i].error = dx_asprintf("%s: step: output %zu: %s (a backend keeps the "
                                      "struct_size of the outputs it fills)",
                                      e->backend, i, why);
-            complete(b[i], &o[i], 1);
+            complete(b[i], &o[i], BATCH_PLUGIN_BUG);
             continue;
         }
         if (o[i].timings.total_s == 0)
             o[i].timings.total_s = dexec_now() - t0;
+        /* the worker measured its own queue; the engine's comes first */
+        o[i].timings.queue_s += b[i]->started - b[i]->queued_at;
         complete(b[i], &o[i], 0);
     }
     t->depth--;
@@ -753,65 +806,69 @@ out:
     free(o);
 }
 
+/* A slot's dispatcher: runs the requests assign_slots gives it, one at a
+ * time, so every request completes on its own and a free slot never waits
+ * for another slot's work. */
 static void *dispatch_main(void *arg)
 {
-    dexec_engine *e = arg;
-    dexec_handle **b = calloc((size_t)e->nranks > 1 ? (size_t)e->nranks : 1, sizeof(*b));
-    size_t cap = (size_t)e->nranks > 1 ? (size_t)e->nranks : 1;
+    dx_slot *me = arg;
+    dexec_engine *e = me->e;
 
     for (;;) {
-        size_t n, want = 0;
+        dexec_handle *h;
+        int done;
 
         pthread_mutex_lock(&e->qlock);
-        while (e->qhead == NULL && !e->stopping)
+        while (me->next == NULL && !(e->stopping && e->qhead == NULL))
             pthread_cond_wait(&e->qcond, &e->qlock);
-        if (e->qhead == NULL) {
-            pthread_mutex_unlock(&e->qlock);
-            break;
-        }
-        /* a submission larger than the buffer: grow it first */
-        for (dexec_handle *h = e->qhead; h != NULL && !e->qhead->mergeable &&
-                                         h->submission == e->qhead->submission;
-             h = h->next)
-            want++;
-        if (want > cap) {
-            dexec_handle **nb = realloc(b, want * sizeof(*b));
-
-            if (nb == NULL) {
-                pthread_mutex_unlock(&e->qlock);
-                complete_error(e->qhead, DEXEC_ENOMEM, "out of memory dispatching");
-                continue;
-            }
-            b = nb;
-            cap = want;
-        }
-        if (b == NULL) {
-            pthread_mutex_unlock(&e->qlock);
-            break;
-        }
-        n = take_batch(e, b);
+        h = me->next;
+        me->next = NULL;
+        done = h != NULL && h->state == DEXEC_HANDLE_DONE; /* closed or cancelled meanwhile */
         pthread_mutex_unlock(&e->qlock);
-        run_batch(e, b, n);
+        if (h == NULL)
+            break;
+        if (done) {
+            int destroy;
+
+            slot_free(e, me);
+            pthread_mutex_lock(&e->qlock);
+            handle_unref_locked(h, &destroy);
+            pthread_mutex_unlock(&e->qlock);
+            if (destroy)
+                handle_destroy(h);
+            continue;
+        }
+        run_batch(e, me, &h, 1);
     }
-    free(b);
     return NULL;
 }
 
-/* Starts the dispatcher threads (one per rank). */
+/* Starts the dispatcher threads, one per data-parallel slot. */
 static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen)
 {
-    e->dispatch = calloc((size_t)e->nranks, sizeof(*e->dispatch));
-    if (e->dispatch == NULL)
+    /* today a slot is one rank; parallel groups make a slot of several */
+    e->nslots = e->nranks;
+    e->slots = calloc((size_t)e->nslots, sizeof(*e->slots));
+    if (e->slots == NULL)
         return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
-    for (int i = 0; i < e->nranks; i++) {
-        int rc = pthread_create(&e->dispatch[i], NULL, dispatch_main, e);
+    for (int i = 0; i < e->nslots; i++) {
+        int rc;
 
+        e->slots[i].e = e;
+        e->slots[i].index = i;
+        /* counted first: a dispatcher looks at slots 0..ndispatch-1 */
+        pthread_mutex_lock(&e->qlock);
+        e->ndispatch++;
+        pthread_mutex_unlock(&e->qlock);
+        rc = pthread_create(&e->slots[i].thread, NULL, dispatch_main, &e->slots[i]);
         if (rc != 0) {
+            pthread_mutex_lock(&e->qlock);
+            e->ndispatch--;
+            pthread_mutex_unlock(&e->qlock);
             stop_dispatchers(e);
             return dx_fail(err, errlen, DEXEC_EINIT, "engine: cannot start a dispatcher thread: %s",
                            strerror(rc));
         }
-        e->ndispatch++;
     }
     return DEXEC_OK;
 }
@@ -850,10 +907,10 @@ static void stop_dispatchers(dexec_engine *e)
         }
     }
     for (int i = 0; i < e->ndispatch; i++)
-        pthread_join(e->dispatch[i], NULL);
+        pthread_join(e->slots[i].thread, NULL);
     e->ndispatch = 0;
-    free(e->dispatch);
-    e->dispatch = NULL;
+    free(e->slots);
+    e->slots = NULL;
 }
 
 /* Copies a request and resolves the defaults the engine chooses. */
@@ -921,7 +978,6 @@ static dexec_status submit(dexec_engine *e, const dexec_request *reqs, size_t n,
         h->index = i;
         h->cb = c;
         h->refs = 2;
-        h->mergeable = bounded && n == 1;
         handles[i] = h;
     }
 
@@ -934,11 +990,14 @@ static dexec_status submit(dexec_engine *e, const dexec_request *reqs, size_t n,
                        "engine.max_queued = %zu: retry later",
                        e->queued, n, e->max_queued);
     } else {
+        double now = dexec_now();
+
         sub = e->next_submission++;
         for (size_t i = 0; i < n; i++) {
             dexec_handle *h = handles[i];
 
             h->submission = sub;
+            h->queued_at = now;
             h->prev = e->qtail;
             if (e->qtail != NULL)
                 e->qtail->next = h;
@@ -947,7 +1006,7 @@ static dexec_status submit(dexec_engine *e, const dexec_request *reqs, size_t n,
             e->qtail = h;
         }
         e->queued += n;
-        pthread_cond_broadcast(&e->qcond);
+        assign_slots(e);
         st = DEXEC_OK;
     }
     pthread_mutex_unlock(&e->qlock);
@@ -1198,10 +1257,24 @@ dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_
             goto out;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        dexec_handle_take_output(h[i], &o[i]);
-        if (h[i]->batch_failed && st == DEXEC_OK)
-            st = set_error(e, o[i].status, "%s", o[i].error != NULL ? o[i].error : "step failed");
+    /* The step failed as a whole when the executor failed every one of
+     * its requests (each call of a dispatcher holds one request, and an
+     * executor fails a call when all its requests failed): the first's
+     * error says why. A request that failed alone is in its output. */
+    {
+        size_t failed = 0, bad = n;
+
+        for (size_t i = 0; i < n; i++) {
+            dexec_handle_take_output(h[i], &o[i]);
+            failed += h[i]->batch_failed != 0;
+            if (h[i]->batch_failed == BATCH_PLUGIN_BUG && bad == n)
+                bad = i;
+        }
+        if (bad == n && failed == n)
+            bad = 0;
+        if (bad < n)
+            st = set_error(e, o[bad].status, "%s",
+                           o[bad].error != NULL ? o[bad].error : "step failed");
     }
     if (st == DEXEC_OK) {
         *outs = o;
@@ -1302,6 +1375,61 @@ int dexec_engine_num_ranks(const dexec_engine *e)
 const char *dexec_engine_backend(const dexec_engine *e)
 {
     return e != NULL ? e->backend : "";
+}
+
+void dexec_rank_stats_init_sized(dexec_rank_stats *s, size_t struct_size)
+{
+    if (s == NULL)
+        return;
+    memset(s, 0, sizeof(*s));
+    s->struct_size = (uint32_t)struct_size;
+}
+
+dexec_status dexec_engine_rank_stats(dexec_engine *e, int rank, dexec_rank_stats *out)
+{
+    dexec_rank_stats mine;
+    dexec_status st;
+
+    if (e == NULL)
+        return DEXEC_EINVAL;
+    if (out == NULL)
+        return set_error(e, DEXEC_EINVAL, "rank_stats: out is NULL");
+    /* the type is of ABI 1.2: dexec_struct_check's "ABI 1.1" does not fit */
+    if (out->struct_size < DEXEC_RANK_STATS_SIZE_1_2 || out->struct_size > sizeof(*out))
+        return set_error(e, DEXEC_EINVAL,
+                         "rank_stats: dexec_rank_stats.struct_size is %u, not one this dexec "
+                         "reads (%zu..%zu bytes, ABI 1.2): initialise it with "
+                         "dexec_rank_stats_init()",
+                         (unsigned)out->struct_size, (size_t)DEXEC_RANK_STATS_SIZE_1_2,
+                         sizeof(*out));
+    if ((st = enter(e)) != DEXEC_OK)
+        return st;
+    if (rank < 0 || rank >= e->nranks) {
+        st = set_error(e, DEXEC_EINVAL, "rank_stats: rank %d is outside 0..%d", rank,
+                       e->nranks - 1);
+    } else if (e->rank_stats == NULL) {
+        st = set_error(e, DEXEC_ENOTSUP,
+                       "rank_stats: the executor %s keeps no death or restart counts (its "
+                       "plugin has no rank_stats op, ABI 1.2)",
+                       e->backend);
+    } else {
+        /* the plugin fills a struct of this dexec's size; the caller gets
+         * the fields its struct_size covers */
+        dexec_rank_stats_init(&mine);
+        st = e->rank_stats(e->ex, rank, &mine);
+        if (st != DEXEC_OK) {
+            if (!known_status(st))
+                st = DEXEC_EPLUGIN;
+            set_error(e, st, "%s: rank_stats %d: %s", e->backend, rank, dexec_status_name(st));
+        } else {
+            uint32_t size = out->struct_size;
+
+            memcpy(out, &mine, size < sizeof(mine) ? size : sizeof(mine));
+            out->struct_size = size;
+        }
+    }
+    leave(e);
+    return st;
 }
 
 dexec_status dexec_engine_close(dexec_engine *e)

@@ -33,6 +33,8 @@ enum { RANK_LIVE, RANK_RESTARTING, RANK_DEAD };
 typedef struct rank_state {
     int state;
     int restarts;       /* restarts begun */
+    uint64_t deaths;    /* deaths handled (note_death) */
+    uint64_t restarted; /* restarts that gave the rank a new, ready worker */
     double since;       /* when the restart began */
     char why[512];      /* the last death */
     pthread_t th;
@@ -49,6 +51,11 @@ struct dexec_group {
     dexec_conn **grave; /* replaced connections, freed with the group */
     size_t ngrave;
     int stopping;
+    /* Requests sent and not yet answered, per data-parallel slot, over
+     * every generate call in progress (callers on several threads): where
+     * the next request goes. Today a slot is one rank (slot r = rank r);
+     * a parallel group of several ranks would be one slot. */
+    size_t *load;
 };
 
 typedef struct restart_arg {
@@ -71,7 +78,10 @@ dexec_group *dexec_group_new(int n)
         return NULL;
     }
     g->rs = calloc((size_t)n, sizeof(*g->rs));
-    if (g->rs == NULL) {
+    g->load = calloc((size_t)n, sizeof(*g->load));
+    if (g->rs == NULL || g->load == NULL) {
+        free(g->rs);
+        free(g->load);
         free(g->conns);
         free(g);
         return NULL;
@@ -160,6 +170,7 @@ static void *restart_main(void *arg)
     if (st == DEXEC_OK && nc != NULL) {
         g->conns[r] = nc;
         g->rs[r].state = RANK_LIVE;
+        g->rs[r].restarted++;
         dexec_log(DEXEC_LOG_WARN, g->component,
                   "rank %d restarted in %.2f s (restart %d of max_restarts = %d): %s", r,
                   dexec_now() - t0, g->rs[r].restarts, g->rec.max_restarts,
@@ -188,6 +199,7 @@ static void note_death(dexec_group *g, int r, dexec_conn *c, const char *why)
         return;
     }
     snprintf(s->why, sizeof(s->why), "%s", why);
+    s->deaths++;
     if (g->rec.restart != NULL && !g->stopping && s->restarts < g->rec.max_restarts) {
         restart_arg *a = malloc(sizeof(*a));
 
@@ -291,6 +303,23 @@ int dexec_group_size(const dexec_group *g)
     return g != NULL ? g->n : 0;
 }
 
+int dexec_group_num_slots(const dexec_group *g)
+{
+    return g != NULL ? g->n : 0;
+}
+
+dexec_status dexec_group_rank_stats(dexec_group *g, int rank, dexec_rank_stats *out)
+{
+    if (g == NULL || out == NULL || rank < 0 || rank >= g->n ||
+        out->struct_size < DEXEC_RANK_STATS_SIZE_1_2)
+        return DEXEC_EINVAL;
+    pthread_mutex_lock(&g->lock);
+    out->deaths = g->rs[rank].deaths;
+    out->restarts = g->rs[rank].restarted;
+    pthread_mutex_unlock(&g->lock);
+    return DEXEC_OK;
+}
+
 void dexec_group_free(dexec_group *g)
 {
     if (g == NULL)
@@ -303,6 +332,7 @@ void dexec_group_free(dexec_group *g)
     free(g->grave);
     free(g->conns);
     free(g->rs);
+    free(g->load);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -505,7 +535,16 @@ static void step_fail(step *s, size_t i, dexec_status st, int rank, const char *
     snprintf(s->last, sizeof(s->last), "%s", msg);
 }
 
-/* Sends requests idx[0..cnt) to rank r as one call. On a dead connection
+/* Gives back the load reserved for cnt requests on rank r's slot. */
+static void load_release(dexec_group *g, int r, size_t cnt)
+{
+    pthread_mutex_lock(&g->lock);
+    g->load[r] = g->load[r] >= cnt ? g->load[r] - cnt : 0;
+    pthread_mutex_unlock(&g->lock);
+}
+
+/* Sends requests idx[0..cnt) to rank r as one call, its load reserved by
+ * the caller (given back here if the call does not go out). On a dead connection
  * the requests go back to the queue (they never reached a worker) and the
  * death is noted. */
 static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t cnt)
@@ -524,8 +563,10 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
         s->heard[r] = dexec_now();
     while (slot < s->n && s->waits[slot].active)
         slot++;
-    if (slot == s->n || cnt == 0)
+    if (slot == s->n || cnt == 0) {
+        load_release(s->g, r, cnt);
         return; /* cannot happen: every call holds a request of its own */
+    }
     k = &s->calls[slot];
     free(k->index);
     *k = (gcall){.rank = r, .c = c, .heard = &s->heard[r], .fn = s->progress, .user = s->user};
@@ -535,6 +576,7 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
     if (k->index == NULL || batch == NULL || params == NULL) {
         dexec_value_free(batch);
         dexec_value_free(params);
+        load_release(s->g, r, cnt);
         for (size_t j = 0; j < cnt; j++)
             step_fail(s, idx[j], DEXEC_ENOMEM, r, "generate: out of memory");
         return;
@@ -547,6 +589,8 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
     st = dexec_conn_send(c, "generate", params, on_progress, k, &s->waits[slot].id, msg,
                          sizeof(msg));
     dexec_value_free(params);
+    if (st != DEXEC_OK)
+        load_release(s->g, r, cnt);
     if (st == DEXEC_ECLOSED) {
         note_death(s->g, r, c, msg);
         for (size_t j = 0; j < cnt; j++)
@@ -565,27 +609,39 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
                                .done = stamp_done, .done_user = k};
 }
 
-/* Deals the queued requests to the live ranks: the idle ones if any, else
- * all live ones, round robin. With no rank live nor restarting they fail. */
+/* Deals the queued requests to the live slots, each to the slot with the
+ * fewest requests in flight over every caller of the group (ties: the
+ * lowest), reserving the load under the lock so that callers on other
+ * threads see it at once. With no rank live nor restarting they fail. */
 static void dispatch(step *s)
 {
     dexec_group *g = s->g;
-    int nr = g->n, nlive = 0, nidle = 0, restarting = 0;
-    int *live = calloc((size_t)nr, sizeof(int)), *use;
+    int nr = g->n, nlive = 0, restarting = 0;
+    int *pick = NULL, *live = calloc((size_t)nr, sizeof(int));
     dexec_conn **conns = calloc((size_t)nr, sizeof(*conns));
-    size_t *idx;
+    size_t *idx = NULL, nq = s->nqueue;
 
-    if (s->nqueue == 0 || live == NULL || conns == NULL) {
-        free(live);
-        free(conns);
-        return;
-    }
+    if (nq == 0 || live == NULL || conns == NULL)
+        goto out;
+    pick = malloc(nq * sizeof(*pick));
+    idx = malloc(nq * sizeof(*idx));
+    if (pick == NULL || idx == NULL)
+        goto out;
     pthread_mutex_lock(&g->lock);
     for (int r = 0; r < nr; r++) {
         conns[r] = g->conns[r];
         if (g->rs[r].state == RANK_LIVE && !dexec_conn_dead(conns[r]))
             live[r] = 1, nlive++;
         restarting += g->rs[r].state == RANK_RESTARTING;
+    }
+    for (size_t q = 0; nlive > 0 && q < nq; q++) {
+        int best = -1;
+
+        for (int r = 0; r < nr; r++)
+            if (live[r] && (best < 0 || g->load[r] < g->load[best]))
+                best = r;
+        pick[q] = best;
+        g->load[best]++;
     }
     pthread_mutex_unlock(&g->lock);
     if (nlive == 0) {
@@ -599,41 +655,33 @@ static void dispatch(step *s)
             }
             s->nqueue = 0;
         }
-        free(live);
-        free(conns);
-        return;
+        goto out;
     }
-    for (int r = 0; r < nr; r++) {
-        int busy = 0;
-
-        for (size_t k = 0; live[r] && k < s->n; k++)
-            busy |= s->waits[k].active && !s->waits[k].finished && s->calls[k].rank == r;
-        if (live[r] && !busy)
-            live[r] = 2, nidle++;
-    }
-    use = live;
-    idx = malloc(s->nqueue * sizeof(*idx));
-    if (idx != NULL) {
-        size_t nq = s->nqueue;
+    {
         size_t *q = malloc(nq * sizeof(*q));
-        int want = nidle > 0 ? 2 : 1, nuse = nidle > 0 ? nidle : nlive, u = 0;
 
-        if (q != NULL) {
-            memcpy(q, s->queue, nq * sizeof(*q));
-            s->nqueue = 0;
-            for (int r = 0; r < nr; r++) {
-                size_t cnt = 0;
-
-                if (use[r] < want)
-                    continue;
-                for (size_t j = (size_t)u; j < nq; j += (size_t)nuse)
-                    idx[cnt++] = q[j];
-                u++;
-                send_call(s, r, conns[r], idx, cnt);
-            }
-            free(q);
+        if (q == NULL) {
+            pthread_mutex_lock(&g->lock);
+            for (size_t j = 0; j < nq; j++)
+                g->load[pick[j]]--;
+            pthread_mutex_unlock(&g->lock);
+            goto out;
         }
+        memcpy(q, s->queue, nq * sizeof(*q));
+        s->nqueue = 0;
+        for (int r = 0; r < nr; r++) {
+            size_t cnt = 0;
+
+            for (size_t j = 0; j < nq; j++)
+                if (pick[j] == r)
+                    idx[cnt++] = q[j];
+            if (cnt > 0)
+                send_call(s, r, conns[r], idx, cnt);
+        }
+        free(q);
     }
+out:
+    free(pick);
     free(idx);
     free(live);
     free(conns);
@@ -652,6 +700,7 @@ static void call_finished(step *s, size_t slot)
 
     w->active = 0;
     w->result = NULL;
+    load_release(g, r, k->count);
     snprintf(msg, sizeof(msg), "%s", w->msg);
     if (st == DEXEC_ECLOSED) {
         int retries = g->rec.max_task_retries;
@@ -746,14 +795,16 @@ static void check_stalls(step *s)
  * may need the waiter (seconds). */
 #define TICK 0.05
 
-dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,
-                                  dexec_output *outs, double timeout, dexec_progress_fn progress,
-                                  void *user, char *err, size_t errlen)
+/* generate with the requests on slot (when it is live), or dealt to the
+ * least loaded live slots (slot < 0). */
+static dexec_status group_generate(dexec_group *g, int slot, const dexec_request *reqs, size_t n,
+                                   dexec_output *outs, double timeout,
+                                   dexec_progress_fn progress, void *user, char *err,
+                                   size_t errlen)
 {
     step s = {.g = g, .reqs = reqs, .n = n, .outs = outs, .progress = progress, .user = user,
               .timeout = timeout, .last_st = DEXEC_OK};
     int nr = g->n;
-    size_t **deal = NULL, *dealn = NULL;
     dexec_status ret = DEXEC_OK;
     char msg[768];
 
@@ -772,39 +823,42 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
     s.tries = calloc(n, sizeof(*s.tries));
     s.hung = calloc((size_t)nr, sizeof(*s.hung));
     s.heard = calloc((size_t)nr, sizeof(*s.heard));
-    deal = calloc((size_t)nr, sizeof(*deal));
-    dealn = calloc((size_t)nr, sizeof(*dealn));
-    for (int r = 0; deal != NULL && r < nr; r++)
-        if ((deal[r] = calloc(n / (size_t)nr + 1, sizeof(size_t))) == NULL)
-            ret = DEXEC_ENOMEM;
     if (s.calls == NULL || s.waits == NULL || s.queue == NULL || s.tries == NULL ||
-        s.hung == NULL || s.heard == NULL || deal == NULL || dealn == NULL || ret != DEXEC_OK) {
+        s.hung == NULL || s.heard == NULL) {
         ret = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
         goto done;
     }
-    /* request i to rank i mod n; a rank not live now leaves its share to
-     * the others */
-    for (size_t i = 0; i < n; i++) {
-        int r = (int)(i % (size_t)nr);
-
-        deal[r][dealn[r]++] = i;
-    }
-    for (int r = 0; r < nr; r++) {
+    /* on the slot asked for while it is live; anywhere else (and after a
+     * death) by load */
+    if (slot >= 0 && slot < nr) {
         dexec_conn *c;
         int live;
 
-        if (dealn[r] == 0)
-            continue;
         pthread_mutex_lock(&g->lock);
-        c = g->conns[r];
-        live = g->rs[r].state == RANK_LIVE;
+        c = g->conns[slot];
+        live = g->rs[slot].state == RANK_LIVE && !dexec_conn_dead(c);
+        if (live)
+            g->load[slot] += n;
         pthread_mutex_unlock(&g->lock);
         if (live) {
-            send_call(&s, r, c, deal[r], dealn[r]);
+            size_t *all = malloc(n * sizeof(*all));
+
+            if (all == NULL) {
+                load_release(g, slot, n);
+                ret = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
+                goto done;
+            }
+            for (size_t i = 0; i < n; i++)
+                all[i] = i;
+            send_call(&s, slot, c, all, n);
+            free(all);
         } else {
-            for (size_t j = 0; j < dealn[r]; j++)
-                s.queue[s.nqueue++] = deal[r][j];
+            for (size_t i = 0; i < n; i++)
+                s.queue[s.nqueue++] = i;
         }
+    } else {
+        for (size_t i = 0; i < n; i++)
+            s.queue[s.nqueue++] = i;
     }
     dispatch(&s);
     for (;;) {
@@ -850,10 +904,6 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
 done:
     for (size_t k = 0; s.calls != NULL && k < n; k++)
         free(s.calls[k].index);
-    for (int r = 0; deal != NULL && r < nr; r++)
-        free(deal[r]);
-    free(deal);
-    free(dealn);
     free(s.calls);
     free(s.waits);
     free(s.queue);
@@ -861,6 +911,24 @@ done:
     free(s.hung);
     free(s.heard);
     return ret;
+}
+
+dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,
+                                  dexec_output *outs, double timeout, dexec_progress_fn progress,
+                                  void *user, char *err, size_t errlen)
+{
+    return group_generate(g, -1, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+dexec_status dexec_group_generate_on(dexec_group *g, int slot, const dexec_request *reqs,
+                                     size_t n, dexec_output *outs, double timeout,
+                                     dexec_progress_fn progress, void *user, char *err,
+                                     size_t errlen)
+{
+    if (slot < 0 || slot >= dexec_group_num_slots(g))
+        return dx_fail(err, errlen, DEXEC_EINVAL, "generate: slot %d is outside 0..%d", slot,
+                       dexec_group_num_slots(g) - 1);
+    return group_generate(g, slot, reqs, n, outs, timeout, progress, user, err, errlen);
 }
 
 dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err, size_t errlen)

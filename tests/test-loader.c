@@ -316,6 +316,16 @@ START_TEST(header_example_loads)
     ck_assert_int_eq(dexec_engine_step(e, &req, 1, &outs, NULL, NULL), DEXEC_ENOTSUP);
     ck_assert_ptr_nonnull(strstr(dexec_engine_last_error(e),
                                  "this plugin generates nothing (it is the minimal example)"));
+    /* an optional ABI 1.2 op it leaves out is reported as not supported */
+    {
+        dexec_rank_stats rs;
+
+        dexec_rank_stats_init(&rs);
+        ck_assert_int_eq(dexec_engine_rank_stats(e, 0, &rs), DEXEC_ENOTSUP);
+        ck_assert_str_eq(dexec_engine_last_error(e),
+                         "rank_stats: the executor minimal 1.0 keeps no death or restart counts "
+                         "(its plugin has no rank_stats op, ABI 1.2)");
+    }
     dexec_engine_free(e);
 }
 END_TEST

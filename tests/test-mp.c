@@ -153,7 +153,12 @@ START_TEST(test_generate_ranks_same_pixels)
         for (int i = 0; i < N; i++) {
             ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
             ck_assert_str_eq(outs[i].request_id, ids[i]);
-            ck_assert_int_eq(outs[i].rank, i % rank_counts[k]);
+            /* request i < ranks on slot i of the idle engine; the rest on
+             * whichever rank was free first */
+            if (i < rank_counts[k])
+                ck_assert_int_eq(outs[i].rank, i);
+            ck_assert_int_ge(outs[i].rank, 0);
+            ck_assert_int_lt(outs[i].rank, rank_counts[k]);
             ck_assert_int_eq((int)outs[i].num_images, 1);
             ck_assert_int_eq(outs[i].seed, 100 + i);
             ck_assert_int_eq(outs[i].steps, STEPS);
@@ -478,6 +483,8 @@ START_TEST(test_kill9_restarts_and_redeals)
     k.death_line = line;
     ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_OK);
     done_at = dexec_now();
+    if (k.logged_at == 0)
+        show_log();
     ck_assert_msg(k.killed_at > 0, "the kill never happened");
     ck_assert_msg(k.logged_at > 0 && k.logged_at < done_at,
                   "the death was not logged while the step ran");
@@ -500,7 +507,8 @@ START_TEST(test_kill9_restarts_and_redeals)
     ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, NULL, NULL), DEXEC_OK);
     for (int i = 0; i < RB; i++) {
         ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
-        ck_assert_int_eq(outs[i].rank, i % 2);
+        if (i < 2)
+            ck_assert_int_eq(outs[i].rank, i);
         ck_assert(memcmp(outs[i].images[0].pixels, ref[i].images[0].pixels, 28 * 28) == 0);
     }
     dexec_outputs_free(outs, RB);
@@ -541,9 +549,12 @@ START_TEST(test_kill9_no_recovery_fails_fast)
     snprintf(want, sizeof(want),
              "generate: rank 1 (pid %d): worker died: killed by signal 9 (Killed)",
              (int)pid1);
+    /* the request rank 1 held fails; the dead rank's slot deals the ones it
+     * takes later to the live rank 0 */
     for (int i = 0; i < RB; i++) {
-        if (i % 2 == 0) {
+        if (i != 1) {
             ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+            ck_assert_int_eq(outs[i].rank, 0);
         } else {
             ck_assert_int_eq(outs[i].status, DEXEC_EWORKER);
             ck_assert_str_eq(outs[i].error, want);
@@ -2011,6 +2022,132 @@ START_TEST(test_bad_model_fails_create)
 }
 END_TEST
 
+/* A free rank takes the next request at once: a long request and a short
+ * one submitted one after the other run at the same time on the two ranks,
+ * and the short one completes while the long one still runs; a third
+ * request submitted then goes to the rank the short one freed. */
+typedef struct slot_watch {
+    pthread_mutex_t lock;
+    int long_step;         /* the long request's last step */
+    int long_at_short_end; /* its step when the short one completed; -1 unset */
+    double done_at[3];
+} slot_watch;
+
+static void watch_progress(void *user, dexec_handle *h, int image, int step, int total)
+{
+    slot_watch *w = user;
+
+    (void)image, (void)total;
+    if (strcmp(dexec_handle_request_id(h), "long") == 0) {
+        pthread_mutex_lock(&w->lock);
+        w->long_step = step;
+        pthread_mutex_unlock(&w->lock);
+    }
+}
+
+static void watch_done(void *user, dexec_handle *h)
+{
+    slot_watch *w = user;
+    const char *id = dexec_handle_request_id(h);
+    int k = strcmp(id, "long") == 0 ? 0 : strcmp(id, "short") == 0 ? 1 : 2;
+
+    pthread_mutex_lock(&w->lock);
+    w->done_at[k] = dexec_now();
+    if (k == 1)
+        w->long_at_short_end = w->long_step;
+    pthread_mutex_unlock(&w->lock);
+}
+
+START_TEST(test_free_rank_takes_next_request)
+{
+    enum { STEPS_LONG = 400 };
+    dexec_engine *e = open_engine(2, NULL, NULL);
+    slot_watch w = {.lock = PTHREAD_MUTEX_INITIALIZER, .long_at_short_end = -1};
+    dexec_callbacks cb;
+    dexec_request r[3];
+    dexec_handle *h[3];
+    const dexec_output *o[3];
+    char ids[3][16];
+
+    make_requests(r, 3, ids);
+    r[0].request_id = "long";
+    r[0].num_inference_steps = STEPS_LONG;
+    r[1].request_id = "short";
+    r[2].request_id = "third";
+    dexec_callbacks_init(&cb);
+    cb.progress = watch_progress;
+    cb.done = watch_done;
+    cb.user = &w;
+    /* separate submissions, as two HTTP clients make them */
+    ck_assert_int_eq(dexec_engine_submit(e, &r[0], 1, &cb, &h[0]), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_submit(e, &r[1], 1, &cb, &h[1]), DEXEC_OK);
+    ck_assert_int_eq(dexec_handle_wait(h[1], 120), DEXEC_OK);
+    /* the short one did not wait for the long one */
+    ck_assert_int_eq(dexec_handle_get_state(h[0]), DEXEC_HANDLE_RUNNING);
+    ck_assert_int_eq(dexec_engine_submit(e, &r[2], 1, &cb, &h[2]), DEXEC_OK);
+    ck_assert_int_eq(dexec_handle_wait(h[2], 120), DEXEC_OK);
+    ck_assert_int_eq(dexec_handle_get_state(h[0]), DEXEC_HANDLE_RUNNING);
+    ck_assert_int_eq(dexec_handle_wait(h[0], 300), DEXEC_OK);
+    for (int i = 0; i < 3; i++) {
+        o[i] = dexec_handle_output(h[i]);
+        ck_assert_ptr_nonnull(o[i]);
+        ck_assert_msg(o[i]->status == DEXEC_OK, "%s: %s", ids[i], o[i]->error);
+    }
+    ck_assert_int_eq(o[0]->rank, 0);
+    ck_assert_int_eq(o[1]->rank, 1);
+    ck_assert_int_eq(o[2]->rank, 1); /* the rank the short one freed */
+    ck_assert_double_lt(w.done_at[1], w.done_at[0]);
+    ck_assert_double_lt(w.done_at[2], w.done_at[0]);
+    ck_assert_msg(w.long_at_short_end < STEPS_LONG,
+                  "the short request completed when the long one was at step %d of %d",
+                  w.long_at_short_end, STEPS_LONG);
+    /* the short request waited in no queue behind the long one */
+    ck_assert_msg(o[1]->timings.queue_s < o[0]->timings.denoise_s / 2,
+                  "short request queued %.3f s (the long one denoised for %.3f s)",
+                  o[1]->timings.queue_s, o[0]->timings.denoise_s);
+    for (int i = 0; i < 3; i++)
+        dexec_handle_free(h[i]);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* Recovery counts reach the engine's caller: a worker killed and
+ * restarted is one death and one restart of its rank. */
+START_TEST(test_rank_stats_count_death_and_restart)
+{
+    static const char *const kv[] = {"max_restarts", "2", "max_task_retries", "2", NULL};
+    dexec_engine *e;
+    dexec_request reqs[RB];
+    char ids[RB][16];
+    dexec_output *outs = NULL;
+    dexec_rank_stats rs;
+    killer k = {.on_req = 1, .sig = SIGKILL, .death_line = "never matched"};
+
+    e = open_engine_kv(2, kv);
+    recovery_requests(reqs, ids);
+    dexec_rank_stats_init(&rs);
+    ck_assert_int_eq(dexec_engine_rank_stats(e, 1, &rs), DEXEC_OK);
+    ck_assert_uint_eq(rs.deaths, 0);
+    ck_assert_uint_eq(rs.restarts, 0);
+    k.victim = worker_pid(e, 1);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 4, &outs, on_kill_progress, &k), DEXEC_OK);
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+    dexec_outputs_free(outs, 4);
+    for (int t = 0; t < 600 && dexec_engine_check_health(e) != DEXEC_OK; t++)
+        usleep(100000);
+    ck_assert_int_eq(dexec_engine_rank_stats(e, 1, &rs), DEXEC_OK);
+    ck_assert_uint_eq(rs.deaths, 1);
+    ck_assert_uint_eq(rs.restarts, 1);
+    ck_assert_int_eq(dexec_engine_rank_stats(e, 0, &rs), DEXEC_OK);
+    ck_assert_uint_eq(rs.deaths, 0);
+    ck_assert_uint_eq(rs.restarts, 0);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 static Suite *mp_suite(void)
 {
     Suite *s = suite_create("mp");
@@ -2033,6 +2170,7 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_rpc_deadline_names_method_and_rank);
     tcase_add_test(tc, test_worker_killed_mid_generate);
     tcase_add_test(tc, test_kill9_restarts_and_redeals);
+    tcase_add_test(tc, test_rank_stats_count_death_and_restart);
     tcase_add_test(tc, test_kill9_no_recovery_fails_fast);
     tcase_add_test(tc, test_poison_request_fails_after_retries);
     tcase_add_test(tc, test_sigstop_declared_hung);
@@ -2055,6 +2193,7 @@ static Suite *mp_suite(void)
     tc = tcase_create("async");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_async_four_threads_cancel);
+    tcase_add_test(tc, test_free_rank_takes_next_request);
     tcase_add_test(tc, test_async_queue_full_and_close);
     suite_add_tcase(s, tc);
     tc = tcase_create("protocol");

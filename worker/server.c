@@ -53,6 +53,7 @@ typedef struct job {
     call *call;
     size_t *pos; /* generate: the batch positions this rank serves */
     size_t npos;
+    double queued_at; /* when it reached the rank's queue (dexec_now) */
     struct job *next;
 } job;
 
@@ -705,7 +706,6 @@ static void *rank_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (;;) {
         job *j;
-        double queued_at = dexec_now();
 
         pthread_mutex_lock(&r->qlock);
         while (r->head == NULL && !r->stop)
@@ -722,7 +722,7 @@ static void *rank_main(void *arg)
         pthread_mutex_unlock(&r->qlock);
 
         if (j->call->kind == CALL_GENERATE)
-            run_generate(r, j, queued_at);
+            run_generate(r, j, j->queued_at);
         else
             run_rpc(r, j);
         pthread_mutex_lock(&r->qlock);
@@ -737,6 +737,7 @@ static void *rank_main(void *arg)
 
 static void enqueue(wrank *r, job *j)
 {
+    j->queued_at = dexec_now();
     pthread_mutex_lock(&r->qlock);
     if (r->tail != NULL)
         r->tail->next = j;
@@ -795,8 +796,8 @@ static dexec_value *initialize_reply(dxw_server *s)
 
 static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value *params)
 {
-    const dexec_value *reqs = dexec_value_array_get(params, 0);
-    int n = s->opt.num_ranks, parts = 0;
+    const dexec_value *reqs = dexec_value_array_get(params, 0), *only;
+    int n = s->opt.num_ranks, parts = 0, first = 0;
     size_t count;
     call *k;
 
@@ -805,6 +806,24 @@ static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value
                   "generate: expected params [[request, ...]]");
         dexec_value_free(params);
         return;
+    }
+    /* [requests, rank]: every request on that hosted rank (the engine
+     * keeps each rank busy); without it position p goes to hosted rank
+     * p mod n */
+    only = dexec_value_array_get(params, 1);
+    if (only != NULL && only->type != DEXEC_VAL_NIL) {
+        int64_t r = dexec_value_as_int(only, -1);
+
+        if (only->type != DEXEC_VAL_INT || r < s->opt.base_rank ||
+            r >= (int64_t)s->opt.base_rank + n) {
+            dxs_reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+                          "generate: rank %lld is not hosted here (ranks %d..%d)", (long long)r,
+                          s->opt.base_rank, s->opt.base_rank + n - 1);
+            dexec_value_free(params);
+            return;
+        }
+        first = (int)(r - s->opt.base_rank);
+        n = 1;
     }
     count = reqs->u.arr.len;
     if (count == 0) {
@@ -827,7 +846,7 @@ static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value
         j->pos = calloc(count / (size_t)n + 1, sizeof(size_t));
         for (size_t p = (size_t)i; p < count; p += (size_t)n)
             j->pos[j->npos++] = p;
-        enqueue(&s->ranks[i], j);
+        enqueue(&s->ranks[first + i], j);
     }
 }
 

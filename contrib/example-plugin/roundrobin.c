@@ -338,13 +338,26 @@ static dexec_status rr_collective_rpc(dexec_executor *ex, const char *method, do
                                       unique_reply_rank, replies, err, errlen);
 }
 
-/* dexec_group_generate deals request i to rank i mod n: round robin. */
+/* dexec_group_generate deals each request to the least loaded rank: on
+ * idle workers, request i to rank i mod n (round robin). */
 static dexec_status rr_add_requests(dexec_executor *ex, const dexec_request *reqs, size_t n,
                                     dexec_output *outs, double timeout,
                                     dexec_progress_fn progress, void *user, char *err,
                                     size_t errlen)
 {
     return dexec_group_generate(ex->group, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+/* ABI 1.2: the engine names the slot (today: the rank) that is free, one
+ * dispatcher per slot, so every rank stays busy; the group runs the
+ * requests there, or on a live rank when that one died. */
+static dexec_status rr_add_requests_on(dexec_executor *ex, int slot, const dexec_request *reqs,
+                                       size_t n, dexec_output *outs, double timeout,
+                                       dexec_progress_fn progress, void *user, char *err,
+                                       size_t errlen)
+{
+    return dexec_group_generate_on(ex->group, slot, reqs, n, outs, timeout, progress, user, err,
+                                   errlen);
 }
 
 static dexec_status rr_check_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
@@ -372,6 +385,7 @@ static const dexec_executor_ops rr_ops = {
     .add_requests = rr_add_requests,
     .check_health = rr_check_health,
     .shutdown = rr_shutdown,
+    .add_requests_on = rr_add_requests_on,
 };
 
 /* The section "roundrobin" of the configuration file is ours. */

@@ -301,7 +301,8 @@ void dexec_image_init_sized(dexec_image *img, size_t struct_size);
 
 typedef struct dexec_timings {
     uint32_t struct_size; /* DEXEC_TIMINGS_SIZE: set by dexec_output_init */
-    double queue_s;       /* waiting in the worker before compute began */
+    double queue_s;       /* waiting before compute began: in the engine's queue
+                             (submit to dispatch) and in the worker's */
     double encode_s;      /* prompt -> condition */
     double denoise_s;     /* all denoising steps */
     double decode_s;      /* latent -> pixels */
@@ -377,14 +378,23 @@ dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_
  *
  * The C shape of the reference's AsyncOmniDiffusion: dexec_engine_submit()
  * queues requests and returns one handle per request at once; the engine's
- * dispatcher threads (one per rank) hand them to the executor; each handle
+ * dispatcher threads (one per data-parallel slot) hand them to the executor; each handle
  * completes exactly once, with images or an error (its own, the batch's,
  * DEXEC_ECANCELED or DEXEC_ECLOSED). Be told by callback, or wait on a
  * handle with a deadline. dexec_engine_step() is submit + wait.
  *
- * Dispatch: requests submitted together (n > 1) are handed to the executor
- * as one batch, request i to rank i mod n as step() does; requests
- * submitted alone are gathered, up to one per rank, into a batch.
+ * Dispatch: the engine has one dispatcher per data-parallel slot (today a
+ * slot is one rank; dexec_engine_num_ranks() of them). The queue is served
+ * in order: the head request goes to the free slot of lowest number as
+ * soon as one is free, one request at a time, and completes on its own.
+ * So a short request never waits for an unrelated one to finish, the
+ * requests of one submission (and of one step()) spread over the free
+ * slots (request i of a step on an idle engine runs on slot i, i <
+ * slots), and a slot that finishes takes the next request at once.
+ * Executors of ABI 1.2 place the request on that slot (add_requests_on,
+ * <dexec/plugin.h>); older ones get it through add_requests and place it
+ * themselves. A slot whose rank is dead or restarting has its request
+ * dealt to a live one, as the recovery settings say.
  *
  * Queue: at most engine.max_queued requests wait for a dispatcher; a submit
  * that does not fit fails at once with DEXEC_EAGAIN (a service answers 429
@@ -496,6 +506,28 @@ int dexec_engine_num_ranks(const dexec_engine *e);
 
 /* Name and version of the executor plugin in use. */
 const char *dexec_engine_backend(const dexec_engine *e);
+
+/* What recovery did to one rank since the engine started (ABI 1.2; grows
+ * by the rule above: initialise it with dexec_rank_stats_init). */
+typedef struct dexec_rank_stats {
+    uint32_t struct_size; /* DEXEC_RANK_STATS_SIZE: set by dexec_rank_stats_init */
+    uint64_t deaths;      /* times its worker died or was ended as hung */
+    uint64_t restarts;    /* times it was started again and became ready (max_restarts) */
+    uint64_t reserved[6]; /* zero */
+} dexec_rank_stats;
+
+#define DEXEC_RANK_STATS_SIZE_1_2 (offsetof(dexec_rank_stats, restarts) + sizeof(uint64_t))
+#define DEXEC_RANK_STATS_SIZE offsetof(dexec_rank_stats, reserved)
+
+/* Zeroes s and sets its struct_size. */
+void dexec_rank_stats_init_sized(dexec_rank_stats *s, size_t struct_size);
+#define dexec_rank_stats_init(s) dexec_rank_stats_init_sized((s), DEXEC_RANK_STATS_SIZE)
+
+/* Fills *out (initialised by the caller) for rank 0..num_ranks-1.
+ * DEXEC_ENOTSUP when the executor keeps no such counts (a plugin of ABI
+ * 1.1, or one without the rank_stats op), DEXEC_EINVAL for a bad rank or
+ * struct_size, DEXEC_ECLOSED after close. */
+dexec_status dexec_engine_rank_stats(dexec_engine *e, int rank, dexec_rank_stats *out);
 
 /* Stops owned workers (shutdown RPC, grace period, SIGTERM, SIGKILL, reap)
  * or disconnects from external ones. Idempotent; later calls return

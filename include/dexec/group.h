@@ -98,7 +98,19 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
                                         int unique_reply_rank, dexec_value **replies, char *err,
                                         size_t errlen);
 
-/* Deals requests across ranks (request i to rank i mod n), runs them with
+/* Data-parallel slots: the units a request runs on. Today a slot is one
+ * rank (slot r is rank r), so this is dexec_group_size(). */
+int dexec_group_num_slots(const dexec_group *g);
+
+/* Deaths and restarts of rank so far (the recovery above); out initialised
+ * by the caller (dexec_rank_stats_init). DEXEC_EINVAL for a bad rank or
+ * struct_size. */
+dexec_status dexec_group_rank_stats(dexec_group *g, int rank, dexec_rank_stats *out);
+
+/* Deals requests across slots by load: each to the live slot with the
+ * fewest requests in flight over every generate call of the group in
+ * progress (from any thread), ties to the lowest, so on an idle group
+ * request i goes to rank i mod n. Runs them with
  * "generate" and fills outs in request order (each output initialised
  * here; the caller clears them). A rank that fails marks only its own
  * requests failed; a rank that dies or hangs has its requests dealt again
@@ -109,6 +121,15 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
 dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, size_t n,
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen);
+
+/* dexec_group_generate with every request sent to slot (0..slots-1) while
+ * it is live; a request lost with it, or all of them when it is dead or
+ * restarting, is dealt by load as above. What an executor's
+ * add_requests_on does. DEXEC_EINVAL for a slot out of range. */
+dexec_status dexec_group_generate_on(dexec_group *g, int slot, const dexec_request *reqs,
+                                     size_t n, dexec_output *outs, double timeout,
+                                     dexec_progress_fn progress, void *user, char *err,
+                                     size_t errlen);
 
 /* get_rank on every rank in parallel; each must answer its own index
  * within timeout. DEXEC_EUNHEALTHY naming the rank otherwise. */

@@ -74,9 +74,13 @@ extern "C" {
  *   1.1  dexec_request, dexec_output, dexec_image, dexec_timings and
  *        dexec_actor_info carry struct_size and reserved space; device
  *        plugins (DEXEC_PLUGIN_DEVICE); dexec_plugin_desc.settings: a
- *        plugin declares its configuration settings (it took reserved[0]). */
+ *        plugin declares its configuration settings (it took reserved[0]).
+ *   1.2  dexec_executor_ops.add_requests_on (requests on one data-parallel
+ *        slot: the engine keeps every slot busy) and .rank_stats (deaths
+ *        and restarts), both optional, in reserved[0] and reserved[1];
+ *        dexec_rank_stats. */
 #define DEXEC_ABI_MAJOR 1
-#define DEXEC_ABI_MINOR 1
+#define DEXEC_ABI_MINOR 2
 
 #define DEXEC_PLUGIN_SYMBOL "dexec_plugin"
 
@@ -260,7 +264,25 @@ typedef struct dexec_executor_ops {
     /* Stops (owned) or disconnects from (external) workers and frees ex. */
     void (*shutdown)(dexec_executor *ex);
 
-    void *reserved[8];
+    /* ABI 1.2, optional (NULL: the engine calls add_requests, one request
+     * at a time, and the executor places it). As add_requests, with the
+     * requests run on data-parallel slot `slot` (0..num_ranks-1: today a
+     * slot is one rank), or on another live slot when that one is dead or
+     * restarting. The engine calls it from one dispatcher thread per slot,
+     * with a slot only when its previous call has returned, so a slot has
+     * at most one call of the engine's at a time: a free rank takes the
+     * next request at once. dexec_group_generate_on() does this. */
+    dexec_status (*add_requests_on)(dexec_executor *ex, int slot, const dexec_request *reqs,
+                                    size_t n, dexec_output *outs, double timeout,
+                                    dexec_progress_fn progress, void *user, char *err,
+                                    size_t errlen);
+
+    /* ABI 1.2, optional (NULL: dexec_engine_rank_stats answers
+     * DEXEC_ENOTSUP). Fills out's counts for rank (0..num_ranks-1); out is
+     * initialised by the engine. dexec_group_rank_stats() does this. */
+    dexec_status (*rank_stats)(dexec_executor *ex, int rank, dexec_rank_stats *out);
+
+    void *reserved[6];
 } dexec_executor_ops;
 
 /* ---- Discovery plugins ------------------------------------------------------ */

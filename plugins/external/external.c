@@ -443,6 +443,20 @@ static dexec_status ext_add(dexec_executor *ex, const dexec_request *reqs, size_
     return dexec_group_generate(ex->group, reqs, n, outs, timeout, progress, user, err, errlen);
 }
 
+static dexec_status ext_add_on(dexec_executor *ex, int slot, const dexec_request *reqs, size_t n,
+                               dexec_output *outs, double timeout, dexec_progress_fn progress,
+                               void *user, char *err, size_t errlen)
+{
+    reconnect_dead(ex);
+    return dexec_group_generate_on(ex->group, slot, reqs, n, outs, timeout, progress, user, err,
+                                   errlen);
+}
+
+static dexec_status ext_rank_stats(dexec_executor *ex, int rank, dexec_rank_stats *out)
+{
+    return dexec_group_rank_stats(ex->group, rank, out);
+}
+
 static dexec_status ext_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
 {
     reconnect_dead(ex);
@@ -465,6 +479,8 @@ static const dexec_executor_ops ext_ops = {
     .add_requests = ext_add,
     .check_health = ext_health,
     .shutdown = ext_shutdown,
+    .add_requests_on = ext_add_on,
+    .rank_stats = ext_rank_stats,
 };
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {

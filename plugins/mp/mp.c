@@ -579,6 +579,20 @@ static dexec_status mp_add_requests(dexec_executor *ex, const dexec_request *req
     return dexec_group_generate(ex->group, reqs, n, outs, timeout, progress, user, err, errlen);
 }
 
+static dexec_status mp_add_requests_on(dexec_executor *ex, int slot, const dexec_request *reqs,
+                                       size_t n, dexec_output *outs, double timeout,
+                                       dexec_progress_fn progress, void *user, char *err,
+                                       size_t errlen)
+{
+    return dexec_group_generate_on(ex->group, slot, reqs, n, outs, timeout, progress, user, err,
+                                   errlen);
+}
+
+static dexec_status mp_rank_stats(dexec_executor *ex, int rank, dexec_rank_stats *out)
+{
+    return dexec_group_rank_stats(ex->group, rank, out);
+}
+
 static dexec_status mp_check_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
 {
     return dexec_group_check_health(ex->group, timeout, err, errlen);
@@ -601,6 +615,8 @@ static const dexec_executor_ops mp_ops = {
     .add_requests = mp_add_requests,
     .check_health = mp_check_health,
     .shutdown = mp_shutdown,
+    .add_requests_on = mp_add_requests_on,
+    .rank_stats = mp_rank_stats,
 };
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {

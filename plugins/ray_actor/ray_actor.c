@@ -97,6 +97,10 @@ struct dexec_executor {
     double init_t;
     dexec_group_recovery rec;
     int restarts;         /* restarts begun */
+    uint64_t generation;  /* restarts that placed a new actor (under lk): which actor a
+                             call used */
+    uint64_t deaths;      /* deaths of the actor seen (under lk) */
+    uint64_t dead_gen;    /* generation + 1 of the last death counted; 0: none */
     /* lk: read-held by every call on ex->actor, write-held to replace it */
     pthread_rwlock_t lk;
     pthread_mutex_t mu;   /* restarting, since, why */
@@ -811,6 +815,7 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
         snprintf(ex->lost, sizeof(ex->lost), "%s", err);
         ex->host->log(DEXEC_LOG_ERROR, COMPONENT, "%s", err);
     } else {
+        ex->generation++;
         ex->host->log(DEXEC_LOG_WARN, COMPONENT,
                       "actor restarted in %.2f s (restart %d of max_restarts = %d): %s",
                       dexec_now() - t0, ex->restarts, ex->rec.max_restarts, ex->label);
@@ -819,6 +824,16 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
     ex->restarting = 0;
     pthread_mutex_unlock(&ex->mu);
     return st;
+}
+
+/* Counts the death of the actor of generation gen once, however many
+ * calls saw it (ex->lk write-held). */
+static void count_death(struct dexec_executor *ex, uint64_t gen)
+{
+    if (ex->dead_gen != gen + 1) {
+        ex->dead_gen = gen + 1;
+        ex->deaths++;
+    }
 }
 
 /* How the dead actor ended, from its connection. */
@@ -844,6 +859,8 @@ static void begin_call(struct dexec_executor *ex)
         ex->restarts < ex->rec.max_restarts) {
         char why[512], msg[1024];
 
+        if (ex->actor != NULL)
+            count_death(ex, ex->generation);
         death_of(ex, why, sizeof(why));
         restart_actor(ex, why, msg, sizeof(msg));
     }
@@ -1051,9 +1068,10 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
-/* One generate call on the actor for the requests idx[0..m); called with
- * ex->lk read-held and a live actor. */
-static dexec_status call_generate(struct dexec_executor *ex, const dexec_request *reqs,
+/* One generate call on the actor for the requests idx[0..m), on the
+ * actor's rank `slot` (< 0: dealt by the actor); called with ex->lk
+ * read-held and a live actor. */
+static dexec_status call_generate(struct dexec_executor *ex, int slot, const dexec_request *reqs,
                                   const size_t *idx, size_t m, double deadline,
                                   dexec_progress_fn progress, void *user, dexec_value **res,
                                   int *hung, char *msg, size_t msglen)
@@ -1070,7 +1088,9 @@ static dexec_status call_generate(struct dexec_executor *ex, const dexec_request
     for (size_t j = 0; j < m; j++)
         dexec_value_array_push(batch, dexec_request_to_value(&reqs[idx[j]]));
     dexec_value_array_push(params, batch);
-    if (params == NULL || params->u.arr.len != 1 || batch->u.arr.len != m) {
+    if (slot >= 0)
+        dexec_value_array_push(params, dexec_value_int(slot));
+    if (params == NULL || params->u.arr.len != (slot >= 0 ? 2u : 1u) || batch->u.arr.len != m) {
         dexec_value_free(params);
         snprintf(msg, msglen, "out of memory");
         return DEXEC_ENOMEM;
@@ -1103,12 +1123,13 @@ static void fail_output(dexec_output *o, dexec_status st, const char *msg)
     o->rank = -1;
 }
 
-/* generate on the actor; a dead or hung actor is restarted (max_restarts)
- * and the step's requests dealt to the new one (max_task_retries each). */
-static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *reqs, size_t n,
-                                     dexec_output *outs, double timeout,
-                                     dexec_progress_fn progress, void *user, char *err,
-                                     size_t errlen)
+/* generate on the actor (on its rank slot when slot >= 0); a dead or hung
+ * actor is restarted (max_restarts) and the step's requests dealt to the
+ * new one (max_task_retries each). */
+static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_request *reqs,
+                                 size_t n, dexec_output *outs, double timeout,
+                                 dexec_progress_fn progress, void *user, char *err,
+                                 size_t errlen)
 {
     double start = dexec_now();
     size_t *idx = calloc(n ? n : 1, sizeof(*idx)), m = n, failed = 0;
@@ -1128,12 +1149,16 @@ static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *re
         dexec_value *res = NULL;
         int hung = 0;
         size_t keep = 0;
+        /* the engine's dispatchers call at once: the actor this call used,
+         * so that a death several calls see is restarted once */
+        uint64_t used = ex->generation;
 
         if (ex->actor == NULL) {
             death_of(ex, msg, sizeof(msg));
             st = DEXEC_ECLOSED;
         } else {
-            st = call_generate(ex, reqs, idx, m, start + timeout, progress, user, &res, &hung,
+            st = call_generate(ex, slot, reqs, idx, m, start + timeout, progress, user, &res,
+                               &hung,
                                msg, sizeof(msg));
         }
         if (st == DEXEC_OK) {
@@ -1192,7 +1217,11 @@ static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *re
         m = keep;
         pthread_rwlock_unlock(&ex->lk);
         pthread_rwlock_wrlock(&ex->lk);
-        if (ex->restarts < ex->rec.max_restarts) {
+        if (ex->generation == used)
+            count_death(ex, used);
+        if (ex->generation != used && ex->actor != NULL) {
+            /* another call restarted it already: on to the new actor */
+        } else if (ex->restarts < ex->rec.max_restarts) {
             restart_actor(ex, msg, m2, sizeof(m2));
         } else {
             ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
@@ -1215,6 +1244,42 @@ static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *re
         dexec_errorf(err, errlen, "%s", outs[0].error != NULL ? outs[0].error : "generate failed");
         return st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
     }
+    return DEXEC_OK;
+}
+
+static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *reqs, size_t n,
+                                     dexec_output *outs, double timeout,
+                                     dexec_progress_fn progress, void *user, char *err,
+                                     size_t errlen)
+{
+    return ray_generate(ex, -1, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+/* ABI 1.2: the actor runs the requests on its rank `slot` (the worker
+ * protocol's generate takes the rank), so the engine keeps every rank of
+ * the actor busy. */
+static dexec_status ray_add_requests_on(dexec_executor *ex, int slot, const dexec_request *reqs,
+                                        size_t n, dexec_output *outs, double timeout,
+                                        dexec_progress_fn progress, void *user, char *err,
+                                        size_t errlen)
+{
+    if (slot < 0 || slot >= ex->n) {
+        dexec_errorf(err, errlen, "generate: slot %d is outside 0..%d", slot, ex->n - 1);
+        return DEXEC_EINVAL;
+    }
+    return ray_generate(ex, slot, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+/* ABI 1.2: every rank lives in the one actor, so each has its deaths and
+ * restarts. */
+static dexec_status ray_rank_stats(dexec_executor *ex, int rank, dexec_rank_stats *out)
+{
+    if (rank < 0 || rank >= ex->n)
+        return DEXEC_EINVAL;
+    pthread_rwlock_rdlock(&ex->lk);
+    out->deaths = ex->deaths;
+    out->restarts = ex->generation;
+    pthread_rwlock_unlock(&ex->lk);
     return DEXEC_OK;
 }
 
@@ -1270,6 +1335,8 @@ static const dexec_executor_ops ray_ops = {
     .num_ranks = ray_num_ranks,
     .collective_rpc = ray_collective_rpc,
     .add_requests = ray_add_requests,
+    .add_requests_on = ray_add_requests_on,
+    .rank_stats = ray_rank_stats,
     .check_health = ray_check_health,
     .shutdown = ray_shutdown,
 };

@@ -10,6 +10,8 @@
  * add_requests makes one 1x1 grey image per output whose pixel is the low
  * byte of the seed; a request whose prompt is "fail" fails alone; the
  * deadline passed is reported as timings.queue_s so tests can see it.
+ * add_requests_on (ABI 1.2) does the same with the slot as the rank;
+ * rank_stats reports rank r dead r + 1 times and restarted r times.
  * $DEXEC_TESTGOOD_FAIL=<status number> makes create fail with that code.
  */
 #include "config.h"
@@ -116,7 +118,8 @@ done:
     return DEXEC_OK;
 }
 
-static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t n,
+/* The requests on slot (its rank), or request i on rank i mod n (slot < 0). */
+static dexec_status tg_run(dexec_executor *ex, int slot, const dexec_request *reqs, size_t n,
                            dexec_output *outs, double timeout, dexec_progress_fn progress,
                            void *user, char *err, size_t errlen)
 {
@@ -138,7 +141,7 @@ static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t
                 return DEXEC_EPROTO;
             }
         o->request_id = strdup(reqs[i].request_id);
-        o->rank = (int)(i % (size_t)ex->nranks);
+        o->rank = slot >= 0 ? slot : (int)(i % (size_t)ex->nranks);
         o->seed = reqs[i].seed;
         o->steps = reqs[i].num_inference_steps > 0 ? reqs[i].num_inference_steps : 1;
         o->guidance_scale = reqs[i].guidance_scale;
@@ -172,6 +175,30 @@ static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t
     return DEXEC_OK;
 }
 
+static dexec_status tg_add(dexec_executor *ex, const dexec_request *reqs, size_t n,
+                           dexec_output *outs, double timeout, dexec_progress_fn progress,
+                           void *user, char *err, size_t errlen)
+{
+    return tg_run(ex, -1, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+static dexec_status tg_add_on(dexec_executor *ex, int slot, const dexec_request *reqs, size_t n,
+                              dexec_output *outs, double timeout, dexec_progress_fn progress,
+                              void *user, char *err, size_t errlen)
+{
+    return tg_run(ex, slot, reqs, n, outs, timeout, progress, user, err, errlen);
+}
+
+/* Made-up counts the test can recognise: rank r died r + 1 times and was
+ * restarted r times. */
+static dexec_status tg_rank_stats(dexec_executor *ex, int rank, dexec_rank_stats *out)
+{
+    (void)ex;
+    out->deaths = (uint64_t)rank + 1;
+    out->restarts = (uint64_t)rank;
+    return DEXEC_OK;
+}
+
 static dexec_status tg_health(dexec_executor *ex, double timeout, char *err, size_t errlen)
 {
     if (__atomic_load_n(&ex->unhealthy, __ATOMIC_RELAXED)) {
@@ -194,6 +221,8 @@ static const dexec_executor_ops tg_ops = {
     .add_requests = tg_add,
     .check_health = tg_health,
     .shutdown = tg_shutdown,
+    .add_requests_on = tg_add_on,
+    .rank_stats = tg_rank_stats,
 };
 
 DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
