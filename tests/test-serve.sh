@@ -5,8 +5,11 @@
 # progress, the access log, queue full (429), a client that hangs up
 # freeing its queue slot, the deadline (504), a bearer token on a
 # non-loopback listener, a worker killed during a request (recovered: the
-# request completes and the server stays ready) and SIGTERM draining
-# in-flight requests.
+# request completes, the server stays ready, /metrics counts the death and
+# the restart) and SIGTERM draining in-flight requests; the ranks kept
+# busy: the images of one call spread over the ranks, a short request
+# completes on the free rank while a long one runs, and an image's queue
+# time counts from its submission.
 set -u
 cli=${DEXEC_CLI:?run me from make check}
 command -v curl >/dev/null || { echo "SKIP: curl is not installed (apt-get install curl)"; exit 77; }
@@ -86,6 +89,10 @@ expect_hdr page 'Content-Type: text/html; charset=utf-8'
 expect_body page '<title>dexec serve</title>'
 grep -E '(src|href)="https?:' "$tmp/page.body" >/dev/null && fail "page: refers to an external asset"
 
+# idle ranks for a while: an image's queue stage (below) counts from its
+# submission, not from when its rank last went idle
+sleep 2
+
 st=$(req ok -X POST "$url$gen" -H 'Content-Type: application/json' \
     -d '{"prompt":"sneaker","n":2,"seed":7,"num_inference_steps":2,"response_format":"b64_json","model":"fashion-dit"}')
 expect_status ok "$st" 200
@@ -95,6 +102,8 @@ import base64, json, struct, sys
 r = json.load(open(sys.argv[1]))
 assert isinstance(r['created'], int), r
 assert [d['seed'] for d in r['data']] == [7, 8], r
+# the two images of one call spread over the two idle ranks
+assert sorted(d['rank'] for d in r['data']) == [0, 1], [d['rank'] for d in r['data']]
 for d in r['data']:
     png = base64.b64decode(d['b64_json'])
     assert png[:8] == b'\x89PNG\r\n\x1a\n'
@@ -155,6 +164,8 @@ for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2
     'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
     'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \
     'dexec_serve_stage_duration_seconds_bucket{stage="denoise",le="+Inf"} 4' \
+    'dexec_serve_stage_duration_seconds_bucket{stage="queue",le="1"} 4' \
+    'dexec_serve_worker_deaths_total{rank="1"} 0' 'dexec_serve_worker_restarts_total{rank="1"} 0' \
     'dexec_serve_rank_busy_seconds_total{rank="1"}' 'dexec_serve_worker_errors_total{rank="0"} 0' \
     'dexec_serve_images_per_second' 'dexec_serve_ready 1'; do
     expect_body metrics "$m"
@@ -163,6 +174,30 @@ grep -E 'info serve: POST /v1/images/generations 200 [0-9.]+s id=http-[0-9]+' "$
     fail "no access log line for the generation"
 grep -F 'info serve: GET /health 200' "$tmp/a.err" | grep -F 'id=abc-1' >/dev/null ||
     fail "the access log line lacks the request id"
+
+# ---- 1b. a free rank takes the next request ------------------------------------
+# a long request, then a short one from another client: the short one runs
+# on the other rank at once and completes while the long one still runs
+req long2 -X POST "$url$gen" -H 'X-Request-Id: long-2' \
+    -d '{"prompt":"bag","num_inference_steps":400}' >"$tmp/long2.st" &
+long2=$!
+pids="$pids $long2"
+for _ in $(seq 1 300); do
+    [ "$(metric dexec_serve_in_flight_requests)" = 1 ] && [ "$(metric dexec_serve_queue_depth)" = 0 ] && break
+    sleep 0.1
+done
+st=$(req short2 -m 120 -X POST "$url$gen" -d '{"prompt":"coat","num_inference_steps":2}')
+expect_status short2 "$st" 200
+kill -0 "$long2" 2>/dev/null || fail "short2: the long request was done before the short one"
+[ "$(metric dexec_serve_in_flight_requests)" = 1 ] ||
+    fail "short2: the long request is not in flight any more when the short one is done"
+wait "$long2"
+expect_status long2 "$(cat "$tmp/long2.st")" 200
+python3 - "$tmp/long2.body" "$tmp/short2.body" <<'PY' || fail "long2/short2: on the same rank"
+import json, sys
+a, b = (json.load(open(f))['data'][0]['rank'] for f in sys.argv[1:3])
+assert a != b, (a, b)
+PY
 
 # ---- 2. a worker killed during a request -------------------------------------
 req killed -X POST "$url$gen" -d '{"prompt":"bag","n":2,"num_inference_steps":1000}' >"$tmp/killed.st" &
@@ -197,6 +232,11 @@ done
 expect_status ready2 "$st" 200
 metric 'dexec_serve_worker_errors_total{rank="1"}' | grep -qx 0 ||
     fail "worker_errors_total{rank=1} is not 0 (the image was recovered)"
+# recovery counted: rank 1 died once and was restarted once, rank 0 never
+for m in 'dexec_serve_worker_deaths_total{rank="1"} 1' 'dexec_serve_worker_restarts_total{rank="1"} 1' \
+    'dexec_serve_worker_deaths_total{rank="0"} 0' 'dexec_serve_worker_restarts_total{rank="0"} 0'; do
+    curl -s "$url/metrics" | grep -qxF "$m" || fail "metrics after the kill: no line $m"
+done
 kill -TERM "$pid"
 wait "$pid" || fail "server a: exit status $? after SIGTERM, expected 0"
 

@@ -2,9 +2,11 @@
  * (libmicrohttpd, a thread per connection) speaking the OpenAI Images API,
  * with /health, /ready, Prometheus /metrics and a page at /.
  *
- * The images of a request are one submission (dexec_engine_submit), which
- * the engine hands to the ranks together (image i to rank i mod ranks);
- * the engine's bounded queue (engine.max_queued) answers 429 when full. The
+ * The images of a request are one submission (dexec_engine_submit); the
+ * engine gives each image to the next free rank as soon as one is free, so
+ * the images of one request spread over the ranks and a short request
+ * never waits for an unrelated long one; the engine's bounded queue
+ * (engine.max_queued) answers 429 when full. The
  * connection's thread waits for its images with the request's deadline,
  * watching the socket: a client that hangs up has its images cancelled.
  *
@@ -201,10 +203,22 @@ static char *metrics_text(void)
     long now = (long)dexec_now();
     double window = dexec_now() - S.start;
     uint64_t recent = 0;
-    int waiting = 0;
+    int waiting = 0, nstats = 0;
+    dexec_rank_stats *rs;
 
     if (f == NULL)
         return NULL;
+    /* the engine's recovery counts, asked before the server lock (the
+     * engine takes its own); none when the executor keeps none */
+    rs = calloc((size_t)S.nranks + 1, sizeof(*rs));
+    for (int r = 0; rs != NULL && r < S.nranks; r++) {
+        dexec_rank_stats_init(&rs[r]);
+        if (dexec_engine_rank_stats(S.e, r, &rs[r]) != DEXEC_OK) {
+            nstats = 0;
+            break;
+        }
+        nstats = r + 1;
+    }
     pthread_mutex_lock(&S.lock);
     fprintf(f, "# HELP dexec_serve_requests_total HTTP requests answered, by path and status "
                "(499: the client hung up first).\n# TYPE dexec_serve_requests_total counter\n");
@@ -227,8 +241,10 @@ static char *metrics_text(void)
                "generation requests (arrival to last byte).\n"
                "# TYPE dexec_serve_request_duration_seconds histogram\n");
     write_histo(f, "dexec_serve_request_duration_seconds", "", &S.e2e);
-    fprintf(f, "# HELP dexec_serve_stage_duration_seconds Time of each image in each stage, as "
-               "the worker measured it.\n# TYPE dexec_serve_stage_duration_seconds histogram\n");
+    fprintf(f, "# HELP dexec_serve_stage_duration_seconds Time of each image in each stage: "
+               "queue from its submission to the start of its computation (the engine's "
+               "queue, then the worker's), the others as the worker measured them.\n"
+               "# TYPE dexec_serve_stage_duration_seconds histogram\n");
     for (int s = 0; s < NSTAGES; s++) {
         snprintf(label, sizeof(label), "stage=\"%s\"", stage_names[s]);
         write_histo(f, "dexec_serve_stage_duration_seconds", label, &S.stage[s]);
@@ -255,6 +271,19 @@ static char *metrics_text(void)
         if (r < S.nranks || S.rank_errors[r] > 0)
             fprintf(f, "dexec_serve_worker_errors_total{rank=\"%s%d\"} %" PRIu64 "\n",
                     r < S.nranks ? "" : "unknown", r < S.nranks ? r : 0, S.rank_errors[r]);
+    if (nstats > 0) {
+        fprintf(f, "# HELP dexec_serve_worker_deaths_total Times a rank's worker died or was "
+                   "ended as hung.\n# TYPE dexec_serve_worker_deaths_total counter\n");
+        for (int r = 0; r < nstats; r++)
+            fprintf(f, "dexec_serve_worker_deaths_total{rank=\"%d\"} %" PRIu64 "\n", r,
+                    rs[r].deaths);
+        fprintf(f, "# HELP dexec_serve_worker_restarts_total Times a rank was started again "
+                   "after a death and became ready (max_restarts).\n"
+                   "# TYPE dexec_serve_worker_restarts_total counter\n");
+        for (int r = 0; r < nstats; r++)
+            fprintf(f, "dexec_serve_worker_restarts_total{rank=\"%d\"} %" PRIu64 "\n", r,
+                    rs[r].restarts);
+    }
     fprintf(f, "# HELP dexec_serve_health_check_failures_total Health checks that failed.\n"
                "# TYPE dexec_serve_health_check_failures_total counter\n"
                "dexec_serve_health_check_failures_total %" PRIu64 "\n",
@@ -266,6 +295,7 @@ static char *metrics_text(void)
                "# TYPE dexec_serve_ranks gauge\ndexec_serve_ranks %d\n",
             S.nranks);
     pthread_mutex_unlock(&S.lock);
+    free(rs);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;
@@ -765,9 +795,9 @@ static void output_error(const dexec_output *o, int index, char *msg, size_t msg
         snprintf(msg, msglen, "image %d: %s", index, e);
 }
 
-/* Submits the images of a request as one submission: the engine hands
- * them to the executor together, image i to rank i mod ranks, so they run
- * in parallel, and a full queue refuses all of them or none. The callbacks
+/* Submits the images of a request as one submission: the engine gives
+ * each to the next free rank, so they run in parallel, and a full queue
+ * refuses all of them or none. The callbacks
  * are per image. 0, or the HTTP status of a refusal. */
 static unsigned submit_job(job *j, const gen_params *g, const char **type, const char **code,
                            char *msg, size_t msglen)
@@ -907,9 +937,10 @@ static void stream_collect(job *j)
             event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
                                         error_obj(msg, type, code)));
         } else if ((b = image_b64(j, &o, msg, sizeof(msg))) != NULL) {
-            event(j, "image", json_pack("{s:i,s:s,s:I,s:i,s:f}", "index", i, "b64_json", b,
+            event(j, "image", json_pack("{s:i,s:s,s:I,s:i,s:f,s:i}", "index", i, "b64_json", b,
                                         "seed", (json_int_t)o.seed, "num_inference_steps",
-                                        o.steps, "guidance_scale", o.guidance_scale));
+                                        o.steps, "guidance_scale", o.guidance_scale, "rank",
+                                        o.rank));
             free(b);
             j->nok++;
         } else {
@@ -1060,9 +1091,10 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
             return reply_error(c, x, 500, "server_error", NULL, NULL, NULL, "image %d: %s", i,
                                msg);
         }
-        json_array_append_new(data, json_pack("{s:s,s:I,s:i,s:f}", "b64_json", b, "seed",
+        json_array_append_new(data, json_pack("{s:s,s:I,s:i,s:f,s:i}", "b64_json", b, "seed",
                                               (json_int_t)o.seed, "num_inference_steps", o.steps,
-                                              "guidance_scale", o.guidance_scale));
+                                              "guidance_scale", o.guidance_scale, "rank",
+                                              o.rank));
         free(b);
         dexec_output_clear(&o);
     }
