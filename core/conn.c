@@ -1033,6 +1033,13 @@ static double watch_silence(dx_wait *w, double now)
     pthread_mutex_lock(&c->lock);
     silence = c->silence;
     last = c->last_rx;
+    /* silence counts from this call's start at the earliest: a rank idle
+     * for longer than the deadline (no calls, nothing to say) is not
+     * silent the moment it is given work, and its probe gets its time */
+    if (w->watch_from == 0)
+        w->watch_from = now;
+    if (last < w->watch_from)
+        last = w->watch_from;
     if (w->probe_id != 0) {
         pending *p = find_pending(c, w->probe_id);
 
@@ -1187,6 +1194,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
         w[i].probe_id = 0;
+        w[i].watch_from = 0;
         if (!w[i].active)
             continue;
         w[i].result = NULL;

@@ -56,6 +56,11 @@ struct dexec_group {
      * the next request goes. Today a slot is one rank (slot r = rank r);
      * a parallel group of several ranks would be one slot. */
     size_t *load;
+    /* Per rank: when it last said anything to any call (progress, a reply)
+     * or was given work while idle, over every caller: a rank busy with
+     * another caller's request is not silent to a request queued behind
+     * it. Read and written atomically (heard_get/heard_set). */
+    double *heard;
 };
 
 typedef struct restart_arg {
@@ -79,9 +84,11 @@ dexec_group *dexec_group_new(int n)
     }
     g->rs = calloc((size_t)n, sizeof(*g->rs));
     g->load = calloc((size_t)n, sizeof(*g->load));
-    if (g->rs == NULL || g->load == NULL) {
+    g->heard = calloc((size_t)n, sizeof(*g->heard));
+    if (g->rs == NULL || g->load == NULL || g->heard == NULL) {
         free(g->rs);
         free(g->load);
+        free(g->heard);
         free(g->conns);
         free(g);
         return NULL;
@@ -333,6 +340,7 @@ void dexec_group_free(dexec_group *g)
     free(g->conns);
     free(g->rs);
     free(g->load);
+    free(g->heard);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -457,13 +465,26 @@ done:
     return st;
 }
 
+static void heard_set(double *p, double t)
+{
+    __atomic_store(p, &t, __ATOMIC_RELAXED);
+}
+
+static double heard_get(double *p)
+{
+    double t;
+
+    __atomic_load(p, &t, __ATOMIC_RELAXED);
+    return t;
+}
+
 /* One generate call in flight: a rank's share of the requests. */
 typedef struct gcall {
     int rank;
     dexec_conn *c;
     size_t *index; /* batch position -> request index */
     size_t count;
-    double *heard; /* the step's: when this rank last said anything */
+    double *heard; /* the group's: when this rank last said anything */
     dexec_progress_fn fn;
     void *user;
     double fin;
@@ -474,7 +495,7 @@ static void on_progress(void *user, const char *method, const dexec_value *param
     gcall *k = user;
     int64_t pos, image, step, total;
 
-    *k->heard = dexec_now();
+    heard_set(k->heard, dexec_now());
     if (strcmp(method, "progress") != 0 || k->fn == NULL)
         return;
     pos = dexec_value_as_int(dexec_value_array_get(params, 1), -1);
@@ -504,7 +525,7 @@ static void stamp_done(void *user, dx_wait *w)
 
     (void)w;
     k->fin = dexec_now();
-    *k->heard = k->fin;
+    heard_set(k->heard, k->fin);
 }
 
 /* The state of one step (dexec_group_generate). */
@@ -521,7 +542,6 @@ typedef struct step {
     size_t *queue, nqueue; /* requests waiting for a live rank */
     int *tries;            /* times each request was lost with its worker */
     int *hung;             /* per rank: declared hung in this step */
-    double *heard;         /* per rank: when it last said anything (or got work while idle) */
     size_t failed;
     dexec_status last_st;
     char last[900];
@@ -555,12 +575,14 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
     char msg[768];
     dexec_status st;
 
-    int idle = 1;
+    int idle;
 
-    for (size_t q = 0; q < s->n; q++)
-        idle &= !(s->waits[q].active && !s->waits[q].finished && s->calls[q].rank == r);
+    /* idle but for this call (its load is reserved): the silence starts now */
+    pthread_mutex_lock(&s->g->lock);
+    idle = s->g->load[r] <= cnt;
+    pthread_mutex_unlock(&s->g->lock);
     if (idle)
-        s->heard[r] = dexec_now();
+        heard_set(&s->g->heard[r], dexec_now());
     while (slot < s->n && s->waits[slot].active)
         slot++;
     if (slot == s->n || cnt == 0) {
@@ -569,7 +591,7 @@ static void send_call(step *s, int r, dexec_conn *c, const size_t *idx, size_t c
     }
     k = &s->calls[slot];
     free(k->index);
-    *k = (gcall){.rank = r, .c = c, .heard = &s->heard[r], .fn = s->progress, .user = s->user};
+    *k = (gcall){.rank = r, .c = c, .heard = &s->g->heard[r], .fn = s->progress, .user = s->user};
     k->index = malloc(cnt * sizeof(size_t));
     batch = dexec_value_array();
     params = dexec_value_array();
@@ -765,7 +787,7 @@ static void check_stalls(step *s)
     if (g->rec.stall_s <= 0)
         return;
     for (int r = 0; r < g->n; r++) {
-        double heard = s->heard[r];
+        double heard = heard_get(&g->heard[r]);
         int holding = 0;
         dexec_conn *c = NULL;
 
@@ -822,9 +844,8 @@ static dexec_status group_generate(dexec_group *g, int slot, const dexec_request
     s.queue = calloc(n, sizeof(*s.queue));
     s.tries = calloc(n, sizeof(*s.tries));
     s.hung = calloc((size_t)nr, sizeof(*s.hung));
-    s.heard = calloc((size_t)nr, sizeof(*s.heard));
     if (s.calls == NULL || s.waits == NULL || s.queue == NULL || s.tries == NULL ||
-        s.hung == NULL || s.heard == NULL) {
+        s.hung == NULL) {
         ret = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
         goto done;
     }
@@ -909,7 +930,6 @@ done:
     free(s.queue);
     free(s.tries);
     free(s.hung);
-    free(s.heard);
     return ret;
 }
 

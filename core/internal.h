@@ -94,6 +94,7 @@ typedef struct dx_wait {
     char msg[768];       /* otherwise: why */
     uint32_t probe_id;   /* a get_rank probe in flight (silence watch), or 0 */
     double probe_at;     /* when it was sent */
+    double watch_from;   /* when the silence watch first looked at this call; 0: not yet */
 } dx_wait;
 
 /* Waits for every active call of w at once until the absolute deadline,

@@ -699,6 +699,7 @@ START_TEST(test_local_kill9_no_restart_fails_fast)
     dexec_output *outs = NULL;
     killer k = {.on_req = 1, .sig = SIGKILL};
     double done_at;
+    dexec_status st;
     pid_t pid;
 
     capture_log();
@@ -709,8 +710,10 @@ START_TEST(test_local_kill9_no_restart_fails_fast)
     snprintf(line, sizeof(line), "actor (pid %d): actor died: killed by signal 9", (int)pid);
     k.death_line = line;
     watch_start(&k);
-    /* the actor hosts both ranks: every request of the step is lost */
-    ck_assert_int_eq(dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k), DEXEC_EWORKER);
+    /* the actor hosts both ranks: every request not finished at the kill is
+     * lost (each completes on its own, so one that finished first, on a
+     * loaded machine, is kept); with all of them lost the step fails */
+    st = dexec_engine_step(e, reqs, RB, &outs, on_kill_progress, &k);
     done_at = test_now();
     usleep(100000);
     watch_stop(&k);
@@ -721,8 +724,19 @@ START_TEST(test_local_kill9_no_restart_fails_fast)
     ck_assert_msg(log_has("not restarted (max_restarts = 0)"), "no 'not restarted' line");
     snprintf(want, sizeof(want), "generate: actor (pid %d): actor died: killed by signal 9",
              (int)pid);
-    ck_assert_msg(strstr(dexec_engine_last_error(e), want) != NULL, "got: %s",
-                  dexec_engine_last_error(e));
+    if (st == DEXEC_EWORKER) {
+        ck_assert_msg(strstr(dexec_engine_last_error(e), want) != NULL, "got: %s",
+                      dexec_engine_last_error(e));
+    } else {
+        ck_assert_int_eq(st, DEXEC_OK);
+        ck_assert_int_eq(outs[1].status, DEXEC_EWORKER);
+        for (int i = 0; i < RB; i++)
+            ck_assert_msg(outs[i].status == DEXEC_OK ||
+                              (outs[i].status == DEXEC_EWORKER &&
+                               strstr(outs[i].error, want) != NULL),
+                          "request %d: %s", i, outs[i].error);
+        dexec_outputs_free(outs, RB);
+    }
     ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
     dexec_engine_free(e);
     unlink(log_path);
