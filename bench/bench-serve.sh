@@ -6,6 +6,7 @@
 #     images through dexec_engine_step, start-up cancelled out), and as an
 #     upper bound the images' own compute time (encode + denoise + decode,
 #     as printed) over the ranks: no HTTP, no gaps between requests;
+#     measured before and again after the server's runs;
 #  2. serve: sustained images/s and p50/p99 request latency at concurrency
 #     1, 4 and 16 (keep-alive clients, tests/serve_client.py);
 #  3. one image: a request to a running `dexec serve` against one `dexec
@@ -23,15 +24,20 @@ export OPENBLAS_NUM_THREADS=1
 
 echo "ranks $ranks, $steps steps per image, $requests requests per concurrency level"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-s=$(date +%s.%N)
-"$cli" generate -p sneaker -b 1 -s 1 --steps "$steps" --num-gpus "$ranks" -q -o "$tmp/e1.png"
-t1=$(echo "$(date +%s.%N) - $s" | bc -l)
-s=$(date +%s.%N)
-"$cli" generate -p sneaker -b 65 -s 1 --steps "$steps" --num-gpus "$ranks" -o "$tmp/e.png" >"$tmp/gen"
-t65=$(echo "$(date +%s.%N) - $s" | bc -l)
-echo "engine step, wall clock: 64 images in $(echo "$t65 - $t1" | bc -l | cut -c1-6) s, $(echo "64 / ($t65 - $t1)" | bc -l | cut -c1-5) images/s"
-awk -v r="$ranks" '/ s$/ { t += $(NF-1); n++ } END {
-    printf "engine compute (upper bound): %d images, %.2f ms compute each, %.1f images/s over %d rank(s)\n", n, 1000*t/n, r*n/t, r }' "$tmp/gen"
+# engine WHEN: the engine's step throughput, measured before and after the
+# server's runs (the load of a shared machine drifts in between)
+engine() {
+    s=$(date +%s.%N)
+    "$cli" generate -p sneaker -b 1 -s 1 --steps "$steps" --num-gpus "$ranks" -q -o "$tmp/e1.png"
+    t1=$(echo "$(date +%s.%N) - $s" | bc -l)
+    s=$(date +%s.%N)
+    "$cli" generate -p sneaker -b 65 -s 1 --steps "$steps" --num-gpus "$ranks" -o "$tmp/e.png" >"$tmp/gen"
+    t65=$(echo "$(date +%s.%N) - $s" | bc -l)
+    echo "engine step, wall clock, $1: 64 images in $(echo "$t65 - $t1" | bc -l | cut -c1-6) s, $(echo "64 / ($t65 - $t1)" | bc -l | cut -c1-5) images/s"
+    awk -v r="$ranks" -v w="$1" '/ s$/ { t += $(NF-1); n++ } END {
+        printf "engine compute (upper bound), %s: %d images, %.2f ms compute each, %.1f images/s over %d rank(s)\n", w, n, 1000*t/n, r*n/t, r }' "$tmp/gen"
+}
+engine before
 
 "$cli" serve -l 127.0.0.1:0 --num-gpus "$ranks" --set log_level=warn >"$tmp/out" 2>"$tmp/err" &
 pid=$!
@@ -60,4 +66,5 @@ fi
 s=$(date +%s.%N)
 "$cli" generate -p sneaker -s 1 --steps "$steps" --num-gpus "$ranks" -q -o "$tmp/one.png"
 echo "one image via one dexec generate process: $(echo "$(date +%s.%N) - $s" | bc -l | cut -c1-6) s"
+engine after
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
