@@ -1691,6 +1691,51 @@ START_TEST(test_call_before_hello_refused)
 }
 END_TEST
 
+/* generate [requests, rank]: every request on that hosted rank; a rank
+ * the process does not host is refused, naming the ranks it does. */
+START_TEST(test_generate_on_a_hosted_rank)
+{
+    dexec_conn *c = NULL;
+    dexec_value *params, *batch, *req, *r = NULL;
+    char addr[128], err[256];
+
+    start_worker();
+    snprintf(addr, sizeof(addr), "unix:%s/w.sock", sockdir);
+    ck_assert_int_eq(dexec_conn_connect(addr, 5, &c, err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_conn_hello(c, NULL, 5, NULL, err, sizeof(err)), DEXEC_OK);
+    for (int rank = 0; rank <= 5; rank += 5) {
+        params = dexec_value_array();
+        batch = dexec_value_array();
+        req = dexec_value_map();
+        dexec_value_map_set(req, "prompt", dexec_value_str("bag"));
+        dexec_value_map_set(req, "num_inference_steps", dexec_value_int(1));
+        dexec_value_array_push(batch, req);
+        dexec_value_array_push(params, batch);
+        dexec_value_array_push(params, dexec_value_int(rank));
+        if (rank == 0) {
+            ck_assert_msg(dexec_conn_call(c, "generate", params, dexec_now() + 60, &r, NULL,
+                                          NULL, err, sizeof(err)) == DEXEC_OK,
+                          "%s", err);
+            ck_assert_int_eq(r->type, DEXEC_VAL_ARRAY);
+            ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(
+                                                    dexec_value_array_get(r, 0), "rank"),
+                                                -1),
+                             0);
+            dexec_value_free(r);
+            r = NULL;
+        } else {
+            ck_assert_int_eq(dexec_conn_call(c, "generate", params, dexec_now() + 60, &r, NULL,
+                                             NULL, err, sizeof(err)),
+                             DEXEC_EINVAL);
+            ck_assert_ptr_nonnull(strstr(err, "generate: rank 5 is not hosted here (ranks 0..0)"));
+        }
+        dexec_value_free(params);
+    }
+    dexec_conn_free(c);
+    stop_worker();
+}
+END_TEST
+
 /* ---- promises with real workers ------------------------------------------------ */
 
 typedef struct progress_log {
@@ -2200,6 +2245,7 @@ static Suite *mp_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_malformed_frames);
     tcase_add_test(tc, test_call_before_hello_refused);
+    tcase_add_test(tc, test_generate_on_a_hosted_rank);
     tcase_add_test(tc, test_client_that_never_reads);
     tcase_add_test(tc, test_limits_before_hello);
     tcase_add_test(tc, test_handshake_deadline);
