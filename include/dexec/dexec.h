@@ -367,10 +367,14 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
 
 /* Generates: one output per request, in request order, each holding images
  * or its own error (submit + wait: see "Asynchronous requests" below; the
- * wait is bounded by timeouts.generate once the batch is dispatched). *outs is a new array the caller frees with
- * dexec_outputs_free. Returns DEXEC_OK when every request was attempted
- * (per-request failures are in the outputs), or an error when the batch as
- * a whole failed (then *outs is NULL). progress may be NULL. */
+ * wait for each request is bounded by timeouts.generate once it is
+ * dispatched). *outs is a new array the caller frees with
+ * dexec_outputs_free. Returns DEXEC_OK when a request succeeded or failed
+ * alone (per-request failures are in the outputs), or an error when the
+ * executor failed every request (no live rank, a dead actor: the first
+ * one's error) or broke an output (DEXEC_EPLUGIN); then *outs is NULL.
+ * progress may be NULL; it is called from the dispatcher threads, one per
+ * slot, so calls for different requests may come at once. */
 dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_t n,
                                dexec_output **outs, dexec_progress_fn progress, void *user);
 
