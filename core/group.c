@@ -655,6 +655,10 @@ static void dispatch(step *s)
         if (g->rs[r].state == RANK_LIVE && !dexec_conn_dead(conns[r]))
             live[r] = 1, nlive++;
         restarting += g->rs[r].state == RANK_RESTARTING;
+        /* this call may be the first to find them all dead: say why the
+         * last one died (another caller saw it) */
+        if (s->last[0] == '\0' && !live[r] && g->rs[r].why[0] != '\0')
+            snprintf(s->last, sizeof(s->last), "%.500s", g->rs[r].why); /* names the rank */
     }
     for (size_t q = 0; nlive > 0 && q < nq; q++) {
         int best = -1;

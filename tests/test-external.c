@@ -396,7 +396,10 @@ START_TEST(killed_worker_back_under_its_name)
     step_eight(e, NULL, NULL, ranks);
     for (int i = 0; i < 8; i++)
         served1 += ranks[i] == 1;
-    ck_assert_int_eq(served1, 4);
+    /* reconnected before its first request: request 1 on slot 1, and the
+     * rest on whichever rank was free first */
+    ck_assert_int_eq(ranks[1], 1);
+    ck_assert_int_ge(served1, 1);
     ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
     ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, NULL, NULL, 1, &info),
                      DEXEC_OK);

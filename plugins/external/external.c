@@ -43,6 +43,7 @@
 typedef struct ext_peer {
     char name[160];
     char address[300];
+    double retry_at; /* no reconnect before (dexec_now), after one that timed out */
 } ext_peer;
 
 struct dexec_executor {
@@ -53,7 +54,7 @@ struct dexec_executor {
     dexec_group *group;
     ext_peer *peers; /* one per rank; the group's death callbacks point here */
     char *token;     /* the workers' token, for reconnecting; NULL when none */
-    double init_t;
+    double init_t, health_t;
     pthread_mutex_t rlock; /* one reconnect pass at a time */
 };
 
@@ -271,6 +272,7 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
         return DEXEC_ENOMEM;
     ex->host = host;
     ex->init_t = init_t;
+    ex->health_t = health_t;
     pthread_mutex_init(&ex->rlock, NULL);
     st = worker_names(ex, err, errlen);
     if (st == DEXEC_OK)
@@ -382,18 +384,24 @@ static void reconnect_dead(struct dexec_executor *ex)
 {
     pthread_mutex_lock(&ex->rlock);
     for (int i = 0; i < ex->n; i++) {
-        double deadline = dexec_now() + ex->init_t;
+        /* every request of a step asks (the engine sends one at a time): a
+         * worker that is back answers at once, and one behind a cut link
+         * costs at most timeouts.health, then no request waits on it for
+         * as long again */
+        double now = dexec_now(), deadline = now + ex->init_t;
+        double reach = now + (ex->health_t < ex->init_t ? ex->health_t : ex->init_t);
         dexec_conn *c = NULL;
         dexec_value *res = NULL;
         char msg[1024];
         dexec_status st;
 
-        if (!dexec_group_rank_dead(ex->group, i))
+        if (now < ex->peers[i].retry_at || !dexec_group_rank_dead(ex->group, i))
             continue;
         st = resolve_again(ex, i, msg, sizeof(msg));
         if (st == DEXEC_OK)
-            st = connect_worker(ex, i, &ex->peers[i], ex->token, deadline, &c, msg,
-                                sizeof(msg));
+            st = connect_worker(ex, i, &ex->peers[i], ex->token, reach, &c, msg, sizeof(msg));
+        if (st == DEXEC_ETIMEDOUT)
+            ex->peers[i].retry_at = dexec_now() + ex->health_t;
         if (st == DEXEC_OK) {
             st = dexec_conn_call(c, "initialize", NULL, deadline, &res, NULL, NULL, msg,
                                  sizeof(msg));
