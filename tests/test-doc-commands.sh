@@ -1,14 +1,20 @@
 #!/bin/sh
-# test-doc-commands.sh - every dexec, dexec-worker and dexec-model command
-# shown in README.md, doc/*.md, the man pages (doc/*.1, doc/*.5) and
-# contrib/*/README.md is checked against the programs of this build: the
-# subcommand exists and every option it uses is one that program's --help
-# lists; every repository path a command names (contrib/..., models/...,
-# doc/...) exists; every configuration file under contrib/ passes
-# `dexec config check`. Blocks that run for real are run elsewhere:
-# README.md's by test-readme.sh, contrib/example-plugin's by its
-# installcheck.sh, contrib/slurm's dexec-engine.sbatch by tests/slurm,
-# contrib/systemd's units by test-systemd.sh.
+# test-doc-commands.sh - the commands shown in README.md, doc/*.md, the man
+# pages (doc/*.1, doc/*.5) and contrib/*/README.md, as written:
+# 1-2. every dexec, dexec-worker and dexec-model command is checked against
+#    the programs of this build: the subcommand exists and every option it
+#    uses is one that program's --help lists; every repository path a
+#    command names (contrib/..., models/..., doc/...) exists;
+# 3-4. every configuration file under contrib/ and every configuration
+#    block of doc/configuration.md and README.md passes `dexec config check`;
+# 5. every block that shows such a command carries a doc-test marker and is
+#    run here as written (real workers, a real redis-server), or is named
+#    as run by another test (README.md's "Using it" by test-readme.sh,
+#    contrib/slurm's by tests/slurm/slurm.sh, contrib/example-plugin's by
+#    its installcheck.sh), or is listed as not run with the reason (a GPU,
+#    a cluster's host names, published weights) and then checked as shell
+#    and for the build paths it names. contrib/systemd's units are checked
+#    by test-systemd.sh (systemd-analyze verify).
 set -u
 cli=${DEXEC_CLI:?run me from make check}
 worker=${DEXEC_WORKER:?run me from make check}
@@ -16,7 +22,7 @@ src=${DEXEC_TOP_SRCDIR:?run me from make check}
 top=${DEXEC_TOP_BUILDDIR:?run me from make check}
 command -v python3 >/dev/null || { echo "SKIP: python3 not found (it extracts the commands)"; exit 77; }
 tmp=$(mktemp -d /tmp/dexec-test-doc.XXXXXX) || exit 99
-trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT # replaced in 5.
 status=0
 fail() { echo "FAIL: $*"; status=1; }
 
@@ -185,4 +191,307 @@ while IFS="$(printf '\t')" read -r where file; do
         fail "$where: dexec config check: $(cat "$tmp/err")"
 done <"$tmp/confs"
 echo "checked $n documented commands and $(wc -l <"$tmp/confs") configuration blocks"
+
+# 5. the blocks, run. Every block that shows a dexec, dexec-worker or
+# dexec-model command carries a marker naming it, the line before it:
+#   markdown:  <!-- doc-test: ID -->     man page:  .\" doc-test: ID
+# and each ID is handled below: run as written (bash -e, in a directory of
+# its own holding links to the source tree's contrib, doc, models and tests,
+# with this build's programs first in PATH and, where the block needs them,
+# a real redis-server on a free loopback port and real workers, stopped by
+# pid), or covered by the named test that runs it, or not run, with the
+# reason (then only checked as shell and for the paths it names). A block
+# with commands and no marker, a marker without a block, an ID used twice
+# and an ID without a handler all fail.
+python3 - "$src" "$tmp/blocks" >"$tmp/index" <<'PY2' || exit 99
+import glob, os, re, sys
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+files = [os.path.join(src, "README.md")]
+for pat in ("doc/*.md", "doc/*.1", "doc/*.5", "contrib/*/README.md"):
+    files += sorted(glob.glob(os.path.join(src, pat)))
+cmd = re.compile(r'^(?:\$ )?(?:[A-Z_]+=\S+ )*(?:dexec|dexec-worker|dexec-model)(?: |$)')
+seen = {}
+def emit(rel, no, mid, text):
+    has = any(cmd.match(l.strip()) for l in text.split("\n"))
+    if mid is None:
+        if has:
+            print("ERROR\t%s:%d\ta block of commands has no doc-test marker" % (rel, no))
+        return
+    if mid in seen:
+        print("ERROR\t%s:%d\tdoc-test ID %s is also used at %s" % (rel, no, mid, seen[mid]))
+        return
+    seen[mid] = "%s:%d" % (rel, no)
+    open(os.path.join(out, mid), "w").write(text)
+    print("%s\t%s:%d" % (mid, rel, no))
+for path in files:
+    rel = os.path.relpath(path, src)
+    lines = open(path, encoding="utf-8").read().split("\n")
+    man = path.endswith((".1", ".5"))
+    mark, i = None, 0
+    while i < len(lines):
+        l = lines[i]
+        m = re.match(r'^(?:<!-- doc-test: (\S+) -->|\.\\" doc-test: (\S+))$', l)
+        if m:
+            if mark:
+                print("ERROR\t%s:%d\tdoc-test marker %s has no block" % (rel, mark[1], mark[0]))
+            mark = (m.group(1) or m.group(2), i + 1)
+            i += 1
+            continue
+        if man and l.startswith((".nf", ".EX")):
+            j = i + 1
+            block = []
+            while j < len(lines) and not lines[j].startswith((".fi", ".EE")):
+                block.append(lines[j].replace("\\-", "-").replace("\\e", "\\").replace("\\(aq", "'"))
+                j += 1
+            emit(rel, i + 2, mark and mark[0], "\n".join(block) + "\n")
+            mark, i = None, j + 1
+            continue
+        if not man and (l.startswith("```") or
+                        (l.startswith("    ") and (i == 0 or lines[i - 1].strip() == ""))):
+            fenced = l.startswith("```")
+            j = i + 1 if fenced else i
+            block = []
+            while j < len(lines) and ((fenced and not lines[j].startswith("```")) or
+                                      (not fenced and (lines[j].startswith("    ") or lines[j] == ""))):
+                block.append(lines[j] if fenced else lines[j][4:])
+                j += 1
+            emit(rel, i + 1 + (1 if fenced else 0), mark and mark[0], "\n".join(block).strip("\n") + "\n")
+            mark, i = None, j + (1 if fenced else 0)
+            continue
+        if mark and l.strip() and not l.startswith("."):
+            print("ERROR\t%s:%d\tdoc-test marker %s has no block" % (rel, mark[1], mark[0]))
+            mark = None
+        i += 1
+PY2
+blocks=$tmp/blocks
+R= rpid= pids=
+bin=$tmp/bin
+mkdir -p "$bin"
+ln -s "$cli" "$bin/dexec"
+ln -s "$worker" "$bin/dexec-worker"
+ln -s "$top/kernels/dexec-model" "$bin/dexec-model"
+# shellcheck disable=SC2317
+cleanup_run() {
+    for p in $pids $rpid; do
+        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    done
+    [ -n "${KEEP:-}" ] || rm -rf "$tmp"
+}
+trap cleanup_run EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# A redis-server of the test's own; R is its URL. Returns 1 (and says why)
+# where there is none.
+need_redis() {
+    [ -n "$rpid" ] && return 0
+    if [ -z "${REDIS_SERVER:-}" ]; then
+        echo "SKIP (partly): $1 needs redis-server (not found)"
+        return 1
+    fi
+    local port i
+    port=$(free_port)
+    "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        >"$tmp/redis.log" 2>&1 &
+    rpid=$!
+    for i in $(seq 1 50); do
+        grep -q 'Ready to accept' "$tmp/redis.log" && break
+        sleep 0.1
+    done
+    R=redis://127.0.0.1:$port/0
+}
+# Waits (at most 30 s) until `dexec actors` shows NAME answering.
+wait_actor() {
+    local i
+    for i in $(seq 1 150); do
+        "$cli" actors --registry "$R" 2>/dev/null | grep -Eq "^$1 .* ok [0-9.]+ ms" && return 0
+        sleep 0.2
+    done
+    return 1
+}
+# A directory for block ID, with the tree's directories linked in.
+workdir() {
+    d=$tmp/run/$1
+    [ -d "$d" ] || echo "RUN: doc-test $1 ($(grep "^$1	" "$tmp/index" | cut -f2))"
+    mkdir -p "$d"
+    for x in contrib doc models tests; do [ -e "$d/$x" ] || ln -s "$src/$x" "$d/$x"; done
+}
+# Runs block ID as written (after the sed expressions in $2, if any) with
+# bash -e in its directory; its output is in $d/out.
+run_block() {
+    workdir "$1"
+    exec_block "$@"
+}
+exec_block() { # the same in the directory $d made already
+    sed -e "${2:-}" "$blocks/$1" >"$d/block.sh"
+    (cd "$d" && PATH="$bin:$PATH" bash -e ./block.sh) >"$d/out" 2>&1 </dev/null
+}
+block_fail() { # ID WHAT
+    fail "$(grep "^$1	" "$tmp/index" | cut -f2) (doc-test $1): $2"
+    sed 's/^/  | /' "$d/out" 2>/dev/null | tail -n 20
+}
+# A transcript: "$ COMMAND" lines, each followed by the output it prints
+# ("..." standing for any lines; a plugin's path in parentheses for any
+# path): each command runs and its output must match.
+run_transcript() { # in the directory $d made already
+    python3 - "$blocks/$1" "$d" "$bin" <<'PY3' >"$d/out" 2>&1
+import os, re, subprocess, sys
+text, d, bindir = open(sys.argv[1]).read().split("\n"), sys.argv[2], sys.argv[3]
+env = dict(os.environ, PATH=bindir + ":" + os.environ["PATH"])
+norm = lambda l: re.sub(r'\(/\S*/(dexec_\w+\.so)\)', r'(\1)', l.rstrip())
+bad, k = 0, 0
+while k < len(text):
+    if not text[k].startswith("$ "):
+        k += 1
+        continue
+    command, want = text[k][2:], []
+    k += 1
+    while k < len(text) and not text[k].startswith("$ "):
+        if text[k].strip():
+            want.append(norm(text[k]))
+        k += 1
+    got = [norm(l) for l in subprocess.run(["bash", "-c", command], cwd=d, env=env,
+           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120).stdout.split("\n")
+           # the test's own environment, not the reader's
+           if not l.startswith("# DEXEC_PLUGIN_PATH=")]
+    pos, skip = 0, False
+    for w in want:
+        if w.strip() == "...":
+            skip = True
+            continue
+        if skip:
+            while pos < len(got) and got[pos] != w:
+                pos += 1
+        skip = False
+        if pos < len(got) and got[pos] == w:
+            pos += 1
+            continue
+        print("after '$ %s' the documented line\n  %s\nis not what it prints next:\n  %s" %
+              (command, w, got[pos] if pos < len(got) else "(end of output)"))
+        print("\n".join(got))
+        bad = 1
+        break
+sys.exit(bad)
+PY3
+}
+# Not run: valid shell, and every BUILD/ path it names exists in this build
+not_run() { # ID REASON
+    bash -n "$blocks/$1" 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
+    for p in $(grep -o 'BUILD/[A-Za-z0-9_./-]*' "$blocks/$1"); do
+        [ -e "$top/${p#BUILD/}" ] || fail "doc-test $1 names $p, which this build does not have"
+    done
+    echo "NOT RUN: doc-test $1 ($(grep "^$1	" "$tmp/index" | cut -f2)): $2"
+}
+covered() { # ID TEST PATTERN: the test that runs the block, and what in it says so
+    grep -q -- "$3" "$src/$2" || fail "doc-test $1: $2 does not run it (no '$3' in it)"
+    if grep -q '^\$ ' "$blocks/$1"; then # a transcript: its commands
+        sed -n 's/^\$ //p' "$blocks/$1"
+    else
+        cat "$blocks/$1"
+    fi | bash -n 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
+    echo "COVERED: doc-test $1 is run by $2"
+}
+
+handled=0
+while IFS="$(printf '\t')" read -r id where; do
+    if [ "$id" = ERROR ]; then
+        fail "$(printf '%s' "$where" | tr '\t' ' ')"
+        continue
+    fi
+    handled=$((handled + 1))
+    case $id in
+    readme-using) covered "$id" tests/test-readme.sh '## Using it' ;;
+    slurm-engine) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-engine.sbatch' ;;
+    slurm-workers) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-workers.sbatch' ;;
+    example-plugin-keys | example-plugin-run | example-plugin-spawn)
+        covered "$id" contrib/example-plugin/installcheck.sh 'dexec_roundrobin.so' ;;
+    config-dump-ext-conf) ;; # the file config-dump reads
+    config-dump)
+        workdir "$id"
+        cp "$blocks/config-dump-ext-conf" "$d/ext.conf"
+        run_transcript "$id" || block_fail "$id" "the dump differs from the documented one" ;;
+    dexec-model-1-dit-s)
+        run_block "$id"; st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif ! "$top/kernels/dexec-model" info "$d/dit-s.safetensors" >"$d/out" 2>&1 ||
+            ! grep -q 'hidden 384' "$d/out" || ! grep -q 'depth 12' "$d/out"; then
+            block_fail "$id" "dexec-model info dit-s.safetensors does not show hidden 384, depth 12"
+        fi ;;
+    dexec-model-1-pets)
+        run_block "$id"; st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif ! grep -q 'kitty' "$d/out" || ! grep -q '2 classes' "$d/out"; then
+            block_fail "$id" "dexec-model info pets.safetensors does not show 2 classes and the word kitty"
+        fi ;;
+    dexec-1-examples)
+        # the last example needs workers named w0 and w1 in the registry
+        need_redis "$id" || continue
+        workdir "$id"
+        mkdir -m 700 "$d/run"
+        for r in 0 1; do
+            "$worker" --listen "unix:$d/run/w$r.sock" --rank $r --name w$r --registry "$R" \
+                >"$d/w$r.log" 2>&1 &
+            pids="$pids $!"
+        done
+        wait_actor w0 && wait_actor w1 || { block_fail "$id" "workers w0, w1 did not register"; continue; }
+        DEXEC_REGISTRY=$R exec_block "$id"; st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        else
+            for f in sneaker.png boot-0.png boot-1.png boot-2.png boot-3.png; do
+                [ -s "$d/$f" ] || block_fail "$id" "no $f"
+            done
+            grep -q '"rank": *1' "$d/out" || block_fail "$id" "get_stats --rank 1 did not answer for rank 1"
+        fi ;;
+    dexec-worker-1-local)
+        # as written, but in the test's registry and with /run/dexec in the
+        # test's directory (the worker runs until SIGTERM)
+        need_redis "$id" || continue
+        workdir "$id"
+        mkdir -m 700 "$d/run"
+        sed -e "1s|^|exec |; s|redis://127.0.0.1:6379/0|$R|; s|/run/dexec|$d/run|" "$blocks/$id" >"$d/block.sh"
+        (cd "$d" && PATH="$bin:$PATH" exec bash ./block.sh) >"$d/out" 2>&1 </dev/null &
+        wpid=$!
+        pids="$pids $wpid"
+        if ! wait_actor diffusion_worker_0; then
+            block_fail "$id" "the worker did not register as diffusion_worker_0"
+        else
+            kill -TERM "$wpid"
+            wait "$wpid"
+            st=$?
+            [ $st -eq 0 ] || block_fail "$id" "after SIGTERM the worker exited with status $st, not 0"
+            "$cli" actors --registry "$R" >"$d/actors" 2>&1
+            grep -q '^no actors registered' "$d/actors" ||
+                block_fail "$id" "the worker's name is still registered: $(cat "$d/actors")"
+        fi ;;
+    protocol-latent-forward)
+        # x.f32: [B, C, h, w] = [2, 4, 8, 8] float32 (the golden model's in_channels)
+        workdir "$id"
+        python3 -c 'import struct, sys; sys.stdout.buffer.write(struct.pack("<512f", *[((i * 37) % 101 - 50) / 50.0 for i in range(512)]))' >"$d/x.f32"
+        exec_block "$id"; st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif [ "$(wc -c <"$d/v.f32")" -ne 4096 ]; then
+            block_fail "$id" "v.f32 is $(wc -c <"$d/v.f32") bytes, not [2, 8, 8, 8] float32 (4096)"
+        fi ;;
+    config-names-env) not_run "$id" "it elides the command's arguments; the section's registry (10.0.0.5) is an example" ;;
+    model-quality-final | model-quality-mid)
+        not_run "$id" "the quality evaluation: 500 images on the CPU and contrib/train/quality.py (PyTorch)" ;;
+    model-published-run) not_run "$id" "/path/to/DiT-XL-2-256 stands for a published pipeline, not in the tree" ;;
+    model-convert-pt) not_run "$id" "needs the published .pt checkpoints and PyTorch (tests/test-convert-pt.sh converts a small one)" ;;
+    model-tensor-rpc) not_run "$id" "DIR stands for a 256-pixel pipeline (h, w = 32); protocol-latent-forward and tests/test-cli-tensors.sh run the tensor methods on tests/golden/published" ;;
+    model-full-size) not_run "$id" "a documented check of minutes (a DiT-XL-sized pipeline), not part of make check" ;;
+    plugin-select) not_run "$id" "./dexec_roundrobin.so is the example plugin built against an installed dexec (make installcheck runs it)" ;;
+    ray-slurm-task) not_run "$id" "the step the engine starts (N, M, D, SECONDS filled in by it); tests/slurm/slurm.sh (test-slurm) runs it" ;;
+    ray-node-agent) not_run "$id" "it names a cluster's hosts (head, 10.0.0.7); tests/test-ray.c runs node agents" ;;
+    dexec-worker-1-tcp) not_run "$id" "it names a cluster's hosts (head, 10.0.0.7) and a GPU; tests/slurm/slurm.sh runs the same worker through dexec-workers.sbatch" ;;
+    *) fail "doc-test $id ($where) has no handler in tests/test-doc-commands.sh" ;;
+    esac
+done <"$tmp/index"
+[ "$handled" -ge 20 ] || fail "found only $handled marked blocks"
+echo "handled $handled marked blocks"
 exit $status
