@@ -403,6 +403,56 @@ while IFS="$(printf '\t')" read -r id where; do
     handled=$((handled + 1))
     case $id in
     readme-using) covered "$id" tests/test-readme.sh '## Using it' ;;
+    readme-quick-start)
+        # the tree is built (this suite runs from make check), so ./bootstrap
+        # is left out; line 2 is this very suite; line 3 (dexec serve) runs
+        # with readme-serve-curl
+        if [ ! -x "$src/core/dexec" ]; then
+            not_run "$id" "./dexec-uninstalled runs the programs of a build in the source tree; this build is elsewhere (VPATH)"
+            continue
+        fi
+        workdir "$id"
+        sed -n '1s|^\./bootstrap && \./dexec-uninstalled |"$DEXEC_UNINSTALLED" |p' "$blocks/$id" >"$d/block.sh"
+        grep -q '^"$DEXEC_UNINSTALLED" dexec generate' "$d/block.sh" ||
+            { fail "doc-test $id: its first line is not ./bootstrap && ./dexec-uninstalled dexec generate ..."; continue; }
+        (cd "$d" && DEXEC_UNINSTALLED=$src/dexec-uninstalled bash -e ./block.sh) >"$d/out" 2>&1 </dev/null
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif [ "$(head -c 8 "$d/sneaker.png" | od -An -tx1 | tr -d ' ')" != 89504e470d0a1a0a ]; then
+            block_fail "$id" "sneaker.png is not a PNG"
+        fi ;;
+    readme-serve-curl)
+        # quick start line 3 then this block, on a free port instead of 8000
+        if [ ! -x "$src/core/dexec" ] || ! command -v curl >/dev/null; then
+            not_run "$id" "needs ./dexec-uninstalled in a built source tree and curl"
+            continue
+        fi
+        workdir "$id"
+        port=$(free_port)
+        serve=$(sed -n '3s|^\./bootstrap && \./dexec-uninstalled dexec serve *#.*$|dexec serve|p' "$blocks/readme-quick-start")
+        [ "$serve" = "dexec serve" ] ||
+            { fail "doc-test readme-quick-start: its third line is not ./bootstrap && ./dexec-uninstalled dexec serve"; continue; }
+        (cd "$d" && exec "$src/dexec-uninstalled" dexec serve --listen "127.0.0.1:$port") >"$d/serve.log" 2>&1 &
+        spid=$!
+        pids="$pids $spid"
+        for i in $(seq 1 300); do
+            curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+            kill -0 "$spid" 2>/dev/null || break
+            sleep 0.1
+        done
+        (cd "$d" && sed "s|127.0.0.1:8000|127.0.0.1:$port|" "$blocks/$id" | bash -e -o pipefail) >"$d/out" 2>&1 </dev/null
+        st=$?
+        kill -TERM "$spid" 2>/dev/null
+        wait "$spid"
+        sst=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"; sed 's/^/  | /' "$d/serve.log" | tail -n 5
+        elif [ "$(grep -c '"b64_json": "iVBORw0KGgo' "$d/out")" -ne 2 ]; then
+            block_fail "$id" "the answer does not hold two base64 PNGs"
+        elif [ $sst -ne 0 ]; then
+            block_fail "$id" "dexec serve exited with status $sst after SIGTERM"
+        fi ;;
     slurm-engine) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-engine.sbatch' ;;
     slurm-workers) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-workers.sbatch' ;;
     example-plugin-keys | example-plugin-run | example-plugin-spawn)
