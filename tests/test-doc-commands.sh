@@ -5,9 +5,11 @@
 #    the programs of this build: the subcommand exists and every option it
 #    uses is one that program's --help lists; every repository path a
 #    command names (contrib/..., models/..., doc/...) exists;
-# 3-4. every configuration file under contrib/ and every configuration
-#    block of doc/configuration.md and README.md passes `dexec config check`;
-# 5. every block that shows such a command carries a doc-test marker and is
+# 3. every configuration file under contrib/ passes `dexec config check`;
+# 4. every configuration block of these files (one that starts with
+#    KEY = and elides nothing) passes `dexec config check`, and every block
+#    that shows a command (dexec's programs, make, python3, curl, sbatch,
+#    a script of the tree, ...) carries a doc-test marker and is
 #    run here as written (real workers, a real redis-server), or is named
 #    as run by another test (README.md's "Using it" by test-readme.sh,
 #    contrib/slurm's by tests/slurm/slurm.sh, contrib/example-plugin's by
@@ -156,44 +158,11 @@ for f in "$src"/contrib/examples/*.conf "$src"/contrib/slurm/*.conf; do
     "$cli" config check "$f" >"$tmp/out" 2>"$tmp/err" ||
         fail "dexec config check ${f#$src/}: $(cat "$tmp/err")"
 done
-# 4. the configuration blocks of doc/configuration.md and README.md (an
-# indented block that starts with KEY = and elides nothing) pass
-# `dexec config check`, each in a file of its own
-python3 - "$src" "$tmp" >"$tmp/confs" <<'PY' || exit 99
-import os, re, sys
-src, tmp = sys.argv[1], sys.argv[2]
-k = 0
-for rel in ("doc/configuration.md", "README.md"):
-    lines = open(os.path.join(src, rel), encoding="utf-8").read().split("\n")
-    i = 0
-    while i < len(lines):
-        fenced = lines[i] == "```"
-        if (fenced or (lines[i].startswith("    ") and (i == 0 or lines[i - 1].strip() == ""))):
-            j = i + 1 if fenced else i
-            block = []
-            while j < len(lines) and ((fenced and lines[j] != "```") or
-                                      (not fenced and (lines[j].startswith("    ") or lines[j] == ""))):
-                block.append(lines[j][0 if fenced else 4:])
-                j += 1
-            text = "\n".join(block).strip() + "\n"
-            if re.match(r'^[a-z_][a-z_0-9.]* = ', text) and "..." not in text:
-                k += 1
-                name = os.path.join(tmp, "block-%d.conf" % k)
-                open(name, "w").write(text)
-                print("%s:%d\t%s" % (rel, i + 1 + (1 if fenced else 0), name))
-            i = j + 1
-        else:
-            i += 1
-PY
-[ "$(wc -l <"$tmp/confs")" -ge 5 ] || fail "found only $(wc -l <"$tmp/confs") configuration blocks"
-while IFS="$(printf '\t')" read -r where file; do
-    "$cli" config check "$file" >"$tmp/out" 2>"$tmp/err" ||
-        fail "$where: dexec config check: $(cat "$tmp/err")"
-done <"$tmp/confs"
-echo "checked $n documented commands and $(wc -l <"$tmp/confs") configuration blocks"
+echo "checked $n documented commands"
 
-# 5. the blocks, run. Every block that shows a dexec, dexec-worker or
-# dexec-model command carries a marker naming it, the line before it:
+# 4. the blocks, run. Every block that shows a command (dexec's programs,
+# make, python3, curl, sbatch, a script of the tree: the regex `cmd` below)
+# carries a marker naming it, the line before it:
 #   markdown:  <!-- doc-test: ID -->     man page:  .\" doc-test: ID
 # and each ID is handled below: run as written (bash -e, in a directory of
 # its own holding links to the source tree's contrib, doc, models and tests,
@@ -202,7 +171,9 @@ echo "checked $n documented commands and $(wc -l <"$tmp/confs") configuration bl
 # pid), or covered by the named test that runs it, or not run, with the
 # reason (then only checked as shell and for the paths it names). A block
 # with commands and no marker, a marker without a block, an ID used twice
-# and an ID without a handler all fail.
+# and an ID without a handler all fail. Every other block that is a
+# configuration (starts with KEY = and elides nothing) must pass
+# `dexec config check`.
 python3 - "$src" "$tmp/blocks" >"$tmp/index" <<'PY2' || exit 99
 import glob, os, re, sys
 src, out = sys.argv[1], sys.argv[2]
@@ -210,13 +181,25 @@ os.makedirs(out)
 files = [os.path.join(src, "README.md")]
 for pat in ("doc/*.md", "doc/*.1", "doc/*.5", "contrib/*/README.md"):
     files += sorted(glob.glob(os.path.join(src, pat)))
-cmd = re.compile(r'^(?:\$ )?(?:[A-Z_]+=\S+ )*(?:dexec|dexec-worker|dexec-model)(?: |$)')
-seen = {}
+# a command line: one of dexec's programs, a build or test command, a
+# script of the tree (./x, dir/x.sh, BUILD/core/dexec), a job or service
+cmd = re.compile(r'^(?:\$ )?(?:[A-Z_]+=\S* )*(?:dexec|dexec-worker|dexec-model|\./[\w.-]+|'
+                 r'[\w-]+/[\w/.-]*(?:/dexec|\.sh)|autoreconf|make|python3|/usr/bin/python3|'
+                 r'curl|sbatch|srun|env|nohup|cc|systemctl)(?: |$)')
+conf = re.compile(r'^[a-z_][a-z_0-9.]* = ')
+seen, nconf = {}, 0
 def emit(rel, no, mid, text):
+    global nconf
     has = any(cmd.match(l.strip()) for l in text.split("\n"))
     if mid is None:
         if has:
             print("ERROR\t%s:%d\ta block of commands has no doc-test marker" % (rel, no))
+        elif conf.match(text) and "..." not in text:
+            # a configuration: `dexec config check` must accept it as shown
+            nconf += 1
+            name = os.path.join(out, "conf-%d.conf" % nconf)
+            open(name, "w").write(text)
+            print("CONF\t%s:%d\t%s" % (rel, no, name))
         return
     if mid in seen:
         print("ERROR\t%s:%d\tdoc-test ID %s is also used at %s" % (rel, no, mid, seen[mid]))
@@ -242,7 +225,8 @@ for path in files:
             j = i + 1
             block = []
             while j < len(lines) and not lines[j].startswith((".fi", ".EE")):
-                block.append(lines[j].replace("\\-", "-").replace("\\e", "\\").replace("\\(aq", "'"))
+                if not lines[j].startswith("."): # .RS, .RE
+                    block.append(lines[j].replace("\\-", "-").replace("\\e", "\\").replace("\\(aq", "'"))
                 j += 1
             emit(rel, i + 2, mark and mark[0], "\n".join(block) + "\n")
             mark, i = None, j + 1
@@ -401,8 +385,16 @@ sys.exit(bad)
 PY3
 }
 # Not run: valid shell, and every BUILD/ path it names exists in this build
+# The shell of block $1: its text, or a transcript's "$ " commands.
+shell_of() {
+    if grep -q '^\$ ' "$blocks/$1"; then
+        sed -n 's/^\$ //p' "$blocks/$1"
+    else
+        cat "$blocks/$1"
+    fi
+}
 not_run() { # ID REASON
-    bash -n "$blocks/$1" 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
+    shell_of "$1" | bash -n 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
     for p in $(grep -o 'BUILD/[A-Za-z0-9_./-]*' "$blocks/$1"); do
         [ -e "$top/${p#BUILD/}" ] || fail "doc-test $1 names $p, which this build does not have"
     done
@@ -410,18 +402,37 @@ not_run() { # ID REASON
 }
 covered() { # ID TEST PATTERN: the test that runs the block, and what in it says so
     grep -q -- "$3" "$src/$2" || fail "doc-test $1: $2 does not run it (no '$3' in it)"
-    if grep -q '^\$ ' "$blocks/$1"; then # a transcript: its commands
-        sed -n 's/^\$ //p' "$blocks/$1"
-    else
-        cat "$blocks/$1"
-    fi | bash -n 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
+    shell_of "$1" | bash -n 2>"$tmp/err" || fail "doc-test $1: not valid shell: $(cat "$tmp/err")"
     echo "COVERED: doc-test $1 is run by $2"
 }
 
-handled=0
-while IFS="$(printf '\t')" read -r id where; do
+# contrib/example-plugin's dexec_roundrobin.so, built with its own Makefile
+# against this build instead of an installed dexec (pkg-config's values
+# given on the command line), in $rr; 1 when it does not build.
+rr=
+build_rr() {
+    [ -n "$rr" ] && return 0
+    mkdir -p "$tmp/rr"
+    cp "$src/contrib/example-plugin/Makefile" "$src/contrib/example-plugin/roundrobin.c" "$tmp/rr/"
+    make -s -C "$tmp/rr" CC="${CC:-cc}" DEXEC_CFLAGS="-I$src/include" \
+        DEXEC_LIBS="-L$top/core/.libs -Wl,-rpath,$top/core/.libs -ldexec" >"$tmp/rr/make.log" 2>&1 ||
+        { fail "contrib/example-plugin does not build: $(cat "$tmp/rr/make.log")"; return 1; }
+    rr=$tmp/rr
+}
+# dexec config check FILE, FILE being block $1 (an ID or a path)
+check_conf() { # WHERE FILE
+    "$cli" config check "$2" >"$tmp/out" 2>"$tmp/err" ||
+        fail "$1: dexec config check: $(cat "$tmp/err")"
+}
+handled=0 confs=0
+while IFS="$(printf '\t')" read -r id where file; do
     if [ "$id" = ERROR ]; then
-        fail "$(printf '%s' "$where" | tr '\t' ' ')"
+        fail "$where: $file"
+        continue
+    fi
+    if [ "$id" = CONF ]; then
+        check_conf "$where" "$file"
+        confs=$((confs + 1))
         continue
     fi
     handled=$((handled + 1))
@@ -479,9 +490,70 @@ while IFS="$(printf '\t')" read -r id where; do
         fi ;;
     slurm-engine) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-engine.sbatch' ;;
     slurm-workers) covered "$id" tests/slurm/slurm.sh 'contrib/slurm/dexec-workers.sbatch' ;;
-    example-plugin-keys | example-plugin-run | example-plugin-spawn)
+    example-plugin-conf) ;; # the rr.conf of example-plugin-keys
+    example-plugin-keys)
+        # rr.conf is the README's, the plugin's path this build's copy
+        build_rr || continue
+        workdir "$id"
+        sed "s|/opt/example/dexec_roundrobin.so|$rr/dexec_roundrobin.so|" \
+            "$blocks/example-plugin-conf" >"$d/rr.conf"
+        run_transcript "$id" || block_fail "$id" "the output differs from the documented one" ;;
+    plugin-guide-section)
+        # the guide's example of a refused value: the error it names
+        build_rr || continue
+        cp "$blocks/$id" "$tmp/dexec.conf"
+        (cd "$tmp" && DEXEC_PLUGIN_PATH=$rr:$DEXEC_PLUGIN_PATH "$cli" config check dexec.conf) >"$tmp/out" 2>&1
+        st=$?
+        want='dexec.conf:4: roundrobin.connect_timeout: must be greater than 0 and at most 3600, got 0'
+        [ $st -eq 1 ] && grep -qF "$want" "$tmp/out" ||
+            fail "$where (doc-test $id): dexec config check exits $st, not 1 with '$want': $(cat "$tmp/out")" ;;
+    example-plugin-run | example-plugin-spawn | example-plugin-install | example-plugin-staged)
         covered "$id" contrib/example-plugin/installcheck.sh 'dexec_roundrobin.so' ;;
-    config-dump-ext-conf) ;; # the file config-dump reads
+    model-format-set-metadata)
+        # on a copy of the model: the command rewrites the file it names
+        workdir "$id"
+        rm "$d/models"
+        mkdir "$d/models"
+        cp "$src/models/fashion-dit.safetensors" "$d/models/"
+        python3 -c 'import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]
+h = json.loads(f.read(n)); h["__metadata__"].pop("dexec.sizes", None); b = json.dumps(h).encode()
+rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b))); f.write(b); f.write(rest)' \
+            "$d/models/fashion-dit.safetensors" # without the key first: the command adds it
+        exec_block "$id"
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif ! "$top/kernels/dexec-model" info "$d/models/fashion-dit.safetensors" >"$d/out" 2>&1 ||
+            ! grep -q '^  dexec.sizes = 28x28$' "$d/out"; then
+            block_fail "$id" "dexec-model info does not show dexec.sizes = 28x28 after it"
+        elif ! DEXEC_MODEL_PATH=$d/models "$cli" generate -p sneaker -o "$d/s.png" -q >"$d/out" 2>&1; then
+            block_fail "$id" "the rewritten model does not generate"
+        fi ;;
+    perf-cpu-only)
+        # from the top of the build tree ($PWD), the output in the test's
+        # directory instead of /tmp/s.png
+        workdir "$id"
+        sed "s|/tmp/s.png|$d/s.png|" "$blocks/$id" >"$d/block.sh"
+        (cd "$top" && bash -e "$d/block.sh") >"$d/out" 2>&1 </dev/null
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif [ ! -s "$d/s.png" ]; then
+            block_fail "$id" "no s.png"
+        fi ;;
+    readme-packagers) not_run "$id" "it installs into /usr; tests/build-check.sh runs ./configure --prefix=OTHER && make install (distcheck: make install into a staging prefix)" ;;
+    fuzzing-run | protocol-fuzz) not_run "$id" "fuzzing for minutes with clang's libFuzzer; make check replays the seed corpora (test-fuzz-seeds.sh)" ;;
+    model-training | train-run) not_run "$id" "training: hours of CPU and PyTorch (python3-torch)" ;;
+    model-quality-pytorch | model-quality-images | train-quality)
+        not_run "$id" "the quality evaluation: PyTorch and hundreds of images (DIR stands for their directory)" ;;
+    train-reexport) not_run "$id" "PyTorch (python3-torch), and it rewrites the bundled model" ;;
+    train-golden | published-golden) not_run "$id" "PyTorch (python3-torch); they rewrite tests/golden, which make check reads (tests/test-convert-pt.sh runs convert_pt.py where torch is found)" ;;
+    perf-bench | perf-bench-rpc | perf-bench-scaling | perf-bench-published | perf-throughput)
+        not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
+    perf-cuda-check) not_run "$id" "needs a GPU (tests/test-gpu-build.sh runs tests/gpu/run.sh --build-only where nvcc is found)" ;;
+    perf-cuda-links) not_run "$id" "installs the tree (a make install inside make check would race its build); distcheck stages an install" ;;
+    config-dump-ext-conf) check_conf "$where" "$blocks/$id" ;; # the file config-dump reads
     config-dump)
         workdir "$id"
         cp "$blocks/config-dump-ext-conf" "$d/ext.conf"
@@ -547,7 +619,7 @@ while IFS="$(printf '\t')" read -r id where; do
         elif [ "$(wc -c <"$d/v.f32")" -ne 4096 ]; then
             block_fail "$id" "v.f32 is $(wc -c <"$d/v.f32") bytes, not [2, 8, 8, 8] float32 (4096)"
         fi ;;
-    config-external) ;; # the file config-names-env reads
+    config-external) check_conf "$where" "$blocks/$id" ;; # the file config-names-env reads
     config-names-env)
         # the section's file as external.conf; the registry and the token of
         # this test in the environment, as the text says; workers w0 and w1
@@ -590,5 +662,6 @@ while IFS="$(printf '\t')" read -r id where; do
     esac
 done <"$tmp/index"
 [ "$handled" -ge 20 ] || fail "found only $handled marked blocks"
-echo "handled $handled marked blocks"
+[ "$confs" -ge 8 ] || fail "found only $confs configuration blocks"
+echo "handled $handled marked blocks; $confs configuration blocks pass dexec config check"
 exit $status
