@@ -409,13 +409,23 @@ covered() { # ID TEST PATTERN: the test that runs the block, and what in it says
 # contrib/example-plugin's dexec_roundrobin.so, built with its own Makefile
 # against this build instead of an installed dexec (pkg-config's values
 # given on the command line), in $rr; 1 when it does not build.
+# pkg-config finds this build as dexec through a dexec-uninstalled.pc
+# (pkg-config prefers NAME-uninstalled.pc on its path).
+mkdir -p "$tmp/pc"
+cat >"$tmp/pc/dexec-uninstalled.pc" <<EOF
+plugindir=$tmp/plugindir
+Name: dexec
+Description: dexec, this build tree
+Version: 1
+Libs: -L$top/core/.libs -Wl,-rpath,$top/core/.libs -ldexec
+Cflags: -I$src/include
+EOF
 rr=
 build_rr() {
     [ -n "$rr" ] && return 0
     mkdir -p "$tmp/rr"
     cp "$src/contrib/example-plugin/Makefile" "$src/contrib/example-plugin/roundrobin.c" "$tmp/rr/"
-    make -s -C "$tmp/rr" CC="${CC:-cc}" DEXEC_CFLAGS="-I$src/include" \
-        DEXEC_LIBS="-L$top/core/.libs -Wl,-rpath,$top/core/.libs -ldexec" >"$tmp/rr/make.log" 2>&1 ||
+    PKG_CONFIG_PATH=$tmp/pc make -s -C "$tmp/rr" >"$tmp/rr/make.log" 2>&1 ||
         { fail "contrib/example-plugin does not build: $(cat "$tmp/rr/make.log")"; return 1; }
     rr=$tmp/rr
 }
@@ -507,7 +517,41 @@ while IFS="$(printf '\t')" read -r id where file; do
         want='dexec.conf:4: roundrobin.connect_timeout: must be greater than 0 and at most 3600, got 0'
         [ $st -eq 1 ] && grep -qF "$want" "$tmp/out" ||
             fail "$where (doc-test $id): dexec config check exits $st, not 1 with '$want': $(cat "$tmp/out")" ;;
-    example-plugin-run | example-plugin-spawn | example-plugin-install | example-plugin-staged)
+    example-plugin-run)
+        # in a copy of contrib/example-plugin, pkg-config finding this build;
+        # the block stops its workers itself (kill %1 %2): a trap makes sure;
+        # its mktemp -d makes the sockets' directory in $d (TMPDIR)
+        command -v pkg-config >/dev/null ||
+            { not_run "$id" "pkg-config is not installed"; continue; }
+        workdir "$id"
+        cp "$src/contrib/example-plugin/Makefile" "$src/contrib/example-plugin/roundrobin.c" "$d/"
+        { echo 'trap '"'"'st=$?; kill $(jobs -p) 2>/dev/null || :; exit $st'"'"' EXIT'; cat "$blocks/$id"; } >"$d/block.sh"
+        (cd "$d" && PATH="$bin:$PATH" PKG_CONFIG_PATH=$tmp/pc TMPDIR=$d timeout 300 bash -e ./block.sh) \
+            >"$d/out" 2>&1 </dev/null
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        else
+            for f in output-0.png output-1.png run-0.png run-1.png; do
+                [ -s "$d/$f" ] || block_fail "$id" "no $f"
+            done
+        fi ;;
+    example-plugin-spawn)
+        # where example-plugin-run built the plugin
+        d=$tmp/run/example-plugin-run
+        if [ ! -f "$d/dexec_roundrobin.so" ]; then
+            fail "doc-test $id: example-plugin-run built no dexec_roundrobin.so"
+            continue
+        fi
+        rm -f "$d"/output-*.png
+        exec_block "$id"
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif [ ! -s "$d/output-0.png" ] || [ ! -s "$d/output-1.png" ]; then
+            block_fail "$id" "no output-0.png and output-1.png"
+        fi ;;
+    example-plugin-install | example-plugin-staged)
         covered "$id" contrib/example-plugin/installcheck.sh 'dexec_roundrobin.so' ;;
     model-format-set-metadata)
         # on a copy of the model: the command rewrites the file it names
