@@ -641,8 +641,8 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
         # test's directory (the worker runs until SIGTERM)
         need_redis "$id" || continue
         workdir "$id"
-        mkdir -m 700 "$d/run"
-        sed -e "1s|^|exec |; s|redis://127.0.0.1:6379/0|$R|; s|/run/dexec|$d/run|" "$blocks/$id" >"$d/block.sh"
+        sed -e "s|^dexec-worker |exec dexec-worker |; s|redis://127.0.0.1:6379/0|$R|; s|/run/dexec|$d/run|" \
+            "$blocks/$id" >"$d/block.sh"
         (cd "$d" && PATH="$bin:$PATH" exec bash ./block.sh) >"$d/out" 2>&1 </dev/null &
         wpid=$!
         pids="$pids $wpid"

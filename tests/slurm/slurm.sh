@@ -67,7 +67,7 @@ fi
 # but for the cluster's size (one node: two tasks on it, no GPU) and a
 # registry of the test's own
 external_flow() {
-    local rport wport registry names job log i n st
+    local rport wport registry names job log i n st addr
     if [ -z "${REDIS_SERVER:-}" ]; then
         echo "SKIP (partly): the external-workers flow needs redis-server (not found)"
         return 0
@@ -103,9 +103,9 @@ for _ in range(50):
     export DEXEC_REGISTRY=$registry
     export DEXEC_TOKEN_FILE=$dir/token
     job=$(DEXEC_DEVICE=cpu DEXEC_PORT=$wport timeout 30 sbatch --parsable --nodes=1 \
-        --ntasks-per-node=2 --chdir="$dir" "$top/contrib/slurm/dexec-workers.sbatch")
+        --ntasks-per-node=2 --chdir="$dir" "$top/contrib/slurm/dexec-workers.sbatch" 2>"$dir/sbatch.err")
     if [ -z "$job" ]; then
-        echo "FAIL: sbatch dexec-workers.sbatch did not submit"
+        echo "FAIL: sbatch dexec-workers.sbatch did not submit: $(cat "$dir/sbatch.err")"
         return 1
     fi
     log=$dir/dexec-workers-$job.out # the script's own --output
@@ -124,9 +124,15 @@ for _ in range(50):
         sed 's/^/  | /' "$dir/actors.out" "$log" 2>/dev/null
         return 1
     fi
-    grep -q "tcp:$(hostname -I | cut -d' ' -f1):$wport" "$dir/actors.out" &&
-        grep -q "tcp:$(hostname -I | cut -d' ' -f1):$((wport + 1))" "$dir/actors.out" ||
-        { echo "FAIL: the workers do not advertise hostname -I's address on ports $wport and $((wport + 1)):"; sed 's/^/  | /' "$dir/actors.out"; return 1; }
+    # the script's default address: the first of hostname -I
+    addr=$(hostname -I | cut -d' ' -f1)
+    addr=${addr:-$(hostname)}
+    if ! grep -q "tcp:$addr:$wport " "$dir/actors.out" ||
+        ! grep -q "tcp:$addr:$((wport + 1)) " "$dir/actors.out"; then
+        echo "FAIL: the workers do not advertise $addr on ports $wport and $((wport + 1)):"
+        sed 's/^/  | /' "$dir/actors.out"
+        return 1
+    fi
     (cd "$dir" && DIFFUSION_WORKER_ACTOR_NAMES=$names \
         timeout 300 dexec generate -c "$top/contrib/examples/external-redis.conf" --num-gpus 2 \
         -p "a boot" -b 2) >"$dir/gen.out" 2>&1
