@@ -635,6 +635,10 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
                 [ -s "$d/$f" ] || block_fail "$id" "no $f"
             done
             grep -q '"rank": *1' "$d/out" || block_fail "$id" "get_stats --rank 1 did not answer for rank 1"
+            grep -q '^healthy: 2 rank(s) on external' "$d/out" ||
+                block_fail "$id" "dexec health --backend external did not find w0 and w1 healthy"
+            grep -q '^boot-3.png: 28x28, seed 45, .* rank 1,' "$d/out" ||
+                block_fail "$id" "boot-3.png was not seed 45 on rank 1 of two"
         fi ;;
     dexec-worker-1-local)
         # as written, but in the test's registry and with /run/dexec in the
