@@ -249,7 +249,7 @@ for path in files:
         i += 1
 PY2
 blocks=$tmp/blocks
-R= rpid= pids=
+R='' rpid='' pids=''
 bin=$tmp/bin
 mkdir -p "$bin"
 ln -s "$cli" "$bin/dexec"
@@ -275,22 +275,20 @@ need_redis() {
         echo "SKIP (partly): $1 needs redis-server (not found)"
         return 1
     fi
-    local port i
-    port=$(free_port)
-    "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    rport=$(free_port)
+    "$REDIS_SERVER" --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
         >"$tmp/redis.log" 2>&1 &
     rpid=$!
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         grep -q 'Ready to accept' "$tmp/redis.log" && break
         sleep 0.1
     done
-    R=redis://127.0.0.1:$port/0
+    R=redis://127.0.0.1:$rport/0
 }
 # Waits (at most 30 s) until `dexec actors` shows NAME answering (with the
 # token file $2, if given).
 wait_actor() {
-    local i
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         DEXEC_TOKEN_FILE=${2:-} "$cli" actors --registry "$R" 2>/dev/null |
             grep -Eq "^$1 .* ok [0-9.]+ ms" && return 0
         sleep 0.2
@@ -300,12 +298,11 @@ wait_actor() {
 # Starts workers w0 and w1 (unix sockets in $d/run) registered in $R, with
 # the token file $1 if given; their pids are in $wpids.
 start_w01() {
-    local r
     mkdir -m 700 "$d/run"
     wpids=
-    for r in 0 1; do
-        "$worker" --listen "unix:$d/run/w$r.sock" --rank $r --name w$r --registry "$R" \
-            ${1:+--token-file "$1"} >"$d/w$r.log" 2>&1 &
+    for wr in 0 1; do
+        "$worker" --listen "unix:$d/run/w$wr.sock" --rank $wr --name w$wr --registry "$R" \
+            ${1:+--token-file "$1"} >"$d/w$wr.log" 2>&1 &
         wpids="$wpids $!"
     done
     pids="$pids $wpids"
@@ -313,9 +310,8 @@ start_w01() {
 }
 # Stops them (SIGTERM: they deregister their names), bounded by wait's.
 stop_w01() {
-    local p
-    for p in $wpids; do
-        kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    for wp in $wpids; do
+        kill -TERM "$wp" 2>/dev/null && wait "$wp" 2>/dev/null
     done
     wpids=
 }
@@ -481,7 +477,7 @@ while IFS="$(printf '\t')" read -r id where file; do
         (cd "$d" && exec "$src/dexec-uninstalled" dexec serve --listen "127.0.0.1:$port") >"$d/serve.log" 2>&1 &
         spid=$!
         pids="$pids $spid"
-        for i in $(seq 1 300); do
+        for _ in $(seq 1 300); do
             curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
             kill -0 "$spid" 2>/dev/null || break
             sleep 0.1
@@ -515,8 +511,9 @@ while IFS="$(printf '\t')" read -r id where file; do
         (cd "$tmp" && DEXEC_PLUGIN_PATH=$rr:$DEXEC_PLUGIN_PATH "$cli" config check dexec.conf) >"$tmp/out" 2>&1
         st=$?
         want='dexec.conf:4: roundrobin.connect_timeout: must be greater than 0 and at most 3600, got 0'
-        [ $st -eq 1 ] && grep -qF "$want" "$tmp/out" ||
-            fail "$where (doc-test $id): dexec config check exits $st, not 1 with '$want': $(cat "$tmp/out")" ;;
+        if [ $st -ne 1 ] || ! grep -qF "$want" "$tmp/out"; then
+            fail "$where (doc-test $id): dexec config check exits $st, not 1 with '$want': $(cat "$tmp/out")"
+        fi ;;
     example-plugin-run)
         # in a copy of contrib/example-plugin, pkg-config finding this build;
         # the block stops its workers itself (kill %1 %2): a trap makes sure;
