@@ -24,7 +24,7 @@ src=${DEXEC_TOP_SRCDIR:?run me from make check}
 top=${DEXEC_TOP_BUILDDIR:?run me from make check}
 command -v python3 >/dev/null || { echo "SKIP: python3 not found (it extracts the commands)"; exit 77; }
 tmp=$(mktemp -d /tmp/dexec-test-doc.XXXXXX) || exit 99
-trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT # replaced in 5.
+trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT # replaced in 4.
 status=0
 fail() { echo "FAIL: $*"; status=1; }
 
