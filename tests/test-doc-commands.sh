@@ -214,7 +214,7 @@ for path in files:
     mark, i = None, 0
     while i < len(lines):
         l = lines[i]
-        m = re.match(r'^(?:<!-- doc-test: (\S+) -->|\.\\" doc-test: (\S+))$', l)
+        m = re.match(r'^(?: *<!-- doc-test: (\S+) -->|\.\\" doc-test: (\S+))$', l)
         if m:
             if mark:
                 print("ERROR\t%s:%d\tdoc-test marker %s has no block" % (rel, mark[1], mark[0]))
