@@ -98,6 +98,9 @@ struct dxs_server {
     int accept_failing;   /* the failure was logged; log again only after a success */
     int owned;            /* cfg.owner_wait: an owner said hello */
     double owner_by;      /* cfg.owner_wait: end the loop unless owned by then */
+    struct pollfd *pf;    /* the loop's poll set, kept between rounds */
+    void **who;           /* what each entry of pf is */
+    size_t pcap;          /* entries pf and who hold */
 };
 
 /* ---- connections and replies ------------------------------------------------------ */
@@ -746,15 +749,23 @@ int dxs_run(dxs_server *s)
             cap++;
         for (watch *w = s->watches; w != NULL; w = w->next)
             cap++;
-        pf = calloc(cap, sizeof(*pf));
-        who = calloc(cap, sizeof(*who));
-        if (pf == NULL || who == NULL) {
-            free(pf);
-            free(who);
-            dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "out of memory in the I/O loop");
-            s->exit_status = 1;
-            break;
+        if (cap > s->pcap) {
+            /* grown, never shrunk: most rounds allocate nothing */
+            struct pollfd *npf = realloc(s->pf, cap * sizeof(*npf));
+            void **nwho = npf != NULL ? realloc(s->who, cap * sizeof(*nwho)) : NULL;
+
+            if (npf != NULL)
+                s->pf = npf;
+            if (nwho == NULL) {
+                dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "out of memory in the I/O loop");
+                s->exit_status = 1;
+                break;
+            }
+            s->who = nwho;
+            s->pcap = cap;
         }
+        pf = s->pf;
+        who = s->who;
         pf[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
         for (int i = 0; i < s->nlisteners; i++)
             pf[n++] = (struct pollfd){.fd = accepting ? s->listeners[i] : -1, .events = POLLIN};
@@ -776,8 +787,6 @@ int dxs_run(dxs_server *s)
         if (rc < 0 && errno != EINTR) {
             dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "poll: %s", strerror(errno));
             s->exit_status = 1;
-            free(pf);
-            free(who);
             break;
         }
         if (rc > 0 && (pf[0].revents & POLLIN)) {
@@ -806,8 +815,6 @@ int dxs_run(dxs_server *s)
         for (size_t i = 1; rc > 0 && i < first_conn; i++)
             if (pf[i].revents & POLLIN)
                 accept_all(s, pf[i].fd);
-        free(pf);
-        free(who);
         now = dexec_now();
         s->queued = expire(s, now);
         if (s->cfg.owner_wait > 0 && !s->owned && now >= s->owner_by) {
@@ -847,6 +854,8 @@ void dxs_server_free(dxs_server *s)
     purge_watches(s);
     close(s->wake[0]);
     close(s->wake[1]);
+    free(s->pf);
+    free(s->who);
     free(s->token);
     free(s);
 }
