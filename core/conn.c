@@ -1361,7 +1361,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         }
         if (left == 0)
             break;
-        if (nheld > 1 && now < ordered_until) {
+        if (nheld >= 1 && now < ordered_until) {
             dexec_conn *first = NULL;
 
             for (size_t i = 0; i < n && first == NULL; i++)
