@@ -606,7 +606,7 @@ static dexec_status send_frame(dexec_conn *c, struct iovec *iov, int niov, char 
     pthread_mutex_lock(&c->lock);
     wt = c->write_timeout;
     pthread_mutex_unlock(&c->lock);
-    st = dx_writev_all(c->fd, iov, niov, dexec_now() + wt, why, sizeof(why));
+    st = dx_writev_all(c->fd, iov, niov, wt, why, sizeof(why));
     if (st != DEXEC_OK) {
         /* part of the frame may be out: the stream is no longer usable */
         shutdown(c->fd, SHUT_RDWR);
@@ -931,7 +931,7 @@ static int read_some(dexec_conn *c, int readable)
     pthread_mutex_lock(&c->lock);
     was_dead = c->dead;
     if (got)
-        c->last_rx = dexec_now();
+        c->last_rx = dx_now_coarse(); /* against seconds of silence */
     for (;;) {
         dexec_value *m;
         dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
@@ -1060,7 +1060,7 @@ static void token_give(dexec_conn *c)
 {
     pthread_mutex_lock(&c->lock);
     c->reading = RD_NONE;
-    c->lease_until = dexec_now() + READ_LEASE;
+    c->lease_until = dx_now_coarse() + READ_LEASE;
     if (c->want > 0 || c->cond_waiters > 0 || c->dead)
         pthread_cond_broadcast(&c->tok_cond);
     pthread_mutex_unlock(&c->lock);
@@ -1087,7 +1087,7 @@ static void deliver(note *n, dexec_notify_fn fn, void *user)
 /* One look at w: delivers its notifications, and finishes it when its
  * reply came, its connection died or the deadline passed. Returns nonzero
  * when w is finished. */
-static int wait_one(dx_wait *w, double deadline)
+static int wait_one(dx_wait *w, double deadline, double now)
 {
     dexec_conn *c = w->c;
     pending *p;
@@ -1125,7 +1125,7 @@ static int wait_one(dx_wait *w, double deadline)
         } else {
             dead_unresolved = 1;
         }
-    } else if (dx_remaining(deadline) <= 0) {
+    } else if (now >= deadline) {
         w->st = dx_fail(w->msg, sizeof(w->msg), DEXEC_ETIMEDOUT,
                         "%s: no reply before the deadline", c->label);
         finished = 1;
@@ -1144,7 +1144,7 @@ static int wait_one(dx_wait *w, double deadline)
         notes_free(notes);
     if (dead_unresolved) {
         resolve_death(c);
-        return wait_one(w, deadline);
+        return wait_one(w, deadline, dexec_now());
     }
     return finished;
 }
@@ -1347,7 +1347,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         for (size_t i = 0; i < n; i++) {
             if (w[i].finished)
                 continue;
-            w[i].finished = wait_one(&w[i], deadline);
+            w[i].finished = wait_one(&w[i], deadline, now);
             if (w[i].finished) {
                 probe_drop(&w[i]);
                 if (w[i].done != NULL)
@@ -1414,7 +1414,7 @@ size_t dx_conn_wait_any(dx_wait *w, size_t n, double deadline, double until)
         for (size_t i = 0; i < n; i++) {
             if (!w[i].active || w[i].finished)
                 continue;
-            w[i].finished = wait_one(&w[i], deadline);
+            w[i].finished = wait_one(&w[i], deadline, now);
             if (w[i].finished) {
                 probe_drop(&w[i]);
                 if (w[i].done != NULL)

@@ -215,10 +215,11 @@ dexec_status dexec_write_all(int fd, const char *buf, size_t len, double deadlin
     return DEXEC_OK;
 }
 
-dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double deadline, char *err,
+dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double timeout, char *err,
                            size_t errlen)
 {
     size_t total = 0, done = 0;
+    double deadline = -1; /* read the clock only when the socket is full */
 
     for (int i = 0; i < niov; i++)
         total += iov[i].iov_len;
@@ -247,9 +248,12 @@ dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double deadline,
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             struct pollfd p = {.fd = fd, .events = POLLOUT};
-            double left = dx_remaining(deadline);
+            double left;
             int rc;
 
+            if (deadline < 0)
+                deadline = dexec_now() + timeout;
+            left = dx_remaining(deadline);
             if (left <= 0)
                 return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
                                "write timed out (%zu of %zu bytes sent)", done, total);

@@ -29,6 +29,9 @@ char *dx_strdup(const char *s);
 
 /* Seconds left until an absolute dexec_now() deadline, never negative. */
 double dx_remaining(double deadline);
+/* dexec_now() from the coarse clock (CLOCK_MONOTONIC_COARSE: cheaper,
+ * a few ms behind): for deadlines of tens of ms and more. */
+double dx_now_coarse(void);
 
 /* The plugin search path in order: $DEXEC_PLUGIN_PATH entries, the config's
  * plugin_path entries, the compiled-in plugin directory. Returns a
@@ -98,14 +101,15 @@ int dx_msgpack_pack_call(dx_mbuf *b, const char *method, const dexec_value *args
                          const dexec_value *kwargs);
 
 /* Writes the bytes of iov (niov pieces) whole on a stream socket, as few
- * sendmsg calls as it takes, waiting for room until the absolute deadline.
+ * sendmsg calls as it takes, waiting for room for timeout seconds at most
+ * from the first time the socket is full.
  * DEXEC_OK, DEXEC_ETIMEDOUT ("write timed out (N of M bytes sent)"),
  * DEXEC_ECLOSED or DEXEC_EIO. iov is modified. */
 struct iovec;
 /* dexec_reader_fill with recv flags of the caller's (0: a blocking recv,
  * bounded by the socket's SO_RCVTIMEO; its EAGAIN reads as no data). */
 dexec_status dx_reader_fill_flags(dexec_reader *r, int fd, int flags, char *err, size_t errlen);
-dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double deadline, char *err,
+dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double timeout, char *err,
                            size_t errlen);
 
 /* ---- connections (conn.c) ---- */
