@@ -515,7 +515,9 @@ static void drop(dxs_server *s, dxs_conn *c)
 /* ---- accept ---------------------------------------------------------------------------- */
 
 /* TCP keepalive with a user timeout (doc/protocol.md): a client behind a
- * cut link is dropped within about 15 s instead of never. */
+ * cut link is dropped within about 15 s instead of never. And no Nagle:
+ * every frame leaves whole in one send, and a reply queued behind a
+ * progress notification must not wait for the client's delayed ACK. */
 static void tcp_keepalive(int fd)
 {
     struct sockaddr_storage ss;
@@ -531,6 +533,7 @@ static void tcp_keepalive(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static void accept_all(dxs_server *s, int lfd)
