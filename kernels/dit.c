@@ -789,9 +789,10 @@ size_t dxk_dit_seq_bytes(const dxk_dit *m, const dxk_dit_ws *ws, int B)
 
     if (S <= 1)
         return 0;
-    /* per block: qkv out (3 D/S per token and rank block), attention back
-     * (D/S); then one all-gather block of the final layer's shard */
-    return sizeof(float) * ((size_t)c->depth * S * B * tmax * 4 * (D / S) + B * tmax * F);
+    /* per block, to each of the S - 1 others: a qkv block (3 D/S per
+     * token) and an attention block back (D/S); then the final layer's
+     * shard to each of them */
+    return sizeof(float) * (S - 1) * ((size_t)c->depth * B * tmax * 4 * (D / S) + B * tmax * F);
 }
 
 /* Records a collective's failure in ws: the forward stops, the callers
@@ -828,37 +829,55 @@ static int dx_seq_attention(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int block)
     const int tn = ws->tn, tmax = ws->tmax;
     const size_t blk = (size_t)B * tmax * 3 * Dl, blk2 = (size_t)B * tmax * Dl;
     const size_t row = (size_t)Dl * sizeof(float);
+    /* host-memory buffers are packed and unpacked in place; a device's go
+     * through the host buffer ha (download/upload) */
+    const int direct = be->host_memory;
+    const float *src;
+    float *dst;
     char terr[384];
     dexec_status s;
     int i, b, t, p, i0, in;
 
-    be->download(be, ws->ha, ws->qkv, (size_t)B * tn * 3 * D);
+    if (direct) {
+        be->sync(be, NULL, 0); /* the ops before are done (errors: at the caller's sync) */
+        src = ws->qkv;
+    } else {
+        be->download(be, ws->ha, ws->qkv, (size_t)B * tn * 3 * D);
+        src = ws->ha;
+    }
     for (i = 0; i < S; i++)
         for (b = 0; b < B; b++)
             for (t = 0; t < tn; t++)
                 for (p = 0; p < 3; p++)
                     memcpy(ws->hb + i * blk + ((size_t)b * tmax + t) * 3 * Dl + (size_t)p * Dl,
-                           ws->ha + ((size_t)b * tn + t) * 3 * D + (size_t)p * D +
-                               (size_t)i * Dl,
+                           src + ((size_t)b * tn + t) * 3 * D + (size_t)p * D + (size_t)i * Dl,
                            row);
     s = cm->alltoall(cm->ctx, ws->hb, ws->hc, blk * sizeof(float), terr, sizeof terr);
     if (s != DEXEC_OK) {
         dx_seq_fail(ws, s, "all-to-all before the attention", block, terr);
         return -1;
     }
+    dst = direct ? ws->qkvh : ws->ha;
     for (i = 0; i < S; i++) {
         dx_shard(ws, T, i, &i0, &in);
         for (b = 0; b < B; b++)
-            memcpy(ws->ha + ((size_t)b * T + i0) * 3 * Dl, ws->hc + i * blk + (size_t)b * tmax * 3 * Dl,
-                   (size_t)in * 3 * row);
+            memcpy(dst + ((size_t)b * T + i0) * 3 * Dl,
+                   ws->hc + i * blk + (size_t)b * tmax * 3 * Dl, (size_t)in * 3 * row);
     }
-    be->upload(be, ws->qkvh, ws->ha, (size_t)B * T * 3 * Dl);
+    if (!direct)
+        be->upload(be, ws->qkvh, ws->ha, (size_t)B * T * 3 * Dl);
     be->attention(be, ws->att2, ws->qkvh, ws->scratch, B, T, Hl, Dl);
-    be->download(be, ws->ha, ws->att2, (size_t)B * T * Dl);
+    if (direct) {
+        be->sync(be, NULL, 0);
+        src = ws->att2;
+    } else {
+        be->download(be, ws->ha, ws->att2, (size_t)B * T * Dl);
+        src = ws->ha;
+    }
     for (i = 0; i < S; i++) {
         dx_shard(ws, T, i, &i0, &in);
         for (b = 0; b < B; b++)
-            memcpy(ws->hb + i * blk2 + (size_t)b * tmax * Dl, ws->ha + ((size_t)b * T + i0) * Dl,
+            memcpy(ws->hb + i * blk2 + (size_t)b * tmax * Dl, src + ((size_t)b * T + i0) * Dl,
                    (size_t)in * row);
     }
     s = cm->alltoall(cm->ctx, ws->hb, ws->hc, blk2 * sizeof(float), terr, sizeof terr);
@@ -866,12 +885,14 @@ static int dx_seq_attention(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int block)
         dx_seq_fail(ws, s, "all-to-all after the attention", block, terr);
         return -1;
     }
+    dst = direct ? ws->att : ws->ha;
     for (i = 0; i < S; i++)
         for (b = 0; b < B; b++)
             for (t = 0; t < tn; t++)
-                memcpy(ws->ha + ((size_t)b * tn + t) * D + (size_t)i * Dl,
+                memcpy(dst + ((size_t)b * tn + t) * D + (size_t)i * Dl,
                        ws->hc + i * blk2 + ((size_t)b * tmax + t) * Dl, row);
-    be->upload(be, ws->att, ws->ha, (size_t)B * tn * D);
+    if (!direct)
+        be->upload(be, ws->att, ws->ha, (size_t)B * tn * D);
     return 0;
 }
 

@@ -159,9 +159,10 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
  * the attention of block 3: ..."). */
 dexec_status dxk_dit_ws_check(const dxk_dit_ws *ws, char *err, size_t errlen);
 
-/* Bytes one rank sends per forward pass of B images with ws's split
- * (all-to-alls and the final all-gather, its own block included); 0 when
- * S = 1. */
+/* Bytes one rank sends to the others per forward pass of B images with
+ * ws's split (its blocks of the all-to-alls and of the final all-gather
+ * that go to the S - 1 other ranks, padding of short shards included); 0
+ * when S = 1. */
 size_t dxk_dit_seq_bytes(const dxk_dit *m, const dxk_dit_ws *ws, int B);
 
 /* Floating-point operations of one forward pass of B images of H x W

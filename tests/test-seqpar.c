@@ -31,134 +31,14 @@
 #include "ops.h"
 #include "safetensors.h"
 #include "test-kernels-util.h"
+#include "thread-comm.h"
 
 void openblas_set_num_threads(int n);
-
-#define TC_MAX 8
 
 static char tmpdir[256];
 static char dits_path[512];  /* DiT-S shape, 16x16 RGB, patch 2: 64 tokens, 6 heads */
 static char small_path[512]; /* 8x8, patch 4: 4 tokens, 8 heads */
 static char bundled_path[1024];
-
-/* ---- the in-process communicator ---- */
-
-typedef struct tc_group {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int size, arrived, gen, broken, deadline_ms;
-    const void *send[TC_MAX];
-} tc_group;
-
-typedef struct tc_rank {
-    tc_group *g;
-    int rank;
-} tc_rank;
-
-static void tc_group_init(tc_group *g, int size, int deadline_ms)
-{
-    pthread_condattr_t ca;
-
-    memset(g, 0, sizeof *g);
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&g->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    g->size = size;
-    g->deadline_ms = deadline_ms;
-}
-
-static void tc_group_destroy(tc_group *g)
-{
-    pthread_mutex_destroy(&g->mu);
-    pthread_cond_destroy(&g->cv);
-}
-
-/* Every rank of the group, or an error within the deadline: then the
- * group is broken and every later call fails at once. */
-static dexec_status tc_barrier(tc_rank *r, char *err, size_t errlen)
-{
-    tc_group *g = r->g;
-    struct timespec dl;
-    int gen;
-
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += g->deadline_ms / 1000;
-    dl.tv_nsec += (long)(g->deadline_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&g->mu);
-    gen = g->gen;
-    if (!g->broken && ++g->arrived == g->size) {
-        g->arrived = 0;
-        g->gen++;
-        pthread_cond_broadcast(&g->cv);
-    }
-    while (g->gen == gen && !g->broken) {
-        if (pthread_cond_timedwait(&g->cv, &g->mu, &dl) == ETIMEDOUT && g->gen == gen &&
-            !g->broken) {
-            snprintf(err, errlen, "test comm: rank %d: %d of %d ranks arrived within %d ms",
-                     r->rank, g->arrived, g->size, g->deadline_ms);
-            g->broken = 1;
-            pthread_cond_broadcast(&g->cv);
-            pthread_mutex_unlock(&g->mu);
-            return DEXEC_ETIMEDOUT;
-        }
-    }
-    if (g->gen == gen) {
-        pthread_mutex_unlock(&g->mu);
-        snprintf(err, errlen, "test comm: rank %d: a peer failed", r->rank);
-        return DEXEC_EIO;
-    }
-    pthread_mutex_unlock(&g->mu);
-    return DEXEC_OK;
-}
-
-static dexec_status tc_alltoall(void *ctx, const void *send, void *recv, size_t bytes, char *err,
-                                size_t errlen)
-{
-    tc_rank *r = ctx;
-    dexec_status s;
-    int i;
-
-    r->g->send[r->rank] = send;
-    if ((s = tc_barrier(r, err, errlen)) != DEXEC_OK)
-        return s;
-    for (i = 0; i < r->g->size; i++)
-        memcpy((char *)recv + (size_t)i * bytes,
-               (const char *)r->g->send[i] + (size_t)r->rank * bytes, bytes);
-    /* nobody reuses its send buffer before every rank has read it */
-    return tc_barrier(r, err, errlen);
-}
-
-static dexec_status tc_allgather(void *ctx, const void *send, void *recv, size_t bytes,
-                                 char *err, size_t errlen)
-{
-    tc_rank *r = ctx;
-    dexec_status s;
-    int i;
-
-    r->g->send[r->rank] = send;
-    if ((s = tc_barrier(r, err, errlen)) != DEXEC_OK)
-        return s;
-    for (i = 0; i < r->g->size; i++)
-        memcpy((char *)recv + (size_t)i * bytes, r->g->send[i], bytes);
-    return tc_barrier(r, err, errlen);
-}
-
-static void tc_comm(dxk_comm *c, tc_rank *r, tc_group *g, int rank)
-{
-    r->g = g;
-    r->rank = rank;
-    c->rank = rank;
-    c->size = g->size;
-    c->ctx = r;
-    c->alltoall = tc_alltoall;
-    c->allgather = tc_allgather;
-}
 
 /* ---- one rank's work ---- */
 
@@ -177,6 +57,7 @@ typedef struct rank_job {
     const dexec_request *req;
     dexec_output out;
     int stop_after; /* > 0: this rank cancels after that step (it leaves the group) */
+    int staged;     /* forward: exchange through download/upload, as a device backend does */
     dexec_status s;
     char err[1024];
 } rank_job;
@@ -201,6 +82,10 @@ static dexec_status forward_one(rank_job *j)
         s = dxk_dit_load(st, &cfg, be, &dit, j->err, sizeof j->err);
     if (s == DEXEC_OK) {
         dit->seq = j->comm;
+        /* the weights are in place already; from here the forward treats
+         * the buffers as a device's (the CUDA path, on the CPU) */
+        if (j->staged)
+            be->host_memory = 0;
         s = dxk_dit_ws_alloc(dit, j->B, j->H, j->W, &ws, j->err, sizeof j->err);
     }
     if (s == DEXEC_OK) {
@@ -332,7 +217,8 @@ static int probe_row_stable(void)
     return ok;
 }
 
-static void check_forward(const char *path, int C, int H, int W, int B, const int *Ss, int nS)
+static void check_forward(const char *path, int C, int H, int W, int B, const int *Ss, int nS,
+                          int staged)
 {
     const size_t n = (size_t)B * C * H * W;
     float *x = malloc(n * sizeof *x);
@@ -353,6 +239,7 @@ static void check_forward(const char *path, int C, int H, int W, int B, const in
     tmpl.y = y;
     tmpl.nv = n;
     tmpl.v = x; /* run_group allocates each rank's own */
+    tmpl.staged = staged;
     run_group(&tmpl, 1, 5000, &ref);
     ck_assert_msg(ref.s == DEXEC_OK, "one rank: %s", ref.err);
     for (k = 0; k < nS; k++) {
@@ -363,16 +250,18 @@ static void check_forward(const char *path, int C, int H, int W, int B, const in
             ck_assert_msg(jobs[r].s == DEXEC_OK, "S = %d, rank %d: %s", Ss[k], r, jobs[r].err);
             e = tk_rel_err_f(jobs[r].v, ref.v, n);
             if (r == 0)
-                printf("%s: B = %d, sequence = %d: forward %s (relative error %.3g)\n", path, B,
-                       Ss[k], memcmp(jobs[r].v, ref.v, n * sizeof(float)) ? "differs" : "bit-identical", e);
+                printf("%s: B = %d, sequence = %d%s: forward %s (relative error %.3g)\n", path, B,
+                       Ss[k], staged ? " (staged through the host)" : "",
+                       memcmp(jobs[r].v, ref.v, n * sizeof(float)) ? "differs" : "bit-identical",
+                       e);
             fflush(stdout);
             /* every rank returns the same full output, bit for bit */
             ck_assert_msg(memcmp(jobs[r].v, jobs[0].v, n * sizeof(float)) == 0,
                           "S = %d: rank %d's output differs from rank 0's", Ss[k], r);
             /* and it equals one rank's: the reductions are the same (same
              * SGEMM per token row, attention per head) */
-            ck_assert_msg(e <= 1e-5, "S = %d, B = %d: relative error %g to one rank's", Ss[k],
-                          B, e);
+            ck_assert_msg(e <= 1e-5, "S = %d, B = %d: relative error %g to one rank's", Ss[k], B,
+                          e);
             ck_assert_msg(!row_stable || memcmp(jobs[r].v, ref.v, n * sizeof(float)) == 0,
                           "S = %d, B = %d: output differs from one rank's (relative error %g)",
                           Ss[k], B, e);
@@ -389,8 +278,10 @@ START_TEST(test_forward_bundled)
     const int Ss[] = {2, 4};
 
     /* 28x28, patch 4: 49 tokens, shards of 25/24 and 13/12/12/12 */
-    check_forward(bundled_path, 1, 28, 28, 1, Ss, 2);
-    check_forward(bundled_path, 1, 28, 28, 2, Ss, 2);
+    check_forward(bundled_path, 1, 28, 28, 1, Ss, 2, 0);
+    check_forward(bundled_path, 1, 28, 28, 2, Ss, 2, 0);
+    /* the device path: download, pack, exchange, unpack, upload */
+    check_forward(bundled_path, 1, 28, 28, 2, Ss, 2, 1);
 }
 END_TEST
 
@@ -399,8 +290,8 @@ START_TEST(test_forward_dits)
     const int Ss[] = {2, 3};
 
     /* 16x16 RGB, patch 2: 64 tokens (22/21/21 for S = 3), 6 heads */
-    check_forward(dits_path, 3, 16, 16, 1, Ss, 2);
-    check_forward(dits_path, 3, 16, 16, 2, Ss, 2);
+    check_forward(dits_path, 3, 16, 16, 1, Ss, 2, 0);
+    check_forward(dits_path, 3, 16, 16, 2, Ss, 2, 0);
 }
 END_TEST
 
@@ -469,6 +360,18 @@ START_TEST(test_generate_dits)
 }
 END_TEST
 
+START_TEST(test_generate_published)
+{
+    char dir[1024];
+
+    /* the diffusers-layout latent DiT (2 heads, 4x4 = 16 tokens, learned
+     * sigma) and its VAE: the latent path of doc/model.md */
+    tk_golden_path(dir, sizeof dir, "published");
+    check_generate(dir, "Golden Retriever", -1.0, 2); /* its default guidance: B = 2 */
+    check_generate(dir, "Golden Retriever", 1.0, 2);
+}
+END_TEST
+
 /* ---- refusals and failures ---- */
 
 static dexec_status set_seq(dxk_model *m, int S, dxk_comm *c, tc_rank *r, tc_group *g, char *err,
@@ -495,8 +398,7 @@ START_TEST(test_heads_refused)
     ck_assert_str_eq(err, "sequence = 3 does not divide the 4 attention heads of this model");
     tc_group_destroy(&g);
     dxk_model_free(m);
-    ck_assert_msg(dxk_model_open(dits_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s",
-                  err);
+    ck_assert_msg(dxk_model_open(dits_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s", err);
     ck_assert_int_eq(set_seq(m, 4, &c, &r, &g, err, sizeof err), DEXEC_EINVAL);
     ck_assert_str_eq(err, "sequence = 4 does not divide the 6 attention heads of this model");
     tc_group_destroy(&g);
@@ -514,8 +416,7 @@ START_TEST(test_tokens_refused)
     dexec_output out;
     char err[1024];
 
-    ck_assert_msg(dxk_model_open(small_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s",
-                  err);
+    ck_assert_msg(dxk_model_open(small_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s", err);
     ck_assert_msg(set_seq(m, 8, &c, &r, &g, err, sizeof err) == DEXEC_OK, "%s", err);
     dexec_request_init(&req);
     req.prompt = "class1";
@@ -574,8 +475,7 @@ START_TEST(test_peer_never_arrives)
     dexec_output_clear(&out);
     /* without the group the same model generates alone again */
     ck_assert_int_eq(dxk_model_set_parallel(m, NULL, err, sizeof err), DEXEC_OK);
-    ck_assert_msg(dxk_generate(m, &req, &out, NULL, NULL, err, sizeof err) == DEXEC_OK, "%s",
-                  err);
+    ck_assert_msg(dxk_generate(m, &req, &out, NULL, NULL, err, sizeof err) == DEXEC_OK, "%s", err);
     dexec_output_clear(&out);
     tc_group_destroy(&g);
     dxk_model_free(m);
@@ -682,6 +582,7 @@ static Suite *seqpar_suite(void)
     tcase_add_test(tc, test_forward_dits);
     tcase_add_test(tc, test_generate_bundled);
     tcase_add_test(tc, test_generate_dits);
+    tcase_add_test(tc, test_generate_published);
     tcase_add_test(tc, test_heads_refused);
     tcase_add_test(tc, test_tokens_refused);
     tcase_add_test(tc, test_peer_never_arrives);
@@ -694,15 +595,29 @@ int main(void)
 {
     char err[1024], out[2048], cmd[600];
     const char *tool = getenv("DEXEC_MODEL_TOOL");
-    char *dits[] = {(char *)"dexec-model", (char *)"init", dits_path, (char *)"--image-size",
-                    (char *)"16", (char *)"--channels", (char *)"3", (char *)"--patch",
-                    (char *)"2", (char *)"--hidden", (char *)"384", (char *)"--depth",
-                    (char *)"12", (char *)"--heads", (char *)"6", (char *)"--seed", (char *)"7",
+    char *dits[] = {(char *)"dexec-model",
+                    (char *)"init",
+                    dits_path,
+                    (char *)"--image-size",
+                    (char *)"16",
+                    (char *)"--channels",
+                    (char *)"3",
+                    (char *)"--patch",
+                    (char *)"2",
+                    (char *)"--hidden",
+                    (char *)"384",
+                    (char *)"--depth",
+                    (char *)"12",
+                    (char *)"--heads",
+                    (char *)"6",
+                    (char *)"--seed",
+                    (char *)"7",
                     NULL};
-    char *small[] = {(char *)"dexec-model", (char *)"init", small_path, (char *)"--image-size",
-                     (char *)"8", (char *)"--channels", (char *)"1", (char *)"--patch",
-                     (char *)"4", (char *)"--hidden", (char *)"16", (char *)"--depth",
-                     (char *)"1", (char *)"--heads", (char *)"8", NULL};
+    char *small[] = {
+        (char *)"dexec-model", (char *)"init",       small_path,   (char *)"--image-size",
+        (char *)"8",           (char *)"--channels", (char *)"1",  (char *)"--patch",
+        (char *)"4",           (char *)"--hidden",   (char *)"16", (char *)"--depth",
+        (char *)"1",           (char *)"--heads",    (char *)"8",  NULL};
     SRunner *sr;
     int failed;
 
