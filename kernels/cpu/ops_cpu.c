@@ -178,16 +178,18 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
         for (i = 0; i < M; i++)
             memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
     }
-    r = M > 1 ? M % DX_ROW_UNIT : 0;
+    r = M % DX_ROW_UNIT;
     if (r != 0) {
-        /* OpenBLAS computes the last M mod 4 rows with its tail kernels,
-         * whose sums can differ in the last bit from the same rows
-         * computed in a full tile (measured with OpenBLAS 0.3.21): compute
-         * them as a tile of 4 (the tail rows, then copies of the last), so
-         * that a row's result does not depend on how many rows share the
-         * call and a sequence-parallel shard equals the same rows of the
-         * whole image (doc/parallelism.md). At most 3 rows of extra work;
-         * without memory for it, the plain call. */
+        /* OpenBLAS computes the last M mod 4 rows with its tail kernels
+         * (a single row with GEMV), whose sums can differ in the last bit
+         * from the same rows computed in a full tile (measured with
+         * OpenBLAS 0.3.21): compute them as a tile of 4 (the tail rows,
+         * then copies of the last), so that a row's result does not
+         * depend on how many rows share the call. A sequence-parallel
+         * shard then equals the same rows of the whole image, and a cfg
+         * pair's batch of one the same image of a batch of two
+         * (doc/parallelism.md). At most 3 rows of extra work; without
+         * memory for it, the plain call. */
         float *x4 = malloc(DX_ROW_UNIT * ((size_t)K + (size_t)N) * sizeof *x4), *y4;
         const size_t m0 = (size_t)(M - r);
 
