@@ -63,7 +63,7 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
         return DEXEC_ENOTSUP;
     }
     if (par->seq != NULL && par->seq->size > 1) {
-        const dxk_dit_config *c = m->pipe != NULL ? &m->pipe->dit->cfg : &m->dit->cfg;
+        const dxk_dit_config *c = &dx_model_dit(m)->cfg;
         const dxk_comm *q = par->seq;
 
         if (q->rank < 0 || q->rank >= q->size || q->alltoall == NULL || q->allgather == NULL) {
