@@ -44,11 +44,18 @@ struct dxk_model {
     dxk_parallel par;   /* the group this rank computes with; zeroed = alone */
 };
 
+/* The denoiser: the bundled model's, or a published pipeline's. */
+static dxk_dit *dx_model_dit(dxk_model *m)
+{
+    return m->pipe != NULL ? m->pipe->dit : m->dit;
+}
+
 dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char *err,
                                     size_t errlen)
 {
     if (par == NULL) {
         memset(&m->par, 0, sizeof m->par);
+        dx_model_dit(m)->seq = NULL;
         return DEXEC_OK;
     }
     if (par->cfg != NULL && par->cfg->size > 1) {
@@ -57,12 +64,24 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
         return DEXEC_ENOTSUP;
     }
     if (par->seq != NULL && par->seq->size > 1) {
-        dexec_errorf(err, errlen,
-                     "sequence parallelism (sequence = %d) is not supported yet by this worker",
-                     par->seq->size);
-        return DEXEC_ENOTSUP;
+        const dxk_dit_config *c = &dx_model_dit(m)->cfg;
+        const dxk_comm *q = par->seq;
+
+        if (q->rank < 0 || q->rank >= q->size || q->alltoall == NULL || q->allgather == NULL) {
+            dexec_errorf(err, errlen,
+                         "sequence communicator: rank %d of %d, or a collective missing", q->rank,
+                         q->size);
+            return DEXEC_EINVAL;
+        }
+        if (c->num_heads % q->size != 0) {
+            dexec_errorf(err, errlen,
+                         "sequence = %d does not divide the %d attention heads of this model",
+                         q->size, c->num_heads);
+            return DEXEC_EINVAL;
+        }
     }
     m->par = *par;
+    dx_model_dit(m)->seq = par->seq != NULL && par->seq->size > 1 ? par->seq : NULL;
     return DEXEC_OK;
 }
 

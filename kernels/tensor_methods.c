@@ -220,7 +220,9 @@ static dexec_status dx_latent_forward(dxk_pipeline *p, const dexec_value *opts,
     }
     if (s == DEXEC_OK) {
         dxk_dit_forward(p->dit, ws, v, x, t, y, B);
-        s = p->dit->be->sync(p->dit->be, err, errlen);
+        s = dxk_dit_ws_check(ws, err, errlen);
+        if (s == DEXEC_OK)
+            s = p->dit->be->sync(p->dit->be, err, errlen);
     }
     if (s == DEXEC_OK) {
         dims[0] = B;

@@ -598,6 +598,7 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
         not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
     perf-cuda-check) not_run "$id" "needs a GPU (tests/test-gpu-build.sh runs tests/gpu/run.sh --build-only where nvcc is found)" ;;
     perf-cuda-links) not_run "$id" "installs the tree (a make install inside make check would race its build); distcheck stages an install" ;;
+    perf-seqpar) not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
     config-dump-ext-conf) check_conf "$where" "$blocks/$id" ;; # the file config-dump reads
     config-dump)
         workdir "$id"
