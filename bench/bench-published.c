@@ -19,6 +19,9 @@
 
 #include <cblas.h>
 
+#pragma weak openblas_get_corename
+char *openblas_get_corename(void);
+
 #include "dit.h"
 #include "ops.h"
 #include "pipeline.h"
@@ -150,7 +153,8 @@ int main(int argc, char **argv)
            "%.0f%% of SGEMM\n",
            vside, vside, vside * dxk_vae_scale(&p->vae->cfg), vside * dxk_vae_scale(&p->vae->cfg),
            best_v, fv / 1e9, fv / best_v / 1e9, 100.0 * fv / best_v / 1e9 / sgemm);
-    printf("dexec sgemm %dx%d: %.1f GFLOP/s\n", sg, sg, sgemm);
+    printf("dexec sgemm %dx%d: %.1f GFLOP/s (OpenBLAS core %s)\n", sg, sg, sgemm,
+           openblas_get_corename ? openblas_get_corename() : "unknown");
     be->release(be, x);
     be->release(be, v);
     free(z);

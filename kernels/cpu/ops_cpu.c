@@ -10,6 +10,7 @@
 #include <config.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,15 @@
 #pragma weak openblas_get_num_threads
 #pragma weak openblas_set_num_threads
 #pragma weak openblas_get_parallel
+/* OpenBLAS DYNAMIC_ARCH: the core whose kernels were chosen at load, and
+ * the pair that chooses again (reading OPENBLAS_CORETYPE); weak, absent
+ * from a single-target OpenBLAS. */
+char *openblas_get_corename(void);
+void gotoblas_dynamic_init(void);
+void gotoblas_dynamic_quit(void);
+#pragma weak openblas_get_corename
+#pragma weak gotoblas_dynamic_init
+#pragma weak gotoblas_dynamic_quit
 
 /* Below this many floats an element-wise op is not worth waking threads. */
 #define DX_PAR_MIN 65536
@@ -57,6 +67,57 @@ static void dx_blas_set_threads(int n)
     if (openblas_set_num_threads)
         openblas_set_num_threads(n);
 }
+
+/* OpenBLAS's DYNAMIC_ARCH picks its kernels from the CPU's family and
+ * model number, and a model it does not know (OpenBLAS 0.3.21, Debian 12,
+ * on Emerald Rapids: family 6 model 207) falls back to its Prescott (SSE3)
+ * kernels, a fifth of the AVX-512 SGEMM rate. When it chose one of those
+ * old cores on a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is not
+ * set, choose again by the CPU's features, through OpenBLAS's own
+ * override: set OPENBLAS_CORETYPE and rerun its core selection (before
+ * this backend's first BLAS call; the variable stays set, so that child
+ * processes choose the same). OPENBLAS_CORETYPE set by the user is left
+ * alone. Logged at info level. */
+static void dx_blas_core_fix(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const char *const old[] = {"Prescott", "Core2",   "Penryn",   "Dunnington",
+                                      "Nehalem",  "Atom",    "Nano",     "Katmai",
+                                      "Coppermine", "Northwood", "Banias", "Athlon",
+                                      "Opteron",  "Opteron_SSE3", "Barcelona", "Bobcat",
+                                      "Unknown"};
+    const char *core, *want = NULL;
+    char was[32];
+    size_t i;
+
+    if (!openblas_get_corename || !gotoblas_dynamic_init || !gotoblas_dynamic_quit ||
+        getenv("OPENBLAS_CORETYPE") != NULL || (core = openblas_get_corename()) == NULL)
+        return;
+    for (i = 0; i < sizeof old / sizeof old[0]; i++)
+        if (strcmp(core, old[i]) == 0)
+            break;
+    if (i == sizeof old / sizeof old[0])
+        return;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        want = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+    if (want == NULL || setenv("OPENBLAS_CORETYPE", want, 0) != 0)
+        return;
+    snprintf(was, sizeof was, "%s", core);
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    dexec_log(DEXEC_LOG_INFO, "kernels",
+              "cpu: OpenBLAS chose its %s kernels for this CPU, which has %s; "
+              "using %s (OPENBLAS_CORETYPE=%s; set OPENBLAS_CORETYPE to choose otherwise)",
+              was, strcmp(want, "Haswell") == 0 ? "AVX2" : "AVX-512",
+              openblas_get_corename(), want);
+#endif
+}
+
+static pthread_once_t dx_blas_once = PTHREAD_ONCE_INIT;
 
 /* Pool threads of an OpenMP OpenBLAS have their own thread count, which
  * must be 1 (a pthreads OpenBLAS has one global count, set around jobs). */
@@ -766,6 +827,7 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
             snprintf(err, errlen, "cpu backend: out of memory");
         return DEXEC_ENOMEM;
     }
+    pthread_once(&dx_blas_once, dx_blas_core_fix);
     /* no pool is no error: the ops then run in the caller alone */
     c->pool = dxk_pool_new(dx_blas_threads(), dx_pool_thread_init);
     be->struct_size = sizeof *be;
