@@ -675,6 +675,22 @@ typedef struct dx_wg_job {
     int Cin, Cout, H, W, tw, ty0, nty, nt;
 } dx_wg_job;
 
+/* L <= DX_WG_L floats; the whole-group case as a fixed-length loop, which
+ * becomes vector moves (a memcpy of L floats becomes rep movsq) */
+static inline __attribute__((always_inline)) void dx_wg_copy(float *restrict d,
+                                                             const float *restrict s, int L)
+{
+    int l;
+
+    if (L == DX_WG_L) {
+        for (l = 0; l < DX_WG_L; l++)
+            d[l] = s[l];
+    } else {
+        for (l = 0; l < L; l++)
+            d[l] = s[l];
+    }
+}
+
 /* G applied to 3 values of L lanes: o[0..5] */
 #define DX_WG_G(o, g0, g1, g2, L)                                                            \
     do {                                                                                    \
@@ -719,8 +735,7 @@ DX_CLONES DX_VECTORIZE static void dx_wg_weight_task(void *arg, int co, int thre
         for (e = 0; e < 36; e++) {
             float *dst = uc + (size_t)e * plane + ci0;
 
-            for (l = 0; l < L; l++)
-                dst[l] = u[e / 6][e % 6][l];
+            dx_wg_copy(dst, u[e / 6][e % 6], L);
         }
     }
 }
@@ -758,12 +773,17 @@ DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int threa
         for (r = 0; r < 6; r++) {
             int iy = iy0 + r;
 
-            memset(rows[r], 0, (size_t)(pw + 4 * DX_WG_L) * sizeof(float));
-            if (iy >= 0 && iy < H)
+            if (iy >= 0 && iy < H) {
+                /* zero only the padding: column -1 and beyond W */
+                rows[r][0] = 0.0f;
                 memcpy(rows[r] + 1, xc + (size_t)iy * W, (size_t)W * sizeof(float));
+                memset(rows[r] + 1 + W, 0, (size_t)(pw + 4 * DX_WG_L - 1 - W) * sizeof(float));
+            } else {
+                memset(rows[r], 0, (size_t)(pw + 4 * DX_WG_L) * sizeof(float));
+            }
         }
         for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
-            float d[6][6][DX_WG_L], t[6][6][DX_WG_L], tt[6][6][DX_WG_L], o[6][6][DX_WG_L];
+            float d[6][6][DX_WG_L], t[6][6][DX_WG_L], o[6][6][DX_WG_L];
             const size_t t0 = (size_t)ty * tw + tx0;
 
             L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
@@ -784,17 +804,12 @@ DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int threa
                         t[r][c][l] = oc[r][l];
             }
             /* o[r] = t[r] B: over columns, row by row */
-            for (r = 0; r < 6; r++) {
-                for (c = 0; c < 6; c++)
-                    for (l = 0; l < DX_WG_L; l++)
-                        tt[r][c][l] = t[r][c][l];
-                DX_WG_BT(o[r], tt[r], DX_WG_L);
-            }
+            for (r = 0; r < 6; r++)
+                DX_WG_BT(o[r], t[r], DX_WG_L);
             for (e = 0; e < 36; e++) {
                 float *dst = j->v + (size_t)e * plane + (size_t)ci * j->nt + t0;
 
-                for (l = 0; l < L; l++)
-                    dst[l] = o[e / 6][e % 6][l];
+                dx_wg_copy(dst, o[e / 6][e % 6], L);
             }
         }
     }
@@ -829,11 +844,12 @@ DX_CLONES DX_VECTORIZE static void dx_wg_output_task(void *arg, int co, int thre
             int oy0 = (j->ty0 + ty) * 4, ncol;
 
             L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
+            if (L < DX_WG_L)
+                memset(m, 0, sizeof m);
             for (e = 0; e < 36; e++) {
                 const float *src = j->m + (size_t)e * plane + (size_t)co * j->nt + t0;
 
-                for (l = 0; l < DX_WG_L; l++)
-                    m[e / 6][e % 6][l] = l < L ? src[l] : 0.0f;
+                dx_wg_copy(m[e / 6][e % 6], src, L);
             }
             for (c = 0; c < 6; c++) /* t = A^T m, column by column */
                 for (l = 0; l < DX_WG_L; l++) {
