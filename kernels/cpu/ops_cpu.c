@@ -103,7 +103,11 @@ static void dx_blas_core_fix(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+#if defined(__clang__)
+        want = "SkylakeX"; /* clang's __builtin_cpu_supports may lack avx512bf16 */
+#else
         want = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+#endif
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         want = "Haswell";
     if (want == NULL || setenv("OPENBLAS_CORETYPE", want, 0) != 0)
