@@ -53,6 +53,8 @@ struct dexec_engine {
     char *worker_path;
     char backend[160]; /* "name version" */
     int nranks;
+    int width;  /* ranks per parallel group */
+    int nslots; /* data-parallel slots: ranks / (parallel.cfg x parallel.sequence) */
     double rpc_s, generate_s, health_s;
     uint64_t next_request; /* for "req-N"; atomic */
 
@@ -363,6 +365,22 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         e->max_queued = q > 0 ? (size_t)q : 1;
     }
 
+    {
+        int64_t pc = 1, ps = 1, ng = 1;
+
+        dexec_config_get_int(e->cfg, "parallel.cfg", &pc);
+        dexec_config_get_int(e->cfg, "parallel.sequence", &ps);
+        dexec_config_get_int(e->cfg, "num_gpus", &ng);
+        e->width = (int)(pc * ps);
+        if (pc * ps > 64 || ng % (pc * ps) != 0) {
+            st = dx_fail(err, errlen, DEXEC_ECONFIG,
+                         "num_gpus = %lld is not a multiple of parallel.cfg x parallel.sequence "
+                         "= %lld x %lld: num_gpus = data-parallel groups x cfg x sequence "
+                         "(at most 64 ranks in a group)",
+                         (long long)ng, (long long)pc, (long long)ps);
+            goto fail;
+        }
+    }
     msg[0] = '\0';
     st = e->ops->create(&e->host, &ex, msg, sizeof(msg));
     if (st == DEXEC_OK && ex == NULL) {
@@ -388,6 +406,17 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         e->ex = NULL;
         goto fail;
     }
+    if (e->nranks % e->width != 0) {
+        st = dx_fail(err, errlen, DEXEC_ECONFIG,
+                     "%s: %d ranks do not divide into parallel groups of %d "
+                     "(parallel.cfg x parallel.sequence)",
+                     desc->name, e->nranks, e->width);
+        e->ops->shutdown(ex);
+        e->ex = NULL;
+        goto fail;
+    }
+    /* a data-parallel slot is a group of ranks */
+    e->nslots = e->nranks / e->width;
     if ((st = start_dispatchers(e, err, errlen)) != DEXEC_OK) {
         e->ops->shutdown(ex);
         e->ex = NULL;
@@ -656,7 +685,7 @@ static size_t take_batch(dexec_engine *e, dexec_handle **b)
         dexec_handle *next = h->next;
 
         if (n > 0) {
-            if (b[0]->mergeable ? !h->mergeable || n >= (size_t)e->nranks
+            if (b[0]->mergeable ? !h->mergeable || n >= (size_t)e->nslots
                                 : h->submission != b[0]->submission)
                 break;
         }
@@ -756,8 +785,8 @@ out:
 static void *dispatch_main(void *arg)
 {
     dexec_engine *e = arg;
-    dexec_handle **b = calloc((size_t)e->nranks > 1 ? (size_t)e->nranks : 1, sizeof(*b));
-    size_t cap = (size_t)e->nranks > 1 ? (size_t)e->nranks : 1;
+    dexec_handle **b = calloc((size_t)e->nslots > 1 ? (size_t)e->nslots : 1, sizeof(*b));
+    size_t cap = (size_t)e->nslots > 1 ? (size_t)e->nslots : 1;
 
     for (;;) {
         size_t n, want = 0;
@@ -797,13 +826,13 @@ static void *dispatch_main(void *arg)
     return NULL;
 }
 
-/* Starts the dispatcher threads (one per rank). */
+/* Starts the dispatcher threads (one per data-parallel slot). */
 static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen)
 {
-    e->dispatch = calloc((size_t)e->nranks, sizeof(*e->dispatch));
+    e->dispatch = calloc((size_t)e->nslots, sizeof(*e->dispatch));
     if (e->dispatch == NULL)
         return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
-    for (int i = 0; i < e->nranks; i++) {
+    for (int i = 0; i < e->nslots; i++) {
         int rc = pthread_create(&e->dispatch[i], NULL, dispatch_main, e);
 
         if (rc != 0) {

@@ -110,6 +110,29 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen);
 
+/* Forms parallel groups (doc/parallelism.md): every cfg x seq consecutive
+ * ranks become one group that computes each of its requests together;
+ * dexec_group_generate then deals requests across the groups, sends each
+ * to all of its group's ranks and keeps the first rank's outputs. Each
+ * group's collectives are set up here through the worker methods
+ * parallel_open and parallel_join (doc/protocol.md "Parallel groups"),
+ * and again after any failed request; timeout bounds the forming and each
+ * collective wait in the workers (seconds). cfg 1 and seq 1: nothing to
+ * do. Call once, after the ranks are initialized. Errors: DEXEC_EINVAL
+ * (the ranks do not divide into groups), a worker's refusal (DEXEC_EWORKER
+ * with its message, e.g. a model that cannot split its heads), DEXEC_ENOTSUP
+ * (a group's ranks on different hosts), DEXEC_ETIMEDOUT. */
+dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, double timeout, char *err,
+                              size_t errlen);
+
+/* dexec_group_form with parallel.cfg, parallel.sequence and
+ * timeouts.generate from cfg. */
+dexec_status dexec_group_form_from_config(dexec_group *g, const dexec_config *cfg, char *err,
+                                          size_t errlen);
+
+/* The number of data-parallel slots: groups once formed, else ranks. */
+int dexec_group_slots(const dexec_group *g);
+
 /* get_rank on every rank in parallel; each must answer its own index
  * within timeout. DEXEC_EUNHEALTHY naming the rank otherwise. */
 dexec_status dexec_group_check_health(dexec_group *g, double timeout, char *err, size_t errlen);

@@ -527,6 +527,8 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         dexec_value_free(res);
     }
     free(ids);
+    if (st == DEXEC_OK)
+        st = dexec_group_form_from_config(ex->group, host->config, err, errlen);
     if (st != DEXEC_OK) {
         stop_workers(ex);
         destroy(ex);
