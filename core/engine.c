@@ -366,20 +366,11 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
     }
 
     {
-        int64_t pc = 1, ps = 1, ng = 1;
+        int64_t pc = 1, ps = 1;
 
         dexec_config_get_int(e->cfg, "parallel.cfg", &pc);
         dexec_config_get_int(e->cfg, "parallel.sequence", &ps);
-        dexec_config_get_int(e->cfg, "num_gpus", &ng);
         e->width = (int)(pc * ps);
-        if (pc * ps > 64 || ng % (pc * ps) != 0) {
-            st = dx_fail(err, errlen, DEXEC_ECONFIG,
-                         "num_gpus = %lld is not a multiple of parallel.cfg x parallel.sequence "
-                         "= %lld x %lld: num_gpus = data-parallel groups x cfg x sequence "
-                         "(at most 64 ranks in a group)",
-                         (long long)ng, (long long)pc, (long long)ps);
-            goto fail;
-        }
     }
     msg[0] = '\0';
     st = e->ops->create(&e->host, &ex, msg, sizeof(msg));
@@ -408,8 +399,9 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
     }
     if (e->nranks % e->width != 0) {
         st = dx_fail(err, errlen, DEXEC_ECONFIG,
-                     "%s: %d ranks do not divide into parallel groups of %d "
-                     "(parallel.cfg x parallel.sequence)",
+                     "%s: %d ranks do not divide into parallel groups of parallel.cfg x "
+                     "parallel.sequence = %d ranks: the ranks are data-parallel groups x cfg x "
+                     "sequence",
                      desc->name, e->nranks, e->width);
         e->ops->shutdown(ex);
         e->ex = NULL;

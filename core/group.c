@@ -1245,14 +1245,16 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                 nanosleep(&(struct timespec){.tv_nsec = (long)(TICK * 1e9)}, NULL);
                 continue;
             }
-            for (size_t q = 0; q < nq; q++) {
-                char m[1000];
+            {
+                char m[1100];
 
                 snprintf(m, sizeof(m), "generate: no parallel group has all its ranks live "
                          "(%.800s)", last[0] ? last : "every group lost a rank");
-                fail_output(&outs[queue[q]], &reqs[queue[q]],
-                            restarting ? DEXEC_ETIMEDOUT : DEXEC_EWORKER, -1, m);
-                last_st = restarting ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+                snprintf(last, sizeof(last), "%s", m);
+            }
+            last_st = restarting ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+            for (size_t q = 0; q < nq; q++) {
+                fail_output(&outs[queue[q]], &reqs[queue[q]], last_st, -1, last);
                 nfailed++;
             }
             break;
