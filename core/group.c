@@ -1178,6 +1178,32 @@ static int slot_live(dexec_group *g, int s, int *restarting)
     return live;
 }
 
+/* A member's generate call ended (on the waiting thread, as it ends). */
+typedef struct member_end {
+    dexec_group *g;
+    int rank;
+    dexec_conn *c;
+} member_end;
+
+static void member_done(void *user, dx_wait *w)
+{
+    member_end *e = user;
+    dexec_group *g = e->g;
+    int same;
+
+    if (w->st != DEXEC_ECLOSED || g->rec.kill == NULL)
+        return;
+    /* A member whose connection closed while its process may live (a
+     * probe unanswered: hung) is ended now, so that the other members,
+     * waiting for it in a collective, fail at once rather than at their
+     * deadline. Not when the rank was replaced meanwhile. */
+    pthread_mutex_lock(&g->lock);
+    same = g->conns[e->rank] == e->c && g->rs[e->rank].state == RANK_LIVE;
+    pthread_mutex_unlock(&g->lock);
+    if (same)
+        g->rec.kill(g->rec.user, e->rank);
+}
+
 static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, size_t n,
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen)
@@ -1190,6 +1216,7 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                                                                              sizeof(size_t));
     dx_wait *waits = calloc((size_t)g->n, sizeof(dx_wait));
     gcall *calls = calloc((size_t)nslots, sizeof(gcall));
+    member_end *ends = calloc((size_t)g->n, sizeof(member_end));
     dexec_status last_st = DEXEC_EWORKER;
     char last[1200] = "";
 
@@ -1201,7 +1228,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
     for (int s = 0; deal != NULL && s < nslots; s++)
         deal[s] = calloc(n, sizeof(size_t));
     if (queue == NULL || tries == NULL || order == NULL || deal == NULL || dealn == NULL ||
-        waits == NULL || calls == NULL || (nslots > 0 && deal[nslots - 1] == NULL)) {
+        waits == NULL || calls == NULL || ends == NULL ||
+        (nslots > 0 && deal[nslots - 1] == NULL)) {
         nq = 0;
         nfailed = n;
         last_st = DEXEC_ENOMEM;
@@ -1283,6 +1311,13 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                 dexec_value_array_push(batch, dexec_request_to_value(&reqs[deal[s][j]]));
             params = dexec_value_array();
             dexec_value_array_push(params, batch);
+            {
+                dexec_value *o = dexec_value_map();
+
+                /* the members compute it as the group (doc/protocol.md) */
+                dexec_value_map_set(o, "parallel", dexec_value_bool(1));
+                dexec_value_array_push(params, o);
+            }
             pthread_mutex_lock(&g->slot_lock[s]);
             g->busy[s]++;
             for (int m = 0; m < w; m++) {
@@ -1295,7 +1330,9 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                 /* member 0 reports progress; the others' only count as heard */
                 st = dexec_conn_send(c, "generate", params, m == 0 ? on_progress : NULL,
                                      m == 0 ? &calls[s] : NULL, &wt->id, msg, sizeof(msg));
-                *wt = (dx_wait){.c = c, .id = wt->id, .active = 1};
+                *wt = (dx_wait){.c = c, .id = wt->id, .active = 1, .done = member_done,
+                                .done_user = &ends[r]};
+                ends[r] = (member_end){.g = g, .rank = r, .c = c};
                 if (st != DEXEC_OK) {
                     wt->finished = 1;
                     wt->st = st;
@@ -1407,6 +1444,7 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
     free(dealn);
     free(calls);
     free(waits);
+    free(ends);
     free(queue);
     free(tries);
     free(order);

@@ -125,6 +125,16 @@ static void assert_same_images(const dexec_output *a, const dexec_output *b, siz
                   worst, PIXEL_TOLERANCE, differ, total);
 }
 
+/* get_stats of rank (answered by the worker's I/O thread). */
+static dexec_value *rank_stats(dexec_engine *e, int rank)
+{
+    dexec_value *st = NULL;
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_stats", 5, NULL, NULL, rank, &st),
+                     DEXEC_OK);
+    return st;
+}
+
 static const char *const cfg2[] = {"parallel.cfg", "2", NULL};
 
 START_TEST(test_cfg2_same_pixels_bundled)
@@ -138,7 +148,21 @@ START_TEST(test_cfg2_same_pixels_bundled)
     reqs[3].negative_prompt = "bag";
     reqs[2].guidance_scale = 2.5;
     one = run(1, NULL, reqs, N);
-    two = run(2, cfg2, reqs, N);
+    {
+        dexec_engine *e = must_open(2, cfg2);
+
+        ck_assert_int_eq(dexec_engine_step(e, reqs, N, &two, NULL, NULL), DEXEC_OK);
+        /* each rank sent its branch's prediction (1 x 28 x 28 floats) every step */
+        for (int r = 0; r < 2; r++) {
+            dexec_value *st = rank_stats(e, r);
+
+            ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(st, "collective_bytes"), -1),
+                             N * 6 * 28 * 28 * 4);
+            dexec_value_free(st);
+        }
+        ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+        dexec_engine_free(e);
+    }
     assert_same_images(one, two, N);
     for (int i = 0; i < N; i++) {
         ck_assert_str_eq(two[i].request_id, ids[i]);
@@ -214,6 +238,7 @@ END_TEST
 typedef struct killer {
     pid_t victim;
     size_t on_req;
+    int sig; /* 0: SIGKILL */
     double killed_at;
 } killer;
 
@@ -224,7 +249,7 @@ static void on_progress_kill(void *user, size_t req, int image, int step, int to
     (void)image;
     (void)total;
     if (k->killed_at == 0 && req == k->on_req && step >= 2) {
-        kill(k->victim, SIGKILL);
+        kill(k->victim, k->sig != 0 ? k->sig : SIGKILL);
         k->killed_at = dexec_now();
     }
 }
@@ -368,6 +393,44 @@ START_TEST(test_kill9_member_recovered)
 }
 END_TEST
 
+/* A member stopped (SIGSTOP) mid-step: its silence is noticed at
+ * timeouts.health, it is ended, and its partner, waiting in a collective,
+ * is freed at once: the request fails (no retries here), the stopped rank
+ * is restarted, the group formed again, and the next request computes on
+ * it (so the partner was not left blocked). */
+START_TEST(test_sigstop_member)
+{
+    static const char *const kv[] = {"parallel.cfg", "2", "max_restarts", "1",
+                                     "max_task_retries", "0", "timeouts.health", "1", NULL};
+    dexec_engine *e = must_open(2, kv);
+    dexec_request reqs[1];
+    char ids[1][16];
+    dexec_output *outs = NULL;
+    killer k = {.on_req = 0, .sig = SIGSTOP};
+    double done;
+
+    make_requests(reqs, 1, ids, 400);
+    k.victim = rank_pid(e, 1);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, on_progress_kill, &k), DEXEC_EWORKER);
+    done = dexec_now();
+    ck_assert_msg(k.killed_at > 0, "the stop never happened");
+    fprintf(stderr, "test-parallel: request failed %.3f s after SIGSTOP of a member "
+            "(timeouts.health = 1)\n", done - k.killed_at);
+    ck_assert_msg(done - k.killed_at < 1.0 + 5.0, "failed %.3f s after the stop",
+                  done - k.killed_at);
+    ck_assert_msg(strstr(dexec_engine_last_error(e), "a get_rank probe unanswered") != NULL,
+                  "%s", dexec_engine_last_error(e));
+    make_requests(reqs, 1, ids, 4);
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(outs[0].status, DEXEC_OK);
+    ck_assert_int_ne(rank_pid(e, 1), k.victim);
+    dexec_outputs_free(outs, 1);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 /* Invalid layouts are refused at engine create, with the reason. */
 START_TEST(test_refusals)
 {
@@ -490,9 +553,25 @@ START_TEST(test_external_group)
     ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
     assert_same_images(one, outs, N);
     dexec_outputs_free(outs, N);
-    dexec_outputs_free(one, N);
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
     dexec_engine_free(e);
+    /* an engine that does not form groups gets the worker alone */
+    {
+        static const char *const plain[] = {"distributed_executor_backend", "external", NULL};
+
+        setenv("DIFFUSION_WORKER_ACTOR_NAMES", a0, 1);
+        e = must_open(0, plain);
+        unsetenv("DIFFUSION_WORKER_ACTOR_NAMES");
+        ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
+        for (int i = 0; i < N; i++)
+            ck_assert_int_eq(memcmp(one[i].images[0].pixels, outs[i].images[0].pixels,
+                                    pixels_of(&one[i])),
+                             0);
+        dexec_outputs_free(outs, N);
+        ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+        dexec_engine_free(e);
+    }
+    dexec_outputs_free(one, N);
     kill(w0, SIGTERM);
     kill(w1, SIGTERM);
     waitpid(w0, NULL, 0);
@@ -512,6 +591,7 @@ static Suite *parallel_suite(void)
     tcase_add_test(tc, test_two_groups_keep_order);
     tcase_add_test(tc, test_kill9_member_fails_fast);
     tcase_add_test(tc, test_kill9_member_recovered);
+    tcase_add_test(tc, test_sigstop_member);
     tcase_add_test(tc, test_external_group);
     tcase_add_test(tc, test_cfg2_same_pixels_dit_s);
     suite_add_tcase(s, tc);

@@ -78,6 +78,7 @@ typedef struct wrank {
     dxw_coll *coll;
     int group_index;
     dxk_parallel par;
+    unsigned long long coll_bytes; /* sent through group collectives, guarded by qlock */
 } wrank;
 
 struct dxw_server {
@@ -187,6 +188,7 @@ static dexec_value *rank_stats(wrank *r)
     dexec_value_map_set(t, "encode", dexec_value_float(r->encode_s));
     dexec_value_map_set(t, "denoise", dexec_value_float(r->denoise_s));
     dexec_value_map_set(t, "decode", dexec_value_float(r->decode_s));
+    dexec_value_map_set(m, "collective_bytes", dexec_value_int((int64_t)r->coll_bytes));
     pthread_mutex_unlock(&r->qlock);
     dexec_value_map_set(m, "seconds", t);
     dexec_value_map_set(m, "uptime", dexec_value_float(dexec_now() - r->s->started));
@@ -711,6 +713,16 @@ static void run_generate(wrank *r, job *j, double queued_at)
 {
     call *k = j->call;
     const dexec_value *reqs = dexec_value_array_get(k->params, 0);
+    const dexec_value *opts = dexec_value_array_get(k->params, 1);
+    const dexec_value *grp = dexec_value_map_get(opts, "parallel");
+
+    if (r->coll != NULL && !(grp != NULL && grp->type == DEXEC_VAL_BOOL && grp->u.b)) {
+        /* a caller that did not form this group (another engine, after the
+         * one that did went away) gets this rank alone */
+        dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: a generate call outside the parallel "
+                  "group: leaving the group", r->rank);
+        group_leave(r);
+    }
 
     for (size_t i = 0; i < j->npos; i++) {
         size_t pos = j->pos[i];
@@ -748,9 +760,16 @@ static void run_generate(wrank *r, job *j, double queued_at)
                          "request; the executor forms it again before the next one", r->rank);
                 st = DEXEC_EWORKER;
             } else {
+                unsigned long long sent0 = r->coll != NULL ? dxw_coll_bytes_sent(r->coll) : 0;
+
                 st = dxk_generate(r->model, &req, &out, on_step, &pc, err, sizeof(err));
                 if (st != DEXEC_OK && r->coll != NULL)
                     dxw_coll_abandon(r->coll); /* the peers stop waiting for this rank */
+                if (r->coll != NULL) {
+                    pthread_mutex_lock(&r->qlock);
+                    r->coll_bytes += dxw_coll_bytes_sent(r->coll) - sent0;
+                    pthread_mutex_unlock(&r->qlock);
+                }
             }
             pthread_rwlock_unlock(&r->mlock);
             pthread_mutex_lock(&r->qlock);
