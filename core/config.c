@@ -124,6 +124,9 @@ static const struct dx_key keys[] = {
     KEY_INT("parallel.sequence", 1, 1, 64,
             "ranks that split one image's tokens (Ulysses sequence parallelism); must divide "
             "the model's heads and tokens"),
+    KEY_ENUM("parallel.transport", "auto", "auto|shm|tcp",
+             "how a group's ranks exchange data: shared memory between ranks on one host and "
+             "TCP links otherwise (auto), or always one of them"),
 
     KEY_INT("engine.max_queued", 1024, 1, 1048576,
             "requests dexec_engine_submit() holds waiting for a rank; one more is refused "

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <dexec/group.h>
@@ -52,6 +53,7 @@ struct dexec_group {
     /* parallel groups (dexec_group_form): width = cfg x seq consecutive
      * ranks compute each request together; slot s = ranks s*width.. */
     int width, cfg, seq;
+    char transport[8]; /* auto, shm, tcp */
     double coll_timeout;
     int *formed;              /* per slot: its collectives are set up */
     int *busy;                /* per slot: generate calls in flight */
@@ -1049,50 +1051,99 @@ static dexec_status slot_rpc(dexec_group *g, int s, const char *method, dexec_va
     return st;
 }
 
-/* Sets up slot s's collectives (every member live). */
+/* Sets up slot s's collectives (every member live): mailboxes in shared
+ * memory when the members share a host (or transport = shm), TCP links
+ * between them otherwise (or transport = tcp). */
 static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err, size_t errlen)
 {
     const int w = g->width;
-    dexec_value *opened[64] = {NULL}, *joined[64] = {NULL}, *args[64] = {NULL}, *peers;
-    char msg[900];
-    dexec_status st;
+    dexec_value *opened[64] = {NULL}, *joined[64] = {NULL}, *args[64] = {NULL}, *peers = NULL;
+    dexec_value *oa[64] = {NULL};
+    const char *tr = strcmp(g->transport, "tcp") == 0 ? "tcp" : "shm";
+    char msg[900], token[33] = "";
+    dexec_status st = DEXEC_OK;
 
-    st = slot_rpc(g, s, "parallel_open", NULL, deadline, opened, msg, sizeof(msg));
-    if (st != DEXEC_OK) {
-        dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1, msg);
-        return st;
-    }
-    peers = dexec_value_array();
-    for (int m = 0; m < w; m++) {
-        const char *h0 = dexec_value_as_str(dexec_value_map_get(opened[0], "host"), "");
-        const char *hm = dexec_value_as_str(dexec_value_map_get(opened[m], "host"), "?");
-        dexec_value *p = dexec_value_map();
+    for (int round = 0; round < 2; round++) {
+        int other = -1;
 
-        if (st == DEXEC_OK && strcmp(h0, hm) != 0) {
+        for (int m = 0; m < w; m++) {
+            oa[m] = dexec_value_map();
+            dexec_value_map_set(oa[m], "transport", dexec_value_str(tr));
+        }
+        st = slot_rpc(g, s, "parallel_open", oa, deadline, opened, msg, sizeof(msg));
+        for (int m = 0; m < w; m++) {
+            dexec_value_free(oa[m]);
+            oa[m] = NULL;
+        }
+        if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1,
+                         msg);
+            return st;
+        }
+        for (int m = 1; m < w && other < 0; m++)
+            if (strcmp(dexec_value_as_str(dexec_value_map_get(opened[0], "host"), ""),
+                       dexec_value_as_str(dexec_value_map_get(opened[m], "host"), "?")) != 0)
+                other = m;
+        if (other < 0 || strcmp(tr, "tcp") == 0)
+            break;
+        if (strcmp(g->transport, "shm") == 0) {
             st = DEXEC_ENOTSUP;
             dexec_errorf(err, errlen,
-                         "group %d: ranks %d and %d are not on one host (%s, %s): their "
-                         "collectives would need TCP, which this dexec does not have yet; put "
-                         "a group's workers on one host",
-                         s, s * w, s * w + m, h0, hm);
+                         "group %d: ranks %d and %d are not on one host (%s, %s) and "
+                         "parallel.transport = \"shm\": set it to \"auto\" or \"tcp\"",
+                         s, s * w, s * w + other,
+                         dexec_value_as_str(dexec_value_map_get(opened[0], "host"), ""),
+                         dexec_value_as_str(dexec_value_map_get(opened[other], "host"), ""));
+            break;
         }
-        dexec_value_map_set(p, "shm", dexec_value_clone(dexec_value_map_get(opened[m], "shm")));
-        dexec_value_map_set(p, "pid", dexec_value_clone(dexec_value_map_get(opened[m], "pid")));
-        dexec_value_array_push(peers, p);
+        /* members on different hosts: links over TCP instead */
+        slot_rpc(g, s, "parallel_leave", NULL, deadline, joined, msg, sizeof(msg));
+        for (int m = 0; m < w; m++) {
+            dexec_value_free(opened[m]);
+            dexec_value_free(joined[m]);
+            opened[m] = joined[m] = NULL;
+        }
+        tr = "tcp";
     }
-    for (int m = 0; m < w; m++) {
-        args[m] = dexec_value_map();
-        dexec_value_map_set(args[m], "index", dexec_value_int(m));
-        dexec_value_map_set(args[m], "cfg", dexec_value_int(g->cfg));
-        dexec_value_map_set(args[m], "sequence", dexec_value_int(g->seq));
-        dexec_value_map_set(args[m], "timeout", dexec_value_float(g->coll_timeout));
-        dexec_value_map_set(args[m], "peers", dexec_value_clone(peers));
+    if (st == DEXEC_OK && strcmp(tr, "tcp") == 0) {
+        unsigned char raw[16];
+
+        if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+            st = DEXEC_EIO;
+            dexec_errorf(err, errlen, "group %d: getrandom for the group's token failed", s);
+        }
+        for (size_t i = 0; i < sizeof(raw); i++)
+            snprintf(token + 2 * i, 3, "%02x", raw[i]);
     }
     if (st == DEXEC_OK) {
+        peers = dexec_value_array();
+        for (int m = 0; m < w; m++) {
+            dexec_value *p = dexec_value_map();
+            const char *key = strcmp(tr, "tcp") == 0 ? "address" : "shm";
+
+            dexec_value_map_set(p, key, dexec_value_clone(dexec_value_map_get(opened[m], key)));
+            dexec_value_map_set(p, "pid",
+                                dexec_value_clone(dexec_value_map_get(opened[m], "pid")));
+            dexec_value_array_push(peers, p);
+        }
+        for (int m = 0; m < w; m++) {
+            args[m] = dexec_value_map();
+            dexec_value_map_set(args[m], "index", dexec_value_int(m));
+            dexec_value_map_set(args[m], "cfg", dexec_value_int(g->cfg));
+            dexec_value_map_set(args[m], "sequence", dexec_value_int(g->seq));
+            dexec_value_map_set(args[m], "timeout", dexec_value_float(g->coll_timeout));
+            if (token[0] != '\0')
+                dexec_value_map_set(args[m], "token", dexec_value_str(token));
+            dexec_value_map_set(args[m], "peers", dexec_value_clone(peers));
+        }
         st = slot_rpc(g, s, "parallel_join", args, deadline, joined, msg, sizeof(msg));
         if (st != DEXEC_OK)
             dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1,
                          msg);
+        else
+            dexec_log(DEXEC_LOG_INFO, g->component[0] ? g->component : "group",
+                      "group %d (ranks %d-%d) formed over %s", s, s * w, s * w + w - 1,
+                      strcmp(tr, "tcp") == 0 ? "TCP" : "shared memory");
     } else {
         /* the mailboxes made by parallel_open go with parallel_leave */
         slot_rpc(g, s, "parallel_leave", NULL, deadline, joined, msg, sizeof(msg));
@@ -1106,8 +1157,8 @@ static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err,
     return st;
 }
 
-dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, double timeout, char *err,
-                              size_t errlen)
+dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, const char *transport,
+                              double timeout, char *err, size_t errlen)
 {
     int w = cfg * seq, nslots;
     double deadline = dexec_now() + timeout;
@@ -1117,6 +1168,13 @@ dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, double timeout, 
                        "parallel groups of cfg %d x sequence %d do not tile %d ranks: num_gpus "
                        "must be a multiple of parallel.cfg x parallel.sequence (at most 64)",
                        cfg, seq, g != NULL ? g->n : 0);
+    if (transport == NULL)
+        transport = "auto";
+    if (strcmp(transport, "auto") != 0 && strcmp(transport, "shm") != 0 &&
+        strcmp(transport, "tcp") != 0)
+        return dx_fail(err, errlen, DEXEC_EINVAL,
+                       "parallel transport '%s' is not auto, shm or tcp", transport);
+    snprintf(g->transport, sizeof(g->transport), "%s", transport);
     if (w == 1)
         return DEXEC_OK;
     nslots = g->n / w;
@@ -1148,11 +1206,13 @@ dexec_status dexec_group_form_from_config(dexec_group *g, const dexec_config *cf
 {
     int64_t pc = 1, ps = 1;
     double gen = 300.0;
+    const char *tr = "auto";
 
     dexec_config_get_int(cfg, "parallel.cfg", &pc);
     dexec_config_get_int(cfg, "parallel.sequence", &ps);
+    dexec_config_get_string(cfg, "parallel.transport", &tr);
     dexec_config_get_float(cfg, "timeouts.generate", &gen);
-    return dexec_group_form(g, (int)pc, (int)ps, gen, err, errlen);
+    return dexec_group_form(g, (int)pc, (int)ps, tr, gen, err, errlen);
 }
 
 int dexec_group_slots(const dexec_group *g)

@@ -219,6 +219,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"discovery.redis.namespace", "dexec"},
         {"serve.listen", "127.0.0.1:8000"},
         {"serve.token_file", ""},
+        {"parallel.transport", "auto"},
     };
     static const struct {
         const char *key;
@@ -818,7 +819,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 48);
+    ck_assert_uint_eq(n, 49);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

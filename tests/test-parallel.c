@@ -344,6 +344,27 @@ START_TEST(test_kill9_member_fails_fast)
         ck_assert_int_eq(dexec_engine_close(e2), DEXEC_OK);
         dexec_engine_free(e2);
     }
+    /* the same over TCP links: the dead member's links close */
+    {
+        static const char *const kvt[] = {"parallel.cfg", "2", "max_restarts", "0",
+                                          "max_task_retries", "0", "parallel.transport", "tcp",
+                                          NULL};
+        dexec_engine *e3 = must_open(2, kvt);
+        killer k3 = {.on_req = 0};
+
+        make_requests(reqs, 1, ids, 400);
+        k3.victim = rank_pid(e3, 0);
+        ck_assert_int_eq(dexec_engine_step(e3, reqs, 1, &outs, on_progress_kill, &k3),
+                         DEXEC_EWORKER);
+        done = dexec_now();
+        ck_assert_msg(k3.killed_at > 0, "the kill never happened");
+        fprintf(stderr, "test-parallel: request failed %.3f s after kill -9 of a member (TCP "
+                "links)\n", done - k3.killed_at);
+        ck_assert_msg(done - k3.killed_at < DEATH_BOUND, "failed %.3f s after the kill",
+                      done - k3.killed_at);
+        ck_assert_int_eq(dexec_engine_close(e3), DEXEC_OK);
+        dexec_engine_free(e3);
+    }
     /* group 0 serves what follows */
     make_requests(reqs, N, ids, 4);
     ck_assert_msg(dexec_engine_step(e, reqs, N, &outs, NULL, NULL) == DEXEC_OK, "%s",
@@ -504,8 +525,9 @@ START_TEST(test_guidance_one_refused)
 END_TEST
 
 /* Two external workers (dexec-worker --listen tcp:127.0.0.1:0) form one
- * cfg = 2 group: the engine talks to them over TCP; being on one host,
- * their collectives go through shared memory. */
+ * cfg = 2 group: the engine talks to them over TCP; their collectives go
+ * through shared memory (transport auto: one host) or over TCP links
+ * (transport tcp, as between hosts). */
 static pid_t start_tcp_worker(const char *rank, char *addr, size_t len)
 {
     int out[2];
@@ -532,13 +554,15 @@ static pid_t start_tcp_worker(const char *rank, char *addr, size_t len)
     return pid;
 }
 
+static const char *const transports[] = {"auto", "tcp"};
+
 START_TEST(test_external_group)
 {
     enum { N = 3 };
     char a0[256], a1[256], names[520];
     pid_t w0 = start_tcp_worker("0", a0, sizeof(a0)), w1 = start_tcp_worker("1", a1, sizeof(a1));
-    static const char *const kv[] = {"parallel.cfg", "2", "distributed_executor_backend",
-                                     "external", NULL};
+    const char *kv[] = {"parallel.cfg", "2", "distributed_executor_backend", "external",
+                        "parallel.transport", transports[_i], NULL};
     dexec_request reqs[N];
     char ids[N][16];
     dexec_output *one, *outs = NULL;
@@ -592,7 +616,7 @@ static Suite *parallel_suite(void)
     tcase_add_test(tc, test_kill9_member_fails_fast);
     tcase_add_test(tc, test_kill9_member_recovered);
     tcase_add_test(tc, test_sigstop_member);
-    tcase_add_test(tc, test_external_group);
+    tcase_add_loop_test(tc, test_external_group, 0, 2);
     tcase_add_test(tc, test_cfg2_same_pixels_dit_s);
     suite_add_tcase(s, tc);
     return s;

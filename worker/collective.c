@@ -19,6 +19,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <poll.h>
@@ -30,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -70,6 +74,9 @@ typedef struct dxc_comm {
 } dxc_comm;
 
 struct dxw_coll {
+    int tcp;                         /* 1: links to the peers over TCP, no mailboxes */
+    int lfd;                         /* tcp: the listener until joined */
+    int sock[DXW_COLL_MAX_RANKS];    /* tcp: the link to each member */
     int size, index;
     char name[64];
     int unlinked;
@@ -249,10 +256,317 @@ static dexec_status exchange(dxc_comm *c, const unsigned char *send, unsigned ch
     return DEXEC_OK;
 }
 
+
+/* ---- TCP: one link per pair of members ------------------------------------- */
+
+#define DXC_HELLO_MAGIC 0x64786374u /* "dxct" */
+#define DXC_TOKEN_MAX 64
+
+typedef struct dxc_hello {
+    uint32_t magic;
+    int32_t index;
+    char token[DXC_TOKEN_MAX];
+} dxc_hello;
+
+/* Moves len bytes through fd (out: write) before deadline. */
+static dexec_status io_full(int fd, void *buf, size_t len, int out, double deadline,
+                            const char *what, char *err, size_t errlen)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        struct pollfd p = {.fd = fd, .events = out ? POLLOUT : POLLIN};
+        double left = deadline - dxc_now();
+        ssize_t n;
+
+        if (left <= 0) {
+            dexec_errorf(err, errlen, "%s: no progress within the deadline", what);
+            return DEXEC_ETIMEDOUT;
+        }
+        if (poll(&p, 1, (int)(left * 1000) + 1) < 0 && errno != EINTR) {
+            dexec_errorf(err, errlen, "%s: poll: %s", what, strerror(errno));
+            return DEXEC_EIO;
+        }
+        n = out ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT)
+                : recv(fd, (char *)buf + done, len - done, MSG_DONTWAIT);
+        if (n > 0) {
+            done += (size_t)n;
+        } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            dexec_errorf(err, errlen, "%s: %s", what, n == 0 ? "connection closed" : strerror(errno));
+            return DEXEC_EIO;
+        }
+    }
+    return DEXEC_OK;
+}
+
+/* Splits "HOST:PORT" or "[V6]:PORT". */
+static int split_address(const char *a, char *host, size_t hl, char *port, size_t pl)
+{
+    const char *colon = strrchr(a, ':');
+
+    if (colon == NULL || colon == a)
+        return -1;
+    if (a[0] == '[') {
+        if (colon[-1] != ']')
+            return -1;
+        snprintf(host, hl, "%.*s", (int)(colon - a - 2), a + 1);
+    } else {
+        snprintf(host, hl, "%.*s", (int)(colon - a), a);
+    }
+    snprintf(port, pl, "%s", colon + 1);
+    return 0;
+}
+
+static int connect_to(const char *addr, double deadline, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL, *ai;
+    char host[256], port[32];
+    int fd = -1, rc;
+
+    if (split_address(addr, host, sizeof(host), port, sizeof(port)) != 0) {
+        dexec_errorf(err, errlen, "bad address '%s' (HOST:PORT)", addr);
+        return -1;
+    }
+    if ((rc = getaddrinfo(host, port, &hints, &res)) != 0) {
+        dexec_errorf(err, errlen, "%s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        int e = 0;
+        socklen_t el = sizeof(e);
+        struct pollfd p;
+        double left = deadline - dxc_now();
+
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            continue;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+            e = errno;
+        } else {
+            p = (struct pollfd){.fd = fd, .events = POLLOUT};
+            if (left <= 0 || poll(&p, 1, (int)(left * 1000) + 1) <= 0)
+                e = ETIMEDOUT;
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
+                e = errno;
+        }
+        if (e == 0)
+            break;
+        dexec_errorf(err, errlen, "connect %s: %s", addr, strerror(e));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd >= 0) {
+        int one = 1;
+
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    return fd;
+}
+
+dexec_status dxw_coll_open_tcp(const char *host, dxw_coll **out, char *addr, size_t addrlen,
+                               char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL,
+                    *ai;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char port[32];
+    dxw_coll *g = calloc(1, sizeof(*g));
+    int rc, one = 1;
+
+    *out = NULL;
+    if (g == NULL)
+        return DEXEC_ENOMEM;
+    g->tcp = 1;
+    g->lfd = -1;
+    g->unlinked = 1;
+    for (int i = 0; i < DXW_COLL_MAX_RANKS; i++)
+        g->pidfd[i] = g->sock[i] = -1;
+    if ((rc = getaddrinfo(host, "0", &hints, &res)) != 0) {
+        dexec_errorf(err, errlen, "parallel_open: %s: %s", host, gai_strerror(rc));
+        free(g);
+        return DEXEC_EIO;
+    }
+    for (ai = res; ai != NULL && g->lfd < 0; ai = ai->ai_next) {
+        g->lfd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (g->lfd < 0)
+            continue;
+        setsockopt(g->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(g->lfd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(g->lfd, 64) != 0 ||
+            getsockname(g->lfd, (struct sockaddr *)&ss, &sl) != 0) {
+            dexec_errorf(err, errlen, "parallel_open: listen on %s: %s", host, strerror(errno));
+            close(g->lfd);
+            g->lfd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (g->lfd < 0) {
+        free(g);
+        return DEXEC_EIO;
+    }
+    snprintf(port, sizeof(port), "%u",
+             ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                            : ((struct sockaddr_in *)&ss)->sin_port));
+    snprintf(addr, addrlen, strchr(host, ':') != NULL ? "[%s]:%s" : "%s:%s", host, port);
+    g->pid[0] = getpid();
+    *out = g;
+    return DEXEC_OK;
+}
+
+static dexec_status join_tcp(dxw_coll *g, char *const *addrs, const char *token, double deadline,
+                             char *err, size_t errlen)
+{
+    dxc_hello h = {.magic = DXC_HELLO_MAGIC, .index = g->index};
+    char what[300];
+    dexec_status st;
+    int want = g->size - 1 - g->index;
+
+    if (token == NULL || strlen(token) >= DXC_TOKEN_MAX) {
+        dexec_errorf(err, errlen, "parallel_join: a TCP group needs a token of at most %d bytes",
+                     DXC_TOKEN_MAX - 1);
+        return DEXEC_EINVAL;
+    }
+    snprintf(h.token, sizeof(h.token), "%s", token);
+    /* connect to the members before this one, accept those after it */
+    for (int m = 0; m < g->index; m++) {
+        char why[512];
+
+        g->sock[m] = connect_to(addrs[m], deadline, why, sizeof(why));
+        if (g->sock[m] < 0) {
+            dexec_errorf(err, errlen, "parallel_join: group member %d: %s", m, why);
+            return DEXEC_EIO;
+        }
+        snprintf(what, sizeof(what), "parallel_join: hello to group member %d", m);
+        st = io_full(g->sock[m], &h, sizeof(h), 1, deadline, what, err, errlen);
+        if (st != DEXEC_OK)
+            return st;
+    }
+    while (want > 0) {
+        struct pollfd p = {.fd = g->lfd, .events = POLLIN};
+        double left = deadline - dxc_now();
+        dxc_hello in;
+        int fd;
+
+        if (left <= 0) {
+            dexec_errorf(err, errlen, "parallel_join: %d group member(s) after %d did not "
+                         "connect within the deadline", want, g->index);
+            return DEXEC_ETIMEDOUT;
+        }
+        if (poll(&p, 1, (int)(left * 1000) + 1) <= 0)
+            continue;
+        fd = accept4(g->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+            continue;
+        /* a stranger (wrong token, bad index) is dropped, not a failure */
+        if (io_full(fd, &in, sizeof(in), 0, dxc_now() + 5.0 < deadline ? dxc_now() + 5.0 : deadline,
+                    "hello", what, sizeof(what)) != DEXEC_OK ||
+            in.magic != DXC_HELLO_MAGIC || in.index <= g->index || in.index >= g->size ||
+            g->sock[in.index] >= 0 || memchr(in.token, '\0', sizeof(in.token)) == NULL ||
+            !dexec_secret_equal(in.token, token)) {
+            close(fd);
+            continue;
+        }
+        {
+            int one = 1;
+
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        g->sock[in.index] = fd;
+        want--;
+    }
+    close(g->lfd);
+    g->lfd = -1;
+    return DEXEC_OK;
+}
+
+/* A collective over the links: every peer's part is sent and received at
+ * once (poll), so two members sending to each other never wait on each
+ * other's buffers. */
+static dexec_status exchange_tcp(dxc_comm *c, const unsigned char *out, unsigned char *in,
+                                 size_t bytes, int nout, char *err, size_t errlen)
+{
+    dxw_coll *g = c->g;
+    const int k = c->pub.size, me = c->pub.rank;
+    size_t tx[DXW_COLL_MAX_RANKS] = {0}, rx[DXW_COLL_MAX_RANKS] = {0};
+    double deadline = dxc_now() + g->timeout;
+    int left = 0;
+
+    if (g->failed) {
+        dexec_errorf(err, errlen, "collective: this group failed earlier; it must be formed "
+                     "again");
+        return DEXEC_EIO;
+    }
+    memcpy(in + (size_t)me * bytes, out + (size_t)(nout == 1 ? 0 : me) * bytes, bytes);
+    for (int j = 0; j < k; j++)
+        left += j != me && bytes > 0;
+    while (left > 0) {
+        struct pollfd pf[DXW_COLL_MAX_RANKS];
+        int who[DXW_COLL_MAX_RANKS], np = 0;
+        double rem = deadline - dxc_now();
+
+        for (int j = 0; j < k; j++) {
+            if (j == me || (tx[j] == bytes && rx[j] == bytes))
+                continue;
+            pf[np] = (struct pollfd){.fd = g->sock[c->members[j]],
+                                     .events = (short)((tx[j] < bytes ? POLLOUT : 0) |
+                                                       (rx[j] < bytes ? POLLIN : 0))};
+            who[np++] = j;
+        }
+        if (rem <= 0) {
+            dexec_errorf(err, errlen, "collective: group member %d did not send its part within "
+                         "%.3g s", c->members[who[0]], g->timeout);
+            return fail(c, DEXEC_ETIMEDOUT);
+        }
+        if (poll(pf, (nfds_t)np, (int)(rem * 1000) + 1) < 0 && errno != EINTR) {
+            dexec_errorf(err, errlen, "collective: poll: %s", strerror(errno));
+            return fail(c, DEXEC_EIO);
+        }
+        for (int i = 0; i < np; i++) {
+            const int j = who[i];
+            ssize_t n;
+
+            if (pf[i].revents == 0)
+                continue;
+            if (tx[j] < bytes && (pf[i].revents & (POLLOUT | POLLERR | POLLHUP))) {
+                n = send(pf[i].fd, out + (size_t)(nout == 1 ? 0 : j) * bytes + tx[j],
+                         bytes - tx[j], MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n > 0)
+                    tx[j] += (size_t)n;
+                else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                    goto broken;
+            }
+            if (rx[j] < bytes && (pf[i].revents & (POLLIN | POLLERR | POLLHUP))) {
+                n = recv(pf[i].fd, in + (size_t)j * bytes + rx[j], bytes - rx[j],
+                         MSG_DONTWAIT);
+                if (n > 0)
+                    rx[j] += (size_t)n;
+                else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+                    goto broken;
+            }
+            if (tx[j] == bytes && rx[j] == bytes)
+                left--;
+            continue;
+        broken:
+            dexec_errorf(err, errlen,
+                         "collective: group member %d: its link closed (the member died or gave "
+                         "up)",
+                         c->members[j]);
+            return fail(c, DEXEC_EIO);
+        }
+    }
+    g->sent += (unsigned long long)bytes * (unsigned)(k - 1);
+    return DEXEC_OK;
+}
+
 static dexec_status dxc_allgather(void *ctx, const void *send, void *recv, size_t bytes,
                                   char *err, size_t errlen)
 {
-    return exchange(ctx, send, recv, bytes, 1, err, errlen);
+    dxc_comm *c = ctx;
+
+    if (c->g->tcp)
+        return exchange_tcp(c, send, recv, bytes, 1, err, errlen);
+    return exchange(c, send, recv, bytes, 1, err, errlen);
 }
 
 static dexec_status dxc_alltoall(void *ctx, const void *send, void *recv, size_t bytes_per_rank,
@@ -260,6 +574,8 @@ static dexec_status dxc_alltoall(void *ctx, const void *send, void *recv, size_t
 {
     dxc_comm *c = ctx;
 
+    if (c->g->tcp)
+        return exchange_tcp(c, send, recv, bytes_per_rank, c->pub.size, err, errlen);
     return exchange(c, send, recv, bytes_per_rank, c->pub.size, err, errlen);
 }
 
@@ -296,7 +612,8 @@ dexec_status dxw_coll_open(dxw_coll **out, char *name, size_t namelen, char *err
         return DEXEC_ENOMEM;
     }
     for (int i = 0; i < DXW_COLL_MAX_RANKS; i++)
-        g->pidfd[i] = -1;
+        g->pidfd[i] = g->sock[i] = -1;
+    g->lfd = -1;
     if (getrandom(&salt, sizeof(salt), 0) != (ssize_t)sizeof(salt))
         salt = (uint32_t)dxc_now();
     snprintf(g->name, sizeof(g->name), "/dexec-coll-%d-%u-%08x", (int)getpid(),
@@ -346,7 +663,8 @@ static void comm_init(dxw_coll *g, dxc_comm *c, int region, int size, int rank)
 }
 
 dexec_status dxw_coll_join(dxw_coll *g, int index, int cfg, int seq, char *const *names,
-                           const pid_t *pids, double timeout, char *err, size_t errlen)
+                           const pid_t *pids, const char *token, double timeout, char *err,
+                           size_t errlen)
 {
     const int size = cfg * seq;
     dexec_status s;
@@ -362,6 +680,12 @@ dexec_status dxw_coll_join(dxw_coll *g, int index, int cfg, int seq, char *const
     g->size = size;
     g->index = index;
     g->timeout = timeout > 0 ? timeout : 60.0;
+    if (g->tcp) {
+        s = join_tcp(g, names, token, dxc_now() + g->timeout, err, errlen);
+        if (s != DEXEC_OK)
+            return s;
+        goto comms;
+    }
     if (index != 0) {
         g->seg[index] = g->seg[0];
         g->seg[0] = NULL;
@@ -416,6 +740,7 @@ dexec_status dxw_coll_join(dxw_coll *g, int index, int cfg, int seq, char *const
     /* every member has mapped every mailbox: the names can go */
     shm_unlink(g->name);
     g->unlinked = 1;
+comms:
     comm_init(g, &g->cfg, 0, cfg, index / seq);
     for (int c = 0; c < cfg; c++)
         g->cfg.members[c] = index % seq + c * seq;
@@ -440,6 +765,9 @@ void dxw_coll_abandon(dxw_coll *g)
     int self = g->size > 0 ? g->index : 0;
 
     g->failed = 1;
+    for (int m = 0; g->tcp && m < DXW_COLL_MAX_RANKS; m++)
+        if (g->sock[m] >= 0)
+            shutdown(g->sock[m], SHUT_RDWR); /* the peers see the links close */
     if (g->seg[self] != NULL) {
         atomic_store_explicit(&head_of(g, self)->broken, 1, memory_order_release);
         futex_wake(&head_of(g, self)->broken);
@@ -462,7 +790,11 @@ void dxw_coll_free(dxw_coll *g)
         return;
     if (!g->unlinked)
         shm_unlink(g->name);
+    if (g->tcp && g->lfd >= 0)
+        close(g->lfd);
     for (int m = 0; m < DXW_COLL_MAX_RANKS; m++) {
+        if (g->tcp && g->sock[m] >= 0)
+            close(g->sock[m]);
         if (g->seg[m] != NULL)
             munmap(g->seg[m], DXC_SEGMENT);
         if (g->pidfd[m] >= 0)

@@ -3,6 +3,8 @@
  * (kernels/comm.h) between worker processes on one host, over shared
  * memory (doc/parallelism.md, doc/protocol.md "Parallel groups").
  *
+ * Between hosts the members are linked by TCP instead (dxw_coll_open_tcp).
+ *
  * A group is formed in two calls the executor makes on every member
  * (worker methods parallel_open and parallel_join): open makes this rank's
  * mailbox (a POSIX shared-memory segment) and says its name; join maps the
@@ -39,7 +41,18 @@ dexec_status dxw_coll_open(dxw_coll **out, char *name, size_t namelen, char *err
  * (sizes), DEXEC_EIO (a peer's mailbox cannot be mapped, or a peer died),
  * DEXEC_ETIMEDOUT (a peer did not join in time). */
 dexec_status dxw_coll_join(dxw_coll *c, int index, int cfg, int seq, char *const *names,
-                           const pid_t *pids, double timeout, char *err, size_t errlen);
+                           const pid_t *pids, const char *token, double timeout, char *err,
+                           size_t errlen);
+
+/* The TCP transport, for members on different hosts: listens on host
+ * (port 0: any) and writes "HOST:PORT" to addr; dxw_coll_join then takes
+ * the members' addresses as names (pids unused) and the group's token,
+ * which every link's hello must carry (compared in constant time):
+ * member i connects to the members before it and accepts those after
+ * it. A link's EOF is a member's death; dxw_coll_abandon shuts the links.
+ * Errors: DEXEC_EIO (getaddrinfo, bind, listen: the message names them). */
+dexec_status dxw_coll_open_tcp(const char *host, dxw_coll **out, char *addr, size_t addrlen,
+                               char *err, size_t errlen);
 
 /* The communicators of a joined group, owned by c: size 1 when that axis
  * is not split. */

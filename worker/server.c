@@ -331,11 +331,15 @@ static void group_leave(wrank *r)
     memset(&r->par, 0, sizeof(r->par));
 }
 
-/* parallel_open: this rank's mailbox for a group being formed (the
- * executor then calls parallel_join with every member's reply). */
-static dexec_status group_open(wrank *r, dexec_value **out, char *err, size_t errlen)
+/* parallel_open [{transport}]: this rank's mailbox (shm) or listener (tcp)
+ * for a group being formed (the executor then calls parallel_join with
+ * every member's reply). */
+static dexec_status group_open(wrank *r, const dexec_value *args, dexec_value **out, char *err,
+                               size_t errlen)
 {
-    char name[64], host[512];
+    const char *transport =
+        dexec_value_as_str(dexec_value_map_get(dexec_value_array_get(args, 0), "transport"), "shm");
+    char name[300], host[512];
     dexec_status st;
 
     if (r->s->opt.num_ranks != 1) {
@@ -345,20 +349,30 @@ static dexec_status group_open(wrank *r, dexec_value **out, char *err, size_t er
                  r->s->opt.num_ranks);
         return DEXEC_ENOTSUP;
     }
+    if (strcmp(transport, "shm") != 0 && strcmp(transport, "tcp") != 0) {
+        snprintf(err, errlen, "parallel_open: transport '%s' is not shm or tcp", transport);
+        return DEXEC_EINVAL;
+    }
     group_leave(r);
-    st = dxw_coll_open(&r->coll, name, sizeof(name), err, errlen);
+    if (strcmp(transport, "tcp") == 0)
+        st = dxw_coll_open_tcp(r->s->opt.coll_host != NULL ? r->s->opt.coll_host : "127.0.0.1",
+                               &r->coll, name, sizeof(name), err, errlen);
+    else
+        st = dxw_coll_open(&r->coll, name, sizeof(name), err, errlen);
     if (st != DEXEC_OK)
         return st;
     dxw_coll_host_id(host, sizeof(host));
     *out = dexec_value_map();
-    dexec_value_map_set(*out, "transport", dexec_value_str("shm"));
-    dexec_value_map_set(*out, "shm", dexec_value_str(name));
+    dexec_value_map_set(*out, "transport", dexec_value_str(transport));
+    dexec_value_map_set(*out, strcmp(transport, "tcp") == 0 ? "address" : "shm",
+                        dexec_value_str(name));
     dexec_value_map_set(*out, "pid", dexec_value_int(getpid()));
     dexec_value_map_set(*out, "host", dexec_value_str(host));
     return DEXEC_OK;
 }
 
-/* parallel_join [{index, cfg, sequence, timeout, peers: [{shm, pid}...]}] */
+/* parallel_join [{index, cfg, sequence, timeout, token, peers: [{shm, pid} or
+ * {address}...]}] */
 static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **out, char *err,
                                size_t errlen)
 {
@@ -390,10 +404,13 @@ static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **
     for (size_t i = 0; i < n; i++) {
         const dexec_value *p = dexec_value_array_get(peers, i);
 
-        names[i] = (char *)dexec_value_as_str(dexec_value_map_get(p, "shm"), "");
+        names[i] = (char *)dexec_value_as_str(dexec_value_map_get(p, "shm"),
+                                              dexec_value_as_str(dexec_value_map_get(p, "address"),
+                                                                 ""));
         pids[i] = (pid_t)dexec_value_as_int(dexec_value_map_get(p, "pid"), 0);
     }
-    st = dxw_coll_join(r->coll, (int)index, (int)cfg, (int)seq, names, pids, timeout, err,
+    st = dxw_coll_join(r->coll, (int)index, (int)cfg, (int)seq, names, pids,
+                       dexec_value_as_str(dexec_value_map_get(o, "token"), NULL), timeout, err,
                        errlen);
     if (st == DEXEC_OK) {
         r->par.cfg = dxw_coll_cfg(r->coll);
@@ -515,7 +532,7 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
         }
         return dxk_tensor_method(r->model, method, args, out, err, errlen);
     } else if (strcmp(method, "parallel_open") == 0) {
-        return group_open(r, out, err, errlen);
+        return group_open(r, args, out, err, errlen);
     } else if (strcmp(method, "parallel_join") == 0) {
         return group_join(r, args, out, err, errlen);
     } else if (strcmp(method, "parallel_leave") == 0) {

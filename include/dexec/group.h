@@ -117,16 +117,18 @@ dexec_status dexec_group_generate(dexec_group *g, const dexec_request *reqs, siz
  * group's collectives are set up here through the worker methods
  * parallel_open and parallel_join (doc/protocol.md "Parallel groups"),
  * and again after any failed request; timeout bounds the forming and each
- * collective wait in the workers (seconds). cfg 1 and seq 1: nothing to
- * do. Call once, after the ranks are initialized. Errors: DEXEC_EINVAL
+ * collective wait in the workers (seconds). transport: "auto" (shared
+ * memory between members on one host, TCP links otherwise; NULL means
+ * it), "shm" (refuse members on different hosts) or "tcp" (always links).
+ * cfg 1 and seq 1: nothing to do. Call once, after the ranks are initialized. Errors: DEXEC_EINVAL
  * (the ranks do not divide into groups), a worker's refusal (DEXEC_EWORKER
  * with its message, e.g. a model that cannot split its heads), DEXEC_ENOTSUP
  * (a group's ranks on different hosts), DEXEC_ETIMEDOUT. */
-dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, double timeout, char *err,
-                              size_t errlen);
+dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, const char *transport,
+                              double timeout, char *err, size_t errlen);
 
-/* dexec_group_form with parallel.cfg, parallel.sequence and
- * timeouts.generate from cfg. */
+/* dexec_group_form with parallel.cfg, parallel.sequence,
+ * parallel.transport and timeouts.generate from cfg. */
 dexec_status dexec_group_form_from_config(dexec_group *g, const dexec_config *cfg, char *err,
                                           size_t errlen);
 
