@@ -1067,7 +1067,7 @@ static double watch_silence(dx_wait *w, double now)
         return 1.0 / 0.0;
     if (w->probe_id != 0)
         return last + silence > w->probe_at + silence / 2 ? last + silence
-                                                           : w->probe_at + silence / 2;
+                                                          : w->probe_at + silence / 2;
     if (now - last < silence / 2)
         return last + silence / 2;
     if (dexec_conn_send(c, "get_rank", NULL, NULL, NULL, &w->probe_id, msg, sizeof(msg)) !=

@@ -55,8 +55,8 @@ struct dexec_group {
     int width, cfg, seq;
     char transport[8]; /* auto, shm, tcp */
     double coll_timeout;
-    int *formed;              /* per slot: its collectives are set up */
-    int *busy;                /* per slot: generate calls in flight */
+    int *formed;                /* per slot: its collectives are set up */
+    int *busy;                  /* per slot: generate calls in flight */
     pthread_mutex_t *slot_lock; /* per slot: one call at a time is sent to its members */
 };
 
@@ -1015,8 +1015,7 @@ static dexec_status slot_rpc(dexec_group *g, int s, const char *method, dexec_va
             dexec_value_array_push(a, dexec_value_clone(args[m]));
         dexec_value_array_push(params, a);
         dexec_value_array_push(params, dexec_value_map());
-        st = dexec_conn_send(c, "execute_rpc", params, NULL, NULL, &waits[m].id, msg,
-                             sizeof(msg));
+        st = dexec_conn_send(c, "execute_rpc", params, NULL, NULL, &waits[m].id, msg, sizeof(msg));
         dexec_value_free(params);
         waits[m].c = c;
         waits[m].active = st == DEXEC_OK;
@@ -1076,8 +1075,7 @@ static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err,
             oa[m] = NULL;
         }
         if (st != DEXEC_OK) {
-            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1,
-                         msg);
+            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1, msg);
             return st;
         }
         for (int m = 1; m < w && other < 0; m++)
@@ -1122,8 +1120,7 @@ static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err,
             const char *key = strcmp(tr, "tcp") == 0 ? "address" : "shm";
 
             dexec_value_map_set(p, key, dexec_value_clone(dexec_value_map_get(opened[m], key)));
-            dexec_value_map_set(p, "pid",
-                                dexec_value_clone(dexec_value_map_get(opened[m], "pid")));
+            dexec_value_map_set(p, "pid", dexec_value_clone(dexec_value_map_get(opened[m], "pid")));
             dexec_value_array_push(peers, p);
         }
         for (int m = 0; m < w; m++) {
@@ -1138,8 +1135,7 @@ static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err,
         }
         st = slot_rpc(g, s, "parallel_join", args, deadline, joined, msg, sizeof(msg));
         if (st != DEXEC_OK)
-            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1,
-                         msg);
+            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1, msg);
         else
             dexec_log(DEXEC_LOG_INFO, g->component[0] ? g->component : "group",
                       "group %d (ranks %d-%d) formed over %s", s, s * w, s * w + w - 1,
@@ -1172,8 +1168,8 @@ dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, const char *tran
         transport = "auto";
     if (strcmp(transport, "auto") != 0 && strcmp(transport, "shm") != 0 &&
         strcmp(transport, "tcp") != 0)
-        return dx_fail(err, errlen, DEXEC_EINVAL,
-                       "parallel transport '%s' is not auto, shm or tcp", transport);
+        return dx_fail(err, errlen, DEXEC_EINVAL, "parallel transport '%s' is not auto, shm or tcp",
+                       transport);
     snprintf(g->transport, sizeof(g->transport), "%s", transport);
     if (w == 1)
         return DEXEC_OK;
@@ -1272,8 +1268,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
     double start = dexec_now(), deadline = start + timeout, heard = 0;
     size_t *queue = calloc(n, sizeof(size_t)), nq = n, nfailed = 0;
     int *tries = calloc(n, sizeof(int)), *order = calloc((size_t)nslots, sizeof(int));
-    size_t **deal = calloc((size_t)nslots, sizeof(size_t *)), *dealn = calloc((size_t)nslots,
-                                                                             sizeof(size_t));
+    size_t **deal = calloc((size_t)nslots, sizeof(size_t *)),
+           *dealn = calloc((size_t)nslots, sizeof(size_t));
     dx_wait *waits = calloc((size_t)g->n, sizeof(dx_wait));
     gcall *calls = calloc((size_t)nslots, sizeof(gcall));
     member_end *ends = calloc((size_t)g->n, sizeof(member_end));
@@ -1336,8 +1332,10 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
             {
                 char m[1100];
 
-                snprintf(m, sizeof(m), "generate: no parallel group has all its ranks live "
-                         "(%.800s)", last[0] ? last : "every group lost a rank");
+                snprintf(m, sizeof(m),
+                         "generate: no parallel group has all its ranks live "
+                         "(%.800s)",
+                         last[0] ? last : "every group lost a rank");
                 snprintf(last, sizeof(last), "%s", m);
             }
             last_st = restarting ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
@@ -1390,8 +1388,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                 /* member 0 reports progress; the others' only count as heard */
                 st = dexec_conn_send(c, "generate", params, m == 0 ? on_progress : NULL,
                                      m == 0 ? &calls[s] : NULL, &wt->id, msg, sizeof(msg));
-                *wt = (dx_wait){.c = c, .id = wt->id, .active = 1, .done = member_done,
-                                .done_user = &ends[r]};
+                *wt = (dx_wait){
+                    .c = c, .id = wt->id, .active = 1, .done = member_done, .done_user = &ends[r]};
                 ends[r] = (member_end){.g = g, .rank = r, .c = c};
                 if (st != DEXEC_OK) {
                     wt->finished = 1;
@@ -1426,8 +1424,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                     bad = m;
             }
             res = waits[s * w].result;
-            if (bad < 0 && (res == NULL || res->type != DEXEC_VAL_ARRAY ||
-                            res->u.arr.len != dealn[s])) {
+            if (bad < 0 &&
+                (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != dealn[s])) {
                 bad = 0;
                 waits[s * w].st = DEXEC_EPROTO;
                 snprintf(waits[s * w].msg, sizeof(waits[s * w].msg),
@@ -1438,8 +1436,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                     size_t i = deal[s][j];
                     char msg[768];
 
-                    if (dexec_output_from_value(res->u.arr.items[j], &outs[i], msg,
-                                                sizeof(msg)) != DEXEC_OK) {
+                    if (dexec_output_from_value(res->u.arr.items[j], &outs[i], msg, sizeof(msg)) !=
+                        DEXEC_OK) {
                         fail_output(&outs[i], &reqs[i], DEXEC_EWORKER, s * w, msg);
                         g->formed[s] = 0;
                     }
@@ -1467,12 +1465,13 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                         continue;
                     }
                     if (timedout && dead < 0)
-                        snprintf(m2, sizeof(m2), "generate: group %d (ranks %d-%d): no reply "
-                                 "from rank %d within %.3g s", s, s * w, s * w + w - 1,
-                                 s * w + m, timeout);
+                        snprintf(m2, sizeof(m2),
+                                 "generate: group %d (ranks %d-%d): no reply "
+                                 "from rank %d within %.3g s",
+                                 s, s * w, s * w + w - 1, s * w + m, timeout);
                     else
-                        snprintf(m2, sizeof(m2), "generate: group %d (ranks %d-%d): %s", s,
-                                 s * w, s * w + w - 1, wt->msg);
+                        snprintf(m2, sizeof(m2), "generate: group %d (ranks %d-%d): %s", s, s * w,
+                                 s * w + w - 1, wt->msg);
                     fail_output(&outs[i], &reqs[i],
                                 timedout && dead < 0 ? DEXEC_ETIMEDOUT : DEXEC_EWORKER, s * w + m,
                                 m2);

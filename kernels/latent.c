@@ -253,8 +253,8 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
 
             for (k = 0; k < n; k++)
                 b.xf[k] = (float)x[k];
-            s = dx_eval(m, ws, &b, pc, b.xf, (double)ts[i], a->y, a->y_neg, a->guidance, gc, e,
-                        err, errlen);
+            s = dx_eval(m, ws, &b, pc, b.xf, (double)ts[i], a->y, a->y_neg, a->guidance, gc, e, err,
+                        errlen);
             if (s != DEXEC_OK)
                 break;
             if (a->sampler == DXK_SAMPLER_DDIM) {

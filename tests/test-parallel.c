@@ -39,8 +39,7 @@ static dexec_engine *open_engine(int ranks, const char *const *kv, char *err, si
         ck_assert_int_eq(dexec_config_set(cfg, "num_gpus", n, err, errlen), DEXEC_OK);
     ck_assert_int_eq(dexec_config_set(cfg, "device", "cpu", err, errlen), DEXEC_OK);
     /* one thread per rank: 2 ranks fill this 2-core machine */
-    ck_assert_int_eq(dexec_config_set(cfg, "mp.cpus_per_rank", ranks > 2 ? "-1" : "1", err,
-                                      errlen),
+    ck_assert_int_eq(dexec_config_set(cfg, "mp.cpus_per_rank", ranks > 2 ? "-1" : "1", err, errlen),
                      DEXEC_OK);
     for (size_t i = 0; kv != NULL && kv[i] != NULL; i += 2)
         if (dexec_config_set(cfg, kv[i], kv[i + 1], err, errlen) != DEXEC_OK)
@@ -118,11 +117,13 @@ static void assert_same_images(const dexec_output *a, const dexec_output *b, siz
         }
         total += pixels_of(&a[i]);
     }
-    fprintf(stderr, "test-parallel: %zu of %zu pixel values differ from one rank's, by at most "
-            "%d\n", differ, total, worst);
+    fprintf(stderr,
+            "test-parallel: %zu of %zu pixel values differ from one rank's, by at most "
+            "%d\n",
+            differ, total, worst);
     ck_assert_msg(worst <= PIXEL_TOLERANCE,
-                  "a pixel differs by %d from one rank's (tolerance %d; %zu of %zu differ)",
-                  worst, PIXEL_TOLERANCE, differ, total);
+                  "a pixel differs by %d from one rank's (tolerance %d; %zu of %zu differ)", worst,
+                  PIXEL_TOLERANCE, differ, total);
 }
 
 /* get_stats of rank (answered by the worker's I/O thread). */
@@ -289,8 +290,8 @@ static int shm_left(pid_t pid)
  * names the dead rank. */
 START_TEST(test_kill9_member_fails_fast)
 {
-    static const char *const kv[] = {"parallel.cfg", "2", "max_restarts", "0",
-                                     "max_task_retries", "0", NULL};
+    static const char *const kv[] = {
+        "parallel.cfg", "2", "max_restarts", "0", "max_task_retries", "0", NULL};
     enum { N = 2 };
     dexec_engine *e = must_open(4, kv);
     dexec_request reqs[N];
@@ -314,8 +315,10 @@ START_TEST(test_kill9_member_fails_fast)
              "(Killed)",
              (int)pids[3]);
     ck_assert_str_eq(outs[1].error, want);
-    fprintf(stderr, "test-parallel: a group member's death failed the step %.3f s after the "
-            "kill (the other group's request finished too)\n", done - k.killed_at);
+    fprintf(stderr,
+            "test-parallel: a group member's death failed the step %.3f s after the "
+            "kill (the other group's request finished too)\n",
+            done - k.killed_at);
     dexec_outputs_free(outs, N);
     /* the other request ran to its end: time the failure itself alone */
     make_requests(reqs, 1, ids, 400);
@@ -338,17 +341,17 @@ START_TEST(test_kill9_member_fails_fast)
         /* the group cannot compute any more: said at once, not a hang */
         make_requests(reqs, 1, ids, 4);
         ck_assert_int_eq(dexec_engine_step(e2, reqs, 1, &outs, NULL, NULL), DEXEC_EWORKER);
-        ck_assert_msg(strstr(dexec_engine_last_error(e2),
-                             "no parallel group has all its ranks live") != NULL,
-                      "%s", dexec_engine_last_error(e2));
+        ck_assert_msg(
+            strstr(dexec_engine_last_error(e2), "no parallel group has all its ranks live") != NULL,
+            "%s", dexec_engine_last_error(e2));
         ck_assert_int_eq(dexec_engine_close(e2), DEXEC_OK);
         dexec_engine_free(e2);
     }
     /* the same over TCP links: the dead member's links close */
     {
-        static const char *const kvt[] = {"parallel.cfg", "2", "max_restarts", "0",
-                                          "max_task_retries", "0", "parallel.transport", "tcp",
-                                          NULL};
+        static const char *const kvt[] = {
+            "parallel.cfg", "2", "max_restarts", "0", "max_task_retries", "0", "parallel.transport",
+            "tcp",          NULL};
         dexec_engine *e3 = must_open(2, kvt);
         killer k3 = {.on_req = 0};
 
@@ -358,8 +361,10 @@ START_TEST(test_kill9_member_fails_fast)
                          DEXEC_EWORKER);
         done = dexec_now();
         ck_assert_msg(k3.killed_at > 0, "the kill never happened");
-        fprintf(stderr, "test-parallel: request failed %.3f s after kill -9 of a member (TCP "
-                "links)\n", done - k3.killed_at);
+        fprintf(stderr,
+                "test-parallel: request failed %.3f s after kill -9 of a member (TCP "
+                "links)\n",
+                done - k3.killed_at);
         ck_assert_msg(done - k3.killed_at < DEATH_BOUND, "failed %.3f s after the kill",
                       done - k3.killed_at);
         ck_assert_int_eq(dexec_engine_close(e3), DEXEC_OK);
@@ -388,8 +393,8 @@ END_TEST
  * and the request dealt again: it succeeds with the undisturbed pixels. */
 START_TEST(test_kill9_member_recovered)
 {
-    static const char *const kv[] = {"parallel.cfg", "2", "max_restarts", "1",
-                                     "max_task_retries", "1", NULL};
+    static const char *const kv[] = {
+        "parallel.cfg", "2", "max_restarts", "1", "max_task_retries", "1", NULL};
     dexec_engine *e = must_open(2, kv);
     dexec_request reqs[1];
     char ids[1][16];
@@ -421,8 +426,15 @@ END_TEST
  * it (so the partner was not left blocked). */
 START_TEST(test_sigstop_member)
 {
-    static const char *const kv[] = {"parallel.cfg", "2", "max_restarts", "1",
-                                     "max_task_retries", "0", "timeouts.health", "1", NULL};
+    static const char *const kv[] = {"parallel.cfg",
+                                     "2",
+                                     "max_restarts",
+                                     "1",
+                                     "max_task_retries",
+                                     "0",
+                                     "timeouts.health",
+                                     "1",
+                                     NULL};
     dexec_engine *e = must_open(2, kv);
     dexec_request reqs[1];
     char ids[1][16];
@@ -435,12 +447,14 @@ START_TEST(test_sigstop_member)
     ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, on_progress_kill, &k), DEXEC_EWORKER);
     done = dexec_now();
     ck_assert_msg(k.killed_at > 0, "the stop never happened");
-    fprintf(stderr, "test-parallel: request failed %.3f s after SIGSTOP of a member "
-            "(timeouts.health = 1)\n", done - k.killed_at);
+    fprintf(stderr,
+            "test-parallel: request failed %.3f s after SIGSTOP of a member "
+            "(timeouts.health = 1)\n",
+            done - k.killed_at);
     ck_assert_msg(done - k.killed_at < 1.0 + 5.0, "failed %.3f s after the stop",
                   done - k.killed_at);
-    ck_assert_msg(strstr(dexec_engine_last_error(e), "a get_rank probe unanswered") != NULL,
-                  "%s", dexec_engine_last_error(e));
+    ck_assert_msg(strstr(dexec_engine_last_error(e), "a get_rank probe unanswered") != NULL, "%s",
+                  dexec_engine_last_error(e));
     make_requests(reqs, 1, ids, 4);
     ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
                   dexec_engine_last_error(e));
@@ -561,8 +575,9 @@ START_TEST(test_external_group)
     enum { N = 3 };
     char a0[256], a1[256], names[520];
     pid_t w0 = start_tcp_worker("0", a0, sizeof(a0)), w1 = start_tcp_worker("1", a1, sizeof(a1));
-    const char *kv[] = {"parallel.cfg", "2", "distributed_executor_backend", "external",
-                        "parallel.transport", transports[_i], NULL};
+    const char *kv[] = {
+        "parallel.cfg", "2", "distributed_executor_backend", "external", "parallel.transport",
+        transports[_i], NULL};
     dexec_request reqs[N];
     char ids[N][16];
     dexec_output *one, *outs = NULL;
@@ -588,9 +603,8 @@ START_TEST(test_external_group)
         unsetenv("DIFFUSION_WORKER_ACTOR_NAMES");
         ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
         for (int i = 0; i < N; i++)
-            ck_assert_int_eq(memcmp(one[i].images[0].pixels, outs[i].images[0].pixels,
-                                    pixels_of(&one[i])),
-                             0);
+            ck_assert_int_eq(
+                memcmp(one[i].images[0].pixels, outs[i].images[0].pixels, pixels_of(&one[i])), 0);
         dexec_outputs_free(outs, N);
         ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
         dexec_engine_free(e);

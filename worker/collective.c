@@ -43,10 +43,10 @@
 
 #include "collective.h"
 
-#define DXC_MAGIC 0x64786331u /* "dxc1" */
-#define DXC_DATA (1u << 20)   /* bytes of data per region */
-#define DXC_SLICE_MS 10       /* between two looks at the peers while waiting */
-#define DXC_SPINS 2000        /* polls before the first futex wait */
+#define DXC_MAGIC    0x64786331u /* "dxc1" */
+#define DXC_DATA     (1u << 20)  /* bytes of data per region */
+#define DXC_SLICE_MS 10          /* between two looks at the peers while waiting */
+#define DXC_SPINS    2000        /* polls before the first futex wait */
 
 typedef struct dxc_head {
     uint32_t magic;
@@ -62,21 +62,21 @@ typedef struct dxc_ctl {
     _Atomic uint32_t consumed[DXW_COLL_MAX_RANKS]; /* by comm rank: chunks read */
 } dxc_ctl;
 
-#define DXC_REGION (sizeof(dxc_ctl) + DXC_DATA)
+#define DXC_REGION  (sizeof(dxc_ctl) + DXC_DATA)
 #define DXC_SEGMENT (sizeof(dxc_head) + 2 * DXC_REGION)
 
 typedef struct dxc_comm {
     dxk_comm pub;
     struct dxw_coll *g;
-    int region;                       /* 0: cfg, 1: sequence */
-    int members[DXW_COLL_MAX_RANKS];  /* group index of comm rank i */
-    uint32_t op;                      /* chunks done */
+    int region;                      /* 0: cfg, 1: sequence */
+    int members[DXW_COLL_MAX_RANKS]; /* group index of comm rank i */
+    uint32_t op;                     /* chunks done */
 } dxc_comm;
 
 struct dxw_coll {
-    int tcp;                         /* 1: links to the peers over TCP, no mailboxes */
-    int lfd;                         /* tcp: the listener until joined */
-    int sock[DXW_COLL_MAX_RANKS];    /* tcp: the link to each member */
+    int tcp;                      /* 1: links to the peers over TCP, no mailboxes */
+    int lfd;                      /* tcp: the listener until joined */
+    int sock[DXW_COLL_MAX_RANKS]; /* tcp: the link to each member */
     int size, index;
     char name[64];
     int unlinked;
@@ -214,7 +214,8 @@ static dexec_status exchange(dxc_comm *c, const unsigned char *send, unsigned ch
     dexec_status s;
 
     if (g->failed) {
-        dexec_errorf(err, errlen, "collective: this group failed earlier; it must be formed "
+        dexec_errorf(err, errlen,
+                     "collective: this group failed earlier; it must be formed "
                      "again");
         return DEXEC_EIO;
     }
@@ -225,8 +226,8 @@ static dexec_status exchange(dxc_comm *c, const unsigned char *send, unsigned ch
         for (int j = 0; j < k; j++) {
             if (j == me)
                 continue;
-            s = wait_word(g, &mine->consumed[j], e - 1, c->members[j], "read the last chunk",
-                          err, errlen);
+            s = wait_word(g, &mine->consumed[j], e - 1, c->members[j], "read the last chunk", err,
+                          errlen);
             if (s != DEXEC_OK)
                 return fail(c, s);
         }
@@ -256,11 +257,10 @@ static dexec_status exchange(dxc_comm *c, const unsigned char *send, unsigned ch
     return DEXEC_OK;
 }
 
-
 /* ---- TCP: one link per pair of members ------------------------------------- */
 
 #define DXC_HELLO_MAGIC 0x64786374u /* "dxct" */
-#define DXC_TOKEN_MAX 64
+#define DXC_TOKEN_MAX   64
 
 typedef struct dxc_hello {
     uint32_t magic;
@@ -292,7 +292,8 @@ static dexec_status io_full(int fd, void *buf, size_t len, int out, double deadl
         if (n > 0) {
             done += (size_t)n;
         } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-            dexec_errorf(err, errlen, "%s: %s", what, n == 0 ? "connection closed" : strerror(errno));
+            dexec_errorf(err, errlen, "%s: %s", what,
+                         n == 0 ? "connection closed" : strerror(errno));
             return DEXEC_EIO;
         }
     }
@@ -367,8 +368,7 @@ static int connect_to(const char *addr, double deadline, char *err, size_t errle
 dexec_status dxw_coll_open_tcp(const char *host, dxw_coll **out, char *addr, size_t addrlen,
                                char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL,
-                    *ai;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL, *ai;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     char port[32];
@@ -449,8 +449,10 @@ static dexec_status join_tcp(dxw_coll *g, char *const *addrs, const char *token,
         int fd;
 
         if (left <= 0) {
-            dexec_errorf(err, errlen, "parallel_join: %d group member(s) after %d did not "
-                         "connect within the deadline", want, g->index);
+            dexec_errorf(err, errlen,
+                         "parallel_join: %d group member(s) after %d did not "
+                         "connect within the deadline",
+                         want, g->index);
             return DEXEC_ETIMEDOUT;
         }
         if (poll(&p, 1, (int)(left * 1000) + 1) <= 0)
@@ -493,7 +495,8 @@ static dexec_status exchange_tcp(dxc_comm *c, const unsigned char *out, unsigned
     int left = 0;
 
     if (g->failed) {
-        dexec_errorf(err, errlen, "collective: this group failed earlier; it must be formed "
+        dexec_errorf(err, errlen,
+                     "collective: this group failed earlier; it must be formed "
                      "again");
         return DEXEC_EIO;
     }
@@ -508,14 +511,16 @@ static dexec_status exchange_tcp(dxc_comm *c, const unsigned char *out, unsigned
         for (int j = 0; j < k; j++) {
             if (j == me || (tx[j] == bytes && rx[j] == bytes))
                 continue;
-            pf[np] = (struct pollfd){.fd = g->sock[c->members[j]],
-                                     .events = (short)((tx[j] < bytes ? POLLOUT : 0) |
-                                                       (rx[j] < bytes ? POLLIN : 0))};
+            pf[np] = (struct pollfd){
+                .fd = g->sock[c->members[j]],
+                .events = (short)((tx[j] < bytes ? POLLOUT : 0) | (rx[j] < bytes ? POLLIN : 0))};
             who[np++] = j;
         }
         if (rem <= 0) {
-            dexec_errorf(err, errlen, "collective: group member %d did not send its part within "
-                         "%.3g s", c->members[who[0]], g->timeout);
+            dexec_errorf(err, errlen,
+                         "collective: group member %d did not send its part within "
+                         "%.3g s",
+                         c->members[who[0]], g->timeout);
             return fail(c, DEXEC_ETIMEDOUT);
         }
         if (poll(pf, (nfds_t)np, (int)(rem * 1000) + 1) < 0 && errno != EINTR) {
@@ -529,16 +534,15 @@ static dexec_status exchange_tcp(dxc_comm *c, const unsigned char *out, unsigned
             if (pf[i].revents == 0)
                 continue;
             if (tx[j] < bytes && (pf[i].revents & (POLLOUT | POLLERR | POLLHUP))) {
-                n = send(pf[i].fd, out + (size_t)(nout == 1 ? 0 : j) * bytes + tx[j],
-                         bytes - tx[j], MSG_NOSIGNAL | MSG_DONTWAIT);
+                n = send(pf[i].fd, out + (size_t)(nout == 1 ? 0 : j) * bytes + tx[j], bytes - tx[j],
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (n > 0)
                     tx[j] += (size_t)n;
                 else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                     goto broken;
             }
             if (rx[j] < bytes && (pf[i].revents & (POLLIN | POLLERR | POLLHUP))) {
-                n = recv(pf[i].fd, in + (size_t)j * bytes + rx[j], bytes - rx[j],
-                         MSG_DONTWAIT);
+                n = recv(pf[i].fd, in + (size_t)j * bytes + rx[j], bytes - rx[j], MSG_DONTWAIT);
                 if (n > 0)
                     rx[j] += (size_t)n;
                 else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
@@ -559,8 +563,8 @@ static dexec_status exchange_tcp(dxc_comm *c, const unsigned char *out, unsigned
     return DEXEC_OK;
 }
 
-static dexec_status dxc_allgather(void *ctx, const void *send, void *recv, size_t bytes,
-                                  char *err, size_t errlen)
+static dexec_status dxc_allgather(void *ctx, const void *send, void *recv, size_t bytes, char *err,
+                                  size_t errlen)
 {
     dxc_comm *c = ctx;
 
@@ -620,8 +624,10 @@ dexec_status dxw_coll_open(dxw_coll **out, char *name, size_t namelen, char *err
              atomic_fetch_add(&counter, 1), salt);
     fd = shm_open(g->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        dexec_errorf(err, errlen, "collective: shm_open %s: %s (is /dev/shm mounted and "
-                     "writable?)", g->name, strerror(errno));
+        dexec_errorf(err, errlen,
+                     "collective: shm_open %s: %s (is /dev/shm mounted and "
+                     "writable?)",
+                     g->name, strerror(errno));
         free(g);
         return DEXEC_EIO;
     }
@@ -669,8 +675,8 @@ dexec_status dxw_coll_join(dxw_coll *g, int index, int cfg, int seq, char *const
     const int size = cfg * seq;
     dexec_status s;
 
-    if (cfg < 1 || cfg > 2 || seq < 1 || size > DXW_COLL_MAX_RANKS || index < 0 ||
-        index >= size || g->size != 0) {
+    if (cfg < 1 || cfg > 2 || seq < 1 || size > DXW_COLL_MAX_RANKS || index < 0 || index >= size ||
+        g->size != 0) {
         dexec_errorf(err, errlen,
                      "parallel_join: member %d of cfg %d x sequence %d: cfg is 1 or 2, the "
                      "group has 1 to %d ranks, a mailbox joins once",
@@ -721,9 +727,8 @@ dexec_status dxw_coll_join(dxw_coll *g, int index, int cfg, int seq, char *const
         }
         g->seg[m] = p;
         if (head_of(g, m)->magic != DXC_MAGIC || head_of(g, m)->pid != (int32_t)pids[m]) {
-            dexec_errorf(err, errlen,
-                         "parallel_join: %s (member %d) is not the mailbox of pid %d", names[m],
-                         m, (int)pids[m]);
+            dexec_errorf(err, errlen, "parallel_join: %s (member %d) is not the mailbox of pid %d",
+                         names[m], m, (int)pids[m]);
             return DEXEC_EIO;
         }
         g->pidfd[m] = (int)syscall(SYS_pidfd_open, pids[m], 0);

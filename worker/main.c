@@ -354,8 +354,7 @@ int main(int argc, char **argv)
                 snprintf(chost, sizeof(chost), "%.*s", (int)(colon - h - 2), h + 1);
             else if (colon != NULL)
                 snprintf(chost, sizeof(chost), "%.*s", (int)(colon - h), h);
-            if (strcmp(chost, "0.0.0.0") == 0 || strcmp(chost, "::") == 0 ||
-                strcmp(chost, "") == 0)
+            if (strcmp(chost, "0.0.0.0") == 0 || strcmp(chost, "::") == 0 || strcmp(chost, "") == 0)
                 gethostname(chost, sizeof(chost) - 1);
             opt.coll_host = chost;
         }

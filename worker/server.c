@@ -316,9 +316,8 @@ static dexec_status cancel_request(wrank *r, const dexec_value *args, dexec_valu
 
 static int is_known_method(const char *m)
 {
-    return is_inline_method(m) || strcmp(m, "load_model") == 0 ||
-           strcmp(m, "debug_sleep") == 0 || dxk_tensor_method_known(m) ||
-           strncmp(m, "parallel_", 9) == 0;
+    return is_inline_method(m) || strcmp(m, "load_model") == 0 || strcmp(m, "debug_sleep") == 0 ||
+           dxk_tensor_method_known(m) || strncmp(m, "parallel_", 9) == 0;
 }
 
 /* Leaves the parallel group, if any (compute thread). */
@@ -404,9 +403,9 @@ static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **
     for (size_t i = 0; i < n; i++) {
         const dexec_value *p = dexec_value_array_get(peers, i);
 
-        names[i] = (char *)dexec_value_as_str(dexec_value_map_get(p, "shm"),
-                                              dexec_value_as_str(dexec_value_map_get(p, "address"),
-                                                                 ""));
+        names[i] =
+            (char *)dexec_value_as_str(dexec_value_map_get(p, "shm"),
+                                       dexec_value_as_str(dexec_value_map_get(p, "address"), ""));
         pids[i] = (pid_t)dexec_value_as_int(dexec_value_map_get(p, "pid"), 0);
     }
     st = dxw_coll_join(r->coll, (int)index, (int)cfg, (int)seq, names, pids,
@@ -429,8 +428,10 @@ static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **
         group_leave(r);
         return st;
     }
-    dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: member %d of a parallel group (cfg %d x "
-              "sequence %d)", r->rank, (int)index, (int)cfg, (int)seq);
+    dexec_log(DEXEC_LOG_INFO, "worker",
+              "rank %d: member %d of a parallel group (cfg %d x "
+              "sequence %d)",
+              r->rank, (int)index, (int)cfg, (int)seq);
     *out = dexec_value_map();
     dexec_value_map_set(*out, "cfg_rank", dexec_value_int(index / seq));
     dexec_value_map_set(*out, "sequence_rank", dexec_value_int(index % seq));
@@ -736,8 +737,10 @@ static void run_generate(wrank *r, job *j, double queued_at)
     if (r->coll != NULL && !(grp != NULL && grp->type == DEXEC_VAL_BOOL && grp->u.b)) {
         /* a caller that did not form this group (another engine, after the
          * one that did went away) gets this rank alone */
-        dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: a generate call outside the parallel "
-                  "group: leaving the group", r->rank);
+        dexec_log(DEXEC_LOG_INFO, "worker",
+                  "rank %d: a generate call outside the parallel "
+                  "group: leaving the group",
+                  r->rank);
         group_leave(r);
     }
 
@@ -773,8 +776,10 @@ static void run_generate(wrank *r, job *j, double queued_at)
                 snprintf(err, sizeof(err), "no model loaded: %s", r->model_err);
                 st = DEXEC_EINIT;
             } else if (r->coll != NULL && dxw_coll_broken(r->coll)) {
-                snprintf(err, sizeof(err), "rank %d: its parallel group failed in an earlier "
-                         "request; the executor forms it again before the next one", r->rank);
+                snprintf(err, sizeof(err),
+                         "rank %d: its parallel group failed in an earlier "
+                         "request; the executor forms it again before the next one",
+                         r->rank);
                 st = DEXEC_EWORKER;
             } else {
                 unsigned long long sent0 = r->coll != NULL ? dxw_coll_bytes_sent(r->coll) : 0;
