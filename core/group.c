@@ -1234,6 +1234,34 @@ static int slot_live(dexec_group *g, int s, int *restarting)
     return live;
 }
 
+/* Slot s must be formed again before its next call. */
+static void slot_unform(dexec_group *g, int s)
+{
+    pthread_mutex_lock(&g->slot_lock[s]);
+    g->formed[s] = 0;
+    pthread_mutex_unlock(&g->slot_lock[s]);
+}
+
+/* Whether a member's generate reply holds count outputs, all OK. */
+static int member_outputs_ok(const dexec_value *res, size_t count)
+{
+    if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != count)
+        return 0;
+    for (size_t j = 0; j < count; j++) {
+        dexec_output o;
+        char msg[256];
+        int ok;
+
+        dexec_output_init(&o);
+        ok = dexec_output_from_value(res->u.arr.items[j], &o, msg, sizeof(msg)) == DEXEC_OK &&
+             o.status == DEXEC_OK;
+        dexec_output_clear(&o);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
 /* A member's generate call ended (on the waiting thread, as it ends). */
 typedef struct member_end {
     dexec_group *g;
@@ -1260,14 +1288,65 @@ static void member_done(void *user, dx_wait *w)
         g->rec.kill(g->rec.user, e->rank);
 }
 
+/* Waits for every member's call. A slot whose first member has reported
+ * no progress for timeouts.stall while its calls run is hung (a member
+ * stuck where the silence watch cannot see it: its compute thread, with
+ * its I/O thread answering probes): every member of it is ended (or its
+ * connection shut), which fails the others' collectives at once. */
+static void wait_slots(dexec_group *g, dx_wait *waits, const size_t *dealn, const double *heard,
+                       double deadline)
+{
+    const int w = g->width, nslots = g->n / w;
+    int *hung = calloc((size_t)nslots, sizeof(int));
+
+    for (;;) {
+        int busy = 0;
+        double now = dexec_now();
+
+        for (int r = 0; r < g->n; r++)
+            busy |= waits[r].active && !waits[r].finished;
+        if (!busy)
+            break;
+        for (int s = 0; hung != NULL && g->rec.stall_s > 0 && s < nslots; s++) {
+            int running = 0;
+
+            for (int m = 0; m < w; m++)
+                running |= waits[s * w + m].active && !waits[s * w + m].finished;
+            if (dealn[s] == 0 || !running || hung[s] || now - heard[s] < g->rec.stall_s)
+                continue;
+            hung[s] = 1;
+            dexec_log(DEXEC_LOG_WARN, g->component,
+                      "group %d (ranks %d-%d): hung: no progress for %.3g s (timeouts.stall = "
+                      "%.3g s); %s",
+                      s, s * w, s * w + w - 1, now - heard[s], g->rec.stall_s,
+                      g->rec.kill != NULL ? "killing its ranks" : "dropping its ranks");
+            for (int m = 0; m < w; m++) {
+                if (g->rec.kill != NULL)
+                    g->rec.kill(g->rec.user, s * w + m);
+                else
+                    dexec_conn_shutdown(waits[s * w + m].c);
+            }
+        }
+        dx_conn_wait_any(waits, (size_t)g->n, deadline,
+                         g->rec.stall_s > 0 ? now + TICK : deadline);
+        if (dx_remaining(deadline) <= 0) {
+            dx_conn_wait_any(waits, (size_t)g->n, deadline, deadline);
+            break;
+        }
+    }
+    free(hung);
+}
+
 static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, size_t n,
                                   dexec_output *outs, double timeout, dexec_progress_fn progress,
                                   void *user, char *err, size_t errlen)
 {
     const int w = g->width, nslots = g->n / w;
-    double start = dexec_now(), deadline = start + timeout, heard = 0;
+    double start = dexec_now(), deadline = start + timeout;
+    double *heard = calloc((size_t)nslots, sizeof(double)); /* per slot: its last progress */
     size_t *queue = calloc(n, sizeof(size_t)), nq = n, nfailed = 0;
     int *tries = calloc(n, sizeof(int)), *order = calloc((size_t)nslots, sizeof(int));
+    int *load = calloc((size_t)nslots, sizeof(int));
     size_t **deal = calloc((size_t)nslots, sizeof(size_t *)),
            *dealn = calloc((size_t)nslots, sizeof(size_t));
     dx_wait *waits = calloc((size_t)g->n, sizeof(dx_wait));
@@ -1283,7 +1362,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
     }
     for (int s = 0; deal != NULL && s < nslots; s++)
         deal[s] = calloc(n, sizeof(size_t));
-    if (queue == NULL || tries == NULL || order == NULL || deal == NULL || dealn == NULL ||
+    if (queue == NULL || tries == NULL || order == NULL || load == NULL || deal == NULL ||
+        dealn == NULL || heard == NULL ||
         waits == NULL || calls == NULL || ends == NULL ||
         (nslots > 0 && deal[nslots - 1] == NULL)) {
         nq = 0;
@@ -1301,7 +1381,9 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
         for (int s = 0; s < nslots; s++) {
             if (!slot_live(g, s, &restarting))
                 continue;
-            if (!g->formed[s]) {
+            {
+                int formed;
+
                 pthread_mutex_lock(&g->slot_lock[s]);
                 if (!g->formed[s]) {
                     double d = dexec_now() + 60.0 < deadline ? dexec_now() + 60.0 : deadline;
@@ -1311,14 +1393,16 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                     else
                         snprintf(last, sizeof(last), "generate: %s", why);
                 }
+                formed = g->formed[s];
+                load[s] = g->busy[s];
                 pthread_mutex_unlock(&g->slot_lock[s]);
-                if (!g->formed[s])
+                if (!formed)
                     continue;
             }
             order[nuse++] = s;
         }
         for (int i = 1; i < nuse; i++)
-            for (int j = i; j > 0 && g->busy[order[j]] < g->busy[order[j - 1]]; j--) {
+            for (int j = i; j > 0 && load[order[j]] < load[order[j - 1]]; j--) {
                 int t = order[j];
 
                 order[j] = order[j - 1];
@@ -1357,7 +1441,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
             dexec_value *params, *batch;
 
             free(calls[s].index);
-            calls[s] = (gcall){.rank = s * w, .heard = &heard, .fn = progress, .user = user};
+            calls[s] = (gcall){.rank = s * w, .heard = &heard[s], .fn = progress, .user = user};
+            heard[s] = dexec_now();
             if (dealn[s] == 0)
                 continue;
             calls[s].index = malloc(dealn[s] * sizeof(size_t));
@@ -1400,7 +1485,7 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
             pthread_mutex_unlock(&g->slot_lock[s]);
             dexec_value_free(params);
         }
-        dx_conn_wait_all(waits, (size_t)g->n, deadline);
+        wait_slots(g, waits, dealn, heard, deadline);
         for (int s = 0; s < nslots; s++) {
             int bad = -1, dead = -1, timedout = 0;
             dexec_value *res;
@@ -1432,6 +1517,11 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                          "generate reply is not an array of %zu outputs", dealn[s]);
             }
             if (bad < 0) {
+                /* a member whose request failed after the last exchange
+                 * (the first's outputs are fine) gave up on the group too */
+                for (int m = 1; m < w; m++)
+                    if (!member_outputs_ok(waits[s * w + m].result, dealn[s]))
+                        slot_unform(g, s);
                 for (size_t j = 0; j < dealn[s]; j++) {
                     size_t i = deal[s][j];
                     char msg[768];
@@ -1439,12 +1529,12 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                     if (dexec_output_from_value(res->u.arr.items[j], &outs[i], msg, sizeof(msg)) !=
                         DEXEC_OK) {
                         fail_output(&outs[i], &reqs[i], DEXEC_EWORKER, s * w, msg);
-                        g->formed[s] = 0;
+                        slot_unform(g, s);
                     }
                     outs[i].rank = s * w;
                     outs[i].timings.total_s = dexec_now() - start;
                     if (outs[i].status != DEXEC_OK) {
-                        g->formed[s] = 0; /* a member gave up: the collectives start afresh */
+                        slot_unform(g, s); /* a member gave up: the collectives start afresh */
                         nfailed++;
                         last_st = outs[i].status;
                         snprintf(last, sizeof(last), "%s",
@@ -1456,7 +1546,7 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
                 dx_wait *wt = &waits[s * w + m];
                 char m2[1100];
 
-                g->formed[s] = 0;
+                slot_unform(g, s);
                 for (size_t j = 0; j < dealn[s]; j++) {
                     size_t i = deal[s][j];
 
@@ -1507,6 +1597,8 @@ static dexec_status generate_wide(dexec_group *g, const dexec_request *reqs, siz
     free(queue);
     free(tries);
     free(order);
+    free(load);
+    free(heard);
     if (nfailed == n) {
         dexec_errorf(err, errlen, "%s", last);
         return last_st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;

@@ -466,6 +466,50 @@ START_TEST(test_sigstop_member)
 }
 END_TEST
 
+/* A group that makes no progress for timeouts.stall (here a member
+ * stopped while the silence watch looks away: timeouts.health is long) is
+ * declared hung and its ranks ended: the request fails, the ranks are
+ * restarted and the group formed again for the next one. */
+START_TEST(test_stalled_group)
+{
+    static const char *const kv[] = {"parallel.cfg",
+                                     "2",
+                                     "max_restarts",
+                                     "2",
+                                     "max_task_retries",
+                                     "0",
+                                     "timeouts.health",
+                                     "60",
+                                     "timeouts.stall",
+                                     "2",
+                                     NULL};
+    dexec_engine *e = must_open(2, kv);
+    dexec_request reqs[1];
+    char ids[1][16];
+    dexec_output *outs = NULL;
+    killer k = {.on_req = 0, .sig = SIGSTOP};
+    double done;
+
+    make_requests(reqs, 1, ids, 400);
+    k.victim = rank_pid(e, 1);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, on_progress_kill, &k), DEXEC_EWORKER);
+    done = dexec_now();
+    ck_assert_msg(k.killed_at > 0, "the stop never happened");
+    fprintf(stderr, "test-parallel: request failed %.3f s after SIGSTOP of a member "
+                    "(timeouts.stall = 2)\n",
+            done - k.killed_at);
+    ck_assert_msg(done - k.killed_at < 2.0 + 5.0, "failed %.3f s after the stop",
+                  done - k.killed_at);
+    make_requests(reqs, 1, ids, 4);
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(outs[0].status, DEXEC_OK);
+    dexec_outputs_free(outs, 1);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 /* Invalid layouts are refused at engine create, with the reason. */
 START_TEST(test_refusals)
 {
@@ -630,6 +674,7 @@ static Suite *parallel_suite(void)
     tcase_add_test(tc, test_kill9_member_fails_fast);
     tcase_add_test(tc, test_kill9_member_recovered);
     tcase_add_test(tc, test_sigstop_member);
+    tcase_add_test(tc, test_stalled_group);
     tcase_add_loop_test(tc, test_external_group, 0, 2);
     tcase_add_test(tc, test_cfg2_same_pixels_dit_s);
     suite_add_tcase(s, tc);
