@@ -4,8 +4,10 @@
 # round, one `dexec generate -b 1` alone (T1), two of them side by side as
 # independent processes (Tpar), and `-b 2 --num-gpus 2` (T2), each worker
 # on one BLAS thread. Host scaling = 2*T1/Tpar, dexec scaling = 2*T1/T2,
-# and their ratio Tpar/T2 is the figure (target >= 0.95). Prints a
-# markdown table and the median ratio.
+# and their ratio Tpar/T2 is the figure (target >= 0.95). The issue's
+# in-test criterion is reported too: T2 at most 1.15x Tpar (T2/Tpar <=
+# 1.15; tests/test-io.sh asserts a looser 1.5x on the shared test
+# machine). Prints a markdown table and the median ratios.
 #
 #   bench-scaling.sh [ROUNDS [STEPS]]     (run it through `make bench`)
 set -u
@@ -23,8 +25,8 @@ gen() { "$cli" generate -q --device cpu --steps "$steps" "$@" >/dev/null 2>"$tmp
 
 echo "2 ranks over 1 at $steps steps per image, $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| round | T1 one image (s) | Tpar two processes (s) | T2 two ranks (s) | host scaling 2*T1/Tpar | dexec scaling 2*T1/T2 | dexec / host (Tpar/T2) |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| round | T1 one image (s) | Tpar two processes (s) | T2 two ranks (s) | host scaling 2*T1/Tpar | dexec scaling 2*T1/T2 | dexec / host (Tpar/T2) | T2/Tpar (<= 1.15) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 : >"$tmp/ratios"
 for r in $(seq "$rounds"); do
     t0=$(now); gen -p sneaker -b 1 -s 1 -o "$tmp/a.png"; t1=$(now)
@@ -38,10 +40,12 @@ for r in $(seq "$rounds"); do
     t3=$(now)
     echo "$r $t0 $t1 $t2 $t3" | awk '{
         t1 = $3 - $2; tp = $4 - $3; t2 = $5 - $4;
-        printf "| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f |\n", $1, t1, tp, t2,
-               2 * t1 / tp, 2 * t1 / t2, tp / t2 }'
+        printf "| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", $1, t1, tp, t2,
+               2 * t1 / tp, 2 * t1 / t2, tp / t2, t2 / tp }'
     echo "$t1 $t2 $t3" | awk '{ printf "%.4f\n", ($2 - $1) / ($3 - $2) }' >>"$tmp/ratios"
 done
 echo
-sort -n "$tmp/ratios" | awk '{ v[NR] = $1 } END { printf "median dexec / host: %.3f (target >= 0.95), load average after: ", v[int((NR + 1) / 2)] }'
+sort -n "$tmp/ratios" | awk '{ v[NR] = $1 } END { m = v[int((NR + 1) / 2)]
+    printf("median dexec / host: %.3f (target >= 0.95: %s); median T2/Tpar: %.3f (test criterion <= 1.15: %s); load average after: ",
+        m, (m >= 0.95 ? "met" : "NOT met"), 1 / m, (1 / m <= 1.15 ? "met" : "NOT met")) }'
 cut -d' ' -f1-3 /proc/loadavg

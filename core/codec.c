@@ -34,6 +34,22 @@ dexec_value *dexec_request_to_value(const dexec_request *r)
         dexec_value_free(m);
         return NULL;
     }
+    /* added after ABI 1.1: sent only when set, so older workers see the
+     * requests they always saw */
+    if (DEXEC_HAS_FIELD(r, dexec_request, sampler) && r->sampler != NULL)
+        put_str(m, "sampler", r->sampler);
+    if (DEXEC_HAS_FIELD(r, dexec_request, noise_bytes) && r->noise != NULL)
+        dexec_value_map_set(m, "noise", dexec_value_bin(r->noise, (size_t)r->noise_bytes));
+    if (DEXEC_HAS_FIELD(r, dexec_request, step_noise_bytes) && r->step_noise != NULL)
+        dexec_value_map_set(m, "step_noise",
+                            dexec_value_bin(r->step_noise, (size_t)r->step_noise_bytes));
+    if (m->u.map.len != 9 + (DEXEC_HAS_FIELD(r, dexec_request, step_noise_bytes)
+                                 ? (size_t)(r->sampler != NULL) + (r->noise != NULL) +
+                                       (r->step_noise != NULL)
+                                 : 0)) {
+        dexec_value_free(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -123,7 +123,7 @@ static const struct dx_key keys[] = {
             "conditional and the unconditional branch on two ranks (needs guidance)"),
     KEY_INT("parallel.sequence", 1, 1, 64,
             "ranks that split one image's tokens (Ulysses sequence parallelism); must divide "
-            "the model's heads and tokens"),
+            "the model's attention heads"),
     KEY_ENUM("parallel.transport", "auto", "auto|shm|tcp",
              "how a group's ranks exchange data: shared memory between ranks on one host and "
              "TCP links otherwise (auto), or always one of them"),

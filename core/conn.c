@@ -52,6 +52,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,6 +88,14 @@ enum { RD_NONE, RD_THREAD, RD_CALLER };
 /* How long the reader thread stays parked after a caller read for itself. */
 #define READ_LEASE 0.05
 
+/* How long a wait reads its connections in order, the first unfinished
+ * one alone, before it reads all of them as data comes: a short call's
+ * replies then wake the caller about once, as a plain fan-out would,
+ * rather than once per rank (on a busy host every wake-up is a context
+ * switch that delays the ranks still working). Longer calls (a step) are
+ * read all at once after it, so no rank's notifications wait. */
+#define ORDERED_READ_S 0.002
+
 /* Default deadline of one frame's write (dexec_conn_set_timeouts). */
 #define WRITE_TIMEOUT_DEFAULT 30.0
 
@@ -100,6 +109,7 @@ struct dexec_conn {
     dexec_reader *rd;      /* touched only by the reader thread */
     pthread_t reader;
     int reader_started;
+    int block_read; /* recv without MSG_DONTWAIT waits ORDERED_READ_S at most */
     int closing; /* dexec_conn_free: the reader stops quietly */
     int dead;
     int dead_resolved; /* dead_reason holds the owner's reason */
@@ -118,6 +128,7 @@ struct dexec_conn {
     double silence;       /* seconds of silence before a probe; 0: none */
     uint32_t next_id;
     pending *pend;
+    pending *spare; /* a finished call's record, kept for the next call */
     dexec_death_fn death;
     void *death_user;
 };
@@ -213,6 +224,18 @@ static dexec_conn *conn_new(int fd, const char *label)
     c->write_timeout = WRITE_TIMEOUT_DEFAULT;
     c->last_rx = dexec_now();
     c->next_id = 1;
+    {
+        /* Every send and every other receive says MSG_DONTWAIT; only a
+         * caller reading its own reply in the ordered phase (read_held)
+         * blocks in recv, for ORDERED_READ_S at most: one system call
+         * where poll + recv would take two. Without the timeout the
+         * socket stays non-blocking and that caller polls. */
+        struct timeval tv = {.tv_sec = 0, .tv_usec = (suseconds_t)(ORDERED_READ_S * 1e6)};
+        int fl = fcntl(fd, F_GETFL);
+
+        c->block_read = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0 &&
+                        fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0;
+    }
     if (pthread_create(&c->reader, NULL, reader_main, c) != 0) {
         close(c->evfd);
         pthread_cond_destroy(&c->tok_cond);
@@ -477,6 +500,7 @@ static void resolve_death(dexec_conn *c)
 
 static int read_some(dexec_conn *c, int readable);
 static void token_give(dexec_conn *c);
+static void unlink_pending(dexec_conn *c, pending *p);
 
 int dexec_conn_poll_dead(dexec_conn *c)
 {
@@ -548,6 +572,7 @@ void dexec_conn_free(dexec_conn *c)
         notes_free(p->notes);
         free(p);
     }
+    free(c->spare);
     dexec_reader_free(c->rd);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->wlock);
@@ -557,7 +582,10 @@ void dexec_conn_free(dexec_conn *c)
 
 /* ---- sending -------------------------------------------------------------- */
 
-static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, size_t errlen)
+/* Writes one whole frame, the pieces of iov in order (its 4-byte length
+ * first), in as few system calls as the socket allows (one, usually). */
+static dexec_status send_frame(dexec_conn *c, struct iovec *iov, int niov, char *err,
+                               size_t errlen)
 {
     dexec_status st;
     char why[256];
@@ -578,8 +606,8 @@ static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, s
     pthread_mutex_lock(&c->lock);
     wt = c->write_timeout;
     pthread_mutex_unlock(&c->lock);
-    st = dexec_frame_write(c->fd, msg, dexec_now() + wt, why, sizeof(why));
-    if (st != DEXEC_OK && st != DEXEC_ENOMEM && st != DEXEC_EINVAL) {
+    st = dx_writev_all(c->fd, iov, niov, wt, why, sizeof(why));
+    if (st != DEXEC_OK) {
         /* part of the frame may be out: the stream is no longer usable */
         shutdown(c->fd, SHUT_RDWR);
         pthread_mutex_lock(&c->lock);
@@ -587,11 +615,8 @@ static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, s
         pthread_mutex_unlock(&c->lock);
     }
     pthread_mutex_unlock(&c->wlock);
-    if (st == DEXEC_ENOMEM || st == DEXEC_EINVAL || st == DEXEC_OK) {
-        if (st != DEXEC_OK)
-            dexec_errorf(err, errlen, "%s", why);
+    if (st == DEXEC_OK)
         return st;
-    }
     resolve_death(c);
     pthread_mutex_lock(&c->lock);
     st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
@@ -599,46 +624,121 @@ static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, s
     return st;
 }
 
-static dexec_value *make_request(uint32_t msgid, const char *method, const dexec_value *params)
+static void put_be32(char *p, uint32_t v)
 {
-    dexec_value *m = dexec_value_array(), *p;
-
-    p = params != NULL ? dexec_value_clone(params) : dexec_value_array();
-    if (m == NULL || p == NULL || dexec_value_array_push(m, dexec_value_int(0)) != 0 ||
-        dexec_value_array_push(m, dexec_value_int(msgid)) != 0 ||
-        dexec_value_array_push(m, dexec_value_str(method)) != 0 ||
-        dexec_value_array_push(m, p) != 0) {
-        dexec_value_free(m);
-        return NULL;
-    }
-    return m;
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
 }
 
-dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_value *params,
-                             dexec_notify_fn notify, void *user, uint32_t *msgid, char *err,
-                             size_t errlen)
+static dexec_status send_msg(dexec_conn *c, const dexec_value *msg, char *err, size_t errlen)
 {
-    pending *p;
-    dexec_value *msg;
+    struct iovec iov;
+    char *buf;
+    size_t len;
     dexec_status st;
 
-    if (c == NULL || method == NULL || msgid == NULL)
+    if (dx_msgpack_encode(msg, 4, &buf, &len) != 0)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory encoding a frame");
+    if (len - 4 > UINT32_MAX) {
+        free(buf);
+        return dx_fail(err, errlen, DEXEC_EINVAL, "message of %zu bytes is too large", len - 4);
+    }
+    put_be32(buf, (uint32_t)(len - 4));
+    iov = (struct iovec){.iov_base = buf, .iov_len = len};
+    st = send_frame(c, &iov, 1, err, errlen);
+    free(buf);
+    return st;
+}
+
+/* Sends the request [0, msgid, method, params] where params is already
+ * MessagePack (pk, plen bytes): the frame's head is built on the stack and
+ * goes out with the params in one writev, with no copy of them. */
+static dexec_status send_request(dexec_conn *c, uint32_t msgid, const char *method,
+                                 const char *pk, size_t plen, char *err, size_t errlen)
+{
+    char store[256];
+    unsigned char h[11];
+    size_t mlen = strlen(method);
+    struct iovec iov[2];
+    dx_mbuf b;
+    dexec_status st;
+
+    if (mlen > 65535)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "method name of %zu bytes is too long", mlen);
+    dx_mbuf_init(&b, store, sizeof(store));
+    h[0] = h[1] = h[2] = h[3] = 0; /* the length, below */
+    h[4] = 0x94;                   /* array of 4 */
+    h[5] = 0x00;                   /* 0: a request */
+    h[6] = 0xce;                   /* uint32 msgid */
+    put_be32((char *)h + 7, msgid);
+    if (dx_mbuf_put(&b, h, 11) != 0)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory encoding a frame");
+    if (mlen < 32) {
+        h[0] = (unsigned char)(0xa0 | mlen);
+        st = dx_mbuf_put(&b, h, 1) == 0 ? DEXEC_OK : DEXEC_ENOMEM;
+    } else if (mlen < 256) {
+        h[0] = 0xd9;
+        h[1] = (unsigned char)mlen;
+        st = dx_mbuf_put(&b, h, 2) == 0 ? DEXEC_OK : DEXEC_ENOMEM;
+    } else {
+        h[0] = 0xda;
+        h[1] = (unsigned char)(mlen >> 8);
+        h[2] = (unsigned char)mlen;
+        st = dx_mbuf_put(&b, h, 3) == 0 ? DEXEC_OK : DEXEC_ENOMEM;
+    }
+    if (st == DEXEC_OK && dx_mbuf_put(&b, method, mlen) != 0)
+        st = DEXEC_ENOMEM;
+    if (st != DEXEC_OK) {
+        dx_mbuf_free(&b);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory encoding a frame");
+    }
+    if (b.len - 4 + plen > UINT32_MAX) {
+        dx_mbuf_free(&b);
+        return dx_fail(err, errlen, DEXEC_EINVAL, "message of %zu bytes is too large",
+                       b.len - 4 + plen);
+    }
+    put_be32(b.p, (uint32_t)(b.len - 4 + plen));
+    iov[0] = (struct iovec){.iov_base = b.p, .iov_len = b.len};
+    iov[1] = (struct iovec){.iov_base = (void *)pk, .iov_len = plen};
+    st = send_frame(c, iov, plen > 0 ? 2 : 1, err, errlen);
+    dx_mbuf_free(&b);
+    return st;
+}
+
+dexec_status dx_conn_send_packed(dexec_conn *c, const char *method, const char *params,
+                                 size_t plen, dexec_notify_fn notify, void *user,
+                                 uint32_t *msgid, char *err, size_t errlen)
+{
+    pending *p;
+    dexec_status st;
+
+    if (c == NULL || method == NULL || msgid == NULL || params == NULL)
         return dx_fail(err, errlen, DEXEC_EINVAL, "bad call");
-    if (params != NULL && params->type != DEXEC_VAL_ARRAY)
-        return dx_fail(err, errlen, DEXEC_EINVAL, "params of %s must be an array", method);
-    p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return DEXEC_ENOMEM;
     if (dexec_conn_dead(c))
         resolve_death(c);
     pthread_mutex_lock(&c->lock);
     if (c->dead) {
         st = dx_fail(err, errlen, DEXEC_ECLOSED, "%s", c->dead_reason);
         pthread_mutex_unlock(&c->lock);
-        free(p);
         return st;
     }
+    /* one finished call's record is kept for the next: most calls then
+     * allocate nothing here */
+    p = c->spare;
+    c->spare = NULL;
+    if (p == NULL && (p = malloc(sizeof(*p))) == NULL) {
+        pthread_mutex_unlock(&c->lock);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
+    }
+    p->done = 0;
+    p->notes = NULL;
     p->notes_tail = &p->notes;
+    p->nnotes = 0;
+    p->st = DEXEC_OK;
+    p->result = NULL;
+    p->msg[0] = '\0';
     p->msgid = c->next_id++;
     if (c->next_id == 0)
         c->next_id = 1;
@@ -649,21 +749,40 @@ dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_valu
     *msgid = p->msgid;
     pthread_mutex_unlock(&c->lock);
 
-    msg = make_request(*msgid, method, params);
-    st = msg != NULL ? send_msg(c, msg, err, errlen) : DEXEC_ENOMEM;
-    dexec_value_free(msg);
+    st = send_request(c, *msgid, method, params, plen, err, errlen);
     if (st != DEXEC_OK) {
         pthread_mutex_lock(&c->lock);
-        for (pending **pp = &c->pend; *pp != NULL; pp = &(*pp)->next) {
-            if (*pp == p) {
-                *pp = p->next;
-                break;
-            }
-        }
+        unlink_pending(c, p);
         pthread_mutex_unlock(&c->lock);
         notes_free(p->notes);
         free(p);
     }
+    return st;
+}
+
+dexec_status dexec_conn_send(dexec_conn *c, const char *method, const dexec_value *params,
+                             dexec_notify_fn notify, void *user, uint32_t *msgid, char *err,
+                             size_t errlen)
+{
+    static const char empty_array = (char)0x90;
+    char store[512];
+    dx_mbuf b;
+    dexec_status st;
+
+    if (c == NULL || method == NULL || msgid == NULL)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "bad call");
+    if (params != NULL && params->type != DEXEC_VAL_ARRAY)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "params of %s must be an array", method);
+    if (params == NULL)
+        return dx_conn_send_packed(c, method, &empty_array, 1, notify, user, msgid, err,
+                                   errlen);
+    dx_mbuf_init(&b, store, sizeof(store));
+    if (dx_msgpack_pack(&b, params) != 0) {
+        dx_mbuf_free(&b);
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory encoding a frame");
+    }
+    st = dx_conn_send_packed(c, method, b.p, b.len, notify, user, msgid, err, errlen);
+    dx_mbuf_free(&b);
     return st;
 }
 
@@ -791,20 +910,28 @@ void dx_socket_keepalive(int fd)
 
 /* Reads what the socket holds and dispatches every whole message; the
  * caller holds the read token and not c->lock. readable: what poll said
- * (> 0 readable or hung up, < 0 poll failed). Returns nonzero when a
- * waiter has something new (a reply, a notification, a death). */
+ * (> 0 readable or hung up, < 0 poll failed), or READ_WAIT: wait in recv
+ * itself for data (c->block_read: ORDERED_READ_S at most). Returns
+ * nonzero when a waiter has something new (a reply, a notification, a
+ * death). */
+#define READ_WAIT 2
 static int read_some(dexec_conn *c, int readable)
 {
     dexec_status st = DEXEC_OK;
     char err[256];
-    int news = 0, was_dead;
+    int news = 0, was_dead, got = readable == 1;
 
-    if (readable > 0)
-        st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
+    if (readable > 0) {
+        size_t before = dexec_reader_buffered(c->rd);
+
+        st = dx_reader_fill_flags(c->rd, c->fd, readable == READ_WAIT ? 0 : MSG_DONTWAIT, err,
+                                  sizeof(err));
+        got |= st != DEXEC_OK || dexec_reader_buffered(c->rd) != before;
+    }
     pthread_mutex_lock(&c->lock);
     was_dead = c->dead;
-    if (readable > 0)
-        c->last_rx = dexec_now();
+    if (got)
+        c->last_rx = dx_now_coarse(); /* against seconds of silence */
     for (;;) {
         dexec_value *m;
         dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
@@ -933,7 +1060,7 @@ static void token_give(dexec_conn *c)
 {
     pthread_mutex_lock(&c->lock);
     c->reading = RD_NONE;
-    c->lease_until = dexec_now() + READ_LEASE;
+    c->lease_until = dx_now_coarse() + READ_LEASE;
     if (c->want > 0 || c->cond_waiters > 0 || c->dead)
         pthread_cond_broadcast(&c->tok_cond);
     pthread_mutex_unlock(&c->lock);
@@ -960,7 +1087,7 @@ static void deliver(note *n, dexec_notify_fn fn, void *user)
 /* One look at w: delivers its notifications, and finishes it when its
  * reply came, its connection died or the deadline passed. Returns nonzero
  * when w is finished. */
-static int wait_one(dx_wait *w, double deadline)
+static int wait_one(dx_wait *w, double deadline, double now)
 {
     dexec_conn *c = w->c;
     pending *p;
@@ -998,14 +1125,17 @@ static int wait_one(dx_wait *w, double deadline)
         } else {
             dead_unresolved = 1;
         }
-    } else if (dx_remaining(deadline) <= 0) {
+    } else if (now >= deadline) {
         w->st = dx_fail(w->msg, sizeof(w->msg), DEXEC_ETIMEDOUT,
                         "%s: no reply before the deadline", c->label);
         finished = 1;
     }
     if (finished) {
         unlink_pending(c, p);
-        free(p);
+        if (c->spare == NULL)
+            c->spare = p;
+        else
+            free(p);
     }
     pthread_mutex_unlock(&c->lock);
     if (notes != NULL && fn != NULL)
@@ -1014,7 +1144,7 @@ static int wait_one(dx_wait *w, double deadline)
         notes_free(notes);
     if (dead_unresolved) {
         resolve_death(c);
-        return wait_one(w, deadline);
+        return wait_one(w, deadline, dexec_now());
     }
     return finished;
 }
@@ -1146,23 +1276,26 @@ static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
     }
 }
 
-/* How long a wait reads its connections in order, the first unfinished
- * one alone, before it reads all of them as data comes: a short call's
- * replies then wake the caller about once, as a plain fan-out would,
- * rather than once per rank (on a busy host every wake-up is a context
- * switch that delays the ranks still working). Longer calls (a step) are
- * read all at once after it, so no rank's notifications wait. */
-#define ORDERED_READ_S 0.002
 
 /* Reads every held connection that has data (only `only`, when not NULL),
- * waiting until `until` at most. */
-static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until)
+ * waiting until `until` at most; with may_block, `only` may be read with
+ * a blocking recv instead (one system call, not poll + recv), which
+ * returns within ORDERED_READ_S. */
+static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until,
+                      int may_block)
 {
     struct pollfd pf[64];
     dexec_conn *pc[64];
     size_t np = 0;
     int rc, news = 0;
-    double left = dx_remaining(until);
+    double left;
+
+    if (only != NULL && may_block && only->block_read && !dexec_conn_dead(only)) {
+        if (read_some(only, READ_WAIT))
+            wake_all();
+        return;
+    }
+    left = dx_remaining(until);
 
     for (size_t i = 0; i < nheld && np < 64; i++) {
         if (dexec_conn_dead(held[i]) || (only != NULL && held[i] != only))
@@ -1184,7 +1317,8 @@ static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double 
 
 void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
 {
-    dexec_conn **held = n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
+    dexec_conn *held_stack[9];
+    dexec_conn **held = n < 9 ? held_stack : n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
     size_t nheld = 0;
     double ordered_until = dexec_now() + ORDERED_READ_S;
 
@@ -1200,11 +1334,13 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     if (held != NULL)
         nheld = tokens_take_all(w, n, held, deadline);
     if (nheld == 0) {
-        dexec_conn **seen = calloc(n + 1, sizeof(*seen));
+        dexec_conn *seen_stack[9];
+        dexec_conn **seen = n < 9 ? seen_stack : calloc(n + 1, sizeof(*seen));
 
         if (seen != NULL) {
             cond_wait_mark(w, n, seen, +1);
-            free(seen);
+            if (seen != seen_stack)
+                free(seen);
         }
     }
     for (;;) {
@@ -1215,7 +1351,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         for (size_t i = 0; i < n; i++) {
             if (w[i].finished)
                 continue;
-            w[i].finished = wait_one(&w[i], deadline);
+            w[i].finished = wait_one(&w[i], deadline, now);
             if (w[i].finished) {
                 probe_drop(&w[i]);
                 if (w[i].done != NULL)
@@ -1229,15 +1365,18 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         }
         if (left == 0)
             break;
-        if (nheld > 1 && now < ordered_until) {
+        if (nheld >= 1 && now < ordered_until) {
             dexec_conn *first = NULL;
 
             for (size_t i = 0; i < n && first == NULL; i++)
                 if (!w[i].finished && !dexec_conn_dead(w[i].c))
                     first = w[i].c;
-            read_held(held, nheld, first, next < ordered_until ? next : ordered_until);
+            /* a blocking recv may overrun ordered_until by up to
+             * ORDERED_READ_S: only when nothing else is due by then */
+            read_held(held, nheld, first, next < ordered_until ? next : ordered_until,
+                      next >= ordered_until + ORDERED_READ_S);
         } else if (nheld > 0) {
-            read_held(held, nheld, NULL, next);
+            read_held(held, nheld, NULL, next, 0);
         } else {
             wake_wait(gen, next);
         }
@@ -1248,14 +1387,17 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
         while (nheld > 0)
             token_give(held[--nheld]);
     } else {
-        dexec_conn **seen = calloc(n + 1, sizeof(*seen));
+        dexec_conn *seen_stack[9];
+        dexec_conn **seen = n < 9 ? seen_stack : calloc(n + 1, sizeof(*seen));
 
         if (seen != NULL) {
             cond_wait_mark(w, n, seen, -1);
-            free(seen);
+            if (seen != seen_stack)
+                free(seen);
         }
     }
-    free(held);
+    if (held != held_stack)
+        free(held);
 }
 
 /* Added for executors that recover (group.c): a waiter that must act on
@@ -1276,7 +1418,7 @@ size_t dx_conn_wait_any(dx_wait *w, size_t n, double deadline, double until)
         for (size_t i = 0; i < n; i++) {
             if (!w[i].active || w[i].finished)
                 continue;
-            w[i].finished = wait_one(&w[i], deadline);
+            w[i].finished = wait_one(&w[i], deadline, now);
             if (w[i].finished) {
                 probe_drop(&w[i]);
                 if (w[i].done != NULL)

@@ -16,6 +16,7 @@
  */
 #include "config.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -84,6 +85,8 @@ struct dexec_handle {
     size_t index;              /* within its submission */
     dexec_request req;         /* resolved; its strings are owned below */
     char *id, *prompt, *negative;
+    char *sampler;             /* copies of the request's sampler, noise and */
+    void *noise, *step_noise;  /* step_noise (ABI 1.2 fields), or NULL */
     dexec_callbacks cb;
     dexec_handle_state state; /* guarded by e->qlock */
     int refs;                 /* the owner's and the engine's; guarded by e->qlock */
@@ -192,6 +195,9 @@ void dexec_image_init_sized(dexec_image *img, size_t struct_size)
 }
 
 /* Fields added after 1.1 took reserved space: the size of 1.1 stands. */
+_Static_assert(sizeof(dexec_request) ==
+                   ((DEXEC_REQUEST_SIZE_1_1 + 7) & ~(size_t)7) + 8 * sizeof(uint64_t),
+               "dexec_request changed size within ABI major 1");
 _Static_assert(sizeof(dexec_output) == DEXEC_OUTPUT_SIZE_1_1 + 8 * sizeof(uint64_t),
                "dexec_output changed size within ABI major 1");
 
@@ -520,6 +526,26 @@ static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_
     if (r->request_id != NULL && r->request_id[0] == '\0')
         return set_error(e, DEXEC_EINVAL,
                          "request %zu: request_id is empty (use NULL to have one assigned)", i);
+    if (DEXEC_HAS_FIELD(r, dexec_request, sampler) && r->sampler != NULL &&
+        r->sampler[0] == '\0')
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): sampler is empty (use NULL for the model's)", i, id);
+    if (DEXEC_HAS_FIELD(r, dexec_request, noise_bytes) &&
+        ((r->noise == NULL) != (r->noise_bytes == 0) || r->noise_bytes % 4 != 0 ||
+         r->noise_bytes > DEXEC_FRAME_MAX_DEFAULT / 2))
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): noise of %" PRIu64 " bytes: give float32 values "
+                         "(a multiple of 4 bytes, at most %u) with a non-NULL pointer, or NULL "
+                         "and 0",
+                         i, id, r->noise_bytes, DEXEC_FRAME_MAX_DEFAULT / 2);
+    if (DEXEC_HAS_FIELD(r, dexec_request, step_noise_bytes) &&
+        ((r->step_noise == NULL) != (r->step_noise_bytes == 0) || r->step_noise_bytes % 4 != 0 ||
+         r->step_noise_bytes > DEXEC_FRAME_MAX_DEFAULT / 2))
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): step_noise of %" PRIu64 " bytes: give float32 "
+                         "values (a multiple of 4 bytes, at most %u) with a non-NULL pointer, "
+                         "or NULL and 0",
+                         i, id, r->step_noise_bytes, DEXEC_FRAME_MAX_DEFAULT / 2);
     return DEXEC_OK;
 }
 
@@ -544,6 +570,9 @@ static void handle_destroy(dexec_handle *h)
     free(h->id);
     free(h->prompt);
     free(h->negative);
+    free(h->sampler);
+    free(h->noise);
+    free(h->step_noise);
     free(h);
 }
 
@@ -897,6 +926,20 @@ static dexec_status resolve(dexec_engine *e, dexec_handle *h, const dexec_reques
     h->req.request_id = h->id;
     h->req.prompt = h->prompt;
     h->req.negative_prompt = h->negative;
+    if (h->req.sampler != NULL && (h->req.sampler = h->sampler = strdup(h->req.sampler)) == NULL)
+        return DEXEC_ENOMEM;
+    if (h->req.noise != NULL) {
+        if ((h->noise = malloc(h->req.noise_bytes)) == NULL)
+            return DEXEC_ENOMEM;
+        memcpy(h->noise, h->req.noise, h->req.noise_bytes);
+        h->req.noise = h->noise;
+    }
+    if (h->req.step_noise != NULL) {
+        if ((h->step_noise = malloc(h->req.step_noise_bytes)) == NULL)
+            return DEXEC_ENOMEM;
+        memcpy(h->step_noise, h->req.step_noise, h->req.step_noise_bytes);
+        h->req.step_noise = h->step_noise;
+    }
     if (h->req.seed < 0)
         h->req.seed = random_seed();
     if (h->req.num_outputs_per_prompt == 0)

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -95,12 +96,17 @@ static int reserve(dexec_reader *r, size_t min)
 
 dexec_status dexec_reader_fill(dexec_reader *r, int fd, char *err, size_t errlen)
 {
+    return dx_reader_fill_flags(r, fd, MSG_DONTWAIT, err, errlen);
+}
+
+dexec_status dx_reader_fill_flags(dexec_reader *r, int fd, int flags, char *err, size_t errlen)
+{
     ssize_t n;
 
     if (reserve(r, 0) != 0)
         return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory reading a frame");
     for (;;) {
-        n = recv(fd, r->buf + r->len, r->cap - r->len, MSG_DONTWAIT);
+        n = recv(fd, r->buf + r->len, r->cap - r->len, flags);
         if (n > 0) {
             r->len += (size_t)n;
             return DEXEC_OK;
@@ -197,6 +203,60 @@ dexec_status dexec_write_all(int fd, const char *buf, size_t len, double deadlin
             if (left <= 0)
                 return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
                                "write timed out (%zu of %zu bytes sent)", done, len);
+            rc = poll(&p, 1, (int)(left * 1000.0 + 0.999));
+            if (rc < 0 && errno != EINTR)
+                return dx_fail(err, errlen, DEXEC_EIO, "poll: %s", strerror(errno));
+            continue;
+        }
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return dx_fail(err, errlen, DEXEC_ECLOSED, "connection closed by peer");
+        return dx_fail(err, errlen, DEXEC_EIO, "write: %s", n < 0 ? strerror(errno) : "no progress");
+    }
+    return DEXEC_OK;
+}
+
+dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double timeout, char *err,
+                           size_t errlen)
+{
+    size_t total = 0, done = 0;
+    double deadline = -1; /* read the clock only when the socket is full */
+
+    for (int i = 0; i < niov; i++)
+        total += iov[i].iov_len;
+    while (niov > 0 && iov[0].iov_len == 0) {
+        iov++;
+        niov--;
+    }
+    while (niov > 0) {
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)niov};
+        ssize_t n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+        if (n > 0) {
+            done += (size_t)n;
+            while (niov > 0 && (size_t)n >= iov[0].iov_len) {
+                n -= (ssize_t)iov[0].iov_len;
+                iov++;
+                niov--;
+            }
+            if (niov > 0) {
+                iov[0].iov_base = (char *)iov[0].iov_base + n;
+                iov[0].iov_len -= (size_t)n;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            double left;
+            int rc;
+
+            if (deadline < 0)
+                deadline = dexec_now() + timeout;
+            left = dx_remaining(deadline);
+            if (left <= 0)
+                return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
+                               "write timed out (%zu of %zu bytes sent)", done, total);
             rc = poll(&p, 1, (int)(left * 1000.0 + 0.999));
             if (rc < 0 && errno != EINTR)
                 return dx_fail(err, errlen, DEXEC_EIO, "poll: %s", strerror(errno));

@@ -330,19 +330,22 @@ static void list_add(char *buf, size_t len, int rank)
     snprintf(buf + l, len - l, "%s%d", l > 0 ? ", " : "", rank);
 }
 
+/* Ranks whose per-call bookkeeping lives on the stack of
+ * dexec_group_collective_rpc; larger groups allocate it. */
+#define RPC_STACK_RANKS 8
+
 dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, double timeout,
                                         const dexec_value *args, const dexec_value *kwargs,
                                         int unique_reply_rank, dexec_value **replies, char *err,
                                         size_t errlen)
 {
     double deadline = dexec_now() + timeout;
-    dexec_value *params, *out = NULL;
-    uint32_t *ids;
-    dexec_status *sts, st = DEXEC_OK;
-    dexec_value **res;
-    dx_wait *waits = NULL;
-    char msg[768], late[256] = "", first_err[900] = "";
-    int failed_rank = -1;
+    dexec_value *out = NULL;
+    dexec_status sts_stack[RPC_STACK_RANKS], *sts, st = DEXEC_OK;
+    dx_wait waits_stack[RPC_STACK_RANKS], *waits;
+    char store[512], late[256] = "", first_err[900] = "";
+    dx_mbuf params;
+    int failed_rank = -1, sent = 0;
 
     if (replies != NULL)
         *replies = NULL;
@@ -356,47 +359,54 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
         (kwargs != NULL && kwargs->type != DEXEC_VAL_MAP))
         return dx_fail(err, errlen, DEXEC_EINVAL,
                        "collective_rpc %s: args must be an array and kwargs a map", method);
-    params = dexec_value_array();
-    dexec_value_array_push(params, dexec_value_str(method));
-    dexec_value_array_push(params, args != NULL ? dexec_value_clone(args) : dexec_value_array());
-    dexec_value_array_push(params, kwargs != NULL ? dexec_value_clone(kwargs) : dexec_value_map());
-    ids = calloc((size_t)g->n, sizeof(*ids));
-    sts = calloc((size_t)g->n, sizeof(*sts));
-    res = calloc((size_t)g->n, sizeof(*res));
-    waits = calloc((size_t)g->n, sizeof(*waits));
-    if (params == NULL || params->u.arr.len != 3 || ids == NULL || sts == NULL || res == NULL ||
-        waits == NULL) {
+    /* the params, [method, args, kwargs], encoded once for every rank (on
+     * the stack when small); the wait array on the stack too */
+    dx_mbuf_init(&params, store, sizeof(store));
+    if (g->n <= RPC_STACK_RANKS) {
+        sts = sts_stack;
+        waits = waits_stack;
+    } else {
+        sts = malloc((size_t)g->n * sizeof(*sts));
+        waits = malloc((size_t)g->n * sizeof(*waits));
+    }
+    if (sts == NULL || waits == NULL ||
+        dx_msgpack_pack_call(&params, method, args, kwargs) != 0) {
         st = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
         goto done;
     }
+    sent = 1;
     for (int r = 0; r < g->n; r++) {
         dexec_conn *c = dexec_group_conn(g, r);
+        dx_wait *w = &waits[r];
 
-        sts[r] = dexec_conn_send(c, "execute_rpc", params, NULL, NULL, &ids[r], msg,
-                                 sizeof(msg));
+        w->c = c;
+        w->done = NULL;
+        w->done_user = NULL;
+        w->result = NULL;
+        w->msg[0] = '\0';
+        sts[r] = dx_conn_send_packed(c, "execute_rpc", params.p, params.len, NULL, NULL, &w->id,
+                                     w->msg, sizeof(w->msg));
         if (sts[r] == DEXEC_ECLOSED)
-            note_death(g, r, c, msg);
-        waits[r] = (dx_wait){.c = c, .id = ids[r], .active = sts[r] == DEXEC_OK};
-        snprintf(waits[r].msg, sizeof(waits[r].msg), "%s", msg);
+            note_death(g, r, c, w->msg);
+        w->active = sts[r] == DEXEC_OK;
     }
     dx_conn_wait_all(waits, (size_t)g->n, deadline);
     for (int r = 0; r < g->n; r++) {
         if (sts[r] == DEXEC_OK) {
             sts[r] = waits[r].st;
-            res[r] = waits[r].result;
             if (sts[r] == DEXEC_ECLOSED)
                 note_death(g, r, waits[r].c, waits[r].msg);
         }
-        snprintf(msg, sizeof(msg), "%s", waits[r].msg);
         if (sts[r] == DEXEC_ETIMEDOUT) {
             list_add(late, sizeof(late), r);
         } else if (sts[r] != DEXEC_OK && failed_rank < 0) {
             failed_rank = r;
             if (sts[r] == DEXEC_ECLOSED)
-                snprintf(first_err, sizeof(first_err), "collective_rpc %s: %s", method, msg);
+                snprintf(first_err, sizeof(first_err), "collective_rpc %s: %s", method,
+                         waits[r].msg);
             else
                 snprintf(first_err, sizeof(first_err), "collective_rpc %s: rank %d: %s", method,
-                         r, msg);
+                         r, waits[r].msg);
         }
     }
     if (failed_rank >= 0) {
@@ -410,31 +420,31 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
         goto done;
     }
     if (unique_reply_rank >= 0) {
-        out = res[unique_reply_rank];
-        res[unique_reply_rank] = NULL;
+        out = waits[unique_reply_rank].result;
+        waits[unique_reply_rank].result = NULL;
     } else {
         out = dexec_value_array();
         for (int r = 0; out != NULL && r < g->n; r++) {
-            if (dexec_value_array_push(out, res[r] != NULL ? res[r] : dexec_value_nil()) != 0) {
-                res[r] = NULL;
+            dexec_value *v = waits[r].result;
+
+            waits[r].result = NULL;
+            if (dexec_value_array_push(out, v != NULL ? v : dexec_value_nil()) != 0) {
                 dexec_value_free(out);
                 out = NULL;
-                break;
             }
-            res[r] = NULL;
         }
         if (out == NULL)
             st = dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
     }
 done:
-    if (res != NULL)
+    if (sent)
         for (int r = 0; r < g->n; r++)
-            dexec_value_free(res[r]);
-    free(res);
-    free(waits);
-    free(sts);
-    free(ids);
-    dexec_value_free(params);
+            dexec_value_free(waits[r].result);
+    if (sts != sts_stack) {
+        free(sts);
+        free(waits);
+    }
+    dx_mbuf_free(&params);
     if (st == DEXEC_OK && replies != NULL)
         *replies = out;
     else

@@ -29,6 +29,9 @@ char *dx_strdup(const char *s);
 
 /* Seconds left until an absolute dexec_now() deadline, never negative. */
 double dx_remaining(double deadline);
+/* dexec_now() from the coarse clock (CLOCK_MONOTONIC_COARSE: cheaper,
+ * a few ms behind): for deadlines of tens of ms and more. */
+double dx_now_coarse(void);
 
 /* The plugin search path in order: $DEXEC_PLUGIN_PATH entries, the config's
  * plugin_path entries, the compiled-in plugin directory. Returns a
@@ -76,7 +79,47 @@ size_t dx_utf8_invalid_at(const char *s, size_t len);
 /* MessagePack encoding of v after `reserve` zero bytes. 0 or -1 (ENOMEM). */
 int dx_msgpack_encode(const dexec_value *v, size_t reserve, char **buf, size_t *len);
 
+/* A byte buffer that starts in storage the caller lends (a stack array)
+ * and moves to the heap only when it outgrows it: small messages are
+ * encoded without an allocation. */
+typedef struct dx_mbuf {
+    char *p;
+    size_t len, cap;
+    int heap; /* p was allocated here (dx_mbuf_free releases it) */
+} dx_mbuf;
+
+void dx_mbuf_init(dx_mbuf *b, char *storage, size_t cap);
+/* Appends n bytes. 0 or -1 (ENOMEM). */
+int dx_mbuf_put(dx_mbuf *b, const void *d, size_t n);
+void dx_mbuf_free(dx_mbuf *b);
+/* Appends the MessagePack encoding of v. 0 or -1 (ENOMEM). */
+int dx_msgpack_pack(dx_mbuf *b, const dexec_value *v);
+/* Appends a collective call's params, [method, args, kwargs], as the
+ * value array would encode (args NULL: [], kwargs NULL: {}), without
+ * building or copying that array. 0 or -1 (ENOMEM). */
+int dx_msgpack_pack_call(dx_mbuf *b, const char *method, const dexec_value *args,
+                         const dexec_value *kwargs);
+
+/* Writes the bytes of iov (niov pieces) whole on a stream socket, as few
+ * sendmsg calls as it takes, waiting for room for timeout seconds at most
+ * from the first time the socket is full.
+ * DEXEC_OK, DEXEC_ETIMEDOUT ("write timed out (N of M bytes sent)"),
+ * DEXEC_ECLOSED or DEXEC_EIO. iov is modified. */
+struct iovec;
+/* dexec_reader_fill with recv flags of the caller's (0: a blocking recv,
+ * bounded by the socket's SO_RCVTIMEO; its EAGAIN reads as no data). */
+dexec_status dx_reader_fill_flags(dexec_reader *r, int fd, int flags, char *err, size_t errlen);
+dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double timeout, char *err,
+                           size_t errlen);
+
 /* ---- connections (conn.c) ---- */
+
+/* dexec_conn_send with params already MessagePack-encoded (plen bytes of
+ * one array): the group encodes a collective call's params once and sends
+ * the same bytes to every rank. */
+dexec_status dx_conn_send_packed(dexec_conn *c, const char *method, const char *params,
+                                 size_t plen, dexec_notify_fn notify, void *user,
+                                 uint32_t *msgid, char *err, size_t errlen);
 
 /* One call to wait for in dx_conn_wait_all. c, id, active (0: skip it),
  * done and done_user are the caller's; the rest is filled in. */

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <msgpack.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,22 +52,98 @@ static int pack_value(msgpack_packer *pk, const dexec_value *v)
     return -1;
 }
 
-/* Encodes v after `reserve` zero bytes (room for a frame header). */
+/* ---- the growable buffer (dx_mbuf) ---------------------------------------- */
+
+void dx_mbuf_init(dx_mbuf *b, char *storage, size_t cap)
+{
+    b->p = storage;
+    b->len = 0;
+    b->cap = storage != NULL ? cap : 0;
+    b->heap = 0;
+}
+
+int dx_mbuf_put(dx_mbuf *b, const void *d, size_t n)
+{
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap > 0 ? b->cap : 256;
+        char *p;
+
+        if (n > SIZE_MAX / 2 - b->len)
+            return -1;
+        while (cap < b->len + n)
+            cap *= 2;
+        if (b->heap) {
+            p = realloc(b->p, cap);
+        } else {
+            p = malloc(cap);
+            if (p != NULL && b->len > 0)
+                memcpy(p, b->p, b->len);
+        }
+        if (p == NULL)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+        b->heap = 1;
+    }
+    if (n > 0)
+        memcpy(b->p + b->len, d, n);
+    b->len += n;
+    return 0;
+}
+
+void dx_mbuf_free(dx_mbuf *b)
+{
+    if (b->heap)
+        free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->heap = 0;
+}
+
+static int mbuf_write(void *data, const char *buf, size_t len)
+{
+    return dx_mbuf_put(data, buf, len);
+}
+
+int dx_msgpack_pack(dx_mbuf *b, const dexec_value *v)
+{
+    msgpack_packer pk;
+
+    msgpack_packer_init(&pk, b, mbuf_write);
+    return pack_value(&pk, v) != 0 ? -1 : 0;
+}
+
+int dx_msgpack_pack_call(dx_mbuf *b, const char *method, const dexec_value *args,
+                         const dexec_value *kwargs)
+{
+    msgpack_packer pk;
+    size_t mlen = strlen(method);
+
+    msgpack_packer_init(&pk, b, mbuf_write);
+    if (msgpack_pack_array(&pk, 3) != 0 || msgpack_pack_str(&pk, mlen) != 0 ||
+        msgpack_pack_str_body(&pk, method, mlen) != 0)
+        return -1;
+    if ((args != NULL ? pack_value(&pk, args) : msgpack_pack_array(&pk, 0)) != 0)
+        return -1;
+    return (kwargs != NULL ? pack_value(&pk, kwargs) : msgpack_pack_map(&pk, 0)) != 0 ? -1 : 0;
+}
+
+/* Encodes v after `reserve` zero bytes (room for a frame header), into a
+ * heap buffer that starts small (msgpack-c's sbuffer starts at 8 KiB, an
+ * allocation outside malloc's fast bins on every message). */
 int dx_msgpack_encode(const dexec_value *v, size_t reserve, char **buf, size_t *len)
 {
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
     static const char zeros[16];
+    dx_mbuf b;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    if ((reserve > 0 && msgpack_sbuffer_write(&sb, zeros, reserve) != 0) ||
-        pack_value(&pk, v) != 0) {
-        msgpack_sbuffer_destroy(&sb);
+    dx_mbuf_init(&b, NULL, 0);
+    if ((reserve > 0 && dx_mbuf_put(&b, zeros, reserve) != 0) || dx_msgpack_pack(&b, v) != 0) {
+        dx_mbuf_free(&b);
         return -1;
     }
-    *len = sb.size;
-    *buf = msgpack_sbuffer_release(&sb);
+    /* every value encodes to at least one byte, so b.p is on the heap */
+    *len = b.len;
+    *buf = b.p;
     return 0;
 }
 

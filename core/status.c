@@ -94,6 +94,15 @@ void dx_struct_import(void *dst, size_t known, const void *src)
     memcpy(dst, &keep, sizeof(keep));
 }
 
+double dx_now_coarse(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return dexec_now();
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 double dexec_now(void)
 {
     struct timespec ts;

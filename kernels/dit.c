@@ -603,29 +603,37 @@ static void dx_sincos_1d(float *out, int d, double q)
     }
 }
 
-/* The published models' extra activations: their position embedding
- * (DiT's get_2d_sincos_pos_embed: the first half of each row encodes the
- * column gx, the second the row gy), D ones (the gate that adds it with
- * gated_residual) and the host side of the timestep features. */
-static int dx_published_ws(dxk_dit *m, dxk_dit_ws *ws, size_t T, size_t D)
+/* The position embedding as a buffer of its own, pos [T, D], with D ones
+ * (the gate that adds it with gated_residual): the published models' (DiT's
+ * get_2d_sincos_pos_embed: the first half of each row encodes the column
+ * gx, the second the row gy), or, for the bundled layout under sequence
+ * parallelism, the backend's own pos_embed_add applied to zeros, so that a
+ * shard adds exactly the rows the whole image would. Also the host side of
+ * the published models' timestep features. */
+static int dx_pos_ws(dxk_dit *m, dxk_dit_ws *ws, size_t T, size_t D)
 {
     dxk_backend *be = m->be;
-    const int w = ws->W / m->cfg.patch_size;
-    float *host = malloc(T * D * sizeof *host);
+    const int w = ws->W / m->cfg.patch_size, h = ws->H / m->cfg.patch_size;
+    const int published = m->cfg.layout != DXK_DIT_DEXEC;
+    float *host = calloc(T * D, sizeof *host);
     size_t i;
 
-    ws->tf_host = malloc((size_t)ws->B * DXK_TFREQ_DIM * sizeof *ws->tf_host);
+    if (published)
+        ws->tf_host = malloc((size_t)ws->B * DXK_TFREQ_DIM * sizeof *ws->tf_host);
     ws->pos = be->alloc(be, T * D);
     ws->ones = be->alloc(be, D);
-    if (host == NULL || ws->tf_host == NULL || ws->pos == NULL || ws->ones == NULL) {
+    if (host == NULL || (published && ws->tf_host == NULL) || ws->pos == NULL ||
+        ws->ones == NULL) {
         free(host);
         return 0;
     }
-    for (i = 0; i < T; i++) {
+    for (i = 0; published && i < T; i++) {
         dx_sincos_1d(host + i * D, (int)D / 2, (double)(i % (size_t)w));
         dx_sincos_1d(host + i * D + D / 2, (int)D / 2, (double)(i / (size_t)w));
     }
     be->upload(be, ws->pos, host, T * D);
+    if (!published)
+        be->pos_embed_add(be, ws->pos, 1, h, w, (int)D);
     for (i = 0; i < D; i++)
         host[i] = 1.0f;
     be->upload(be, ws->ones, host, D);
@@ -640,10 +648,11 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
 {
     const dxk_dit_config *c = &m->cfg;
     dxk_backend *be = m->be;
-    size_t D = (size_t)c->hidden_size, T, F, BT;
+    size_t D = (size_t)c->hidden_size, T, F, BT, BTl;
     dxk_dit_ws *ws;
     char berr[256];
     dexec_status s;
+    int S = 1;
 
     *out = NULL;
     if (B <= 0 || H <= 0 || W <= 0 || H % c->patch_size != 0 || W % c->patch_size != 0) {
@@ -652,6 +661,22 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
         return DEXEC_EINVAL;
     }
     T = (size_t)(H / c->patch_size) * (size_t)(W / c->patch_size);
+    if (m->seq != NULL && m->seq->size > 1) {
+        S = m->seq->size;
+        if (c->num_heads % S != 0) {
+            dexec_errorf(err, errlen,
+                         "sequence = %d does not divide the %d attention heads of this model",
+                         S, c->num_heads);
+            return DEXEC_EINVAL;
+        }
+        if ((size_t)S > T) {
+            dexec_errorf(err, errlen,
+                         "sequence = %d is more than the %zu tokens of a %dx%d image (patch %d): "
+                         "use a smaller sequence group or a larger image",
+                         S, T, W, H, c->patch_size);
+            return DEXEC_EINVAL;
+        }
+    }
     F = (size_t)(c->out_channels > c->in_channels ? c->out_channels : c->in_channels) *
         c->patch_size * c->patch_size;
     BT = (size_t)B * T;
@@ -663,27 +688,51 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
     ws->B = B;
     ws->H = H;
     ws->W = W;
-    ws->x = be->alloc(be, BT * D);
-    ws->xn = be->alloc(be, BT * D);
-    ws->qkv = be->alloc(be, BT * 3 * D);
-    ws->att = be->alloc(be, BT * D);
-    ws->hid = be->alloc(be, BT * D * c->mlp_ratio);
+    ws->S = S;
+    ws->seq = S > 1 ? m->seq : NULL;
+    ws->rank = S > 1 ? m->seq->rank : 0;
+    ws->t0 = (int)((size_t)ws->rank * T / S);
+    ws->tn = (int)((size_t)(ws->rank + 1) * T / S) - ws->t0;
+    ws->tmax = (int)((T + S - 1) / S);
+    BTl = (size_t)B * ws->tn;
+    ws->x = be->alloc(be, BTl * D);
+    ws->xn = be->alloc(be, BTl * D);
+    ws->qkv = be->alloc(be, BTl * 3 * D);
+    ws->att = be->alloc(be, BTl * D);
+    ws->hid = be->alloc(be, BTl * D * c->mlp_ratio);
     ws->io = be->alloc(be, BT * F);
-    ws->scratch = be->alloc(be, be->attention_scratch(be, B, (int)T, c->num_heads));
+    ws->scratch = be->alloc(be, be->attention_scratch(be, B, (int)T, c->num_heads / S));
     ws->tf = be->alloc(be, (size_t)B * DXK_TFREQ_DIM);
     ws->th = be->alloc(be, (size_t)B * D);
     ws->c = be->alloc(be, (size_t)B * D);
     ws->sc = be->alloc(be, (size_t)B * D);
     ws->mod = be->alloc(be, (size_t)B * 6 * D);
-    if (c->layout != DXK_DIT_DEXEC && !dx_published_ws(m, ws, T, D)) {
+    s = DEXEC_OK;
+    if (S > 1) {
+        size_t a = (size_t)B * ws->tmax * 3 * D, g = (size_t)S * B * ws->tmax * F;
+
+        ws->nh = a > g ? a : g;
+        ws->qkvh = be->alloc(be, BT * 3 * (D / S));
+        ws->att2 = be->alloc(be, BT * (D / S));
+        /* zeroed: the padding of a short shard's blocks goes out as zeros */
+        ws->ha = calloc(ws->nh, sizeof *ws->ha);
+        ws->hb = calloc(ws->nh, sizeof *ws->hb);
+        ws->hc = calloc(ws->nh, sizeof *ws->hc);
+        if (ws->ha == NULL || ws->hb == NULL || ws->hc == NULL) {
+            s = DEXEC_ENOMEM;
+            snprintf(berr, sizeof berr, "out of memory for the sequence exchange buffers");
+        }
+    }
+    if (s == DEXEC_OK && (c->layout != DXK_DIT_DEXEC || S > 1) && !dx_pos_ws(m, ws, T, D)) {
         s = DEXEC_ENOMEM;
         snprintf(berr, sizeof berr, "%s: out of memory", be->name);
-    } else {
+    } else if (s == DEXEC_OK) {
         s = be->sync(be, berr, sizeof berr);
     }
     if (s == DEXEC_OK &&
         (!ws->x || !ws->xn || !ws->qkv || !ws->att || !ws->hid || !ws->io || !ws->scratch ||
-         !ws->tf || !ws->th || !ws->c || !ws->sc || !ws->mod)) {
+         !ws->tf || !ws->th || !ws->c || !ws->sc || !ws->mod ||
+         (S > 1 && (!ws->qkvh || !ws->att2)))) {
         s = DEXEC_ENOMEM;
         snprintf(berr, sizeof berr, "%s: out of memory", be->name);
     }
@@ -716,8 +765,191 @@ void dxk_dit_ws_free(dxk_dit *m, dxk_dit_ws *ws)
     be->release(be, ws->mod);
     be->release(be, ws->pos);
     be->release(be, ws->ones);
+    be->release(be, ws->qkvh);
+    be->release(be, ws->att2);
     free(ws->tf_host);
+    free(ws->ha);
+    free(ws->hb);
+    free(ws->hc);
     free(ws);
+}
+
+dexec_status dxk_dit_ws_check(const dxk_dit_ws *ws, char *err, size_t errlen)
+{
+    if (ws->status != DEXEC_OK)
+        dexec_errorf(err, errlen, "%s", ws->err);
+    return ws->status;
+}
+
+size_t dxk_dit_seq_bytes(const dxk_dit *m, const dxk_dit_ws *ws, int B)
+{
+    const dxk_dit_config *c = &m->cfg;
+    const size_t S = (size_t)ws->S, D = (size_t)c->hidden_size, tmax = (size_t)ws->tmax;
+    const size_t F = (size_t)c->out_channels * c->patch_size * c->patch_size;
+
+    if (S <= 1)
+        return 0;
+    /* per block, to each of the S - 1 others: a qkv block (3 D/S per
+     * token) and an attention block back (D/S); then the final layer's
+     * shard to each of them */
+    return sizeof(float) * (S - 1) * ((size_t)c->depth * B * tmax * 4 * (D / S) + B * tmax * F);
+}
+
+/* Records a collective's failure in ws: the forward stops, the callers
+ * see it through dxk_dit_ws_check. */
+static void dx_seq_fail(dxk_dit_ws *ws, dexec_status s, const char *what, int block,
+                        const char *terr)
+{
+    char where[64] = "";
+
+    if (block >= 0)
+        snprintf(where, sizeof where, " of block %d", block);
+    ws->status = s;
+    snprintf(ws->err, sizeof ws->err, "sequence parallelism, rank %d of %d: %s%s: %s",
+             ws->rank, ws->S, what, where, terr);
+}
+
+/* The first and the number of tokens of rank i's shard. */
+static void dx_shard(const dxk_dit_ws *ws, int T, int i, int *t0, int *tn)
+{
+    *t0 = (int)((long)i * T / ws->S);
+    *tn = (int)((long)(i + 1) * T / ws->S) - *t0;
+}
+
+/* Ulysses attention: ws->qkv [B, tn, 3D] (this rank's tokens, every head)
+ * -> all-to-all -> qkvh [B, T, 3 D/S] (every token, this rank's heads) ->
+ * attention -> att2 [B, T, D/S] -> all-to-all -> ws->att [B, tn, D].
+ * Blocks are padded to tmax tokens so that every rank sends the same
+ * bytes. 0, or -1 with the failure recorded in ws. */
+static int dx_seq_attention(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int block)
+{
+    dxk_backend *be = m->be;
+    dxk_comm *cm = ws->seq;
+    const int S = ws->S, D = m->cfg.hidden_size, Dl = D / S, Hl = m->cfg.num_heads / S;
+    const int tn = ws->tn, tmax = ws->tmax;
+    const size_t blk = (size_t)B * tmax * 3 * Dl, blk2 = (size_t)B * tmax * Dl;
+    const size_t row = (size_t)Dl * sizeof(float);
+    /* host-memory buffers are packed and unpacked in place; a device's go
+     * through the host buffer ha (download/upload) */
+    const int direct = be->host_memory;
+    const float *src;
+    float *dst;
+    char terr[384];
+    dexec_status s;
+    int i, b, t, p, i0, in;
+
+    if (direct) {
+        be->sync(be, NULL, 0); /* the ops before are done (errors: at the caller's sync) */
+        src = ws->qkv;
+    } else {
+        be->download(be, ws->ha, ws->qkv, (size_t)B * tn * 3 * D);
+        src = ws->ha;
+    }
+    for (i = 0; i < S; i++)
+        for (b = 0; b < B; b++)
+            for (t = 0; t < tn; t++)
+                for (p = 0; p < 3; p++)
+                    memcpy(ws->hb + i * blk + ((size_t)b * tmax + t) * 3 * Dl + (size_t)p * Dl,
+                           src + ((size_t)b * tn + t) * 3 * D + (size_t)p * D + (size_t)i * Dl,
+                           row);
+    s = cm->alltoall(cm->ctx, ws->hb, ws->hc, blk * sizeof(float), terr, sizeof terr);
+    if (s != DEXEC_OK) {
+        dx_seq_fail(ws, s, "all-to-all before the attention", block, terr);
+        return -1;
+    }
+    dst = direct ? ws->qkvh : ws->ha;
+    for (i = 0; i < S; i++) {
+        dx_shard(ws, T, i, &i0, &in);
+        for (b = 0; b < B; b++)
+            memcpy(dst + ((size_t)b * T + i0) * 3 * Dl,
+                   ws->hc + i * blk + (size_t)b * tmax * 3 * Dl, (size_t)in * 3 * row);
+    }
+    if (!direct)
+        be->upload(be, ws->qkvh, ws->ha, (size_t)B * T * 3 * Dl);
+    be->attention(be, ws->att2, ws->qkvh, ws->scratch, B, T, Hl, Dl);
+    if (direct) {
+        be->sync(be, NULL, 0);
+        src = ws->att2;
+    } else {
+        be->download(be, ws->ha, ws->att2, (size_t)B * T * Dl);
+        src = ws->ha;
+    }
+    for (i = 0; i < S; i++) {
+        dx_shard(ws, T, i, &i0, &in);
+        for (b = 0; b < B; b++)
+            memcpy(ws->hb + i * blk2 + (size_t)b * tmax * Dl, src + ((size_t)b * T + i0) * Dl,
+                   (size_t)in * row);
+    }
+    s = cm->alltoall(cm->ctx, ws->hb, ws->hc, blk2 * sizeof(float), terr, sizeof terr);
+    if (s != DEXEC_OK) {
+        dx_seq_fail(ws, s, "all-to-all after the attention", block, terr);
+        return -1;
+    }
+    dst = direct ? ws->att : ws->ha;
+    for (i = 0; i < S; i++)
+        for (b = 0; b < B; b++)
+            for (t = 0; t < tn; t++)
+                memcpy(dst + ((size_t)b * tn + t) * D + (size_t)i * Dl,
+                       ws->hc + i * blk2 + ((size_t)b * tmax + t) * Dl, row);
+    if (!direct)
+        be->upload(be, ws->att, ws->ha, (size_t)B * tn * D);
+    return 0;
+}
+
+/* The final layer's shard ws->io [B, tn, F] -> all-gather -> ws->io
+ * [B, T, F] on every rank. 0, or -1 with the failure recorded in ws. */
+static int dx_seq_gather(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int F)
+{
+    dxk_backend *be = m->be;
+    dxk_comm *cm = ws->seq;
+    const int tn = ws->tn, tmax = ws->tmax;
+    const size_t blk = (size_t)B * tmax * F;
+    char terr[384];
+    dexec_status s;
+    int i, b, i0, in;
+
+    for (b = 0; b < B; b++) {
+        be->download(be, ws->ha + (size_t)b * tmax * F, ws->io + (size_t)b * tn * F,
+                     (size_t)tn * F);
+        memset(ws->ha + ((size_t)b * tmax + tn) * F, 0, (size_t)(tmax - tn) * F * sizeof(float));
+    }
+    s = cm->allgather(cm->ctx, ws->ha, ws->hb, blk * sizeof(float), terr, sizeof terr);
+    if (s != DEXEC_OK) {
+        dx_seq_fail(ws, s, "all-gather of the final layer", -1, terr);
+        return -1;
+    }
+    for (i = 0; i < ws->S; i++) {
+        dx_shard(ws, T, i, &i0, &in);
+        for (b = 0; b < B; b++)
+            memcpy(ws->hc + ((size_t)b * T + i0) * F, ws->hb + i * blk + (size_t)b * tmax * F,
+                   (size_t)in * F * sizeof(float));
+    }
+    be->upload(be, ws->io, ws->hc, (size_t)B * T * F);
+    return 0;
+}
+
+/* The patch embedding of this rank's tokens: io [B, T, F] (the whole
+ * patchified input) -> x [B, tn, D], then the positions of those tokens. */
+static void dx_embed(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int F)
+{
+    dxk_backend *be = m->be;
+    const int D = m->cfg.hidden_size, p = m->cfg.patch_size, tn = ws->tn;
+    int i;
+
+    if (ws->S == 1) {
+        be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, B * T, D, F);
+        if (m->cfg.layout == DXK_DIT_DEXEC) {
+            be->pos_embed_add(be, ws->x, B, ws->H / p, ws->W / p, D);
+            return;
+        }
+    } else {
+        for (i = 0; i < B; i++)
+            be->linear(be, ws->x + (size_t)i * tn * D, ws->io + ((size_t)i * T + ws->t0) * F,
+                       m->x_emb.w, m->x_emb.b, tn, D, F);
+    }
+    for (i = 0; i < B; i++)
+        be->gated_residual(be, ws->x + (size_t)i * tn * D, ws->pos + (size_t)ws->t0 * D,
+                           ws->ones, 0, 1, tn, D);
 }
 
 /* c = t_mlp2(SiLU(t_mlp0(features))) + table[y]; sc = SiLU(c) */
@@ -734,13 +966,25 @@ static void dx_condition(dxk_dit *m, dxk_dit_ws *ws, const dxk_linear *t0, const
     be->silu(be, ws->sc, ws->c, (size_t)B * D);
 }
 
+/* Attention of block i over ws->qkv into ws->att, alone or split over the
+ * sequence group. 0, or -1 when a collective failed. */
+static int dx_attention(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int i)
+{
+    if (ws->S == 1) {
+        m->be->attention(m->be, ws->att, ws->qkv, ws->scratch, B, T, m->cfg.num_heads,
+                         m->cfg.hidden_size);
+        return 0;
+    }
+    return dx_seq_attention(m, ws, B, T, i);
+}
+
 static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x,
                                  const double *t, const int *y, int B)
 {
     const dxk_dit_config *c = &m->cfg;
     dxk_backend *be = m->be;
     const int D = c->hidden_size, C = c->in_channels, Co = c->out_channels, p = c->patch_size;
-    const int H = ws->H, W = ws->W, T = (H / p) * (W / p), BT = B * T;
+    const int H = ws->H, W = ws->W, T = (H / p) * (W / p), Tl = ws->tn, BTl = B * Tl;
     const int M = D * c->mlp_ratio, half = DXK_TFREQ_DIM / 2;
     const int diffusers = c->layout == DXK_DIT_DIFFUSERS;
     /* diffusers' Timesteps(downscale_freq_shift=1) divides by half - 1 */
@@ -748,9 +992,7 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
     int i, k;
 
     be->patchify(be, ws->io, x, B, C, H, W, p);
-    be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, BT, D, C * p * p);
-    for (i = 0; i < B; i++)
-        be->gated_residual(be, ws->x + (size_t)i * T * D, ws->pos, ws->ones, 0, 1, T, D);
+    dx_embed(m, ws, B, T, C * p * p);
 
     /* the timestep features, cos then sin, in double on the host */
     for (i = 0; i < B; i++)
@@ -771,18 +1013,19 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
         if (diffusers)
             dx_condition(m, ws, &b->t_mlp0, &b->t_mlp2, b->y_table, y, B);
         be->linear(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D);
-        be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D);
-        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BT, 3 * D, D);
-        be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D);
-        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BT, D, D);
-        be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D);
+        be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
+        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BTl, 3 * D, D);
+        if (dx_attention(m, ws, B, T, i) != 0)
+            return;
+        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BTl, D, D);
+        be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, Tl, D);
 
-        be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, T, D,
+        be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, Tl, D,
                             (float)c->norm_eps);
-        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BT, M, D);
-        be->gelu_tanh(be, ws->hid, (size_t)BT * M);
-        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BT, D, M);
-        be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, T, D);
+        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BTl, M, D);
+        be->gelu_tanh(be, ws->hid, (size_t)BTl * M);
+        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BTl, D, M);
+        be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, Tl, D);
     }
 
     /* diffusers conditions the final layer with block 0's embedders */
@@ -790,8 +1033,10 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
         dx_condition(m, ws, &m->blocks[0].t_mlp0, &m->blocks[0].t_mlp2, m->blocks[0].y_table, y,
                      B);
     be->linear(be, ws->mod, ws->sc, m->final_ada.w, m->final_ada.b, B, 2 * D, D);
-    be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, T, D);
-    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BT, Co * p * p, D);
+    be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
+    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BTl, Co * p * p, D);
+    if (ws->S > 1 && dx_seq_gather(m, ws, B, T, Co * p * p) != 0)
+        return;
     be->unpatchify(be, v, ws->io, B, Co, H, W, p);
 }
 
@@ -801,18 +1046,19 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
     const dxk_dit_config *c = &m->cfg;
     dxk_backend *be = m->be;
     const int D = c->hidden_size, C = c->in_channels, p = c->patch_size;
-    const int H = ws->H, W = ws->W, h = H / p, w = W / p, T = h * w, F = C * p * p;
-    const int M = D * c->mlp_ratio, BT = B * T;
+    const int H = ws->H, W = ws->W, T = (H / p) * (W / p), F = C * p * p;
+    const int M = D * c->mlp_ratio, Tl = ws->tn, BTl = B * Tl;
     int i;
 
+    if (ws->status != DEXEC_OK)
+        return; /* a collective failed: the group's request is lost */
     if (c->layout != DXK_DIT_DEXEC) {
         dx_forward_published(m, ws, v, x, t, y, B);
         return;
     }
-    /* patch embedding + positions */
+    /* patch embedding + positions (of this rank's tokens) */
     be->patchify(be, ws->io, x, B, C, H, W, p);
-    be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, BT, D, F);
-    be->pos_embed_add(be, ws->x, B, h, w, D);
+    dx_embed(m, ws, B, T, F);
 
     /* condition c = t_emb + y_emb; every adaLN reads SiLU(c) */
     be->timestep_embed(be, ws->tf, t, B);
@@ -827,22 +1073,25 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
         const float *mod = ws->mod; /* shift1 scale1 gate1 shift2 scale2 gate2 */
 
         be->linear(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D);
-        be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D);
-        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BT, 3 * D, D);
-        be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D);
-        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BT, D, D);
-        be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D);
+        be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
+        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BTl, 3 * D, D);
+        if (dx_attention(m, ws, B, T, i) != 0)
+            return;
+        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BTl, D, D);
+        be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, Tl, D);
 
-        be->ln_modulate(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, T, D);
-        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BT, M, D);
-        be->gelu_tanh(be, ws->hid, (size_t)BT * M);
-        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BT, D, M);
-        be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, T, D);
+        be->ln_modulate(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, Tl, D);
+        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BTl, M, D);
+        be->gelu_tanh(be, ws->hid, (size_t)BTl * M);
+        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BTl, D, M);
+        be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, Tl, D);
     }
 
     be->linear(be, ws->mod, ws->sc, m->final_ada.w, m->final_ada.b, B, 2 * D, D);
-    be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, T, D);
-    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BT, F, D);
+    be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
+    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BTl, F, D);
+    if (ws->S > 1 && dx_seq_gather(m, ws, B, T, F) != 0)
+        return;
     be->unpatchify(be, v, ws->io, B, C, H, W, p);
 }
 

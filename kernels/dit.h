@@ -10,6 +10,7 @@
 
 #include <dexec/dexec.h>
 
+#include "comm.h"
 #include "ops.h"
 #include "safetensors.h"
 
@@ -60,14 +61,37 @@ typedef struct dxk_dit {
     float **uploads; /* buffers holding weight copies on a device backend */
     size_t nuploads;
     size_t params;   /* number of parameters */
+    /* Ulysses sequence parallelism: the communicator of this rank's
+     * sequence group (NULL or size 1: alone), borrowed; set by
+     * dxk_model_set_parallel. Workspaces take it when allocated. */
+    dxk_comm *seq;
 } dxk_dit;
 
-/* Activations of one forward pass of B images of H x W. */
+/* Activations of one forward pass of B images of H x W.
+ *
+ * With a sequence communicator of size S (rank r), the T = (H/p)(W/p)
+ * tokens of each image are split in S contiguous shards: rank r holds
+ * tokens t0 = floor(r T / S) .. floor((r+1) T / S) - 1 (tn of them, at
+ * most tmax = ceil(T / S)), and x, xn, hid, qkv, att are [B, tn, ...]
+ * (the shard of every image, image after image). Attention is computed
+ * over all T tokens for the H/S heads r H/S .. (r+1) H/S - 1: qkvh is
+ * [B, T, 3 D/S] and att2 [B, T, D/S]; host buffers ha, hb, hc stage the
+ * exchanges (the collectives move host memory). */
 typedef struct dxk_dit_ws {
     int B, H, W;
     float *x, *xn, *qkv, *att, *hid, *io, *scratch, *tf, *th, *c, *sc, *mod;
-    /* published models: position embedding [T, D], D ones, host features */
+    /* position embedding [T, D] and D ones (published models; and the
+     * bundled layout under sequence parallelism, to add a shard's rows),
+     * host timestep features (published models) */
     float *pos, *ones, *tf_host;
+    /* sequence parallelism (S = 1: alone, t0 = 0, tn = tmax = T) */
+    dxk_comm *seq;
+    int S, rank, t0, tn, tmax;
+    float *qkvh, *att2;    /* backend buffers, S > 1 only */
+    float *ha, *hb, *hc;   /* host buffers of nh floats each, S > 1 only */
+    size_t nh;
+    dexec_status status;   /* a collective's failure (sticky), see dxk_dit_ws_check */
+    char err[512];
 } dxk_dit_ws;
 
 /* Reads and checks the dexec.* metadata of st. DEXEC_EINVAL names the file
@@ -104,7 +128,10 @@ dexec_status dxk_dit_config_json(const char *path, const char *json, dxk_dit_con
 dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *cfg,
                                     dxk_backend *be, dxk_dit **out, char *err, size_t errlen);
 
-/* Activations for B images of H x W (multiples of the patch size). */
+/* Activations for B images of H x W (multiples of the patch size), split
+ * over m->seq when it has more than one rank. Errors: DEXEC_EINVAL for a
+ * size that is not a multiple of the patch, or fewer tokens than sequence
+ * ranks ("sequence = 64 is more than the 49 tokens of a 28x28 image"). */
 dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out, char *err,
                               size_t errlen);
 void dxk_dit_ws_free(dxk_dit *m, dxk_dit_ws *ws);
@@ -113,9 +140,30 @@ void dxk_dit_ws_free(dxk_dit *m, dxk_dit_ws *ws);
  * [B, C, H, W] and v one of [B, out_channels, H, W] (C for the bundled
  * model); t (timesteps as the model was trained: 0..1000 for the bundled
  * model and DiT, 0..1 for SiT) and y (class indices 0..K) are host arrays.
- * Errors surface at the backend's next sync. */
+ * Backend errors surface at the backend's next sync.
+ *
+ * With ws->S > 1 every rank of the sequence group must call this with the
+ * same x, t, y and B: each computes its token shard through the blocks
+ * (patch embedding with the shard's positions, adaLN, MLP, final layer
+ * stay local); around each attention an all-to-all swaps token shards for
+ * head shards (B tn 3D floats out and in per rank) and a second one swaps
+ * back (B tn D); at the end an all-gather of the final layer's
+ * [B, tmax, p p out_channels] shard gives every rank the full v. A
+ * collective's failure is kept in ws (dxk_dit_ws_check); the forward then
+ * stops and later forwards on ws do nothing. */
 void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const double *t,
                      const int *y, int B);
+
+/* DEXEC_OK, or the collective failure a forward on ws met, with its
+ * message in err ("sequence parallelism, rank 1 of 2: all-to-all before
+ * the attention of block 3: ..."). */
+dexec_status dxk_dit_ws_check(const dxk_dit_ws *ws, char *err, size_t errlen);
+
+/* Bytes one rank sends to the others per forward pass of B images with
+ * ws's split (its blocks of the all-to-alls and of the final all-gather
+ * that go to the S - 1 other ranks, padding of short shards included); 0
+ * when S = 1. */
+size_t dxk_dit_seq_bytes(const dxk_dit *m, const dxk_dit_ws *ws, int B);
 
 /* Floating-point operations of one forward pass of B images of H x W
  * (2 per multiply-add, GEMMs and attention products only). */

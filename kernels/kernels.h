@@ -50,10 +50,26 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
 /* Sets (par != NULL) or clears (NULL) the parallel group this rank computes
  * with: later dxk_generate calls compute each request together with the
  * group's other ranks, which must call dxk_generate with the same request.
- * *par is copied; its communicators stay the caller's. Errors:
- * DEXEC_ENOTSUP for a layout this build or model cannot compute (the
- * message says which axis), DEXEC_EINVAL for sizes the model cannot split
- * (e.g. a sequence size that does not divide the heads or the tokens). */
+ * *par is copied; its communicators stay the caller's.
+ *
+ * Sequence (Ulysses) parallelism, par->seq of size S, rank r: each
+ * forward pass of the DiT holds tokens floor(r T/S) .. floor((r+1) T/S) - 1
+ * of each image's T (shards differ by at most one token when S does not
+ * divide T) through the blocks, and all T tokens of heads r H/S ..
+ * (r+1) H/S - 1 inside attention (two all-to-alls per block, then one
+ * all-gather of the output); every rank ends each step with the full
+ * prediction and keeps identical latents, so every rank's images are the
+ * same (see dxk_dit_forward and doc/parallelism.md). The tensor methods
+ * (dxk_tensor_method) split the same way: call them on every rank too.
+ *
+ * Errors: DEXEC_ENOTSUP for a layout this build or model cannot compute
+ * (the message says which axis), DEXEC_EINVAL for sizes the model cannot
+ * split: "sequence = 3 does not divide the 16 attention heads of this
+ * model" here; a request with fewer tokens than S fails at dxk_generate
+ * ("sequence = 8 is more than the 4 tokens of a 8x8 image (patch 4): ...").
+ * A collective's failure (its deadline passed, a peer died) fails the
+ * request being generated with the transport's status (DEXEC_ETIMEDOUT,
+ * DEXEC_EIO) and a message naming the rank, the exchange and the block. */
 dexec_status dxk_model_set_parallel(dxk_model *m, const struct dxk_parallel *par, char *err,
                                     size_t errlen);
 

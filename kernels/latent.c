@@ -130,7 +130,10 @@ static dexec_status dx_eval(dxk_dit *m, dxk_dit_ws *ws, dx_lbuf *b, const dxk_co
     dxk_dit_forward(m, ws, b->v, b->xin, tt, yy, cfg ? 2 : 1);
     be->download(be, b->vh, b->v, (cfg ? 2 : 1) * no);
     {
-        dexec_status s = be->sync(be, err, errlen);
+        dexec_status s = dxk_dit_ws_check(ws, err, errlen);
+
+        if (s == DEXEC_OK)
+            s = be->sync(be, err, errlen);
 
         if (s != DEXEC_OK)
             return s;

@@ -18,6 +18,7 @@
 #include "comm.h"
 #include "dit.h"
 #include "kernels.h"
+#include "latent.h"
 #include "ops.h"
 #include "pipeline.h"
 #include "prompt.h"
@@ -43,11 +44,18 @@ struct dxk_model {
     dxk_parallel par;   /* the group this rank computes with; zeroed = alone */
 };
 
+/* The denoiser: the bundled model's, or a published pipeline's. */
+static dxk_dit *dx_model_dit(dxk_model *m)
+{
+    return m->pipe != NULL ? m->pipe->dit : m->dit;
+}
+
 dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char *err,
                                     size_t errlen)
 {
     if (par == NULL) {
         memset(&m->par, 0, sizeof m->par);
+        dx_model_dit(m)->seq = NULL;
         return DEXEC_OK;
     }
     if (par->cfg != NULL && (par->cfg->size < 1 || par->cfg->size > 2)) {
@@ -58,12 +66,24 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
         return DEXEC_EINVAL;
     }
     if (par->seq != NULL && par->seq->size > 1) {
-        dexec_errorf(err, errlen,
-                     "sequence parallelism (sequence = %d) is not supported yet by this worker",
-                     par->seq->size);
-        return DEXEC_ENOTSUP;
+        const dxk_dit_config *c = &dx_model_dit(m)->cfg;
+        const dxk_comm *q = par->seq;
+
+        if (q->rank < 0 || q->rank >= q->size || q->alltoall == NULL || q->allgather == NULL) {
+            dexec_errorf(err, errlen,
+                         "sequence communicator: rank %d of %d, or a collective missing", q->rank,
+                         q->size);
+            return DEXEC_EINVAL;
+        }
+        if (c->num_heads % q->size != 0) {
+            dexec_errorf(err, errlen,
+                         "sequence = %d does not divide the %d attention heads of this model",
+                         q->size, c->num_heads);
+            return DEXEC_EINVAL;
+        }
     }
     m->par = *par;
+    dx_model_dit(m)->seq = par->seq != NULL && par->seq->size > 1 ? par->seq : NULL;
     return DEXEC_OK;
 }
 
@@ -419,6 +439,62 @@ static dexec_status dx_check_file(const dxk_model *m, char *err, size_t errlen)
     return DEXEC_EIO;
 }
 
+/* ---- the caller's sampler and noise (dexec_request.sampler, .noise,
+ * .step_noise; doc/model.md "Samplers") ---------------------------------- */
+
+/* The request's sampler: the model's (def) without one; else it must be a
+ * sampler of the model's kind (flow: euler, heun; epsilon: ddpm, ddim). */
+static dexec_status dx_request_sampler(const dexec_request *req, dxk_sampler def,
+                                       dxk_sampler *out, char *err, size_t errlen)
+{
+    const int flow = dxk_sampler_is_flow(def);
+    const char *kind = flow ? "a SiT-style flow-matching model, whose samplers are euler and heun"
+                            : "a DiT-style epsilon-prediction model, whose samplers are ddpm "
+                              "and ddim";
+    char e2[128];
+
+    *out = def;
+    if (req->sampler == NULL)
+        return DEXEC_OK;
+    if (dxk_sampler_parse(req->sampler, out, e2, sizeof e2) != DEXEC_OK) {
+        dexec_errorf(err, errlen, "%s; this model is %s", e2, kind);
+        return DEXEC_EINVAL;
+    }
+    if (dxk_sampler_is_flow(*out) != flow) {
+        dexec_errorf(err, errlen, "sampler '%s' does not fit this model: it is %s",
+                     req->sampler, kind);
+        return DEXEC_EINVAL;
+    }
+    return DEXEC_OK;
+}
+
+/* Checks that the caller's noise (what, bytes) holds count float32
+ * values of the shape named. */
+static dexec_status dx_noise_size(const char *what, uint64_t bytes, size_t count,
+                                  const char *shape, const char *dims, char *err, size_t errlen)
+{
+    if (bytes == (uint64_t)count * sizeof(float))
+        return DEXEC_OK;
+    dexec_errorf(err, errlen,
+                 "%s: %llu bytes given; this request needs %zu bytes: float32 %s (%s), "
+                 "little-endian",
+                 what, (unsigned long long)bytes, count * sizeof(float), shape, dims);
+    return DEXEC_EINVAL;
+}
+
+/* n little-endian float32 values at src -> dst (host floats). */
+static void dx_le_floats(const void *src, float *dst, size_t n)
+{
+    const unsigned char *b = src;
+
+    for (size_t i = 0; i < n; i++, b += 4) {
+        uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                     (uint32_t)b[3] << 24;
+
+        memcpy(&dst[i], &u, sizeof u);
+    }
+}
+
 /* dxk_generate for a published latent model: sample each image's latent,
  * decode it with the VAE, convert to RGB pixels. */
 static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
@@ -431,10 +507,11 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
     int H, W, h, w, steps, n, y, y_neg, i;
     double g, t0, t1;
     dxk_dit_ws *ws = NULL;
-    float *noise = NULL, *z = NULL, *img = NULL;
+    float *noise = NULL, *z = NULL, *img = NULL, *step_noise = NULL;
     size_t nz, k;
     dexec_status s;
     dx_progress prog;
+    dxk_sampler sampler;
     char e2[768];
 
     t0 = dx_now();
@@ -457,6 +534,36 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
                      "0..%g, 1..%d outputs, a resolved seed",
                      DX_MAX_TOKENS, DX_MAX_GUIDANCE, DX_MAX_OUTPUTS);
         return DEXEC_EINVAL;
+    }
+    s = dx_request_sampler(req, p->sampler, &sampler, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    {
+        char shape[96], dims[96];
+
+        snprintf(shape, sizeof shape, "[%d, %d, %d, %d]", n, C, H / scale, W / scale);
+        snprintf(dims, sizeof dims, "outputs, channels, height / %d, width / %d", scale, scale);
+        if (req->noise != NULL)
+            s = dx_noise_size("noise", req->noise_bytes, (size_t)n * C * (H / scale) * (W / scale),
+                              shape, dims, err, errlen);
+        if (s == DEXEC_OK && req->step_noise != NULL) {
+            if (sampler != DXK_SAMPLER_DDPM) {
+                dexec_errorf(err, errlen,
+                             "step_noise: only the ddpm sampler adds noise between steps; %s "
+                             "adds none",
+                             dxk_sampler_name(sampler));
+                return DEXEC_EINVAL;
+            }
+            snprintf(shape, sizeof shape, "[%d, %d, %d, %d, %d]", n, steps, C, H / scale,
+                     W / scale);
+            snprintf(dims, sizeof dims, "outputs, steps, channels, height / %d, width / %d",
+                     scale, scale);
+            s = dx_noise_size("step_noise", req->step_noise_bytes,
+                              (size_t)n * steps * C * (H / scale) * (W / scale), shape, dims,
+                              err, errlen);
+        }
+        if (s != DEXEC_OK)
+            return s;
     }
     s = dxk_prompt_class(p->vocab, req->prompt, &y, err, errlen);
     if (s == DEXEC_OK && req->negative_prompt != NULL) {
@@ -486,7 +593,10 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
     z = malloc(nz * sizeof *z);
     img = malloc((size_t)oc * H * W * sizeof *img);
     out->images = calloc((size_t)n, sizeof *out->images);
-    if (noise == NULL || z == NULL || img == NULL || out->images == NULL) {
+    if (req->step_noise != NULL)
+        step_noise = malloc((size_t)steps * nz * sizeof *step_noise);
+    if (noise == NULL || z == NULL || img == NULL || out->images == NULL ||
+        (req->step_noise != NULL && step_noise == NULL)) {
         dexec_errorf(err, errlen, "out of memory for %d image(s) of %dx%d", n, W, H);
         s = DEXEC_ENOMEM;
         goto done;
@@ -498,9 +608,17 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
         dexec_image *im = &out->images[i];
         int py, px, c;
 
-        dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, nz);
+        if (req->noise != NULL)
+            dx_le_floats((const unsigned char *)req->noise + (size_t)i * nz * 4, noise, nz);
+        else
+            dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, nz);
         memset(&a, 0, sizeof a);
         a.noise = noise;
+        if (step_noise != NULL) {
+            dx_le_floats((const unsigned char *)req->step_noise + (size_t)i * steps * nz * 4,
+                         step_noise, (size_t)steps * nz);
+            a.step_noise = step_noise;
+        }
         a.seed = (uint64_t)req->seed;
         a.image = (uint64_t)i;
         a.h = h;
@@ -511,7 +629,7 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
         a.guidance = g;
         a.guide_channels = p->guide_channels;
         a.cfg = m->par.cfg;
-        a.sampler = p->sampler;
+        a.sampler = sampler;
         if (step != NULL) {
             prog.fn = step;
             prog.user = user;
@@ -562,6 +680,7 @@ done:
     if (s != DEXEC_OK)
         dx_free_images(out);
     free(noise);
+    free(step_noise);
     free(z);
     free(img);
     dxk_dit_ws_free(p->dit, ws);
@@ -589,6 +708,29 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         s = dx_check_request(m, req, &H, &W, &steps, &g, &n, err, errlen);
     if (s != DEXEC_OK)
         return s;
+    /* the bundled model: flow matching, sampled with Euler (sampler.c) */
+    if (req->sampler != NULL && strcmp(req->sampler, "euler") != 0) {
+        dexec_errorf(err, errlen,
+                     "sampler '%s' does not fit this model: it is dexec's own flow-matching "
+                     "model, whose sampler is euler",
+                     req->sampler);
+        return DEXEC_EINVAL;
+    }
+    if (req->step_noise != NULL) {
+        dexec_errorf(err, errlen,
+                     "step_noise: only the ddpm sampler adds noise between steps; this model's "
+                     "euler adds none");
+        return DEXEC_EINVAL;
+    }
+    if (req->noise != NULL) {
+        char shape[96];
+
+        snprintf(shape, sizeof shape, "[%d, %d, %d, %d]", n, C, H, W);
+        s = dx_noise_size("noise", req->noise_bytes, (size_t)n * C * H * W, shape,
+                          "outputs, channels, height, width", err, errlen);
+        if (s != DEXEC_OK)
+            return s;
+    }
     s = dxk_prompt_class(m->vocab, req->prompt, &y, err, errlen);
     if (s == DEXEC_OK && req->negative_prompt != NULL) {
         s = dxk_prompt_class(m->vocab, req->negative_prompt, &y_neg, e2, sizeof e2);
@@ -629,7 +771,10 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
 
         /* images are independent (own noise, batch of one): an image is
          * the same whether it is asked for alone or as the i-th of many */
-        dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, npix);
+        if (req->noise != NULL)
+            dx_le_floats((const unsigned char *)req->noise + (size_t)i * npix * 4, noise, npix);
+        else
+            dxk_noise((uint64_t)req->seed, (uint64_t)i, noise, npix);
         memset(&a, 0, sizeof a);
         a.noise = noise;
         a.H = H;

@@ -147,6 +147,10 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
             } else {
                 dxk_dit_forward(m, ws, v, x, t, y, 1);
             }
+            /* a sequence group's collective failed: the request fails now */
+            s = dxk_dit_ws_check(ws, err, errlen);
+            if (s != DEXEC_OK)
+                break;
             be->euler(be, x, v, (float)(sig[i + 1] - sig[i]), n);
             if (a->step != NULL) {
                 /* a progress report means the step is done: wait for it */

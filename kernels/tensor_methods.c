@@ -21,6 +21,7 @@
 #include "kernels.h"
 #include "latent.h"
 #include "pipeline.h"
+#include "sampler.h"
 #include "vae.h"
 
 /* Largest latent side accepted (the 512-px models have 64) and batch of
@@ -29,7 +30,7 @@
 #define DX_TM_MAX_BATCH 64
 
 static const char *const dx_tm_names[] = {"latent_forward", "latent_guided", "latent_sample",
-                                          "vae_decode"};
+                                          "vae_decode", "latent_noise"};
 
 int dxk_tensor_method_known(const char *method)
 {
@@ -219,7 +220,9 @@ static dexec_status dx_latent_forward(dxk_pipeline *p, const dexec_value *opts,
     }
     if (s == DEXEC_OK) {
         dxk_dit_forward(p->dit, ws, v, x, t, y, B);
-        s = p->dit->be->sync(p->dit->be, err, errlen);
+        s = dxk_dit_ws_check(ws, err, errlen);
+        if (s == DEXEC_OK)
+            s = p->dit->be->sync(p->dit->be, err, errlen);
     }
     if (s == DEXEC_OK) {
         dims[0] = B;
@@ -429,6 +432,53 @@ static dexec_status dx_vae_decode(dxk_pipeline *p, const dexec_value *opts,
     return s;
 }
 
+/* The noise dexec generate draws from a seed, for the caller to save and
+ * feed back (dexec generate --noise, latent_sample) or to a reference:
+ * image `image`'s starting noise [1, C, h, w], or with `steps` the ddpm
+ * sampler's per-step noise [steps, C, h, w] of that image. */
+static dexec_status dx_latent_noise(dxk_pipeline *p, const dexec_value *opts,
+                                    dexec_value **out, char *err, size_t errlen)
+{
+    const char *me = "latent_noise";
+    const int C = p->dit->cfg.in_channels;
+    const dexec_value *sv = dexec_value_map_get(opts, "seed");
+    int h = 0, w = 0, image = 0, steps = 0, dims[4];
+    size_t nz;
+    float *x = NULL;
+    dexec_status s;
+
+    if (sv == NULL || sv->type != DEXEC_VAL_INT || sv->u.i < 0 || sv->u.i > DEXEC_MAX_SEED) {
+        dexec_errorf(err, errlen, "%s: the options map needs 'seed' (an integer 0..%lld)", me,
+                     (long long)DEXEC_MAX_SEED);
+        return DEXEC_EINVAL;
+    }
+    s = dx_opt_int(me, opts, "h", 1, DX_TM_MAX_SIDE, 0, &h, err, errlen);
+    if (s == DEXEC_OK)
+        s = dx_opt_int(me, opts, "w", 1, DX_TM_MAX_SIDE, 0, &w, err, errlen);
+    if (s == DEXEC_OK)
+        s = dx_opt_int(me, opts, "image", 0, DEXEC_MAX_OUTPUTS_PER_PROMPT - 1, 0, &image, err,
+                       errlen);
+    if (s == DEXEC_OK && dexec_value_map_get(opts, "steps") != NULL) /* optional */
+        s = dx_opt_int(me, opts, "steps", 1, 1000, 1, &steps, err, errlen);
+    if (s != DEXEC_OK)
+        return s;
+    nz = (size_t)C * h * w;
+    if ((x = malloc((steps > 0 ? (size_t)steps : 1) * nz * sizeof *x)) == NULL) {
+        dexec_errorf(err, errlen, "%s: out of memory", me);
+        return DEXEC_ENOMEM;
+    }
+    if (steps == 0)
+        dxk_noise((uint64_t)sv->u.i, (uint64_t)image, x, nz);
+    for (int k = 0; k < steps; k++) /* as dxk_latent_sample draws it */
+        dxk_noise((uint64_t)sv->u.i, (uint64_t)image | (uint64_t)(k + 1) << 32, x + k * nz, nz);
+    dims[0] = steps > 0 ? steps : 1;
+    dims[1] = C;
+    dims[2] = h;
+    dims[3] = w;
+    *out = dx_tensor_value(x, dims, 4);
+    return DEXEC_OK;
+}
+
 dexec_status dxk_tensor_method(dxk_model *m, const char *method, const dexec_value *args,
                                dexec_value **out, char *err, size_t errlen)
 {
@@ -459,6 +509,8 @@ dexec_status dxk_tensor_method(dxk_model *m, const char *method, const dexec_val
         return dx_latent_sample(p, opts, args, out, err, errlen);
     if (strcmp(method, "vae_decode") == 0)
         return dx_vae_decode(p, opts, args, out, err, errlen);
+    if (strcmp(method, "latent_noise") == 0)
+        return dx_latent_noise(p, opts, out, err, errlen);
     dexec_errorf(err, errlen, "unknown tensor method '%s'", method);
     return DEXEC_ENOTFOUND;
 }

@@ -122,4 +122,90 @@ grep -F "latent_sample: per-step noise is for the ddpm sampler; euler adds none"
 grep -F "vae_decode: the loaded model is not a published latent model" "$tmp/err" >/dev/null ||
     fail "bundled model: message"
 
+# 6. dexec generate with the caller's noise and sampler (doc/model.md
+# "Samplers"): the seed's own noise, saved by latent_noise, makes the
+# seed's image again from files; the same files make the same image
+# whatever the seed; the sampler is overridden within the model's kind.
+gen() { # OUT ARGS...: dexec generate on the CPU, quiet
+    out=$1
+    shift
+    "$cli" generate --device cpu -q -o "$out" "$@" >"$tmp/out" 2>"$tmp/err"
+}
+# pixels PNG: a digest of the decompressed image data (the text chunks
+# name the seed, which differs on purpose)
+pixels() {
+    python3 - "$1" <<'PY'
+import hashlib, struct, sys, zlib
+b = open(sys.argv[1], 'rb').read()
+i, idat = 8, b''
+while i < len(b):
+    n, = struct.unpack('>I', b[i:i + 4]); t = b[i + 4:i + 8]
+    if t == b'IDAT':
+        idat += b[i + 8:i + 8 + n]
+    i += 12 + n
+print(hashlib.sha256(zlib.decompress(idat)).hexdigest())
+PY
+}
+rpc "$pub" "$tmp/n7.f32" latent_noise '{"seed": 7, "h": 8, "w": 8}' ||
+    fail "latent_noise: exit status $?"
+rpc "$pub" "$tmp/s7.f32" latent_noise '{"seed": 7, "h": 8, "w": 8, "steps": 4}' ||
+    fail "latent_noise steps: exit status $?"
+[ "$(wc -c <"$tmp/n7.f32")" -eq 1024 ] && [ "$(wc -c <"$tmp/s7.f32")" -eq 4096 ] ||
+    fail "latent_noise: sizes $(wc -c <"$tmp/n7.f32") and $(wc -c <"$tmp/s7.f32"), want 1024 and 4096"
+# ddpm (the model's sampler): seed 7 against its noise from files, twice
+gen "$tmp/a.png" -m "$pub" -p "" --steps 4 -s 7 || fail "generate seed 7: exit status $?"
+gen "$tmp/b.png" -m "$pub" -p "" --steps 4 -s 99 --noise "$tmp/n7.f32" --step-noise "$tmp/s7.f32" ||
+    fail "generate --noise (seed 99): exit status $?"
+gen "$tmp/c.png" -m "$pub" -p "" --steps 4 -s 123 --noise "$tmp/n7.f32" --step-noise "$tmp/s7.f32" ||
+    fail "generate --noise (seed 123): exit status $?"
+gen "$tmp/d.png" -m "$pub" -p "" --steps 4 -s 99 || fail "generate seed 99: exit status $?"
+pa=$(pixels "$tmp/a.png") pb=$(pixels "$tmp/b.png") pc=$(pixels "$tmp/c.png") pd=$(pixels "$tmp/d.png")
+[ "$pa" = "$pb" ] || fail "ddpm: the seed's noise from files does not make the seed's image"
+[ "$pb" = "$pc" ] || fail "ddpm: the same noise files made two different images"
+[ "$pa" != "$pd" ] || fail "ddpm: seeds 7 and 99 made the same image (the control)"
+# ddim, by override: no per-step noise
+gen "$tmp/e.png" -m "$pub" -p "" --steps 4 -s 7 --sampler ddim || fail "ddim seed 7: exit status $?"
+gen "$tmp/f.png" -m "$pub" -p "" --steps 4 -s 5 --sampler ddim --noise "$tmp/n7.f32" ||
+    fail "ddim --noise: exit status $?"
+[ "$(pixels "$tmp/e.png")" = "$(pixels "$tmp/f.png")" ] ||
+    fail "ddim: the seed's noise from a file does not make the seed's image"
+[ "$(pixels "$tmp/e.png")" != "$pa" ] || fail "ddim and ddpm made the same image"
+# refusals: the wrong size (naming the file), a sampler of the other kind,
+# an unknown one, per-step noise for ddim
+head -c 100 "$tmp/n7.f32" >"$tmp/short.f32"
+gen "$tmp/x.png" -m "$pub" -p "" --steps 4 --noise "$tmp/short.f32"
+[ $? -eq 1 ] || fail "short noise: exit status not 1"
+grep -xF "dexec generate: --noise $tmp/short.f32: 100 bytes given; this request needs 1024 bytes: float32 [1, 4, 8, 8] (outputs, channels, height / 2, width / 2), little-endian" \
+    "$tmp/err" >/dev/null || fail "short noise: message"
+[ ! -e "$tmp/x.png" ] || fail "short noise: an image was written"
+gen "$tmp/x.png" -m "$pub" -p "" --steps 4 --sampler euler
+[ $? -eq 1 ] || fail "euler on a DiT: exit status not 1"
+grep -F "sampler 'euler' does not fit this model: it is a DiT-style epsilon-prediction model, whose samplers are ddpm and ddim" \
+    "$tmp/err" >/dev/null || fail "euler on a DiT: message"
+gen "$tmp/x.png" -m "$pub" -p "" --steps 4 --sampler bogus
+grep -F "sampler 'bogus' is not one of ddpm, ddim, euler, heun; this model is a DiT-style epsilon-prediction model, whose samplers are ddpm and ddim" \
+    "$tmp/err" >/dev/null || fail "unknown sampler: message"
+gen "$tmp/x.png" -m "$pub" -p "" --steps 4 --sampler ddim --noise "$tmp/n7.f32" --step-noise "$tmp/s7.f32"
+grep -xF "dexec generate: --step-noise $tmp/s7.f32: only the ddpm sampler adds noise between steps; ddim adds none" \
+    "$tmp/err" >/dev/null || fail "step noise for ddim: message"
+# a SiT (flow) model: the same weights under SiT's scheduler
+cp -r "$pub" "$tmp/sit"
+echo '{"_class_name": "SiTTransport", "sampling_method": "euler"}' \
+    >"$tmp/sit/scheduler/scheduler_config.json"
+gen "$tmp/x.png" -m "$tmp/sit" -p "" --steps 2 --sampler ddpm
+grep -F "sampler 'ddpm' does not fit this model: it is a SiT-style flow-matching model, whose samplers are euler and heun" \
+    "$tmp/err" >/dev/null || fail "ddpm on a SiT: message"
+gen "$tmp/h.png" -m "$tmp/sit" -p "" --steps 2 --sampler heun -s 3 || fail "heun on a SiT: exit status $?"
+gen "$tmp/g.png" -m "$tmp/sit" -p "" --steps 2 -s 3 || fail "euler on a SiT: exit status $?"
+[ "$(pixels "$tmp/h.png")" != "$(pixels "$tmp/g.png")" ] || fail "SiT: heun made euler's image"
+# the bundled model: its noise is the image's, [N, 1, 28, 28]; euler only
+python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<784f', *[((i * 37) % 101) / 50.0 - 1 for i in range(784)]))" >"$tmp/b28.f32"
+gen "$tmp/m1.png" -p sneaker --steps 2 -s 1 --noise "$tmp/b28.f32" || fail "bundled --noise: exit status $?"
+gen "$tmp/m2.png" -p sneaker --steps 2 -s 2 --noise "$tmp/b28.f32" || fail "bundled --noise 2: exit status $?"
+[ "$(pixels "$tmp/m1.png")" = "$(pixels "$tmp/m2.png")" ] ||
+    fail "bundled: the same noise file made two different images"
+gen "$tmp/x.png" -p sneaker --steps 2 --sampler ddim
+grep -F "sampler 'ddim' does not fit this model: it is dexec's own flow-matching model, whose sampler is euler" \
+    "$tmp/err" >/dev/null || fail "ddim on the bundled model: message"
+
 exit $status

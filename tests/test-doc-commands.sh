@@ -594,11 +594,12 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
         not_run "$id" "the quality evaluation: PyTorch and hundreds of images (DIR stands for their directory)" ;;
     train-reexport) not_run "$id" "PyTorch (python3-torch), and it rewrites the bundled model" ;;
     train-golden | published-golden) not_run "$id" "PyTorch (python3-torch); they rewrite tests/golden, which make check reads (tests/test-convert-pt.sh runs convert_pt.py where torch is found)" ;;
-    perf-bench | perf-bench-rpc | perf-bench-scaling | perf-bench-published | perf-throughput | \
+    perf-bench | perf-bench-rpc | perf-bench-rpc-runs | perf-bench-scaling | perf-bench-published | perf-throughput | \
         perf-parallel)
         not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
     perf-cuda-check) not_run "$id" "needs a GPU (tests/test-gpu-build.sh runs tests/gpu/run.sh --build-only where nvcc is found)" ;;
     perf-cuda-links) not_run "$id" "installs the tree (a make install inside make check would race its build); distcheck stages an install" ;;
+    perf-seqpar) not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
     config-dump-ext-conf) check_conf "$where" "$blocks/$id" ;; # the file config-dump reads
     config-dump)
         workdir "$id"
@@ -698,6 +699,29 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
             block_fail "$id" "exit status $st"
         elif [ "$(wc -c <"$d/z.f32")" -ne 1024 ] || [ "$(wc -c <"$d/img.f32")" -ne 3072 ]; then
             block_fail "$id" "z.f32 is $(wc -c <"$d/z.f32") bytes (not [1, 4, 8, 8]: 1024), img.f32 $(wc -c <"$d/img.f32") (not [1, 3, 16, 16]: 3072)"
+        fi ;;
+    model-generate-noise)
+        # the seed's noise saved by latent_noise makes the seed's image
+        # again: the same pixels (the PNGs' text chunks name the seeds)
+        run_block "$id"
+        st=$?
+        if [ $st -ne 0 ]; then
+            block_fail "$id" "exit status $st"
+        elif [ "$(wc -c <"$d/noise.f32")" -ne 1024 ] || [ "$(wc -c <"$d/step_noise.f32")" -ne 4096 ]; then
+            block_fail "$id" "noise.f32 is $(wc -c <"$d/noise.f32") bytes (not 1024), step_noise.f32 $(wc -c <"$d/step_noise.f32") (not 4096)"
+        elif ! python3 - "$d/a.png" "$d/b.png" <<'PY3'; then
+import struct, sys, zlib
+def pixels(path):
+    b, i, idat = open(path, 'rb').read(), 8, b''
+    while i < len(b):
+        n, = struct.unpack('>I', b[i:i + 4])
+        if b[i + 4:i + 8] == b'IDAT':
+            idat += b[i + 8:i + 8 + n]
+        i += 12 + n
+    return zlib.decompress(idat)
+sys.exit(0 if pixels(sys.argv[1]) == pixels(sys.argv[2]) else 1)
+PY3
+            block_fail "$id" "b.png (the seed's noise from files) has not a.png's pixels"
         fi ;;
     model-quality-final | model-quality-mid)
         not_run "$id" "the quality evaluation: 500 images on the CPU and contrib/train/quality.py (PyTorch)" ;;

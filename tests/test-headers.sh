@@ -39,9 +39,32 @@ for h in "$top"/include/dexec/*.h; do
     n=$((n + 1))
 done
 [ "$n" -ge 8 ] || { echo "FAIL: only $n headers found in $top/include/dexec"; status=1; }
+
+# The ABI structs keep one size within ABI major 1 on 32-bit targets too
+# (Debian builds i386 and armhf): checked with clang's cross targets, which
+# need no target libc in freestanding mode.
+abi32=""
+if command -v clang >/dev/null 2>&1; then
+    cat > "$tmp/abi.c" <<'EOC'
+#include <dexec/dexec.h>
+_Static_assert(sizeof(dexec_request) == ((DEXEC_REQUEST_SIZE_1_1 + 7) & ~(size_t)7) + 64,
+               "dexec_request changed size within ABI major 1");
+_Static_assert(sizeof(dexec_output) == DEXEC_OUTPUT_SIZE_1_1 + 64,
+               "dexec_output changed size within ABI major 1");
+EOC
+    for target in i686-linux-gnu armv7-linux-gnueabihf x86_64-linux-gnu; do
+        if ! clang --target=$target -ffreestanding -std=c11 -Werror -I"$top/include" \
+            -fsyntax-only "$tmp/abi.c" > "$tmp/out" 2>&1; then
+            echo "FAIL: the ABI structs' sizes differ on $target:"
+            cat "$tmp/out"
+            status=1
+        fi
+    done
+    abi32=" (struct sizes checked on i686, armv7 and x86_64)"
+fi
 [ "$status" -eq 0 ] || exit 1
 if [ "$have_cxx" -eq 0 ]; then
     echo "SKIP: $n headers compile alone as C; no C++ compiler ($cxx) to check them as C++ (set CXX)"
     exit 77
 fi
-echo "PASS: $n headers compile alone as C and C++"
+echo "PASS: $n headers compile alone as C and C++$abi32"

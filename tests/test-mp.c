@@ -123,9 +123,12 @@ START_TEST(test_two_ranks_progress_together)
     ck_assert_int_ge(iv.other_when_done[0], 0);
     ck_assert_int_ge(iv.other_when_done[1], 0);
     /* when the first request finished, the other one (on the other rank)
-     * was well under way: both ranks' progress reached the caller */
+     * was under way: both ranks' progress reached the caller as it
+     * happened. Ranks served one after the other report 0 here; a tenth
+     * leaves room for a loaded machine that runs one worker more than the
+     * other (a quarter failed at 43 of 200 under a load of 10 on 2 CPUs). */
     first = iv.other_when_done[0] <= iv.other_when_done[1] ? 0 : 1;
-    ck_assert_msg(iv.other_when_done[first] >= STEPS_LONG / 4,
+    ck_assert_msg(iv.other_when_done[first] >= STEPS_LONG / 10,
                   "request %d finished while request %d was at step %d of %d: the ranks did "
                   "not progress together",
                   first, 1 - first, iv.other_when_done[first], STEPS_LONG);

@@ -169,6 +169,17 @@ START_TEST(test_cfg2_same_pixels_bundled)
         ck_assert_str_eq(two[i].request_id, ids[i]);
         ck_assert_int_eq(two[i].rank, 0); /* the group's first rank replies */
     }
+    /* sequence = 2, and cfg = 2 x sequence = 2 */
+    {
+        static const char *const seq2[] = {"parallel.sequence", "2", NULL};
+        static const char *const both[] = {"parallel.cfg", "2", "parallel.sequence", "2", NULL};
+        dexec_output *s2 = run(2, seq2, reqs, N), *cs = run(4, both, reqs, N);
+
+        assert_same_images(one, s2, N);
+        assert_same_images(one, cs, N);
+        dexec_outputs_free(s2, N);
+        dexec_outputs_free(cs, N);
+    }
     dexec_outputs_free(one, N);
     dexec_outputs_free(two, N);
 }
@@ -513,7 +524,7 @@ END_TEST
 /* Invalid layouts are refused at engine create, with the reason. */
 START_TEST(test_refusals)
 {
-    static const char *const seq2[] = {"parallel.sequence", "2", NULL};
+    static const char *const seq3[] = {"parallel.sequence", "3", NULL};
     static const char *const ray[] = {"parallel.cfg", "2", "distributed_executor_backend",
                                       "ray_actor", NULL};
     static const char *const big[] = {"parallel.cfg", "3", NULL};
@@ -529,13 +540,12 @@ START_TEST(test_refusals)
            "num_gpus = data-parallel groups x cfg x sequence (plugin ";
     ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
 
-    /* until the kernels split the tokens (sequence parallelism) */
-    e = open_engine(2, seq2, err, sizeof(err), &st);
+    /* a sequence size that does not divide the model's heads */
+    e = open_engine(3, seq3, err, sizeof(err), &st);
     ck_assert_int_eq(st, DEXEC_EWORKER);
     ck_assert_ptr_null(e);
-    ck_assert_msg(strstr(err, "mp: group 0 (ranks 0-1): parallel_join: rank 0: sequence "
-                              "parallelism (sequence = 2) is not supported yet by this "
-                              "worker") != NULL,
+    ck_assert_msg(strstr(err, "mp: group 0 (ranks 0-2): parallel_join: rank 0: sequence = 3 does "
+                              "not divide the 4 attention heads of this model") != NULL,
                   "%s", err);
 
     e = open_engine(2, ray, err, sizeof(err), &st);

@@ -36,6 +36,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "rpc_server.h"
@@ -50,6 +51,17 @@
  * hello (dxs_config.hello_max_frame, hello_max_conns). */
 #define PREHELLO_MAX_FRAME 8192
 #define PREHELLO_MAX_CONNS 128
+
+/* dexec_now() from the coarse clock (a few ms behind, and cheaper): for
+ * the deadlines of seconds a reply or a read renews. */
+static double coarse_now(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return dexec_now();
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 struct dxs_conn {
     int fd;
@@ -98,6 +110,9 @@ struct dxs_server {
     int accept_failing;   /* the failure was logged; log again only after a success */
     int owned;            /* cfg.owner_wait: an owner said hello */
     double owner_by;      /* cfg.owner_wait: end the loop unless owned by then */
+    struct pollfd *pf;    /* the loop's poll set, kept between rounds */
+    void **who;           /* what each entry of pf is */
+    size_t pcap;          /* entries pf and who hold */
 };
 
 /* ---- connections and replies ------------------------------------------------------ */
@@ -162,7 +177,7 @@ static int flush_locked(dxs_conn *c)
 
         if (n > 0) {
             c->out_off += (size_t)n;
-            c->write_by = dexec_now() + c->write_timeout;
+            c->write_by = coarse_now() + c->write_timeout;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -245,7 +260,7 @@ static void send_msg(dxs_conn *c, dexec_value *msg)
         memcpy(c->out + c->out_len + 4, body, len);
         c->out_len += len + 4;
         if (queued == 0)
-            c->write_by = dexec_now() + c->write_timeout;
+            c->write_by = coarse_now() + c->write_timeout;
         /* bytes left over: the loop must watch for POLLOUT */
         wake = flush_locked(c) && queued == 0;
     }
@@ -450,7 +465,7 @@ static int service(dxs_server *s, dxs_conn *c)
     char err[512];
     size_t before = dexec_reader_buffered(c->rd);
     dexec_status st = dexec_reader_fill(c->rd, c->fd, err, sizeof(err));
-    double now = dexec_now();
+    double now = coarse_now(); /* idle and frame deadlines: seconds */
 
     if (dexec_reader_buffered(c->rd) > before && c->idle_by > 0)
         c->idle_by = now + s->cfg.idle_timeout;
@@ -500,7 +515,9 @@ static void drop(dxs_server *s, dxs_conn *c)
 /* ---- accept ---------------------------------------------------------------------------- */
 
 /* TCP keepalive with a user timeout (doc/protocol.md): a client behind a
- * cut link is dropped within about 15 s instead of never. */
+ * cut link is dropped within about 15 s instead of never. And no Nagle:
+ * every frame leaves whole in one send, and a reply queued behind a
+ * progress notification must not wait for the client's delayed ACK. */
 static void tcp_keepalive(int fd)
 {
     struct sockaddr_storage ss;
@@ -516,6 +533,7 @@ static void tcp_keepalive(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof(user_ms));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static void accept_all(dxs_server *s, int lfd)
@@ -736,7 +754,8 @@ int dxs_run(dxs_server *s)
 
     while (!s->stopping) {
         size_t cap = 1 + (size_t)s->nlisteners, n = 0, first_conn, first_watch;
-        int accepting = dexec_now() >= s->accept_resume, rc, ms;
+        double t = dexec_now();
+        int accepting = t >= s->accept_resume, rc, ms;
         struct pollfd *pf;
         void **who;
         double now;
@@ -746,15 +765,23 @@ int dxs_run(dxs_server *s)
             cap++;
         for (watch *w = s->watches; w != NULL; w = w->next)
             cap++;
-        pf = calloc(cap, sizeof(*pf));
-        who = calloc(cap, sizeof(*who));
-        if (pf == NULL || who == NULL) {
-            free(pf);
-            free(who);
-            dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "out of memory in the I/O loop");
-            s->exit_status = 1;
-            break;
+        if (cap > s->pcap) {
+            /* grown, never shrunk: most rounds allocate nothing */
+            struct pollfd *npf = realloc(s->pf, cap * sizeof(*npf));
+            void **nwho = npf != NULL ? realloc(s->who, cap * sizeof(*nwho)) : NULL;
+
+            if (npf != NULL)
+                s->pf = npf;
+            if (nwho == NULL) {
+                dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "out of memory in the I/O loop");
+                s->exit_status = 1;
+                break;
+            }
+            s->who = nwho;
+            s->pcap = cap;
         }
+        pf = s->pf;
+        who = s->who;
         pf[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
         for (int i = 0; i < s->nlisteners; i++)
             pf[n++] = (struct pollfd){.fd = accepting ? s->listeners[i] : -1, .events = POLLIN};
@@ -769,15 +796,13 @@ int dxs_run(dxs_server *s)
             who[n] = w;
             pf[n++] = (struct pollfd){.fd = w->fd, .events = POLLIN};
         }
-        ms = (int)((next_tick - dexec_now()) * 1000.0 + 0.999);
+        ms = (int)((next_tick - t) * 1000.0 + 0.999);
         if ((!accepting || s->queued) && ms > 100)
             ms = 100;
         rc = poll(pf, (nfds_t)n, ms < 0 ? 0 : ms);
         if (rc < 0 && errno != EINTR) {
             dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "poll: %s", strerror(errno));
             s->exit_status = 1;
-            free(pf);
-            free(who);
             break;
         }
         if (rc > 0 && (pf[0].revents & POLLIN)) {
@@ -806,8 +831,6 @@ int dxs_run(dxs_server *s)
         for (size_t i = 1; rc > 0 && i < first_conn; i++)
             if (pf[i].revents & POLLIN)
                 accept_all(s, pf[i].fd);
-        free(pf);
-        free(who);
         now = dexec_now();
         s->queued = expire(s, now);
         if (s->cfg.owner_wait > 0 && !s->owned && now >= s->owner_by) {
@@ -847,6 +870,8 @@ void dxs_server_free(dxs_server *s)
     purge_watches(s);
     close(s->wake[0]);
     close(s->wake[1]);
+    free(s->pf);
+    free(s->who);
     free(s->token);
     free(s);
 }

@@ -257,8 +257,8 @@ static dexec_value *rank_info(wrank *r)
 
 static const char known_methods[] =
     "get_rank, get_info, get_stats, get_logs, cancel, load_model, check_health, echo, "
-    "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode, parallel_open, "
-    "parallel_join, parallel_leave";
+    "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode, latent_noise, "
+    "parallel_open, parallel_join, parallel_leave";
 
 /* Methods cheap enough to answer on the I/O thread. */
 static int is_inline_method(const char *m)
@@ -623,7 +623,23 @@ static int read_str_field(const dexec_value *req, const char *key, const char **
     return 0;
 }
 
-/* Request map -> dexec_request (strings point into v). */
+static int read_bin_field(const dexec_value *req, const char *key, const void **out,
+                          uint64_t *len, char *err, size_t errlen)
+{
+    const dexec_value *v = dexec_value_map_get(req, key);
+
+    if (v == NULL || v->type == DEXEC_VAL_NIL)
+        return 0;
+    if (v->type != DEXEC_VAL_BIN || v->u.str.len == 0) {
+        snprintf(err, errlen, "request field %s must be binary (little-endian float32)", key);
+        return -1;
+    }
+    *out = v->u.str.ptr;
+    *len = v->u.str.len;
+    return 0;
+}
+
+/* Request map -> dexec_request (strings and noise point into v). */
 static int parse_request(const dexec_value *v, dexec_request *r, char *err, size_t errlen)
 {
     int64_t h = 0, w = 0, steps = 0, seed = -1, nout = 1;
@@ -656,6 +672,12 @@ static int parse_request(const dexec_value *v, dexec_request *r, char *err, size
     r->seed = seed;
     r->num_outputs_per_prompt = (int)nout;
     r->guidance_scale = dexec_value_as_float(g, -1.0);
+    /* added after protocol 1's first requests (doc/protocol.md): the
+     * sampler override and the noise of the caller's */
+    if (read_str_field(v, "sampler", &r->sampler, err, errlen) != 0 ||
+        read_bin_field(v, "noise", &r->noise, &r->noise_bytes, err, errlen) != 0 ||
+        read_bin_field(v, "step_noise", &r->step_noise, &r->step_noise_bytes, err, errlen) != 0)
+        return -1;
     if (r->seed < 0) {
         /* a client that did not pick a seed gets a fresh one, reported back */
         struct timespec ts;

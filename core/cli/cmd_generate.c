@@ -39,6 +39,14 @@ static void generate_usage(FILE *out)
             "                             viewing (default 1: the model's pixels)\n"
             "      --timeout S            deadline for the whole batch (default timeouts.generate)\n"
             "  -q, --quiet                no progress bar, no line per image (errors only)\n"
+            "      --sampler NAME         the model's sampler by default; ddpm or ddim for a\n"
+            "                             DiT (epsilon) model, euler or heun for a SiT (flow)\n"
+            "                             model, euler for the bundled one\n"
+            "      --noise FILE           the sampler's starting noise instead of the seed's:\n"
+            "                             raw little-endian float32 [N, C, h, w], N = -b,\n"
+            "                             image i taking the i-th (doc/model.md)\n"
+            "      --step-noise FILE      ddpm only: the noise added after each step, float32\n"
+            "                             [N, steps, C, h, w]\n"
             "%s",
             cli_engine_opts_help);
 }
@@ -293,6 +301,61 @@ static int write_outputs(const dexec_output *o, long i, long batch, const char *
     return failed;
 }
 
+/* The largest --noise / --step-noise file: far above a 512-px batch's
+ * latents, below the protocol's frame limit. */
+#define NOISE_MAX_FILE ((size_t)128 << 20)
+
+/* Reads a noise file whole; nonzero (message printed) on failure. */
+static int read_noise(const char *opt, const char *path, long batch, char **buf, size_t *len)
+{
+    FILE *f = fopen(path, "rbe");
+    long n;
+
+    *buf = NULL;
+    if (f == NULL) {
+        fprintf(stderr, "dexec generate: %s %s: %s\n", opt, path, strerror(errno));
+        return -1;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fprintf(stderr, "dexec generate: %s %s: not a regular file (cannot find its size)\n",
+                opt, path);
+    } else if (n == 0 || (size_t)n > NOISE_MAX_FILE || n % (4 * batch) != 0) {
+        fprintf(stderr,
+                "dexec generate: %s %s: %ld bytes; expected raw little-endian float32, the "
+                "same number for each of the %ld image(s) (a multiple of %ld bytes, at most "
+                "%zu)\n",
+                opt, path, n, batch, 4 * batch, NOISE_MAX_FILE);
+    } else if ((*buf = malloc((size_t)n)) == NULL) {
+        fprintf(stderr, "dexec generate: %s %s: out of memory\n", opt, path);
+    } else if (fread(*buf, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "dexec generate: %s %s: read error\n", opt, path);
+        free(*buf);
+        *buf = NULL;
+    } else {
+        *len = (size_t)n;
+    }
+    fclose(f);
+    return *buf != NULL ? 0 : -1;
+}
+
+/* A worker's refusal of the noise of a file: said once, naming the file
+ * (what: "noise" or "step_noise", as the worker's message begins). */
+static int noise_refused(const dexec_output *o, const char *what, const char *opt,
+                         const char *path, size_t file_bytes, long batch)
+{
+    size_t l = strlen(what);
+
+    if (path == NULL || o->status == DEXEC_OK || o->error == NULL ||
+        strncmp(o->error, what, l) != 0 || strncmp(o->error + l, ": ", 2) != 0)
+        return 0;
+    if (batch == 1)
+        fprintf(stderr, "dexec generate: %s %s: %s\n", opt, path, o->error + l + 2);
+    else
+        fprintf(stderr, "dexec generate: %s %s (%zu bytes, %zu per image for -b %ld): %s\n", opt,
+                path, file_bytes, file_bytes / (size_t)batch, batch, o->error + l + 2);
+    return 1;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     cli_engine_opts eo = {0};
@@ -309,6 +372,9 @@ int cmd_generate(int argc, char **argv)
     dexec_status st;
     char *model = NULL, lost_list[256] = "";
     FILE *info = stdout;
+    const char *noise_path = NULL, *step_noise_path = NULL;
+    char *noise = NULL, *step_noise = NULL;
+    size_t noise_len = 0, step_noise_len = 0;
 
     dexec_request_init(&base);
     for (int i = 1; i < argc; i++) {
@@ -371,6 +437,12 @@ int cmd_generate(int argc, char **argv)
         } else if ((v = optval(argc, argv, &i, NULL, "--scale", &bad)) != NULL) {
             if (parse_int("--scale", v, 1, 64, &scale) != 0)
                 return 2;
+        } else if ((v = optval(argc, argv, &i, NULL, "--sampler", &bad)) != NULL) {
+            base.sampler = v;
+        } else if ((v = optval(argc, argv, &i, NULL, "--noise", &bad)) != NULL) {
+            noise_path = v;
+        } else if ((v = optval(argc, argv, &i, NULL, "--step-noise", &bad)) != NULL) {
+            step_noise_path = v;
         } else if ((v = optval(argc, argv, &i, NULL, "--timeout", &bad)) != NULL) {
             if (parse_double("--timeout", v, &timeout_s) != 0)
                 return 2;
@@ -401,6 +473,16 @@ int cmd_generate(int argc, char **argv)
     }
     if (check_output(output, batch) != 0)
         return 2;
+    if (base.sampler != NULL && base.sampler[0] == '\0') {
+        fprintf(stderr, "dexec generate: --sampler needs a name: ddpm, ddim, euler or heun\n");
+        return 2;
+    }
+    if ((noise_path != NULL && read_noise("--noise", noise_path, batch, &noise, &noise_len) != 0) ||
+        (step_noise_path != NULL &&
+         read_noise("--step-noise", step_noise_path, batch, &step_noise, &step_noise_len) != 0)) {
+        free(noise);
+        return 2;
+    }
     if (strcmp(output, "-") == 0)
         info = stderr; /* standard output carries the PNG alone */
     if (seed < 0) {
@@ -418,16 +500,29 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "dexec generate: out of memory\n");
         free(reqs);
         free(b.steps_done);
+        free(noise);
+        free(step_noise);
         return 1;
     }
     for (long i = 0; i < batch; i++) {
         reqs[i] = base;
         reqs[i].seed = seed + i;
+        /* image i takes the i-th of the file's equal parts */
+        if (noise != NULL) {
+            reqs[i].noise_bytes = noise_len / (size_t)batch;
+            reqs[i].noise = noise + (size_t)i * reqs[i].noise_bytes;
+        }
+        if (step_noise != NULL) {
+            reqs[i].step_noise_bytes = step_noise_len / (size_t)batch;
+            reqs[i].step_noise = step_noise + (size_t)i * reqs[i].step_noise_bytes;
+        }
     }
     e = cli_open_engine(&eo);
     if (e == NULL) {
         free(reqs);
         free(b.steps_done);
+        free(noise);
+        free(step_noise);
         return 1;
     }
     b.enabled = !quiet && isatty(STDERR_FILENO);
@@ -447,6 +542,15 @@ int cmd_generate(int argc, char **argv)
 
         int failed;
 
+        if (noise_refused(o, "noise", "--noise", noise_path, noise_len, batch) ||
+            noise_refused(o, "step_noise", "--step-noise", step_noise_path, step_noise_len,
+                          batch)) {
+            /* the same refusal for every image: said once, and no
+             * image is written */
+            rc = 1;
+            lost = 0;
+            break;
+        }
         if (o->status != DEXEC_OK) {
             fprintf(stderr, "dexec generate: image %ld (seed %" PRId64 ") lost: %s\n", i,
                     seed + i, o->error != NULL ? o->error : "failed");
@@ -472,6 +576,8 @@ int cmd_generate(int argc, char **argv)
     free(model);
     free(reqs);
     free(b.steps_done);
+    free(noise);
+    free(step_noise);
     return rc;
 }
 

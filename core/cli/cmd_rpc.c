@@ -27,7 +27,7 @@ static void usage(FILE *out)
             "cancel REQUEST_ID, load_model MODEL, check_health, echo ARGS...,\n"
             "debug_sleep SECONDS (load_model and debug_sleep only on workers started\n"
             "with --allow-admin); for a published latent model latent_forward,\n"
-            "latent_guided, latent_sample and vae_decode OPTIONS @TENSOR...\n"
+            "latent_guided, latent_sample, vae_decode and latent_noise OPTIONS @TENSOR...\n"
             "(doc/protocol.md \"Tensor methods\").\n\n"
             "  -r, --rank R            print only rank R's reply (all ranks still run it)\n"
             "  -t, --timeout S         deadline in seconds (default timeouts.rpc)\n"

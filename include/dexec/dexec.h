@@ -273,7 +273,39 @@ typedef struct dexec_request {
     double guidance_scale;       /* < 0: the model's default */
     int64_t seed;                /* < 0: random (the seed used is reported in the output) */
     int num_outputs_per_prompt;  /* 0: 1 */
-    uint64_t reserved[8];        /* zero */
+    /* ABI 1.1 ends here. Added after 1.1, in the reserved space (read them
+     * only when DEXEC_HAS_FIELD(r, dexec_request, field)); zero/NULL: as
+     * before. The engine copies what they point to when it takes the
+     * request (the caller may free it once the call returns). */
+    /* Each pointer sits in a 64-bit slot (an anonymous union) so that the
+     * struct has one layout on 32- and 64-bit targets. */
+    union {
+        const char *sampler; /* NULL: the model's; else "ddpm" or "ddim" (DiT: epsilon
+                          * models) or "euler" or "heun" (SiT: flow models; the
+                          * bundled model: euler); another is refused by the
+                          * worker, naming the model's kind and its samplers */
+        uint64_t sampler_slot_;
+    };
+    union {
+        const void *noise;   /* NULL: drawn from the seed; else noise_bytes bytes of
+                          * little-endian float32, the sampler's starting noise
+                          * of every output, row-major [n, C, h, w]: n outputs
+                          * (num_outputs_per_prompt), C the model's input
+                          * channels, h x w the latent (image side / 8 for the
+                          * published latent models; the image for the bundled
+                          * one); another size is refused (doc/model.md) */
+        uint64_t noise_slot_;
+    };
+    uint64_t noise_bytes;
+    union {
+        const void *step_noise; /* ddpm only, NULL: drawn from the seed; else
+                             * step_noise_bytes bytes of little-endian float32
+                             * [n, steps, C, h, w]: the noise added after model
+                             * call s (s = 0 first; the last is not used) */
+        uint64_t step_noise_slot_;
+    };
+    uint64_t step_noise_bytes;
+    uint64_t reserved[3]; /* zero */
 } dexec_request;
 
 /* Bytes of named fields: in ABI 1.1, and in the headers you build with. */

@@ -163,10 +163,13 @@ static void cpu_memory(dxk_backend *be, size_t *used, size_t *peak)
     *peak = __atomic_load_n(&dx_priv(be)->peak, __ATOMIC_RELAXED);
 }
 
+/* Rows a linear computes in whole tiles (see cpu_linear). */
+#define DX_ROW_UNIT 4
+
 static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                        int M, int N, int K)
 {
-    int i;
+    int i, r;
 
     (void)be;
     if (M <= 0 || N <= 0)
@@ -174,6 +177,39 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
     if (b != NULL) {
         for (i = 0; i < M; i++)
             memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
+    }
+    r = M % DX_ROW_UNIT;
+    if (r != 0) {
+        /* OpenBLAS computes the last M mod 4 rows with its tail kernels
+         * (a single row with GEMV), whose sums can differ in the last bit
+         * from the same rows computed in a full tile (measured with
+         * OpenBLAS 0.3.21): compute them as a tile of 4 (the tail rows,
+         * then copies of the last), so that a row's result does not
+         * depend on how many rows share the call. A sequence-parallel
+         * shard then equals the same rows of the whole image, and a cfg
+         * pair's batch of one the same image of a batch of two
+         * (doc/parallelism.md). At most 3 rows of extra work; without
+         * memory for it, the plain call. */
+        float *x4 = malloc(DX_ROW_UNIT * ((size_t)K + (size_t)N) * sizeof *x4), *y4;
+        const size_t m0 = (size_t)(M - r);
+
+        if (x4 != NULL) {
+            y4 = x4 + DX_ROW_UNIT * (size_t)K;
+            for (i = 0; i < DX_ROW_UNIT; i++) {
+                const size_t src = m0 + (size_t)(i < r ? i : r - 1);
+
+                memcpy(x4 + (size_t)i * K, x + src * K, (size_t)K * sizeof *x4);
+                memcpy(y4 + (size_t)i * N, y + src * N, (size_t)N * sizeof *y4);
+            }
+            if (m0 > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m0, N, K, 1.0f, x, K,
+                            w, K, b != NULL ? 1.0f : 0.0f, y, N);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, DX_ROW_UNIT, N, K, 1.0f, x4, K,
+                        w, K, b != NULL ? 1.0f : 0.0f, y4, N);
+            memcpy(y + m0 * N, y4, (size_t)r * N * sizeof *y);
+            free(x4);
+            return;
+        }
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K,
                 b != NULL ? 1.0f : 0.0f, y, N);
