@@ -8,7 +8,8 @@
  *
  *   bench-published DIR [REPS [VAE_LATENT_SIDE [SGEMM_N]]]
  *
- * Each figure is the best of REPS (default 2) after one warm-up run.
+ * Each figure is the best of REPS (default 2) after one warm-up run; the
+ * SGEMM rate is the best of three measurements (before, between, after).
  */
 #include <config.h>
 
@@ -18,6 +19,9 @@
 #include <time.h>
 
 #include <cblas.h>
+
+#pragma weak openblas_get_corename
+char *openblas_get_corename(void);
 
 #include "dit.h"
 #include "ops.h"
@@ -117,6 +121,10 @@ int main(int argc, char **argv)
     }
     dxk_noise(1, 0, x, 2 * n);
     dxk_noise(1, 1, z, nz);
+    /* SGEMM before, between and after the two measurements, the best
+     * kept: on a shared host the load changes within a run, and one
+     * measurement taken at a busy moment would flatter the shares */
+    sgemm = sgemm_gflops(sg);
     for (i = 0; i <= reps; i++) {
         t = now();
         dxk_dit_forward(p->dit, ws, v, x, ts, y, 2);
@@ -128,6 +136,9 @@ int main(int argc, char **argv)
         if (i > 0 && t < best_f)
             best_f = t;
     }
+    t = sgemm_gflops(sg);
+    if (t > sgemm)
+        sgemm = t;
     for (i = 0; i <= reps; i++) {
         t = now();
         if (dxk_vae_decode(p->vae, z, 1, vside, vside, img, err, sizeof err) != DEXEC_OK) {
@@ -140,7 +151,9 @@ int main(int argc, char **argv)
     }
     ff = dxk_dit_flops(&p->dit->cfg, 2, S, S);
     fv = dxk_vae_flops(&p->vae->cfg, 1, vside, vside);
-    sgemm = sgemm_gflops(sg);
+    t = sgemm_gflops(sg);
+    if (t > sgemm)
+        sgemm = t;
     printf("dexec model %s: latent %dx%d, D=%d depth=%d heads=%d patch=%d, %zu parameters\n",
            argv[1], S, S, p->dit->cfg.hidden_size, p->dit->cfg.depth, p->dit->cfg.num_heads,
            p->dit->cfg.patch_size, p->dit->params);
@@ -150,7 +163,8 @@ int main(int argc, char **argv)
            "%.0f%% of SGEMM\n",
            vside, vside, vside * dxk_vae_scale(&p->vae->cfg), vside * dxk_vae_scale(&p->vae->cfg),
            best_v, fv / 1e9, fv / best_v / 1e9, 100.0 * fv / best_v / 1e9 / sgemm);
-    printf("dexec sgemm %dx%d: %.1f GFLOP/s\n", sg, sg, sgemm);
+    printf("dexec sgemm %dx%d: %.1f GFLOP/s (OpenBLAS core %s)\n", sg, sg, sgemm,
+           openblas_get_corename ? openblas_get_corename() : "unknown");
     be->release(be, x);
     be->release(be, v);
     free(z);

@@ -4,7 +4,8 @@
 # decode in dexec (bench-published, the CPU backend on OpenBLAS) and in
 # PyTorch running the twin (bench-published-torch.py, float32), with the
 # same thread count, in the same run, plus OpenBLAS SGEMM's rate and the
-# load average. Results: doc/performance.md "Published models".
+# load average (PyTorch twice when dexec corrected OpenBLAS's choice of
+# kernels: as OpenBLAS chose them, and with dexec's choice). Results: doc/performance.md "Published models".
 #
 #   bench-published.sh BUILD_BENCH_DIR SRCDIR
 #
@@ -30,6 +31,17 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" "$src/contrib/published/make_pipeline.py" --out "$dir" --layout original \
     --depth "$depth"
 export OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads
-"$bld/bench-published" "$dir" "$reps" "$vside"
+out=$("$bld/bench-published" "$dir" "$reps" "$vside")
+echo "$out"
+echo "torch, OpenBLAS core as it chooses it (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}):"
 "$py" "$src/bench/bench-published-torch.py" "$dir" "$threads" "$reps" "$vside"
+# dexec's CPU backend corrects OpenBLAS's choice of kernels where it fell
+# back to an old core (ops_cpu.c dx_blas_core_fix); PyTorch's linear layers
+# call the same OpenBLAS, so run it again with the core dexec used
+core=$(echo "$out" | sed -n 's/.*(OpenBLAS core \([A-Za-z0-9_]*\)).*/\1/p')
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -n "$core" ]; then
+    echo "torch, OPENBLAS_CORETYPE=$core (the core dexec used):"
+    OPENBLAS_CORETYPE=$core "$py" "$src/bench/bench-published-torch.py" "$dir" "$threads" \
+        "$reps" "$vside"
+fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

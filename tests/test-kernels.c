@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,6 +56,41 @@ static double *dbuf(size_t n)
         double e_ = tk_rel_err((got), (ref), (n));                                            \
         ck_assert_msg(e_ <= (tol), "%s: relative error %g > %g", #got, e_, (double)(tol));     \
     } while (0)
+
+/* ---- OpenBLAS core selection ------------------------------------------ */
+
+#pragma weak openblas_get_corename
+char *openblas_get_corename(void);
+
+/* OpenBLAS 0.3.21 falls back to its Prescott (SSE3) kernels on CPUs it does
+ * not know (Emerald Rapids); the CPU backend chooses again by the CPU's
+ * features unless OPENBLAS_CORETYPE is set (ops_cpu.c dx_blas_core_fix). */
+START_TEST(test_blas_core)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const char *const old[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                      "Atom", "Nano", "Unknown"};
+    int user_set = getenv("OPENBLAS_CORETYPE") != NULL;
+    dxk_backend *be = cpu();
+    const char *core;
+    size_t i;
+
+    __builtin_cpu_init();
+    if (openblas_get_corename == NULL || user_set || !__builtin_cpu_supports("avx2") ||
+        !__builtin_cpu_supports("fma")) {
+        fprintf(stderr, "test_blas_core: not checked (no OpenBLAS, OPENBLAS_CORETYPE set, "
+                        "or no AVX2)\n");
+        dxk_backend_free(be);
+        return;
+    }
+    core = openblas_get_corename();
+    for (i = 0; i < sizeof old / sizeof old[0]; i++)
+        ck_assert_msg(strcmp(core, old[i]) != 0, "OpenBLAS runs its %s kernels on an AVX2 CPU",
+                      core);
+    dxk_backend_free(be);
+#endif
+}
+END_TEST
 
 /* ---- ops against naive references ----------------------------------- */
 
@@ -1128,6 +1164,7 @@ static Suite *kernels_suite(void)
     TCase *ops = tcase_create("ops"), *smp = tcase_create("sampler");
     TCase *gold = tcase_create("golden"), *api = tcase_create("model");
 
+    tcase_add_test(ops, test_blas_core);
     tcase_add_test(ops, test_linear);
     tcase_add_test(ops, test_ln_modulate);
     tcase_add_test(ops, test_attention);

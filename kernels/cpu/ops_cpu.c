@@ -10,6 +10,7 @@
 #include <config.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,15 @@
 #pragma weak openblas_get_num_threads
 #pragma weak openblas_set_num_threads
 #pragma weak openblas_get_parallel
+/* OpenBLAS DYNAMIC_ARCH: the core whose kernels were chosen at load, and
+ * the pair that chooses again (reading OPENBLAS_CORETYPE); weak, absent
+ * from a single-target OpenBLAS. */
+char *openblas_get_corename(void);
+void gotoblas_dynamic_init(void);
+void gotoblas_dynamic_quit(void);
+#pragma weak openblas_get_corename
+#pragma weak gotoblas_dynamic_init
+#pragma weak gotoblas_dynamic_quit
 
 /* Below this many floats an element-wise op is not worth waking threads. */
 #define DX_PAR_MIN 65536
@@ -39,6 +49,8 @@ typedef struct dx_cpu {
     int pos_h, pos_w, pos_d;
     float *col; /* conv2d's im2col panel */
     size_t col_n;
+    float *wg_u, *wg_v, *wg_m; /* Winograd: weights, input and product tiles */
+    size_t wg_u_n, wg_v_n, wg_m_n;
     dxk_pool *pool; /* NULL: one thread */
 } dx_cpu;
 
@@ -57,6 +69,61 @@ static void dx_blas_set_threads(int n)
     if (openblas_set_num_threads)
         openblas_set_num_threads(n);
 }
+
+/* OpenBLAS's DYNAMIC_ARCH picks its kernels from the CPU's family and
+ * model number, and a model it does not know (OpenBLAS 0.3.21, Debian 12,
+ * on Emerald Rapids: family 6 model 207) falls back to its Prescott (SSE3)
+ * kernels, a fifth of the AVX-512 SGEMM rate. When it chose one of those
+ * old cores on a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is not
+ * set, choose again by the CPU's features, through OpenBLAS's own
+ * override: set OPENBLAS_CORETYPE and rerun its core selection (before
+ * this backend's first BLAS call; the variable stays set, so that child
+ * processes choose the same). OPENBLAS_CORETYPE set by the user is left
+ * alone. Logged at info level. */
+static void dx_blas_core_fix(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const char *const old[] = {"Prescott", "Core2",   "Penryn",   "Dunnington",
+                                      "Nehalem",  "Atom",    "Nano",     "Katmai",
+                                      "Coppermine", "Northwood", "Banias", "Athlon",
+                                      "Opteron",  "Opteron_SSE3", "Barcelona", "Bobcat",
+                                      "Unknown"};
+    const char *core, *want = NULL;
+    char was[32];
+    size_t i;
+
+    if (!openblas_get_corename || !gotoblas_dynamic_init || !gotoblas_dynamic_quit ||
+        getenv("OPENBLAS_CORETYPE") != NULL || (core = openblas_get_corename()) == NULL)
+        return;
+    for (i = 0; i < sizeof old / sizeof old[0]; i++)
+        if (strcmp(core, old[i]) == 0)
+            break;
+    if (i == sizeof old / sizeof old[0])
+        return;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+#if defined(__clang__)
+        want = "SkylakeX"; /* clang's __builtin_cpu_supports may lack avx512bf16 */
+#else
+        want = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+#endif
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+    if (want == NULL || setenv("OPENBLAS_CORETYPE", want, 0) != 0)
+        return;
+    snprintf(was, sizeof was, "%s", core);
+    gotoblas_dynamic_quit();
+    gotoblas_dynamic_init();
+    dexec_log(DEXEC_LOG_INFO, "kernels",
+              "cpu: OpenBLAS chose its %s kernels for this CPU, which has %s; "
+              "using %s (OPENBLAS_CORETYPE=%s; set OPENBLAS_CORETYPE to choose otherwise)",
+              was, strcmp(want, "Haswell") == 0 ? "AVX2" : "AVX-512",
+              openblas_get_corename(), want);
+#endif
+}
+
+static pthread_once_t dx_blas_once = PTHREAD_ONCE_INIT;
 
 /* Pool threads of an OpenMP OpenBLAS have their own thread count, which
  * must be 1 (a pthreads OpenBLAS has one global count, set around jobs). */
@@ -87,6 +154,15 @@ static dx_cpu *dx_priv(dxk_backend *be)
     __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math")))
 #else
 #define DX_VECTORIZE
+#endif
+
+/* The x86-64 baseline is SSE2; the element-wise loops and the Winograd
+ * transforms also get AVX2 and AVX-512 versions, chosen at load by the CPU
+ * (GCC's target_clones, glibc ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define DX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DX_CLONES
 #endif
 
 /* expf without libm: GELU and SiLU call it for every activation, and the
@@ -223,7 +299,7 @@ typedef struct dx_ln_job {
 } dx_ln_job;
 
 /* rows [lo, hi) of the B*T rows */
-DX_VECTORIZE static void dx_ln_rows(const dx_ln_job *j, int lo, int hi)
+DX_CLONES DX_VECTORIZE static void dx_ln_rows(const dx_ln_job *j, int lo, int hi)
 {
     const int T = j->T, D = j->D;
     int row, d;
@@ -295,7 +371,7 @@ static size_t cpu_attention_scratch(dxk_backend *be, int B, int T, int H)
     return (size_t)T * T * dxk_pool_size(dx_priv(be)->pool); /* one score matrix per thread */
 }
 
-DX_VECTORIZE static void cpu_softmax_rows(float *s, int rows, int cols)
+DX_CLONES DX_VECTORIZE static void cpu_softmax_rows(float *s, int rows, int cols)
 {
     int i, j;
 
@@ -363,7 +439,7 @@ static void cpu_attention(dxk_backend *be, float *out, const float *qkv, float *
     dx_blas_set_threads(saved);
 }
 
-DX_VECTORIZE static void dx_gelu(float *x, size_t n)
+DX_CLONES DX_VECTORIZE static void dx_gelu(float *x, size_t n)
 {
     const float k = 0.7978845608028654f; /* sqrt(2/pi) */
     size_t i;
@@ -613,6 +689,302 @@ static void dx_col_task(void *arg, int ci, int thread)
         }
 }
 
+
+/* ---- 3x3 convolution by Winograd F(4x4, 3x3) ---------------------------
+ *
+ * Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016):
+ * each 4x4 block of outputs of one (output, input) channel pair is
+ * A^T [(G g G^T) . (B^T d B)] A over the 6x6 input patch d around it, so
+ * the 144 multiply-adds per block and channel pair of a direct 3x3
+ * convolution become 36, done as 36 SGEMMs (one per element of the 6x6
+ * transformed tile) of [Cout x Cin] x [Cin x tiles]. The transforms are
+ * linear passes over the input, the weights and the output (vectorised
+ * over DX_WG_L tiles side by side). Interpolation points 0, +-1, +-2 and
+ * infinity; in FP32 the result differs from a direct convolution by a few
+ * 1e-6 relative (tests/test-published.c test_conv2d_winograd). Used for
+ * 3x3 convolutions with at least DX_WG_MIN input and output channels;
+ * the others (the VAE's conv_in from 4 channels, conv_out to 3) stay on
+ * im2col. */
+#define DX_WG_L 16   /* tiles transformed together */
+#define DX_WG_MIN 16 /* channels in and out for Winograd */
+
+
+typedef struct dx_wg_job {
+    float *u, *v, *m, *y;
+    const float *x, *w, *b;
+    int Cin, Cout, H, W, tw, ty0, nty, nt;
+} dx_wg_job;
+
+/* L <= DX_WG_L floats; the whole-group case as a fixed-length loop, which
+ * becomes vector moves (a memcpy of L floats becomes rep movsq) */
+static inline __attribute__((always_inline)) void dx_wg_copy(float *restrict d,
+                                                             const float *restrict s, int L)
+{
+    int l;
+
+    if (L == DX_WG_L) {
+        for (l = 0; l < DX_WG_L; l++)
+            d[l] = s[l];
+    } else {
+        for (l = 0; l < L; l++)
+            d[l] = s[l];
+    }
+}
+
+/* G applied to 3 values of L lanes: o[0..5] */
+#define DX_WG_G(o, g0, g1, g2, L)                                                            \
+    do {                                                                                    \
+        int l_;                                                                             \
+        for (l_ = 0; l_ < (L); l_++) {                                                      \
+            float a_ = (g0)[l_], b_ = (g1)[l_], c_ = (g2)[l_];                              \
+            (o)[0][l_] = a_ * 0.25f;                                                        \
+            (o)[1][l_] = -(a_ + b_ + c_) * (1.0f / 6.0f);                                   \
+            (o)[2][l_] = -(a_ - b_ + c_) * (1.0f / 6.0f);                                   \
+            (o)[3][l_] = a_ * (1.0f / 24.0f) + b_ * (1.0f / 12.0f) + c_ * (1.0f / 6.0f);    \
+            (o)[4][l_] = a_ * (1.0f / 24.0f) - b_ * (1.0f / 12.0f) + c_ * (1.0f / 6.0f);    \
+            (o)[5][l_] = c_;                                                                \
+        }                                                                                   \
+    } while (0)
+
+/* U[e][co][ci] = (G g G^T)[e] for output channel `co`, DX_WG_L input
+ * channels side by side */
+DX_CLONES DX_VECTORIZE static void dx_wg_weight_task(void *arg, int co, int thread)
+{
+    const dx_wg_job *j = arg;
+    const size_t plane = (size_t)j->Cout * j->Cin;
+    const float *wc = j->w + (size_t)co * j->Cin * 9;
+    float *uc = j->u + (size_t)co * j->Cin;
+    int ci0, r, c, l, L, e;
+
+    (void)thread;
+    for (ci0 = 0; ci0 < j->Cin; ci0 += DX_WG_L) {
+        float g[9][DX_WG_L], t[6][3][DX_WG_L], tc[6][DX_WG_L], u[6][6][DX_WG_L];
+
+        L = j->Cin - ci0 < DX_WG_L ? j->Cin - ci0 : DX_WG_L;
+        for (e = 0; e < 9; e++)
+            for (l = 0; l < DX_WG_L; l++)
+                g[e][l] = l < L ? wc[(size_t)(ci0 + l) * 9 + e] : 0.0f;
+        for (c = 0; c < 3; c++) { /* t = G g, column c */
+            DX_WG_G(tc, g[c], g[3 + c], g[6 + c], DX_WG_L);
+            for (r = 0; r < 6; r++)
+                for (l = 0; l < DX_WG_L; l++)
+                    t[r][c][l] = tc[r][l];
+        }
+        for (r = 0; r < 6; r++) /* u = t G^T, row r */
+            DX_WG_G(u[r], t[r][0], t[r][1], t[r][2], DX_WG_L);
+        for (e = 0; e < 36; e++) {
+            float *dst = uc + (size_t)e * plane + ci0;
+
+            dx_wg_copy(dst, u[e / 6][e % 6], L);
+        }
+    }
+}
+
+/* B^T d (or its transpose applied on the right), over L lanes */
+#define DX_WG_BT(o, d, L)                                                                   \
+    do {                                                                                    \
+        int l_;                                                                             \
+        for (l_ = 0; l_ < (L); l_++) {                                                      \
+            float d0 = (d)[0][l_], d1 = (d)[1][l_], d2 = (d)[2][l_];                        \
+            float d3 = (d)[3][l_], d4 = (d)[4][l_], d5 = (d)[5][l_];                        \
+            (o)[0][l_] = 4.0f * d0 - 5.0f * d2 + d4;                                        \
+            (o)[1][l_] = -4.0f * d1 - 4.0f * d2 + d3 + d4;                                  \
+            (o)[2][l_] = 4.0f * d1 - 4.0f * d2 - d3 + d4;                                   \
+            (o)[3][l_] = -2.0f * d1 - d2 + 2.0f * d3 + d4;                                  \
+            (o)[4][l_] = 2.0f * d1 - d2 - 2.0f * d3 + d4;                                   \
+            (o)[5][l_] = 4.0f * d1 - 5.0f * d3 + d5;                                        \
+        }                                                                                   \
+    } while (0)
+
+/* V[e][ci][t] = (B^T d B)[e] for input channel `ci`, the band's tiles */
+DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int thread)
+{
+    const dx_wg_job *j = arg;
+    const int W = j->W, H = j->H, tw = j->tw, pw = tw * 4 + 2;
+    const size_t plane = (size_t)j->Cin * j->nt;
+    const float *xc = j->x + (size_t)ci * H * W;
+    float rows[6][4 * 1024 + 2 + 4 * DX_WG_L]; /* the patch rows, zero-padded */
+    int ty, tx0, r, c, l, L, e;
+
+    (void)thread;
+    for (ty = 0; ty < j->nty; ty++) {
+        const int iy0 = (j->ty0 + ty) * 4 - 1;
+
+        for (r = 0; r < 6; r++) {
+            int iy = iy0 + r;
+
+            if (iy >= 0 && iy < H) {
+                /* zero only the padding: column -1 and beyond W */
+                rows[r][0] = 0.0f;
+                memcpy(rows[r] + 1, xc + (size_t)iy * W, (size_t)W * sizeof(float));
+                memset(rows[r] + 1 + W, 0, (size_t)(pw + 4 * DX_WG_L - 1 - W) * sizeof(float));
+            } else {
+                memset(rows[r], 0, (size_t)(pw + 4 * DX_WG_L) * sizeof(float));
+            }
+        }
+        for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
+            float d[6][6][DX_WG_L], t[6][6][DX_WG_L], o[6][6][DX_WG_L];
+            const size_t t0 = (size_t)ty * tw + tx0;
+
+            L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
+            for (r = 0; r < 6; r++)
+                for (c = 0; c < 6; c++)
+                    for (l = 0; l < DX_WG_L; l++)
+                        d[r][c][l] = rows[r][(tx0 + l) * 4 + c];
+            /* t[.][c] = B^T d[.][c]: over rows, column by column */
+            for (c = 0; c < 6; c++) {
+                float dc[6][DX_WG_L], oc[6][DX_WG_L];
+
+                for (r = 0; r < 6; r++)
+                    for (l = 0; l < DX_WG_L; l++)
+                        dc[r][l] = d[r][c][l];
+                DX_WG_BT(oc, dc, DX_WG_L);
+                for (r = 0; r < 6; r++)
+                    for (l = 0; l < DX_WG_L; l++)
+                        t[r][c][l] = oc[r][l];
+            }
+            /* o[r] = t[r] B: over columns, row by row */
+            for (r = 0; r < 6; r++)
+                DX_WG_BT(o[r], t[r], DX_WG_L);
+            for (e = 0; e < 36; e++) {
+                float *dst = j->v + (size_t)e * plane + (size_t)ci * j->nt + t0;
+
+                dx_wg_copy(dst, o[e / 6][e % 6], L);
+            }
+        }
+    }
+}
+
+/* M[e] = U[e] V[e]: one of the 36 products, single-threaded */
+static void dx_wg_gemm_task(void *arg, int e, int thread)
+{
+    const dx_wg_job *j = arg;
+
+    (void)thread;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->Cout, j->nt, j->Cin, 1.0f,
+                j->u + (size_t)e * j->Cout * j->Cin, j->Cin, j->v + (size_t)e * j->Cin * j->nt,
+                j->nt, 0.0f, j->m + (size_t)e * j->Cout * j->nt, j->nt);
+}
+
+/* y[co] block rows of the band = A^T m A + bias */
+DX_CLONES DX_VECTORIZE static void dx_wg_output_task(void *arg, int co, int thread)
+{
+    const dx_wg_job *j = arg;
+    const int W = j->W, H = j->H, tw = j->tw;
+    const size_t plane = (size_t)j->Cout * j->nt;
+    const float bias = j->b != NULL ? j->b[co] : 0.0f;
+    float *yc = j->y + (size_t)co * H * W;
+    int ty, tx0, r, c, l, L, e;
+
+    (void)thread;
+    for (ty = 0; ty < j->nty; ty++)
+        for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
+            float m[6][6][DX_WG_L], t[4][6][DX_WG_L], o[4][4 * DX_WG_L];
+            const size_t t0 = (size_t)ty * tw + tx0;
+            int oy0 = (j->ty0 + ty) * 4, ncol;
+
+            L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
+            if (L < DX_WG_L)
+                memset(m, 0, sizeof m);
+            for (e = 0; e < 36; e++) {
+                const float *src = j->m + (size_t)e * plane + (size_t)co * j->nt + t0;
+
+                dx_wg_copy(m[e / 6][e % 6], src, L);
+            }
+            for (c = 0; c < 6; c++) /* t = A^T m, column by column */
+                for (l = 0; l < DX_WG_L; l++) {
+                    float m0 = m[0][c][l], m1 = m[1][c][l], m2 = m[2][c][l];
+                    float m3 = m[3][c][l], m4 = m[4][c][l], m5 = m[5][c][l];
+
+                    t[0][c][l] = m0 + m1 + m2 + m3 + m4;
+                    t[1][c][l] = m1 - m2 + 2.0f * (m3 - m4);
+                    t[2][c][l] = m1 + m2 + 4.0f * (m3 + m4);
+                    t[3][c][l] = m1 - m2 + 8.0f * (m3 - m4) + m5;
+                }
+            for (r = 0; r < 4; r++) /* o = t A, row by row, lanes side by side */
+                for (l = 0; l < DX_WG_L; l++) {
+                    float m0 = t[r][0][l], m1 = t[r][1][l], m2 = t[r][2][l];
+                    float m3 = t[r][3][l], m4 = t[r][4][l], m5 = t[r][5][l];
+
+                    o[r][l * 4 + 0] = m0 + m1 + m2 + m3 + m4 + bias;
+                    o[r][l * 4 + 1] = m1 - m2 + 2.0f * (m3 - m4) + bias;
+                    o[r][l * 4 + 2] = m1 + m2 + 4.0f * (m3 + m4) + bias;
+                    o[r][l * 4 + 3] = m1 - m2 + 8.0f * (m3 - m4) + m5 + bias;
+                }
+            ncol = W - tx0 * 4 < L * 4 ? W - tx0 * 4 : L * 4;
+            for (r = 0; r < 4 && oy0 + r < H; r++)
+                memcpy(yc + (size_t)(oy0 + r) * W + (size_t)tx0 * 4, o[r],
+                       (size_t)ncol * sizeof(float));
+        }
+}
+
+static int dx_grow(dx_cpu *c, float **p, size_t *have, size_t n, const char *what)
+{
+    float *q;
+
+    if (*have >= n)
+        return 0;
+    free(*p);
+    *p = NULL;
+    *have = 0;
+    if (n > SIZE_MAX / sizeof(float) || (q = malloc(n * sizeof *q)) == NULL) {
+        dx_cpu_fail(c, what);
+        return -1;
+    }
+    *p = q;
+    *have = n;
+    return 0;
+}
+
+/* a 3x3, stride 1, pad 1 convolution of B images by F(4x4, 3x3) */
+static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *w,
+                              const float *b, int B, int Cin, int H, int W, int Cout)
+{
+    const int tw = (W + 3) / 4, th = (H + 3) / 4;
+    const size_t wide = (size_t)(Cin > Cout ? Cin : Cout);
+    int band = (int)(DX_COL_MAX / (36 * wide * (size_t)tw)), img, ty0, saved = 0;
+    dx_wg_job j;
+
+    if (band < 1)
+        band = 1;
+    if (band > th)
+        band = th;
+    if (dx_grow(c, &c->wg_u, &c->wg_u_n, (size_t)36 * Cout * Cin, "the Winograd weights") ||
+        dx_grow(c, &c->wg_v, &c->wg_v_n, (size_t)36 * Cin * band * tw, "the Winograd input") ||
+        dx_grow(c, &c->wg_m, &c->wg_m_n, (size_t)36 * Cout * band * tw, "the Winograd product"))
+        return;
+    memset(&j, 0, sizeof j);
+    j.u = c->wg_u;
+    j.v = c->wg_v;
+    j.m = c->wg_m;
+    j.w = w;
+    j.b = b;
+    j.Cin = Cin;
+    j.Cout = Cout;
+    j.H = H;
+    j.W = W;
+    j.tw = tw;
+    dxk_pool_run(c->pool, Cout, dx_wg_weight_task, &j);
+    if (c->pool != NULL) {
+        saved = dx_blas_threads();
+        dx_blas_set_threads(1);
+    }
+    for (img = 0; img < B; img++) {
+        j.x = x + (size_t)img * Cin * H * W;
+        j.y = y + (size_t)img * Cout * H * W;
+        for (ty0 = 0; ty0 < th; ty0 += band) {
+            j.ty0 = ty0;
+            j.nty = th - ty0 < band ? th - ty0 : band;
+            j.nt = j.nty * tw;
+            dxk_pool_run(c->pool, Cin, dx_wg_input_task, &j);
+            dxk_pool_run(c->pool, 36, dx_wg_gemm_task, &j);
+            dxk_pool_run(c->pool, Cout, dx_wg_output_task, &j);
+        }
+    }
+    if (c->pool != NULL)
+        dx_blas_set_threads(saved);
+}
+
 static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                        int B, int Cin, int H, int W, int Cout, int k)
 {
@@ -622,6 +994,10 @@ static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w
 
     if (c->fail != DEXEC_OK || B <= 0 || Cout <= 0 || HW == 0)
         return;
+    if (k == 3 && Cin >= DX_WG_MIN && Cout >= DX_WG_MIN && W <= 4 * 1024) {
+        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout);
+        return;
+    }
     band = (int)(DX_COL_MAX / (K * (size_t)W));
     if (band < 1)
         band = 1;
@@ -673,8 +1049,35 @@ typedef struct dx_gn_job {
     double eps;
 } dx_gn_job;
 
+/* sum of x[0..n-1] (of (x - m)^2 when sq), in double, in DX_GN_L
+ * independent lanes so that the loop vectorises */
+#define DX_GN_L 16
+DX_CLONES DX_VECTORIZE static double dx_gn_sum(const float *x, size_t n, double m, int sq)
+{
+    double acc[DX_GN_L] = {0}, s = 0.0;
+    size_t i = 0;
+    int l;
+
+    if (sq)
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++) {
+                double e = x[i + l] - m;
+
+                acc[l] += e * e;
+            }
+    else
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++)
+                acc[l] += x[i + l];
+    for (; i < n; i++)
+        s += sq ? (x[i] - m) * (x[i] - m) : x[i];
+    for (l = 0; l < DX_GN_L; l++)
+        s += acc[l];
+    return s;
+}
+
 /* task = b*G + g: one group of one image */
-DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
+DX_CLONES DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
 {
     const dx_gn_job *j = arg;
     const int cpg = j->C / j->G, b = task / j->G, g = task % j->G;
@@ -682,21 +1085,14 @@ DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
     const size_t off = ((size_t)b * j->C + (size_t)g * cpg) * HW;
     const float *xg = j->x + off;
     float *yg = j->y + off;
-    double mean = 0.0, var = 0.0;
+    double mean, var;
     size_t i;
     int ch;
 
     (void)thread;
     /* double accumulation: a group holds up to 512/32 x 512^2 values */
-    for (i = 0; i < n; i++)
-        mean += xg[i];
-    mean /= (double)n;
-    for (i = 0; i < n; i++) {
-        double e = xg[i] - mean;
-
-        var += e * e;
-    }
-    var /= (double)n;
+    mean = dx_gn_sum(xg, n, 0.0, 0) / (double)n;
+    var = dx_gn_sum(xg, n, mean, 1) / (double)n;
     for (ch = 0; ch < cpg; ch++) {
         const int cc = g * cpg + ch;
         const float a = (float)(j->gamma[cc] / sqrt(var + j->eps));
@@ -704,11 +1100,15 @@ DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
         const float *xr = xg + (size_t)ch * HW;
         float *yr = yg + (size_t)ch * HW;
 
-        for (i = 0; i < HW; i++)
-            yr[i] = xr[i] * a + sh;
         if (j->silu)
+            for (i = 0; i < HW; i++) {
+                float v = xr[i] * a + sh;
+
+                yr[i] = v / (1.0f + dx_expf(-v));
+            }
+        else
             for (i = 0; i < HW; i++)
-                yr[i] = yr[i] / (1.0f + dx_expf(-yr[i]));
+                yr[i] = xr[i] * a + sh;
     }
 }
 
@@ -761,6 +1161,9 @@ static void cpu_destroy(dxk_backend *be)
     dxk_pool_free(c->pool);
     free(c->pos);
     free(c->col);
+    free(c->wg_u);
+    free(c->wg_v);
+    free(c->wg_m);
     free(c);
     free(be);
 }
@@ -802,6 +1205,7 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
             snprintf(err, errlen, "cpu backend: out of memory");
         return DEXEC_ENOMEM;
     }
+    pthread_once(&dx_blas_once, dx_blas_core_fix);
     /* no pool is no error: the ops then run in the caller alone */
     c->pool = dxk_pool_new(dx_blas_threads(), dx_pool_thread_init);
     be->struct_size = sizeof *be;
