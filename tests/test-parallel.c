@@ -413,7 +413,7 @@ START_TEST(test_kill9_member_recovered)
     killer k = {.on_req = 0};
     pid_t before;
 
-    make_requests(reqs, 1, ids, 60);
+    make_requests(reqs, 1, ids, 400);
     ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &ref, NULL, NULL), DEXEC_OK);
     before = rank_pid(e, 0);
     k.victim = before;
@@ -422,6 +422,9 @@ START_TEST(test_kill9_member_recovered)
     ck_assert_msg(outs[0].status == DEXEC_OK, "%s", outs[0].error);
     ck_assert_int_eq(memcmp(outs[0].images[0].pixels, ref[0].images[0].pixels, pixels_of(&ref[0])),
                      0);
+    /* the restarted rank 0 (a new pid) is live again */
+    for (int t = 0; t < 600 && dexec_engine_check_health(e) != DEXEC_OK; t++)
+        usleep(100000);
     ck_assert_int_ne(rank_pid(e, 0), before);
     dexec_outputs_free(outs, 1);
     dexec_outputs_free(ref, 1);
