@@ -118,6 +118,16 @@ static const struct dx_key keys[] = {
             "times a request lost with its worker is dealt again to a live rank (Ray's "
             "max_task_retries); 0 fails it at once"),
 
+    KEY_INT("parallel.cfg", 1, 1, 2,
+            "ranks that compute one image's classifier-free guidance together: 2 runs the "
+            "conditional and the unconditional branch on two ranks (needs guidance)"),
+    KEY_INT("parallel.sequence", 1, 1, 64,
+            "ranks that split one image's tokens (Ulysses sequence parallelism); must divide "
+            "the model's attention heads"),
+    KEY_ENUM("parallel.transport", "auto", "auto|shm|tcp",
+             "how a group's ranks exchange data: shared memory between ranks on one host and "
+             "TCP links otherwise (auto), or always one of them"),
+
     KEY_INT("engine.max_queued", 1024, 1, 1048576,
             "requests dexec_engine_submit() holds waiting for a rank; one more is refused "
             "with DEXEC_EAGAIN (queue full)"),

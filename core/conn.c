@@ -1181,7 +1181,10 @@ static double watch_silence(dx_wait *w, double now)
                 free(p);
             }
             w->probe_id = 0;
-        } else if (now - last >= silence) {
+        } else if (now - last >= silence && now - w->probe_at >= silence / 2) {
+            /* silent for all of it, and the probe unanswered for half of
+             * it: a connection idle before the call gets its probe's
+             * answer time too */
             char why[200];
 
             snprintf(why, sizeof(why),
@@ -1200,7 +1203,8 @@ static double watch_silence(dx_wait *w, double now)
     if (silence <= 0 || dexec_conn_dead(c))
         return 1.0 / 0.0;
     if (w->probe_id != 0)
-        return last + silence;
+        return last + silence > w->probe_at + silence / 2 ? last + silence
+                                                          : w->probe_at + silence / 2;
     if (now - last < silence / 2)
         return last + silence / 2;
     if (dexec_conn_send(c, "get_rank", NULL, NULL, NULL, &w->probe_id, msg, sizeof(msg)) !=
@@ -1209,7 +1213,7 @@ static double watch_silence(dx_wait *w, double now)
         return 1.0 / 0.0; /* the connection is dead: wait_one reports it */
     }
     w->probe_at = now;
-    return last + silence;
+    return last + silence > now + silence / 2 ? last + silence : now + silence / 2;
 }
 
 /* Drops the probe still in flight for w, if any. */

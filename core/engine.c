@@ -63,6 +63,8 @@ struct dexec_engine {
     char *worker_path;
     char backend[160]; /* "name version" */
     int nranks;
+    int width;  /* ranks per parallel group */
+    int nslots; /* data-parallel slots: ranks / (parallel.cfg x parallel.sequence) */
     double rpc_s, generate_s, health_s;
     uint64_t next_request; /* for "req-N"; atomic */
 
@@ -71,7 +73,7 @@ struct dexec_engine {
 
     /* asynchronous requests (dexec_engine_submit): the queue, the handles
      * handed to the executor, and the dispatcher threads, one per
-     * data-parallel slot (today a slot is one rank) */
+     * data-parallel slot (a rank, or a parallel group of width ranks) */
     pthread_mutex_t qlock;
     pthread_cond_t qcond;    /* queue not empty, or stopping */
     pthread_cond_t donecond; /* a handle completed */
@@ -81,8 +83,7 @@ struct dexec_engine {
     size_t max_queued;     /* engine.max_queued */
     uint64_t next_submission;
     int stopping;
-    int nslots;
-    dx_slot *slots;
+    dx_slot *slots; /* nslots of them */
     int ndispatch; /* dispatcher threads started */
     /* the executor's ABI 1.2 ops, NULL for an older plugin */
     dexec_status (*add_requests_on)(dexec_executor *, int, const dexec_request *, size_t,
@@ -389,6 +390,13 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         e->max_queued = q > 0 ? (size_t)q : 1;
     }
 
+    {
+        int64_t pc = 1, ps = 1;
+
+        dexec_config_get_int(e->cfg, "parallel.cfg", &pc);
+        dexec_config_get_int(e->cfg, "parallel.sequence", &ps);
+        e->width = (int)(pc * ps);
+    }
     msg[0] = '\0';
     st = e->ops->create(&e->host, &ex, msg, sizeof(msg));
     if (st == DEXEC_OK && ex == NULL) {
@@ -418,6 +426,18 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         e->ex = NULL;
         goto fail;
     }
+    if (e->nranks % e->width != 0) {
+        st = dx_fail(err, errlen, DEXEC_ECONFIG,
+                     "%s: %d ranks do not divide into parallel groups of parallel.cfg x "
+                     "parallel.sequence = %d ranks: the ranks are data-parallel groups x cfg x "
+                     "sequence",
+                     desc->name, e->nranks, e->width);
+        e->ops->shutdown(ex);
+        e->ex = NULL;
+        goto fail;
+    }
+    /* a data-parallel slot is a group of ranks */
+    e->nslots = e->nranks / e->width;
     if ((st = start_dispatchers(e, err, errlen)) != DEXEC_OK) {
         e->ops->shutdown(ex);
         e->ex = NULL;
@@ -875,8 +895,7 @@ static void *dispatch_main(void *arg)
 /* Starts the dispatcher threads, one per data-parallel slot. */
 static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen)
 {
-    /* today a slot is one rank; parallel groups make a slot of several */
-    e->nslots = e->nranks;
+    /* e->nslots: ranks / width, set at create */
     e->slots = calloc((size_t)e->nslots, sizeof(*e->slots));
     if (e->slots == NULL)
         return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <dexec/group.h>
@@ -61,6 +62,14 @@ struct dexec_group {
      * another caller's request is not silent to a request queued behind
      * it. Read and written atomically (heard_get/heard_set). */
     double *heard;
+    /* parallel groups (dexec_group_form): width = cfg x seq consecutive
+     * ranks compute each request together; slot s = ranks s*width.. */
+    int width, cfg, seq;
+    char transport[8]; /* auto, shm, tcp */
+    double coll_timeout;
+    int *formed;                /* per slot: its collectives are set up */
+    int *busy;                  /* per slot: generate calls in flight */
+    pthread_mutex_t *slot_lock; /* per slot: one call at a time is sent to its members */
 };
 
 typedef struct restart_arg {
@@ -94,6 +103,7 @@ dexec_group *dexec_group_new(int n)
         return NULL;
     }
     g->n = n;
+    g->width = g->cfg = g->seq = 1;
     pthread_mutex_init(&g->lock, NULL);
     g->rec.struct_size = sizeof(g->rec);
     snprintf(g->component, sizeof(g->component), "executor");
@@ -312,7 +322,7 @@ int dexec_group_size(const dexec_group *g)
 
 int dexec_group_num_slots(const dexec_group *g)
 {
-    return g != NULL ? g->n : 0;
+    return g != NULL ? g->n / g->width : 0;
 }
 
 dexec_status dexec_group_rank_stats(dexec_group *g, int rank, dexec_rank_stats *out)
@@ -341,6 +351,11 @@ void dexec_group_free(dexec_group *g)
     free(g->rs);
     free(g->load);
     free(g->heard);
+    for (int i = 0; g->slot_lock != NULL && i < g->n / g->width; i++)
+        pthread_mutex_destroy(&g->slot_lock[i]);
+    free(g->slot_lock);
+    free(g->formed);
+    free(g->busy);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -831,6 +846,11 @@ static void check_stalls(step *s)
  * may need the waiter (seconds). */
 #define TICK 0.05
 
+static dexec_status generate_wide(dexec_group *g, int prefer, const dexec_request *reqs,
+                                  size_t n, dexec_output *outs, double timeout,
+                                  dexec_progress_fn progress, void *user, char *err,
+                                  size_t errlen);
+
 /* generate with the requests on slot (when it is live), or dealt to the
  * least loaded live slots (slot < 0). */
 static dexec_status group_generate(dexec_group *g, int slot, const dexec_request *reqs, size_t n,
@@ -853,6 +873,8 @@ static dexec_status group_generate(dexec_group *g, int slot, const dexec_request
     }
     if (n == 0)
         return DEXEC_OK;
+    if (g->width > 1) /* parallel groups: on slot's group, else the least busy live one */
+        return generate_wide(g, slot, reqs, n, outs, timeout, progress, user, err, errlen);
     s.calls = calloc(n, sizeof(*s.calls));
     s.waits = calloc(n, sizeof(*s.waits));
     s.queue = calloc(n, sizeof(*s.queue));
@@ -1060,4 +1082,634 @@ void dexec_group_shutdown(dexec_group *g, double deadline)
             dexec_conn_wait(g->conns[r], ids[r], deadline, NULL, msg, sizeof(msg));
     free(ids);
     free(sent);
+}
+
+/* ---- parallel groups ---------------------------------------------------------
+ *
+ * With dexec_group_form(g, cfg, seq) the ranks come in slots of width =
+ * cfg x seq consecutive ranks (slot s: ranks s*width .. s*width+width-1,
+ * member m = rank s*width + m). Each request goes to one slot, whose every
+ * member gets the same generate call (sent under the slot's lock, so that
+ * all members see the slot's calls in one order); member 0's outputs are
+ * the request's, the others return no images. A slot's collectives are
+ * set up by two worker methods through execute_rpc: parallel_open on
+ * every member (each makes its mailbox and says where it is), then
+ * parallel_join with everyone's answer. A slot whose call failed in any
+ * way is formed again before its next call. */
+
+/* Runs execute_rpc [method, [args_m], {}] on each member of slot s;
+ * results[m] are the caller's on DEXEC_OK. */
+static dexec_status slot_rpc(dexec_group *g, int s, const char *method, dexec_value **args,
+                             double deadline, dexec_value **results, char *err, size_t errlen)
+{
+    const int w = g->width;
+    dx_wait waits[64];
+    dexec_status st = DEXEC_OK;
+    char msg[768];
+
+    memset(waits, 0, sizeof(waits));
+    for (int m = 0; m < w; m++) {
+        int r = s * w + m;
+        dexec_conn *c = dexec_group_conn(g, r);
+        dexec_value *params = dexec_value_array(), *a = dexec_value_array();
+
+        dexec_value_array_push(params, dexec_value_str(method));
+        if (args != NULL && args[m] != NULL)
+            dexec_value_array_push(a, dexec_value_clone(args[m]));
+        dexec_value_array_push(params, a);
+        dexec_value_array_push(params, dexec_value_map());
+        st = dexec_conn_send(c, "execute_rpc", params, NULL, NULL, &waits[m].id, msg, sizeof(msg));
+        dexec_value_free(params);
+        waits[m].c = c;
+        waits[m].active = st == DEXEC_OK;
+        if (st != DEXEC_OK) {
+            if (st == DEXEC_ECLOSED)
+                note_death(g, r, c, msg);
+            dexec_errorf(err, errlen, "%s: rank %d: %s", method, r, msg);
+            st = DEXEC_EWORKER;
+            break;
+        }
+    }
+    dx_conn_wait_all(waits, (size_t)w, deadline);
+    for (int m = 0; m < w; m++) {
+        if (!waits[m].active)
+            continue;
+        if (waits[m].st == DEXEC_OK) {
+            results[m] = waits[m].result;
+            continue;
+        }
+        if (waits[m].st == DEXEC_ECLOSED)
+            note_death(g, s * w + m, waits[m].c, waits[m].msg);
+        if (st == DEXEC_OK) {
+            st = waits[m].st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+            dexec_errorf(err, errlen, "%s: rank %d: %s", method, s * w + m, waits[m].msg);
+        }
+    }
+    if (st != DEXEC_OK)
+        for (int m = 0; m < w; m++) {
+            dexec_value_free(results[m]);
+            results[m] = NULL;
+        }
+    return st;
+}
+
+/* Sets up slot s's collectives (every member live): mailboxes in shared
+ * memory when the members share a host (or transport = shm), TCP links
+ * between them otherwise (or transport = tcp). */
+static dexec_status form_slot(dexec_group *g, int s, double deadline, char *err, size_t errlen)
+{
+    const int w = g->width;
+    dexec_value *opened[64] = {NULL}, *joined[64] = {NULL}, *args[64] = {NULL}, *peers = NULL;
+    dexec_value *oa[64] = {NULL};
+    const char *tr = strcmp(g->transport, "tcp") == 0 ? "tcp" : "shm";
+    char msg[900], token[33] = "";
+    dexec_status st = DEXEC_OK;
+
+    for (int round = 0; round < 2; round++) {
+        int other = -1;
+
+        for (int m = 0; m < w; m++) {
+            oa[m] = dexec_value_map();
+            dexec_value_map_set(oa[m], "transport", dexec_value_str(tr));
+        }
+        st = slot_rpc(g, s, "parallel_open", oa, deadline, opened, msg, sizeof(msg));
+        for (int m = 0; m < w; m++) {
+            dexec_value_free(oa[m]);
+            oa[m] = NULL;
+        }
+        if (st != DEXEC_OK) {
+            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1, msg);
+            return st;
+        }
+        for (int m = 1; m < w && other < 0; m++)
+            if (strcmp(dexec_value_as_str(dexec_value_map_get(opened[0], "host"), ""),
+                       dexec_value_as_str(dexec_value_map_get(opened[m], "host"), "?")) != 0)
+                other = m;
+        if (other < 0 || strcmp(tr, "tcp") == 0)
+            break;
+        if (strcmp(g->transport, "shm") == 0) {
+            st = DEXEC_ENOTSUP;
+            dexec_errorf(err, errlen,
+                         "group %d: ranks %d and %d are not on one host (%s, %s) and "
+                         "parallel.transport = \"shm\": set it to \"auto\" or \"tcp\"",
+                         s, s * w, s * w + other,
+                         dexec_value_as_str(dexec_value_map_get(opened[0], "host"), ""),
+                         dexec_value_as_str(dexec_value_map_get(opened[other], "host"), ""));
+            break;
+        }
+        /* members on different hosts: links over TCP instead */
+        slot_rpc(g, s, "parallel_leave", NULL, deadline, joined, msg, sizeof(msg));
+        for (int m = 0; m < w; m++) {
+            dexec_value_free(opened[m]);
+            dexec_value_free(joined[m]);
+            opened[m] = joined[m] = NULL;
+        }
+        tr = "tcp";
+    }
+    if (st == DEXEC_OK && strcmp(tr, "tcp") == 0) {
+        unsigned char raw[16];
+
+        if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+            st = DEXEC_EIO;
+            dexec_errorf(err, errlen, "group %d: getrandom for the group's token failed", s);
+        }
+        for (size_t i = 0; i < sizeof(raw); i++)
+            snprintf(token + 2 * i, 3, "%02x", raw[i]);
+    }
+    if (st == DEXEC_OK) {
+        peers = dexec_value_array();
+        for (int m = 0; m < w; m++) {
+            dexec_value *p = dexec_value_map();
+            const char *key = strcmp(tr, "tcp") == 0 ? "address" : "shm";
+
+            dexec_value_map_set(p, key, dexec_value_clone(dexec_value_map_get(opened[m], key)));
+            dexec_value_map_set(p, "pid", dexec_value_clone(dexec_value_map_get(opened[m], "pid")));
+            dexec_value_array_push(peers, p);
+        }
+        for (int m = 0; m < w; m++) {
+            args[m] = dexec_value_map();
+            dexec_value_map_set(args[m], "index", dexec_value_int(m));
+            dexec_value_map_set(args[m], "cfg", dexec_value_int(g->cfg));
+            dexec_value_map_set(args[m], "sequence", dexec_value_int(g->seq));
+            dexec_value_map_set(args[m], "timeout", dexec_value_float(g->coll_timeout));
+            if (token[0] != '\0')
+                dexec_value_map_set(args[m], "token", dexec_value_str(token));
+            dexec_value_map_set(args[m], "peers", dexec_value_clone(peers));
+        }
+        st = slot_rpc(g, s, "parallel_join", args, deadline, joined, msg, sizeof(msg));
+        if (st != DEXEC_OK)
+            dexec_errorf(err, errlen, "group %d (ranks %d-%d): %s", s, s * w, s * w + w - 1, msg);
+        else
+            dexec_log(DEXEC_LOG_INFO, g->component[0] ? g->component : "group",
+                      "group %d (ranks %d-%d) formed over %s", s, s * w, s * w + w - 1,
+                      strcmp(tr, "tcp") == 0 ? "TCP" : "shared memory");
+    } else {
+        /* the mailboxes made by parallel_open go with parallel_leave */
+        slot_rpc(g, s, "parallel_leave", NULL, deadline, joined, msg, sizeof(msg));
+    }
+    for (int m = 0; m < w; m++) {
+        dexec_value_free(opened[m]);
+        dexec_value_free(joined[m]);
+        dexec_value_free(args[m]);
+    }
+    dexec_value_free(peers);
+    return st;
+}
+
+dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, const char *transport,
+                              double timeout, char *err, size_t errlen)
+{
+    int w = cfg * seq, nslots;
+    double deadline = dexec_now() + timeout;
+
+    if (g == NULL || cfg < 1 || cfg > 2 || seq < 1 || w > 64 || g->n % w != 0)
+        return dx_fail(err, errlen, DEXEC_EINVAL,
+                       "parallel groups of cfg %d x sequence %d do not tile %d ranks: num_gpus "
+                       "must be a multiple of parallel.cfg x parallel.sequence (at most 64)",
+                       cfg, seq, g != NULL ? g->n : 0);
+    if (transport == NULL)
+        transport = "auto";
+    if (strcmp(transport, "auto") != 0 && strcmp(transport, "shm") != 0 &&
+        strcmp(transport, "tcp") != 0)
+        return dx_fail(err, errlen, DEXEC_EINVAL, "parallel transport '%s' is not auto, shm or tcp",
+                       transport);
+    snprintf(g->transport, sizeof(g->transport), "%s", transport);
+    if (w == 1)
+        return DEXEC_OK;
+    nslots = g->n / w;
+    g->formed = calloc((size_t)nslots, sizeof(int));
+    g->busy = calloc((size_t)nslots, sizeof(int));
+    g->slot_lock = calloc((size_t)nslots, sizeof(pthread_mutex_t));
+    if (g->formed == NULL || g->busy == NULL || g->slot_lock == NULL)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "out of memory");
+    for (int s = 0; s < nslots; s++)
+        pthread_mutex_init(&g->slot_lock[s], NULL);
+    g->width = w;
+    g->cfg = cfg;
+    g->seq = seq;
+    g->coll_timeout = timeout;
+    for (int s = 0; s < nslots; s++) {
+        dexec_status st = form_slot(g, s, deadline, err, errlen);
+
+        if (st != DEXEC_OK)
+            return st;
+        g->formed[s] = 1;
+    }
+    dexec_log(DEXEC_LOG_INFO, g->component[0] ? g->component : "group",
+              "%d parallel group(s) of cfg %d x sequence %d formed", nslots, cfg, seq);
+    return DEXEC_OK;
+}
+
+dexec_status dexec_group_form_from_config(dexec_group *g, const dexec_config *cfg, char *err,
+                                          size_t errlen)
+{
+    int64_t pc = 1, ps = 1;
+    double gen = 300.0;
+    const char *tr = "auto";
+
+    dexec_config_get_int(cfg, "parallel.cfg", &pc);
+    dexec_config_get_int(cfg, "parallel.sequence", &ps);
+    dexec_config_get_string(cfg, "parallel.transport", &tr);
+    dexec_config_get_float(cfg, "timeouts.generate", &gen);
+    return dexec_group_form(g, (int)pc, (int)ps, tr, gen, err, errlen);
+}
+
+/* Whether every member of slot s is live; *restarting when one restarts. */
+static int slot_live(dexec_group *g, int s, int *restarting)
+{
+    int live = 1;
+
+    pthread_mutex_lock(&g->lock);
+    for (int m = 0; m < g->width; m++) {
+        int r = s * g->width + m;
+
+        if (g->rs[r].state == RANK_RESTARTING)
+            *restarting = 1;
+        if (g->rs[r].state != RANK_LIVE || dexec_conn_dead(g->conns[r]))
+            live = 0;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return live;
+}
+
+/* Slot s must be formed again before its next call. */
+static void slot_unform(dexec_group *g, int s)
+{
+    pthread_mutex_lock(&g->slot_lock[s]);
+    g->formed[s] = 0;
+    pthread_mutex_unlock(&g->slot_lock[s]);
+}
+
+/* Whether a member's generate reply holds count outputs, all OK. */
+static int member_outputs_ok(const dexec_value *res, size_t count)
+{
+    if (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != count)
+        return 0;
+    for (size_t j = 0; j < count; j++) {
+        dexec_output o;
+        char msg[256];
+        int ok;
+
+        dexec_output_init(&o);
+        ok = dexec_output_from_value(res->u.arr.items[j], &o, msg, sizeof(msg)) == DEXEC_OK &&
+             o.status == DEXEC_OK;
+        dexec_output_clear(&o);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* A member's generate call ended (on the waiting thread, as it ends). */
+typedef struct member_end {
+    dexec_group *g;
+    int rank;
+    dexec_conn *c;
+} member_end;
+
+static void member_done(void *user, dx_wait *w)
+{
+    member_end *e = user;
+    dexec_group *g = e->g;
+    int same;
+
+    if (w->st != DEXEC_ECLOSED || g->rec.kill == NULL)
+        return;
+    /* A member whose connection closed while its process may live (a
+     * probe unanswered: hung) is ended now, so that the other members,
+     * waiting for it in a collective, fail at once rather than at their
+     * deadline. Not when the rank was replaced meanwhile. */
+    pthread_mutex_lock(&g->lock);
+    same = g->conns[e->rank] == e->c && g->rs[e->rank].state == RANK_LIVE;
+    pthread_mutex_unlock(&g->lock);
+    if (same)
+        g->rec.kill(g->rec.user, e->rank);
+}
+
+/* Waits for every member's call. A slot whose first member has reported
+ * no progress for timeouts.stall while its calls run is hung (a member
+ * stuck where the silence watch cannot see it: its compute thread, with
+ * its I/O thread answering probes): every member of it is ended (or its
+ * connection shut), which fails the others' collectives at once. */
+static void wait_slots(dexec_group *g, dx_wait *waits, const size_t *dealn, const double *heard,
+                       double deadline)
+{
+    const int w = g->width, nslots = g->n / w;
+    int *hung = calloc((size_t)nslots, sizeof(int));
+
+    for (;;) {
+        int busy = 0;
+        double now = dexec_now();
+
+        for (int r = 0; r < g->n; r++)
+            busy |= waits[r].active && !waits[r].finished;
+        if (!busy)
+            break;
+        for (int s = 0; hung != NULL && g->rec.stall_s > 0 && s < nslots; s++) {
+            int running = 0;
+
+            for (int m = 0; m < w; m++)
+                running |= waits[s * w + m].active && !waits[s * w + m].finished;
+            if (dealn[s] == 0 || !running || hung[s] || now - heard[s] < g->rec.stall_s)
+                continue;
+            hung[s] = 1;
+            dexec_log(DEXEC_LOG_WARN, g->component,
+                      "group %d (ranks %d-%d): hung: no progress for %.3g s (timeouts.stall = "
+                      "%.3g s); %s",
+                      s, s * w, s * w + w - 1, now - heard[s], g->rec.stall_s,
+                      g->rec.kill != NULL ? "killing its ranks" : "dropping its ranks");
+            for (int m = 0; m < w; m++) {
+                if (g->rec.kill != NULL)
+                    g->rec.kill(g->rec.user, s * w + m);
+                else
+                    dexec_conn_shutdown(waits[s * w + m].c);
+            }
+        }
+        dx_conn_wait_any(waits, (size_t)g->n, deadline,
+                         g->rec.stall_s > 0 ? now + TICK : deadline);
+        if (dx_remaining(deadline) <= 0) {
+            dx_conn_wait_any(waits, (size_t)g->n, deadline, deadline);
+            break;
+        }
+    }
+    free(hung);
+}
+
+static dexec_status generate_wide(dexec_group *g, int prefer, const dexec_request *reqs,
+                                  size_t n, dexec_output *outs, double timeout,
+                                  dexec_progress_fn progress, void *user, char *err,
+                                  size_t errlen)
+{
+    const int w = g->width, nslots = g->n / w;
+    double start = dexec_now(), deadline = start + timeout;
+    double *heard = calloc((size_t)nslots, sizeof(double)); /* per slot: its last progress */
+    size_t *queue = calloc(n, sizeof(size_t)), nq = n, nfailed = 0;
+    int *tries = calloc(n, sizeof(int)), *order = calloc((size_t)nslots, sizeof(int));
+    int *load = calloc((size_t)nslots, sizeof(int));
+    size_t **deal = calloc((size_t)nslots, sizeof(size_t *)),
+           *dealn = calloc((size_t)nslots, sizeof(size_t));
+    dx_wait *waits = calloc((size_t)g->n, sizeof(dx_wait));
+    gcall *calls = calloc((size_t)nslots, sizeof(gcall));
+    member_end *ends = calloc((size_t)g->n, sizeof(member_end));
+    dexec_status last_st = DEXEC_EWORKER;
+    char last[1200] = "";
+
+    for (size_t i = 0; i < n; i++) {
+        dexec_output_init(&outs[i]);
+        if (queue != NULL)
+            queue[i] = i;
+    }
+    for (int s = 0; deal != NULL && s < nslots; s++)
+        deal[s] = calloc(n, sizeof(size_t));
+    if (queue == NULL || tries == NULL || order == NULL || load == NULL || deal == NULL ||
+        dealn == NULL || heard == NULL ||
+        waits == NULL || calls == NULL || ends == NULL ||
+        (nslots > 0 && deal[nslots - 1] == NULL)) {
+        nq = 0;
+        nfailed = n;
+        last_st = DEXEC_ENOMEM;
+        snprintf(last, sizeof(last), "generate: out of memory");
+        for (size_t i = 0; i < n; i++)
+            fail_output(&outs[i], &reqs[i], DEXEC_ENOMEM, -1, last);
+    }
+    while (nq > 0) {
+        int nuse = 0, restarting = 0;
+        char why[900] = "";
+
+        /* the usable slots, the least busy first */
+        for (int s = 0; s < nslots; s++) {
+            if (!slot_live(g, s, &restarting))
+                continue;
+            {
+                int formed;
+
+                pthread_mutex_lock(&g->slot_lock[s]);
+                if (!g->formed[s]) {
+                    double d = dexec_now() + 60.0 < deadline ? dexec_now() + 60.0 : deadline;
+
+                    if (form_slot(g, s, d, why, sizeof(why)) == DEXEC_OK)
+                        g->formed[s] = 1;
+                    else
+                        snprintf(last, sizeof(last), "generate: %s", why);
+                }
+                formed = g->formed[s];
+                load[s] = g->busy[s];
+                pthread_mutex_unlock(&g->slot_lock[s]);
+                if (!formed)
+                    continue;
+            }
+            order[nuse++] = s;
+        }
+        for (int i = 1; i < nuse; i++)
+            for (int j = i; j > 0 && load[order[j]] < load[order[j - 1]]; j--) {
+                int t = order[j];
+
+                order[j] = order[j - 1];
+                order[j - 1] = t;
+            }
+        /* the first deal goes to the slot asked for while it is usable */
+        for (int i = 0; prefer >= 0 && i < nuse; i++)
+            if (order[i] == prefer) {
+                memmove(order + 1, order, (size_t)i * sizeof(*order));
+                order[0] = prefer;
+                nuse = 1; /* all of this call's requests on it */
+                break;
+            }
+        prefer = -1;
+        if (nuse == 0) {
+            if (restarting && dexec_now() < deadline) {
+                nanosleep(&(struct timespec){.tv_nsec = (long)(TICK * 1e9)}, NULL);
+                continue;
+            }
+            {
+                char m[1100];
+
+                snprintf(m, sizeof(m),
+                         "generate: no parallel group has all its ranks live "
+                         "(%.800s)",
+                         last[0] ? last : "every group lost a rank");
+                snprintf(last, sizeof(last), "%s", m);
+            }
+            last_st = restarting ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+            for (size_t q = 0; q < nq; q++) {
+                fail_output(&outs[queue[q]], &reqs[queue[q]], last_st, -1, last);
+                nfailed++;
+            }
+            break;
+        }
+        memset(dealn, 0, (size_t)nslots * sizeof(size_t));
+        for (size_t q = 0; q < nq; q++) {
+            int s = order[q % (size_t)nuse];
+
+            deal[s][dealn[s]++] = queue[q];
+        }
+        nq = 0;
+        memset(waits, 0, (size_t)g->n * sizeof(dx_wait));
+        for (int s = 0; s < nslots; s++) {
+            dexec_value *params, *batch;
+
+            free(calls[s].index);
+            calls[s] = (gcall){.rank = s * w, .heard = &heard[s], .fn = progress, .user = user};
+            heard[s] = dexec_now();
+            if (dealn[s] == 0)
+                continue;
+            calls[s].index = malloc(dealn[s] * sizeof(size_t));
+            if (calls[s].index != NULL)
+                memcpy(calls[s].index, deal[s], dealn[s] * sizeof(size_t));
+            calls[s].count = calls[s].index != NULL ? dealn[s] : 0;
+            batch = dexec_value_array();
+            for (size_t j = 0; j < dealn[s]; j++)
+                dexec_value_array_push(batch, dexec_request_to_value(&reqs[deal[s][j]]));
+            params = dexec_value_array();
+            dexec_value_array_push(params, batch);
+            {
+                dexec_value *o = dexec_value_map();
+
+                /* the members compute it as the group (doc/protocol.md) */
+                dexec_value_map_set(o, "parallel", dexec_value_bool(1));
+                dexec_value_array_push(params, o);
+            }
+            pthread_mutex_lock(&g->slot_lock[s]);
+            g->busy[s]++;
+            for (int m = 0; m < w; m++) {
+                int r = s * w + m;
+                dexec_conn *c = dexec_group_conn(g, r);
+                dx_wait *wt = &waits[r];
+                char msg[768];
+                dexec_status st;
+
+                /* member 0 reports progress; the others' only count as heard */
+                st = dexec_conn_send(c, "generate", params, m == 0 ? on_progress : NULL,
+                                     m == 0 ? &calls[s] : NULL, &wt->id, msg, sizeof(msg));
+                *wt = (dx_wait){
+                    .c = c, .id = wt->id, .active = 1, .done = member_done, .done_user = &ends[r]};
+                ends[r] = (member_end){.g = g, .rank = r, .c = c};
+                if (st != DEXEC_OK) {
+                    wt->finished = 1;
+                    wt->st = st;
+                    snprintf(wt->msg, sizeof(wt->msg), "%s", msg);
+                }
+            }
+            pthread_mutex_unlock(&g->slot_lock[s]);
+            dexec_value_free(params);
+        }
+        wait_slots(g, waits, dealn, heard, deadline);
+        for (int s = 0; s < nslots; s++) {
+            int bad = -1, dead = -1, timedout = 0;
+            dexec_value *res;
+
+            if (dealn[s] == 0)
+                continue;
+            pthread_mutex_lock(&g->slot_lock[s]);
+            g->busy[s]--;
+            pthread_mutex_unlock(&g->slot_lock[s]);
+            for (int m = 0; m < w; m++) {
+                dx_wait *wt = &waits[s * w + m];
+
+                if (wt->st == DEXEC_ECLOSED) {
+                    note_death(g, s * w + m, wt->c, wt->msg);
+                    if (dead < 0)
+                        dead = m;
+                } else if (wt->st == DEXEC_ETIMEDOUT) {
+                    timedout = 1;
+                }
+                if (wt->st != DEXEC_OK && bad < 0)
+                    bad = m;
+            }
+            res = waits[s * w].result;
+            if (bad < 0 &&
+                (res == NULL || res->type != DEXEC_VAL_ARRAY || res->u.arr.len != dealn[s])) {
+                bad = 0;
+                waits[s * w].st = DEXEC_EPROTO;
+                snprintf(waits[s * w].msg, sizeof(waits[s * w].msg),
+                         "generate reply is not an array of %zu outputs", dealn[s]);
+            }
+            if (bad < 0) {
+                /* a member whose request failed after the last exchange
+                 * (the first's outputs are fine) gave up on the group too */
+                for (int m = 1; m < w; m++)
+                    if (!member_outputs_ok(waits[s * w + m].result, dealn[s]))
+                        slot_unform(g, s);
+                for (size_t j = 0; j < dealn[s]; j++) {
+                    size_t i = deal[s][j];
+                    char msg[768];
+
+                    if (dexec_output_from_value(res->u.arr.items[j], &outs[i], msg, sizeof(msg)) !=
+                        DEXEC_OK) {
+                        fail_output(&outs[i], &reqs[i], DEXEC_EWORKER, s * w, msg);
+                        slot_unform(g, s);
+                    }
+                    outs[i].rank = s * w;
+                    outs[i].timings.total_s = dexec_now() - start;
+                    if (outs[i].status != DEXEC_OK) {
+                        slot_unform(g, s); /* a member gave up: the collectives start afresh */
+                        nfailed++;
+                        last_st = outs[i].status;
+                        snprintf(last, sizeof(last), "%s",
+                                 outs[i].error != NULL ? outs[i].error : "");
+                    }
+                }
+            } else {
+                int m = dead >= 0 ? dead : bad;
+                dx_wait *wt = &waits[s * w + m];
+                char m2[1100];
+
+                slot_unform(g, s);
+                for (size_t j = 0; j < dealn[s]; j++) {
+                    size_t i = deal[s][j];
+
+                    if (dead >= 0 && ++tries[i] <= g->rec.max_task_retries) {
+                        queue[nq++] = i; /* dealt again once a group is whole */
+                        continue;
+                    }
+                    if (timedout && dead < 0)
+                        snprintf(m2, sizeof(m2),
+                                 "generate: group %d (ranks %d-%d): no reply "
+                                 "from rank %d within %.3g s",
+                                 s, s * w, s * w + w - 1, s * w + m, timeout);
+                    else
+                        snprintf(m2, sizeof(m2), "generate: group %d (ranks %d-%d): %s", s, s * w,
+                                 s * w + w - 1, wt->msg);
+                    fail_output(&outs[i], &reqs[i],
+                                timedout && dead < 0 ? DEXEC_ETIMEDOUT : DEXEC_EWORKER, s * w + m,
+                                m2);
+                    last_st = outs[i].status;
+                    snprintf(last, sizeof(last), "%s", m2);
+                    nfailed++;
+                }
+            }
+            for (int m = 0; m < w; m++) {
+                dexec_value_free(waits[s * w + m].result);
+                waits[s * w + m].result = NULL;
+            }
+        }
+        if (dexec_now() >= deadline && nq > 0) {
+            for (size_t q = 0; q < nq; q++) {
+                fail_output(&outs[queue[q]], &reqs[queue[q]], DEXEC_ETIMEDOUT, -1,
+                            "generate: no parallel group took the request again in time");
+                nfailed++;
+            }
+            last_st = DEXEC_ETIMEDOUT;
+            nq = 0;
+        }
+    }
+    for (int s = 0; calls != NULL && s < nslots; s++)
+        free(calls[s].index);
+    for (int s = 0; deal != NULL && s < nslots; s++)
+        free(deal[s]);
+    free(deal);
+    free(dealn);
+    free(calls);
+    free(waits);
+    free(ends);
+    free(queue);
+    free(tries);
+    free(order);
+    free(load);
+    free(heard);
+    if (nfailed == n) {
+        dexec_errorf(err, errlen, "%s", last);
+        return last_st == DEXEC_ETIMEDOUT ? DEXEC_ETIMEDOUT : DEXEC_EWORKER;
+    }
+    return DEXEC_OK;
 }

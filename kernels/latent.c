@@ -12,6 +12,7 @@
 
 #include <dexec/rpc.h>
 
+#include "comm.h"
 #include "latent.h"
 #include "sampler.h"
 
@@ -64,6 +65,7 @@ void dxk_ddpm_respace(int n, int *ts, double *acp)
 typedef struct dx_lbuf {
     float *xin, *v;  /* [2, C, h, w], [2, Co, h, w] */
     float *vh;       /* host copy of v */
+    float *vm;       /* cfg pair: this rank's branch, before the exchange */
     float *xf;       /* host float copy of x */
 } dx_lbuf;
 
@@ -77,7 +79,8 @@ static dexec_status dx_lbuf_alloc(dxk_dit *m, size_t n, size_t no, dx_lbuf *b, c
     b->v = be->alloc(be, 2 * no);
     b->vh = malloc(2 * no * sizeof *b->vh);
     b->xf = malloc(n * sizeof *b->xf);
-    if (b->xin == NULL || b->v == NULL || b->vh == NULL || b->xf == NULL) {
+    b->vm = malloc(no * sizeof *b->vm);
+    if (b->xin == NULL || b->v == NULL || b->vh == NULL || b->xf == NULL || b->vm == NULL) {
         dexec_errorf(err, errlen, "sampler: out of memory (%s)", be->name);
         return DEXEC_ENOMEM;
     }
@@ -90,13 +93,16 @@ static void dx_lbuf_free(dxk_dit *m, dx_lbuf *b)
     m->be->release(m->be, b->v);
     free(b->vh);
     free(b->xf);
+    free(b->vm);
 }
 
 /* out[Co, h, w] = the guided model output at (x, t): the cond branch, with
- * channels below gc replaced by u + g (c - u). */
-static dexec_status dx_eval(dxk_dit *m, dxk_dit_ws *ws, dx_lbuf *b, const float *x, double t,
-                            int y, int y_neg, double g, int gc, float *out, char *err,
-                            size_t errlen)
+ * channels below gc replaced by u + g (c - u). On a cfg pair (pc) each rank
+ * computes its branch and the two are exchanged: the same values, combined
+ * the same way, as one rank's batch of two. */
+static dexec_status dx_eval(dxk_dit *m, dxk_dit_ws *ws, dx_lbuf *b, const dxk_comm *pc,
+                            const float *x, double t, int y, int y_neg, double g, int gc,
+                            float *out, char *err, size_t errlen)
 {
     dxk_backend *be = m->be;
     const size_t hw = (size_t)ws->H * ws->W, n = (size_t)m->cfg.in_channels * hw;
@@ -107,6 +113,18 @@ static dexec_status dx_eval(dxk_dit *m, dxk_dit_ws *ws, dx_lbuf *b, const float 
     size_t i, lim = (size_t)gc * hw;
 
     be->upload(be, b->xin, x, n);
+    if (pc != NULL) {
+        dexec_status s;
+
+        dxk_dit_forward(m, ws, b->v, b->xin, &t, pc->rank == 0 ? &yy[0] : &yy[1], 1);
+        be->download(be, b->vm, b->v, no);
+        s = be->sync(be, err, errlen);
+        if (s == DEXEC_OK)
+            s = pc->allgather(pc->ctx, b->vm, b->vh, no * sizeof *b->vm, err, errlen);
+        if (s != DEXEC_OK)
+            return s;
+        goto combine;
+    }
     if (cfg)
         be->upload(be, b->xin + n, x, n);
     dxk_dit_forward(m, ws, b->v, b->xin, tt, yy, cfg ? 2 : 1);
@@ -120,6 +138,7 @@ static dexec_status dx_eval(dxk_dit *m, dxk_dit_ws *ws, dx_lbuf *b, const float 
         if (s != DEXEC_OK)
             return s;
     }
+combine:
     for (i = 0; i < no; i++) {
         double c = b->vh[i];
 
@@ -145,7 +164,7 @@ dexec_status dxk_latent_guided(dxk_dit *m, dxk_dit_ws *ws, const float *x, doubl
     s = dx_lbuf_alloc(m, (size_t)m->cfg.in_channels * hw, (size_t)m->cfg.out_channels * hw, &b,
                       err, errlen);
     if (s == DEXEC_OK)
-        s = dx_eval(m, ws, &b, x, t, y, y_neg, guidance, guide_channels, out, err, errlen);
+        s = dx_eval(m, ws, &b, NULL, x, t, y, y_neg, guidance, guide_channels, out, err, errlen);
     dx_lbuf_free(m, &b);
     return s;
 }
@@ -157,6 +176,7 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
     const size_t hw = (size_t)a->h * a->w, n = (size_t)C * hw;
     const size_t no = (size_t)m->cfg.out_channels * hw;
     const int N = a->steps, gc = a->guide_channels < C ? a->guide_channels : C;
+    const dxk_comm *pc = a->cfg != NULL && a->cfg->size == 2 ? a->cfg : NULL;
     double *x = NULL, *acp = NULL;
     float *e = NULL, *e2 = NULL, *z = NULL;
     int *ts = NULL, i;
@@ -174,9 +194,13 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
                      "the second one's): ask for more steps or use ddim");
         return DEXEC_EINVAL;
     }
-    if (ws->B < (a->guidance != 1.0 ? 2 : 1) || ws->H != a->h || ws->W != a->w) {
+    if (pc != NULL && a->guidance == 1.0) {
+        dexec_errorf(err, errlen, "%s", dxk_cfg_needs_guidance);
+        return DEXEC_EINVAL;
+    }
+    if (ws->B < (a->guidance != 1.0 && pc == NULL ? 2 : 1) || ws->H != a->h || ws->W != a->w) {
         dexec_errorf(err, errlen, "sampler: workspace does not fit %d latent(s) of %dx%d",
-                     a->guidance != 1.0 ? 2 : 1, a->h, a->w);
+                     a->guidance != 1.0 && pc == NULL ? 2 : 1, a->h, a->w);
         return DEXEC_EINVAL;
     }
     s = dx_lbuf_alloc(m, n, no, &b, err, errlen);
@@ -203,7 +227,7 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
 
             for (k = 0; k < n; k++)
                 b.xf[k] = (float)x[k];
-            s = dx_eval(m, ws, &b, b.xf, t0, a->y, a->y_neg, a->guidance, gc, e, err, errlen);
+            s = dx_eval(m, ws, &b, pc, b.xf, t0, a->y, a->y_neg, a->guidance, gc, e, err, errlen);
             if (s != DEXEC_OK)
                 break;
             if (a->sampler == DXK_SAMPLER_EULER) {
@@ -212,7 +236,7 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
             } else {
                 for (k = 0; k < n; k++)
                     b.xf[k] = (float)(x[k] + dt * e[k]);
-                s = dx_eval(m, ws, &b, b.xf, t1, a->y, a->y_neg, a->guidance, gc, e2, err,
+                s = dx_eval(m, ws, &b, pc, b.xf, t1, a->y, a->y_neg, a->guidance, gc, e2, err,
                             errlen);
                 for (k = 0; s == DEXEC_OK && k < n; k++)
                     x[k] += 0.5 * dt * ((double)e[k] + e2[k]);
@@ -232,7 +256,7 @@ dexec_status dxk_latent_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_latent_args
 
             for (k = 0; k < n; k++)
                 b.xf[k] = (float)x[k];
-            s = dx_eval(m, ws, &b, b.xf, (double)ts[i], a->y, a->y_neg, a->guidance, gc, e, err,
+            s = dx_eval(m, ws, &b, pc, b.xf, (double)ts[i], a->y, a->y_neg, a->guidance, gc, e, err,
                         errlen);
             if (s != DEXEC_OK)
                 break;

@@ -15,6 +15,8 @@
 
 #include "dit.h"
 
+struct dxk_comm;
+
 typedef enum dxk_sampler {
     DXK_SAMPLER_DDPM = 0, /* ancestral, learned variance (DiT's sample.py) */
     DXK_SAMPLER_DDIM,     /* eta 0 */
@@ -55,6 +57,10 @@ typedef struct dxk_latent_args {
     dxk_sampler sampler;
     dxk_latent_step_fn step;
     void *user;
+    /* CFG parallelism (comm.h): size 2, rank 0 the conditional branch, rank
+     * 1 the unconditional one; NULL or size 1: both here. Guidance must
+     * not be 1 with it (DEXEC_EINVAL). */
+    const struct dxk_comm *cfg;
 } dxk_latent_args;
 
 /* Runs the sampler for one image and writes the final latent (host,

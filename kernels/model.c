@@ -58,10 +58,12 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
         dx_model_dit(m)->seq = NULL;
         return DEXEC_OK;
     }
-    if (par->cfg != NULL && par->cfg->size > 1) {
-        dexec_errorf(err, errlen, "cfg parallelism (cfg = %d) is not supported yet by this worker",
+    if (par->cfg != NULL && (par->cfg->size < 1 || par->cfg->size > 2)) {
+        dexec_errorf(err, errlen,
+                     "cfg parallelism (cfg = %d): a cfg group pairs the conditional and the "
+                     "unconditional branch, so its size is 1 or 2",
                      par->cfg->size);
-        return DEXEC_ENOTSUP;
+        return DEXEC_EINVAL;
     }
     if (par->seq != NULL && par->seq->size > 1) {
         const dxk_dit_config *c = &dx_model_dit(m)->cfg;
@@ -83,6 +85,12 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
     m->par = *par;
     dx_model_dit(m)->seq = par->seq != NULL && par->seq->size > 1 ? par->seq : NULL;
     return DEXEC_OK;
+}
+
+/* Nonzero when this rank computes one branch of a cfg pair. */
+static int dx_cfg_pair(const dxk_model *m)
+{
+    return m->par.cfg != NULL && m->par.cfg->size == 2;
 }
 
 dxk_pipeline *dxk_model_pipeline(dxk_model *m)
@@ -578,7 +586,7 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
     h = H / scale;
     w = W / scale;
     nz = (size_t)C * h * w;
-    s = dxk_dit_ws_alloc(p->dit, g != 1.0 ? 2 : 1, h, w, &ws, err, errlen);
+    s = dxk_dit_ws_alloc(p->dit, g != 1.0 && !dx_cfg_pair(m) ? 2 : 1, h, w, &ws, err, errlen);
     if (s != DEXEC_OK)
         return s;
     noise = malloc(nz * sizeof *noise);
@@ -620,6 +628,7 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
         a.steps = steps;
         a.guidance = g;
         a.guide_channels = p->guide_channels;
+        a.cfg = m->par.cfg;
         a.sampler = sampler;
         if (step != NULL) {
             prog.fn = step;
@@ -742,7 +751,7 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
     out->timings.decode_s = 0;
 
     npix = (size_t)C * H * W;
-    s = dxk_dit_ws_alloc(m->dit, g != 1.0 ? 2 : 1, H, W, &ws, err, errlen);
+    s = dxk_dit_ws_alloc(m->dit, g != 1.0 && !dx_cfg_pair(m) ? 2 : 1, H, W, &ws, err, errlen);
     if (s != DEXEC_OK)
         return s;
     noise = malloc(npix * sizeof *noise);
@@ -775,6 +784,7 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         a.steps = steps;
         a.guidance = g;
         a.shift = m->dit->cfg.sigma_shift;
+        a.cfg = m->par.cfg;
         if (step != NULL) {
             prog.fn = step;
             prog.user = user;

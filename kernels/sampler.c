@@ -8,8 +8,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "sampler.h"
 
 void dxk_sigmas(int n, double shift, double *out)
@@ -63,14 +65,41 @@ uint8_t dxk_to_pixel(float x)
     return (uint8_t)v;
 }
 
+const char *dxk_cfg_needs_guidance =
+    "cfg parallelism (parallel.cfg = 2) needs classifier-free guidance, and guidance_scale 1 "
+    "has no unconditional branch: ask for a guidance_scale other than 1 or set parallel.cfg = 1";
+
+/* One guided prediction on a cfg pair: this rank's branch (batch of one),
+ * the two exchanged through host memory, both copied back to v [2, n] in
+ * branch order, so that both ranks combine the same values the same way
+ * as one rank computing the batch of two. */
+static dexec_status dx_cfg_pair_forward(dxk_dit *m, dxk_dit_ws *ws, const dxk_comm *pc, float *v,
+                                        const float *x, double t, int y, int y_neg, float *host,
+                                        size_t n, char *err, size_t errlen)
+{
+    dxk_backend *be = m->be;
+    int yy = pc->rank == 0 ? y : y_neg;
+    dexec_status s;
+
+    dxk_dit_forward(m, ws, v, x, &t, &yy, 1);
+    be->download(be, host + 2 * n, v, n);
+    s = be->sync(be, err, errlen);
+    if (s == DEXEC_OK)
+        s = pc->allgather(pc->ctx, host + 2 * n, host, n * sizeof *host, err, errlen);
+    if (s == DEXEC_OK)
+        be->upload(be, v, host, 2 * n);
+    return s;
+}
+
 dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, float *out,
                         char *err, size_t errlen)
 {
     dxk_backend *be = m->be;
     const size_t n = (size_t)m->cfg.in_channels * a->H * a->W;
     const int cfg = a->guidance != 1.0;
+    const dxk_comm *pc = a->cfg != NULL && a->cfg->size == 2 ? a->cfg : NULL;
     double sig[1001];
-    float *x, *xin, *v;
+    float *x, *xin, *v, *host = NULL;
     dexec_status s = DEXEC_OK;
     int i;
 
@@ -78,16 +107,24 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
         snprintf(err, errlen, "num_inference_steps %d is outside 1..%d", a->steps, DEXEC_MAX_STEPS);
         return DEXEC_EINVAL;
     }
-    if (ws->B < (cfg ? 2 : 1) || ws->H != a->H || ws->W != a->W) {
+    if (pc != NULL && !cfg) {
+        snprintf(err, errlen, "%s", dxk_cfg_needs_guidance);
+        return DEXEC_EINVAL;
+    }
+    if (ws->B < (cfg && pc == NULL ? 2 : 1) || ws->H != a->H || ws->W != a->W) {
         snprintf(err, errlen, "sampler: workspace does not fit %d image(s) of %dx%d",
-                 cfg ? 2 : 1, a->H, a->W);
+                 cfg && pc == NULL ? 2 : 1, a->H, a->W);
         return DEXEC_EINVAL;
     }
     dxk_sigmas(a->steps, a->shift, sig);
     x = be->alloc(be, n);
     xin = be->alloc(be, 2 * n); /* [x; x]: cond and uncond in one batch */
     v = be->alloc(be, 2 * n);
-    if (x != NULL && xin != NULL && v != NULL) {
+    if (pc != NULL && (host = malloc(3 * n * sizeof *host)) == NULL) {
+        snprintf(err, errlen, "sampler: out of memory");
+        s = DEXEC_ENOMEM;
+    }
+    if (s == DEXEC_OK && x != NULL && xin != NULL && v != NULL) {
         be->upload(be, x, a->noise, n);
         for (i = 0; i < a->steps; i++) {
             double t[2];
@@ -96,7 +133,13 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
             t[0] = t[1] = 1000.0 * sig[i];
             y[0] = a->y;
             y[1] = a->y_neg;
-            if (cfg) {
+            if (pc != NULL) {
+                s = dx_cfg_pair_forward(m, ws, pc, v, x, t[0], a->y, a->y_neg, host, n, err,
+                                        errlen);
+                if (s != DEXEC_OK)
+                    break;
+                be->cfg_combine(be, v, v, v + n, (float)a->guidance, n);
+            } else if (cfg) {
                 be->copy(be, xin, x, n);
                 be->copy(be, xin + n, x, n);
                 dxk_dit_forward(m, ws, v, xin, t, y, 2);
@@ -130,5 +173,6 @@ dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, fl
     be->release(be, x);
     be->release(be, xin);
     be->release(be, v);
+    free(host);
     return s;
 }

@@ -12,6 +12,8 @@
 
 #include "dit.h"
 
+struct dxk_comm;
+
 /* s_i' for i = 0..n: out holds n + 1 values. */
 void dxk_sigmas(int n, double shift, double *out);
 
@@ -40,13 +42,22 @@ typedef struct dxk_sample_args {
     double shift;
     dxk_sample_step_fn step;
     void *user;
+    /* CFG parallelism: a communicator of size 2 (comm.h) whose rank 0
+     * computes the conditional branch and rank 1 the unconditional one,
+     * exchanging predictions every step; NULL or size 1: both here. */
+    const struct dxk_comm *cfg;
 } dxk_sample_args;
 
 /* Runs the sampler for one image and writes the final x (host, [C, H, W])
- * to out. ws must hold 2 images of H x W (1 when guidance == 1). Errors are
- * the backend's (DEXEC_ENOMEM, DEXEC_EIO), with the message in err. */
+ * to out. ws must hold 2 images of H x W (1 when guidance == 1 or with a cfg
+ * communicator). Errors are the backend's (DEXEC_ENOMEM, DEXEC_EIO), the
+ * communicator's (DEXEC_EIO, DEXEC_ETIMEDOUT), and DEXEC_EINVAL for a cfg
+ * communicator with guidance 1, with the message in err. */
 dexec_status dxk_sample(dxk_dit *m, dxk_dit_ws *ws, const dxk_sample_args *a, float *out,
                         char *err, size_t errlen);
+
+/* The message of a cfg communicator used with guidance 1 (EINVAL). */
+extern const char *dxk_cfg_needs_guidance;
 
 /* clamp(round((x + 1) * 127.5), 0, 255), computed in double, rounding
  * half to even as torch.round does. NaN gives 0. */

@@ -219,6 +219,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"discovery.redis.namespace", "dexec"},
         {"serve.listen", "127.0.0.1:8000"},
         {"serve.token_file", ""},
+        {"parallel.transport", "auto"},
     };
     static const struct {
         const char *key;
@@ -230,6 +231,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"max_restarts", 3},    {"max_task_retries", 3},    {"mp.cpus_per_rank", 0},
         {"serve.insecure", 0}, {"serve.max_body_bytes", 65536}, {"serve.max_prompt_bytes", 4096},
         {"serve.max_images", 16}, {"serve.max_connections", 256},
+        {"parallel.cfg", 1},    {"parallel.sequence", 1},
     };
     static const struct {
         const char *key;
@@ -817,7 +819,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 46);
+    ck_assert_uint_eq(n, 49);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

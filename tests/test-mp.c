@@ -2055,6 +2055,33 @@ START_TEST(test_external_worker_death_fails_calls)
 }
 END_TEST
 
+/* A rank idle for longer than timeouts.health is not taken for silent at
+ * its next call: its probe gets time to be answered (it was closed, and
+ * restarted, before). */
+START_TEST(test_idle_rank_not_closed)
+{
+    static const char *const kv[] = {"timeouts.health", "1", "max_restarts", "0", NULL};
+    dexec_engine *e = open_engine_kv(1, kv);
+    dexec_request reqs[1];
+    char ids[1][16];
+    dexec_output *outs = NULL;
+    pid_t pid = worker_pid(e, 0);
+
+    make_requests(reqs, 1, ids);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL), DEXEC_OK);
+    dexec_outputs_free(outs, 1);
+    sleep(3);
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(outs[0].status, DEXEC_OK);
+    dexec_outputs_free(outs, 1);
+    ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_OK);
+    ck_assert_int_eq(worker_pid(e, 0), pid);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(test_bad_model_fails_create)
 {
     dexec_config *cfg = NULL;
@@ -2233,6 +2260,7 @@ static Suite *mp_suite(void)
     tcase_add_test(tc, test_engine_sigkill_leaves_no_worker);
     tcase_add_test(tc, test_thousand_steps_no_leak);
     tcase_add_test(tc, test_bad_model_fails_create);
+    tcase_add_test(tc, test_idle_rank_not_closed);
     tcase_add_test(tc, test_runtime_env_reaches_every_rank);
     {
         cpu_set_t set;

@@ -341,6 +341,24 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    {
+        /* the host peers reach this worker at: its advertised or bound TCP
+         * address, a wildcard one named by the host name */
+        static char chost[256];
+        const char *a = reg_opt.advertise != NULL ? reg_opt.advertise : bound;
+
+        if (strncmp(listen_addr, "fd:", 3) != 0 && strncmp(a, "tcp:", 4) == 0) {
+            const char *h = a + 4, *colon = strrchr(h, ':');
+
+            if (colon != NULL && h[0] == '[')
+                snprintf(chost, sizeof(chost), "%.*s", (int)(colon - h - 2), h + 1);
+            else if (colon != NULL)
+                snprintf(chost, sizeof(chost), "%.*s", (int)(colon - h), h);
+            if (strcmp(chost, "0.0.0.0") == 0 || strcmp(chost, "::") == 0 || strcmp(chost, "") == 0)
+                gethostname(chost, sizeof(chost) - 1);
+            opt.coll_host = chost;
+        }
+    }
     if (dxw_server_new(&opt, &g_server, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec-worker: %s\n", err);
         dxw_listener_close(&lis);

@@ -25,6 +25,7 @@
 
 #include <dexec/rpc.h>
 
+#include "collective.h"
 #include "kernels.h"
 #include "rpc_server.h"
 #include "server.h"
@@ -73,6 +74,12 @@ typedef struct wrank {
     long requests, images, errors;
     double encode_s, denoise_s, decode_s, busy_since;
     char current[256]; /* request_id of the request it runs, "" when idle */
+    /* the parallel group this rank computes with (parallel_join); owned
+     * by the compute thread, like the model */
+    dxw_coll *coll;
+    int group_index;
+    dxk_parallel par;
+    unsigned long long coll_bytes; /* sent through group collectives, guarded by qlock */
 } wrank;
 
 struct dxw_server {
@@ -182,6 +189,7 @@ static dexec_value *rank_stats(wrank *r)
     dexec_value_map_set(t, "encode", dexec_value_float(r->encode_s));
     dexec_value_map_set(t, "denoise", dexec_value_float(r->denoise_s));
     dexec_value_map_set(t, "decode", dexec_value_float(r->decode_s));
+    dexec_value_map_set(m, "collective_bytes", dexec_value_int((int64_t)r->coll_bytes));
     pthread_mutex_unlock(&r->qlock);
     dexec_value_map_set(m, "seconds", t);
     dexec_value_map_set(m, "uptime", dexec_value_float(dexec_now() - r->s->started));
@@ -250,7 +258,8 @@ static dexec_value *rank_info(wrank *r)
 
 static const char known_methods[] =
     "get_rank, get_info, get_stats, get_logs, cancel, load_model, check_health, echo, "
-    "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode, latent_noise";
+    "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode, latent_noise, "
+    "parallel_open, parallel_join, parallel_leave";
 
 /* Methods cheap enough to answer on the I/O thread. */
 static int is_inline_method(const char *m)
@@ -308,8 +317,126 @@ static dexec_status cancel_request(wrank *r, const dexec_value *args, dexec_valu
 
 static int is_known_method(const char *m)
 {
-    return is_inline_method(m) || strcmp(m, "load_model") == 0 ||
-           strcmp(m, "debug_sleep") == 0 || dxk_tensor_method_known(m);
+    return is_inline_method(m) || strcmp(m, "load_model") == 0 || strcmp(m, "debug_sleep") == 0 ||
+           dxk_tensor_method_known(m) || strncmp(m, "parallel_", 9) == 0;
+}
+
+/* Leaves the parallel group, if any (compute thread). */
+static void group_leave(wrank *r)
+{
+    if (r->model != NULL)
+        dxk_model_set_parallel(r->model, NULL, NULL, 0);
+    dxw_coll_free(r->coll);
+    r->coll = NULL;
+    memset(&r->par, 0, sizeof(r->par));
+}
+
+/* parallel_open [{transport}]: this rank's mailbox (shm) or listener (tcp)
+ * for a group being formed (the executor then calls parallel_join with
+ * every member's reply). */
+static dexec_status group_open(wrank *r, const dexec_value *args, dexec_value **out, char *err,
+                               size_t errlen)
+{
+    const char *transport =
+        dexec_value_as_str(dexec_value_map_get(dexec_value_array_get(args, 0), "transport"), "shm");
+    char name[300], host[512];
+    dexec_status st;
+
+    if (r->s->opt.num_ranks != 1) {
+        snprintf(err, errlen,
+                 "parallel_open: this worker hosts %d ranks; parallel groups are formed from "
+                 "workers that serve one rank each (mp, external)",
+                 r->s->opt.num_ranks);
+        return DEXEC_ENOTSUP;
+    }
+    if (strcmp(transport, "shm") != 0 && strcmp(transport, "tcp") != 0) {
+        snprintf(err, errlen, "parallel_open: transport '%s' is not shm or tcp", transport);
+        return DEXEC_EINVAL;
+    }
+    group_leave(r);
+    if (strcmp(transport, "tcp") == 0)
+        st = dxw_coll_open_tcp(r->s->opt.coll_host != NULL ? r->s->opt.coll_host : "127.0.0.1",
+                               &r->coll, name, sizeof(name), err, errlen);
+    else
+        st = dxw_coll_open(&r->coll, name, sizeof(name), err, errlen);
+    if (st != DEXEC_OK)
+        return st;
+    dxw_coll_host_id(host, sizeof(host));
+    *out = dexec_value_map();
+    dexec_value_map_set(*out, "transport", dexec_value_str(transport));
+    dexec_value_map_set(*out, strcmp(transport, "tcp") == 0 ? "address" : "shm",
+                        dexec_value_str(name));
+    dexec_value_map_set(*out, "pid", dexec_value_int(getpid()));
+    dexec_value_map_set(*out, "host", dexec_value_str(host));
+    return DEXEC_OK;
+}
+
+/* parallel_join [{index, cfg, sequence, timeout, token, peers: [{shm, pid} or
+ * {address}...]}] */
+static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **out, char *err,
+                               size_t errlen)
+{
+    const dexec_value *o = dexec_value_array_get(args, 0);
+    const dexec_value *peers = dexec_value_map_get(o, "peers");
+    int64_t index = dexec_value_as_int(dexec_value_map_get(o, "index"), -1);
+    int64_t cfg = dexec_value_as_int(dexec_value_map_get(o, "cfg"), 1);
+    int64_t seq = dexec_value_as_int(dexec_value_map_get(o, "sequence"), 1);
+    double timeout = dexec_value_as_float(dexec_value_map_get(o, "timeout"), 60.0);
+    char *names[DXW_COLL_MAX_RANKS];
+    pid_t pids[DXW_COLL_MAX_RANKS];
+    dexec_status st;
+    size_t n;
+
+    if (r->coll == NULL) {
+        snprintf(err, errlen, "parallel_join: call parallel_open first");
+        return DEXEC_EINVAL;
+    }
+    n = peers != NULL && peers->type == DEXEC_VAL_ARRAY ? peers->u.arr.len : 0;
+    if (cfg < 1 || cfg > 2 || seq < 1 || cfg * seq > DXW_COLL_MAX_RANKS ||
+        n != (size_t)(cfg * seq) || index < 0 || index >= (int64_t)n) {
+        snprintf(err, errlen,
+                 "parallel_join: expected [{index, cfg: 1|2, sequence: S, timeout, peers: "
+                 "[{shm, pid} x cfg*S]}] with index < cfg*S <= %d",
+                 DXW_COLL_MAX_RANKS);
+        group_leave(r);
+        return DEXEC_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const dexec_value *p = dexec_value_array_get(peers, i);
+
+        names[i] =
+            (char *)dexec_value_as_str(dexec_value_map_get(p, "shm"),
+                                       dexec_value_as_str(dexec_value_map_get(p, "address"), ""));
+        pids[i] = (pid_t)dexec_value_as_int(dexec_value_map_get(p, "pid"), 0);
+    }
+    st = dxw_coll_join(r->coll, (int)index, (int)cfg, (int)seq, names, pids,
+                       dexec_value_as_str(dexec_value_map_get(o, "token"), NULL), timeout, err,
+                       errlen);
+    if (st == DEXEC_OK) {
+        r->par.cfg = dxw_coll_cfg(r->coll);
+        r->par.seq = dxw_coll_seq(r->coll);
+        r->group_index = (int)index;
+        if (r->model == NULL) {
+            snprintf(err, errlen, "parallel_join: no model is loaded (%s)", r->model_err);
+            st = DEXEC_ENOTFOUND;
+        } else {
+            st = dxk_model_set_parallel(r->model, &r->par, err, errlen);
+        }
+    }
+    if (st != DEXEC_OK) {
+        if (r->coll != NULL)
+            dxw_coll_abandon(r->coll);
+        group_leave(r);
+        return st;
+    }
+    dexec_log(DEXEC_LOG_INFO, "worker",
+              "rank %d: member %d of a parallel group (cfg %d x "
+              "sequence %d)",
+              r->rank, (int)index, (int)cfg, (int)seq);
+    *out = dexec_value_map();
+    dexec_value_map_set(*out, "cfg_rank", dexec_value_int(index / seq));
+    dexec_value_map_set(*out, "sequence_rank", dexec_value_int(index % seq));
+    return DEXEC_OK;
 }
 
 static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_value *kwargs,
@@ -329,6 +456,11 @@ static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_va
         return DEXEC_EINVAL;
     }
     st = dxk_model_open(name, device, r->index, &m, err, errlen);
+    if (st == DEXEC_OK && r->coll != NULL) {
+        st = dxk_model_set_parallel(m, &r->par, err, errlen);
+        if (st != DEXEC_OK)
+            dxk_model_free(m);
+    }
     if (st != DEXEC_OK)
         return st;
     pthread_rwlock_wrlock(&r->mlock);
@@ -401,6 +533,13 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
             return DEXEC_ENOTFOUND;
         }
         return dxk_tensor_method(r->model, method, args, out, err, errlen);
+    } else if (strcmp(method, "parallel_open") == 0) {
+        return group_open(r, args, out, err, errlen);
+    } else if (strcmp(method, "parallel_join") == 0) {
+        return group_join(r, args, out, err, errlen);
+    } else if (strcmp(method, "parallel_leave") == 0) {
+        group_leave(r);
+        *out = dexec_value_bool(1);
     } else if (strcmp(method, "debug_sleep") == 0) {
         const dexec_value *a = dexec_value_array_get(args, 0);
         double s = dexec_value_as_float(a, -1);
@@ -615,6 +754,18 @@ static void run_generate(wrank *r, job *j, double queued_at)
 {
     call *k = j->call;
     const dexec_value *reqs = dexec_value_array_get(k->params, 0);
+    const dexec_value *opts = dexec_value_array_get(k->params, 1);
+    const dexec_value *grp = dexec_value_map_get(opts, "parallel");
+
+    if (r->coll != NULL && !(grp != NULL && grp->type == DEXEC_VAL_BOOL && grp->u.b)) {
+        /* a caller that did not form this group (another engine, after the
+         * one that did went away) gets this rank alone */
+        dexec_log(DEXEC_LOG_INFO, "worker",
+                  "rank %d: a generate call outside the parallel "
+                  "group: leaving the group",
+                  r->rank);
+        group_leave(r);
+    }
 
     for (size_t i = 0; i < j->npos; i++) {
         size_t pos = j->pos[i];
@@ -647,8 +798,23 @@ static void run_generate(wrank *r, job *j, double queued_at)
             if (r->model == NULL) {
                 snprintf(err, sizeof(err), "no model loaded: %s", r->model_err);
                 st = DEXEC_EINIT;
+            } else if (r->coll != NULL && dxw_coll_broken(r->coll)) {
+                snprintf(err, sizeof(err),
+                         "rank %d: its parallel group failed in an earlier "
+                         "request; the executor forms it again before the next one",
+                         r->rank);
+                st = DEXEC_EWORKER;
             } else {
+                unsigned long long sent0 = r->coll != NULL ? dxw_coll_bytes_sent(r->coll) : 0;
+
                 st = dxk_generate(r->model, &req, &out, on_step, &pc, err, sizeof(err));
+                if (st != DEXEC_OK && r->coll != NULL)
+                    dxw_coll_abandon(r->coll); /* the peers stop waiting for this rank */
+                if (r->coll != NULL) {
+                    pthread_mutex_lock(&r->qlock);
+                    r->coll_bytes += dxw_coll_bytes_sent(r->coll) - sent0;
+                    pthread_mutex_unlock(&r->qlock);
+                }
             }
             pthread_rwlock_unlock(&r->mlock);
             pthread_mutex_lock(&r->qlock);
@@ -667,6 +833,15 @@ static void run_generate(wrank *r, job *j, double queued_at)
             else
                 dexec_log(DEXEC_LOG_WARN, "worker", "rank %d: request %s failed: %s", r->rank,
                           id, err);
+        }
+        if (st == DEXEC_OK && r->coll != NULL && r->group_index != 0) {
+            /* the group's first member returns the images (the reference's
+             * unique_reply_rank); the others return none */
+            for (size_t im = 0; im < out.num_images; im++)
+                free(out.images[im].pixels);
+            free(out.images);
+            out.images = NULL;
+            out.num_images = 0;
         }
         out.timings.queue_s = t0 - queued_at;
         pthread_mutex_lock(&r->qlock);
@@ -1164,6 +1339,7 @@ void dxw_server_free(dxw_server *s)
             free(j);
         }
         dxk_model_free(r->model);
+        dxw_coll_free(r->coll);
         pthread_rwlock_destroy(&r->mlock);
         pthread_mutex_destroy(&r->qlock);
         pthread_cond_destroy(&r->qcond);

@@ -29,6 +29,9 @@ typedef struct dxw_options {
                               (its EOF ends the process); none within this many
                               seconds ends it too (--owned) */
     int allow_admin;       /* serve load_model and debug_sleep (--allow-admin) */
+    const char *coll_host; /* where a parallel group's TCP links listen (the host
+                              of --advertise or of the TCP listener); NULL:
+                              127.0.0.1 */
 } dxw_options;
 
 typedef struct dxw_server dxw_server;

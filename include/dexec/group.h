@@ -98,8 +98,9 @@ dexec_status dexec_group_collective_rpc(dexec_group *g, const char *method, doub
                                         int unique_reply_rank, dexec_value **replies, char *err,
                                         size_t errlen);
 
-/* Data-parallel slots: the units a request runs on. Today a slot is one
- * rank (slot r is rank r), so this is dexec_group_size(). */
+/* Data-parallel slots: the units a request runs on. A slot is one rank
+ * (slot r is rank r), or after dexec_group_form one parallel group of
+ * cfg x seq ranks (slot s is ranks s*cfg*seq ...). */
 int dexec_group_num_slots(const dexec_group *g);
 
 /* Deaths and restarts of rank so far (the recovery above); out initialised
@@ -130,6 +131,28 @@ dexec_status dexec_group_generate_on(dexec_group *g, int slot, const dexec_reque
                                      size_t n, dexec_output *outs, double timeout,
                                      dexec_progress_fn progress, void *user, char *err,
                                      size_t errlen);
+
+/* Forms parallel groups (doc/parallelism.md): every cfg x seq consecutive
+ * ranks become one group that computes each of its requests together;
+ * dexec_group_generate then deals requests across the groups, sends each
+ * to all of its group's ranks and keeps the first rank's outputs. Each
+ * group's collectives are set up here through the worker methods
+ * parallel_open and parallel_join (doc/protocol.md "Parallel groups"),
+ * and again after any failed request; timeout bounds the forming and each
+ * collective wait in the workers (seconds). transport: "auto" (shared
+ * memory between members on one host, TCP links otherwise; NULL means
+ * it), "shm" (refuse members on different hosts) or "tcp" (always links).
+ * cfg 1 and seq 1: nothing to do. Call once, after the ranks are initialized. Errors: DEXEC_EINVAL
+ * (the ranks do not divide into groups), a worker's refusal (DEXEC_EWORKER
+ * with its message, e.g. a model that cannot split its heads), DEXEC_ENOTSUP
+ * (a group's ranks on different hosts), DEXEC_ETIMEDOUT. */
+dexec_status dexec_group_form(dexec_group *g, int cfg, int seq, const char *transport,
+                              double timeout, char *err, size_t errlen);
+
+/* dexec_group_form with parallel.cfg, parallel.sequence,
+ * parallel.transport and timeouts.generate from cfg. */
+dexec_status dexec_group_form_from_config(dexec_group *g, const dexec_config *cfg, char *err,
+                                          size_t errlen);
 
 /* get_rank on every rank in parallel; each must answer its own index
  * within timeout. DEXEC_EUNHEALTHY naming the rank otherwise. */

@@ -322,6 +322,8 @@ static dexec_status ext_create(const dexec_host *host, dexec_executor **out, cha
     free(ids);
     if (st == DEXEC_OK)
         st = dexec_group_check_health(ex->group, health_t, err, errlen);
+    if (st == DEXEC_OK)
+        st = dexec_group_form_from_config(ex->group, host->config, err, errlen);
     if (st != DEXEC_OK) {
         destroy(ex);
         return st;

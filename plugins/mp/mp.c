@@ -455,6 +455,19 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
                      (long long)n);
         return DEXEC_EINVAL;
     }
+    {
+        int64_t pc = 1, ps = 1;
+
+        dexec_config_get_int(host->config, "parallel.cfg", &pc);
+        dexec_config_get_int(host->config, "parallel.sequence", &ps);
+        if (n % (pc * ps) != 0) {
+            dexec_errorf(err, errlen,
+                         "num_gpus = %lld is not a multiple of parallel.cfg x parallel.sequence "
+                         "= %lld x %lld: num_gpus = data-parallel groups x cfg x sequence",
+                         (long long)n, (long long)pc, (long long)ps);
+            return DEXEC_ECONFIG;
+        }
+    }
     deadline = dexec_now() + init_t;
     ex = calloc(1, sizeof(*ex));
     if (ex == NULL)
@@ -527,6 +540,8 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         dexec_value_free(res);
     }
     free(ids);
+    if (st == DEXEC_OK)
+        st = dexec_group_form_from_config(ex->group, host->config, err, errlen);
     if (st != DEXEC_OK) {
         stop_workers(ex);
         destroy(ex);

@@ -157,6 +157,20 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
         dexec_errorf(err, errlen, "num_gpus = %lld: the actor hosts 1 to 64 ranks", (long long)n);
         return DEXEC_EINVAL;
     }
+    {
+        int64_t pc = 1, ps = 1;
+
+        dexec_config_get_int(cfg, "parallel.cfg", &pc);
+        dexec_config_get_int(cfg, "parallel.sequence", &ps);
+        if (pc * ps > 1) {
+            dexec_errorf(err, errlen,
+                         "parallel.cfg = %lld, parallel.sequence = %lld: the ray_actor executor "
+                         "does not form parallel groups yet (its ranks share one actor); use "
+                         "the mp or external executor, or cfg = sequence = 1",
+                         (long long)pc, (long long)ps);
+            return DEXEC_ENOTSUP;
+        }
+    }
     a->ranks = (int)n;
     a->cpus = (int)cpus;
     a->memory = memory;
