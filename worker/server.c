@@ -1006,9 +1006,10 @@ static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value
     }
     /* [requests, rank]: every request on that hosted rank (the engine
      * keeps each rank busy); without it position p goes to hosted rank
-     * p mod n */
+     * p mod n. [requests, {parallel: true}]: a parallel group's call
+     * (run_generate), on this worker's rank(s) as without a rank. */
     only = dexec_value_array_get(params, 1);
-    if (only != NULL && only->type != DEXEC_VAL_NIL) {
+    if (only != NULL && only->type != DEXEC_VAL_NIL && only->type != DEXEC_VAL_MAP) {
         int64_t r = dexec_value_as_int(only, -1);
 
         if (only->type != DEXEC_VAL_INT || r < s->opt.base_rank ||
