@@ -46,12 +46,24 @@ typedef struct dx_slot {
     pthread_t thread;
 } dx_slot;
 
+/* Per thread and engine: the last error and the call depth, in the
+ * calling thread's own storage (so nothing is left behind when a thread
+ * exits: a server may start a thread per connection). A thread keeps
+ * DX_TLS_ENGINES engines; the least recently used one not in a call
+ * makes room for another. Engine ids are never reused, so a freed
+ * engine's entry matches no later engine. */
+#define DX_TLS_ENGINES 8
+
 typedef struct dx_thread_state {
-    struct dx_thread_state *next;
-    pthread_t thread;
-    int depth; /* calls of this thread in progress (a progress callback may call again) */
+    uint64_t engine; /* dexec_engine.id; 0 = unused */
+    uint64_t used;   /* this thread's clock at the last use */
+    int depth;       /* calls of this thread in progress (a progress callback may call again) */
     char msg[DX_ERR_MAX];
 } dx_thread_state;
+
+static __thread dx_thread_state dx_tls[DX_TLS_ENGINES];
+static __thread uint64_t dx_tls_clock;
+static uint64_t dx_engine_ids; /* atomic */
 
 struct dexec_engine {
     pthread_rwlock_t lock;
@@ -68,8 +80,7 @@ struct dexec_engine {
     double rpc_s, generate_s, health_s;
     uint64_t next_request; /* for "req-N"; atomic */
 
-    pthread_mutex_t errors_lock;
-    dx_thread_state *errors;
+    uint64_t id; /* for the calling threads' entries (dx_thread_state) */
 
     /* asynchronous requests (dexec_engine_submit): the queue, the handles
      * handed to the executor, and the dispatcher threads, one per
@@ -137,22 +148,29 @@ static char *dx_asprintf(const char *fmt, ...)
 
 static dx_thread_state *thread_state(dexec_engine *e, int create)
 {
-    pthread_t self = pthread_self();
-    dx_thread_state *t;
+    dx_thread_state *t = NULL;
 
-    pthread_mutex_lock(&e->errors_lock);
-    for (t = e->errors; t != NULL; t = t->next)
-        if (pthread_equal(t->thread, self))
-            break;
-    if (t == NULL && create) {
-        t = calloc(1, sizeof(*t));
-        if (t != NULL) {
-            t->thread = self;
-            t->next = e->errors;
-            e->errors = t;
+    for (int i = 0; i < DX_TLS_ENGINES; i++)
+        if (dx_tls[i].engine == e->id) {
+            dx_tls[i].used = ++dx_tls_clock;
+            return &dx_tls[i];
         }
+    if (!create)
+        return NULL;
+    for (int i = 0; i < DX_TLS_ENGINES; i++) {
+        dx_thread_state *x = &dx_tls[i];
+
+        if (x->engine == 0 || (x->depth == 0 && (t == NULL || x->used < t->used)))
+            t = x;
+        if (x->engine == 0)
+            break;
     }
-    pthread_mutex_unlock(&e->errors_lock);
+    if (t == NULL) /* in calls on DX_TLS_ENGINES other engines at once */
+        return NULL;
+    t->engine = e->id;
+    t->used = ++dx_tls_clock;
+    t->depth = 0;
+    t->msg[0] = '\0';
     return t;
 }
 
@@ -278,16 +296,9 @@ static int known_status(dexec_status st)
 
 static void engine_destroy(dexec_engine *e)
 {
-    dx_thread_state *t, *next;
-
-    for (t = e->errors; t != NULL; t = next) {
-        next = t->next;
-        free(t);
-    }
     dexec_plugin_release(e->plugin);
     dexec_config_free(e->cfg);
     free(e->worker_path);
-    pthread_mutex_destroy(&e->errors_lock);
     pthread_mutex_destroy(&e->qlock);
     pthread_cond_destroy(&e->qcond);
     pthread_cond_destroy(&e->donecond);
@@ -309,10 +320,6 @@ static int init_locks(dexec_engine *e)
     pthread_rwlockattr_destroy(&attr);
     if (rc != 0)
         return -1;
-    if (pthread_mutex_init(&e->errors_lock, NULL) != 0) {
-        pthread_rwlock_destroy(&e->lock);
-        return -1;
-    }
     if (pthread_mutex_init(&e->qlock, NULL) != 0 || pthread_cond_init(&e->qcond, NULL) != 0 ||
         pthread_cond_init(&e->donecond, NULL) != 0)
         return -1; /* the process is out of memory: the few bytes leaked do not matter */
@@ -346,6 +353,7 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         dexec_config_free(own_defaults);
         return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
     }
+    e->id = __atomic_add_fetch(&dx_engine_ids, 1, __ATOMIC_RELAXED);
     /* The engine keeps its own configuration so the caller may free theirs. */
     e->cfg = dx_config_clone(cfg);
     dexec_config_free(own_defaults);

@@ -391,6 +391,73 @@ START_TEST(rank_stats_from_executor)
 }
 END_TEST
 
+/* Each thread reads its own last error, kept in the thread's storage (a
+ * server's per-connection threads leave nothing behind), for the 8
+ * engines it used most recently. */
+#define LE_THREADS 100
+
+typedef struct {
+    dexec_engine *e;
+    pthread_barrier_t *all_called; /* every thread alive at once */
+    int ok;
+} le_arg;
+
+static void *fail_in_thread(void *arg)
+{
+    le_arg *a = arg;
+    dexec_value *rep = NULL;
+
+    a->ok = strcmp(dexec_engine_last_error(a->e), "") == 0 &&
+            dexec_engine_collective_rpc(a->e, NULL, 0, NULL, NULL, -1, &rep) == DEXEC_EINVAL;
+    pthread_barrier_wait(a->all_called); /* all threads have failed once */
+    pthread_barrier_wait(a->all_called);
+    a->ok = a->ok && strcmp(dexec_engine_last_error(a->e), "collective_rpc: no method name") == 0;
+    return NULL;
+}
+
+START_TEST(last_error_per_thread)
+{
+    dexec_engine *e = make_engine(1), *others[8];
+    dexec_value *rep = NULL;
+    pthread_barrier_t bar;
+    pthread_t th[LE_THREADS];
+    le_arg args[LE_THREADS];
+
+    ck_assert_int_eq(dexec_engine_collective_rpc(e, NULL, 0, NULL, NULL, -1, &rep), DEXEC_EINVAL);
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc: no method name");
+    ck_assert_int_eq(pthread_barrier_init(&bar, NULL, LE_THREADS + 1), 0);
+    for (int i = 0; i < LE_THREADS; i++) {
+        args[i] = (le_arg){.e = e, .all_called = &bar};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, fail_in_thread, &args[i]), 0);
+    }
+    pthread_barrier_wait(&bar);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < LE_THREADS; i++) {
+        ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+        ck_assert_msg(args[i].ok, "thread %d did not read its own message", i);
+    }
+    pthread_barrier_destroy(&bar);
+    /* the other threads' failures left this thread's message alone */
+    ck_assert_str_eq(dexec_engine_last_error(e), "collective_rpc: no method name");
+    /* a thread holds the messages of its 8 most recent engines */
+    for (int i = 0; i < 8; i++) {
+        others[i] = make_engine(1);
+        ck_assert_int_eq(dexec_engine_step(others[i], NULL, 1, &(dexec_output *){NULL}, NULL,
+                                           NULL),
+                         DEXEC_EINVAL);
+        ck_assert_str_eq(dexec_engine_last_error(others[i]), "step: 1 requests but reqs is NULL");
+    }
+    ck_assert_str_eq(dexec_engine_last_error(e), "");
+    ck_assert_str_eq(dexec_engine_last_error(others[0]), "step: 1 requests but reqs is NULL");
+    for (int i = 0; i < 8; i++) {
+        ck_assert_int_eq(dexec_engine_close(others[i]), DEXEC_OK);
+        dexec_engine_free(others[i]);
+    }
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 START_TEST(rpc_by_rank)
 {
     dexec_engine *e = make_engine(3);
@@ -743,6 +810,7 @@ static Suite *engine_suite(void)
     tcase_add_test(tc, create_failures);
     tcase_add_test(tc, step_keeps_order);
     tcase_add_test(tc, step_rejects_bad_requests);
+    tcase_add_test(tc, last_error_per_thread);
     tcase_add_test(tc, step_reads_requests_up_to_struct_size);
     tcase_add_test(tc, step_refuses_bad_struct_size);
     tcase_add_test(tc, step_refuses_clobbered_output);

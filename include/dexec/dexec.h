@@ -24,7 +24,10 @@
  *    calls fail with DEXEC_ECLOSED. dexec_engine_free() must be the last
  *    call on an engine.
  *  - dexec_engine_last_error() returns the message of the last failing
- *    call made by the calling thread on that engine.
+ *    call made by the calling thread on that engine. It lives in the
+ *    thread's own storage (nothing stays behind when the thread exits),
+ *    which holds the messages of the 8 engines the thread used most
+ *    recently; an engine used longer ago reads "".
  *  - An engine may be created on any thread, including one that exits
  *    before the engine is closed: workers the engine owns are forked by
  *    libdexec's own spawner thread, which lives as long as the process, so
