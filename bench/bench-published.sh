@@ -36,7 +36,7 @@ echo "$out"
 echo "torch, OpenBLAS core as it chooses it (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}):"
 "$py" "$src/bench/bench-published-torch.py" "$dir" "$threads" "$reps" "$vside"
 # dexec's CPU backend corrects OpenBLAS's choice of kernels where it fell
-# back to an old core (ops_cpu.c dx_blas_core_fix); PyTorch's linear layers
+# back to an old core (kernels.h dxk_blas_core_reexec); PyTorch's linear layers
 # call the same OpenBLAS, so run it again with the core dexec used
 core=$(echo "$out" | sed -n 's/.*(OpenBLAS core \([A-Za-z0-9_]*\)).*/\1/p')
 if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -n "$core" ]; then

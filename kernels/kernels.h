@@ -73,6 +73,19 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
 dexec_status dxk_model_set_parallel(dxk_model *m, const struct dxk_parallel *par, char *err,
                                     size_t errlen);
 
+/* OpenBLAS (DYNAMIC_ARCH) picks its kernels from the CPU's model number
+ * and falls back to its oldest (Prescott, SSE3) ones on a model it does
+ * not know (0.3.21 on Emerald Rapids: a fifth of the AVX-512 SGEMM rate).
+ * It reads OPENBLAS_CORETYPE only when it is loaded, so a program fixes
+ * that by calling this first thing in main(), before it starts any
+ * thread: when OpenBLAS chose a pre-AVX2 core on a CPU with AVX2 or
+ * AVX-512 and OPENBLAS_CORETYPE is unset, it sets OPENBLAS_CORETYPE
+ * (Cooperlake, SkylakeX or Haswell) and re-executes the program
+ * (/proc/self/exe, the same argv and environment); otherwise, or when the
+ * exec fails, it returns having changed nothing. A value the user set is
+ * left alone. dexec-worker and the benchmarks call it. */
+void dxk_blas_core_reexec(char **argv);
+
 /* A MAP describing the model and device: path, device, device_name,
  * parameters, bytes (weights), metadata (map of the file's __metadata__),
  * memory (rss/peak in bytes; device memory on CUDA). Caller owns it. */

@@ -25,6 +25,7 @@
 #include <dexec/rpc.h>
 
 #include "listen.h"
+#include "kernels.h"
 #include "node.h"
 #include "registry.h"
 #include "safetensors.h"
@@ -165,6 +166,8 @@ int main(int argc, char **argv)
     dxw_listener lis = {.fd = -1};
     struct sigaction sa;
 
+    /* before any thread: OpenBLAS's kernels for this CPU (kernels.h) */
+    dxk_blas_core_reexec(argv);
     dexec_log_set_program("dexec-worker");
     /* the recent lines get_logs serves (info and worse, whatever reaches
      * stderr): what a deployer reads through `dexec logs` */

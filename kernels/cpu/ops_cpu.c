@@ -15,9 +15,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
+#include "../kernels.h"
 #include "ops.h"
 #include "pool.h"
 
@@ -26,15 +28,10 @@
 #pragma weak openblas_get_num_threads
 #pragma weak openblas_set_num_threads
 #pragma weak openblas_get_parallel
-/* OpenBLAS DYNAMIC_ARCH: the core whose kernels were chosen at load, and
- * the pair that chooses again (reading OPENBLAS_CORETYPE); weak, absent
- * from a single-target OpenBLAS. */
+/* OpenBLAS DYNAMIC_ARCH: the core whose kernels were chosen at load;
+ * weak, absent from a single-target OpenBLAS. */
 char *openblas_get_corename(void);
-void gotoblas_dynamic_init(void);
-void gotoblas_dynamic_quit(void);
 #pragma weak openblas_get_corename
-#pragma weak gotoblas_dynamic_init
-#pragma weak gotoblas_dynamic_quit
 
 /* Below this many floats an element-wise op is not worth waking threads. */
 #define DX_PAR_MIN 65536
@@ -73,14 +70,11 @@ static void dx_blas_set_threads(int n)
 /* OpenBLAS's DYNAMIC_ARCH picks its kernels from the CPU's family and
  * model number, and a model it does not know (OpenBLAS 0.3.21, Debian 12,
  * on Emerald Rapids: family 6 model 207) falls back to its Prescott (SSE3)
- * kernels, a fifth of the AVX-512 SGEMM rate. When it chose one of those
- * old cores on a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is not
- * set, choose again by the CPU's features, through OpenBLAS's own
- * override: set OPENBLAS_CORETYPE and rerun its core selection (before
- * this backend's first BLAS call; the variable stays set, so that child
- * processes choose the same). OPENBLAS_CORETYPE set by the user is left
- * alone. Logged at info level. */
-static void dx_blas_core_fix(void)
+ * kernels, a fifth of the AVX-512 SGEMM rate. Returns the core to ask for
+ * through OPENBLAS_CORETYPE when OpenBLAS chose one of those old cores on
+ * a CPU with AVX2 or AVX-512 and OPENBLAS_CORETYPE is not set (copying the
+ * core OpenBLAS chose to was), else NULL. */
+static const char *dx_blas_core_wanted(char *was, size_t waslen)
 {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     static const char *const old[] = {"Prescott", "Core2",   "Penryn",   "Dunnington",
@@ -88,39 +82,65 @@ static void dx_blas_core_fix(void)
                                       "Coppermine", "Northwood", "Banias", "Athlon",
                                       "Opteron",  "Opteron_SSE3", "Barcelona", "Bobcat",
                                       "Unknown"};
-    const char *core, *want = NULL;
-    char was[32];
+    const char *core;
     size_t i;
 
-    if (!openblas_get_corename || !gotoblas_dynamic_init || !gotoblas_dynamic_quit ||
-        getenv("OPENBLAS_CORETYPE") != NULL || (core = openblas_get_corename()) == NULL)
-        return;
+    if (!openblas_get_corename || getenv("OPENBLAS_CORETYPE") != NULL ||
+        (core = openblas_get_corename()) == NULL)
+        return NULL;
     for (i = 0; i < sizeof old / sizeof old[0]; i++)
         if (strcmp(core, old[i]) == 0)
             break;
     if (i == sizeof old / sizeof old[0])
-        return;
+        return NULL;
+    snprintf(was, waslen, "%s", core);
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
 #if defined(__clang__)
-        want = "SkylakeX"; /* clang's __builtin_cpu_supports may lack avx512bf16 */
+        return "SkylakeX"; /* clang's __builtin_cpu_supports may lack avx512bf16 */
 #else
-        want = __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+        return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
 #endif
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        want = "Haswell";
-    if (want == NULL || setenv("OPENBLAS_CORETYPE", want, 0) != 0)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+#else
+    (void)was;
+    (void)waslen;
+#endif
+    return NULL;
+}
+
+/* OpenBLAS reads OPENBLAS_CORETYPE when it is loaded, before main(); its
+ * kernels cannot be swapped safely afterwards (its server threads read
+ * the kernel table as they start: swapping it under them crashed workers
+ * at start-up). So the programs re-execute themselves with the variable
+ * set, first thing in main() (kernels.h). */
+void dxk_blas_core_reexec(char **argv)
+{
+    char was[32];
+    const char *want = dx_blas_core_wanted(was, sizeof was);
+
+    if (want == NULL || argv == NULL || argv[0] == NULL ||
+        setenv("OPENBLAS_CORETYPE", want, 0) != 0)
         return;
-    snprintf(was, sizeof was, "%s", core);
-    gotoblas_dynamic_quit();
-    gotoblas_dynamic_init();
-    dexec_log(DEXEC_LOG_INFO, "kernels",
-              "cpu: OpenBLAS chose its %s kernels for this CPU, which has %s; "
-              "using %s (OPENBLAS_CORETYPE=%s; set OPENBLAS_CORETYPE to choose otherwise)",
-              was, strcmp(want, "Haswell") == 0 ? "AVX2" : "AVX-512",
-              openblas_get_corename(), want);
-#endif
+    execv("/proc/self/exe", argv);
+    /* exec failed: go on with OpenBLAS's own choice (logged below) */
+    unsetenv("OPENBLAS_CORETYPE");
+}
+
+/* Says once (info level) that OpenBLAS runs old kernels where a program did
+ * not re-execute itself (dxk_blas_core_reexec). */
+static void dx_blas_core_note(void)
+{
+    char was[32];
+    const char *want = dx_blas_core_wanted(was, sizeof was);
+
+    if (want != NULL)
+        dexec_log(DEXEC_LOG_INFO, "kernels",
+                  "cpu: OpenBLAS runs its %s kernels on this CPU, which has %s: set "
+                  "OPENBLAS_CORETYPE=%s before the program starts for its faster ones",
+                  was, strcmp(want, "Haswell") == 0 ? "AVX2" : "AVX-512", want);
 }
 
 static pthread_once_t dx_blas_once = PTHREAD_ONCE_INIT;
@@ -1205,7 +1225,7 @@ dexec_status dxk_backend_cpu(dxk_backend **out, char *err, size_t errlen)
             snprintf(err, errlen, "cpu backend: out of memory");
         return DEXEC_ENOMEM;
     }
-    pthread_once(&dx_blas_once, dx_blas_core_fix);
+    pthread_once(&dx_blas_once, dx_blas_core_note);
     /* no pool is no error: the ops then run in the caller alone */
     c->pool = dxk_pool_new(dx_blas_threads(), dx_pool_thread_init);
     be->struct_size = sizeof *be;
