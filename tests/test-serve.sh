@@ -346,4 +346,17 @@ grep -F "warn serve: listening on 0.0.0.0:0 without a token (serve.insecure = 1)
 kill -TERM "$pid"
 wait "$pid" || fail "server e: exit status $?"
 
+# an image that fails without a rank (a cfg pair refusing guidance 1) is
+# counted under rank="unknown" in /metrics (it once read "unknown0")
+printf 'parallel = { cfg = 2; };\n' >"$tmp/cfg2.conf"
+start f -c "$tmp/cfg2.conf" --num-gpus 2
+st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inference_steps":2}')
+[ "$st" = 200 ] && fail "cfg1: guidance 1 on a cfg pair answered 200"
+curl -s "$url/metrics" | grep -q '^dexec_serve_worker_errors_total{rank="unknown0"}' &&
+    fail "/metrics: rank label \"unknown0\""
+[ "$(metric 'dexec_serve_worker_errors_total{rank="unknown"}')" = 1 ] ||
+    fail "/metrics: no worker_errors_total{rank=\"unknown\"} 1: $(curl -s "$url/metrics" | grep worker_errors)"
+kill -TERM "$pid"
+wait "$pid" || fail "server f: exit status $?"
+
 exit $status

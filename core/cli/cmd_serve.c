@@ -267,10 +267,12 @@ static char *metrics_text(void)
         fprintf(f, "dexec_serve_rank_busy_seconds_total{rank=\"%d\"} %.6f\n", r, S.rank_busy[r]);
     fprintf(f, "# HELP dexec_serve_worker_errors_total Images a rank failed (the worker replied "
                "with an error or died).\n# TYPE dexec_serve_worker_errors_total counter\n");
-    for (int r = 0; r <= S.nranks; r++)
-        if (r < S.nranks || S.rank_errors[r] > 0)
-            fprintf(f, "dexec_serve_worker_errors_total{rank=\"%s%d\"} %" PRIu64 "\n",
-                    r < S.nranks ? "" : "unknown", r < S.nranks ? r : 0, S.rank_errors[r]);
+    for (int r = 0; r < S.nranks; r++)
+        fprintf(f, "dexec_serve_worker_errors_total{rank=\"%d\"} %" PRIu64 "\n", r,
+                S.rank_errors[r]);
+    if (S.rank_errors[S.nranks] > 0) /* failed where no rank was named (a group's failure) */
+        fprintf(f, "dexec_serve_worker_errors_total{rank=\"unknown\"} %" PRIu64 "\n",
+                S.rank_errors[S.nranks]);
     if (nstats > 0) {
         fprintf(f, "# HELP dexec_serve_worker_deaths_total Times a rank's worker died or was "
                    "ended as hung.\n# TYPE dexec_serve_worker_deaths_total counter\n");
