@@ -76,6 +76,7 @@ struct dexec_engine {
     char backend[160]; /* "name version" */
     int nranks;
     int width;  /* ranks per parallel group */
+    int par_cfg; /* parallel.cfg */
     int nslots; /* data-parallel slots: ranks / (parallel.cfg x parallel.sequence) */
     double rpc_s, generate_s, health_s;
     uint64_t next_request; /* for "req-N"; atomic */
@@ -404,6 +405,7 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         dexec_config_get_int(e->cfg, "parallel.cfg", &pc);
         dexec_config_get_int(e->cfg, "parallel.sequence", &ps);
         e->width = (int)(pc * ps);
+        e->par_cfg = (int)pc;
     }
     msg[0] = '\0';
     st = e->ops->create(&e->host, &ex, msg, sizeof(msg));
@@ -557,6 +559,13 @@ static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_
     if (r->request_id != NULL && r->request_id[0] == '\0')
         return set_error(e, DEXEC_EINVAL,
                          "request %zu: request_id is empty (use NULL to have one assigned)", i);
+    /* the worker refuses it too (a model whose default guidance is 1) */
+    if (e->par_cfg > 1 && r->guidance_scale == 1.0)
+        return set_error(e, DEXEC_EINVAL,
+                         "request %zu (%s): cfg parallelism (parallel.cfg = %d) needs "
+                         "classifier-free guidance, and guidance_scale 1 has no unconditional "
+                         "branch: ask for a guidance_scale other than 1 or set parallel.cfg = 1",
+                         i, id, e->par_cfg);
     if (DEXEC_HAS_FIELD(r, dexec_request, sampler) && r->sampler != NULL &&
         r->sampler[0] == '\0')
         return set_error(e, DEXEC_EINVAL,

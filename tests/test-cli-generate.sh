@@ -161,7 +161,7 @@ gen_pid=
 [ ! -e "$tmp/k-1.png" ] && [ ! -e "$tmp/k.png" ] ||
     fail "killed rank: a lost image has a file: $(ls "$tmp")"
 expect_in err "dexec generate: image 1 (seed 11) lost: "
-expect_in err "dexec generate: 1 of 4 image(s) not written (index 1); the others were"
+expect_in err "dexec generate: 1 of 4 image(s) not written (index 1); the others were written"
 expect_in out "$tmp/k-2.png: 28x28, seed 12"
 expect_in out "$tmp/k-3.png: 28x28, seed 13"
 

@@ -580,12 +580,14 @@ START_TEST(test_guidance_one_refused)
 
     make_requests(reqs, 1, ids, 3);
     reqs[0].guidance_scale = 1.0;
-    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL), DEXEC_EWORKER);
+    /* refused by the engine before any worker sees it (bad input, not a
+     * worker failure: dexec serve answers 400) */
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL), DEXEC_EINVAL);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "cfg parallelism (parallel.cfg = 2) needs classifier-free guidance, and "
-                     "guidance_scale 1 has no unconditional branch: ask for a guidance_scale "
-                     "other than 1 or set parallel.cfg = 1");
-    /* the group is formed again and computes the next request */
+                     "request 0 (r0): cfg parallelism (parallel.cfg = 2) needs classifier-free "
+                     "guidance, and guidance_scale 1 has no unconditional branch: ask for a "
+                     "guidance_scale other than 1 or set parallel.cfg = 1");
+    /* the group computes the next request */
     reqs[0].guidance_scale = 3.0;
     ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL), DEXEC_OK);
     ck_assert_int_eq(outs[0].status, DEXEC_OK);

@@ -346,16 +346,21 @@ grep -F "warn serve: listening on 0.0.0.0:0 without a token (serve.insecure = 1)
 kill -TERM "$pid"
 wait "$pid" || fail "server e: exit status $?"
 
-# an image that fails without a rank (a cfg pair refusing guidance 1) is
-# counted under rank="unknown" in /metrics (it once read "unknown0")
+# guidance 1 on a cfg pair is bad input: 400 naming the reason, refused
+# by the engine before any worker sees it (it was once a 500 counted as a
+# worker error); no worker error is counted, under any rank label
 printf 'parallel = { cfg = 2; };\n' >"$tmp/cfg2.conf"
 start f -c "$tmp/cfg2.conf" --num-gpus 2
 st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inference_steps":2}')
-[ "$st" = 200 ] && fail "cfg1: guidance 1 on a cfg pair answered 200"
-curl -s "$url/metrics" | grep -q '^dexec_serve_worker_errors_total{rank="unknown0"}' &&
-    fail "/metrics: rank label \"unknown0\""
-[ "$(metric 'dexec_serve_worker_errors_total{rank="unknown"}')" = 1 ] ||
-    fail "/metrics: no worker_errors_total{rank=\"unknown\"} 1: $(curl -s "$url/metrics" | grep worker_errors)"
+expect_status cfg1 "$st" 400
+grep -F 'cfg parallelism (parallel.cfg = 2) needs classifier-free guidance, and guidance_scale 1 has no unconditional branch' \
+    "$tmp/cfg1.body" >/dev/null || fail "cfg1: message: $(cat "$tmp/cfg1.body")"
+grep -F '"type":"invalid_request_error"' "$tmp/cfg1.body" >/dev/null ||
+    fail "cfg1: error type: $(cat "$tmp/cfg1.body")"
+curl -s "$url/metrics" | grep -q '^dexec_serve_worker_errors_total{rank="unknown' &&
+    fail "/metrics: a refused request counted as a worker error"
+st=$(req cfg3 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":3,"num_inference_steps":2}')
+expect_status cfg3 "$st" 200
 kill -TERM "$pid"
 wait "$pid" || fail "server f: exit status $?"
 

@@ -567,7 +567,7 @@ int cmd_generate(int argc, char **argv)
     }
     if (lost > 0) {
         fprintf(stderr, "dexec generate: %d of %ld image(s) not written (index %s)%s\n", lost,
-                batch, lost_list, lost < batch ? "; the others were" : "");
+                batch, lost_list, lost < batch ? "; the others were written" : "");
         rc = 1;
     }
     if (st == DEXEC_OK)

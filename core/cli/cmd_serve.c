@@ -5,7 +5,7 @@
  * The images of a request are one submission (dexec_engine_submit); the
  * engine gives each image to the next free rank as soon as one is free, so
  * the images of one request spread over the ranks and a short request
- * never waits for an unrelated long one; the engine's bounded queue
+ * waits only for images queued before it to start; the engine's bounded queue
  * (engine.max_queued) answers 429 when full. The
  * connection's thread waits for its images with the request's deadline,
  * watching the socket: a client that hangs up has its images cancelled.
