@@ -705,6 +705,10 @@ START_TEST(test_local_kill9_no_restart_fails_fast)
     capture_log();
     e = open_engine(2, "max_restarts = 0; max_task_retries = 0;");
     recovery_requests(reqs, ids);
+    /* the request the kill waits for runs long enough that the kill lands
+     * in it (12 steps of the small model could finish, reply included,
+     * before its first progress reached the callback) */
+    reqs[1].num_inference_steps = 300;
     pid = actor_pid(e, 0);
     k.victim = pid;
     snprintf(line, sizeof(line), "actor (pid %d): actor died: killed by signal 9", (int)pid);
