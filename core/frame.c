@@ -184,35 +184,9 @@ int dexec_wait_readable(int fd, double deadline)
 dexec_status dexec_write_all(int fd, const char *buf, size_t len, double deadline, char *err,
                              size_t errlen)
 {
-    size_t done = 0;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
 
-    while (done < len) {
-        ssize_t n = send(fd, buf + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-        if (n > 0) {
-            done += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            double left = dx_remaining(deadline);
-            int rc;
-
-            if (left <= 0)
-                return dx_fail(err, errlen, DEXEC_ETIMEDOUT,
-                               "write timed out (%zu of %zu bytes sent)", done, len);
-            rc = poll(&p, 1, (int)(left * 1000.0 + 0.999));
-            if (rc < 0 && errno != EINTR)
-                return dx_fail(err, errlen, DEXEC_EIO, "poll: %s", strerror(errno));
-            continue;
-        }
-        if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
-            return dx_fail(err, errlen, DEXEC_ECLOSED, "connection closed by peer");
-        return dx_fail(err, errlen, DEXEC_EIO, "write: %s", n < 0 ? strerror(errno) : "no progress");
-    }
-    return DEXEC_OK;
+    return dx_writev_all(fd, &iov, 1, dx_remaining(deadline), err, errlen);
 }
 
 dexec_status dx_writev_all(int fd, struct iovec *iov, int niov, double timeout, char *err,
