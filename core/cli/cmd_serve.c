@@ -367,6 +367,23 @@ static void on_done(void *user, dexec_handle *h)
     pthread_mutex_unlock(&S.lock);
 }
 
+/* Releases a job's descriptor and buffers (not its handles). */
+static void job_free(job *j)
+{
+    if (j->efd >= 0)
+        close(j->efd);
+    free(j->h);
+    free(j->step);
+    free(j->total);
+    free(j->done);
+    free(j->sent_step);
+    free(j->emitted);
+    free(j->prompt);
+    free(j->negative);
+    free(j->pend);
+    free(j);
+}
+
 static job *job_new(int n, const char *prompt, const char *negative, const char *rid)
 {
     job *j = calloc(1, sizeof(*j));
@@ -387,17 +404,7 @@ static job *job_new(int n, const char *prompt, const char *negative, const char 
     snprintf(j->rid, sizeof(j->rid), "%s", rid);
     if (j->efd < 0 || j->h == NULL || j->step == NULL || j->total == NULL || j->done == NULL ||
         j->sent_step == NULL || j->emitted == NULL || j->prompt == NULL || j->negative == NULL) {
-        if (j->efd >= 0)
-            close(j->efd);
-        free(j->h);
-        free(j->step);
-        free(j->total);
-        free(j->done);
-        free(j->sent_step);
-        free(j->emitted);
-        free(j->prompt);
-        free(j->negative);
-        free(j);
+        job_free(j);
         return NULL;
     }
     pthread_mutex_lock(&S.lock);
@@ -423,17 +430,7 @@ static void job_finish(job *j)
         }
     S.in_flight--;
     pthread_mutex_unlock(&S.lock);
-    close(j->efd);
-    free(j->h);
-    free(j->step);
-    free(j->total);
-    free(j->done);
-    free(j->sent_step);
-    free(j->emitted);
-    free(j->prompt);
-    free(j->negative);
-    free(j->pend);
-    free(j);
+    job_free(j);
 }
 
 /* Waits up to timeout seconds for a callback of j or for the client to hang
