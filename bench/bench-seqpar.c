@@ -3,7 +3,7 @@
  * time of one guided forward pass (B = 2: the conditional and
  * unconditional branches of one denoising step) of a model by one rank,
  * by a sequence group of two ranks (threads of this process joined by the
- * in-process communicator of tests/thread-comm.h), and by two independent
+ * in-process communicator of kernels/thread-comm.h), and by two independent
  * one-rank forwards side by side (the host's own two-way scaling, the
  * reference). Every rank uses one OpenBLAS thread.
  *

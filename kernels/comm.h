@@ -54,6 +54,11 @@ typedef struct dxk_comm {
 typedef struct dxk_parallel {
     dxk_comm *cfg; /* size 2: rank 0 computes the conditional branch, 1 the unconditional */
     dxk_comm *seq; /* size S: Ulysses sequence parallelism over S token shards */
+    /* Nonzero on a group member whose images nobody keeps (every member
+     * but the first: the first one returns the group's images):
+     * dxk_generate samples with the group and returns no images, without
+     * decoding them. */
+    int drop_images;
 } dxk_parallel;
 
 #endif

@@ -59,7 +59,9 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
  * (r+1) H/S - 1 inside attention (two all-to-alls per block, then one
  * all-gather of the output); every rank ends each step with the full
  * prediction and keeps identical latents, so every rank's images are the
- * same (see dxk_dit_forward and doc/parallelism.md). The tensor methods
+ * same (see dxk_dit_forward and doc/parallelism.md). A member with
+ * par->drop_images set samples with the group but returns no images (and
+ * does not decode them): out->num_images is 0. The tensor methods
  * (dxk_tensor_method) split the same way: call them on every rank too.
  *
  * Errors: DEXEC_ENOTSUP for a layout this build or model cannot compute

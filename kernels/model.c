@@ -642,6 +642,8 @@ static dexec_status dx_generate_latent(dxk_model *m, const dexec_request *req,
         out->timings.denoise_s += dx_now() - t1;
         if (s != DEXEC_OK)
             break;
+        if (m->par.drop_images)
+            continue; /* another member decodes the group's images */
         t1 = dx_now();
         s = dxk_vae_decode(p->vae, z, 1, h, w, img, err, errlen);
         if (s == DEXEC_OK && (im->pixels = malloc((size_t)oc * H * W)) == NULL) {
@@ -797,6 +799,8 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         out->timings.denoise_s += dx_now() - t1;
         if (s != DEXEC_OK)
             break;
+        if (m->par.drop_images)
+            continue; /* another member makes the group's images */
         t1 = dx_now();
         im->pixels = malloc(npix);
         if (im->pixels == NULL) {

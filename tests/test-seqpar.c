@@ -470,7 +470,8 @@ START_TEST(test_peer_never_arrives)
     t0 = now_s();
     ck_assert_int_eq(dxk_generate(m, &req, &out, NULL, NULL, err, sizeof err), DEXEC_ETIMEDOUT);
     ck_assert_str_eq(err, "sequence parallelism, rank 0 of 2: all-to-all before the attention of "
-                          "block 0: test comm: rank 0: 1 of 2 ranks arrived within 300 ms");
+                          "block 0: in-process comm: rank 0: 1 of 2 ranks arrived within "
+                          "300 ms");
     /* the deadline, not 20 steps of waiting */
     ck_assert_msg(now_s() - t0 < 10.0, "took %.1f s", now_s() - t0);
     ck_assert_int_eq(out.num_images, 0);
@@ -523,7 +524,7 @@ START_TEST(test_peer_leaves_mid_request)
     ck_assert_int_eq(jobs[1].s, DEXEC_ECANCELED);
     ck_assert_int_eq(jobs[0].s, DEXEC_ETIMEDOUT);
     ck_assert_msg(strstr(jobs[0].err, "sequence parallelism, rank 0 of 2: all-to-all before the "
-                                      "attention of block 0: test comm: rank 0: 1 of 2 ranks "
+                                      "attention of block 0: in-process comm: rank 0: 1 of 2 ranks "
                                       "arrived within 400 ms") != NULL,
                   "%s", jobs[0].err);
     ck_assert_msg(now_s() - t0 < 30.0, "took %.1f s", now_s() - t0);

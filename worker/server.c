@@ -27,6 +27,9 @@
 
 #include "collective.h"
 #include "kernels.h"
+/* the in-process groups of an actor's ranks: up to 64 members per comm */
+#define TC_MAX DXW_COLL_MAX_RANKS
+#include "thread-comm.h"
 #include "rpc_server.h"
 #include "server.h"
 
@@ -50,8 +53,32 @@ typedef struct call {
     char err_msg[1100];
 } call;
 
+/* The communicators of one request computed by an in-process parallel
+ * group (an actor's ranks as threads, "parallel_threads"): made fresh for
+ * each request, so that a failed request leaves nothing to form again.
+ * seqg[c] is the sequence communicator of cfg rank c (seq members),
+ * cfgg[q] the cfg pair of sequence rank q. */
+typedef struct tgset {
+    tc_group *seqg, *cfgg;
+    int nseq, ncfg;
+    pthread_mutex_t mu;
+    int cause_rank; /* the rank whose failure came first, -1: none */
+    char cause[900];
+} tgset;
+
+/* One group's share of a generate call: every member's job points here
+ * (refs), with the same positions in the same order. */
+typedef struct gjob {
+    pthread_mutex_t mu;
+    int refs;
+    int group, first_rank, width, cfg, seq;
+    size_t n;
+    tgset *sets; /* sets[i]: the request at the members' pos[i] */
+} gjob;
+
 typedef struct job {
     call *call;
+    gjob *g;     /* generate on an in-process parallel group, else NULL */
     size_t *pos; /* generate: the batch positions this rank serves */
     size_t npos;
     double queued_at; /* when it reached the rank's queue (dexec_now) */
@@ -80,6 +107,13 @@ typedef struct wrank {
     int group_index;
     dxk_parallel par;
     unsigned long long coll_bytes; /* sent through group collectives, guarded by qlock */
+    /* an in-process parallel group of the actor's ranks (parallel_threads):
+     * the member index, -1 when none; the comms point at the request's
+     * tgset while it computes (compute thread) */
+    int tmember;
+    tc_rank tr_cfg, tr_seq;
+    dxk_comm tc_cfg, tc_seq;
+    dxk_parallel tpar;
 } wrank;
 
 struct dxw_server {
@@ -94,6 +128,12 @@ struct dxw_server {
     dxs_server *rpc;
     double started;
     char host[256];
+    /* in-process parallel groups (parallel_threads): cfg x seq consecutive
+     * ranks; 1 x 1 when none. Set by the compute threads, read by the I/O
+     * thread when it deals a generate call. */
+    pthread_mutex_t tlock;
+    int tcfg, tseq;
+    int tdeadline_ms; /* each collective wait */
 };
 
 /* ---- calls spanning ranks -------------------------------------------------- */
@@ -172,6 +212,98 @@ static void call_fail(call *k, dexec_status code, int rank, const char *msg)
             snprintf(k->err_msg, sizeof(k->err_msg), "rank %d: %s", rank, msg);
     }
     pthread_mutex_unlock(&k->lock);
+}
+
+/* ---- in-process parallel groups (an actor's ranks) ------------------------- */
+
+static void tgset_free(tgset *t)
+{
+    for (int i = 0; i < t->nseq; i++)
+        tc_group_destroy(&t->seqg[i]);
+    for (int i = 0; i < t->ncfg; i++)
+        tc_group_destroy(&t->cfgg[i]);
+    free(t->seqg);
+    free(t->cfgg);
+    pthread_mutex_destroy(&t->mu);
+}
+
+static void gjob_unref(gjob *g)
+{
+    int last;
+
+    if (g == NULL)
+        return;
+    pthread_mutex_lock(&g->mu);
+    last = --g->refs == 0;
+    pthread_mutex_unlock(&g->mu);
+    if (!last)
+        return;
+    for (size_t i = 0; i < g->n; i++)
+        tgset_free(&g->sets[i]);
+    free(g->sets);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+/* Group `group` of width cfg x seq ranks computing n requests; refs: its
+ * members. NULL when out of memory. */
+static gjob *gjob_new(int group, int cfg, int seq, size_t n, int deadline_ms, int base_rank)
+{
+    gjob *g = calloc(1, sizeof(*g));
+
+    if (g == NULL || (g->sets = calloc(n ? n : 1, sizeof(*g->sets))) == NULL) {
+        free(g);
+        return NULL;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    g->refs = cfg * seq;
+    g->group = group;
+    g->width = cfg * seq;
+    g->first_rank = base_rank + group * cfg * seq;
+    g->cfg = cfg;
+    g->seq = seq;
+    g->n = n;
+    for (size_t i = 0; i < n; i++) {
+        tgset *t = &g->sets[i];
+
+        pthread_mutex_init(&t->mu, NULL);
+        t->cause_rank = -1;
+        if (seq > 1 && (t->seqg = calloc((size_t)cfg, sizeof(*t->seqg))) != NULL)
+            for (; t->nseq < cfg; t->nseq++)
+                tc_group_init(&t->seqg[t->nseq], seq, deadline_ms);
+        if (cfg > 1 && (t->cfgg = calloc((size_t)seq, sizeof(*t->cfgg))) != NULL)
+            for (; t->ncfg < seq; t->ncfg++)
+                tc_group_init(&t->cfgg[t->ncfg], cfg, deadline_ms);
+        if ((seq > 1 && t->seqg == NULL) || (cfg > 1 && t->cfgg == NULL)) {
+            g->n = i + 1;
+            g->refs = 1;
+            gjob_unref(g);
+            return NULL;
+        }
+    }
+    return g;
+}
+
+/* A member's request failed: the first failure is the request's cause,
+ * and every member waiting in (or reaching) a collective of it fails at
+ * once. */
+static void tgset_fail(tgset *t, int rank, const char *why)
+{
+    pthread_mutex_lock(&t->mu);
+    if (t->cause_rank < 0) {
+        t->cause_rank = rank;
+        size_t len = strlen(why);
+
+        if (len >= sizeof(t->cause))
+            len = sizeof(t->cause) - 1;
+        memcpy(t->cause, why, len);
+        t->cause[len] = '\0';
+    }
+    pthread_mutex_unlock(&t->mu);
+    for (int i = 0; i < t->nseq; i++)
+        tc_group_abandon(&t->seqg[i]);
+    for (int i = 0; i < t->ncfg; i++)
+        tc_group_abandon(&t->cfgg[i]);
 }
 
 /* ---- worker methods (execute_rpc / collective_rpc) ------------------------- */
@@ -259,7 +391,7 @@ static dexec_value *rank_info(wrank *r)
 static const char known_methods[] =
     "get_rank, get_info, get_stats, get_logs, cancel, load_model, check_health, echo, "
     "debug_sleep, latent_forward, latent_guided, latent_sample, vae_decode, latent_noise, "
-    "parallel_open, parallel_join, parallel_leave";
+    "parallel_open, parallel_join, parallel_leave, parallel_threads";
 
 /* Methods cheap enough to answer on the I/O thread. */
 static int is_inline_method(const char *m)
@@ -415,6 +547,7 @@ static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **
     if (st == DEXEC_OK) {
         r->par.cfg = dxw_coll_cfg(r->coll);
         r->par.seq = dxw_coll_seq(r->coll);
+        r->par.drop_images = index != 0; /* member 0 returns the images */
         r->group_index = (int)index;
         if (r->model == NULL) {
             snprintf(err, errlen, "parallel_join: no model is loaded (%s)", r->model_err);
@@ -439,6 +572,90 @@ static dexec_status group_join(wrank *r, const dexec_value *args, dexec_value **
     return DEXEC_OK;
 }
 
+/* Leaves the in-process group, if any (compute thread). */
+static void threads_leave(wrank *r)
+{
+    if (r->tmember >= 0 && r->model != NULL)
+        dxk_model_set_parallel(r->model, NULL, NULL, 0);
+    r->tmember = -1;
+    memset(&r->tpar, 0, sizeof(r->tpar));
+}
+
+/* parallel_threads [{cfg, sequence, timeout}]: on every rank of an actor
+ * (collective_rpc), the ranks form in-process parallel groups of cfg x
+ * sequence consecutive ranks, exchanging through each other's memory
+ * (kernels/thread-comm.h); timeout (seconds) bounds each collective wait.
+ * cfg = sequence = 1 dissolves them. */
+static dexec_status group_threads(wrank *r, const dexec_value *args, dexec_value **out,
+                                  char *err, size_t errlen)
+{
+    const dexec_value *o = dexec_value_array_get(args, 0);
+    int64_t cfg = dexec_value_as_int(dexec_value_map_get(o, "cfg"), 1);
+    int64_t seq = dexec_value_as_int(dexec_value_map_get(o, "sequence"), 1);
+    double timeout = dexec_value_as_float(dexec_value_map_get(o, "timeout"), 60.0);
+    int n = r->s->opt.num_ranks, w, member;
+    dexec_status st;
+
+    if (o == NULL || o->type != DEXEC_VAL_MAP || cfg < 1 || cfg > 2 || seq < 1 ||
+        seq > TC_MAX || timeout <= 0 || timeout > 1e6) {
+        snprintf(err, errlen,
+                 "parallel_threads: expected [{cfg: 1|2, sequence: 1..%d, timeout: seconds}]",
+                 TC_MAX);
+        return DEXEC_EINVAL;
+    }
+    w = (int)(cfg * seq);
+    if (n % w != 0) {
+        snprintf(err, errlen,
+                 "parallel_threads: this worker's %d ranks do not divide into groups of cfg x "
+                 "sequence = %d",
+                 n, w);
+        return DEXEC_EINVAL;
+    }
+    group_leave(r);
+    threads_leave(r);
+    member = r->index % w;
+    if (w > 1) {
+        r->tr_seq.rank = member % (int)seq;
+        r->tr_seq.g = NULL;
+        r->tr_seq.sent = 0;
+        r->tr_cfg.sent = 0;
+        r->tc_seq = (dxk_comm){.rank = member % (int)seq, .size = (int)seq, .ctx = &r->tr_seq,
+                               .alltoall = tc_alltoall, .allgather = tc_allgather};
+        r->tr_cfg.rank = member / (int)seq;
+        r->tr_cfg.g = NULL;
+        r->tc_cfg = (dxk_comm){.rank = member / (int)seq, .size = (int)cfg, .ctx = &r->tr_cfg,
+                               .alltoall = tc_alltoall, .allgather = tc_allgather};
+        r->tpar.cfg = cfg > 1 ? &r->tc_cfg : NULL;
+        r->tpar.seq = seq > 1 ? &r->tc_seq : NULL;
+        r->tpar.drop_images = member != 0; /* member 0 returns the images */
+        if (r->model == NULL) {
+            snprintf(err, errlen, "parallel_threads: no model is loaded (%s)", r->model_err);
+            memset(&r->tpar, 0, sizeof(r->tpar));
+            return DEXEC_ENOTFOUND;
+        }
+        st = dxk_model_set_parallel(r->model, &r->tpar, err, errlen);
+        if (st != DEXEC_OK) {
+            memset(&r->tpar, 0, sizeof(r->tpar));
+            return st;
+        }
+        r->tmember = member;
+    }
+    pthread_mutex_lock(&r->s->tlock);
+    r->s->tcfg = (int)cfg;
+    r->s->tseq = (int)seq;
+    r->s->tdeadline_ms = (int)(timeout * 1000.0 + 0.5);
+    pthread_mutex_unlock(&r->s->tlock);
+    if (w > 1)
+        dexec_log(DEXEC_LOG_INFO, "worker",
+                  "rank %d: member %d of in-process parallel group %d (cfg %d x sequence %d)",
+                  r->rank, member, r->index / w, (int)cfg, (int)seq);
+    *out = dexec_value_map();
+    dexec_value_map_set(*out, "group", dexec_value_int(r->index / w));
+    dexec_value_map_set(*out, "cfg_rank", dexec_value_int(member / (int)seq));
+    dexec_value_map_set(*out, "sequence_rank", dexec_value_int(member % (int)seq));
+    return DEXEC_OK;
+}
+
 static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_value *kwargs,
                                dexec_value **out, char *err, size_t errlen)
 {
@@ -456,8 +673,8 @@ static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_va
         return DEXEC_EINVAL;
     }
     st = dxk_model_open(name, device, r->index, &m, err, errlen);
-    if (st == DEXEC_OK && r->coll != NULL) {
-        st = dxk_model_set_parallel(m, &r->par, err, errlen);
+    if (st == DEXEC_OK && (r->coll != NULL || r->tmember >= 0)) {
+        st = dxk_model_set_parallel(m, r->coll != NULL ? &r->par : &r->tpar, err, errlen);
         if (st != DEXEC_OK)
             dxk_model_free(m);
     }
@@ -526,13 +743,22 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
         }
         *out = dexec_log_recent((size_t)n);
     } else if (dxk_tensor_method_known(method)) {
+        dexec_status st;
+
         /* on the compute thread, which owns the model: no lock needed
          * against load_model, which runs there too */
         if (r->model == NULL) {
             snprintf(err, errlen, "%s: no model is loaded (%s)", method, r->model_err);
             return DEXEC_ENOTFOUND;
         }
-        return dxk_tensor_method(r->model, method, args, out, err, errlen);
+        /* a member of an in-process group computes tensor methods alone
+         * (the group's comms live only while it computes a generate) */
+        if (r->tmember >= 0)
+            dxk_model_set_parallel(r->model, NULL, NULL, 0);
+        st = dxk_tensor_method(r->model, method, args, out, err, errlen);
+        if (r->tmember >= 0)
+            dxk_model_set_parallel(r->model, &r->tpar, NULL, 0);
+        return st;
     } else if (strcmp(method, "parallel_open") == 0) {
         return group_open(r, args, out, err, errlen);
     } else if (strcmp(method, "parallel_join") == 0) {
@@ -540,6 +766,8 @@ static dexec_status run_method(wrank *r, const char *method, const dexec_value *
     } else if (strcmp(method, "parallel_leave") == 0) {
         group_leave(r);
         *out = dexec_value_bool(1);
+    } else if (strcmp(method, "parallel_threads") == 0) {
+        return group_threads(r, args, out, err, errlen);
     } else if (strcmp(method, "debug_sleep") == 0) {
         const dexec_value *a = dexec_value_array_get(args, 0);
         double s = dexec_value_as_float(a, -1);
@@ -569,6 +797,7 @@ typedef struct progress_ctx {
     size_t pos;
     dxw_server *s;
     const char *request_id;
+    int quiet; /* a group member other than the first: checks cancellation only */
 } progress_ctx;
 
 static int on_step(void *user, int image, int step, int total)
@@ -578,6 +807,8 @@ static int on_step(void *user, int image, int step, int total)
 
     if (is_cancelled(p->s, p->request_id))
         return 1;
+    if (p->quiet)
+        return 0;
     a = dexec_value_array();
 
     dexec_value_array_push(a, dexec_value_int(p->msgid));
@@ -737,6 +968,10 @@ static dexec_value *output_to_value(const dexec_output *o, int rank, const char 
  * moment it starts: the "poison request" of the recovery tests. Without
  * the variable the prompt is an ordinary prompt. */
 #define TEST_CRASH_PROMPT "dexec-test: crash the worker"
+/* ... and a request whose prompt is this one fails on member 1 of an
+ * in-process parallel group (an actor's ranks), 0.2 s into it, while the
+ * other members wait for it in a collective: the failing-member test. */
+#define TEST_FAIL_MEMBER_PROMPT "dexec-test: fail group member 1"
 
 static int test_hooks(void)
 {
@@ -776,6 +1011,14 @@ static void run_generate(wrank *r, job *j, double queued_at)
         char err[1024];
         dexec_status st;
         double t0 = dexec_now();
+        /* an in-process group's member: this request's comms */
+        tgset *ts = j->g != NULL ? &j->g->sets[i] : NULL;
+
+        if (ts != NULL) {
+            r->tr_seq.g = ts->nseq > 0 ? &ts->seqg[r->tmember / j->g->seq] : NULL;
+            r->tr_cfg.g = ts->ncfg > 0 ? &ts->cfgg[r->tmember % j->g->seq] : NULL;
+            pc.quiet = r->tmember != 0;
+        }
 
         dexec_output_init(&out);
         if (parse_request(rv, &req, err, sizeof(err)) != 0) {
@@ -788,6 +1031,20 @@ static void run_generate(wrank *r, job *j, double queued_at)
             raise(SIGKILL);
             st = DEXEC_EWORKER;
             snprintf(err, sizeof(err), "test hook: still alive after SIGKILL");
+        } else if (test_hooks() && ts != NULL && r->tmember == 1 && req.prompt != NULL &&
+                   strcmp(req.prompt, TEST_FAIL_MEMBER_PROMPT) == 0) {
+            /* the others are in (or reach) their first collective by now */
+            struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000L};
+
+            nanosleep(&pause, NULL);
+            st = DEXEC_EWORKER;
+            snprintf(err, sizeof(err), "test hook: group member 1 fails");
+        } else if (r->tmember >= 0 && ts == NULL) {
+            snprintf(err, sizeof(err),
+                     "rank %d is a member of an in-process parallel group: a generate call "
+                     "must address its group",
+                     r->rank);
+            st = DEXEC_EINVAL;
         } else {
             pc.request_id = req.request_id;
             pthread_mutex_lock(&r->qlock);
@@ -806,6 +1063,7 @@ static void run_generate(wrank *r, job *j, double queued_at)
                 st = DEXEC_EWORKER;
             } else {
                 unsigned long long sent0 = r->coll != NULL ? dxw_coll_bytes_sent(r->coll) : 0;
+                unsigned long long tsent0 = r->tr_cfg.sent + r->tr_seq.sent;
 
                 st = dxk_generate(r->model, &req, &out, on_step, &pc, err, sizeof(err));
                 if (st != DEXEC_OK && r->coll != NULL)
@@ -814,12 +1072,30 @@ static void run_generate(wrank *r, job *j, double queued_at)
                     pthread_mutex_lock(&r->qlock);
                     r->coll_bytes += dxw_coll_bytes_sent(r->coll) - sent0;
                     pthread_mutex_unlock(&r->qlock);
+                } else if (ts != NULL) {
+                    pthread_mutex_lock(&r->qlock);
+                    r->coll_bytes += r->tr_cfg.sent + r->tr_seq.sent - tsent0;
+                    pthread_mutex_unlock(&r->qlock);
                 }
             }
             pthread_rwlock_unlock(&r->mlock);
             pthread_mutex_lock(&r->qlock);
             r->current[0] = '\0';
             pthread_mutex_unlock(&r->qlock);
+        }
+        if (st != DEXEC_OK && ts != NULL) {
+            /* the first failure of a member is the group's; the others
+             * stop waiting for this one */
+            tgset_fail(ts, r->rank, err);
+            pthread_mutex_lock(&ts->mu);
+            snprintf(err, sizeof(err), "group %d (ranks %d-%d): rank %d: %s", j->g->group,
+                     j->g->first_rank, j->g->first_rank + j->g->width - 1, ts->cause_rank,
+                     ts->cause);
+            pthread_mutex_unlock(&ts->mu);
+        }
+        if (ts != NULL) {
+            r->tr_seq.g = NULL;
+            r->tr_cfg.g = NULL;
         }
         if (st != DEXEC_OK) {
             const char *id = req.request_id != NULL ? req.request_id : "(no id)";
@@ -834,7 +1110,8 @@ static void run_generate(wrank *r, job *j, double queued_at)
                 dexec_log(DEXEC_LOG_WARN, "worker", "rank %d: request %s failed: %s", r->rank,
                           id, err);
         }
-        if (st == DEXEC_OK && r->coll != NULL && r->group_index != 0) {
+        if (st == DEXEC_OK && ((r->coll != NULL && r->group_index != 0) ||
+                               (ts != NULL && r->tmember != 0))) {
             /* the group's first member returns the images (the reference's
              * unique_reply_rank); the others return none */
             for (size_t im = 0; im < out.num_images; im++)
@@ -855,9 +1132,10 @@ static void run_generate(wrank *r, job *j, double queued_at)
             r->errors++;
         }
         pthread_mutex_unlock(&r->qlock);
-        k->slots[pos] = output_to_value(&out, r->rank,
-                                        dexec_value_as_str(dexec_value_map_get(rv, "request_id"),
-                                                           NULL));
+        /* an in-process group's first member answers for the group */
+        if (ts == NULL || r->tmember == 0)
+            k->slots[pos] = output_to_value(
+                &out, r->rank, dexec_value_as_str(dexec_value_map_get(rv, "request_id"), NULL));
         dexec_output_clear(&out);
     }
 }
@@ -926,6 +1204,7 @@ static void *rank_main(void *arg)
         r->busy_since = 0;
         pthread_mutex_unlock(&r->qlock);
         call_part_done(j->call);
+        gjob_unref(j->g);
         free(j->pos);
         free(j);
     }
@@ -991,10 +1270,88 @@ static dexec_value *initialize_reply(dxw_server *s)
     return m;
 }
 
+/* generate on an actor whose ranks form in-process parallel groups of
+ * tcfg x tseq (parallel_threads): [requests, {group: G}] runs every request
+ * on group G, [requests] deals request p to group p mod groups; each
+ * request runs on every member of its group, the first answers. */
+static void handle_group_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value *params,
+                                  int cfg, int seq, int deadline_ms)
+{
+    const dexec_value *reqs = dexec_value_array_get(params, 0);
+    const dexec_value *opt = dexec_value_array_get(params, 1);
+    const dexec_value *gv = dexec_value_map_get(opt, "group");
+    int w = cfg * seq, ngroups = s->opt.num_ranks / w, g0 = 0, ng = ngroups, parts = 0;
+    size_t count = reqs->u.arr.len;
+    call *k;
+
+    if (opt != NULL && opt->type != DEXEC_VAL_NIL &&
+        (opt->type != DEXEC_VAL_MAP || gv == NULL || gv->type != DEXEC_VAL_INT ||
+         gv->u.i < 0 || gv->u.i >= ngroups)) {
+        dxs_reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
+                      "generate: this worker's ranks %d..%d form %d parallel group%s of cfg %d x "
+                      "sequence %d: expected params [[request, ...]] or [[request, ...], "
+                      "{group: G}] with G in 0..%d",
+                      s->opt.base_rank, s->opt.base_rank + s->opt.num_ranks - 1, ngroups,
+                      ngroups == 1 ? "" : "s", cfg, seq, ngroups - 1);
+        dexec_value_free(params);
+        return;
+    }
+    if (gv != NULL) {
+        g0 = (int)gv->u.i;
+        ng = 1;
+    }
+    if (count == 0) {
+        dxs_reply_ok(c, id, dexec_value_array());
+        dexec_value_free(params);
+        return;
+    }
+    for (int g = 0; g < ng; g++)
+        parts += (size_t)g < count ? w : 0;
+    /* one part more, done below: no member finishing early frees the call
+     * while it is being dealt */
+    k = call_new(c, id, CALL_GENERATE, params, count, parts + 1);
+    if (k == NULL) {
+        dxs_reply_err(c, id, DEXEC_ENOMEM, s->opt.base_rank, "out of memory");
+        dexec_value_free(params);
+        return;
+    }
+    /* all the members' jobs are queued here, on the I/O thread, so that
+     * every member computes its group's requests in the same order */
+    for (int g = 0; g < ng && (size_t)g < count; g++) {
+        size_t npos = 0, *pos = calloc(count / (size_t)ng + 1, sizeof(size_t));
+        gjob *gj;
+
+        for (size_t p = (size_t)g; pos != NULL && p < count; p += (size_t)ng)
+            pos[npos++] = p;
+        gj = pos != NULL ? gjob_new(g0 + g, cfg, seq, npos, deadline_ms, s->opt.base_rank)
+                         : NULL;
+        for (int m = 0; m < w; m++) {
+            job *j = calloc(1, sizeof(*j));
+
+            if (j == NULL || gj == NULL || (j->pos = malloc(npos * sizeof(size_t))) == NULL) {
+                /* out of memory: this member's share fails */
+                free(j);
+                call_fail(k, DEXEC_ENOMEM, s->opt.base_rank + (g0 + g) * w + m, "out of memory");
+                if (gj != NULL)
+                    gjob_unref(gj);
+                call_part_done(k);
+                continue;
+            }
+            memcpy(j->pos, pos, npos * sizeof(size_t));
+            j->npos = npos;
+            j->call = k;
+            j->g = gj;
+            enqueue(&s->ranks[(g0 + g) * w + m], j);
+        }
+        free(pos);
+    }
+    call_part_done(k);
+}
+
 static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value *params)
 {
     const dexec_value *reqs = dexec_value_array_get(params, 0), *only;
-    int n = s->opt.num_ranks, parts = 0, first = 0;
+    int n = s->opt.num_ranks, parts = 0, first = 0, tcfg, tseq, tdl;
     size_t count;
     call *k;
 
@@ -1002,6 +1359,15 @@ static void handle_generate(dxw_server *s, dxs_conn *c, uint32_t id, dexec_value
         dxs_reply_err(c, id, DEXEC_EINVAL, s->opt.base_rank,
                   "generate: expected params [[request, ...]]");
         dexec_value_free(params);
+        return;
+    }
+    pthread_mutex_lock(&s->tlock);
+    tcfg = s->tcfg;
+    tseq = s->tseq;
+    tdl = s->tdeadline_ms;
+    pthread_mutex_unlock(&s->tlock);
+    if (tcfg * tseq > 1) {
+        handle_group_generate(s, c, id, params, tcfg, tseq, tdl);
         return;
     }
     /* [requests, rank]: every request on that hosted rank (the engine
@@ -1224,6 +1590,8 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
     s->name = opt->name != NULL ? strdup(opt->name) : NULL;
     s->started = dexec_now();
     pthread_mutex_init(&s->cancel_lock, NULL);
+    pthread_mutex_init(&s->tlock, NULL);
+    s->tcfg = s->tseq = 1;
     gethostname(s->host, sizeof(s->host) - 1);
     {
         dxs_config rc = {
@@ -1263,6 +1631,7 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
         r->s = s;
         r->index = i;
         r->rank = s->opt.base_rank + i;
+        r->tmember = -1;
         pthread_rwlock_init(&r->mlock, NULL);
         pthread_mutex_init(&r->qlock, NULL);
         pthread_cond_init(&r->qcond, NULL);
@@ -1336,6 +1705,7 @@ void dxw_server_free(dxw_server *s)
 
             r->head = j->next;
             call_part_done(j->call);
+            gjob_unref(j->g);
             free(j->pos);
             free(j);
         }
@@ -1348,6 +1718,7 @@ void dxw_server_free(dxw_server *s)
     for (size_t i = 0; i < CANCELLED_MAX; i++)
         free(s->cancelled[i]);
     pthread_mutex_destroy(&s->cancel_lock);
+    pthread_mutex_destroy(&s->tlock);
     free(s->ranks);
     free(s->model);
     free(s->device);

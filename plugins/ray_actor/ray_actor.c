@@ -20,6 +20,13 @@
  *    resources asked for. The agent spawns it the same way and kills it
  *    when the engine's connection to the agent drops.
  *
+ * Parallel groups (parallel.cfg x parallel.sequence > 1, doc/parallelism.md):
+ * every cfg x sequence consecutive ranks of the actor form a group, formed
+ * in the actor when it starts (worker method parallel_threads): the ranks
+ * are threads of one process, so a group exchanges through the actor's
+ * memory wherever the actor runs. The engine's slot is a group; each of its
+ * requests runs on every member and the first member answers.
+ *
  * Resources (ray_actor.*): cpus = CPU affinity, gpus = CUDA_VISIBLE_DEVICES,
  * memory = a hard limit (cgroup v2 memory.max, else RLIMIT_AS), resources
  * = labels a node must offer (see doc/ray-actor.md).
@@ -72,6 +79,8 @@ typedef struct actor_ask {
     const dexec_value *labels; /* borrowed from the config; MAP or NULL */
     int admin;                 /* allow_admin_methods: the actor gets --allow-admin */
     int gpus_follow_device;    /* device auto, ray_actor.gpus unset: no GPU on a node without */
+    int pcfg, pseq;            /* parallel.cfg, parallel.sequence: in-process groups */
+    double group_t;            /* timeouts.generate: each collective wait in a group */
 } actor_ask;
 
 struct dexec_executor {
@@ -160,16 +169,21 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
     {
         int64_t pc = 1, ps = 1;
 
+        /* parallel groups: cfg x sequence consecutive ranks of the actor,
+         * threads of one process exchanging through its memory */
         dexec_config_get_int(cfg, "parallel.cfg", &pc);
         dexec_config_get_int(cfg, "parallel.sequence", &ps);
-        if (pc * ps > 1) {
+        if (pc < 1 || ps < 1 || n % (pc * ps) != 0) {
             dexec_errorf(err, errlen,
-                         "parallel.cfg = %lld, parallel.sequence = %lld: the ray_actor executor "
-                         "does not form parallel groups yet (its ranks share one actor); use "
-                         "the mp or external executor, or cfg = sequence = 1",
-                         (long long)pc, (long long)ps);
-            return DEXEC_ENOTSUP;
+                         "num_gpus = %lld is not a multiple of parallel.cfg x parallel.sequence "
+                         "= %lld x %lld: num_gpus = data-parallel groups x cfg x sequence",
+                         (long long)n, (long long)pc, (long long)ps);
+            return DEXEC_ECONFIG;
         }
+        a->pcfg = (int)pc;
+        a->pseq = (int)ps;
+        a->group_t = 300.0;
+        dexec_config_get_float(cfg, "timeouts.generate", &a->group_t);
     }
     a->ranks = (int)n;
     a->cpus = (int)cpus;
@@ -203,6 +217,46 @@ static void device_list(int n, char *buf, size_t len)
 
 /* ---- the actor connection: hello and initialize ---------------------------------- */
 
+/* The actor's ranks form parallel groups of cfg x sequence consecutive
+ * ranks (doc/parallelism.md), as threads of the actor exchanging through
+ * its memory: the worker method parallel_threads on every rank. The
+ * model refuses a layout it cannot split (heads). */
+static dexec_status form_groups(struct dexec_executor *ex, double deadline, char *err,
+                                size_t errlen)
+{
+    dexec_value *params = dexec_value_array(), *args = dexec_value_array();
+    dexec_value *o = dexec_value_map(), *res = NULL;
+    char msg[1024];
+    dexec_status st;
+
+    dexec_value_map_set(o, "cfg", dexec_value_int(ex->ask.pcfg));
+    dexec_value_map_set(o, "sequence", dexec_value_int(ex->ask.pseq));
+    dexec_value_map_set(o, "timeout", dexec_value_float(ex->ask.group_t));
+    dexec_value_array_push(args, o);
+    dexec_value_array_push(params, dexec_value_str("parallel_threads"));
+    dexec_value_array_push(params, args);
+    dexec_value_array_push(params, dexec_value_map());
+    if (params == NULL || params->u.arr.len != 3) {
+        dexec_value_free(params);
+        return DEXEC_ENOMEM;
+    }
+    st = dexec_conn_call(ex->actor, "collective_rpc", params, deadline, &res, NULL, NULL, msg,
+                         sizeof(msg));
+    dexec_value_free(params);
+    dexec_value_free(res);
+    if (st == DEXEC_OK)
+        return DEXEC_OK;
+    if (st == DEXEC_ETIMEDOUT) {
+        dexec_errorf(err, errlen,
+                     "%s did not form its parallel groups within timeouts.init (%.3g s)",
+                     ex->label, ex->init_t);
+        return st;
+    }
+    dexec_errorf(err, errlen, "%s: parallel groups of cfg %d x sequence %d: %s", ex->label,
+                 ex->ask.pcfg, ex->ask.pseq, msg);
+    return DEXEC_EWORKER;
+}
+
 static dexec_status start_actor(struct dexec_executor *ex, const char *token, double deadline,
                                 double init_t, char *err, size_t errlen)
 {
@@ -229,6 +283,8 @@ static dexec_status start_actor(struct dexec_executor *ex, const char *token, do
         st = DEXEC_EINIT;
     }
     dexec_value_free(res);
+    if (st == DEXEC_OK && ex->ask.pcfg * ex->ask.pseq > 1)
+        st = form_groups(ex, deadline, err, errlen);
     return st;
 }
 
@@ -1083,8 +1139,9 @@ static void *watchdog_main(void *arg)
 }
 
 /* One generate call on the actor for the requests idx[0..m), on the
- * actor's rank `slot` (< 0: dealt by the actor); called with ex->lk
- * read-held and a live actor. */
+ * actor's rank `slot`, or its parallel group `slot` when its ranks form
+ * groups (< 0: dealt by the actor); called with ex->lk read-held and a
+ * live actor. */
 static dexec_status call_generate(struct dexec_executor *ex, int slot, const dexec_request *reqs,
                                   const size_t *idx, size_t m, double deadline,
                                   dexec_progress_fn progress, void *user, dexec_value **res,
@@ -1102,8 +1159,15 @@ static dexec_status call_generate(struct dexec_executor *ex, int slot, const dex
     for (size_t j = 0; j < m; j++)
         dexec_value_array_push(batch, dexec_request_to_value(&reqs[idx[j]]));
     dexec_value_array_push(params, batch);
-    if (slot >= 0)
+    if (slot >= 0 && ex->ask.pcfg * ex->ask.pseq > 1) {
+        /* a parallel group of the actor's ranks: all of its members */
+        dexec_value *g = dexec_value_map();
+
+        dexec_value_map_set(g, "group", dexec_value_int(slot));
+        dexec_value_array_push(params, g);
+    } else if (slot >= 0) {
         dexec_value_array_push(params, dexec_value_int(slot));
+    }
     if (params == NULL || params->u.arr.len != (slot >= 0 ? 2u : 1u) || batch->u.arr.len != m) {
         dexec_value_free(params);
         snprintf(msg, msglen, "out of memory");
@@ -1270,15 +1334,18 @@ static dexec_status ray_add_requests(dexec_executor *ex, const dexec_request *re
 }
 
 /* ABI 1.2: the actor runs the requests on its rank `slot` (the worker
- * protocol's generate takes the rank), so the engine keeps every rank of
- * the actor busy. */
+ * protocol's generate takes the rank), or on its parallel group `slot`
+ * (cfg x sequence ranks), so the engine keeps every rank of the actor
+ * busy. */
 static dexec_status ray_add_requests_on(dexec_executor *ex, int slot, const dexec_request *reqs,
                                         size_t n, dexec_output *outs, double timeout,
                                         dexec_progress_fn progress, void *user, char *err,
                                         size_t errlen)
 {
-    if (slot < 0 || slot >= ex->n) {
-        dexec_errorf(err, errlen, "generate: slot %d is outside 0..%d", slot, ex->n - 1);
+    int slots = ex->n / (ex->ask.pcfg * ex->ask.pseq);
+
+    if (slot < 0 || slot >= slots) {
+        dexec_errorf(err, errlen, "generate: slot %d is outside 0..%d", slot, slots - 1);
         return DEXEC_EINVAL;
     }
     return ray_generate(ex, slot, reqs, n, outs, timeout, progress, user, err, errlen);

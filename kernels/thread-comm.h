@@ -1,10 +1,13 @@
 /*
  * thread-comm.h - an in-process communicator for the kernels' comm.h: the
- * ranks of a sequence group as threads of one process, exchanging through
+ * ranks of a parallel group as threads of one process, exchanging through
  * each other's buffers between two barriers. Every barrier waits at most
  * deadline_ms; a rank that misses it breaks the group, and every later
  * collective fails at once (DEXEC_EIO), as a worker transport does when a
- * peer dies. Used by tests/test-seqpar.c and bench/bench-seqpar.c.
+ * peer dies; tc_group_abandon breaks it from outside (a rank whose request
+ * failed between two collectives). Used by the worker for the ranks of a
+ * ray_actor actor (worker/server.c, "parallel_threads"), by
+ * tests/test-seqpar.c and by bench/bench-seqpar.c.
  */
 #ifndef DEXEC_TEST_THREAD_COMM_H
 #define DEXEC_TEST_THREAD_COMM_H
@@ -19,7 +22,10 @@
 
 #include "comm.h"
 
+/* The most ranks of one communicator (a user may define it larger). */
+#ifndef TC_MAX
 #define TC_MAX 8
+#endif
 
 typedef struct tc_group {
     pthread_mutex_t mu;
@@ -31,6 +37,7 @@ typedef struct tc_group {
 typedef struct tc_rank {
     tc_group *g;
     int rank;
+    unsigned long long sent; /* bytes this rank gave its peers (size - 1 copies of its part) */
 } tc_rank;
 
 static inline void tc_group_init(tc_group *g, int size, int deadline_ms)
@@ -78,7 +85,7 @@ static inline dexec_status tc_barrier(tc_rank *r, char *err, size_t errlen)
     while (g->gen == gen && !g->broken) {
         if (pthread_cond_timedwait(&g->cv, &g->mu, &dl) == ETIMEDOUT && g->gen == gen &&
             !g->broken) {
-            snprintf(err, errlen, "test comm: rank %d: %d of %d ranks arrived within %d ms",
+            snprintf(err, errlen, "in-process comm: rank %d: %d of %d ranks arrived within %d ms",
                      r->rank, g->arrived, g->size, g->deadline_ms);
             g->broken = 1;
             pthread_cond_broadcast(&g->cv);
@@ -88,11 +95,21 @@ static inline dexec_status tc_barrier(tc_rank *r, char *err, size_t errlen)
     }
     if (g->gen == gen) {
         pthread_mutex_unlock(&g->mu);
-        snprintf(err, errlen, "test comm: rank %d: a peer failed", r->rank);
+        snprintf(err, errlen, "in-process comm: rank %d: a peer failed", r->rank);
         return DEXEC_EIO;
     }
     pthread_mutex_unlock(&g->mu);
     return DEXEC_OK;
+}
+
+/* Breaks the group: ranks waiting in a collective fail at once (DEXEC_EIO)
+ * and so does every later collective. */
+static inline void tc_group_abandon(tc_group *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->broken = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
 }
 
 static inline dexec_status tc_alltoall(void *ctx, const void *send, void *recv, size_t bytes,
@@ -109,7 +126,9 @@ static inline dexec_status tc_alltoall(void *ctx, const void *send, void *recv, 
         memcpy((char *)recv + (size_t)i * bytes,
                (const char *)r->g->send[i] + (size_t)r->rank * bytes, bytes);
     /* nobody reuses its send buffer before every rank has read it */
-    return tc_barrier(r, err, errlen);
+    if ((s = tc_barrier(r, err, errlen)) == DEXEC_OK)
+        r->sent += (unsigned long long)bytes * (unsigned)(r->g->size - 1);
+    return s;
 }
 
 static inline dexec_status tc_allgather(void *ctx, const void *send, void *recv, size_t bytes,
@@ -124,13 +143,16 @@ static inline dexec_status tc_allgather(void *ctx, const void *send, void *recv,
         return s;
     for (i = 0; i < r->g->size; i++)
         memcpy((char *)recv + (size_t)i * bytes, r->g->send[i], bytes);
-    return tc_barrier(r, err, errlen);
+    if ((s = tc_barrier(r, err, errlen)) == DEXEC_OK)
+        r->sent += (unsigned long long)bytes * (unsigned)(r->g->size - 1);
+    return s;
 }
 
 static inline void tc_comm(dxk_comm *c, tc_rank *r, tc_group *g, int rank)
 {
     r->g = g;
     r->rank = rank;
+    r->sent = 0;
     c->rank = rank;
     c->size = g->size;
     c->ctx = r;
