@@ -2,7 +2,9 @@
  * test-parallel.c - parallel groups end to end (doc/parallelism.md): real
  * dexec-worker processes in cfg = 2 groups through the engine API, their
  * images against one rank's, request order across two groups, a member
- * killed mid-step, external workers forming a group, and the refusals.
+ * killed mid-step, external workers forming a group, and the refusals;
+ * then the same for the ray_actor executor, whose ranks are threads of one
+ * actor process.
  */
 #include "config.h"
 
@@ -23,6 +25,10 @@
  * loaded 2-core machine; the issue's figure (1 s) and the measured one are
  * in doc/performance.md. */
 #define DEATH_BOUND 3.0
+
+/* the settings of the ray_actor executor (one actor process, its ranks
+ * threads) */
+#define RAY "distributed_executor_backend", "ray_actor"
 
 static const char *const prompts[] = {"sneaker", "bag", "trouser", "dress", "ankle boot", "coat"};
 
@@ -138,6 +144,28 @@ static dexec_value *rank_stats(dexec_engine *e, int rank)
 
 static const char *const cfg2[] = {"parallel.cfg", "2", NULL};
 
+/* After n requests of 6 steps on a cfg pair (ranks 0 and 1): each rank
+ * sent its branch's prediction (1 x 28 x 28 floats) every step; only the
+ * first rank made (decoded) images, the second sampled without decoding. */
+static void assert_pair_stats(dexec_engine *e, int n)
+{
+    for (int r = 0; r < 2; r++) {
+        dexec_value *st = rank_stats(e, r);
+        double decode = dexec_value_as_float(
+            dexec_value_map_get(dexec_value_map_get(st, "seconds"), "decode"), -1);
+
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(st, "collective_bytes"), -1),
+                         n * 6 * 28 * 28 * 4);
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(st, "images"), -1),
+                         r == 0 ? n : 0);
+        if (r == 0)
+            ck_assert_msg(decode > 0, "rank 0 decode %g s", decode);
+        else
+            ck_assert_msg(decode == 0, "rank 1 decoded for %g s", decode);
+        dexec_value_free(st);
+    }
+}
+
 START_TEST(test_cfg2_same_pixels_bundled)
 {
     enum { N = 4 };
@@ -153,14 +181,7 @@ START_TEST(test_cfg2_same_pixels_bundled)
         dexec_engine *e = must_open(2, cfg2);
 
         ck_assert_int_eq(dexec_engine_step(e, reqs, N, &two, NULL, NULL), DEXEC_OK);
-        /* each rank sent its branch's prediction (1 x 28 x 28 floats) every step */
-        for (int r = 0; r < 2; r++) {
-            dexec_value *st = rank_stats(e, r);
-
-            ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(st, "collective_bytes"), -1),
-                             N * 6 * 28 * 28 * 4);
-            dexec_value_free(st);
-        }
+        assert_pair_stats(e, N);
         ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
         dexec_engine_free(e);
     }
@@ -212,6 +233,15 @@ START_TEST(test_cfg2_same_pixels_dit_s)
     one = run(1, kv1, reqs, N);
     two = run(2, kv2, reqs, N);
     assert_same_images(one, two, N);
+    {
+        /* cfg = 2 x sequence = 2 in one ray_actor actor */
+        const char *kv4[] = {"model", file, RAY, "parallel.cfg", "2", "parallel.sequence", "2",
+                             NULL};
+        dexec_output *four = run(4, kv4, reqs, N);
+
+        assert_same_images(one, four, N);
+        dexec_outputs_free(four, N);
+    }
     ck_assert_int_eq(one[0].images[0].channels, 3);
     ck_assert_int_eq(one[0].images[0].width, 32);
     dexec_outputs_free(one, N);
@@ -530,6 +560,8 @@ START_TEST(test_refusals)
     static const char *const seq3[] = {"parallel.sequence", "3", NULL};
     static const char *const ray[] = {"parallel.cfg", "2", "distributed_executor_backend",
                                       "ray_actor", NULL};
+    static const char *const ray_seq3[] = {"parallel.sequence", "3",
+                                           "distributed_executor_backend", "ray_actor", NULL};
     static const char *const big[] = {"parallel.cfg", "3", NULL};
     const char *want;
     char err[2048];
@@ -551,13 +583,21 @@ START_TEST(test_refusals)
                               "not divide the 4 attention heads of this model") != NULL,
                   "%s", err);
 
-    e = open_engine(2, ray, err, sizeof(err), &st);
-    ck_assert_int_eq(st, DEXEC_ENOTSUP);
+    /* the same on the ray_actor executor */
+    e = open_engine(3, ray, err, sizeof(err), &st);
+    ck_assert_int_eq(st, DEXEC_ECONFIG);
     ck_assert_ptr_null(e);
-    want = "ray_actor: parallel.cfg = 2, parallel.sequence = 1: the ray_actor executor does "
-           "not form parallel groups yet (its ranks share one actor); use the mp or external "
-           "executor, or cfg = sequence = 1 (plugin ";
+    want = "ray_actor: num_gpus = 3 is not a multiple of parallel.cfg x parallel.sequence = 2 x "
+           "1: num_gpus = data-parallel groups x cfg x sequence (plugin ";
     ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+    e = open_engine(3, ray_seq3, err, sizeof(err), &st);
+    ck_assert_int_eq(st, DEXEC_EWORKER);
+    ck_assert_ptr_null(e);
+    ck_assert_msg(strncmp(err, "ray_actor: actor (pid ", 22) == 0 &&
+                      strstr(err, "): parallel groups of cfg 1 x sequence 3: rank 0: sequence = "
+                                  "3 does not divide the 4 attention heads of this model (plugin ") !=
+                          NULL,
+                  "%s", err);
 
     {
         dexec_config *cfg = NULL;
@@ -676,6 +716,176 @@ START_TEST(test_external_group)
 }
 END_TEST
 
+/* ---- ray_actor: the ranks of one actor process form the groups ------------- */
+
+static const char *const ray_cfg2[] = {RAY, "parallel.cfg", "2", NULL};
+
+/* cfg = 2, sequence = 2 and cfg = 2 x sequence = 2 groups of an actor's
+ * ranks make one rank's images; the group's first rank answers, the
+ * others neither return nor decode images. */
+START_TEST(test_ray_same_pixels)
+{
+    static const char *const seq2[] = {RAY, "parallel.sequence", "2", NULL};
+    static const char *const both[] = {RAY, "parallel.cfg", "2", "parallel.sequence", "2", NULL};
+    enum { N = 4 };
+    dexec_request reqs[N];
+    char ids[N][16];
+    dexec_output *one, *two, *s2, *cs;
+    dexec_engine *e;
+
+    make_requests(reqs, N, ids, 6);
+    reqs[3].negative_prompt = "bag";
+    reqs[2].guidance_scale = 2.5;
+    one = run(1, NULL, reqs, N);
+    e = must_open(2, ray_cfg2);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, N, &two, NULL, NULL), DEXEC_OK);
+    assert_pair_stats(e, N);
+    /* both ranks are threads of the one actor */
+    ck_assert_int_eq(rank_pid(e, 0), rank_pid(e, 1));
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+    assert_same_images(one, two, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_str_eq(two[i].request_id, ids[i]);
+        ck_assert_int_eq(two[i].rank, 0);
+    }
+    s2 = run(2, seq2, reqs, N);
+    cs = run(4, both, reqs, N);
+    assert_same_images(one, s2, N);
+    assert_same_images(one, cs, N);
+    for (int i = 0; i < N; i++)
+        ck_assert(s2[i].rank == 0 && cs[i].rank == 0);
+    dexec_outputs_free(s2, N);
+    dexec_outputs_free(cs, N);
+    dexec_outputs_free(one, N);
+    dexec_outputs_free(two, N);
+}
+END_TEST
+
+/* Two cfg = 2 groups in one actor of four ranks: requests dealt across the
+ * groups, outputs in request order, each from its group's first rank. */
+START_TEST(test_ray_two_groups_keep_order)
+{
+    enum { N = 6 };
+    dexec_request reqs[N];
+    char ids[N][16];
+    dexec_output *one, *four;
+    int seen[2] = {0, 0};
+
+    make_requests(reqs, N, ids, 4);
+    one = run(1, NULL, reqs, N);
+    four = run(4, ray_cfg2, reqs, N);
+    assert_same_images(one, four, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_str_eq(four[i].request_id, ids[i]);
+        ck_assert_msg(four[i].rank == 0 || four[i].rank == 2, "request %d from rank %d", i,
+                      four[i].rank);
+        seen[four[i].rank / 2] = 1;
+    }
+    ck_assert_msg(seen[0] && seen[1], "one group got every request");
+    dexec_outputs_free(one, N);
+    dexec_outputs_free(four, N);
+}
+END_TEST
+
+/* A member that fails mid-request (a test hook fails member 1 of the
+ * group 0.2 s in, while member 0 waits for it in a collective) fails the
+ * group's request at once with its reason; nobody stays blocked: the
+ * group computes the next request, with the undisturbed pixels. */
+START_TEST(test_ray_member_fails)
+{
+    static const char *const kv[] = {RAY, "parallel.cfg", "2", "timeouts.generate", "60", NULL};
+    dexec_request reqs[1];
+    char ids[1][16];
+    dexec_output *ref, *outs = NULL;
+    dexec_engine *e;
+    double t0, took;
+    dexec_status st;
+
+    make_requests(reqs, 1, ids, 4);
+    ref = run(1, NULL, reqs, 1);
+    setenv("DEXEC_WORKER_TEST_HOOKS", "1", 1); /* the actor inherits it */
+    e = must_open(2, kv);
+    unsetenv("DEXEC_WORKER_TEST_HOOKS");
+    make_requests(reqs, 1, ids, 1000);
+    reqs[0].request_id = "dexec-test: fail group member 1";
+    t0 = dexec_now();
+    st = dexec_engine_step(e, reqs, 1, &outs, NULL, NULL);
+    took = dexec_now() - t0;
+    /* the actor answered: the output carries the failure, as for any
+     * request a ray_actor rank fails */
+    ck_assert_int_eq(st, DEXEC_OK);
+    fprintf(stderr, "test-parallel: ray_actor: a failing member failed the request in %.3f s "
+                    "(0.2 s of it the hook's)\n",
+            took);
+    ck_assert_msg(took < 0.2 + DEATH_BOUND, "took %.3f s", took);
+    ck_assert_int_eq(outs[0].status, DEXEC_EWORKER);
+    ck_assert_str_eq(outs[0].error,
+                     "group 0 (ranks 0-1): rank 1: test hook: group member 1 fails");
+    dexec_outputs_free(outs, 1);
+    make_requests(reqs, 1, ids, 4);
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(memcmp(outs[0].images[0].pixels, ref[0].images[0].pixels, pixels_of(&ref[0])),
+                     0);
+    dexec_outputs_free(outs, 1);
+    dexec_outputs_free(ref, 1);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
+/* kill -9 of the actor (every member at once) mid-step: without recovery
+ * the request fails at once with the death; with it the actor is started
+ * again, its groups formed again and the request dealt again: the same
+ * pixels. */
+START_TEST(test_ray_kill9_actor)
+{
+    static const char *const off[] = {RAY, "parallel.cfg", "2", "max_restarts", "0",
+                                      "max_task_retries", "0", NULL};
+    static const char *const on[] = {RAY, "parallel.cfg", "2", "max_restarts", "1",
+                                     "max_task_retries", "1", NULL};
+    dexec_request reqs[1];
+    char ids[1][16];
+    dexec_output *ref = NULL, *outs = NULL;
+    killer k = {.on_req = 0};
+    dexec_engine *e;
+    double done;
+    pid_t before;
+
+    make_requests(reqs, 1, ids, 400);
+    e = must_open(2, off);
+    k.victim = rank_pid(e, 1);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, on_progress_kill, &k), DEXEC_EWORKER);
+    done = dexec_now();
+    ck_assert_msg(k.killed_at > 0, "the kill never happened");
+    fprintf(stderr, "test-parallel: ray_actor: request failed %.3f s after kill -9 of the actor\n",
+            done - k.killed_at);
+    ck_assert_msg(done - k.killed_at < DEATH_BOUND, "failed %.3f s after the kill",
+                  done - k.killed_at);
+    ck_assert_msg(strstr(dexec_engine_last_error(e), "actor died: killed by signal 9") != NULL,
+                  "%s", dexec_engine_last_error(e));
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+
+    e = must_open(2, on);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &ref, NULL, NULL), DEXEC_OK);
+    before = rank_pid(e, 0);
+    k = (killer){.on_req = 0, .victim = before};
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 1, &outs, on_progress_kill, &k), DEXEC_OK);
+    ck_assert_msg(k.killed_at > 0, "the kill never happened");
+    ck_assert_msg(outs[0].status == DEXEC_OK, "%s", outs[0].error);
+    ck_assert_int_eq(outs[0].rank, 0);
+    ck_assert_int_eq(memcmp(outs[0].images[0].pixels, ref[0].images[0].pixels, pixels_of(&ref[0])),
+                     0);
+    ck_assert_int_ne(rank_pid(e, 0), before);
+    dexec_outputs_free(outs, 1);
+    dexec_outputs_free(ref, 1);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+END_TEST
+
 static Suite *parallel_suite(void)
 {
     Suite *s = suite_create("parallel");
@@ -692,6 +902,14 @@ static Suite *parallel_suite(void)
     tcase_add_test(tc, test_stalled_group);
     tcase_add_loop_test(tc, test_external_group, 0, 2);
     tcase_add_test(tc, test_cfg2_same_pixels_dit_s);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("ray_actor");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_ray_same_pixels);
+    tcase_add_test(tc, test_ray_two_groups_keep_order);
+    tcase_add_test(tc, test_ray_member_fails);
+    tcase_add_test(tc, test_ray_kill9_actor);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -122,7 +122,7 @@ static int stop_step(void *user, int image, int step, int total)
 static dexec_status generate_one(rank_job *j)
 {
     dxk_model *m = NULL;
-    dxk_parallel par = {NULL, j->comm};
+    dxk_parallel par = {.cfg = NULL, .seq = j->comm};
     dexec_status s;
 
     dexec_output_init(&j->out);
@@ -379,7 +379,7 @@ END_TEST
 static dexec_status set_seq(dxk_model *m, int S, dxk_comm *c, tc_rank *r, tc_group *g, char *err,
                             size_t errlen)
 {
-    dxk_parallel par = {NULL, c};
+    dxk_parallel par = {.cfg = NULL, .seq = c};
 
     tc_group_init(g, S, 300);
     tc_comm(c, r, g, 0);

@@ -63,6 +63,7 @@ typedef struct tgset {
     int nseq, ncfg;
     pthread_mutex_t mu;
     int cause_rank; /* the rank whose failure came first, -1: none */
+    dexec_status cause_code;
     char cause[900];
 } tgset;
 
@@ -287,13 +288,14 @@ static gjob *gjob_new(int group, int cfg, int seq, size_t n, int deadline_ms, in
 /* A member's request failed: the first failure is the request's cause,
  * and every member waiting in (or reaching) a collective of it fails at
  * once. */
-static void tgset_fail(tgset *t, int rank, const char *why)
+static void tgset_fail(tgset *t, int rank, dexec_status code, const char *why)
 {
     pthread_mutex_lock(&t->mu);
     if (t->cause_rank < 0) {
-        t->cause_rank = rank;
         size_t len = strlen(why);
 
+        t->cause_rank = rank;
+        t->cause_code = code;
         if (len >= sizeof(t->cause))
             len = sizeof(t->cause) - 1;
         memcpy(t->cause, why, len);
@@ -968,10 +970,10 @@ static dexec_value *output_to_value(const dexec_output *o, int rank, const char 
  * moment it starts: the "poison request" of the recovery tests. Without
  * the variable the prompt is an ordinary prompt. */
 #define TEST_CRASH_PROMPT "dexec-test: crash the worker"
-/* ... and a request whose prompt is this one fails on member 1 of an
+/* ... and a request whose request_id is this one fails on member 1 of an
  * in-process parallel group (an actor's ranks), 0.2 s into it, while the
  * other members wait for it in a collective: the failing-member test. */
-#define TEST_FAIL_MEMBER_PROMPT "dexec-test: fail group member 1"
+#define TEST_FAIL_MEMBER_ID "dexec-test: fail group member 1"
 
 static int test_hooks(void)
 {
@@ -1031,8 +1033,8 @@ static void run_generate(wrank *r, job *j, double queued_at)
             raise(SIGKILL);
             st = DEXEC_EWORKER;
             snprintf(err, sizeof(err), "test hook: still alive after SIGKILL");
-        } else if (test_hooks() && ts != NULL && r->tmember == 1 && req.prompt != NULL &&
-                   strcmp(req.prompt, TEST_FAIL_MEMBER_PROMPT) == 0) {
+        } else if (test_hooks() && ts != NULL && r->tmember == 1 && req.request_id != NULL &&
+                   strcmp(req.request_id, TEST_FAIL_MEMBER_ID) == 0) {
             /* the others are in (or reach) their first collective by now */
             struct timespec pause = {.tv_sec = 0, .tv_nsec = 200000000L};
 
@@ -1086,8 +1088,9 @@ static void run_generate(wrank *r, job *j, double queued_at)
         if (st != DEXEC_OK && ts != NULL) {
             /* the first failure of a member is the group's; the others
              * stop waiting for this one */
-            tgset_fail(ts, r->rank, err);
+            tgset_fail(ts, r->rank, st, err);
             pthread_mutex_lock(&ts->mu);
+            st = ts->cause_code;
             snprintf(err, sizeof(err), "group %d (ranks %d-%d): rank %d: %s", j->g->group,
                      j->g->first_rank, j->g->first_rank + j->g->width - 1, ts->cause_rank,
                      ts->cause);
