@@ -126,7 +126,8 @@ static const struct dx_key keys[] = {
             "the model's attention heads"),
     KEY_ENUM("parallel.transport", "auto", "auto|shm|tcp",
              "how a group's ranks exchange data: shared memory between ranks on one host and "
-             "TCP links otherwise (auto), or always one of them"),
+             "TCP links otherwise (auto), or always one of them; ray_actor ranks, threads of "
+             "one actor, exchange through its memory"),
 
     KEY_INT("engine.max_queued", 1024, 1, 1048576,
             "requests dexec_engine_submit() holds waiting for a rank; one more is refused "

@@ -867,6 +867,27 @@ START_TEST(test_cli)
              "dexec: %s:2: timeouts.rcp: unknown key (did you mean timeouts.rpc?)\n", path);
     ck_assert_str_eq(out, want);
 
+    /* num_gpus against the parallel groups, as the engine checks it */
+    path = write_file("cli.conf", "num_gpus = 3;\nparallel = { cfg = 2; };\n");
+    snprintf(args, sizeof(args), "config check %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "dexec: %s:1: num_gpus = 3 is not a multiple of parallel.cfg x parallel.sequence = "
+             "2 x 1: num_gpus = data-parallel groups x cfg x sequence\n",
+             path);
+    ck_assert_str_eq(out, want);
+    snprintf(args, sizeof(args), "config check -s num_gpus=4 -s parallel.sequence=2 %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+    snprintf(args, sizeof(args), "config check -s num_gpus=6 -s parallel.sequence=2 %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 1);
+    ck_assert_str_eq(out, "dexec: set: num_gpus = 6 is not a multiple of parallel.cfg x "
+                          "parallel.sequence = 2 x 2: num_gpus = data-parallel groups x cfg x "
+                          "sequence\n");
+    /* unset, num_gpus is left to the command line (--num-gpus) */
+    path = write_file("cli.conf", "parallel = { cfg = 2; };\n");
+    snprintf(args, sizeof(args), "config check %s", path);
+    ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+
     ck_assert_int_eq(run_cli("config keys", out, sizeof(out)), 0);
     ck_assert_ptr_nonnull(strstr(out, "\nnum_gpus "));
     ck_assert_ptr_nonnull(strstr(out, "discovery.redis.command_timeout"));

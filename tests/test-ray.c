@@ -878,6 +878,50 @@ START_TEST(test_cluster_lands_on_labelled_node)
 }
 END_TEST
 
+/* Parallel groups in an actor placed on a node: the ranks are threads of
+ * that actor, so a cfg = 2 x sequence = 2 group exchanges through its
+ * memory there as it does locally; the images are one local rank's
+ * (within 1 in 8-bit values, doc/parallelism.md "Exactness"), each from
+ * the group's first rank. */
+START_TEST(test_cluster_parallel_group)
+{
+    enum { N = 2 };
+    static char conf[1024];
+    test_worker b;
+    dexec_engine *e;
+    dexec_request reqs[N];
+    char ids[N][16];
+    dexec_output *one = NULL, *outs = NULL;
+
+    NEED_REDIS();
+    make_requests(reqs, N, ids);
+    e = open_engine(1, NULL);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, N, &one, NULL, NULL), DEXEC_OK);
+    dexec_engine_free(e);
+    start_node(&b, "grouped", NULL);
+    snprintf(conf, sizeof(conf), "parallel = { cfg = 2; sequence = 2; };\n%s",
+             cluster_conf(NULL));
+    e = open_engine(4, conf);
+    ck_assert_int_eq(dexec_engine_step(e, reqs, N, &outs, NULL, NULL), DEXEC_OK);
+    for (int i = 0; i < N; i++) {
+        size_t px = (size_t)one[i].images[0].width * one[i].images[0].height *
+                    one[i].images[0].channels;
+
+        ck_assert_msg(outs[i].status == DEXEC_OK, "request %d: %s", i, outs[i].error);
+        ck_assert_int_eq(outs[i].rank, 0);
+        ck_assert_uint_eq(outs[i].num_images, 1);
+        for (size_t k = 0; k < px; k++)
+            ck_assert_int_le(abs((int)outs[i].images[0].pixels[k] - one[i].images[0].pixels[k]),
+                             1);
+    }
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_outputs_free(outs, N);
+    dexec_outputs_free(one, N);
+    dexec_engine_free(e);
+    test_worker_stop(&b);
+}
+END_TEST
+
 /* device auto on nodes without GPUs: the actor computes on the CPU, so it
  * asks for no GPU (as it would locally), instead of "no node has room for
  * {cpus=1,gpus=2}". */
@@ -1058,6 +1102,7 @@ static Suite *ray_suite(void)
     tcase_add_test(cluster, test_cluster_lands_on_labelled_node);
     tcase_add_test(cluster, test_cluster_no_room_for_second_engine);
     tcase_add_test(cluster, test_cluster_auto_device_on_cpu_node);
+    tcase_add_test(cluster, test_cluster_parallel_group);
     tcase_add_test(cluster, test_cluster_auto_needs_registry_env);
     tcase_add_test(cluster, test_cluster_engine_sigkill_takes_actor);
     tcase_add_test(cluster, test_cluster_agent_death_fails_calls);

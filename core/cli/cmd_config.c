@@ -24,7 +24,8 @@ static void usage(FILE *out)
             "       came from; the sections of plugins (discovery.redis of redis_discovery)\n"
             "       are checked and printed like the core's keys. The output is itself a\n"
             "       valid configuration file, except that passwords and secrets are\n"
-            "       masked (\"****\").\n"
+            "       masked (\"****\"). A num_gpus that is set (not the default) must be\n"
+            "       a multiple of parallel.cfg x parallel.sequence, as the engine requires.\n"
             "keys   lists every key with its type, default, accepted values and meaning:\n"
             "       the core's, then the settings of every plugin in the search path\n"
             "       ($DEXEC_PLUGIN_PATH, FILE's plugin_path, the plugin directory),\n"
@@ -135,6 +136,26 @@ static int config_check(int argc, char **argv)
         }
     }
     free(sets);
+    {
+        /* what the executors refuse at create (mp, ray_actor): checked
+         * when num_gpus is set, since --num-gpus on a command line may
+         * still change the default */
+        int64_t n = 1, pc = 1, ps = 1;
+        const char *from = dexec_config_origin(cfg, "num_gpus");
+
+        dexec_config_get_int(cfg, "num_gpus", &n);
+        dexec_config_get_int(cfg, "parallel.cfg", &pc);
+        dexec_config_get_int(cfg, "parallel.sequence", &ps);
+        if (from != NULL && strcmp(from, "default") != 0 && pc * ps > 1 && n % (pc * ps) != 0) {
+            fprintf(stderr,
+                    "dexec: %s: num_gpus = %lld is not a multiple of parallel.cfg x "
+                    "parallel.sequence = %lld x %lld: num_gpus = data-parallel groups x cfg x "
+                    "sequence\n",
+                    from, (long long)n, (long long)pc, (long long)ps);
+            dexec_config_free(cfg);
+            return 1;
+        }
+    }
     text = dexec_config_dump(cfg);
     dexec_config_free(cfg);
     if (text == NULL) {
