@@ -886,6 +886,124 @@ START_TEST(test_ray_kill9_actor)
 }
 END_TEST
 
+/* One call on a worker connection with params as JSON: the status, the
+ * error text in err, the result in *res (NULL to drop it). */
+static dexec_status call_json(dexec_conn *c, const char *method, const char *json,
+                              dexec_value **res, char *err, size_t errlen)
+{
+    char perr[256];
+    dexec_value *params = dexec_value_from_json(json, strlen(json), perr, sizeof(perr));
+    dexec_value *out = NULL;
+    dexec_status st;
+
+    ck_assert_msg(params != NULL, "%s: %s", json, perr);
+    err[0] = '\0';
+    st = dexec_conn_call(c, method, params, dexec_now() + 60, &out, NULL, NULL, err, errlen);
+    dexec_value_free(params);
+    if (res != NULL)
+        *res = out;
+    else
+        dexec_value_free(out);
+    return st;
+}
+
+/* The worker protocol of an actor's in-process groups (doc/protocol.md
+ * "Parallel groups"): parallel_threads and generate {group: G}, and their
+ * refusals, on a dexec-worker of 4 ranks. */
+START_TEST(test_ray_protocol)
+{
+    char addr[256], err[1024];
+    int out[2];
+    ssize_t n;
+    pid_t pid;
+    dexec_conn *c = NULL;
+    dexec_value *res = NULL;
+
+    ck_assert_int_eq(pipe(out), 0);
+    pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", "tcp:127.0.0.1:0", "--device",
+              "cpu", "--ranks", "4", "--print-address", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    n = read(out[0], addr, sizeof(addr) - 1);
+    close(out[0]);
+    ck_assert_msg(n > 0, "worker did not start");
+    addr[n] = '\0';
+    addr[strcspn(addr, "\n")] = '\0';
+    ck_assert_int_eq(dexec_conn_connect(addr, 10, &c, err, sizeof(err)), DEXEC_OK);
+    ck_assert_msg(dexec_conn_hello(c, NULL, 10, NULL, err, sizeof(err)) == DEXEC_OK, "%s", err);
+
+    ck_assert_int_eq(call_json(c, "collective_rpc", "[\"parallel_threads\", [{\"cfg\": 3}], {}]",
+                               NULL, err, sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "rank 0: parallel_threads: expected [{cfg: 1|2, sequence: 1..64, "
+                          "timeout: seconds}]");
+    ck_assert_int_eq(call_json(c, "collective_rpc",
+                               "[\"parallel_threads\", [{\"cfg\": 2, \"sequence\": 3}], {}]",
+                               NULL, err, sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "rank 0: parallel_threads: this worker's 4 ranks do not divide into "
+                          "groups of cfg x sequence = 6");
+    ck_assert_msg(call_json(c, "collective_rpc",
+                            "[\"parallel_threads\", [{\"cfg\": 2, \"timeout\": 30}], {}]", &res,
+                            err, sizeof(err)) == DEXEC_OK,
+                  "%s", err);
+    ck_assert_int_eq(res->u.arr.len, 4);
+    for (int r = 0; r < 4; r++) {
+        const dexec_value *m = res->u.arr.items[r];
+
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(m, "group"), -1), r / 2);
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(m, "cfg_rank"), -1), r % 2);
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(m, "sequence_rank"), -1), 0);
+    }
+    dexec_value_free(res);
+    /* a rank is no longer addressed alone, nor a group that is not there */
+    ck_assert_int_eq(call_json(c, "generate", "[[{\"prompt\": \"bag\"}], 1]", NULL, err,
+                               sizeof(err)),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "generate: this worker's ranks 0..3 form 2 parallel groups of cfg 2 x "
+                          "sequence 1: expected params [[request, ...]] or [[request, ...], "
+                          "{group: G}] with G in 0..1");
+    ck_assert_int_eq(call_json(c, "generate", "[[{\"prompt\": \"bag\"}], {\"group\": 2}]", NULL,
+                               err, sizeof(err)),
+                     DEXEC_EINVAL);
+    /* dealt across the groups, in request order, from each group's first rank */
+    ck_assert_msg(call_json(c, "generate",
+                            "[[{\"prompt\": \"bag\", \"seed\": 1, \"num_inference_steps\": 2}, "
+                            "{\"prompt\": \"coat\", \"seed\": 2, \"num_inference_steps\": 2}, "
+                            "{\"prompt\": \"dress\", \"seed\": 3, \"num_inference_steps\": 2}]]",
+                            &res, err, sizeof(err)) == DEXEC_OK,
+                  "%s", err);
+    ck_assert_int_eq(res->u.arr.len, 3);
+    for (int i = 0; i < 3; i++) {
+        const dexec_value *o = res->u.arr.items[i];
+
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(o, "seed"), -1), i + 1);
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(o, "rank"), -1), i % 2 ? 2 : 0);
+        ck_assert_int_eq(dexec_value_map_get(o, "images")->u.arr.len, 1);
+    }
+    dexec_value_free(res);
+    ck_assert_msg(call_json(c, "generate",
+                            "[[{\"prompt\": \"bag\", \"seed\": 1, \"num_inference_steps\": 2}], "
+                            "{\"group\": 1}]",
+                            &res, err, sizeof(err)) == DEXEC_OK,
+                  "%s", err);
+    ck_assert_int_eq(dexec_value_as_int(dexec_value_map_get(res->u.arr.items[0], "rank"), -1), 2);
+    dexec_value_free(res);
+    /* parallel_open stays for workers of one rank */
+    ck_assert_int_eq(call_json(c, "execute_rpc", "[\"parallel_open\", [], {}]", NULL, err,
+                               sizeof(err)),
+                     DEXEC_ENOTSUP);
+    dexec_conn_free(c);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+END_TEST
+
 static Suite *parallel_suite(void)
 {
     Suite *s = suite_create("parallel");
@@ -906,6 +1024,7 @@ static Suite *parallel_suite(void)
 
     tc = tcase_create("ray_actor");
     tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_ray_protocol);
     tcase_add_test(tc, test_ray_same_pixels);
     tcase_add_test(tc, test_ray_two_groups_keep_order);
     tcase_add_test(tc, test_ray_member_fails);
