@@ -201,10 +201,13 @@ static void call_part_done(call *k)
     call_free(k);
 }
 
+/* A rank's part failed: the call answers with the error of the lowest
+ * failing rank (whichever thread finished first), so that the same
+ * failure on every rank reads the same each time. */
 static void call_fail(call *k, dexec_status code, int rank, const char *msg)
 {
     pthread_mutex_lock(&k->lock);
-    if (k->err_code == 0) {
+    if (k->err_code == 0 || rank < k->err_rank) {
         k->err_code = code;
         k->err_rank = rank;
         if (k->kind == CALL_EXECUTE)
@@ -1106,8 +1109,12 @@ static void run_generate(wrank *r, job *j, double queued_at)
             dexec_output_clear(&out);
             out.status = st;
             out.error = strdup(err);
-            /* said where get_logs and the journal show it */
-            if (st == DEXEC_ECANCELED)
+            /* said where get_logs and the journal show it; a group's
+             * failure once, by the member it came from */
+            if (ts != NULL && ts->cause_rank != r->rank)
+                dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: request %s stopped with its group",
+                          r->rank, id);
+            else if (st == DEXEC_ECANCELED)
                 dexec_log(DEXEC_LOG_INFO, "worker", "rank %d: request %s %s", r->rank, id, err);
             else
                 dexec_log(DEXEC_LOG_WARN, "worker", "rank %d: request %s failed: %s", r->rank,
