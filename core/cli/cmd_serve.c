@@ -74,7 +74,8 @@ typedef struct job {
     dexec_handle **h;
     int *step, *total, *done; /* per image, written by the engine callbacks */
     int ndone;
-    int efd; /* eventfd: a callback ran */
+    int efd;    /* eventfd: an image completed (or, when streaming, progressed) */
+    int stream; /* server-sent events: progress wakes the connection's thread */
     /* what the PNG text chunks say */
     char *prompt, *negative;
     /* streaming (server-sent events) state, used by the connection's thread */
@@ -347,7 +348,10 @@ static void on_progress(void *user, dexec_handle *h, int image, int step, int to
     if (j != NULL && i >= 0 && i < j->n) {
         j->step[i] = step;
         j->total[i] = total;
-        wake(j);
+        /* only a stream sends progress; waking a request that waits for its
+         * images at every step cost the server a thread wake-up per step */
+        if (j->stream)
+            wake(j);
     }
     pthread_mutex_unlock(&S.lock);
 }
@@ -1145,6 +1149,7 @@ static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
         return reply_error(c, x, 500, "server_error", NULL, NULL, NULL, "out of memory");
     }
     j->deadline = x->start + S.request_timeout;
+    j->stream = g.stream;
     st = submit_job(j, &g, &type, &code, msg, sizeof(msg));
     json_decref(body);
     if (st != 0) {
