@@ -151,6 +151,11 @@ check_error e_model 404 '{"error":{"message":"model '"'"'dall-e-3'"'"' not found
 check_error e_path 404 '"message":"no such endpoint: GET /v2/x (see GET / or dexec(1))"' "$url/v2/x"
 check_error e_method 405 '"code":"method_not_allowed"' -X DELETE "$url$gen"
 expect_hdr e_method 'Allow: POST'
+check_error e_sampler 400 '{"error":{"message":"sampler must be \"ddpm\" or \"ddim\" (DiT models) or \"euler\" or \"heun\" (SiT models; the bundled model: \"euler\"); absent or null: the model'"'"'s own","type":"invalid_request_error","param":"sampler","code":null}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"plms"}'
+# a sampler of another kind of model: refused by the worker, still bad input
+check_error e_sampler_kind 400 '"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}'
 head -c 2000 /dev/zero | tr '\0' 'x' >"$tmp/big.json"
 check_error e_body 413 '"message":"the request body is 2000 bytes, above serve.max_body_bytes = 1024"' \
     -X POST "$url$gen" --data-binary @"$tmp/big.json"
@@ -159,7 +164,7 @@ st=$(req metrics "$url/metrics")
 expect_status metrics "$st" 200
 expect_hdr metrics 'Content-Type: text/plain; version=0.0.4'
 for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2' \
-    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 8' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 10' \
     'dexec_serve_requests_total{path="/v1/images/generations",code="404"} 1' \
     'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
     'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \
@@ -174,6 +179,17 @@ grep -E 'info serve: POST /v1/images/generations 200 [0-9.]+s id=http-[0-9]+' "$
     fail "no access log line for the generation"
 grep -F 'info serve: GET /health 200' "$tmp/a.err" | grep -F 'id=abc-1' >/dev/null ||
     fail "the access log line lacks the request id"
+
+# the model's sampler named explicitly: the same pixels as without it
+st=$(req sampler_euler -X POST "$url$gen" -d '{"prompt":"bag","sampler":"euler","seed":3,"num_inference_steps":2}')
+expect_status sampler_euler "$st" 200
+st=$(req sampler_none -X POST "$url$gen" -d '{"prompt":"bag","seed":3,"num_inference_steps":2}')
+expect_status sampler_none "$st" 200
+python3 - "$tmp/sampler_euler.body" "$tmp/sampler_none.body" <<'PY' || fail "sampler euler: other pixels than the model's default"
+import json, sys
+a, b = (json.load(open(f))['data'][0]['b64_json'] for f in sys.argv[1:3])
+assert a == b
+PY
 
 # ---- 1b. a free rank takes the next request ------------------------------------
 # a long request, then a short one from another client: the short one runs
