@@ -14,38 +14,8 @@ set -u
 cli=${DEXEC_CLI:?run me from make check}
 command -v curl >/dev/null || { echo "SKIP: curl is not installed (apt-get install curl)"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 77; }
-tmp=$(mktemp -d /tmp/dexec-test-serve.XXXXXX) || exit 99
-pids=
-cleanup() {
-    for p in $pids; do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset DEXEC_CONFIG
-export OPENBLAS_NUM_THREADS=1
-status=0
-
-fail() {
-    echo "FAIL: $*"
-    status=1
-}
-
-# start NAME ARGS...: starts a server; sets $pid and $url (or fails).
-start() {
-    name=$1
-    shift
-    "$cli" serve -l 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-    pid=$!
-    pids="$pids $pid"
-    url=
-    for _ in $(seq 1 600); do
-        url=$(sed -n 's|.*listening on \(http://[^ ]*\)/$|\1|p' "$tmp/$name.out")
-        [ -n "$url" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -n "$url" ] || { fail "$name: server did not start"; cat "$tmp/$name.err"; }
-}
+. "$(dirname "$0")/serve-lib.sh"
+serve_setup test-serve
 
 # req NAME CURL-ARGS...: $tmp/NAME.body, $tmp/NAME.hdr; prints the status.
 req() {
@@ -70,7 +40,7 @@ metric() { # name: its value in /metrics
 gen="/v1/images/generations"
 
 # ---- 1. endpoints, bodies and headers (2 ranks) -----------------------------
-start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
+serve_start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
     --set serve.max_images=4
 st=$(req health "$url/health" -H 'X-Request-Id: abc-1')
 expect_status health "$st" 200
@@ -257,7 +227,7 @@ kill -TERM "$pid"
 wait "$pid" || fail "server a: exit status $? after SIGTERM, expected 0"
 
 # ---- 3. queue full, a client hanging up, SIGTERM draining (1 rank) -----------
-start b --max-queued 1 --drain-grace 120
+serve_start b --max-queued 1 --drain-grace 120
 req long -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":1000}' >"$tmp/long.st" &
 long=$!
 pids="$pids $long"
@@ -303,7 +273,7 @@ expect_status after "$(cat "$tmp/after.st")" 200
 grep -F 'Terminated: draining' "$tmp/b.err" >/dev/null || fail "no draining log line"
 
 # ---- 4. the deadline: 504, the rank is free again --------------------------------
-start c --request-timeout 1.5
+serve_start c --request-timeout 1.5
 t0=$(date +%s)
 check_error late 504 '"message":"request late-1 passed its deadline of serve.request_timeout = 1.5 s with 1 of 1 image(s) not done","type":"server_error","param":null,"code":"timeout"' \
     -X POST "$url$gen" -H 'X-Request-Id: late-1' -d '{"prompt":"bag","num_inference_steps":1000}'
@@ -366,7 +336,7 @@ wait "$pid" || fail "server e: exit status $?"
 # by the engine before any worker sees it (it was once a 500 counted as a
 # worker error); no worker error is counted, under any rank label
 printf 'parallel = { cfg = 2; };\n' >"$tmp/cfg2.conf"
-start f -c "$tmp/cfg2.conf" --num-gpus 2
+serve_start f -c "$tmp/cfg2.conf" --num-gpus 2
 st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inference_steps":2}')
 expect_status cfg1 "$st" 400
 grep -F 'cfg parallelism (parallel.cfg = 2) needs classifier-free guidance, and guidance_scale 1 has no unconditional branch' \
