@@ -508,7 +508,8 @@ START_TEST(test_published_pipeline)
     tk_golden_path(path, sizeof path, "published-io.safetensors");
     ck_assert_msg(dxk_st_open(path, &io, err, sizeof err) == DEXEC_OK, "%s", err);
     tk_golden_path(dir, sizeof dir, "published");
-    ck_assert_msg(dxk_pipeline_open(dir, gpu, &pl, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dxk_pipeline_open(dir, gpu, DEXEC_DTYPE_F32, &pl, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
     x = pub_get(io, "fwd.x", nx);
     t = pub_get(io, "fwd.t", 2);
     y = pub_get(io, "fwd.y", 2);
@@ -534,7 +535,9 @@ START_TEST(test_published_pipeline)
         float *gc = hbuf(8 * 64);
 
         ck_assert_msg(dxk_backend_cpu(&cb, err, sizeof err) == DEXEC_OK, "%s", err);
-        ck_assert_msg(dxk_pipeline_open(dir, cb, &cp, err, sizeof err) == DEXEC_OK, "%s", err);
+        ck_assert_msg(dxk_pipeline_open(dir, cb, DEXEC_DTYPE_F32, &cp, err, sizeof err) ==
+                          DEXEC_OK,
+                      "%s", err);
         ck_assert_msg(dxk_dit_ws_alloc(cp->dit, 2, 8, 8, &cws, err, sizeof err) == DEXEC_OK, "%s",
                       err);
         ck_assert_msg(dxk_latent_guided(pl->dit, ws, x, 500.0, 3, 10, 4.0, 3, g, err,

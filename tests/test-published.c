@@ -284,7 +284,8 @@ static dxk_pipeline *pipe_open(dxk_backend *be)
     dxk_pipeline *p = NULL;
 
     tk_golden_path(dir, sizeof dir, "published");
-    ck_assert_msg(dxk_pipeline_open(dir, be, &p, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dxk_pipeline_open(dir, be, DEXEC_DTYPE_F32, &p, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
     return p;
 }
 
