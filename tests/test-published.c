@@ -394,24 +394,6 @@ END_TEST
 
 /* ---- half-precision weights (dtype float16 / bfloat16) ----------------- */
 
-/* x rounded to nearest even with the significand of float16 (11 bits,
- * subnormal below 2^-14) or bfloat16 (8 bits): the values a device's
- * half types hold (the tests' weights are far from overflow). */
-static float round_to(float x, int dtype)
-{
-    int e;
-
-    if (x == 0 || !isfinite(x))
-        return x;
-    frexpf(x, &e); /* |x| = m 2^e, m in [0.5, 1) */
-    if (dtype == DEXEC_DTYPE_F16) {
-        if (e < -13)
-            e = -13; /* float16 subnormals: a quantum of 2^-24 */
-        return ldexpf(nearbyintf(ldexpf(x, 11 - e)), e - 11);
-    }
-    return ldexpf(nearbyintf(ldexpf(x, 8 - e)), e - 8);
-}
-
 /* The CPU backend posing as a device with the 1.3 ops: "half" weights are
  * float buffers holding values rounded to the type, and linear_half /
  * conv2d_half round their input the same way before the float32 op. It
@@ -426,7 +408,7 @@ static void *emu_upload_half(dexec_device *be, const float *src, size_t n, int d
     ck_assert_ptr_nonnull(w);
     ck_assert(dtype == DEXEC_DTYPE_F16 || dtype == DEXEC_DTYPE_BF16);
     for (size_t i = 0; i < n; i++)
-        w[i] = round_to(src[i], dtype);
+        w[i] = tk_round_to(src[i], dtype);
     emu_uploads++;
     return w;
 }
@@ -436,7 +418,7 @@ static float *emu_round(const float *x, size_t n, int dtype)
     float *r = fbuf(n);
 
     for (size_t i = 0; i < n; i++)
-        r[i] = round_to(x[i], dtype);
+        r[i] = tk_round_to(x[i], dtype);
     return r;
 }
 
