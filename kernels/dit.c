@@ -317,6 +317,8 @@ static const void *dx_half(dx_loader *ld, const float *host, size_t n, const cha
                             &ld->m->nuploads, &buf, why, sizeof why);
     if (ld->s != DEXEC_OK)
         dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s': %s", ld->st->path, name, why);
+    else
+        ld->m->half_params += n;
     return buf;
 }
 

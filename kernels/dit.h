@@ -74,6 +74,7 @@ typedef struct dxk_dit {
     float **uploads; /* buffers holding weight copies on a device backend */
     size_t nuploads;
     size_t params;   /* number of parameters */
+    size_t half_params; /* of which kept in half precision (cfg.dtype) */
     /* Ulysses sequence parallelism: the communicator of this rank's
      * sequence group (NULL or size 1: alone), borrowed; set by
      * dxk_model_set_parallel. Workspaces take it when allocated. */

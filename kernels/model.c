@@ -898,10 +898,12 @@ dexec_value *dxk_model_info(const dxk_model *m)
     bad |= dexec_value_map_set(v, "device_name", dexec_value_str(m->be->device_name));
     if (m->pipe != NULL) {
         const dxk_pipeline *p = m->pipe;
-        size_t params = p->dit->params + p->vae->params;
+        const size_t params = p->dit->params + p->vae->params;
+        const size_t half = p->dit->half_params + p->vae->half_params;
 
         bad |= dx_set_int(v, "parameters", (int64_t)params);
-        bad |= dx_set_int(v, "bytes", (int64_t)(params * sizeof(float)));
+        /* float32, but for the weights kept in half precision */
+        bad |= dx_set_int(v, "bytes", (int64_t)((params - half) * sizeof(float) + half * 2));
         bad |= dx_set_int(v, "image_size", p->image_size);
         bad |= dx_set_int(v, "channels", p->vae->cfg.out_channels);
         bad |= dx_set_int(v, "default_steps", p->default_steps);
@@ -913,7 +915,9 @@ dexec_value *dxk_model_info(const dxk_model *m)
         bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(p->tst->metadata));
     } else {
         bad |= dx_set_int(v, "parameters", (int64_t)m->dit->params);
-        bad |= dx_set_int(v, "bytes", (int64_t)(m->dit->params * sizeof(float)));
+        bad |= dx_set_int(v, "bytes", (int64_t)((m->dit->params - m->dit->half_params) *
+                                                     sizeof(float) +
+                                                 m->dit->half_params * 2));
         bad |= dx_set_int(v, "image_size", c->image_size);
         bad |= dx_set_int(v, "channels", c->in_channels);
         bad |= dx_set_int(v, "default_steps", c->default_steps);

@@ -181,6 +181,8 @@ static const void *dx_vhalf(dx_vload *ld, const float *host, size_t n, const cha
                             &ld->v->nuploads, &buf, why, sizeof why);
     if (ld->s != DEXEC_OK)
         dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s': %s", ld->st->path, name, why);
+    else
+        ld->v->half_params += n;
     return buf;
 }
 

@@ -55,6 +55,7 @@ typedef struct dxk_vae {
     float **uploads;
     size_t nuploads;
     size_t params;
+    size_t half_params; /* of which kept in half precision (cfg.dtype) */
 } dxk_vae;
 
 /* Reads vae/config.json (path names it in errors): block_out_channels,

@@ -525,6 +525,10 @@ START_TEST(test_half_weights)
         ck_assert_ptr_nonnull(p->dit->blocks[0].qkv.h);
         ck_assert_ptr_null(p->vae->conv_in.w);
         ck_assert_ptr_nonnull(p->vae->attn_qkv.h);
+        /* every matrix, and nothing else: biases, norms, tables stay float32 */
+        ck_assert_uint_gt(p->dit->half_params, p->dit->params * 9 / 10);
+        ck_assert_uint_lt(p->dit->half_params, p->dit->params);
+        ck_assert_uint_gt(p->vae->half_params, p->vae->params * 9 / 10);
         ef = half_forward_err(p, ref, io);
         ed = half_decode_err(p, ref, io);
         fprintf(stderr, "%s weights (emulated): forward %.3g, decode %.3g relative to float32\n",
