@@ -7,6 +7,11 @@
  *
  *   bench-rpc [ITERATIONS [RUNS]]   (run it through `make bench`; RUNS default 5)
  *
+ * Environment: BENCH_RPC_SPIN_US sets the engine's mp.spin_us (default 0);
+ * BENCH_RPC_ONE_CPU=1 runs the caller, the ranks and the raw peers all on
+ * one CPU (every hop a context switch there: the CPU cost of each side
+ * shows, not the wake-ups across CPUs).
+ *
  * Placement (the same for both sides of the comparison): the calling
  * thread runs alone on the last CPU the bench may use, in the raw and the
  * dexec phases alike; the engine is created from a thread that may use
@@ -168,6 +173,9 @@ static dexec_engine *open_engine(int ranks)
     if (dexec_config_load(NULL, &cfg, err, sizeof(err)) != DEXEC_OK ||
         dexec_config_set(cfg, "num_gpus", n, err, sizeof(err)) != DEXEC_OK ||
         dexec_config_set(cfg, "device", "cpu", err, sizeof(err)) != DEXEC_OK ||
+        (getenv("BENCH_RPC_SPIN_US") != NULL &&
+         dexec_config_set(cfg, "mp.spin_us", getenv("BENCH_RPC_SPIN_US"), err, sizeof(err)) !=
+             DEXEC_OK) ||
         dexec_engine_create(cfg, &e, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "bench-rpc: %s\n", err);
         exit(1);
@@ -210,6 +218,8 @@ static void placement_init(placement *pl)
     CPU_CLR(pl->caller_cpu, &pl->rest);
     CPU_ZERO(&pl->caller);
     CPU_SET(pl->caller_cpu, &pl->caller);
+    if (getenv("BENCH_RPC_ONE_CPU") != NULL && getenv("BENCH_RPC_ONE_CPU")[0] == '1')
+        pl->rest = pl->caller; /* everything on one CPU: the protocol's CPU cost shows */
     pl->pinned = 1;
 }
 
@@ -376,8 +386,11 @@ int main(int argc, char **argv)
     if (getloadavg(loadavg, 3) < 0)
         loadavg[0] = -1;
     printf("collective_rpc(\"get_rank\") round trip, %d calls each (raw and dexec in alternating "
-           "blocks of %d), %zu-byte request frame, %ld CPUs, load average %.2f at the start\n\n",
-           iters, BLOCK, size, sysconf(_SC_NPROCESSORS_ONLN), loadavg[0]);
+           "blocks of %d), %zu-byte request frame, %ld CPUs, mp.spin_us = %s, load average %.2f "
+           "at the start\n\n",
+           iters, BLOCK, size, sysconf(_SC_NPROCESSORS_ONLN),
+           getenv("BENCH_RPC_SPIN_US") != NULL ? getenv("BENCH_RPC_SPIN_US") : "0 (default)",
+           loadavg[0]);
     printf("| run | workers | raw fan-out median / p99 (us) | dexec median / p99 (us) | "
            "dexec / raw median | dexec / raw p99 | target |\n");
     printf("| --- | --- | --- | --- | --- | --- | --- |\n");

@@ -25,6 +25,12 @@
  * without the token, it reads again. Whoever holds the token is the only
  * one touching c->rd.
  *
+ * Spinning (dexec_conn_set_spin, off by default): a caller that reads its
+ * own replies may look at the first unfinished connection without
+ * sleeping for the first microseconds of a wait, so that a short call's
+ * reply finds it awake: no wake-up of a sleeping thread, which on a VM is
+ * an interrupt to another CPU (tens of microseconds, doc/performance.md).
+ *
  * Deadlines while waiting: a connection may carry a silence timeout
  * (dexec_conn_set_timeouts, the engine's timeouts.health). A call whose
  * connection says nothing for half of it gets a get_rank probe; silent
@@ -47,6 +53,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,6 +133,7 @@ struct dexec_conn {
     double last_rx;       /* when bytes last arrived (dexec_now) */
     double write_timeout; /* seconds one frame may take to leave */
     double silence;       /* seconds of silence before a probe; 0: none */
+    double spin;          /* seconds a waiting caller reads without sleeping */
     uint32_t next_id;
     pending *pend;
     pending *spare; /* a finished call's record, kept for the next call */
@@ -276,6 +284,13 @@ void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user)
     c->death = fn;
     c->death_user = user;
     pthread_mutex_unlock(&c->lock);
+}
+
+void dexec_conn_set_spin(dexec_conn *c, double seconds)
+{
+    double v = seconds > 0.01 ? 0.01 : seconds > 0 ? seconds : 0;
+
+    __atomic_store(&c->spin, &v, __ATOMIC_RELAXED);
 }
 
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
@@ -911,10 +926,12 @@ void dx_socket_keepalive(int fd)
 /* Reads what the socket holds and dispatches every whole message; the
  * caller holds the read token and not c->lock. readable: what poll said
  * (> 0 readable or hung up, < 0 poll failed), or READ_WAIT: wait in recv
- * itself for data (c->block_read: ORDERED_READ_S at most). Returns
+ * itself for data (c->block_read: ORDERED_READ_S at most), or READ_TRY: a
+ * recv that does not wait (a spinning caller's). Returns
  * nonzero when a waiter has something new (a reply, a notification, a
  * death). */
 #define READ_WAIT 2
+#define READ_TRY 3 /* a look without poll: nothing may be there */
 static int read_some(dexec_conn *c, int readable)
 {
     dexec_status st = DEXEC_OK;
@@ -1287,9 +1304,11 @@ static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
 /* Reads every held connection that has data (only `only`, when not NULL),
  * waiting until `until` at most; with may_block, `only` may be read with
  * a blocking recv instead (one system call, not poll + recv), which
- * returns within ORDERED_READ_S. */
+ * returns within ORDERED_READ_S, after looking at it without sleeping
+ * until spin_until (dexec_conn_set_spin; yielding the CPU between looks,
+ * to a rank that may share it). */
 static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until,
-                      int may_block)
+                      int may_block, double spin_until)
 {
     struct pollfd pf[64];
     dexec_conn *pc[64];
@@ -1298,6 +1317,13 @@ static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double 
     double left;
 
     if (only != NULL && may_block && only->block_read && !dexec_conn_dead(only)) {
+        while (spin_until > 0 && dexec_now() < spin_until) {
+            if (read_some(only, READ_TRY)) {
+                wake_all();
+                return;
+            }
+            sched_yield();
+        }
         if (read_some(only, READ_WAIT))
             wake_all();
         return;
@@ -1327,7 +1353,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     dexec_conn *held_stack[9];
     dexec_conn **held = n < 9 ? held_stack : n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
     size_t nheld = 0;
-    double ordered_until = dexec_now() + ORDERED_READ_S;
+    double start = dexec_now(), ordered_until = start + ORDERED_READ_S, spin_until = 0;
 
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
@@ -1341,6 +1367,13 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     }
     if (held != NULL)
         nheld = tokens_take_all(w, n, held, deadline);
+    for (size_t i = 0; i < nheld; i++) {
+        double spin;
+
+        __atomic_load(&held[i]->spin, &spin, __ATOMIC_RELAXED);
+        if (spin > 0 && start + spin > spin_until)
+            spin_until = start + spin;
+    }
     if (nheld == 0) {
         dexec_conn *seen_stack[9];
         dexec_conn **seen = n < 9 ? seen_stack : calloc(n + 1, sizeof(*seen));
@@ -1382,9 +1415,9 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
             /* a blocking recv may overrun ordered_until by up to
              * ORDERED_READ_S: only when nothing else is due by then */
             read_held(held, nheld, first, next < ordered_until ? next : ordered_until,
-                      next >= ordered_until + ORDERED_READ_S);
+                      next >= ordered_until + ORDERED_READ_S, spin_until);
         } else if (nheld > 0) {
-            read_held(held, nheld, NULL, next, 0);
+            read_held(held, nheld, NULL, next, 0, 0);
         } else {
             wake_wait(gen, next);
         }
