@@ -130,6 +130,8 @@ struct dexec_conn {
     int cond_waiters;     /* threads waiting on a reply without the token */
     double lease_until;   /* the reader thread stays parked until then */
     pthread_cond_t tok_cond;
+    /* the next three are written under lock with __atomic_store and read
+     * with __atomic_load without it, on every call's path */
     double last_rx;       /* when bytes last arrived (dexec_now) */
     double write_timeout; /* seconds one frame may take to leave */
     double silence;       /* seconds of silence before a probe; 0: none */
@@ -146,10 +148,19 @@ struct dexec_conn {
 /* Any arrival on any connection (a reply, a notification, a death) bumps
  * the generation and wakes every waiter; a waiter notes the generation
  * before it looks, so no wake-up is lost. One for the process: the engine
- * has few connections and waiters, and a waiter may wait on several. */
+ * has few connections and waiters, and a waiter may wait on several.
+ *
+ * The generation is atomic and the lock is taken only when a thread
+ * sleeps or must be woken: a waiter counts itself in g_wake_sleepers
+ * before it checks the generation a last time, a waker bumps the
+ * generation before it reads the count (both sequentially consistent),
+ * so either the waker sees the sleeper and broadcasts under the lock, or
+ * the sleeper sees the new generation and does not sleep. A caller that
+ * reads its own replies, with nobody asleep, takes no lock here. */
 static pthread_mutex_t g_wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake_cond;
 static unsigned long g_wake_gen;
+static int g_wake_sleepers;
 static pthread_once_t g_wake_once = PTHREAD_ONCE_INIT;
 
 static void wake_init(void)
@@ -164,20 +175,17 @@ static void wake_init(void)
 
 static void wake_all(void)
 {
+    __atomic_add_fetch(&g_wake_gen, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&g_wake_sleepers, __ATOMIC_SEQ_CST) == 0)
+        return;
     pthread_mutex_lock(&g_wake_lock);
-    g_wake_gen++;
     pthread_cond_broadcast(&g_wake_cond);
     pthread_mutex_unlock(&g_wake_lock);
 }
 
 static unsigned long wake_gen(void)
 {
-    unsigned long g;
-
-    pthread_mutex_lock(&g_wake_lock);
-    g = g_wake_gen;
-    pthread_mutex_unlock(&g_wake_lock);
-    return g;
+    return __atomic_load_n(&g_wake_gen, __ATOMIC_SEQ_CST);
 }
 
 /* Sleeps until the generation moves past gen or the deadline passes. */
@@ -190,9 +198,11 @@ static void wake_wait(unsigned long gen, double deadline)
     if (ts.tv_nsec >= 1000000000L)
         ts.tv_nsec = 999999999L;
     pthread_mutex_lock(&g_wake_lock);
-    while (g_wake_gen == gen && dx_remaining(deadline) > 0)
+    __atomic_add_fetch(&g_wake_sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&g_wake_gen, __ATOMIC_SEQ_CST) == gen && dx_remaining(deadline) > 0)
         if (pthread_cond_timedwait(&g_wake_cond, &g_wake_lock, &ts) != 0)
             break;
+    __atomic_sub_fetch(&g_wake_sleepers, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&g_wake_lock);
 }
 
@@ -296,8 +306,11 @@ void dexec_conn_set_spin(dexec_conn *c, double seconds)
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
 {
     pthread_mutex_lock(&c->lock);
-    c->write_timeout = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
-    c->silence = silence > 0 ? silence : 0;
+    double wt = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
+    double si = silence > 0 ? silence : 0;
+
+    __atomic_store(&c->write_timeout, &wt, __ATOMIC_RELAXED);
+    __atomic_store(&c->silence, &si, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -479,7 +492,9 @@ static void mark_dead(dexec_conn *c, const char *why)
     if (c->dead)
         return;
     snprintf(c->dead_why, sizeof(c->dead_why), "%s", why);
-    snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, why);
+    /* a long label and reason are cut, not an error */
+    if (snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, why) < 0)
+        c->dead_reason[0] = '\0';
     __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
     wake_all();
 }
@@ -618,9 +633,7 @@ static dexec_status send_frame(dexec_conn *c, struct iovec *iov, int niov, char 
     /* a peer that stops reading for write_timeout has its connection
      * closed: a frame half-written would corrupt the stream, so there is
      * no giving up on one frame and going on */
-    pthread_mutex_lock(&c->lock);
-    wt = c->write_timeout;
-    pthread_mutex_unlock(&c->lock);
+    __atomic_load(&c->write_timeout, &wt, __ATOMIC_RELAXED);
     st = dx_writev_all(c->fd, iov, niov, wt, why, sizeof(why));
     if (st != DEXEC_OK) {
         /* part of the frame may be out: the stream is no longer usable */
@@ -947,8 +960,11 @@ static int read_some(dexec_conn *c, int readable)
     }
     pthread_mutex_lock(&c->lock);
     was_dead = c->dead;
-    if (got)
-        c->last_rx = dx_now_coarse(); /* against seconds of silence */
+    if (got) {
+        double t = dx_now_coarse(); /* against seconds of silence */
+
+        __atomic_store(&c->last_rx, &t, __ATOMIC_RELAXED);
+    }
     for (;;) {
         dexec_value *m;
         dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
@@ -1177,6 +1193,20 @@ static double watch_silence(dx_wait *w, double now)
     double silence, last;
     char msg[256];
 
+    /* no probe in flight and not silent for half of it yet (every short
+     * call): nothing to do, and no lock to take */
+    __atomic_load(&c->silence, &silence, __ATOMIC_RELAXED);
+    if (w->probe_id == 0) {
+        if (silence <= 0 || dexec_conn_dead(c))
+            return 1.0 / 0.0;
+        __atomic_load(&c->last_rx, &last, __ATOMIC_RELAXED);
+        if (w->watch_from == 0)
+            w->watch_from = now;
+        if (last < w->watch_from)
+            last = w->watch_from;
+        if (now - last < silence / 2)
+            return last + silence / 2;
+    }
     pthread_mutex_lock(&c->lock);
     silence = c->silence;
     last = c->last_rx;
