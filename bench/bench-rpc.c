@@ -255,7 +255,7 @@ static void cpulist(const cpu_set_t *set, char *buf, size_t len)
 #define BLOCK 100
 
 static void measure_pair(const placement *pl, int ranks, size_t size, int iters, stats *raw,
-                         stats *ours, char *where, size_t wlen)
+                         stats *ours, char *where, size_t wlen, char (*rank_cpus)[64])
 {
     raw_peers rp;
     dexec_engine *e;
@@ -281,6 +281,8 @@ static void measure_pair(const placement *pl, int ranks, size_t size, int iters,
             fprintf(stderr, "bench-rpc: no CPU affinity of rank %d\n", r);
             exit(1);
         }
+        if (rank_cpus != NULL)
+            cpulist(&cpus[r], rank_cpus[r], sizeof(rank_cpus[r]));
         if (where != NULL) {
             size_t l = strlen(where);
 
@@ -344,15 +346,24 @@ static stats engine_overhead(dexec_engine *e, int iters)
     return s;
 }
 
-/* Runs the Python reference-design executor; it prints "median p99" in us. */
-static int python_rpc(int ranks, int iters, stats *s)
+/* Runs the Python reference-design executor; it prints "median p99" in us.
+ * With a placement, its parent and workers are placed like the caller and
+ * the ranks (rank_cpus: each rank's CPU list). */
+static int python_rpc(const placement *pl, int ranks, int iters, char (*rank_cpus)[64],
+                      stats *s)
 {
-    char cmd[1024];
+    char cmd[2048];
     FILE *f;
     int ok;
+    size_t l;
 
-    snprintf(cmd, sizeof(cmd), "python3 '%s/bench-rpc-python.py' %d %d", BENCH_SRCDIR, ranks,
-             iters);
+    l = (size_t)snprintf(cmd, sizeof(cmd), "python3 '%s/bench-rpc-python.py' %d %d",
+                         BENCH_SRCDIR, ranks, iters);
+    if (pl->pinned) {
+        l += (size_t)snprintf(cmd + l, sizeof(cmd) - l, " %d", pl->caller_cpu);
+        for (int r = 0; r < ranks && l < sizeof(cmd); r++)
+            l += (size_t)snprintf(cmd + l, sizeof(cmd) - l, " %s", rank_cpus[r]);
+    }
     f = popen(cmd, "r");
     if (f == NULL)
         return -1;
@@ -376,6 +387,7 @@ int main(int argc, char **argv)
     int k_met[3] = {0, 0, 0}, k_streak[3] = {0, 0, 0}, k_best[3] = {0, 0, 0};
     double loadavg[3] = {0, 0, 0};
     char where[3][256] = {"", "", ""}, cpus[256];
+    char rank_cpus[3][8][64];
     placement pl;
 
     if (iters < 100)
@@ -403,7 +415,7 @@ int main(int argc, char **argv)
             int ok;
 
             measure_pair(&pl, ranks[k], size, iters, &raw, &ours, run == 1 ? where[k] : NULL,
-                         sizeof(where[k]));
+                         sizeof(where[k]), run == 1 ? rank_cpus[k] : NULL);
             rm = ours.median_us / raw.median_us;
             rp = ours.p99_us / raw.p99_us;
             ok = rm <= TARGET_MEDIAN && rp <= TARGET_P99;
@@ -443,12 +455,13 @@ int main(int argc, char **argv)
            "the end)\n",
            runs_met, runs, best_streak, runs_met == runs ? "MET" : "NOT MET", loadavg[0]);
 
-    /* The Python design and the engine's own overhead per step, once. */
-    printf("\n| workers | Python mp+pickle median / p99 (us) |\n| --- | --- |\n");
+    /* The Python design (placed alike) and the engine's own overhead per
+     * step, once. */
+    printf("\n| workers | Python mp+pickle median / p99 (us), placed alike |\n| --- | --- |\n");
     for (int k = 0; k < 3; k++) {
         stats py = {0, 0};
 
-        if (python_rpc(ranks[k], iters, &py) == 0)
+        if (python_rpc(&pl, ranks[k], iters, rank_cpus[k], &py) == 0)
             printf("| %d | %.1f / %.1f |\n", ranks[k], py.median_us, py.p99_us);
         else
             printf("| %d | (python3 not available) |\n", ranks[k]);
