@@ -298,17 +298,18 @@ void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user)
 
 void dexec_conn_set_spin(dexec_conn *c, double seconds)
 {
-    double v = seconds > 0.01 ? 0.01 : seconds > 0 ? seconds : 0;
+    /* within the ordered phase, where one connection is read alone */
+    double v = seconds > ORDERED_READ_S ? ORDERED_READ_S : seconds > 0 ? seconds : 0;
 
     __atomic_store(&c->spin, &v, __ATOMIC_RELAXED);
 }
 
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
 {
-    pthread_mutex_lock(&c->lock);
     double wt = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
     double si = silence > 0 ? silence : 0;
 
+    pthread_mutex_lock(&c->lock);
     __atomic_store(&c->write_timeout, &wt, __ATOMIC_RELAXED);
     __atomic_store(&c->silence, &si, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->lock);
@@ -1347,7 +1348,9 @@ static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double 
     double left;
 
     if (only != NULL && may_block && only->block_read && !dexec_conn_dead(only)) {
-        while (spin_until > 0 && dexec_now() < spin_until) {
+        double t;
+
+        while (spin_until > 0 && (t = dexec_now()) < spin_until && t < until) {
             if (read_some(only, READ_TRY)) {
                 wake_all();
                 return;

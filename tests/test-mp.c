@@ -1008,12 +1008,12 @@ static long rpc_sleeps(dexec_engine *e, int calls)
 }
 
 /* mp.spin_us: the waiting caller reads without sleeping first. With the
- * most (10 ms) a get_rank round trip finds it awake: it sleeps in few of
+ * most (2 ms) a get_rank round trip finds it awake: it sleeps in few of
  * the calls (recv would sleep in nearly every one), where with 0 it sleeps
  * in most; a step's progress still reaches the caller from every rank. */
 START_TEST(test_spin_caller_stays_awake)
 {
-    static const char *const spin[] = {"mp.spin_us", "10000", NULL};
+    static const char *const spin[] = {"mp.spin_us", "2000", NULL};
     dexec_engine *e = open_engine_kv(2, spin);
     dexec_request reqs[2];
     char ids[2][16];
@@ -1023,8 +1023,8 @@ START_TEST(test_spin_caller_stays_awake)
 
     rpc_sleeps(e, 50); /* warm */
     spun = rpc_sleeps(e, 200);
-    /* a loaded machine may keep a rank off the CPU past 10 ms now and then */
-    ck_assert_msg(spun < 100, "the caller slept in %ld of 200 calls with mp.spin_us = 10000",
+    /* a loaded machine may keep a rank off the CPU past 2 ms now and then */
+    ck_assert_msg(spun < 100, "the caller slept in %ld of 200 calls with mp.spin_us = 2000",
                   spun);
     make_requests(reqs, 2, ids);
     reqs[0].num_inference_steps = reqs[1].num_inference_steps = 20;
@@ -1040,7 +1040,7 @@ START_TEST(test_spin_caller_stays_awake)
     slept = rpc_sleeps(e, 200);
     dexec_engine_free(e);
     ck_assert_msg(slept > spun, "the caller slept in %ld of 200 calls without spinning, in %ld "
-                  "with mp.spin_us = 10000", slept, spun);
+                  "with mp.spin_us = 2000", slept, spun);
 }
 END_TEST
 
