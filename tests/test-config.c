@@ -205,6 +205,7 @@ static void assert_default_values(const dexec_config *cfg)
     } strings[] = {
         {"model", "fashion-dit"},
         {"device", "auto"},
+        {"dtype", "float32"},
         {"distributed_executor_backend", "mp"},
         {"log_level", "warn"},
         {"token_file", ""},
