@@ -4,15 +4,30 @@ multiprocessing worker processes, pickled messages over pipes, the parent
 sends the call to every worker and waits for every reply (the Python
 MultiProcDiffusionExecutor's collective_rpc shape).
 
-usage: bench-rpc-python.py WORKERS ITERATIONS   -> prints "median_us p99_us"
+usage: bench-rpc-python.py WORKERS ITERATIONS [CALLER_CPU RANK_CPUS...]
+    -> prints "median_us p99_us"
+
+With CALLER_CPU and one CPU list per worker ("0-3,5"), the parent runs on
+CALLER_CPU and worker r on RANK_CPUS[r]: bench-rpc's placement.
 """
+import os
 import multiprocessing as mp
 import pickle
 import sys
 import time
 
 
-def worker(rank, conn):
+def cpus(spec):
+    out = set()
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return out
+
+
+def worker(rank, conn, where):
+    if where:
+        os.sched_setaffinity(0, cpus(where))
     while True:
         msg = pickle.loads(conn.recv_bytes())
         if msg[0] == "shutdown":
@@ -24,13 +39,17 @@ def worker(rank, conn):
 
 def main():
     n, iters = int(sys.argv[1]), int(sys.argv[2])
+    caller = sys.argv[3] if len(sys.argv) > 3 + n else None
     pipes, procs = [], []
     for rank in range(n):
         parent, child = mp.Pipe()
-        p = mp.Process(target=worker, args=(rank, child), daemon=True)
+        where = sys.argv[4 + rank] if caller is not None else None
+        p = mp.Process(target=worker, args=(rank, child, where), daemon=True)
         p.start()
         pipes.append(parent)
         procs.append(p)
+    if caller is not None:
+        os.sched_setaffinity(0, cpus(caller))
     req = pickle.dumps(("get_rank", (), {}))
     times = []
     for i in range(-1000, iters):

@@ -25,6 +25,12 @@
  * without the token, it reads again. Whoever holds the token is the only
  * one touching c->rd.
  *
+ * Spinning (dexec_conn_set_spin, off by default): a caller that reads its
+ * own replies may look at the first unfinished connection without
+ * sleeping for the first microseconds of a wait, so that a short call's
+ * reply finds it awake: no wake-up of a sleeping thread, which on a VM is
+ * an interrupt to another CPU (tens of microseconds, doc/performance.md).
+ *
  * Deadlines while waiting: a connection may carry a silence timeout
  * (dexec_conn_set_timeouts, the engine's timeouts.health). A call whose
  * connection says nothing for half of it gets a get_rank probe; silent
@@ -47,6 +53,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,9 +130,12 @@ struct dexec_conn {
     int cond_waiters;     /* threads waiting on a reply without the token */
     double lease_until;   /* the reader thread stays parked until then */
     pthread_cond_t tok_cond;
+    /* the next three are written under lock with __atomic_store and read
+     * with __atomic_load without it, on every call's path */
     double last_rx;       /* when bytes last arrived (dexec_now) */
     double write_timeout; /* seconds one frame may take to leave */
     double silence;       /* seconds of silence before a probe; 0: none */
+    double spin;          /* seconds a waiting caller reads without sleeping */
     uint32_t next_id;
     pending *pend;
     pending *spare; /* a finished call's record, kept for the next call */
@@ -138,10 +148,19 @@ struct dexec_conn {
 /* Any arrival on any connection (a reply, a notification, a death) bumps
  * the generation and wakes every waiter; a waiter notes the generation
  * before it looks, so no wake-up is lost. One for the process: the engine
- * has few connections and waiters, and a waiter may wait on several. */
+ * has few connections and waiters, and a waiter may wait on several.
+ *
+ * The generation is atomic and the lock is taken only when a thread
+ * sleeps or must be woken: a waiter counts itself in g_wake_sleepers
+ * before it checks the generation a last time, a waker bumps the
+ * generation before it reads the count (both sequentially consistent),
+ * so either the waker sees the sleeper and broadcasts under the lock, or
+ * the sleeper sees the new generation and does not sleep. A caller that
+ * reads its own replies, with nobody asleep, takes no lock here. */
 static pthread_mutex_t g_wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_wake_cond;
 static unsigned long g_wake_gen;
+static int g_wake_sleepers;
 static pthread_once_t g_wake_once = PTHREAD_ONCE_INIT;
 
 static void wake_init(void)
@@ -156,20 +175,17 @@ static void wake_init(void)
 
 static void wake_all(void)
 {
+    __atomic_add_fetch(&g_wake_gen, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&g_wake_sleepers, __ATOMIC_SEQ_CST) == 0)
+        return;
     pthread_mutex_lock(&g_wake_lock);
-    g_wake_gen++;
     pthread_cond_broadcast(&g_wake_cond);
     pthread_mutex_unlock(&g_wake_lock);
 }
 
 static unsigned long wake_gen(void)
 {
-    unsigned long g;
-
-    pthread_mutex_lock(&g_wake_lock);
-    g = g_wake_gen;
-    pthread_mutex_unlock(&g_wake_lock);
-    return g;
+    return __atomic_load_n(&g_wake_gen, __ATOMIC_SEQ_CST);
 }
 
 /* Sleeps until the generation moves past gen or the deadline passes. */
@@ -182,9 +198,11 @@ static void wake_wait(unsigned long gen, double deadline)
     if (ts.tv_nsec >= 1000000000L)
         ts.tv_nsec = 999999999L;
     pthread_mutex_lock(&g_wake_lock);
-    while (g_wake_gen == gen && dx_remaining(deadline) > 0)
+    __atomic_add_fetch(&g_wake_sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&g_wake_gen, __ATOMIC_SEQ_CST) == gen && dx_remaining(deadline) > 0)
         if (pthread_cond_timedwait(&g_wake_cond, &g_wake_lock, &ts) != 0)
             break;
+    __atomic_sub_fetch(&g_wake_sleepers, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&g_wake_lock);
 }
 
@@ -278,11 +296,22 @@ void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user)
     pthread_mutex_unlock(&c->lock);
 }
 
+void dexec_conn_set_spin(dexec_conn *c, double seconds)
+{
+    /* within the ordered phase, where one connection is read alone */
+    double v = seconds > ORDERED_READ_S ? ORDERED_READ_S : seconds > 0 ? seconds : 0;
+
+    __atomic_store(&c->spin, &v, __ATOMIC_RELAXED);
+}
+
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
 {
+    double wt = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
+    double si = silence > 0 ? silence : 0;
+
     pthread_mutex_lock(&c->lock);
-    c->write_timeout = write_timeout > 0 ? write_timeout : WRITE_TIMEOUT_DEFAULT;
-    c->silence = silence > 0 ? silence : 0;
+    __atomic_store(&c->write_timeout, &wt, __ATOMIC_RELAXED);
+    __atomic_store(&c->silence, &si, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -464,7 +493,9 @@ static void mark_dead(dexec_conn *c, const char *why)
     if (c->dead)
         return;
     snprintf(c->dead_why, sizeof(c->dead_why), "%s", why);
-    snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, why);
+    /* a long label and reason are cut, not an error */
+    if (snprintf(c->dead_reason, sizeof(c->dead_reason), "%s: %s", c->label, why) < 0)
+        c->dead_reason[0] = '\0';
     __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
     wake_all();
 }
@@ -603,9 +634,7 @@ static dexec_status send_frame(dexec_conn *c, struct iovec *iov, int niov, char 
     /* a peer that stops reading for write_timeout has its connection
      * closed: a frame half-written would corrupt the stream, so there is
      * no giving up on one frame and going on */
-    pthread_mutex_lock(&c->lock);
-    wt = c->write_timeout;
-    pthread_mutex_unlock(&c->lock);
+    __atomic_load(&c->write_timeout, &wt, __ATOMIC_RELAXED);
     st = dx_writev_all(c->fd, iov, niov, wt, why, sizeof(why));
     if (st != DEXEC_OK) {
         /* part of the frame may be out: the stream is no longer usable */
@@ -911,10 +940,12 @@ void dx_socket_keepalive(int fd)
 /* Reads what the socket holds and dispatches every whole message; the
  * caller holds the read token and not c->lock. readable: what poll said
  * (> 0 readable or hung up, < 0 poll failed), or READ_WAIT: wait in recv
- * itself for data (c->block_read: ORDERED_READ_S at most). Returns
+ * itself for data (c->block_read: ORDERED_READ_S at most), or READ_TRY: a
+ * recv that does not wait (a spinning caller's). Returns
  * nonzero when a waiter has something new (a reply, a notification, a
  * death). */
 #define READ_WAIT 2
+#define READ_TRY 3 /* a look without poll: nothing may be there */
 static int read_some(dexec_conn *c, int readable)
 {
     dexec_status st = DEXEC_OK;
@@ -930,8 +961,11 @@ static int read_some(dexec_conn *c, int readable)
     }
     pthread_mutex_lock(&c->lock);
     was_dead = c->dead;
-    if (got)
-        c->last_rx = dx_now_coarse(); /* against seconds of silence */
+    if (got) {
+        double t = dx_now_coarse(); /* against seconds of silence */
+
+        __atomic_store(&c->last_rx, &t, __ATOMIC_RELAXED);
+    }
     for (;;) {
         dexec_value *m;
         dexec_status ts = dexec_reader_take(c->rd, &m, err, sizeof(err));
@@ -1160,6 +1194,20 @@ static double watch_silence(dx_wait *w, double now)
     double silence, last;
     char msg[256];
 
+    /* no probe in flight and not silent for half of it yet (every short
+     * call): nothing to do, and no lock to take */
+    __atomic_load(&c->silence, &silence, __ATOMIC_RELAXED);
+    if (w->probe_id == 0) {
+        if (silence <= 0 || dexec_conn_dead(c))
+            return 1.0 / 0.0;
+        __atomic_load(&c->last_rx, &last, __ATOMIC_RELAXED);
+        if (w->watch_from == 0)
+            w->watch_from = now;
+        if (last < w->watch_from)
+            last = w->watch_from;
+        if (now - last < silence / 2)
+            return last + silence / 2;
+    }
     pthread_mutex_lock(&c->lock);
     silence = c->silence;
     last = c->last_rx;
@@ -1287,9 +1335,11 @@ static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
 /* Reads every held connection that has data (only `only`, when not NULL),
  * waiting until `until` at most; with may_block, `only` may be read with
  * a blocking recv instead (one system call, not poll + recv), which
- * returns within ORDERED_READ_S. */
+ * returns within ORDERED_READ_S, after looking at it without sleeping
+ * until spin_until (dexec_conn_set_spin; yielding the CPU between looks,
+ * to a rank that may share it). */
 static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until,
-                      int may_block)
+                      int may_block, double spin_until)
 {
     struct pollfd pf[64];
     dexec_conn *pc[64];
@@ -1298,6 +1348,15 @@ static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double 
     double left;
 
     if (only != NULL && may_block && only->block_read && !dexec_conn_dead(only)) {
+        double t;
+
+        while (spin_until > 0 && (t = dexec_now()) < spin_until && t < until) {
+            if (read_some(only, READ_TRY)) {
+                wake_all();
+                return;
+            }
+            sched_yield();
+        }
         if (read_some(only, READ_WAIT))
             wake_all();
         return;
@@ -1327,7 +1386,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     dexec_conn *held_stack[9];
     dexec_conn **held = n < 9 ? held_stack : n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
     size_t nheld = 0;
-    double ordered_until = dexec_now() + ORDERED_READ_S;
+    double start = dexec_now(), ordered_until = start + ORDERED_READ_S, spin_until = 0;
 
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
@@ -1341,6 +1400,13 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     }
     if (held != NULL)
         nheld = tokens_take_all(w, n, held, deadline);
+    for (size_t i = 0; i < nheld; i++) {
+        double spin;
+
+        __atomic_load(&held[i]->spin, &spin, __ATOMIC_RELAXED);
+        if (spin > 0 && start + spin > spin_until)
+            spin_until = start + spin;
+    }
     if (nheld == 0) {
         dexec_conn *seen_stack[9];
         dexec_conn **seen = n < 9 ? seen_stack : calloc(n + 1, sizeof(*seen));
@@ -1382,9 +1448,9 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
             /* a blocking recv may overrun ordered_until by up to
              * ORDERED_READ_S: only when nothing else is due by then */
             read_held(held, nheld, first, next < ordered_until ? next : ordered_until,
-                      next >= ordered_until + ORDERED_READ_S);
+                      next >= ordered_until + ORDERED_READ_S, spin_until);
         } else if (nheld > 0) {
-            read_held(held, nheld, NULL, next, 0);
+            read_held(held, nheld, NULL, next, 0, 0);
         } else {
             wake_wait(gen, next);
         }

@@ -326,8 +326,23 @@ size_t dx_utf8_invalid_at(const char *s, size_t len)
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
 
+    /* ASCII, the common case (method names, keys), 8 bytes at a time */
+    while (len - i >= 8) {
+        uint64_t w;
+
+        memcpy(&w, u + i, 8);
+        if (w & 0x8080808080808080ull)
+            break;
+        i += 8;
+    }
     while (i < len) {
-        size_t n = dx_utf8_seq_len(u + i, len - i);
+        size_t n;
+
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        n = dx_utf8_seq_len(u + i, len - i);
 
         if (n == 0)
             return i;

@@ -988,6 +988,62 @@ static void rank_threads(dexec_engine *e, int rank, int *threads, char *cpus, si
     dexec_value_free(info);
 }
 
+/* Voluntary context switches of the calling thread over calls get_rank
+ * collective_rpcs to both ranks of e. */
+static long rpc_sleeps(dexec_engine *e, int calls)
+{
+    struct rusage a, b;
+
+    getrusage(RUSAGE_THREAD, &a);
+    for (int i = 0; i < calls; i++) {
+        dexec_value *r = NULL;
+
+        ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, -1, &r),
+                         DEXEC_OK);
+        ck_assert_int_eq(dexec_value_as_int(dexec_value_array_get(r, 1), -1), 1);
+        dexec_value_free(r);
+    }
+    getrusage(RUSAGE_THREAD, &b);
+    return b.ru_nvcsw - a.ru_nvcsw;
+}
+
+/* mp.spin_us: the waiting caller reads without sleeping first. With the
+ * most (2 ms) a get_rank round trip finds it awake: it sleeps in few of
+ * the calls (recv would sleep in nearly every one), where with 0 it sleeps
+ * in most; a step's progress still reaches the caller from every rank. */
+START_TEST(test_spin_caller_stays_awake)
+{
+    static const char *const spin[] = {"mp.spin_us", "2000", NULL};
+    dexec_engine *e = open_engine_kv(2, spin);
+    dexec_request reqs[2];
+    char ids[2][16];
+    interleave iv = {.lock = PTHREAD_MUTEX_INITIALIZER, .other_when_done = {-1, -1}};
+    dexec_output *outs = NULL;
+    long spun, slept;
+
+    rpc_sleeps(e, 50); /* warm */
+    spun = rpc_sleeps(e, 200);
+    /* a loaded machine may keep a rank off the CPU past 2 ms now and then */
+    ck_assert_msg(spun < 100, "the caller slept in %ld of 200 calls with mp.spin_us = 2000",
+                  spun);
+    make_requests(reqs, 2, ids);
+    reqs[0].num_inference_steps = reqs[1].num_inference_steps = 20;
+    ck_assert_int_eq(dexec_engine_step(e, reqs, 2, &outs, on_interleave, &iv), DEXEC_OK);
+    ck_assert_msg(outs[0].status == DEXEC_OK && outs[1].status == DEXEC_OK, "%s / %s",
+                  outs[0].error, outs[1].error);
+    ck_assert_int_eq(iv.total, 20);
+    dexec_outputs_free(outs, 2);
+    dexec_engine_free(e);
+
+    e = open_engine_kv(2, NULL);
+    rpc_sleeps(e, 50);
+    slept = rpc_sleeps(e, 200);
+    dexec_engine_free(e);
+    ck_assert_msg(slept > spun, "the caller slept in %ld of 200 calls without spinning, in %ld "
+                  "with mp.spin_us = 2000", slept, spun);
+}
+END_TEST
+
 /* By default two local ranks split the engine's CPUs: disjoint affinity,
  * as many BLAS/pool threads as CPUs each, as get_info and /proc say;
  * mp.cpus_per_rank = -1 leaves both to the worker. */
@@ -2272,6 +2328,10 @@ static Suite *mp_suite(void)
                             "fewer than 2 CPUs\n");
     }
     tcase_add_test(tc, test_get_logs_has_failed_request);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("spin");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_spin_caller_stays_awake);
     suite_add_tcase(s, tc);
     tc = tcase_create("async");
     tcase_set_timeout(tc, 300);

@@ -117,6 +117,31 @@ START_TEST(msgpack_refuses_bad_text)
     ck_assert_str_eq(err, "malformed MessagePack at byte 2: string is not valid UTF-8 (byte 0 of 3)");
     ck_assert_ptr_null(mp_decode(overlong, sizeof overlong, err, sizeof err));
     ck_assert_str_eq(err, "malformed MessagePack at byte 2: string is not valid UTF-8 (byte 0 of 2)");
+    {
+        /* past the ASCII fast path (8 bytes at a time): a bad byte after
+         * 8 and after 11 ASCII bytes, and a good 2-byte sequence before
+         * a bad one */
+        static const unsigned char late8[] = {0x91, 0xa9, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 0xff};
+        static const unsigned char late11[] = {0x91, 0xac, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h',
+                                               'i', 'j', 'k', 0xe9};
+        static const unsigned char mixed[] = {0x91, 0xab, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h',
+                                              0xc3, 0xa9, 0x80};
+        /* ["abcdefghij\u00e9"]: valid */
+        static const unsigned char good[] = {0x91, 0xac, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h',
+                                             'i', 'j', 0xc3, 0xa9};
+        dexec_value *v;
+
+        ck_assert_ptr_null(mp_decode(late8, sizeof late8, err, sizeof err));
+        ck_assert_str_eq(err, "malformed MessagePack at byte 2: string is not valid UTF-8 (byte 8 of 9)");
+        ck_assert_ptr_null(mp_decode(late11, sizeof late11, err, sizeof err));
+        ck_assert_str_eq(err, "malformed MessagePack at byte 2: string is not valid UTF-8 (byte 11 of 12)");
+        ck_assert_ptr_null(mp_decode(mixed, sizeof mixed, err, sizeof err));
+        ck_assert_str_eq(err, "malformed MessagePack at byte 2: string is not valid UTF-8 (byte 10 of 11)");
+        v = mp_decode(good, sizeof good, err, sizeof err);
+        ck_assert_ptr_nonnull(v);
+        ck_assert_str_eq(dexec_value_as_str(dexec_value_array_get(v, 0), ""), "abcdefghij\xc3\xa9");
+        dexec_value_free(v);
+    }
 }
 END_TEST
 

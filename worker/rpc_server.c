@@ -201,14 +201,16 @@ static int out_pending(dxs_conn *c)
     return p;
 }
 
-/* Queues msg as one frame, sends what the socket takes, frees msg. */
-static void send_msg(dxs_conn *c, dexec_value *msg)
+/* Queues one frame, head (hlen bytes, already MessagePack) followed by
+ * body (blen bytes), sends what the socket takes; frees body. */
+static void queue_frame(dxs_conn *c, const unsigned char *head, size_t hlen, char *body,
+                        size_t blen)
 {
-    char *body = NULL, b = 1;
-    size_t len = 0, queued;
+    char b = 1;
+    size_t len = hlen + blen, queued;
     int wake = 0;
 
-    if (dexec_value_to_msgpack(msg, &body, &len) != DEXEC_OK || len > UINT32_MAX) {
+    if (body == NULL || len > UINT32_MAX) {
         dexec_log(DEXEC_LOG_ERROR, c->component,
                   "a reply could not be encoded (out of memory, or over 4 GiB): closing the "
                   "connection");
@@ -216,10 +218,8 @@ static void send_msg(dxs_conn *c, dexec_value *msg)
         break_conn(c);
         pthread_mutex_unlock(&c->wlock);
         free(body);
-        dexec_value_free(msg);
         return;
     }
-    dexec_value_free(msg);
     pthread_mutex_lock(&c->wlock);
     queued = c->out_len - c->out_off;
     if (c->broken) {
@@ -257,7 +257,9 @@ static void send_msg(dxs_conn *c, dexec_value *msg)
         c->out[c->out_len + 1] = (char)(len >> 16);
         c->out[c->out_len + 2] = (char)(len >> 8);
         c->out[c->out_len + 3] = (char)len;
-        memcpy(c->out + c->out_len + 4, body, len);
+        if (hlen > 0)
+            memcpy(c->out + c->out_len + 4, head, hlen);
+        memcpy(c->out + c->out_len + 4 + hlen, body, blen);
         c->out_len += len + 4;
         if (queued == 0)
             c->write_by = coarse_now() + c->write_timeout;
@@ -274,15 +276,53 @@ out:
     }
 }
 
+/* Queues msg as one frame, sends what the socket takes, frees msg. */
+static void send_msg(dxs_conn *c, dexec_value *msg)
+{
+    char *body = NULL;
+    size_t len = 0;
+
+    if (dexec_value_to_msgpack(msg, &body, &len) != DEXEC_OK) {
+        free(body);
+        body = NULL;
+    }
+    dexec_value_free(msg);
+    queue_frame(c, NULL, 0, body, len);
+}
+
 void dxs_reply_ok(dxs_conn *c, uint32_t msgid, dexec_value *result)
 {
-    dexec_value *m = dexec_value_array();
+    /* [1, msgid, nil, result]: the envelope is written here, only the
+     * result is encoded from a value */
+    static const char nil = (char)0xc0;
+    unsigned char head[8];
+    size_t hlen = 0;
+    char *body = NULL;
+    size_t blen = 0;
 
-    dexec_value_array_push(m, dexec_value_int(1));
-    dexec_value_array_push(m, dexec_value_int(msgid));
-    dexec_value_array_push(m, dexec_value_nil());
-    dexec_value_array_push(m, result != NULL ? result : dexec_value_nil());
-    send_msg(c, m);
+    head[hlen++] = 0x94; /* array of 4 */
+    head[hlen++] = 0x01; /* a reply */
+    if (msgid < 128) {
+        head[hlen++] = (unsigned char)msgid; /* positive fixint */
+    } else {
+        head[hlen++] = 0xce; /* uint 32 */
+        head[hlen++] = (unsigned char)(msgid >> 24);
+        head[hlen++] = (unsigned char)(msgid >> 16);
+        head[hlen++] = (unsigned char)(msgid >> 8);
+        head[hlen++] = (unsigned char)msgid;
+    }
+    head[hlen++] = 0xc0; /* no error */
+    if (result == NULL) {
+        body = malloc(1);
+        if (body != NULL)
+            body[0] = nil;
+        blen = 1;
+    } else if (dexec_value_to_msgpack(result, &body, &blen) != DEXEC_OK) {
+        free(body);
+        body = NULL;
+    }
+    dexec_value_free(result);
+    queue_frame(c, head, hlen, body, blen);
 }
 
 void dxs_reply_err(dxs_conn *c, uint32_t msgid, dexec_status code, int rank, const char *fmt, ...)

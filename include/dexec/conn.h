@@ -62,6 +62,17 @@ void dexec_conn_on_death(dexec_conn *c, dexec_death_fn fn, void *user);
  * refuses requests before hello). */
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence);
 
+/* How long (seconds, at most 0.002; <= 0, the default: none) a caller that
+ * waits on c and reads it itself keeps looking at it without sleeping
+ * before it blocks in recv, yielding the CPU between looks; counted from
+ * the start of the wait, over its connections in rank order. A reply that
+ * comes within it reaches a thread that is awake: no wake-up of a sleeping
+ * thread, which costs tens of microseconds on a VM whose other CPU is idle,
+ * at the price of a CPU kept busy for up to that long per wait. Worth it
+ * when the caller has a CPU of its own (one shared with the worker delays
+ * the worker). The mp executor sets it from mp.spin_us. */
+void dexec_conn_set_spin(dexec_conn *c, double seconds);
+
 /* Sends hello (protocol version, and token when not NULL) and checks the
  * reply. *info (may be NULL) receives the worker's hello reply (map with
  * rank, pid, name, protocol). Errors: DEXEC_EAUTH, DEXEC_EPROTO (version

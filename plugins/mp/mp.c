@@ -62,7 +62,16 @@ struct dexec_executor {
     /* mp.cpus_per_rank: each rank's CPU list ("" none) and thread count (0 none) */
     char (*cpus)[256];
     int threads;
+    /* timeouts.write, timeouts.health, mp.spin_us (as seconds): applied to
+     * every rank's connection once it is ready, a restarted one's too */
+    double write_t, health_t, spin_s;
 };
+
+static void conn_settings(const struct dexec_executor *ex, dexec_conn *c)
+{
+    dexec_conn_set_timeouts(c, ex->write_t, ex->health_t);
+    dexec_conn_set_spin(c, ex->spin_s);
+}
 
 static double left_s(double deadline)
 {
@@ -424,6 +433,7 @@ static dexec_status mp_restart(void *user, int rank, dexec_conn **out, char *err
         dexec_conn_free(c);
         return st;
     }
+    conn_settings(ex, c);
     *out = c;
     return DEXEC_OK;
 }
@@ -563,14 +573,18 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         rec.kill = ex->srun == NULL ? mp_kill : NULL;
         rec.user = ex;
         dexec_group_set_recovery(ex->group, &rec);
-        double write_t = 30.0, health_t = 5.0;
+        int64_t spin_us = 0;
 
         /* from here on a rank silent past timeouts.health is probed and,
          * unanswered, reported in the call that waits on it */
-        dexec_config_get_float(host->config, "timeouts.write", &write_t);
-        dexec_config_get_float(host->config, "timeouts.health", &health_t);
+        ex->write_t = 30.0;
+        ex->health_t = 5.0;
+        dexec_config_get_float(host->config, "timeouts.write", &ex->write_t);
+        dexec_config_get_float(host->config, "timeouts.health", &ex->health_t);
+        dexec_config_get_int(host->config, "mp.spin_us", &spin_us);
+        ex->spin_s = (double)spin_us * 1e-6;
         for (int r = 0; r < ex->n; r++)
-            dexec_conn_set_timeouts(dexec_group_conn(ex->group, r), write_t, health_t);
+            conn_settings(ex, dexec_group_conn(ex->group, r));
     }
     host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
               ex->srun != NULL ? " in Slurm step " : "",
