@@ -387,24 +387,34 @@ static void dx_conv(dxk_vae *v, float *y, const float *x, const dxk_conv *c, int
 }
 
 /* x = x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), the shortcut convolved when
- * the channel count changes; the result is left in *x (buffers rotate). */
+ * the channel count changes; the result is left in *x (buffers rotate).
+ * On the CPU backend each 3x3 convolution takes its GroupNorm + SiLU, and
+ * conv2 the residual sum, inside its own pass (dxk_cpu_conv3); elsewhere,
+ * op by op. */
 static void dx_resnet(dxk_vae *v, dx_vws *w, const dxk_resnet *r, int B, int H, int W)
 {
     dxk_backend *be = v->be;
     const int G = v->cfg.groups, HW = H * W, ci = r->conv1.cin, co = r->conv1.cout;
+    const dxk_conv_pre p1 = {r->norm1.g, r->norm1.b, G, 1, DX_GN_EPS, 0, 0};
+    const dxk_conv_pre p2 = {r->norm2.g, r->norm2.b, G, 1, DX_GN_EPS, 0, 1};
     float *tmp;
 
-    be->group_norm(be, w->h, w->x, r->norm1.g, r->norm1.b, B, ci, HW, G, DX_GN_EPS, 1);
-    dx_conv(v, w->t, w->h, &r->conv1, B, H, W);
-    be->group_norm(be, w->t, w->t, r->norm2.g, r->norm2.b, B, co, HW, G, DX_GN_EPS, 1);
-    dx_conv(v, w->h, w->t, &r->conv2, B, H, W);
-    if (r->shortcut.w != NULL) {
-        dx_conv(v, w->t, w->x, &r->shortcut, B, H, W);
-        tmp = w->x;
-        w->x = w->t;
-        w->t = tmp;
+    if (!dxk_cpu_conv3(be, w->t, w->x, r->conv1.w, r->conv1.b, B, ci, H, W, co, &p1)) {
+        be->group_norm(be, w->h, w->x, r->norm1.g, r->norm1.b, B, ci, HW, G, DX_GN_EPS, 1);
+        dx_conv(v, w->t, w->h, &r->conv1, B, H, W);
     }
-    be->euler(be, w->x, w->h, 1.0f, (size_t)B * co * HW);
+    if (r->shortcut.w != NULL) {
+        dx_conv(v, w->h, w->x, &r->shortcut, B, H, W);
+        tmp = w->x;
+        w->x = w->h;
+        w->h = tmp;
+    }
+    /* x += conv2(SiLU(GN(t))) */
+    if (!dxk_cpu_conv3(be, w->x, w->t, r->conv2.w, r->conv2.b, B, co, H, W, co, &p2)) {
+        be->group_norm(be, w->t, w->t, r->norm2.g, r->norm2.b, B, co, HW, G, DX_GN_EPS, 1);
+        dx_conv(v, w->h, w->t, &r->conv2, B, H, W);
+        be->euler(be, w->x, w->h, 1.0f, (size_t)B * co * HW);
+    }
 }
 
 /* x = x + out(attention(GN(x))), one head over the H*W positions */
@@ -494,10 +504,21 @@ dexec_status dxk_vae_decode(dxk_vae *v, const float *z, int B, int h, int w, flo
         for (j = 0; j < L; j++)
             dx_resnet(v, &ws, &v->res[i * L + j], B, H, W);
         if (i < n - 1) {
-            be->upsample_nearest2x(be, ws.t, ws.x, B, v->up[i].cin, H, W);
+            const dxk_conv_pre up = {NULL, NULL, 0, 0, 0.0f, 1, 0};
+
             H *= 2;
             W *= 2;
-            dx_conv(v, ws.x, ws.t, &v->up[i], B, H, W);
+            /* on the CPU backend the upsampling is done as the
+             * convolution reads its input (dxk_cpu_conv3) */
+            if (dxk_cpu_conv3(be, ws.t, ws.x, v->up[i].w, v->up[i].b, B, v->up[i].cin, H, W,
+                              v->up[i].cout, &up)) {
+                tmp = ws.x;
+                ws.x = ws.t;
+                ws.t = tmp;
+            } else {
+                be->upsample_nearest2x(be, ws.t, ws.x, B, v->up[i].cin, H / 2, W / 2);
+                dx_conv(v, ws.x, ws.t, &v->up[i], B, H, W);
+            }
         }
     }
     be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B, c->block_out_channels[0],

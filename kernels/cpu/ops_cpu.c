@@ -48,6 +48,8 @@ typedef struct dx_cpu {
     size_t col_n;
     float *wg_u, *wg_v, *wg_m; /* Winograd: weights, input and product tiles */
     size_t wg_u_n, wg_v_n, wg_m_n;
+    float *gn_ab; /* dxk_cpu_conv3's GroupNorm scale and shift per channel */
+    size_t gn_ab_n;
     dxk_pool *pool; /* NULL: one thread */
 } dx_cpu;
 
@@ -733,6 +735,12 @@ typedef struct dx_wg_job {
     float *u, *v, *m, *y;
     const float *x, *w, *b;
     int Cin, Cout, H, W, tw, ty0, nty, nt;
+    /* the fused input stage (dxk_cpu_conv3): x is [Cin, H/2, W/2] repeated
+     * 2x2 when up2; each input value becomes x * ga[ci] + gb[ci] when ga is
+     * set (GroupNorm folded into a per-channel scale and shift), then
+     * SiLU'd when silu; acc adds the result to y instead of storing it */
+    const float *ga, *gb;
+    int up2, silu, acc;
 } dx_wg_job;
 
 /* L <= DX_WG_L floats; the whole-group case as a fixed-length loop, which
@@ -817,29 +825,65 @@ DX_CLONES DX_VECTORIZE static void dx_wg_weight_task(void *arg, int co, int thre
     } while (0)
 
 /* V[e][ci][t] = (B^T d B)[e] for input channel `ci`, the band's tiles */
+/* Input row iy of channel ci as the convolution sees it, into row[1..W]:
+ * the source row (of the half-size image when up2, each value twice),
+ * scaled, shifted and SiLU'd when the job says so (the zero padding
+ * around it is not: PyTorch pads the normalised tensor). */
+DX_CLONES DX_VECTORIZE static void dx_wg_load_row(const dx_wg_job *j, int ci, int iy, float *row)
+{
+    const int W = j->W, ws = j->up2 ? W / 2 : W;
+    const float *src = j->x + ((size_t)ci * (j->up2 ? j->H / 2 : j->H) + (size_t)(j->up2 ? iy / 2 : iy)) * ws;
+    float *dst = j->up2 ? row + 1 + W : row + 1; /* up2: staged past the row, then spread */
+    int i;
+
+    if (j->ga != NULL) {
+        const float a = j->ga[ci], sh = j->gb[ci];
+
+        if (j->silu)
+            for (i = 0; i < ws; i++) {
+                float v = src[i] * a + sh;
+
+                dst[i] = v / (1.0f + dx_expf(-v));
+            }
+        else
+            for (i = 0; i < ws; i++)
+                dst[i] = src[i] * a + sh;
+    } else {
+        memcpy(dst, src, (size_t)ws * sizeof(float));
+    }
+    if (j->up2)
+        for (i = 0; i < ws; i++)
+            row[1 + 2 * i] = row[2 + 2 * i] = dst[i];
+}
+
 DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int thread)
 {
     const dx_wg_job *j = arg;
     const int W = j->W, H = j->H, tw = j->tw, pw = tw * 4 + 2;
     const size_t plane = (size_t)j->Cin * j->nt;
-    const float *xc = j->x + (size_t)ci * H * W;
-    float rows[6][4 * 1024 + 2 + 4 * DX_WG_L]; /* the patch rows, zero-padded */
+    /* the patch rows, zero-padded; room past them for a half row (up2) */
+    float rows[6][4 * 1024 + 2 + 4 * DX_WG_L + 2048];
+    const size_t rlen = (size_t)(pw + 4 * DX_WG_L);
     int ty, tx0, r, c, l, L, e;
 
     (void)thread;
     for (ty = 0; ty < j->nty; ty++) {
         const int iy0 = (j->ty0 + ty) * 4 - 1;
 
+        /* consecutive 6-row patches overlap by 2 rows: reuse them (they
+         * were loaded, normalised and SiLU'd once) */
         for (r = 0; r < 6; r++) {
             int iy = iy0 + r;
 
-            if (iy >= 0 && iy < H) {
+            if (ty > 0 && r < 2) {
+                memcpy(rows[r], rows[r + 4], rlen * sizeof(float));
+            } else if (iy >= 0 && iy < H) {
+                dx_wg_load_row(j, ci, iy, rows[r]);
                 /* zero only the padding: column -1 and beyond W */
                 rows[r][0] = 0.0f;
-                memcpy(rows[r] + 1, xc + (size_t)iy * W, (size_t)W * sizeof(float));
-                memset(rows[r] + 1 + W, 0, (size_t)(pw + 4 * DX_WG_L - 1 - W) * sizeof(float));
+                memset(rows[r] + 1 + W, 0, (rlen - 1 - (size_t)W) * sizeof(float));
             } else {
-                memset(rows[r], 0, (size_t)(pw + 4 * DX_WG_L) * sizeof(float));
+                memset(rows[r], 0, rlen * sizeof(float));
             }
         }
         for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
@@ -932,9 +976,15 @@ DX_CLONES DX_VECTORIZE static void dx_wg_output_task(void *arg, int co, int thre
                     o[r][l * 4 + 3] = m1 - m2 + 8.0f * (m3 - m4) + m5 + bias;
                 }
             ncol = W - tx0 * 4 < L * 4 ? W - tx0 * 4 : L * 4;
-            for (r = 0; r < 4 && oy0 + r < H; r++)
-                memcpy(yc + (size_t)(oy0 + r) * W + (size_t)tx0 * 4, o[r],
-                       (size_t)ncol * sizeof(float));
+            for (r = 0; r < 4 && oy0 + r < H; r++) {
+                float *yr = yc + (size_t)(oy0 + r) * W + (size_t)tx0 * 4;
+
+                if (j->acc)
+                    for (l = 0; l < ncol; l++)
+                        yr[l] += o[r][l];
+                else
+                    memcpy(yr, o[r], (size_t)ncol * sizeof(float));
+            }
         }
 }
 
@@ -956,14 +1006,77 @@ static int dx_grow(dx_cpu *c, float **p, size_t *have, size_t n, const char *wha
     return 0;
 }
 
-/* a 3x3, stride 1, pad 1 convolution of B images by F(4x4, 3x3) */
+/* sum of x[0..n-1] (of (x - m)^2 when sq), in double, in DX_GN_L
+ * independent lanes so that the loop vectorises */
+#define DX_GN_L 16
+DX_CLONES DX_VECTORIZE static double dx_gn_sum(const float *x, size_t n, double m, int sq)
+{
+    double acc[DX_GN_L] = {0}, s = 0.0;
+    size_t i = 0;
+    int l;
+
+    if (sq)
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++) {
+                double e = x[i + l] - m;
+
+                acc[l] += e * e;
+            }
+    else
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++)
+                acc[l] += x[i + l];
+    for (; i < n; i++)
+        s += sq ? (x[i] - m) * (x[i] - m) : x[i];
+    for (l = 0; l < DX_GN_L; l++)
+        s += acc[l];
+    return s;
+}
+
+/* GroupNorm statistics of one image folded into a per-channel scale and
+ * shift: task = group */
+typedef struct dx_gnab_job {
+    const float *x, *gamma, *beta;
+    float *a, *b;
+    int C, G;
+    size_t HW;
+    double eps;
+} dx_gnab_job;
+
+static void dx_gnab_task(void *arg, int g, int thread)
+{
+    const dx_gnab_job *j = arg;
+    const int cpg = j->C / j->G;
+    const size_t n = (size_t)cpg * j->HW;
+    const float *xg = j->x + (size_t)g * n;
+    double mean, var;
+    int ch;
+
+    (void)thread;
+    /* as dx_gn_task: two passes in double */
+    mean = dx_gn_sum(xg, n, 0.0, 0) / (double)n;
+    var = dx_gn_sum(xg, n, mean, 1) / (double)n;
+    for (ch = g * cpg; ch < (g + 1) * cpg; ch++) {
+        const float a = (float)(j->gamma[ch] / sqrt(var + j->eps));
+
+        j->a[ch] = a;
+        j->b[ch] = (float)(j->beta[ch] - mean * a);
+    }
+}
+
+/* a 3x3, stride 1, pad 1 convolution of B images by F(4x4, 3x3), with the
+ * input stage of dxk_cpu_conv3 (pre may be NULL: a plain convolution) */
 static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *w,
-                              const float *b, int B, int Cin, int H, int W, int Cout)
+                              const float *b, int B, int Cin, int H, int W, int Cout,
+                              const dxk_conv_pre *pre, int acc)
 {
     const int tw = (W + 3) / 4, th = (H + 3) / 4;
+    const int up2 = pre != NULL && pre->up2;
     const size_t wide = (size_t)(Cin > Cout ? Cin : Cout);
+    const size_t xplane = (size_t)Cin * (up2 ? (size_t)(H / 2) * (W / 2) : (size_t)H * W);
     int band = (int)(DX_COL_MAX / (36 * wide * (size_t)tw)), img, ty0, saved = 0;
     dx_wg_job j;
+    dx_gnab_job gj;
 
     if (band < 1)
         band = 1;
@@ -971,7 +1084,9 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
         band = th;
     if (dx_grow(c, &c->wg_u, &c->wg_u_n, (size_t)36 * Cout * Cin, "the Winograd weights") ||
         dx_grow(c, &c->wg_v, &c->wg_v_n, (size_t)36 * Cin * band * tw, "the Winograd input") ||
-        dx_grow(c, &c->wg_m, &c->wg_m_n, (size_t)36 * Cout * band * tw, "the Winograd product"))
+        dx_grow(c, &c->wg_m, &c->wg_m_n, (size_t)36 * Cout * band * tw, "the Winograd product") ||
+        (pre != NULL && pre->gamma != NULL &&
+         dx_grow(c, &c->gn_ab, &c->gn_ab_n, (size_t)2 * Cin, "the GroupNorm scales")))
         return;
     memset(&j, 0, sizeof j);
     j.u = c->wg_u;
@@ -984,14 +1099,32 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
     j.H = H;
     j.W = W;
     j.tw = tw;
+    j.up2 = up2;
+    j.acc = acc;
+    memset(&gj, 0, sizeof gj);
+    if (pre != NULL && pre->gamma != NULL) {
+        j.ga = gj.a = c->gn_ab;
+        j.gb = gj.b = c->gn_ab + Cin;
+        j.silu = pre->silu;
+        gj.gamma = pre->gamma;
+        gj.beta = pre->beta;
+        gj.C = Cin;
+        gj.G = pre->G;
+        gj.HW = xplane / (size_t)Cin;
+        gj.eps = pre->eps;
+    }
     dxk_pool_run(c->pool, Cout, dx_wg_weight_task, &j);
     if (c->pool != NULL) {
         saved = dx_blas_threads();
         dx_blas_set_threads(1);
     }
     for (img = 0; img < B; img++) {
-        j.x = x + (size_t)img * Cin * H * W;
+        j.x = x + (size_t)img * xplane;
         j.y = y + (size_t)img * Cout * H * W;
+        if (j.ga != NULL) {
+            gj.x = j.x;
+            dxk_pool_run(c->pool, gj.G, dx_gnab_task, &gj);
+        }
         for (ty0 = 0; ty0 < th; ty0 += band) {
             j.ty0 = ty0;
             j.nty = th - ty0 < band ? th - ty0 : band;
@@ -1006,6 +1139,30 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
 }
 
 static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int B, int Cin, int H, int W, int Cout, int k);
+
+/* the shapes dx_conv3_winograd takes */
+static int dx_wg_fits(int Cin, int W, int Cout)
+{
+    return Cin >= DX_WG_MIN && Cout >= DX_WG_MIN && W <= 4 * 1024;
+}
+
+int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                  int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre)
+{
+    dx_cpu *c;
+
+    if (be == NULL || be->conv2d != cpu_conv2d || !dx_wg_fits(Cin, W, Cout) ||
+        (pre != NULL && pre->up2 && (H % 2 != 0 || W % 2 != 0)) ||
+        (pre != NULL && pre->gamma != NULL && (pre->G <= 0 || Cin % pre->G != 0)))
+        return 0;
+    c = dx_priv(be);
+    if (c->fail == DEXEC_OK && B > 0 && H > 0)
+        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout, pre, pre != NULL && pre->acc);
+    return 1;
+}
+
+static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                        int B, int Cin, int H, int W, int Cout, int k)
 {
     dx_cpu *c = dx_priv(be);
@@ -1014,8 +1171,8 @@ static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w
 
     if (c->fail != DEXEC_OK || B <= 0 || Cout <= 0 || HW == 0)
         return;
-    if (k == 3 && Cin >= DX_WG_MIN && Cout >= DX_WG_MIN && W <= 4 * 1024) {
-        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout);
+    if (k == 3 && dx_wg_fits(Cin, W, Cout)) {
+        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout, NULL, 0);
         return;
     }
     band = (int)(DX_COL_MAX / (K * (size_t)W));
@@ -1068,33 +1225,6 @@ typedef struct dx_gn_job {
     int C, HW, G, silu;
     double eps;
 } dx_gn_job;
-
-/* sum of x[0..n-1] (of (x - m)^2 when sq), in double, in DX_GN_L
- * independent lanes so that the loop vectorises */
-#define DX_GN_L 16
-DX_CLONES DX_VECTORIZE static double dx_gn_sum(const float *x, size_t n, double m, int sq)
-{
-    double acc[DX_GN_L] = {0}, s = 0.0;
-    size_t i = 0;
-    int l;
-
-    if (sq)
-        for (; i + DX_GN_L <= n; i += DX_GN_L)
-            for (l = 0; l < DX_GN_L; l++) {
-                double e = x[i + l] - m;
-
-                acc[l] += e * e;
-            }
-    else
-        for (; i + DX_GN_L <= n; i += DX_GN_L)
-            for (l = 0; l < DX_GN_L; l++)
-                acc[l] += x[i + l];
-    for (; i < n; i++)
-        s += sq ? (x[i] - m) * (x[i] - m) : x[i];
-    for (l = 0; l < DX_GN_L; l++)
-        s += acc[l];
-    return s;
-}
 
 /* task = b*G + g: one group of one image */
 DX_CLONES DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
@@ -1184,6 +1314,7 @@ static void cpu_destroy(dxk_backend *be)
     free(c->wg_u);
     free(c->wg_v);
     free(c->wg_m);
+    free(c->gn_ab);
     free(c);
     free(be);
 }
