@@ -521,10 +521,22 @@ dexec_status dxk_vae_decode(dxk_vae *v, const float *z, int B, int h, int w, flo
             }
         }
     }
-    be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B, c->block_out_channels[0],
-                   H * W, c->groups, DX_GN_EPS, 1);
-    dx_conv(v, ws.x, ws.h, &v->conv_out, B, H, W);
-    be->download(be, img, ws.x, (size_t)B * c->out_channels * H * W);
+    {
+        /* conv_out(SiLU(GN(x))): fused on the CPU backend (a direct
+         * convolution there: 3 channels out) */
+        const dxk_conv_pre po = {v->norm_out.g, v->norm_out.b, c->groups, 1, DX_GN_EPS, 0, 0};
+
+        if (!dxk_cpu_conv3(be, ws.h, ws.x, v->conv_out.w, v->conv_out.b, B,
+                           v->conv_out.cin, H, W, v->conv_out.cout, &po)) {
+            be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B,
+                           c->block_out_channels[0], H * W, c->groups, DX_GN_EPS, 1);
+            dx_conv(v, ws.x, ws.h, &v->conv_out, B, H, W);
+            tmp = ws.x;
+            ws.x = ws.h;
+            ws.h = tmp;
+        }
+    }
+    be->download(be, img, ws.h, (size_t)B * c->out_channels * H * W);
     s = be->sync(be, err, errlen);
 done:
     free(zs);

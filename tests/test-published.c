@@ -108,17 +108,23 @@ START_TEST(test_conv2d_winograd)
 END_TEST
 
 /* The CPU backend's fused 3x3 convolution (dxk_cpu_conv3: GroupNorm,
- * SiLU and nearest 2x upsampling applied as the Winograd input transform
- * reads the input, the residual added as the output transform writes)
- * against a double reference and against the same ops run one by one;
- * odd sizes, a row of more tiles than one transform group, B = 2. */
+ * SiLU and nearest 2x upsampling applied as the Winograd input transform,
+ * or the direct convolution's row loads, read the input, the residual
+ * added as the output is written) against a double reference and against
+ * the same ops run one by one; odd sizes, a row of more tiles than one
+ * transform group, B = 2. */
 START_TEST(test_conv3_fused)
 {
     /* B, Cin, H, W (output), Cout, G (0: no GroupNorm), silu, up2, acc */
     static const int cases[][9] = {{2, 16, 13, 11, 16, 4, 1, 0, 0},
                                    {1, 32, 10, 70, 24, 8, 0, 0, 1},
                                    {2, 16, 12, 18, 16, 0, 0, 1, 0},
-                                   {1, 24, 8, 38, 20, 6, 1, 1, 1}};
+                                   {1, 24, 8, 38, 20, 6, 1, 1, 1},
+                                   /* fewer than 16 out: the direct convolution, one band
+                                    * of 16 rows and a part of another */
+                                   {2, 16, 21, 13, 3, 4, 1, 0, 0},
+                                   {1, 5, 18, 10, 7, 5, 0, 1, 1},
+                                   {1, 3, 5, 7, 2, 0, 0, 0, 0}};
     dxk_backend *be = cpu();
     uint64_t seed = 23;
     size_t s;
@@ -230,8 +236,9 @@ START_TEST(test_conv3_fused)
 END_TEST
 
 /* dxk_cpu_conv3 does nothing, and says so, where the ops must run one by
- * one: too few channels, an odd size with upsampling, channels not a
- * multiple of the groups, another backend. */
+ * one: fewer than 16 channels in with 16 or more out (im2col), an odd
+ * size with upsampling, channels not a multiple of the groups, another
+ * backend. */
 START_TEST(test_conv3_fused_declines)
 {
     dxk_backend *be = cpu();
@@ -243,7 +250,7 @@ START_TEST(test_conv3_fused_declines)
 
     y[0] = 7.0f;
     ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 8, 4, 4, 16, NULL), 0);
-    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 8, NULL), 0);
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 8, &gn), 0);
     ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 7, 8, 16, &up), 0);
     ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 16, &gn), 0);
     be->conv2d = NULL; /* not the CPU backend's own op */

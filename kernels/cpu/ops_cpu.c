@@ -1141,6 +1141,144 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
 static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                        int B, int Cin, int H, int W, int Cout, int k);
 
+/* ---- 3x3 convolution to a few channels, direct ------------------------
+ *
+ * The VAE's conv_out makes 3 channels from 128 at the image's full size;
+ * as im2col + SGEMM it wrote a panel of 9 x 128 values per pixel (300 MB
+ * at 256 px) for 3 multiply-adds each. Directly, a band of DX_DC_ROWS
+ * output rows keeps its Cout accumulator rows in cache, and each input
+ * channel's rows (with the input stage of dxk_cpu_conv3: GroupNorm, SiLU,
+ * upsampling) are loaded once per band and swept by the 9 taps of every
+ * output channel, vectorised along the row. Used for fewer than
+ * DX_WG_MIN output channels. */
+#define DX_DC_ROWS 16
+
+typedef struct dx_dc_job {
+    dx_wg_job in; /* x (all B images), H, W, up2, ga, gb, silu: the input stage */
+    float *y, *scratch;
+    const float *w, *b;
+    int Cin, Cout, nb, acc;
+    size_t xplane, per_thread, rstride;
+} dx_dc_job;
+
+/* task = image * nb + band */
+DX_CLONES DX_VECTORIZE static void dx_dc_task(void *arg, int task, int thread)
+{
+    const dx_dc_job *j = arg;
+    const int H = j->in.H, W = j->in.W, img = task / j->nb, oy0 = (task % j->nb) * DX_DC_ROWS;
+    const int rows = H - oy0 < DX_DC_ROWS ? H - oy0 : DX_DC_ROWS;
+    float *acc = j->scratch + (size_t)thread * j->per_thread;
+    float *in = acc + (size_t)j->Cout * DX_DC_ROWS * W;
+    dx_wg_job src = j->in;
+    int ci, co, r, ky, ox;
+
+    src.x = j->in.x + (size_t)img * j->xplane;
+    if (src.ga != NULL) {
+        src.ga += (size_t)img * 2 * j->Cin;
+        src.gb = src.ga + j->Cin;
+    }
+    for (co = 0; co < j->Cout; co++)
+        for (r = 0; r < rows; r++) {
+            float *a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+            const float bias = j->b != NULL ? j->b[co] : 0.0f;
+
+            for (ox = 0; ox < W; ox++)
+                a[ox] = bias;
+        }
+    for (ci = 0; ci < j->Cin; ci++) {
+        /* input rows oy0-1 .. oy0+rows, zero-padded by one column a side */
+        for (r = 0; r < rows + 2; r++) {
+            float *row = in + (size_t)r * j->rstride;
+            const int iy = oy0 - 1 + r;
+
+            if (iy >= 0 && iy < H) {
+                dx_wg_load_row(&src, ci, iy, row);
+                row[0] = 0.0f;
+                row[W + 1] = 0.0f;
+            } else {
+                memset(row, 0, (size_t)(W + 2) * sizeof(float));
+            }
+        }
+        for (co = 0; co < j->Cout; co++) {
+            const float *wc = j->w + ((size_t)co * j->Cin + ci) * 9;
+
+            for (r = 0; r < rows; r++) {
+                float *restrict a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+
+                for (ky = 0; ky < 3; ky++) {
+                    const float *restrict x0 = in + (size_t)(r + ky) * j->rstride;
+                    const float w0 = wc[ky * 3], w1 = wc[ky * 3 + 1], w2 = wc[ky * 3 + 2];
+
+                    for (ox = 0; ox < W; ox++)
+                        a[ox] += w0 * x0[ox] + w1 * x0[ox + 1] + w2 * x0[ox + 2];
+                }
+            }
+        }
+    }
+    for (co = 0; co < j->Cout; co++)
+        for (r = 0; r < rows; r++) {
+            const float *a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+            float *yr = j->y + (((size_t)img * j->Cout + co) * H + oy0 + r) * W;
+
+            if (j->acc)
+                for (ox = 0; ox < W; ox++)
+                    yr[ox] += a[ox];
+            else
+                memcpy(yr, a, (size_t)W * sizeof(float));
+        }
+}
+
+static void dx_conv3_direct(dx_cpu *c, float *y, const float *x, const float *w, const float *b,
+                            int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre)
+{
+    const int up2 = pre != NULL && pre->up2, nt = dxk_pool_size(c->pool);
+    dx_dc_job j;
+    dx_gnab_job gj;
+    int img;
+
+    memset(&j, 0, sizeof j);
+    j.in.x = x;
+    j.in.H = H;
+    j.in.W = W;
+    j.in.up2 = up2;
+    j.y = y;
+    j.w = w;
+    j.b = b;
+    j.Cin = Cin;
+    j.Cout = Cout;
+    j.nb = (H + DX_DC_ROWS - 1) / DX_DC_ROWS;
+    j.acc = pre != NULL && pre->acc;
+    j.xplane = (size_t)Cin * (up2 ? (size_t)(H / 2) * (W / 2) : (size_t)H * W);
+    /* a row: W + 2 padded values, then room for the half row up2 stages */
+    j.rstride = (size_t)W + 2 + (size_t)W / 2 + 16;
+    j.per_thread = (size_t)Cout * DX_DC_ROWS * W + (DX_DC_ROWS + 2) * j.rstride;
+    if (dx_grow(c, &c->col, &c->col_n, j.per_thread * nt, "the convolution's rows") ||
+        (pre != NULL && pre->gamma != NULL &&
+         dx_grow(c, &c->gn_ab, &c->gn_ab_n, (size_t)2 * Cin * B, "the GroupNorm scales")))
+        return;
+    j.scratch = c->col;
+    if (pre != NULL && pre->gamma != NULL) {
+        /* the statistics of every image first: one band job for them all */
+        memset(&gj, 0, sizeof gj);
+        gj.gamma = pre->gamma;
+        gj.beta = pre->beta;
+        gj.C = Cin;
+        gj.G = pre->G;
+        gj.HW = j.xplane / (size_t)Cin;
+        gj.eps = pre->eps;
+        for (img = 0; img < B; img++) {
+            gj.x = x + (size_t)img * j.xplane;
+            gj.a = c->gn_ab + (size_t)img * 2 * Cin;
+            gj.b = gj.a + Cin;
+            dxk_pool_run(c->pool, gj.G, dx_gnab_task, &gj);
+        }
+        j.in.silu = pre->silu;
+    }
+    if (pre != NULL && pre->gamma != NULL)
+        j.in.ga = c->gn_ab; /* image i's scales at 2 Cin i, its shifts Cin after */
+    dxk_pool_run(c->pool, B * j.nb, dx_dc_task, &j);
+}
+
 /* the shapes dx_conv3_winograd takes */
 static int dx_wg_fits(int Cin, int W, int Cout)
 {
@@ -1152,6 +1290,14 @@ int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, con
 {
     dx_cpu *c;
 
+    if (be != NULL && be->conv2d == cpu_conv2d && Cout < DX_WG_MIN && W <= 4 * 1024 &&
+        Cin >= 1 && Cout >= 1 && !(pre != NULL && pre->up2 && (H % 2 != 0 || W % 2 != 0)) &&
+        !(pre != NULL && pre->gamma != NULL && (pre->G <= 0 || Cin % pre->G != 0))) {
+        c = dx_priv(be);
+        if (c->fail == DEXEC_OK && B > 0 && H > 0)
+            dx_conv3_direct(c, y, x, w, b, B, Cin, H, W, Cout, pre);
+        return 1;
+    }
     if (be == NULL || be->conv2d != cpu_conv2d || !dx_wg_fits(Cin, W, Cout) ||
         (pre != NULL && pre->up2 && (H % 2 != 0 || W % 2 != 0)) ||
         (pre != NULL && pre->gamma != NULL && (pre->G <= 0 || Cin % pre->G != 0)))
@@ -1173,6 +1319,10 @@ static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w
         return;
     if (k == 3 && dx_wg_fits(Cin, W, Cout)) {
         dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout, NULL, 0);
+        return;
+    }
+    if (k == 3 && Cout < DX_WG_MIN && W <= 4 * 1024) {
+        dx_conv3_direct(c, y, x, w, b, B, Cin, H, W, Cout, NULL);
         return;
     }
     band = (int)(DX_COL_MAX / (K * (size_t)W));
