@@ -856,58 +856,84 @@ DX_CLONES DX_VECTORIZE static void dx_wg_load_row(const dx_wg_job *j, int ci, in
             row[1 + 2 * i] = row[2 + 2 * i] = dst[i];
 }
 
+/* entries of one phase of a patch row (tiles of a row, W <= 4096, plus a
+ * group's overrun and the next tile's first columns) */
+#define DX_WG_PHN (1024 + DX_WG_L + 1)
+
 DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int thread)
 {
     const dx_wg_job *j = arg;
-    const int W = j->W, H = j->H, tw = j->tw, pw = tw * 4 + 2;
-    const size_t plane = (size_t)j->Cin * j->nt;
-    /* the patch rows, zero-padded; room past them for a half row (up2) */
-    float rows[6][4 * 1024 + 2 + 4 * DX_WG_L + 2048];
-    const size_t rlen = (size_t)(pw + 4 * DX_WG_L);
-    int ty, tx0, r, c, l, L, e;
+    const int W = j->W, H = j->H, tw = j->tw, nph = tw + DX_WG_L + 1;
+    const size_t plane = (size_t)j->Cin * j->nt, rlen = (size_t)4 * nph;
+    /* each patch row split by column phase: ph[r][p][t] is the row's value
+     * at column 4t + p - 1 (zero outside the image), so that column c of
+     * the patches of tiles t..t+15 is ph[r][c % 4][t + c / 4 ...], 16
+     * consecutive floats; rows in a ring, since consecutive 6-row patches
+     * overlap by 2 rows (loaded, normalised and SiLU'd once) */
+    float ph[6][4][DX_WG_PHN], (*pr[6])[DX_WG_PHN];
+    float row[4 * DX_WG_PHN + 2048]; /* a row as loaded, room for up2's half row */
+    int ty, tx0, r, c, l, L, e, p;
 
     (void)thread;
+    for (r = 0; r < 6; r++)
+        pr[r] = ph[r];
     for (ty = 0; ty < j->nty; ty++) {
         const int iy0 = (j->ty0 + ty) * 4 - 1;
 
-        /* consecutive 6-row patches overlap by 2 rows: reuse them (they
-         * were loaded, normalised and SiLU'd once) */
-        for (r = 0; r < 6; r++) {
-            int iy = iy0 + r;
+        if (ty > 0) {
+            float(*f0)[DX_WG_PHN] = pr[0], (*f1)[DX_WG_PHN] = pr[1];
 
-            if (ty > 0 && r < 2) {
-                memcpy(rows[r], rows[r + 4], rlen * sizeof(float));
-            } else if (iy >= 0 && iy < H) {
-                dx_wg_load_row(j, ci, iy, rows[r]);
+            pr[0] = pr[4];
+            pr[1] = pr[5];
+            pr[4] = pr[2];
+            pr[5] = pr[3];
+            pr[2] = f0;
+            pr[3] = f1;
+        }
+        for (r = ty > 0 ? 2 : 0; r < 6; r++) {
+            const int iy = iy0 + r;
+
+            if (iy >= 0 && iy < H) {
+                dx_wg_load_row(j, ci, iy, row);
                 /* zero only the padding: column -1 and beyond W */
-                rows[r][0] = 0.0f;
-                memset(rows[r] + 1 + W, 0, (rlen - 1 - (size_t)W) * sizeof(float));
+                row[0] = 0.0f;
+                memset(row + 1 + W, 0, (rlen - 1 - (size_t)W) * sizeof(float));
+                for (p = 0; p < 4; p++)
+                    for (l = 0; l < nph; l++)
+                        pr[r][p][l] = row[4 * l + p];
             } else {
-                memset(rows[r], 0, rlen * sizeof(float));
+                for (p = 0; p < 4; p++)
+                    memset(pr[r][p], 0, (size_t)nph * sizeof(float));
             }
         }
         for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
-            float d[6][6][DX_WG_L], t[6][6][DX_WG_L], o[6][6][DX_WG_L];
+            float t[6][6][DX_WG_L], o[6][6][DX_WG_L];
             const size_t t0 = (size_t)ty * tw + tx0;
 
             L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
-            for (r = 0; r < 6; r++)
-                for (c = 0; c < 6; c++)
-                    for (l = 0; l < DX_WG_L; l++)
-                        d[r][c][l] = rows[r][(tx0 + l) * 4 + c];
             /* t[.][c] = B^T d[.][c]: over rows, column by column */
             for (c = 0; c < 6; c++) {
-                float dc[6][DX_WG_L], oc[6][DX_WG_L];
+                const float *dc[6];
+                float *tc[6];
 
-                for (r = 0; r < 6; r++)
-                    for (l = 0; l < DX_WG_L; l++)
-                        dc[r][l] = d[r][c][l];
-                DX_WG_BT(oc, dc, DX_WG_L);
-                for (r = 0; r < 6; r++)
-                    for (l = 0; l < DX_WG_L; l++)
-                        t[r][c][l] = oc[r][l];
+                for (r = 0; r < 6; r++) {
+                    dc[r] = pr[r][c & 3] + tx0 + (c >> 2);
+                    tc[r] = t[r][c];
+                }
+                DX_WG_BT(tc, dc, DX_WG_L);
             }
-            /* o[r] = t[r] B: over columns, row by row */
+            /* o[r] = t[r] B: over columns, row by row; a whole group
+             * straight into V */
+            if (L == DX_WG_L) {
+                for (r = 0; r < 6; r++) {
+                    float *vr[6];
+
+                    for (c = 0; c < 6; c++)
+                        vr[c] = j->v + (size_t)(r * 6 + c) * plane + (size_t)ci * j->nt + t0;
+                    DX_WG_BT(vr, t[r], DX_WG_L);
+                }
+                continue;
+            }
             for (r = 0; r < 6; r++)
                 DX_WG_BT(o[r], t[r], DX_WG_L);
             for (e = 0; e < 36; e++) {
