@@ -6,9 +6,10 @@
 #    rank (it once lost rank 1's reply to the worker's write timeout);
 #  - two ranks run side by side: `-b 2 --num-gpus 2` at 1000 steps against
 #    two independent one-rank `dexec generate -b 1` run at the same time.
-#    The target is 1.15x (bench/bench-scaling.sh measures it); on a shared
-#    test machine the bound is 1.5x, still well under the 2x of ranks run
-#    one after the other.
+#    The bound is the issue's 1.15x, met by the best of up to five rounds
+#    (a round on a shared machine can lose a CPU to others for seconds;
+#    ranks run one after the other take 2x in every round);
+#    bench/bench-scaling.sh reports the median over rounds.
 # The model is small (hidden 32, one block) so that the test takes seconds
 # on one CPU thread per worker; the frames are those of any 128-px model.
 set -u
@@ -51,7 +52,7 @@ fi
 
 # ---- two ranks against two independent one-rank processes ---------------------
 best=
-for round in 1 2 3; do
+for round in 1 2 3 4 5; do
     t0=$(now)
     "$cli" generate -q -p sneaker -b 1 --steps 1000 -s 1 --device cpu -o "$tmp/a.png" \
         >"$tmp/out" 2>"$tmp/err" &
@@ -72,11 +73,11 @@ for round in 1 2 3; do
         "two one-rank processes side by side $(echo "$t0 $t1" | awk '{ printf "%.2f", $2 - $1 }') s:" \
         "${ratio}x"
     [ $status -eq 0 ] || break
-    if awk -v r="$ratio" 'BEGIN { exit !(r <= 1.5) }'; then
+    if awk -v r="$ratio" 'BEGIN { exit !(r <= 1.15) }'; then
         best=$ratio
         break
     fi
 done
 [ $status -ne 0 ] || [ -n "$best" ] ||
-    fail "two ranks took more than 1.5x two independent one-rank processes in 3 rounds"
+    fail "two ranks took more than 1.15x two independent one-rank processes in 5 rounds"
 exit $status

@@ -8,30 +8,9 @@ set -u
 cli=${DEXEC_CLI:?run me from make check}
 src=${DEXEC_TEST_SRCDIR:?run me from make check}
 command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 77; }
-tmp=$(mktemp -d /tmp/dexec-test-serve-load.XXXXXX) || exit 99
-pid=
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset DEXEC_CONFIG
-export OPENBLAS_NUM_THREADS=1
-status=0
-fail() {
-    echo "FAIL: $*"
-    status=1
-}
-
-"$cli" serve -l 127.0.0.1:0 --num-gpus 2 --set log_level=warn >"$tmp/out" 2>"$tmp/err" &
-pid=$!
-url=
-for _ in $(seq 1 600); do
-    url=$(sed -n 's|.*listening on \(http://[^ ]*\)/$|\1|p' "$tmp/out")
-    [ -n "$url" ] && break
-    sleep 0.1
-done
-[ -n "$url" ] || { cat "$tmp/err"; echo "FAIL: the server did not start"; exit 1; }
+. "$src/serve-lib.sh"
+serve_setup test-serve-load
+serve_start load --num-gpus 2 --set log_level=warn || exit 1
 
 rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status"; }
 fds() { ls "/proc/$pid/fd" | wc -l; }
@@ -51,5 +30,5 @@ grep -F '"images": 3000' "$tmp/run" >/dev/null || fail "not every image came bac
 [ "$fd1" -le "$fd0" ] || fail "descriptors grew from $fd0 to $fd1"
 kill -TERM "$pid"
 wait "$pid" || fail "exit status $? after SIGTERM"
-pid=
+pid= pids=
 exit $status

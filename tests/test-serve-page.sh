@@ -13,30 +13,9 @@ for b in chromium chromium-browser google-chrome; do
     command -v "$b" >/dev/null && { browser=$b; break; }
 done
 [ -n "$browser" ] || { echo "SKIP: no Chromium (apt-get install chromium)"; exit 77; }
-tmp=$(mktemp -d /tmp/dexec-test-serve-page.XXXXXX) || exit 99
-pid=
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset DEXEC_CONFIG
-export OPENBLAS_NUM_THREADS=1
-status=0
-fail() {
-    echo "FAIL: $*"
-    status=1
-}
-
-"$cli" serve -l 127.0.0.1:0 --num-gpus 2 >"$tmp/out" 2>"$tmp/err" &
-pid=$!
-url=
-for _ in $(seq 1 600); do
-    url=$(sed -n 's|.*listening on \(http://[^ ]*\)/$|\1|p' "$tmp/out")
-    [ -n "$url" ] && break
-    sleep 0.1
-done
-[ -n "$url" ] || { cat "$tmp/err"; echo "FAIL: the server did not start"; exit 1; }
+. "$src/serve-lib.sh"
+serve_setup test-serve-page
+serve_start page --num-gpus 2 || exit 1
 
 page="$url/?prompt=sneaker&n=3&steps=4&seed=5&auto=1"
 shot=${DEXEC_TEST_SCREENSHOT:-$tmp/page.png}
@@ -58,5 +37,5 @@ if [ "$status" -ne 0 ]; then
 fi
 kill -TERM "$pid"
 wait "$pid" || fail "server: exit status $? after SIGTERM"
-pid=
+pid= pids=
 exit $status

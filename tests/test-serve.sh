@@ -14,38 +14,8 @@ set -u
 cli=${DEXEC_CLI:?run me from make check}
 command -v curl >/dev/null || { echo "SKIP: curl is not installed (apt-get install curl)"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 is not installed"; exit 77; }
-tmp=$(mktemp -d /tmp/dexec-test-serve.XXXXXX) || exit 99
-pids=
-cleanup() {
-    for p in $pids; do kill -9 "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-unset DEXEC_CONFIG
-export OPENBLAS_NUM_THREADS=1
-status=0
-
-fail() {
-    echo "FAIL: $*"
-    status=1
-}
-
-# start NAME ARGS...: starts a server; sets $pid and $url (or fails).
-start() {
-    name=$1
-    shift
-    "$cli" serve -l 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-    pid=$!
-    pids="$pids $pid"
-    url=
-    for _ in $(seq 1 600); do
-        url=$(sed -n 's|.*listening on \(http://[^ ]*\)/$|\1|p' "$tmp/$name.out")
-        [ -n "$url" ] && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -n "$url" ] || { fail "$name: server did not start"; cat "$tmp/$name.err"; }
-}
+. "$(dirname "$0")/serve-lib.sh"
+serve_setup test-serve
 
 # req NAME CURL-ARGS...: $tmp/NAME.body, $tmp/NAME.hdr; prints the status.
 req() {
@@ -70,7 +40,7 @@ metric() { # name: its value in /metrics
 gen="/v1/images/generations"
 
 # ---- 1. endpoints, bodies and headers (2 ranks) -----------------------------
-start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
+serve_start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
     --set serve.max_images=4
 st=$(req health "$url/health" -H 'X-Request-Id: abc-1')
 expect_status health "$st" 200
@@ -151,6 +121,11 @@ check_error e_model 404 '{"error":{"message":"model '"'"'dall-e-3'"'"' not found
 check_error e_path 404 '"message":"no such endpoint: GET /v2/x (see GET / or dexec(1))"' "$url/v2/x"
 check_error e_method 405 '"code":"method_not_allowed"' -X DELETE "$url$gen"
 expect_hdr e_method 'Allow: POST'
+check_error e_sampler 400 '{"error":{"message":"sampler must be \"ddpm\" or \"ddim\" (DiT models) or \"euler\" or \"heun\" (SiT models; the bundled model: \"euler\"); absent or null: the model'"'"'s own","type":"invalid_request_error","param":"sampler","code":null}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"plms"}'
+# a sampler of another kind of model: refused by the worker, still bad input
+check_error e_sampler_kind 400 '"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}'
 head -c 2000 /dev/zero | tr '\0' 'x' >"$tmp/big.json"
 check_error e_body 413 '"message":"the request body is 2000 bytes, above serve.max_body_bytes = 1024"' \
     -X POST "$url$gen" --data-binary @"$tmp/big.json"
@@ -159,7 +134,7 @@ st=$(req metrics "$url/metrics")
 expect_status metrics "$st" 200
 expect_hdr metrics 'Content-Type: text/plain; version=0.0.4'
 for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2' \
-    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 8' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 10' \
     'dexec_serve_requests_total{path="/v1/images/generations",code="404"} 1' \
     'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
     'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \
@@ -174,6 +149,17 @@ grep -E 'info serve: POST /v1/images/generations 200 [0-9.]+s id=http-[0-9]+' "$
     fail "no access log line for the generation"
 grep -F 'info serve: GET /health 200' "$tmp/a.err" | grep -F 'id=abc-1' >/dev/null ||
     fail "the access log line lacks the request id"
+
+# the model's sampler named explicitly: the same pixels as without it
+st=$(req sampler_euler -X POST "$url$gen" -d '{"prompt":"bag","sampler":"euler","seed":3,"num_inference_steps":2}')
+expect_status sampler_euler "$st" 200
+st=$(req sampler_none -X POST "$url$gen" -d '{"prompt":"bag","seed":3,"num_inference_steps":2}')
+expect_status sampler_none "$st" 200
+python3 - "$tmp/sampler_euler.body" "$tmp/sampler_none.body" <<'PY' || fail "sampler euler: other pixels than the model's default"
+import json, sys
+a, b = (json.load(open(f))['data'][0]['b64_json'] for f in sys.argv[1:3])
+assert a == b
+PY
 
 # ---- 1b. a free rank takes the next request ------------------------------------
 # a long request, then a short one from another client: the short one runs
@@ -241,7 +227,7 @@ kill -TERM "$pid"
 wait "$pid" || fail "server a: exit status $? after SIGTERM, expected 0"
 
 # ---- 3. queue full, a client hanging up, SIGTERM draining (1 rank) -----------
-start b --max-queued 1 --drain-grace 120
+serve_start b --max-queued 1 --drain-grace 120
 req long -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":1000}' >"$tmp/long.st" &
 long=$!
 pids="$pids $long"
@@ -287,7 +273,7 @@ expect_status after "$(cat "$tmp/after.st")" 200
 grep -F 'Terminated: draining' "$tmp/b.err" >/dev/null || fail "no draining log line"
 
 # ---- 4. the deadline: 504, the rank is free again --------------------------------
-start c --request-timeout 1.5
+serve_start c --request-timeout 1.5
 t0=$(date +%s)
 check_error late 504 '"message":"request late-1 passed its deadline of serve.request_timeout = 1.5 s with 1 of 1 image(s) not done","type":"server_error","param":null,"code":"timeout"' \
     -X POST "$url$gen" -H 'X-Request-Id: late-1' -d '{"prompt":"bag","num_inference_steps":1000}'
@@ -350,7 +336,7 @@ wait "$pid" || fail "server e: exit status $?"
 # by the engine before any worker sees it (it was once a 500 counted as a
 # worker error); no worker error is counted, under any rank label
 printf 'parallel = { cfg = 2; };\n' >"$tmp/cfg2.conf"
-start f -c "$tmp/cfg2.conf" --num-gpus 2
+serve_start f -c "$tmp/cfg2.conf" --num-gpus 2
 st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inference_steps":2}')
 expect_status cfg1 "$st" 400
 grep -F 'cfg parallelism (parallel.cfg = 2) needs classifier-free guidance, and guidance_scale 1 has no unconditional branch' \

@@ -74,7 +74,8 @@ typedef struct job {
     dexec_handle **h;
     int *step, *total, *done; /* per image, written by the engine callbacks */
     int ndone;
-    int efd; /* eventfd: a callback ran */
+    int efd;    /* eventfd: an image completed (or, when streaming, progressed) */
+    int stream; /* server-sent events: progress wakes the connection's thread */
     /* what the PNG text chunks say */
     char *prompt, *negative;
     /* streaming (server-sent events) state, used by the connection's thread */
@@ -347,7 +348,10 @@ static void on_progress(void *user, dexec_handle *h, int image, int step, int to
     if (j != NULL && i >= 0 && i < j->n) {
         j->step[i] = step;
         j->total[i] = total;
-        wake(j);
+        /* only a stream sends progress; waking a request that waits for its
+         * images at every step cost the server a thread wake-up per step */
+        if (j->stream)
+            wake(j);
     }
     pthread_mutex_unlock(&S.lock);
 }
@@ -580,7 +584,7 @@ static int client_socket(struct MHD_Connection *c)
 /* ---- generation ------------------------------------------------------------------ */
 
 typedef struct gen_params {
-    const char *prompt, *negative;
+    const char *prompt, *negative, *sampler;
     int n, width, height, steps, stream;
     double guidance;
     int64_t seed;
@@ -600,6 +604,7 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
                                         "num_inference_steps",
                                         "guidance_scale",
                                         "seed",
+                                        "sampler",
                                         "stream",
                                         "user",
                                         NULL};
@@ -625,7 +630,8 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
             *param = NULL;
             snprintf(msg, msglen, "unknown field '%.64s' (accepted: prompt, n, size, "
                                   "response_format, model, negative_prompt, "
-                                  "num_inference_steps, guidance_scale, seed, stream, user)",
+                                  "num_inference_steps, guidance_scale, seed, sampler, stream, "
+                                  "user)",
                      key);
             return 400;
         }
@@ -704,6 +710,19 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
         if (g->seed > INT64_MAX - (g->n - 1))
             BAD("seed", "seed %" PRId64 " with n %d: image %d would need a seed above %" PRId64,
                 g->seed, g->n, g->n - 1, INT64_MAX);
+    }
+    if ((v = json_object_get(body, "sampler")) != NULL && !json_is_null(v)) {
+        static const char *const samplers[] = {"ddpm", "ddim", "euler", "heun", NULL};
+        const char *m = json_string_value(v);
+        int i = 0;
+
+        while (m != NULL && samplers[i] != NULL && strcmp(m, samplers[i]) != 0)
+            i++;
+        if (m == NULL || samplers[i] == NULL)
+            BAD("sampler", "sampler must be \"ddpm\" or \"ddim\" (DiT models) or \"euler\" or "
+                           "\"heun\" (SiT models; the bundled model: \"euler\"); absent or null: "
+                           "the model's own");
+        g->sampler = m;
     }
     if ((v = json_object_get(body, "stream")) != NULL && !json_is_null(v)) {
         if (!json_is_boolean(v))
@@ -830,6 +849,7 @@ static unsigned submit_job(job *j, const gen_params *g, const char **type, const
         r[i].num_inference_steps = g->steps;
         r[i].guidance_scale = g->guidance;
         r[i].seed = g->seed >= 0 ? g->seed + i : -1;
+        r[i].sampler = g->sampler;
     }
     dexec_callbacks_init(&cb);
     cb.progress = on_progress;
@@ -1145,6 +1165,7 @@ static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
         return reply_error(c, x, 500, "server_error", NULL, NULL, NULL, "out of memory");
     }
     j->deadline = x->start + S.request_timeout;
+    j->stream = g.stream;
     st = submit_job(j, &g, &type, &code, msg, sizeof(msg));
     json_decref(body);
     if (st != 0) {

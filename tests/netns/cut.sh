@@ -19,27 +19,8 @@ fail() { echo "cut: FAIL: $*" >&2; [ -n "${TMP:-}" ] && tail -n 20 "$TMP"/*.log 
 command -v ip >/dev/null 2>&1 || skip "no ip command (iproute2)"
 command -v ss >/dev/null 2>&1 || skip "no ss command (iproute2)"
 
-A=dexec-cut-a-$$
-B=dexec-cut-b-$$
-ip netns add "$A" 2>/dev/null || skip "ip netns add is not permitted here (needs root and CAP_SYS_ADMIN)"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/dexec-cut-XXXXXX")
-chmod 700 "$TMP"
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    ip netns del "$A" 2>/dev/null
-    ip netns del "$B" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-ip netns add "$B" || fail "ip netns add $B"
-ip link add "ca$$" type veth peer name "cb$$" || skip "cannot create a veth pair"
-ip link set "ca$$" netns "$A" && ip link set "cb$$" netns "$B" || fail "moving the veth ends"
-ip -n "$A" addr add 10.78.0.1/24 dev "ca$$" && ip -n "$B" addr add 10.78.0.2/24 dev "cb$$" ||
-    fail "addresses"
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set "ca$$" up && ip -n "$B" link set "cb$$" up || fail "links up"
+. "$(dirname "$0")/pair.sh"
+netns_pair cut 10.78.0
 
 printf 'cut-secret-%s\n' "$$" >"$TMP/token"
 chmod 600 "$TMP/token"
@@ -70,7 +51,7 @@ for _ in $(seq 300); do [ "$(established)" -ge 1 ] && break; sleep 0.1; done
 [ "$(established)" -ge 1 ] || fail "the engine did not connect"
 sleep 2 # the step is under way
 kill -0 "$GEN" 2>/dev/null || fail "generate ended before the cut: $(cat "$TMP/gen.log")"
-ip -n "$B" link set "cb$$" down || fail "cutting the link"
+ip -n "$B" link set "cutb$$" down || fail "cutting the link"
 t0=$(date +%s.%N)
 
 # the engine reports the rank within the health deadline

@@ -15,27 +15,8 @@ fail() { echo "multihost: FAIL: $*" >&2; [ -n "${TMP:-}" ] && tail -n 20 "$TMP"/
 [ -n "${REDIS_SERVER:-}" ] || skip "no redis-server (configure found none)"
 command -v ip >/dev/null 2>&1 || skip "no ip command (iproute2)"
 
-A=dexec-mh-a-$$
-B=dexec-mh-b-$$
-ip netns add "$A" 2>/dev/null || skip "ip netns add is not permitted here (needs root and CAP_SYS_ADMIN)"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/dexec-multihost-XXXXXX")
-chmod 700 "$TMP"
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    ip netns del "$A" 2>/dev/null
-    ip netns del "$B" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-ip netns add "$B" || fail "ip netns add $B"
-ip link add "va$$" type veth peer name "vb$$" || skip "cannot create a veth pair"
-ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$B" || fail "moving the veth ends"
-ip -n "$A" addr add 10.77.0.1/24 dev "va$$" && ip -n "$B" addr add 10.77.0.2/24 dev "vb$$" ||
-    fail "addresses"
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set "va$$" up && ip -n "$B" link set "vb$$" up || fail "links up"
+. "$(dirname "$0")/pair.sh"
+netns_pair mh 10.77.0
 
 # host A: Redis, reachable from B (protected mode off: the namespace is private)
 ip netns exec "$A" "$REDIS_SERVER" --bind 10.77.0.1 --port 6390 --save "" --appendonly no \
@@ -91,7 +72,7 @@ PIDS="$PIDS $PROBE_PID"
 exec 4>"$TMP/go"
 for _ in $(seq 300); do grep -q '^ready' "$TMP/probe.log" && break; sleep 0.1; done
 grep -q '^ready' "$TMP/probe.log" || fail "the probe engine did not start: $(cat "$TMP/probe.log")"
-ip -n "$B" link set "vb$$" down || fail "cutting the link"
+ip -n "$B" link set "mhb$$" down || fail "cutting the link"
 echo go >&4
 exec 4>&-
 wait "$PROBE_PID"
