@@ -572,6 +572,45 @@ START_TEST(test_vae_decode)
 }
 END_TEST
 
+
+/* The decode as other devices run it, op by op (group_norm, conv2d,
+ * upsample_nearest2x, euler): a CPU backend whose conv2d is not its own,
+ * so that dxk_cpu_conv3 declines every fused convolution. */
+static void (*real_conv2d)(dexec_device *, float *, const float *, const float *, const float *,
+                           int, int, int, int, int, int);
+
+static void conv2d_wrapped(dexec_device *be, float *y, const float *x, const float *w,
+                           const float *b, int B, int Cin, int H, int W, int Cout, int k)
+{
+    real_conv2d(be, y, x, w, b, B, Cin, H, W, Cout, k);
+}
+
+START_TEST(test_vae_decode_op_by_op)
+{
+    dxk_backend *be = cpu();
+    dxk_safetensors *io = io_open();
+    dxk_pipeline *p = pipe_open(be);
+    float *img = fbuf(3 * 16 * 16);
+    char err[512];
+    double e;
+
+    real_conv2d = be->conv2d;
+    be->conv2d = conv2d_wrapped;
+    ck_assert_int_eq(dxk_cpu_conv3(be, img, img, img, NULL, 1, 16, 4, 4, 16, NULL), 0);
+    ck_assert_msg(dxk_vae_decode(p->vae, io_get(io, "vae.z", 256), 1, 8, 8, img, err,
+                                 sizeof err) == DEXEC_OK,
+                  "%s", err);
+    e = rel_f(img, io_get(io, "vae.out", 768), 768);
+    fprintf(stderr, "vae decode, op by op: relative error %.3g\n", e);
+    ck_assert_double_le(e, TOL_GOLD);
+    be->conv2d = real_conv2d;
+    dxk_pipeline_free(p);
+    dxk_st_close(io);
+    dxk_backend_free(be);
+    free(img);
+}
+END_TEST
+
 START_TEST(test_samplers)
 {
     static const dxk_sampler which[4] = {DXK_SAMPLER_DDPM, DXK_SAMPLER_DDIM, DXK_SAMPLER_EULER,
@@ -795,6 +834,7 @@ static Suite *published_suite(void)
     tcase_add_test(gold, test_forward_diffusers);
     tcase_add_test(gold, test_guided_forward);
     tcase_add_test(gold, test_vae_decode);
+    tcase_add_test(gold, test_vae_decode_op_by_op);
     tcase_add_test(gold, test_samplers);
     tcase_add_test(gold, test_respace);
     tcase_add_test(api, test_generate);
