@@ -911,29 +911,21 @@ DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int threa
             const size_t t0 = (size_t)ty * tw + tx0;
 
             L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
-            /* t[.][c] = B^T d[.][c]: over rows, column by column */
+            /* t[.][c] = B^T d[.][c]: over rows, column by column (local
+             * arrays, not pointers into ph and t: with those GCC could not
+             * rule out aliasing and left the transform scalar) */
             for (c = 0; c < 6; c++) {
-                const float *dc[6];
-                float *tc[6];
+                float dc[6][DX_WG_L], oc[6][DX_WG_L];
 
-                for (r = 0; r < 6; r++) {
-                    dc[r] = pr[r][c & 3] + tx0 + (c >> 2);
-                    tc[r] = t[r][c];
-                }
-                DX_WG_BT(tc, dc, DX_WG_L);
+                for (r = 0; r < 6; r++)
+                    for (l = 0; l < DX_WG_L; l++)
+                        dc[r][l] = pr[r][c & 3][tx0 + l + (c >> 2)];
+                DX_WG_BT(oc, dc, DX_WG_L);
+                for (r = 0; r < 6; r++)
+                    for (l = 0; l < DX_WG_L; l++)
+                        t[r][c][l] = oc[r][l];
             }
-            /* o[r] = t[r] B: over columns, row by row; a whole group
-             * straight into V */
-            if (L == DX_WG_L) {
-                for (r = 0; r < 6; r++) {
-                    float *vr[6];
-
-                    for (c = 0; c < 6; c++)
-                        vr[c] = j->v + (size_t)(r * 6 + c) * plane + (size_t)ci * j->nt + t0;
-                    DX_WG_BT(vr, t[r], DX_WG_L);
-                }
-                continue;
-            }
+            /* o[r] = t[r] B: over columns, row by row */
             for (r = 0; r < 6; r++)
                 DX_WG_BT(o[r], t[r], DX_WG_L);
             for (e = 0; e < 36; e++) {
@@ -1014,16 +1006,19 @@ DX_CLONES DX_VECTORIZE static void dx_wg_output_task(void *arg, int co, int thre
         }
 }
 
+/* Scratch of n floats, 64-byte aligned: the Winograd transforms store 16
+ * floats (a cache line) at a time, and malloc's large blocks start 16
+ * bytes into a page, which made every such store straddle two lines. */
 static int dx_grow(dx_cpu *c, float **p, size_t *have, size_t n, const char *what)
 {
-    float *q;
+    void *q;
 
     if (*have >= n)
         return 0;
     free(*p);
     *p = NULL;
     *have = 0;
-    if (n > SIZE_MAX / sizeof(float) || (q = malloc(n * sizeof *q)) == NULL) {
+    if (n > SIZE_MAX / sizeof(float) || posix_memalign(&q, 64, n * sizeof(float)) != 0) {
         dx_cpu_fail(c, what);
         return -1;
     }
