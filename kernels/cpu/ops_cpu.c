@@ -831,8 +831,8 @@ DX_CLONES DX_VECTORIZE static void dx_wg_weight_task(void *arg, int co, int thre
  * around it is not: PyTorch pads the normalised tensor). */
 DX_CLONES DX_VECTORIZE static void dx_wg_load_row(const dx_wg_job *j, int ci, int iy, float *row)
 {
-    const int W = j->W, ws = j->up2 ? W / 2 : W;
-    const float *src = j->x + ((size_t)ci * (j->up2 ? j->H / 2 : j->H) + (size_t)(j->up2 ? iy / 2 : iy)) * ws;
+    const int W = j->W, ws = j->up2 ? W / 2 : W, hs = j->up2 ? j->H / 2 : j->H;
+    const float *src = j->x + ((size_t)ci * hs + (size_t)(j->up2 ? iy / 2 : iy)) * ws;
     float *dst = j->up2 ? row + 1 + W : row + 1; /* up2: staged past the row, then spread */
     int i;
 
