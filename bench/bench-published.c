@@ -96,7 +96,7 @@ int main(int argc, char **argv)
     }
     dexec_log_set_level(DEXEC_LOG_WARN);
     if (dxk_backend_cpu(&be, err, sizeof err) != DEXEC_OK ||
-        dxk_pipeline_open(argv[1], be, &p, err, sizeof err) != DEXEC_OK) {
+        dxk_pipeline_open(argv[1], be, DEXEC_DTYPE_F32, &p, err, sizeof err) != DEXEC_OK) {
         fprintf(stderr, "bench-published: %s\n", err);
         return 1;
     }

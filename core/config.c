@@ -95,6 +95,10 @@ static const struct dx_key keys[] = {
              "where the workers compute: cuda when a GPU is usable (auto), or forced"),
     KEY_INT("num_gpus", 1, 1, 64,
             "number of ranks (workers); with device cuda each rank gets one GPU"),
+    KEY_ENUM("dtype", "float32", "float32|float16|bfloat16",
+             "how the workers keep the weight matrices on the device (PyTorch's torch_dtype, "
+             "vLLM's dtype): float32, or float16/bfloat16 on CUDA only (half the weight memory, "
+             "float32 accumulation; the pixels change slightly); the CPU refuses half types"),
     KEY_STR("distributed_executor_backend", "mp", 0, check_plugin_ref,
             "NAME ([a-z0-9_]+) or a path containing '/'",
             "the executor plugin: mp, ray_actor, external (alias external_launcher), "

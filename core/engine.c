@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dexec/device.h>
+
 #include "internal.h"
 #include "paths.h"
 
@@ -129,6 +131,7 @@ struct dexec_handle {
 
 static void stop_dispatchers(dexec_engine *e);
 static dexec_status start_dispatchers(dexec_engine *e, char *err, size_t errlen);
+static dexec_status check_dtype(dexec_engine *e, char *err, size_t errlen);
 
 /* A formatted string the caller frees; NULL when memory is exhausted. */
 static char *dx_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -363,6 +366,18 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
         goto fail;
     }
 
+    {
+        const char *device = "auto", *dtype = "float32";
+
+        /* the CPU computes in float32 only: said before any worker starts
+         * (with device = "auto" the ranks that find no GPU say it) */
+        dexec_config_get_string(e->cfg, "device", &device);
+        dexec_config_get_string(e->cfg, "dtype", &dtype);
+        if (strcmp(device, "cpu") == 0 && strcmp(dtype, "float32") != 0) {
+            st = dx_fail(err, errlen, DEXEC_ENOTSUP, DEXEC_DTYPE_CPU_REFUSAL, dtype);
+            goto fail;
+        }
+    }
     if (dexec_config_get_string(e->cfg, "distributed_executor_backend", &backend) != DEXEC_OK ||
         backend == NULL || backend[0] == '\0') {
         st = dx_fail(err, errlen, DEXEC_ECONFIG,
@@ -448,7 +463,8 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
     }
     /* a data-parallel slot is a group of ranks */
     e->nslots = e->nranks / e->width;
-    if ((st = start_dispatchers(e, err, errlen)) != DEXEC_OK) {
+    if ((st = check_dtype(e, err, errlen)) != DEXEC_OK ||
+        (st = start_dispatchers(e, err, errlen)) != DEXEC_OK) {
         e->ops->shutdown(ex);
         e->ex = NULL;
         goto fail;
@@ -461,6 +477,52 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
 fail:
     engine_destroy(e);
     return st;
+}
+
+/* With dtype other than float32, every rank must have loaded its model that
+ * way: the mp executor passes it to its workers (--dtype), but external
+ * workers are started by someone else and another executor may not pass
+ * it. A rank that answers get_info with another dtype (or none, an older
+ * worker) fails engine creation rather than computing in a precision
+ * nobody asked for. */
+static dexec_status check_dtype(dexec_engine *e, char *err, size_t errlen)
+{
+    const char *want = "float32";
+    char msg[DX_ERR_MAX];
+    dexec_value *args, *replies = NULL;
+    dexec_status st;
+
+    dexec_config_get_string(e->cfg, "dtype", &want);
+    if (strcmp(want, "float32") == 0)
+        return DEXEC_OK;
+    if ((args = dexec_value_array()) == NULL)
+        return dx_fail(err, errlen, DEXEC_ENOMEM, "engine: out of memory");
+    msg[0] = '\0';
+    st = e->ops->collective_rpc(e->ex, "get_info", e->rpc_s, args, NULL, -1, &replies, msg,
+                                sizeof(msg));
+    dexec_value_free(args);
+    if (st != DEXEC_OK) {
+        dx_fail(err, errlen, st, "dtype = \"%s\": asking the ranks how they loaded the model: %s",
+                want, msg[0] != '\0' ? msg : dexec_status_name(st));
+        dexec_value_free(replies);
+        return st;
+    }
+    for (int r = 0; r < e->nranks; r++) {
+        const dexec_value *info = dexec_value_array_get(replies, (size_t)r);
+        const char *got = dexec_value_as_str(dexec_value_map_get(info, "dtype"), NULL);
+
+        if (got == NULL || strcmp(got, want) != 0) {
+            dx_fail(err, errlen, DEXEC_ECONFIG,
+                    "dtype = \"%s\", but rank %d keeps its weights as %s: this executor does "
+                    "not pass dtype to its workers; start external workers with dexec-worker "
+                    "--dtype %s, or use the mp executor",
+                    want, r, got != NULL ? got : "float32 (a worker without --dtype)", want);
+            dexec_value_free(replies);
+            return DEXEC_ECONFIG;
+        }
+    }
+    dexec_value_free(replies);
+    return DEXEC_OK;
 }
 
 /* ---- calls ----------------------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include <config.h>
 
 #include <dlfcn.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -196,5 +197,73 @@ dexec_status dxk_backend_latent_ops(const dxk_backend *be, char *err, size_t err
             return DEXEC_ENOTSUP;
         }
     }
+    return DEXEC_OK;
+}
+
+static const char *const dx_dtypes[] = {"float32", "float16", "bfloat16"};
+
+dexec_status dxk_wdtype_parse(const char *name, int *out, char *err, size_t errlen)
+{
+    for (int i = 0; i < 3; i++) {
+        if (name != NULL && strcmp(name, dx_dtypes[i]) == 0) {
+            *out = i; /* DEXEC_DTYPE_F32, _F16, _BF16 */
+            return DEXEC_OK;
+        }
+    }
+    dexec_errorf(err, errlen, "dtype '%s' is not one of float32, float16, bfloat16",
+                 name != NULL ? name : "(null)");
+    return DEXEC_EINVAL;
+}
+
+const char *dxk_wdtype_name(int dtype)
+{
+    return dtype >= 0 && dtype < 3 ? dx_dtypes[dtype] : "unknown";
+}
+
+dexec_status dxk_backend_half(const dxk_backend *be, int dtype, char *err, size_t errlen)
+{
+    if (dtype == DEXEC_DTYPE_F32)
+        return DEXEC_OK;
+    if (strcmp(be->name, "cpu") == 0) {
+        dexec_errorf(err, errlen, DEXEC_DTYPE_CPU_REFUSAL, dxk_wdtype_name(dtype));
+        return DEXEC_ENOTSUP;
+    }
+    if (be->struct_size < DEXEC_DEVICE_SIZE_1_3 || be->upload_half == NULL ||
+        be->linear_half == NULL || be->conv2d_half == NULL) {
+        dexec_errorf(err, errlen,
+                     "dtype = \"%s\" is not supported on device %s: it keeps no half-precision "
+                     "weights; use dtype = \"float32\", or install a %s module built with this "
+                     "dexec",
+                     dxk_wdtype_name(dtype), be->name, be->name);
+        return DEXEC_ENOTSUP;
+    }
+    return DEXEC_OK;
+}
+
+dexec_status dxk_upload_half(dxk_backend *be, const float *host, size_t n, int dtype,
+                             float ***list, size_t *count, const void **out, char *err,
+                             size_t errlen)
+{
+    float **grown = realloc(*list, (*count + 1) * sizeof *grown);
+    char berr[256];
+    dexec_status s;
+    void *buf;
+
+    *out = NULL;
+    if (grown == NULL) {
+        dexec_errorf(err, errlen, "out of host memory");
+        return DEXEC_ENOMEM;
+    }
+    *list = grown;
+    buf = be->upload_half(be, host, n, dtype);
+    if (buf == NULL) {
+        s = be->sync(be, berr, sizeof berr);
+        dexec_errorf(err, errlen, "keeping %zu weights as %s on %s: %s", n,
+                     dxk_wdtype_name(dtype), be->name,
+                     s != DEXEC_OK ? berr : "the device returned no buffer");
+        return s != DEXEC_OK ? s : DEXEC_ENOMEM;
+    }
+    (*list)[(*count)++] = (float *)buf;
+    *out = buf;
     return DEXEC_OK;
 }

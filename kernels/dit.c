@@ -304,6 +304,54 @@ static const float *dx_take(dx_loader *ld, const char *name, int ndim, const int
     return buf;
 }
 
+/* n host floats kept on the device in half precision (cfg.dtype), as a
+ * buffer of the model's uploads; NULL (and ld->s set) when that fails. */
+static const void *dx_half(dx_loader *ld, const float *host, size_t n, const char *name)
+{
+    const void *buf = NULL;
+    char why[320];
+
+    if (ld->s != DEXEC_OK)
+        return NULL;
+    ld->s = dxk_upload_half(ld->m->be, host, n, ld->m->cfg.dtype, &ld->m->uploads,
+                            &ld->m->nuploads, &buf, why, sizeof why);
+    if (ld->s != DEXEC_OK)
+        dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s': %s", ld->st->path, name, why);
+    else
+        ld->m->half_params += n;
+    return buf;
+}
+
+/* A weight matrix (of a linear layer, or the patch embedding's [D,C,p,p]
+ * used as one): float32 like every tensor, or half precision when the
+ * configuration asks (converted from the file's floats on the host). */
+static void dx_take_weight(dx_loader *ld, dxk_linear *l, const char *name, int ndim,
+                           const int64_t *shape)
+{
+    const float *host;
+
+    l->dtype = ld->m->cfg.dtype;
+    if (l->dtype == DEXEC_DTYPE_F32) {
+        l->w = dx_take(ld, name, ndim, shape);
+        return;
+    }
+    ld->host_only = 1;
+    host = dx_take(ld, name, ndim, shape);
+    ld->host_only = 0;
+    l->w = NULL;
+    if (host != NULL)
+        l->h = dx_half(ld, host, dxk_st_find(ld->st, name)->numel, name);
+}
+
+void dxk_linear_run(dxk_backend *be, float *y, const float *x, const dxk_linear *l, int M, int N,
+                    int K)
+{
+    if (l->h != NULL)
+        be->linear_half(be, y, x, l->h, l->dtype, l->b, M, N, K);
+    else
+        be->linear(be, y, x, l->w, l->b, M, N, K);
+}
+
 static void dx_take_linear(dx_loader *ld, dxk_linear *l, const char *prefix, int64_t out,
                            int64_t in)
 {
@@ -311,7 +359,7 @@ static void dx_take_linear(dx_loader *ld, dxk_linear *l, const char *prefix, int
     int64_t ws[2] = {out, in}, bs[1] = {out};
 
     snprintf(name, sizeof name, "%s.weight", prefix);
-    l->w = dx_take(ld, name, 2, ws);
+    dx_take_weight(ld, l, name, 2, ws);
     snprintf(name, sizeof name, "%s.bias", prefix);
     l->b = dx_take(ld, name, 1, bs);
 }
@@ -349,7 +397,7 @@ dexec_status dxk_dit_load(const dxk_safetensors *st, const dxk_dit_config *cfg, 
     {
         int64_t xs[4] = {D, C, p, p}, xb[1] = {D}, ys[2] = {K + 1, D};
 
-        m->x_emb.w = dx_take(&ld, "x_embedder.proj.weight", 4, xs);
+        dx_take_weight(&ld, &m->x_emb, "x_embedder.proj.weight", 4, xs);
         m->x_emb.b = dx_take(&ld, "x_embedder.proj.bias", 1, xb);
         dx_take_linear(&ld, &m->t_mlp0, "t_embedder.mlp.0", D, DXK_TFREQ_DIM);
         dx_take_linear(&ld, &m->t_mlp2, "t_embedder.mlp.2", D, D);
@@ -407,7 +455,7 @@ static void dx_take_qkv(dx_loader *ld, dxk_linear *l, const char *prefix, int64_
     const float *w[3], *b[3];
     float *fw, *fb, **grown;
     char name[160];
-    int i;
+    int i, half;
 
     /* the parts are read on the host and the fused copy uploaded */
     ld->host_only = 1;
@@ -427,24 +475,41 @@ static void dx_take_qkv(dx_loader *ld, dxk_linear *l, const char *prefix, int64_
         return;
     }
     ld->m->uploads = grown;
-    fw = be->alloc(be, (size_t)(3 * D * D));
+    half = ld->m->cfg.dtype != DEXEC_DTYPE_F32;
+    fw = half ? malloc((size_t)(3 * D * D) * sizeof *fw) : be->alloc(be, (size_t)(3 * D * D));
     fb = be->alloc(be, (size_t)(3 * D));
     if (fw == NULL || fb == NULL) {
-        be->release(be, fw);
+        if (half)
+            free(fw);
+        else
+            be->release(be, fw);
         be->release(be, fb);
         dexec_errorf(ld->err, ld->errlen, "%s: %s.to_q/k/v: %s: out of memory for %lld floats",
-                     ld->st->path, prefix, be->name, (long long)(3 * D * D));
+                     ld->st->path, prefix, half ? "host" : be->name, (long long)(3 * D * D));
         ld->s = DEXEC_ENOMEM;
         return;
     }
-    ld->m->uploads[ld->m->nuploads++] = fw;
+    if (!half)
+        ld->m->uploads[ld->m->nuploads++] = fw;
     ld->m->uploads[ld->m->nuploads++] = fb;
     for (i = 0; i < 3; i++) {
-        be->upload(be, fw + (size_t)i * D * D, w[i], (size_t)(D * D));
+        if (half)
+            memcpy(fw + (size_t)i * D * D, w[i], (size_t)(D * D) * sizeof *fw);
+        else
+            be->upload(be, fw + (size_t)i * D * D, w[i], (size_t)(D * D));
         be->upload(be, fb + (size_t)i * D, b[i], (size_t)D);
     }
-    l->w = fw;
     l->b = fb;
+    l->dtype = ld->m->cfg.dtype;
+    if (!half) {
+        l->w = fw;
+        return;
+    }
+    /* the fused host copy, converted and uploaded once */
+    snprintf(name, sizeof name, "%s.to_q/k/v.weight", prefix);
+    l->w = NULL;
+    l->h = dx_half(ld, fw, (size_t)(3 * D * D), name);
+    free(fw);
 }
 
 dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *cfg,
@@ -496,7 +561,7 @@ dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *c
     if (!diffusers) {
         int64_t ps[3] = {1, T0, D};
 
-        m->x_emb.w = dx_take(&ld, "x_embedder.proj.weight", 4, xs);
+        dx_take_weight(&ld, &m->x_emb, "x_embedder.proj.weight", 4, xs);
         m->x_emb.b = dx_take(&ld, "x_embedder.proj.bias", 1, xb);
         if (dxk_st_find(st, "pos_embed") != NULL) {
             ld.host_only = 1; /* checked, not used */
@@ -523,7 +588,7 @@ dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *c
         dx_take_linear(&ld, &m->final_ada, "final_layer.adaLN_modulation.1", 2 * D, D);
         dx_take_linear(&ld, &m->final_lin, "final_layer.linear", p * p * Co, D);
     } else {
-        m->x_emb.w = dx_take(&ld, "pos_embed.proj.weight", 4, xs);
+        dx_take_weight(&ld, &m->x_emb, "pos_embed.proj.weight", 4, xs);
         m->x_emb.b = dx_take(&ld, "pos_embed.proj.bias", 1, xb);
         for (i = 0; i < cfg->depth; i++) {
             dxk_dit_block *b = &m->blocks[i];
@@ -937,15 +1002,15 @@ static void dx_embed(dxk_dit *m, dxk_dit_ws *ws, int B, int T, int F)
     int i;
 
     if (ws->S == 1) {
-        be->linear(be, ws->x, ws->io, m->x_emb.w, m->x_emb.b, B * T, D, F);
+        dxk_linear_run(be, ws->x, ws->io, &m->x_emb, B * T, D, F);
         if (m->cfg.layout == DXK_DIT_DEXEC) {
             be->pos_embed_add(be, ws->x, B, ws->H / p, ws->W / p, D);
             return;
         }
     } else {
         for (i = 0; i < B; i++)
-            be->linear(be, ws->x + (size_t)i * tn * D, ws->io + ((size_t)i * T + ws->t0) * F,
-                       m->x_emb.w, m->x_emb.b, tn, D, F);
+            dxk_linear_run(be, ws->x + (size_t)i * tn * D,
+                           ws->io + ((size_t)i * T + ws->t0) * F, &m->x_emb, tn, D, F);
     }
     for (i = 0; i < B; i++)
         be->gated_residual(be, ws->x + (size_t)i * tn * D, ws->pos + (size_t)ws->t0 * D,
@@ -959,9 +1024,9 @@ static void dx_condition(dxk_dit *m, dxk_dit_ws *ws, const dxk_linear *t0, const
     dxk_backend *be = m->be;
     const int D = m->cfg.hidden_size;
 
-    be->linear(be, ws->th, ws->tf, t0->w, t0->b, B, D, DXK_TFREQ_DIM);
+    dxk_linear_run(be, ws->th, ws->tf, t0, B, D, DXK_TFREQ_DIM);
     be->silu(be, ws->th, ws->th, (size_t)B * D);
-    be->linear(be, ws->c, ws->th, t2->w, t2->b, B, D, D);
+    dxk_linear_run(be, ws->c, ws->th, t2, B, D, D);
     be->add_embedding(be, ws->c, table, y, B, D);
     be->silu(be, ws->sc, ws->c, (size_t)B * D);
 }
@@ -1012,19 +1077,19 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
 
         if (diffusers)
             dx_condition(m, ws, &b->t_mlp0, &b->t_mlp2, b->y_table, y, B);
-        be->linear(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D);
+        dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
         be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
-        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BTl, 3 * D, D);
+        dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BTl, 3 * D, D);
         if (dx_attention(m, ws, B, T, i) != 0)
             return;
-        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BTl, D, D);
+        dxk_linear_run(be, ws->xn, ws->att, &b->proj, BTl, D, D);
         be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, Tl, D);
 
         be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, Tl, D,
                             (float)c->norm_eps);
-        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BTl, M, D);
+        dxk_linear_run(be, ws->hid, ws->xn, &b->fc1, BTl, M, D);
         be->gelu_tanh(be, ws->hid, (size_t)BTl * M);
-        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BTl, D, M);
+        dxk_linear_run(be, ws->xn, ws->hid, &b->fc2, BTl, D, M);
         be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, Tl, D);
     }
 
@@ -1032,9 +1097,9 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
     if (diffusers)
         dx_condition(m, ws, &m->blocks[0].t_mlp0, &m->blocks[0].t_mlp2, m->blocks[0].y_table, y,
                      B);
-    be->linear(be, ws->mod, ws->sc, m->final_ada.w, m->final_ada.b, B, 2 * D, D);
+    dxk_linear_run(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
     be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
-    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BTl, Co * p * p, D);
+    dxk_linear_run(be, ws->io, ws->xn, &m->final_lin, BTl, Co * p * p, D);
     if (ws->S > 1 && dx_seq_gather(m, ws, B, T, Co * p * p) != 0)
         return;
     be->unpatchify(be, v, ws->io, B, Co, H, W, p);
@@ -1062,9 +1127,9 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
 
     /* condition c = t_emb + y_emb; every adaLN reads SiLU(c) */
     be->timestep_embed(be, ws->tf, t, B);
-    be->linear(be, ws->th, ws->tf, m->t_mlp0.w, m->t_mlp0.b, B, D, DXK_TFREQ_DIM);
+    dxk_linear_run(be, ws->th, ws->tf, &m->t_mlp0, B, D, DXK_TFREQ_DIM);
     be->silu(be, ws->th, ws->th, (size_t)B * D);
-    be->linear(be, ws->c, ws->th, m->t_mlp2.w, m->t_mlp2.b, B, D, D);
+    dxk_linear_run(be, ws->c, ws->th, &m->t_mlp2, B, D, D);
     be->add_embedding(be, ws->c, m->y_table, y, B, D);
     be->silu(be, ws->sc, ws->c, (size_t)B * D);
 
@@ -1072,24 +1137,24 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
         const dxk_dit_block *b = &m->blocks[i];
         const float *mod = ws->mod; /* shift1 scale1 gate1 shift2 scale2 gate2 */
 
-        be->linear(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D);
+        dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
         be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
-        be->linear(be, ws->qkv, ws->xn, b->qkv.w, b->qkv.b, BTl, 3 * D, D);
+        dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BTl, 3 * D, D);
         if (dx_attention(m, ws, B, T, i) != 0)
             return;
-        be->linear(be, ws->xn, ws->att, b->proj.w, b->proj.b, BTl, D, D);
+        dxk_linear_run(be, ws->xn, ws->att, &b->proj, BTl, D, D);
         be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, Tl, D);
 
         be->ln_modulate(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, Tl, D);
-        be->linear(be, ws->hid, ws->xn, b->fc1.w, b->fc1.b, BTl, M, D);
+        dxk_linear_run(be, ws->hid, ws->xn, &b->fc1, BTl, M, D);
         be->gelu_tanh(be, ws->hid, (size_t)BTl * M);
-        be->linear(be, ws->xn, ws->hid, b->fc2.w, b->fc2.b, BTl, D, M);
+        dxk_linear_run(be, ws->xn, ws->hid, &b->fc2, BTl, D, M);
         be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, Tl, D);
     }
 
-    be->linear(be, ws->mod, ws->sc, m->final_ada.w, m->final_ada.b, B, 2 * D, D);
+    dxk_linear_run(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
     be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
-    be->linear(be, ws->io, ws->xn, m->final_lin.w, m->final_lin.b, BTl, F, D);
+    dxk_linear_run(be, ws->io, ws->xn, &m->final_lin, BTl, F, D);
     if (ws->S > 1 && dx_seq_gather(m, ws, B, T, F) != 0)
         return;
     be->unpatchify(be, v, ws->io, B, C, H, W, p);

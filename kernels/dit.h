@@ -40,11 +40,24 @@ typedef struct dxk_dit_config {
     dxk_dit_layout layout;
     int out_channels; /* in_channels, or 2 in_channels with learned sigma */
     double norm_eps;  /* diffusers: the MLP LayerNorm's eps */
+    /* how the loader keeps the weight matrices on the device: DEXEC_DTYPE_F32
+     * (0, what the config readers set), or F16/BF16 through upload_half()
+     * (the caller checks that the device has it: dxk_backend_half) */
+    int dtype;
 } dxk_dit_config;
 
 typedef struct dxk_linear {
     const float *w, *b; /* backend buffers (or the mapping, on host backends) */
+    /* with a half-precision dtype (dxk_dit_config.dtype): the weight as
+     * upload_half() made it, and w NULL; b stays float32 */
+    const void *h;
+    int dtype; /* DEXEC_DTYPE_* of h */
 } dxk_linear;
+
+/* y[M,N] = x[M,K] W^T + b through be->linear(), or be->linear_half() when
+ * l holds a half-precision weight. */
+void dxk_linear_run(dxk_backend *be, float *y, const float *x, const dxk_linear *l, int M, int N,
+                    int K);
 
 typedef struct dxk_dit_block {
     dxk_linear ada, qkv, proj, fc1, fc2;
@@ -61,6 +74,7 @@ typedef struct dxk_dit {
     float **uploads; /* buffers holding weight copies on a device backend */
     size_t nuploads;
     size_t params;   /* number of parameters */
+    size_t half_params; /* of which kept in half precision (cfg.dtype) */
     /* Ulysses sequence parallelism: the communicator of this rank's
      * sequence group (NULL or size 1: alone), borrowed; set by
      * dxk_model_set_parallel. Workspaces take it when allocated. */

@@ -32,6 +32,17 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
                             char *err, size_t errlen);
 void dxk_model_free(dxk_model *m);
 
+/* dxk_model_open() with the weights' dtype on the device: "float32" (what
+ * dxk_model_open uses), or "float16" / "bfloat16": the weight matrices of
+ * every linear layer and convolution converted once at load (from
+ * whatever the file holds) and kept in that type on the device, their
+ * products accumulated in float32 (doc/model.md "Half precision").
+ * DEXEC_EINVAL for another name; DEXEC_ENOTSUP on a device without
+ * half-precision weights, the CPU among them ("dtype = \"float16\" is not
+ * supported on the CPU: ..."). */
+dexec_status dxk_model_open_dtype(const char *name, const char *device, const char *dtype,
+                                  int gpu, dxk_model **out, char *err, size_t errlen);
+
 /* Called after each denoising step of each image. Returns 0 to go on, or
  * nonzero to stop the request there: dxk_generate then fails with
  * DEXEC_ECANCELED ("cancelled after step S of N"). */
@@ -86,13 +97,15 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const struct dxk_parallel *par
  * left alone. dexec-worker and the benchmarks call it. */
 void dxk_blas_core_reexec(char **argv);
 
-/* A MAP describing the model and device: path, device, device_name,
+/* A MAP describing the model and device: path, device, dtype, device_name,
  * parameters, bytes (weights), metadata (map of the file's __metadata__),
  * memory (rss/peak in bytes; device memory on CUDA). Caller owns it. */
 dexec_value *dxk_model_info(const dxk_model *m);
 
 /* "cpu" or "cuda" */
 const char *dxk_model_device(const dxk_model *m);
+/* "float32", "float16" or "bfloat16" */
+const char *dxk_model_dtype(const dxk_model *m);
 
 /* 1 when method is one of the tensor methods of a published latent model
  * (latent_forward, latent_guided, latent_sample, vae_decode). */

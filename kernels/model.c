@@ -42,6 +42,7 @@ struct dxk_model {
     int nsizes;         /* dexec.sizes: the only sizes served; 0 = any multiple of the patch */
     int (*sizes)[2];    /* nsizes {width, height} */
     dxk_parallel par;   /* the group this rank computes with; zeroed = alone */
+    int dtype;          /* DEXEC_DTYPE_*: how the weight matrices are kept on be */
 };
 
 /* The denoiser: the bundled model's, or a published pipeline's. */
@@ -234,13 +235,22 @@ static void dx_sizes_text(const dxk_model *m, char *buf, size_t len)
 dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_model **out,
                             char *err, size_t errlen)
 {
+    return dxk_model_open_dtype(name, device, "float32", gpu, out, err, errlen);
+}
+
+dexec_status dxk_model_open_dtype(const char *name, const char *device, const char *dtype,
+                                  int gpu, dxk_model **out, char *err, size_t errlen)
+{
     char path[4096];
     dxk_dit_config cfg;
     dxk_model *m;
     dexec_status s;
+    int dt;
 
     *out = NULL;
-    s = dxk_resolve_model(name, path, sizeof path, err, errlen);
+    s = dxk_wdtype_parse(dtype, &dt, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_resolve_model(name, path, sizeof path, err, errlen);
     if (s != DEXEC_OK)
         return s;
     m = calloc(1, sizeof *m);
@@ -249,18 +259,22 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
         dexec_errorf(err, errlen, "out of memory");
         return DEXEC_ENOMEM;
     }
+    m->dtype = dt;
     s = dx_open_backend(device, gpu, &m->be, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_backend_half(m->be, dt, err, errlen);
     if (s == DEXEC_OK && dxk_pipeline_is_dir(path)) {
-        s = dxk_pipeline_open(path, m->be, &m->pipe, err, errlen);
+        s = dxk_pipeline_open(path, m->be, dt, &m->pipe, err, errlen);
         if (s != DEXEC_OK) {
             dxk_model_free(m);
             return s;
         }
         dexec_log(DEXEC_LOG_INFO, "kernels",
                   "model %s: %zu + %zu parameters (transformer + vae decoder), sampler %s, on "
-                  "%s (%s)",
+                  "%s (%s), weights %s",
                   path, m->pipe->dit->params, m->pipe->vae->params,
-                  dxk_sampler_name(m->pipe->sampler), m->be->name, m->be->device_name);
+                  dxk_sampler_name(m->pipe->sampler), m->be->name, m->be->device_name,
+                  dxk_wdtype_name(dt));
         *out = m;
         return DEXEC_OK;
     }
@@ -272,14 +286,15 @@ dexec_status dxk_model_open(const char *name, const char *device, int gpu, dxk_m
         s = dxk_vocab_load(m->st, cfg.num_classes, &m->vocab, err, errlen);
     if (s == DEXEC_OK)
         s = dx_read_sizes(m, &cfg, err, errlen);
+    cfg.dtype = dt;
     if (s == DEXEC_OK)
         s = dxk_dit_load(m->st, &cfg, m->be, &m->dit, err, errlen);
     if (s != DEXEC_OK) {
         dxk_model_free(m);
         return s;
     }
-    dexec_log(DEXEC_LOG_INFO, "kernels", "model %s: %zu parameters on %s (%s)", path,
-              m->dit->params, m->be->name, m->be->device_name);
+    dexec_log(DEXEC_LOG_INFO, "kernels", "model %s: %zu parameters on %s (%s), weights %s",
+              path, m->dit->params, m->be->name, m->be->device_name, dxk_wdtype_name(dt));
     *out = m;
     return DEXEC_OK;
 }
@@ -301,6 +316,11 @@ void dxk_model_free(dxk_model *m)
 const char *dxk_model_device(const dxk_model *m)
 {
     return m->be->name;
+}
+
+const char *dxk_model_dtype(const dxk_model *m)
+{
+    return dxk_wdtype_name(m->dtype);
 }
 
 static double dx_now(void)
@@ -874,13 +894,16 @@ dexec_value *dxk_model_info(const dxk_model *m)
     }
     bad |= dexec_value_map_set(v, "path", dexec_value_str(m->path));
     bad |= dexec_value_map_set(v, "device", dexec_value_str(m->be->name));
+    bad |= dexec_value_map_set(v, "dtype", dexec_value_str(dxk_wdtype_name(m->dtype)));
     bad |= dexec_value_map_set(v, "device_name", dexec_value_str(m->be->device_name));
     if (m->pipe != NULL) {
         const dxk_pipeline *p = m->pipe;
-        size_t params = p->dit->params + p->vae->params;
+        const size_t params = p->dit->params + p->vae->params;
+        const size_t half = p->dit->half_params + p->vae->half_params;
 
         bad |= dx_set_int(v, "parameters", (int64_t)params);
-        bad |= dx_set_int(v, "bytes", (int64_t)(params * sizeof(float)));
+        /* float32, but for the weights kept in half precision */
+        bad |= dx_set_int(v, "bytes", (int64_t)((params - half) * sizeof(float) + half * 2));
         bad |= dx_set_int(v, "image_size", p->image_size);
         bad |= dx_set_int(v, "channels", p->vae->cfg.out_channels);
         bad |= dx_set_int(v, "default_steps", p->default_steps);
@@ -892,7 +915,9 @@ dexec_value *dxk_model_info(const dxk_model *m)
         bad |= dexec_value_map_set(v, "metadata", dexec_value_clone(p->tst->metadata));
     } else {
         bad |= dx_set_int(v, "parameters", (int64_t)m->dit->params);
-        bad |= dx_set_int(v, "bytes", (int64_t)(m->dit->params * sizeof(float)));
+        bad |= dx_set_int(v, "bytes", (int64_t)((m->dit->params - m->dit->half_params) *
+                                                     sizeof(float) +
+                                                 m->dit->half_params * 2));
         bad |= dx_set_int(v, "image_size", c->image_size);
         bad |= dx_set_int(v, "channels", c->in_channels);
         bad |= dx_set_int(v, "default_steps", c->default_steps);

@@ -77,4 +77,23 @@ int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, con
  * device and the missing op. */
 dexec_status dxk_backend_latent_ops(const dxk_backend *be, char *err, size_t errlen);
 
+/* The configuration's dtype ("float32", "float16", "bfloat16") as a
+ * DEXEC_DTYPE_* value; DEXEC_EINVAL names the accepted ones. */
+dexec_status dxk_wdtype_parse(const char *name, int *out, char *err, size_t errlen);
+const char *dxk_wdtype_name(int dtype);
+
+/* DEXEC_OK when be can keep weights in dtype (always for DEXEC_DTYPE_F32;
+ * the 1.3 ops of <dexec/device.h> otherwise). DEXEC_ENOTSUP with what to
+ * do: on the CPU, which computes in float32 only, "dtype = \"float16\"
+ * is not supported on the CPU: ...". */
+dexec_status dxk_backend_half(const dxk_backend *be, int dtype, char *err, size_t errlen);
+
+/* n host floats kept on be as a weight of dtype (upload_half), appended
+ * to the list of buffers (*list, *count) its owner releases with
+ * be->release. DEXEC_ENOMEM (or the device's error) with err saying what
+ * failed, without the tensor's name (the caller adds it). */
+dexec_status dxk_upload_half(dxk_backend *be, const float *host, size_t n, int dtype,
+                             float ***list, size_t *count, const void **out, char *err,
+                             size_t errlen);
+
 #endif

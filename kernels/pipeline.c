@@ -190,8 +190,8 @@ static dexec_status dx_scheduler(dxk_pipeline *p, char *err, size_t errlen)
     return s;
 }
 
-dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, dxk_pipeline **out, char *err,
-                               size_t errlen)
+dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, int dtype, dxk_pipeline **out,
+                               char *err, size_t errlen)
 {
     char path[4096], *text = NULL;
     dxk_dit_config dc;
@@ -203,6 +203,8 @@ dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, dxk_pipeline **
 
     *out = NULL;
     s = dxk_backend_latent_ops(be, err, errlen);
+    if (s == DEXEC_OK)
+        s = dxk_backend_half(be, dtype, err, errlen);
     if (s != DEXEC_OK)
         return s;
     p = calloc(1, sizeof *p);
@@ -258,6 +260,7 @@ dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, dxk_pipeline **
     }
     if (s == DEXEC_OK)
         s = dx_scheduler(p, err, errlen);
+    dc.dtype = vc.dtype = dtype;
     if (s == DEXEC_OK)
         s = dx_open_weights(dir, "transformer", &p->tst, err, errlen);
     if (s == DEXEC_OK)

@@ -48,9 +48,12 @@ int dxk_pipeline_is_dir(const char *path);
  * DEXEC_ENOTFOUND (a file missing), DEXEC_EINVAL (malformed, or tensors
  * that disagree with config.json), DEXEC_ENOTSUP (a sharded checkpoint, a
  * beta schedule other than linear 1e-4..0.02 over 1000 steps, a device
- * without the ops). *out is the caller's (dxk_pipeline_free). */
-dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, dxk_pipeline **out, char *err,
-                               size_t errlen);
+ * without the ops or, for a dtype other than DEXEC_DTYPE_F32, without
+ * half-precision weights: dxk_backend_half). dtype is how the transformer's
+ * and the decoder's weight matrices are kept on be (dxk_dit_config.dtype).
+ * *out is the caller's (dxk_pipeline_free). */
+dexec_status dxk_pipeline_open(const char *dir, dxk_backend *be, int dtype, dxk_pipeline **out,
+                               char *err, size_t errlen);
 void dxk_pipeline_free(dxk_pipeline *p);
 
 #endif

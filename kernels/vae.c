@@ -169,6 +169,23 @@ static const float *dx_vtake(dx_vload *ld, const char *name, int ndim, const int
     return buf;
 }
 
+/* n host floats (NULL after a failure) kept in half precision (cfg.dtype) */
+static const void *dx_vhalf(dx_vload *ld, const float *host, size_t n, const char *name)
+{
+    const void *buf = NULL;
+    char why[320];
+
+    if (ld->s != DEXEC_OK || host == NULL)
+        return NULL;
+    ld->s = dxk_upload_half(ld->v->be, host, n, ld->v->cfg.dtype, &ld->v->uploads,
+                            &ld->v->nuploads, &buf, why, sizeof why);
+    if (ld->s != DEXEC_OK)
+        dexec_errorf(ld->err, ld->errlen, "%s: tensor '%s': %s", ld->st->path, name, why);
+    else
+        ld->v->half_params += n;
+    return buf;
+}
+
 static void dx_take_conv(dx_vload *ld, dxk_conv *c, const char *prefix, int cout, int cin, int k)
 {
     char name[160];
@@ -178,7 +195,14 @@ static void dx_take_conv(dx_vload *ld, dxk_conv *c, const char *prefix, int cout
     c->cout = cout;
     c->k = k;
     snprintf(name, sizeof name, "%s.weight", prefix);
-    c->w = dx_vtake(ld, name, 4, ws);
+    if (ld->v->cfg.dtype == DEXEC_DTYPE_F32) {
+        c->w = dx_vtake(ld, name, 4, ws);
+    } else {
+        ld->host_only = 1;
+        c->w = NULL;
+        c->h = dx_vhalf(ld, dx_vtake(ld, name, 4, ws), (size_t)cout * cin * k * k, name);
+        ld->host_only = 0;
+    }
     snprintf(name, sizeof name, "%s.bias", prefix);
     c->b = dx_vtake(ld, name, 1, bs);
 }
@@ -223,6 +247,7 @@ static void dx_take_attention(dx_vload *ld, int C)
     const float *w[3], *b[3];
     char name[160];
     float *fw, *fb, **grown;
+    const int half = ld->v->cfg.dtype;
     int old, i;
 
     snprintf(name, sizeof name, "%s.to_q.weight", pre);
@@ -238,7 +263,14 @@ static void dx_take_attention(dx_vload *ld, int C)
     }
     ld->host_only = 0;
     snprintf(name, sizeof name, "%s.%s.weight", pre, names[old][3]);
-    ld->v->attn_out.w = dx_vtake(ld, name, 2, ws);
+    ld->v->attn_out.dtype = ld->v->attn_qkv.dtype = half;
+    if (!half) {
+        ld->v->attn_out.w = dx_vtake(ld, name, 2, ws);
+    } else {
+        ld->host_only = 1;
+        ld->v->attn_out.h = dx_vhalf(ld, dx_vtake(ld, name, 2, ws), (size_t)C * C, name);
+        ld->host_only = 0;
+    }
     snprintf(name, sizeof name, "%s.%s.bias", pre, names[old][3]);
     ld->v->attn_out.b = dx_vtake(ld, name, 1, bs);
     if (ld->s != DEXEC_OK)
@@ -250,24 +282,39 @@ static void dx_take_attention(dx_vload *ld, int C)
         return;
     }
     ld->v->uploads = grown;
-    fw = be->alloc(be, (size_t)3 * C * C);
+    fw = half ? malloc((size_t)3 * C * C * sizeof *fw) : be->alloc(be, (size_t)3 * C * C);
     fb = be->alloc(be, (size_t)3 * C);
     if (fw == NULL || fb == NULL) {
-        be->release(be, fw);
+        if (half)
+            free(fw);
+        else
+            be->release(be, fw);
         be->release(be, fb);
         dexec_errorf(ld->err, ld->errlen, "%s: the attention weights: %s: out of memory",
-                     ld->st->path, be->name);
+                     ld->st->path, half ? "host" : be->name);
         ld->s = DEXEC_ENOMEM;
         return;
     }
-    ld->v->uploads[ld->v->nuploads++] = fw;
+    if (!half)
+        ld->v->uploads[ld->v->nuploads++] = fw;
     ld->v->uploads[ld->v->nuploads++] = fb;
     for (i = 0; i < 3; i++) {
-        be->upload(be, fw + (size_t)i * C * C, w[i], (size_t)C * C);
+        if (half)
+            memcpy(fw + (size_t)i * C * C, w[i], (size_t)C * C * sizeof *fw);
+        else
+            be->upload(be, fw + (size_t)i * C * C, w[i], (size_t)C * C);
         be->upload(be, fb + (size_t)i * C, b[i], (size_t)C);
     }
-    ld->v->attn_qkv.w = fw;
     ld->v->attn_qkv.b = fb;
+    if (!half) {
+        ld->v->attn_qkv.w = fw;
+        return;
+    }
+    /* the fused host copy, converted and uploaded once */
+    snprintf(name, sizeof name, "%s.%s/%s/%s.weight", pre, names[old][0], names[old][1],
+             names[old][2]);
+    ld->v->attn_qkv.h = dx_vhalf(ld, fw, (size_t)3 * C * C, name);
+    free(fw);
 }
 
 dexec_status dxk_vae_load(const dxk_safetensors *st, const dxk_vae_config *cfg, dxk_backend *be,
@@ -383,7 +430,21 @@ typedef struct dx_vws {
 
 static void dx_conv(dxk_vae *v, float *y, const float *x, const dxk_conv *c, int B, int H, int W)
 {
-    v->be->conv2d(v->be, y, x, c->w, c->b, B, c->cin, H, W, c->cout, c->k);
+    if (c->h != NULL)
+        v->be->conv2d_half(v->be, y, x, c->h, v->cfg.dtype, c->b, B, c->cin, H, W, c->cout,
+                           c->k);
+    else
+        v->be->conv2d(v->be, y, x, c->w, c->b, B, c->cin, H, W, c->cout, c->k);
+}
+
+/* y (=, or += with pre->acc) conv(pre(x)) in one pass where the CPU
+ * backend can (dxk_cpu_conv3, F32 weights); 0 when the caller must run
+ * the ops one by one */
+static int dx_conv_fused(dxk_vae *v, float *y, const float *x, const dxk_conv *c, int B, int H,
+                         int W, const dxk_conv_pre *pre)
+{
+    return c->w != NULL &&
+           dxk_cpu_conv3(v->be, y, x, c->w, c->b, B, c->cin, H, W, c->cout, pre);
 }
 
 /* x = x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), the shortcut convolved when
@@ -399,18 +460,18 @@ static void dx_resnet(dxk_vae *v, dx_vws *w, const dxk_resnet *r, int B, int H, 
     const dxk_conv_pre p2 = {r->norm2.g, r->norm2.b, G, 1, DX_GN_EPS, 0, 1};
     float *tmp;
 
-    if (!dxk_cpu_conv3(be, w->t, w->x, r->conv1.w, r->conv1.b, B, ci, H, W, co, &p1)) {
+    if (!dx_conv_fused(v, w->t, w->x, &r->conv1, B, H, W, &p1)) {
         be->group_norm(be, w->h, w->x, r->norm1.g, r->norm1.b, B, ci, HW, G, DX_GN_EPS, 1);
         dx_conv(v, w->t, w->h, &r->conv1, B, H, W);
     }
-    if (r->shortcut.w != NULL) {
+    if (r->shortcut.k != 0) {
         dx_conv(v, w->h, w->x, &r->shortcut, B, H, W);
         tmp = w->x;
         w->x = w->h;
         w->h = tmp;
     }
     /* x += conv2(SiLU(GN(t))) */
-    if (!dxk_cpu_conv3(be, w->x, w->t, r->conv2.w, r->conv2.b, B, co, H, W, co, &p2)) {
+    if (!dx_conv_fused(v, w->x, w->t, &r->conv2, B, H, W, &p2)) {
         be->group_norm(be, w->t, w->t, r->norm2.g, r->norm2.b, B, co, HW, G, DX_GN_EPS, 1);
         dx_conv(v, w->h, w->t, &r->conv2, B, H, W);
         be->euler(be, w->x, w->h, 1.0f, (size_t)B * co * HW);
@@ -426,9 +487,9 @@ static void dx_attention(dxk_vae *v, dx_vws *w, int B, int H, int W)
     be->group_norm(be, w->h, w->x, v->attn_norm.g, v->attn_norm.b, B, C, T, v->cfg.groups,
                    DX_GN_EPS, 0);
     be->patchify(be, w->t, w->h, B, C, H, W, 1); /* [B,C,T] -> [B,T,C] */
-    be->linear(be, w->qkv, w->t, v->attn_qkv.w, v->attn_qkv.b, B * T, 3 * C, C);
+    dxk_linear_run(be, w->qkv, w->t, &v->attn_qkv, B * T, 3 * C, C);
     be->attention(be, w->h, w->qkv, w->scratch, B, T, 1, C);
-    be->linear(be, w->t, w->h, v->attn_out.w, v->attn_out.b, B * T, C, C);
+    dxk_linear_run(be, w->t, w->h, &v->attn_out, B * T, C, C);
     be->unpatchify(be, w->h, w->t, B, C, H, W, 1);
     be->euler(be, w->x, w->h, 1.0f, (size_t)B * C * T);
 }
@@ -510,8 +571,7 @@ dexec_status dxk_vae_decode(dxk_vae *v, const float *z, int B, int h, int w, flo
             W *= 2;
             /* on the CPU backend the upsampling is done as the
              * convolution reads its input (dxk_cpu_conv3) */
-            if (dxk_cpu_conv3(be, ws.t, ws.x, v->up[i].w, v->up[i].b, B, v->up[i].cin, H, W,
-                              v->up[i].cout, &up)) {
+            if (dx_conv_fused(v, ws.t, ws.x, &v->up[i], B, H, W, &up)) {
                 tmp = ws.x;
                 ws.x = ws.t;
                 ws.t = tmp;
@@ -526,8 +586,7 @@ dexec_status dxk_vae_decode(dxk_vae *v, const float *z, int B, int h, int w, flo
          * convolution there: 3 channels out) */
         const dxk_conv_pre po = {v->norm_out.g, v->norm_out.b, c->groups, 1, DX_GN_EPS, 0, 0};
 
-        if (!dxk_cpu_conv3(be, ws.h, ws.x, v->conv_out.w, v->conv_out.b, B,
-                           v->conv_out.cin, H, W, v->conv_out.cout, &po)) {
+        if (!dx_conv_fused(v, ws.h, ws.x, &v->conv_out, B, H, W, &po)) {
             be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B,
                            c->block_out_channels[0], H * W, c->groups, DX_GN_EPS, 1);
             dx_conv(v, ws.x, ws.h, &v->conv_out, B, H, W);

@@ -24,11 +24,14 @@ typedef struct dxk_vae_config {
     int mid_attention;     /* mid_block_add_attention */
     int post_quant_conv;   /* use_post_quant_conv */
     double scaling_factor; /* latents are divided by it before decoding */
+    int dtype; /* the convolution and attention weights on the device: DEXEC_DTYPE_F32
+                  (0, what dxk_vae_config_json sets) or F16/BF16 (upload_half) */
 } dxk_vae_config;
 
 typedef struct dxk_conv {
     const float *w, *b; /* [Cout, Cin, k, k], [Cout] */
-    int cin, cout, k;
+    const void *h;      /* half precision (cfg.dtype): the weight, and w NULL */
+    int cin, cout, k;   /* k 0: absent (a resnet without shortcut) */
 } dxk_conv;
 
 typedef struct dxk_norm {
@@ -52,6 +55,7 @@ typedef struct dxk_vae {
     float **uploads;
     size_t nuploads;
     size_t params;
+    size_t half_params; /* of which kept in half precision (cfg.dtype) */
 } dxk_vae;
 
 /* Reads vae/config.json (path names it in errors): block_out_channels,

@@ -3,7 +3,8 @@
 #
 #   serve_setup NAME       a scratch directory $tmp (/tmp/dexec-NAME.XXXXXX)
 #                          and an EXIT trap that kills every pid in $pids
-#                          and removes $tmp; status=0 and fail MESSAGE
+#                          and removes $tmp (after showing the servers'
+#                          logs if status is not 0); status=0 and fail MESSAGE
 #                          (prints FAIL: MESSAGE, sets status=1)
 #   serve_start NAME ARGS  starts `dexec serve -l 127.0.0.1:0 ARGS` in the
 #                          background (stdout $tmp/NAME.out, stderr
@@ -12,10 +13,21 @@
 #                          fails and returns 1 if the server exits or says
 #                          nothing within 60 s
 
+# on a failure, the servers' logs are shown before they are removed
+serve_cleanup() {
+    for p in $pids; do kill -9 "$p" 2>/dev/null; done
+    if [ "$status" -ne 0 ]; then
+        for f in "$tmp"/*.err; do
+            [ -s "$f" ] && { echo "--- last lines of $f:"; tail -n 25 "$f"; }
+        done
+    fi
+    rm -rf "$tmp"
+}
+
 serve_setup() {
     tmp=$(mktemp -d "/tmp/dexec-$1.XXXXXX") || exit 99
     pids=
-    trap 'for p in $pids; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+    trap serve_cleanup EXIT
     unset DEXEC_CONFIG
     export OPENBLAS_NUM_THREADS=1
     status=0

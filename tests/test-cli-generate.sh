@@ -211,6 +211,21 @@ expect_in err "$tmp/m.safetensors: the model file changed on disk while in use"
 grep -F "signal" "$tmp/err" >/dev/null && fail "truncated model: the worker died of a signal"
 [ ! -e "$tmp/t.png" ] || fail "truncated model: an image was written"
 
+# half-precision weights are CUDA's: the CPU refuses them (exit 1, the
+# engine's ENOTSUP text), never a silent float32
+for dt in float16 bfloat16; do
+    "$cli" generate --device cpu --dtype "$dt" -m "$DEXEC_TEST_SRCDIR/golden/published" \
+        -p "golden retriever" -s 4 --steps 3 -o "$tmp/h.png" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 1 ] || fail "--dtype $dt on the cpu: exit status $rc, expected 1"
+    expect_in err "dexec: dtype = \"$dt\" is not supported on the CPU: the CPU backend computes in float32 (float16 and bfloat16 files are converted to float32 when loaded); use dtype = \"float32\" (the default), or device = \"cuda\""
+    [ ! -e "$tmp/h.png" ] || fail "--dtype $dt on the cpu: an image was written"
+done
+"$cli" generate --dtype float64 -p sneaker -o "$tmp/h.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -ne 0 ] || fail "--dtype float64: exit status 0"
+expect_in err 'dexec: dtype: "float64" is not one of: float32, float16, bfloat16'
+
 # 7. a published latent model: a diffusers pipeline directory (the reduced
 # golden DiT + VAE of contrib/published) gives RGB images of its size
 "$cli" generate --device cpu -m "$DEXEC_TEST_SRCDIR/golden/published" -p "golden retriever" \

@@ -205,6 +205,7 @@ static void assert_default_values(const dexec_config *cfg)
     } strings[] = {
         {"model", "fashion-dit"},
         {"device", "auto"},
+        {"dtype", "float32"},
         {"distributed_executor_backend", "mp"},
         {"log_level", "warn"},
         {"token_file", ""},
@@ -819,7 +820,7 @@ START_TEST(test_key_info)
         n++;
     }
     /* the core's keys; discovery.redis.* are the redis_discovery plugin's */
-    ck_assert_uint_eq(n, 49);
+    ck_assert_uint_eq(n, 50);
     ck_assert_int_eq(dexec_config_key_info(n, &key, NULL, NULL, NULL, NULL), DEXEC_ENOTFOUND);
 }
 END_TEST

@@ -7,7 +7,10 @@
  * ln_modulate_eps) are compared the same way, and the published pipeline
  * of tests/golden/published runs on CUDA against the PyTorch twin's
  * golden tensors (forward, VAE decode) and the CPU backend (guided
- * forward).
+ * forward). Half-precision weights (the 1.3 ops linear_half, conv2d_half,
+ * upload_half) are compared with float32 within the tolerances stated at
+ * test_half_linear, and the golden pipeline with float16 and bfloat16
+ * weights against float32 (test_half_pipeline).
  * The CUDA backend is the device plugin dexec_cuda.so, loaded the way the
  * worker loads it (kernels/backend.c, through $DEXEC_PLUGIN_PATH).
  *
@@ -508,7 +511,8 @@ START_TEST(test_published_pipeline)
     tk_golden_path(path, sizeof path, "published-io.safetensors");
     ck_assert_msg(dxk_st_open(path, &io, err, sizeof err) == DEXEC_OK, "%s", err);
     tk_golden_path(dir, sizeof dir, "published");
-    ck_assert_msg(dxk_pipeline_open(dir, gpu, &pl, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dxk_pipeline_open(dir, gpu, DEXEC_DTYPE_F32, &pl, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
     x = pub_get(io, "fwd.x", nx);
     t = pub_get(io, "fwd.t", 2);
     y = pub_get(io, "fwd.y", 2);
@@ -534,7 +538,9 @@ START_TEST(test_published_pipeline)
         float *gc = hbuf(8 * 64);
 
         ck_assert_msg(dxk_backend_cpu(&cb, err, sizeof err) == DEXEC_OK, "%s", err);
-        ck_assert_msg(dxk_pipeline_open(dir, cb, &cp, err, sizeof err) == DEXEC_OK, "%s", err);
+        ck_assert_msg(dxk_pipeline_open(dir, cb, DEXEC_DTYPE_F32, &cp, err, sizeof err) ==
+                          DEXEC_OK,
+                      "%s", err);
         ck_assert_msg(dxk_dit_ws_alloc(cp->dit, 2, 8, 8, &cws, err, sizeof err) == DEXEC_OK, "%s",
                       err);
         ck_assert_msg(dxk_latent_guided(pl->dit, ws, x, 500.0, 3, 10, 4.0, 3, g, err,
@@ -564,6 +570,271 @@ START_TEST(test_published_pipeline)
     free(v);
     free(g);
     free(img);
+}
+END_TEST
+
+/* ---- half-precision weights (dtype float16 / bfloat16, the 1.3 ops) ---- */
+
+/* Tolerances, relative to the output's largest value: against float32 on
+ * the unrounded operands, what the types' rounding allows (float16 keeps
+ * 11 significant bits, bfloat16 8: ~5e-4 and ~4e-3 per operand) with
+ * room; against the CPU on the operands rounded the same way (the GPU
+ * rounds x itself), accumulation order only. */
+static const int half_types[2] = {DEXEC_DTYPE_F16, DEXEC_DTYPE_BF16};
+static const double half_tol[2] = {4e-3, 3e-2};
+#define HALF_TOL_ROUNDED 1e-3
+
+static float *rounded(const float *x, size_t n, int dtype)
+{
+    float *r = hbuf(n);
+
+    for (size_t i = 0; i < n; i++)
+        r[i] = tk_round_to(x[i], dtype);
+    return r;
+}
+
+/* The GPU buffer y (n floats) against the host references: asserts both
+ * tolerances, names what. */
+static void half_check(pair *p, const float *yg, size_t n, const float *ref32,
+                       const float *ref_rounded, int ti, const char *what)
+{
+    float *g = hbuf(n);
+    char err[512];
+    double e32, er;
+
+    p->gpu->download(p->gpu, g, yg, n);
+    ck_assert_msg(p->gpu->sync(p->gpu, err, sizeof err) == DEXEC_OK, "%s: %s", what, err);
+    e32 = tk_rel_err_f(g, ref32, n);
+    er = tk_rel_err_f(g, ref_rounded, n);
+    ck_assert_msg(e32 <= half_tol[ti], "%s %s: vs float32 relative error %g > %g", what,
+                  ti ? "bfloat16" : "float16", e32, half_tol[ti]);
+    ck_assert_msg(er <= HALF_TOL_ROUNDED,
+                  "%s %s: vs the CPU on rounded operands relative error %g > %g", what,
+                  ti ? "bfloat16" : "float16", er, HALF_TOL_ROUNDED);
+    free(g);
+}
+
+START_TEST(test_half_linear)
+{
+    static const int sizes[][3] = {{1, 1, 1},        {7, 13, 5},      {33, 17, 300},
+                                   {512, 1152, 384}, {512, 384, 1536}};
+    pair p;
+    uint64_t rs = 71;
+
+    pair_open(&p);
+    for (int ti = 0; ti < 2; ti++)
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            for (int withb = 0; withb < 2; withb++) {
+                const int M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+                const int t = half_types[ti];
+                float *hx = hbuf((size_t)M * K), *hw = hbuf((size_t)N * K), *hb = hbuf(N);
+                float *y32 = hbuf((size_t)M * N), *yr = hbuf((size_t)M * N), *xr, *wr;
+                float *xg = p.gpu->alloc(p.gpu, (size_t)M * K), *bg = p.gpu->alloc(p.gpu, N);
+                float *yg = p.gpu->alloc(p.gpu, (size_t)M * N);
+                void *wg;
+                char what[64];
+
+                tk_fill(&rs, hx, (size_t)M * K, -1, 1);
+                tk_fill(&rs, hw, (size_t)N * K, -0.1f, 0.1f);
+                tk_fill(&rs, hb, N, -1, 1);
+                xr = rounded(hx, (size_t)M * K, t);
+                wr = rounded(hw, (size_t)N * K, t);
+                ck_assert_ptr_nonnull(xg);
+                ck_assert_ptr_nonnull(yg);
+                p.gpu->upload(p.gpu, xg, hx, (size_t)M * K);
+                p.gpu->upload(p.gpu, bg, hb, N);
+                wg = p.gpu->upload_half(p.gpu, hw, (size_t)N * K, t);
+                ck_assert_ptr_nonnull(wg);
+                /* the CPU backend's buffers are host memory */
+                p.cpu->linear(p.cpu, y32, hx, hw, withb ? hb : NULL, M, N, K);
+                p.cpu->linear(p.cpu, yr, xr, wr, withb ? hb : NULL, M, N, K);
+                p.gpu->linear_half(p.gpu, yg, xg, wg, t, withb ? bg : NULL, M, N, K);
+                snprintf(what, sizeof what, "linear_half %dx%dx%d bias %d", M, N, K, withb);
+                half_check(&p, yg, (size_t)M * N, y32, yr, ti, what);
+                p.gpu->release(p.gpu, xg);
+                p.gpu->release(p.gpu, bg);
+                p.gpu->release(p.gpu, yg);
+                p.gpu->release(p.gpu, (float *)wg);
+                free(hx);
+                free(hw);
+                free(hb);
+                free(xr);
+                free(wr);
+                free(y32);
+                free(yr);
+            }
+    pair_close(&p);
+}
+END_TEST
+
+START_TEST(test_half_conv2d)
+{
+    /* {B, Cin, H, W, Cout, k}: borders, a 1x1 (rounded through the panel
+     * too), the autoencoder's 512-channel mid block */
+    static const int shapes[][6] = {{1, 1, 1, 1, 1, 1}, {2, 3, 5, 7, 4, 3}, {2, 5, 6, 1, 3, 3},
+                                    {2, 8, 9, 11, 16, 1}, {1, 512, 16, 16, 512, 3}};
+    pair p;
+    uint64_t rs = 73;
+
+    pair_open(&p);
+    for (int ti = 0; ti < 2; ti++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int withb = 0; withb < 2; withb++) {
+                const int B = shapes[s][0], Ci = shapes[s][1], H = shapes[s][2];
+                const int W = shapes[s][3], Co = shapes[s][4], k = shapes[s][5];
+                const int t = half_types[ti];
+                const size_t nx = (size_t)B * Ci * H * W, nw = (size_t)Co * Ci * k * k;
+                const size_t ny = (size_t)B * Co * H * W;
+                float *hx = hbuf(nx), *hw = hbuf(nw), *hb = hbuf(Co), *y32 = hbuf(ny);
+                float *yr = hbuf(ny), *xr, *wr;
+                float *xg = p.gpu->alloc(p.gpu, nx), *bg = p.gpu->alloc(p.gpu, Co);
+                float *yg = p.gpu->alloc(p.gpu, ny);
+                void *wg;
+                char what[96];
+
+                tk_fill(&rs, hx, nx, -1, 1);
+                tk_fill(&rs, hw, nw, -0.1f, 0.1f);
+                tk_fill(&rs, hb, Co, -1, 1);
+                xr = rounded(hx, nx, t);
+                wr = rounded(hw, nw, t);
+                ck_assert_ptr_nonnull(yg);
+                p.gpu->upload(p.gpu, xg, hx, nx);
+                p.gpu->upload(p.gpu, bg, hb, Co);
+                wg = p.gpu->upload_half(p.gpu, hw, nw, t);
+                ck_assert_ptr_nonnull(wg);
+                p.cpu->conv2d(p.cpu, y32, hx, hw, withb ? hb : NULL, B, Ci, H, W, Co, k);
+                p.cpu->conv2d(p.cpu, yr, xr, wr, withb ? hb : NULL, B, Ci, H, W, Co, k);
+                p.gpu->conv2d_half(p.gpu, yg, xg, wg, t, withb ? bg : NULL, B, Ci, H, W, Co, k);
+                snprintf(what, sizeof what, "conv2d_half B=%d %d->%d %dx%d k=%d bias %d", B, Ci,
+                         Co, H, W, k, withb);
+                half_check(&p, yg, ny, y32, yr, ti, what);
+                p.gpu->release(p.gpu, xg);
+                p.gpu->release(p.gpu, bg);
+                p.gpu->release(p.gpu, yg);
+                p.gpu->release(p.gpu, (float *)wg);
+                free(hx);
+                free(hw);
+                free(hb);
+                free(xr);
+                free(wr);
+                free(y32);
+                free(yr);
+            }
+    pair_close(&p);
+}
+END_TEST
+
+/* upload_half's refusals: a type it does not know, and weights float16
+ * cannot hold (they would be inf), each the device's sticky error. */
+START_TEST(test_half_errors)
+{
+    const float big[3] = {1.0f, -70000.0f, 2.0f};
+    dxk_backend *be;
+    char err[512];
+
+    ck_assert_msg(dxk_backend_cuda(0, &be, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_ptr_null(be->upload_half(be, big, 3, DEXEC_DTYPE_F16));
+    ck_assert_int_eq(be->sync(be, err, sizeof err), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "cuda gpu 0: 1 of 3 weights are beyond float16's range (+-65504; the "
+                          "largest is 70000): use dtype = \"bfloat16\" or \"float32\" for this "
+                          "model");
+    dxk_backend_free(be);
+    ck_assert_msg(dxk_backend_cuda(0, &be, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_ptr_nonnull(be->upload_half(be, big, 3, DEXEC_DTYPE_BF16)); /* bfloat16: fine */
+    ck_assert_ptr_null(be->upload_half(be, big, 3, 7));
+    ck_assert_int_eq(be->sync(be, err, sizeof err), DEXEC_EINVAL);
+    ck_assert_str_eq(err, "cuda gpu 0: upload_half: dtype 7 is neither float16 (1) nor bfloat16 "
+                          "(2)");
+    dxk_backend_free(be);
+}
+END_TEST
+
+/* The golden pipeline with half-precision weights on the GPU against
+ * float32 on the CPU: one forward of the transformer and one decode, the
+ * tolerances of the emulated run in test-published (float16 1e-2,
+ * bfloat16 5e-2 relative to the output's largest value; that run measured
+ * 1.0e-3 and 9.1e-3), and more than 1e-6 (the half path ran). Also the
+ * whole model API: dxk_model_open_dtype on "cuda" reports its dtype. */
+START_TEST(test_half_pipeline)
+{
+    static const double tol[2] = {1e-2, 5e-2};
+    const size_t nx = 2 * 4 * 8 * 8, nv = 2 * 8 * 8 * 8;
+    char dir[1024], path[1024], err[1024];
+    dxk_backend *gpu = NULL, *cb = NULL;
+    dxk_safetensors *io = NULL;
+    dxk_pipeline *cp = NULL;
+    dxk_dit_ws *cws = NULL;
+    const float *x, *t, *y, *z;
+    float *vc = hbuf(nv), *imc = hbuf(768);
+    double tt[2];
+    int yy[2];
+
+    tk_golden_path(path, sizeof path, "published-io.safetensors");
+    ck_assert_msg(dxk_st_open(path, &io, err, sizeof err) == DEXEC_OK, "%s", err);
+    tk_golden_path(dir, sizeof dir, "published");
+    x = pub_get(io, "fwd.x", nx);
+    t = pub_get(io, "fwd.t", 2);
+    y = pub_get(io, "fwd.y", 2);
+    z = pub_get(io, "vae.z", 256);
+    tt[0] = t[0];
+    tt[1] = t[1];
+    yy[0] = (int)y[0];
+    yy[1] = (int)y[1];
+    ck_assert_msg(dxk_backend_cpu(&cb, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dxk_pipeline_open(dir, cb, DEXEC_DTYPE_F32, &cp, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
+    ck_assert_msg(dxk_dit_ws_alloc(cp->dit, 2, 8, 8, &cws, err, sizeof err) == DEXEC_OK, "%s",
+                  err);
+    dxk_dit_forward(cp->dit, cws, vc, x, tt, yy, 2);
+    ck_assert_msg(dxk_vae_decode(cp->vae, z, 1, 8, 8, imc, err, sizeof err) == DEXEC_OK, "%s",
+                  err);
+
+    for (int ti = 0; ti < 2; ti++) {
+        dxk_pipeline *pl = NULL;
+        dxk_dit_ws *ws = NULL;
+        float *v = hbuf(nv), *img = hbuf(768);
+        double ef, ed;
+
+        ck_assert_msg(dxk_backend_cuda(0, &gpu, err, sizeof err) == DEXEC_OK, "%s", err);
+        ck_assert_msg(dxk_pipeline_open(dir, gpu, half_types[ti], &pl, err, sizeof err) ==
+                          DEXEC_OK,
+                      "%s", err);
+        ck_assert_ptr_nonnull(pl->dit->blocks[0].fc1.h);
+        ck_assert_ptr_nonnull(pl->vae->conv_out.h);
+        ck_assert_msg(dxk_dit_ws_alloc(pl->dit, 2, 8, 8, &ws, err, sizeof err) == DEXEC_OK, "%s",
+                      err);
+        dxk_dit_forward(pl->dit, ws, v, x, tt, yy, 2);
+        ck_assert_msg(gpu->sync(gpu, err, sizeof err) == DEXEC_OK, "%s", err);
+        ck_assert_msg(dxk_vae_decode(pl->vae, z, 1, 8, 8, img, err, sizeof err) == DEXEC_OK, "%s",
+                      err);
+        ef = tk_rel_err_f(v, vc, nv);
+        ed = tk_rel_err_f(img, imc, 768);
+        printf("cuda %s weights: forward %.3g, decode %.3g relative to float32 on the cpu\n",
+               ti ? "bfloat16" : "float16", ef, ed);
+        ck_assert_msg(ef <= tol[ti] && ef > 1e-6, "half forward: relative error %g", ef);
+        ck_assert_msg(ed <= tol[ti] && ed > 1e-6, "half decode: relative error %g", ed);
+        dxk_dit_ws_free(pl->dit, ws);
+        dxk_pipeline_free(pl);
+        dxk_backend_free(gpu);
+        free(v);
+        free(img);
+    }
+    {
+        dxk_model *m = NULL;
+
+        ck_assert_msg(dxk_model_open_dtype(dir, "cuda", "bfloat16", 0, &m, err, sizeof err) ==
+                          DEXEC_OK,
+                      "%s", err);
+        ck_assert_str_eq(dxk_model_dtype(m), "bfloat16");
+        ck_assert_str_eq(dxk_model_device(m), "cuda");
+        dxk_model_free(m);
+    }
+    dxk_dit_ws_free(cp->dit, cws);
+    dxk_pipeline_free(cp);
+    dxk_backend_free(cb);
+    dxk_st_close(io);
+    free(vc);
+    free(imc);
 }
 END_TEST
 
@@ -850,6 +1121,10 @@ static Suite *cuda_suite(void)
     tcase_add_test(model, test_golden_sample);
     tcase_add_test(model, test_model_open);
     tcase_add_test(model, test_published_pipeline);
+    tcase_add_test(ops, test_half_linear);
+    tcase_add_test(ops, test_half_conv2d);
+    tcase_add_test(errors, test_half_errors);
+    tcase_add_test(model, test_half_pipeline);
     suite_add_tcase(s, ops);
     suite_add_tcase(s, errors);
     suite_add_tcase(s, model);

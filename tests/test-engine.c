@@ -117,6 +117,41 @@ START_TEST(create_failures)
 }
 END_TEST
 
+/* dtype: a half type is refused at once with device = "cpu" (the CPU
+ * computes in float32), and otherwise checked against what the ranks
+ * say they loaded (get_info's dtype), which testgood cannot tell. */
+START_TEST(create_checks_dtype)
+{
+    dexec_config *cfg = make_config("testgood", 2);
+    dexec_engine *e = (dexec_engine *)&e;
+
+    ck_assert_int_eq(dexec_config_set(cfg, "device", "cpu", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "dtype", "float16", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTSUP);
+    ck_assert_ptr_null(e);
+    ck_assert_str_eq(err, "dtype = \"float16\" is not supported on the CPU: the CPU backend "
+                          "computes in float32 (float16 and bfloat16 files are converted to "
+                          "float32 when loaded); use dtype = \"float32\" (the default), or "
+                          "device = \"cuda\"");
+
+    ck_assert_int_eq(dexec_config_set(cfg, "device", "auto", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_config_set(cfg, "dtype", "bfloat16", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_ENOTFOUND);
+    ck_assert_ptr_null(e);
+    ck_assert_str_eq(err, "dtype = \"bfloat16\": asking the ranks how they loaded the model: "
+                          "rank 0: no method 'get_info'");
+
+    ck_assert_int_ne(dexec_config_set(cfg, "dtype", "float64", err, sizeof(err)), DEXEC_OK);
+    ck_assert_str_eq(err, "dtype: \"float64\" is not one of: float32, float16, bfloat16");
+
+    /* float32, the default, asks the ranks nothing */
+    ck_assert_int_eq(dexec_config_set(cfg, "dtype", "float32", err, sizeof(err)), DEXEC_OK);
+    ck_assert_int_eq(dexec_engine_create(cfg, &e, err, sizeof(err)), DEXEC_OK);
+    dexec_engine_free(e);
+    dexec_config_free(cfg);
+}
+END_TEST
+
 static int progress_calls;
 
 static void count_progress(void *user, size_t request_index, int image_index, int step,
@@ -808,6 +843,7 @@ static Suite *engine_suite(void)
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_add_test(tc, create_and_describe);
     tcase_add_test(tc, create_failures);
+    tcase_add_test(tc, create_checks_dtype);
     tcase_add_test(tc, step_keeps_order);
     tcase_add_test(tc, step_rejects_bad_requests);
     tcase_add_test(tc, last_error_per_thread);

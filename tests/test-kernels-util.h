@@ -81,4 +81,22 @@ static inline void tk_golden_path(char *out, size_t len, const char *name)
     snprintf(out, len, "%s/golden/%s", dir ? dir : ".", name);
 }
 
+/* x rounded to nearest even with the significand of float16 (11 bits,
+ * subnormal below 2^-14) or bfloat16 (8 bits): the values a device's
+ * half types hold (the tests' weights are far from overflow). */
+static inline float tk_round_to(float x, int dtype)
+{
+    int e;
+
+    if (x == 0 || !isfinite(x))
+        return x;
+    frexpf(x, &e); /* |x| = m 2^e, m in [0.5, 1) */
+    if (dtype == 1) { /* DEXEC_DTYPE_F16; else DEXEC_DTYPE_BF16 */
+        if (e < -13)
+            e = -13; /* float16 subnormals: a quantum of 2^-24 */
+        return ldexpf(nearbyintf(ldexpf(x, 11 - e)), e - 11);
+    }
+    return ldexpf(nearbyintf(ldexpf(x, 8 - e)), e - 8);
+}
+
 #endif

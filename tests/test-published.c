@@ -442,7 +442,8 @@ static dxk_pipeline *pipe_open(dxk_backend *be)
     dxk_pipeline *p = NULL;
 
     tk_golden_path(dir, sizeof dir, "published");
-    ck_assert_msg(dxk_pipeline_open(dir, be, &p, err, sizeof err) == DEXEC_OK, "%s", err);
+    ck_assert_msg(dxk_pipeline_open(dir, be, DEXEC_DTYPE_F32, &p, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
     return p;
 }
 
@@ -546,6 +547,202 @@ START_TEST(test_guided_forward)
     dxk_st_close(io);
     dxk_backend_free(be);
     free(out);
+}
+END_TEST
+
+/* ---- half-precision weights (dtype float16 / bfloat16) ----------------- */
+
+/* The CPU backend posing as a device with the 1.3 ops: "half" weights are
+ * float buffers holding values rounded to the type, and linear_half /
+ * conv2d_half round their input the same way before the float32 op. It
+ * runs the loaders' and the model's half-precision paths (what the CUDA
+ * backend gets) where no GPU is. */
+static int emu_uploads;
+
+static void *emu_upload_half(dexec_device *be, const float *src, size_t n, int dtype)
+{
+    float *w = be->alloc(be, n);
+
+    ck_assert_ptr_nonnull(w);
+    ck_assert(dtype == DEXEC_DTYPE_F16 || dtype == DEXEC_DTYPE_BF16);
+    for (size_t i = 0; i < n; i++)
+        w[i] = tk_round_to(src[i], dtype);
+    emu_uploads++;
+    return w;
+}
+
+static float *emu_round(const float *x, size_t n, int dtype)
+{
+    float *r = fbuf(n);
+
+    for (size_t i = 0; i < n; i++)
+        r[i] = tk_round_to(x[i], dtype);
+    return r;
+}
+
+static void emu_linear_half(dexec_device *be, float *y, const float *x, const void *w, int dtype,
+                            const float *b, int M, int N, int K)
+{
+    float *xr = emu_round(x, (size_t)M * K, dtype);
+
+    be->linear(be, y, xr, (const float *)w, b, M, N, K);
+    free(xr);
+}
+
+static void emu_conv2d_half(dexec_device *be, float *y, const float *x, const void *w, int dtype,
+                            const float *b, int B, int Cin, int H, int W, int Cout, int k)
+{
+    float *xr = emu_round(x, (size_t)B * Cin * H * W, dtype);
+
+    be->conv2d(be, y, xr, (const float *)w, b, B, Cin, H, W, Cout, k);
+    free(xr);
+}
+
+static dxk_backend *emu(void)
+{
+    dxk_backend *be = cpu();
+
+    be->name = "emu";
+    be->upload_half = emu_upload_half;
+    be->linear_half = emu_linear_half;
+    be->conv2d_half = emu_conv2d_half;
+    return be;
+}
+
+static double half_forward_err(dxk_pipeline *p, dxk_pipeline *ref, const dxk_safetensors *io)
+{
+    const size_t nx = 2 * 4 * 8 * 8, nv = 2 * 8 * 8 * 8;
+    const float *x = io_get(io, "fwd.x", nx), *t = io_get(io, "fwd.t", 2);
+    const float *y = io_get(io, "fwd.y", 2);
+    double tt[2] = {t[0], t[1]}, e;
+    int yy[2] = {(int)y[0], (int)y[1]};
+    dxk_pipeline *both[2] = {p, ref};
+    float *v[2] = {fbuf(nv), fbuf(nv)};
+    char err[512];
+
+    for (int i = 0; i < 2; i++) {
+        dxk_dit_ws *ws = NULL;
+
+        ck_assert_msg(dxk_dit_ws_alloc(both[i]->dit, 2, 8, 8, &ws, err, sizeof err) == DEXEC_OK,
+                      "%s", err);
+        dxk_dit_forward(both[i]->dit, ws, v[i], x, tt, yy, 2);
+        ck_assert_int_eq(both[i]->dit->be->sync(both[i]->dit->be, NULL, 0), DEXEC_OK);
+        dxk_dit_ws_free(both[i]->dit, ws);
+    }
+    e = rel_f(v[0], v[1], nv);
+    free(v[0]);
+    free(v[1]);
+    return e;
+}
+
+static double half_decode_err(dxk_pipeline *p, dxk_pipeline *ref, const dxk_safetensors *io)
+{
+    float *img[2] = {fbuf(768), fbuf(768)};
+    dxk_pipeline *both[2] = {p, ref};
+    char err[512];
+    double e;
+
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(dxk_vae_decode(both[i]->vae, io_get(io, "vae.z", 256), 1, 8, 8, img[i], err,
+                                     sizeof err) == DEXEC_OK,
+                      "%s", err);
+    e = rel_f(img[0], img[1], 768);
+    free(img[0]);
+    free(img[1]);
+    return e;
+}
+
+/* The golden pipeline (diffusers layout: fused to_q/k/v; a VAE with its
+ * mid-block attention) with half-precision weights on the emulating
+ * device, against float32 on the CPU: every weight matrix went through
+ * upload_half, and the outputs moved by what the type's rounding allows
+ * (relative to the tensor's largest value): float16 at most 1e-2,
+ * bfloat16 at most 5e-2, and both more than 1e-6 (so the half path ran). */
+START_TEST(test_half_weights)
+{
+    static const int types[2] = {DEXEC_DTYPE_F16, DEXEC_DTYPE_BF16};
+    static const double tol[2] = {1e-2, 5e-2};
+    dxk_backend *ref_be = cpu(), *be = emu();
+    dxk_safetensors *io = io_open();
+    dxk_pipeline *ref = pipe_open(ref_be);
+    char dir[1024], err[1024];
+
+    tk_golden_path(dir, sizeof dir, "published");
+    for (int i = 0; i < 2; i++) {
+        dxk_pipeline *p = NULL;
+        double ef, ed;
+
+        emu_uploads = 0;
+        ck_assert_msg(dxk_pipeline_open(dir, be, types[i], &p, err, sizeof err) == DEXEC_OK,
+                      "%s", err);
+        /* per block ada, qkv (fused), proj, fc1, fc2, and its own two
+         * timestep linears; the patch embedding and the final two; the
+         * decoder's convolutions and its attention's two */
+        ck_assert_int_gt(emu_uploads, 7 * p->dit->cfg.depth + 3);
+        ck_assert_ptr_null(p->dit->blocks[0].qkv.w);
+        ck_assert_ptr_nonnull(p->dit->blocks[0].qkv.h);
+        ck_assert_ptr_null(p->vae->conv_in.w);
+        ck_assert_ptr_nonnull(p->vae->attn_qkv.h);
+        /* every matrix, and nothing else: biases, norms, tables stay float32 */
+        ck_assert_uint_gt(p->dit->half_params, p->dit->params * 9 / 10);
+        ck_assert_uint_lt(p->dit->half_params, p->dit->params);
+        ck_assert_uint_gt(p->vae->half_params, p->vae->params * 9 / 10);
+        ef = half_forward_err(p, ref, io);
+        ed = half_decode_err(p, ref, io);
+        fprintf(stderr, "%s weights (emulated): forward %.3g, decode %.3g relative to float32\n",
+                dxk_wdtype_name(types[i]), ef, ed);
+        ck_assert_double_le(ef, tol[i]);
+        ck_assert_double_le(ed, tol[i]);
+        ck_assert_double_gt(ef, 1e-6);
+        ck_assert_double_gt(ed, 1e-6);
+        dxk_pipeline_free(p);
+    }
+    dxk_pipeline_free(ref);
+    dxk_st_close(io);
+    dxk_backend_free(be);
+    dxk_backend_free(ref_be);
+}
+END_TEST
+
+/* dtype on a device that computes in float32 only: refused, never a
+ * silent float32. */
+START_TEST(test_half_refused)
+{
+    char dir[1024], err[1024];
+    dxk_model *m = (dxk_model *)&m;
+    dxk_backend *be = cpu();
+
+    tk_golden_path(dir, sizeof dir, "published");
+    ck_assert_int_eq(dxk_model_open_dtype(dir, "cpu", "float16", 0, &m, err, sizeof err),
+                     DEXEC_ENOTSUP);
+    ck_assert_ptr_null(m);
+    ck_assert_str_eq(err, "dtype = \"float16\" is not supported on the CPU: the CPU backend "
+                          "computes in float32 (float16 and bfloat16 files are converted to "
+                          "float32 when loaded); use dtype = \"float32\" (the default), or "
+                          "device = \"cuda\"");
+    ck_assert_int_eq(dxk_model_open_dtype(dir, "cpu", "bfloat16", 0, &m, err, sizeof err),
+                     DEXEC_ENOTSUP);
+    ck_assert_msg(strncmp(err, "dtype = \"bfloat16\" is not supported on the CPU: ", 48) == 0,
+                  "%s", err);
+    ck_assert_int_eq(dxk_model_open_dtype(dir, "cpu", "float64", 0, &m, err, sizeof err),
+                     DEXEC_EINVAL);
+    ck_assert_str_eq(err, "dtype 'float64' is not one of float32, float16, bfloat16");
+    ck_assert_msg(dxk_model_open_dtype(dir, "cpu", "float32", 0, &m, err, sizeof err) == DEXEC_OK,
+                  "%s", err);
+    ck_assert_str_eq(dxk_model_dtype(m), "float32");
+    dxk_model_free(m);
+
+    /* a device module of 1.2 (no half ops) */
+    ck_assert_int_eq(dxk_pipeline_open(dir, be, DEXEC_DTYPE_F16, (dxk_pipeline **)&m, err,
+                                       sizeof err),
+                     DEXEC_ENOTSUP);
+    be->name = "old";
+    ck_assert_int_eq(dxk_backend_half(be, DEXEC_DTYPE_BF16, err, sizeof err), DEXEC_ENOTSUP);
+    ck_assert_str_eq(err, "dtype = \"bfloat16\" is not supported on device old: it keeps no "
+                          "half-precision weights; use dtype = \"float32\", or install a old "
+                          "module built with this dexec");
+    ck_assert_int_eq(dxk_backend_half(be, DEXEC_DTYPE_F32, err, sizeof err), DEXEC_OK);
+    dxk_backend_free(be);
 }
 END_TEST
 
@@ -830,6 +1027,8 @@ static Suite *published_suite(void)
     tcase_add_test(ops, test_group_norm);
     tcase_add_test(ops, test_upsample_and_ln_eps);
     tcase_add_test(ops, test_old_device_refused);
+    tcase_add_test(api, test_half_refused);
+    tcase_add_test(gold, test_half_weights);
     tcase_add_test(gold, test_forward_original);
     tcase_add_test(gold, test_forward_diffusers);
     tcase_add_test(gold, test_guided_forward);

@@ -83,13 +83,33 @@ for d in r['data']:
     assert d['num_inference_steps'] == 2
 PY
 
-# server-sent events: progress per step, each image, then done
+# server-sent events: progress as steps complete, each image, then done.
+# Progress events carry the latest step when the stream is written: steps
+# that complete between two writes are one event (a loaded machine may
+# skip step 1), never out of order, never after the image.
 curl -s -N -X POST "$url$gen" -H 'Accept: text/event-stream' \
     -d '{"prompt":"sneaker","n":2,"seed":1,"num_inference_steps":3}' >"$tmp/sse.body"
-for e in 'event: progress' 'data: {"index":0,"step":1,"total_steps":3}' 'event: image' \
+for e in 'event: progress' 'data: {"index":0,"step":' 'event: image' \
     'data: {"index":1,"b64_json":"iVBOR' 'event: done' '"images":2,"errors":0'; do
     expect_body sse "$e"
 done
+python3 - "$tmp/sse.body" <<'PY' || fail "sse: progress events out of order or after the image"
+import json, sys
+events = [b.split('\n') for b in open(sys.argv[1]).read().strip().split('\n\n')]
+last, imaged = {}, set()
+for ev in events:
+    name = ev[0][len('event: '):]
+    data = json.loads(ev[1][len('data: '):])
+    if name == 'progress':
+        i = data['index']
+        assert i not in imaged, ('progress after the image', data)
+        assert data['total_steps'] == 3 and 1 <= data['step'] <= 3, data
+        assert data['step'] > last.get(i, 0), ('step went back', data)
+        last[i] = data['step']
+    elif name == 'image':
+        imaged.add(data['index'])
+assert imaged == {0, 1}, imaged
+PY
 
 # each refusal: status, the OpenAI error object naming the field
 check_error() { # name status body-text curl-args...

@@ -52,6 +52,9 @@ static void usage(FILE *out)
             "                          RANK..RANK+N-1, rank i on CUDA device i\n"
             "  -m, --model NAME|PATH   model (default fashion-dit)\n"
             "  -d, --device DEV        auto, cpu or cuda (default auto)\n"
+            "      --dtype TYPE        weights on the device: float32 (default), float16 or\n"
+            "                          bfloat16 (CUDA only: half-precision weights, float32\n"
+            "                          accumulation; the pixels change slightly)\n"
             "      --token-file FILE   require this shared token in hello (file mode 0600;\n"
             "                          \"-\": the first line of standard input)\n"
             "      --owned SECONDS     the first client to say hello owns this worker: the\n"
@@ -128,6 +131,7 @@ int main(int argc, char **argv)
         {"ranks", required_argument, NULL, 'R'},
         {"model", required_argument, NULL, 'm'},
         {"device", required_argument, NULL, 'd'},
+        {"dtype", required_argument, NULL, 1021},
         {"token-file", required_argument, NULL, 't'},
         {"insecure", no_argument, NULL, 'I'},
         {"allow-admin", no_argument, NULL, 1020},
@@ -182,6 +186,7 @@ int main(int argc, char **argv)
         case 'R': opt.num_ranks = atoi(optarg); break;
         case 'm': opt.model = optarg; break;
         case 'd': opt.device = optarg; break;
+        case 1021: opt.dtype = optarg; break;
         case 't': token_file = optarg; break;
         case 'I': insecure = 1; break;
         case 'F': opt.max_frame = (size_t)strtoull(optarg, NULL, 10); break;
@@ -308,6 +313,12 @@ int main(int argc, char **argv)
     if (strcmp(opt.device, "auto") != 0 && strcmp(opt.device, "cpu") != 0 &&
         strcmp(opt.device, "cuda") != 0) {
         fprintf(stderr, "dexec-worker: bad --device '%s' (auto, cpu, cuda)\n", opt.device);
+        return 2;
+    }
+    if (opt.dtype != NULL && strcmp(opt.dtype, "float32") != 0 &&
+        strcmp(opt.dtype, "float16") != 0 && strcmp(opt.dtype, "bfloat16") != 0) {
+        fprintf(stderr, "dexec-worker: bad --dtype '%s' (float32, float16, bfloat16)\n",
+                opt.dtype);
         return 2;
     }
     if (opt.owner_wait < 0 || opt.owner_wait > 86400 ||

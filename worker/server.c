@@ -89,7 +89,7 @@ struct dxw_server {
     pthread_mutex_t cancel_lock;
     char *cancelled[CANCELLED_MAX];
     size_t cancel_next;
-    char *model, *device, *token, *name;
+    char *model, *device, *dtype, *token, *name;
     wrank *ranks;
     dxs_server *rpc;
     double started;
@@ -444,6 +444,7 @@ static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_va
 {
     const char *name = dexec_value_as_str(dexec_value_array_get(args, 0), NULL);
     const char *device = dexec_value_as_str(dexec_value_array_get(args, 1), NULL);
+    const char *dtype = dexec_value_as_str(dexec_value_map_get(kwargs, "dtype"), r->s->dtype);
     dxk_model *m = NULL, *old;
     dexec_status st;
 
@@ -455,7 +456,7 @@ static dexec_status load_model(wrank *r, const dexec_value *args, const dexec_va
         snprintf(err, errlen, "load_model: expected a model name or path as the first argument");
         return DEXEC_EINVAL;
     }
-    st = dxk_model_open(name, device, r->index, &m, err, errlen);
+    st = dxk_model_open_dtype(name, device, dtype, r->index, &m, err, errlen);
     if (st == DEXEC_OK && r->coll != NULL) {
         st = dxk_model_set_parallel(m, &r->par, err, errlen);
         if (st != DEXEC_OK)
@@ -1220,6 +1221,7 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
         s->opt.num_ranks = 1;
     s->model = strdup(opt->model != NULL ? opt->model : "fashion-dit");
     s->device = strdup(opt->device != NULL ? opt->device : "auto");
+    s->dtype = strdup(opt->dtype != NULL ? opt->dtype : "float32");
     s->token = opt->token != NULL ? strdup(opt->token) : NULL;
     s->name = opt->name != NULL ? strdup(opt->name) : NULL;
     s->started = dexec_now();
@@ -1250,6 +1252,7 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
     if (s->rpc == NULL) {
         free(s->model);
         free(s->device);
+        free(s->dtype);
         free(s->token);
         free(s->name);
         free(s);
@@ -1267,7 +1270,8 @@ dexec_status dxw_server_new(const dxw_options *opt, dxw_server **out, char *err,
         pthread_mutex_init(&r->qlock, NULL);
         pthread_cond_init(&r->qcond, NULL);
         snprintf(r->model_name, sizeof(r->model_name), "%s", s->model);
-        if (dxk_model_open(s->model, s->device, i, &r->model, merr, sizeof(merr)) != DEXEC_OK) {
+        if (dxk_model_open_dtype(s->model, s->device, s->dtype, i, &r->model, merr,
+                                 sizeof(merr)) != DEXEC_OK) {
             snprintf(r->model_err, sizeof(r->model_err), "%s", merr);
             /* a worker its engine owns (fd mode) says it once, through the
              * engine's initialize error; a standalone one logs it */
@@ -1351,6 +1355,7 @@ void dxw_server_free(dxw_server *s)
     free(s->ranks);
     free(s->model);
     free(s->device);
+    free(s->dtype);
     free(s->token);
     free(s->name);
     free(s);

@@ -16,6 +16,7 @@ typedef struct dxw_options {
     int num_ranks;         /* 1 for a worker; N for an actor */
     const char *model;     /* name or path */
     const char *device;    /* auto|cpu|cuda */
+    const char *dtype;     /* the weights on the device: float32 (NULL too), float16, bfloat16 */
     const char *token;     /* shared secret, or NULL */
     const char *name;      /* actor name (for hello/get_info), or NULL */
     size_t max_frame;      /* frame limit in bytes */

@@ -24,6 +24,7 @@ typedef struct cli_engine_opts {
     const char *config;  /* -c FILE */
     const char *backend; /* --backend */
     const char *device;  /* --device */
+    const char *dtype;   /* --dtype */
     const char *num_gpus; /* --num-gpus */
     const char *model;   /* -m */
     const char *set_key[16], *set_val[16]; /* more overrides (e.g. timeouts) */

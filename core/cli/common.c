@@ -12,6 +12,8 @@ const char cli_engine_opts_help[] =
     "  -c, --config FILE       configuration file (default: $DEXEC_CONFIG, else defaults)\n"
     "      --backend NAME      executor: mp, ray_actor, external, or a plugin path\n"
     "      --device DEV        auto, cpu or cuda\n"
+    "      --dtype TYPE        weights on the device: float32, float16 or bfloat16\n"
+    "                          (half types: CUDA only)\n"
     "      --num-gpus N        number of ranks\n"
     "  -m, --model NAME|PATH   model (a bundled name or a .safetensors path)\n";
 
@@ -49,6 +51,8 @@ int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i)
         return take(argc, argv, i, &o->backend);
     if (is_opt(a, NULL, "--device"))
         return take(argc, argv, i, &o->device);
+    if (is_opt(a, NULL, "--dtype"))
+        return take(argc, argv, i, &o->dtype);
     if (is_opt(a, NULL, "--num-gpus"))
         return take(argc, argv, i, &o->num_gpus);
     if (is_opt(a, "-m", "--model"))
@@ -58,8 +62,9 @@ int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i)
 
 dexec_config *cli_engine_config(const cli_engine_opts *o)
 {
-    const char *keys[] = {"distributed_executor_backend", "device", "num_gpus", "model"};
-    const char *vals[] = {o->backend, o->device, o->num_gpus, o->model};
+    const char *keys[] = {"distributed_executor_backend", "device", "dtype", "num_gpus",
+                          "model"};
+    const char *vals[] = {o->backend, o->device, o->dtype, o->num_gpus, o->model};
     dexec_config *cfg = cli_load_config(o->config);
     char err[2048];
 

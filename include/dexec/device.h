@@ -177,13 +177,58 @@ struct dexec_device {
     void (*ln_modulate_eps)(dexec_device *be, float *y, const float *x, const float *shift,
                             const float *scale, int mod_stride, int B, int T, int D, float eps);
 
-    void *reserved[4]; /* zero */
+    /* ---- ops added in 1.3: weights kept in half precision (the
+     * configuration's dtype = "float16" or "bfloat16", doc/model.md
+     * "Half precision"). The one exception to the 1e-4 convention above:
+     * a user asks for it, knowing that it moves the pixels slightly. A
+     * device that computes only in float32 (the CPU) leaves all three
+     * NULL, and the worker refuses such a dtype on it with DEXEC_ENOTSUP.
+     * Activations stay float32 buffers; only the weight operand of
+     * linear_half() and conv2d_half() is half. ---- */
+
+    /* A buffer of n weights of element type dtype (DEXEC_DTYPE_F16 or
+     * DEXEC_DTYPE_BF16, 2 bytes each), filled from the n host floats src
+     * converted on the host with round-to-nearest-even (values beyond
+     * float16's range become +-inf); returns once src may be reused. NULL
+     * when out of memory or dtype is not one of the two (recorded as the
+     * sticky error). Released with release(be, (float *)p). */
+    void *(*upload_half)(dexec_device *be, const float *src, size_t n, int dtype);
+
+    /* linear() with w [N,K] a buffer of upload_half(dtype): x is rounded
+     * to dtype (a scratch copy the device keeps), the products are
+     * accumulated in float32, b (float32, may be NULL) is added in
+     * float32, y is float32. */
+    void (*linear_half)(dexec_device *be, float *y, const float *x, const void *w, int dtype,
+                        const float *b, int M, int N, int K);
+
+    /* conv2d() with w [Cout,Cin,k,k] a buffer of upload_half(dtype): the
+     * input is rounded to dtype as it is gathered into the device's
+     * panel, products accumulated in float32, b and y float32. */
+    void (*conv2d_half)(dexec_device *be, float *y, const float *x, const void *w, int dtype,
+                        const float *b, int B, int Cin, int H, int W, int Cout, int k);
+
+    void *reserved[1]; /* zero */
 };
 
-/* Bytes of named fields of a 1.1 device (up to destroy) and of a 1.2 one
- * (the latent models' ops too). */
+/* Element types of upload_half() (the values of the configuration's dtype:
+ * "float32" is DEXEC_DTYPE_F32, which needs none of the 1.3 ops). */
+#define DEXEC_DTYPE_F32 0
+#define DEXEC_DTYPE_F16 1  /* IEEE binary16: 11-bit significand, max 65504 */
+#define DEXEC_DTYPE_BF16 2 /* bfloat16: float32's range, 8-bit significand */
+
+/* The refusal of a half dtype on the CPU (a printf format taking the
+ * dtype's name), said alike by the worker that opens the model and by
+ * dexec_engine_create() when the configuration has device = "cpu". */
+#define DEXEC_DTYPE_CPU_REFUSAL                                                                 \
+    "dtype = \"%s\" is not supported on the CPU: the CPU backend computes in float32 "          \
+    "(float16 and bfloat16 files are converted to float32 when loaded); use dtype = "         \
+    "\"float32\" (the default), or device = \"cuda\""
+
+/* Bytes of named fields of a 1.1 device (up to destroy), of a 1.2 one
+ * (the latent models' ops too) and of a 1.3 one (half-precision weights). */
 #define DEXEC_DEVICE_SIZE_1_1 offsetof(dexec_device, conv2d)
-#define DEXEC_DEVICE_SIZE_1_2 offsetof(dexec_device, reserved)
+#define DEXEC_DEVICE_SIZE_1_2 offsetof(dexec_device, upload_half)
+#define DEXEC_DEVICE_SIZE_1_3 offsetof(dexec_device, reserved)
 
 /* What a device plugin's descriptor points at. Fields are never reordered;
  * new ones take the reserved space. All functions are required; the loader

@@ -1,12 +1,16 @@
 /*
  * ops_cuda.cu - the device plugin "cuda" (dexec_cuda.so, <dexec/device.h>):
  * its descriptor, finding a device, the device object, device buffers,
- * sticky error reporting, and the linear layers. The other ops live in
- * attention.cu, layernorm.cu, elementwise.cu, embed.cu and conv.cu.
+ * sticky error reporting, the linear layers, and the half-precision
+ * weights. The other ops live in attention.cu, layernorm.cu,
+ * elementwise.cu, embed.cu and conv.cu.
  *
  * Linear layers are cuBLAS SGEMM in plain FP32 math: TF32 tensor cores
  * would be several times faster but move results by ~1e-3, and a request
- * must give the same image on a GPU as on the CPU (within 1e-4).
+ * must give the same image on a GPU as on the CPU (within 1e-4). Only when
+ * the user asks for half-precision weights (dtype float16 / bfloat16,
+ * doc/model.md "Half precision") do linear_half and conv2d_half run
+ * cublasGemmEx on half operands with float32 accumulation (CUBLAS_COMPUTE_32F).
  */
 #include <config.h>
 
@@ -284,6 +288,159 @@ static void cu_linear(dxk_backend *be, float *y, const float *x, const float *w,
     }
 }
 
+/* ---- half-precision weights (1.3) ---- */
+
+bool dxc_half_ok(dxc *c, int dtype, const char *op)
+{
+    if (dtype == DEXEC_DTYPE_F16 || dtype == DEXEC_DTYPE_BF16)
+        return true;
+    dxc_fail(c, DEXEC_EINVAL, "%s: dtype %d is neither float16 (%d) nor bfloat16 (%d)", op,
+             dtype, DEXEC_DTYPE_F16, DEXEC_DTYPE_BF16);
+    return false;
+}
+
+/* Weights converted per host copy: 4 Mi of them (8 MiB of host memory). */
+#define DXC_HALF_CHUNK ((size_t)4 << 20)
+
+/* Largest magnitude float16 holds; larger values would become inf. */
+#define DXC_F16_MAX 65504.0f
+
+/* The conversion runs on the host (round-to-nearest-even, as the device's
+ * intrinsics, which cuda_fp16.h and cuda_bf16.h also give host code), in
+ * chunks, so a weight never exists in float32 on the device. */
+static void *cu_upload_half(dxk_backend *be, const float *src, size_t n, int dtype)
+{
+    dxc *c = dxc_of(be);
+    const size_t chunk = n < DXC_HALF_CHUNK ? n : DXC_HALF_CHUNK;
+    char what[96];
+    uint16_t *stage;
+    void *dst;
+    size_t off, i, over = 0;
+    float big = 0;
+
+    if (!dxc_half_ok(c, dtype, "upload_half") || !dxc_enter(be))
+        return NULL;
+    if (n > SIZE_MAX / 2) {
+        dxc_fail(c, DEXEC_ENOMEM, "upload_half: cannot allocate %zu weights: the size overflows",
+                 n);
+        return NULL;
+    }
+    snprintf(what, sizeof what, "upload_half of %zu %s weights", n,
+             dtype == DEXEC_DTYPE_F16 ? "float16" : "bfloat16");
+    dst = dxc_malloc(c, n * 2, what);
+    if (dst == NULL)
+        return NULL;
+    stage = (uint16_t *)malloc((chunk ? chunk : 1) * sizeof *stage);
+    if (stage == NULL) {
+        dxc_fail(c, DEXEC_ENOMEM, "%s: out of host memory", what);
+        dxc_free(c, dst);
+        return NULL;
+    }
+    for (off = 0; off < n; off += chunk) {
+        const size_t len = n - off < chunk ? n - off : chunk;
+
+        if (dtype == DEXEC_DTYPE_F16) {
+            __half *h = (__half *)stage;
+
+            for (i = 0; i < len; i++) {
+                const float v = src[off + i];
+
+                if (!(fabsf(v) <= DXC_F16_MAX) && !isnan(v)) {
+                    over++;
+                    if (fabsf(v) > big)
+                        big = fabsf(v);
+                }
+                h[i] = __float2half_rn(v);
+            }
+        } else {
+            __nv_bfloat16 *h = (__nv_bfloat16 *)stage;
+
+            for (i = 0; i < len; i++)
+                h[i] = __float2bfloat16_rn(src[off + i]);
+        }
+        /* from pageable memory the copy has left stage when the call
+         * returns, so the next chunk may overwrite it */
+        if (!dxc_cuda_ok(c,
+                         cudaMemcpyAsync((char *)dst + off * 2, stage, len * 2,
+                                         cudaMemcpyHostToDevice, c->stream),
+                         "upload_half"))
+            break;
+    }
+    dxc_cuda_ok(c, cudaStreamSynchronize(c->stream), "upload_half (waiting for the copies)");
+    free(stage);
+    if (over > 0)
+        dxc_fail(c, DEXEC_EINVAL,
+                 "%zu of %zu weights are beyond float16's range (+-65504; the largest is "
+                 "%g): use dtype = \"bfloat16\" or \"float32\" for this model",
+                 over, n, (double)big);
+    if (c->fail != DEXEC_OK) {
+        dxc_free(c, dst);
+        return NULL;
+    }
+    return dst;
+}
+
+/* y[i] = x[i] rounded to T */
+template <typename T>
+static __global__ void round_kernel(T *__restrict__ y, const float *__restrict__ x, size_t n)
+{
+    DXC_FOR_EACH(i, n)
+    {
+        dxc_store(&y[i], x[i]);
+    }
+}
+
+/* linear() with half weights: x rounded into the kept scratch c->xh, then
+ * one cublasGemmEx of two half operands accumulated in float32 (tensor
+ * cores) onto y, float32. */
+static void cu_linear_half(dxk_backend *be, float *y, const float *x, const void *w, int dtype,
+                           const float *b, int M, int N, int K)
+{
+    dxc *c = dxc_of(be);
+    const float one = 1.0f, zero = 0.0f;
+    const size_t nx = (size_t)M * K;
+    const cudaDataType_t t = dxc_half_type(dtype);
+    cublasStatus_t s;
+    char what[112];
+
+    if (M <= 0 || N <= 0 || K <= 0 || !dxc_half_ok(c, dtype, "linear_half") || !dxc_enter(be))
+        return;
+    if (c->xh_n < nx) {
+        dxc_free(c, c->xh);
+        c->xh = NULL;
+        c->xh_n = 0;
+        c->xh = dxc_malloc(c, nx * 2, "linear_half's input in half precision");
+        if (c->xh == NULL)
+            return;
+        c->xh_n = nx;
+    }
+    if (dtype == DEXEC_DTYPE_F16)
+        round_kernel<__half><<<dxc_blocks(nx), DXC_THREADS, 0, c->stream>>>((__half *)c->xh, x,
+                                                                              nx);
+    else
+        round_kernel<__nv_bfloat16>
+            <<<dxc_blocks(nx), DXC_THREADS, 0, c->stream>>>((__nv_bfloat16 *)c->xh, x, nx);
+    if (!dxc_launched(c, "round (linear_half input)"))
+        return;
+    if (b != NULL) {
+        size_t total = (size_t)M * N;
+
+        fill_rows_kernel<<<dxc_blocks(total), DXC_THREADS, 0, c->stream>>>(y, b, total, N);
+        if (!dxc_launched(c, "fill_rows (linear_half bias)"))
+            return;
+    }
+    /* the layout of cu_linear: column-major y^T (N x M) = W (OP_T of
+     * column-major K x N) times x^T (K x M) */
+    s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, t, K, c->xh, t, K,
+                     b != NULL ? &one : &zero, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(what, sizeof what, "linear_half M=%d N=%d K=%d %s (cublasGemmEx)", M, N, K,
+                 dtype == DEXEC_DTYPE_F16 ? "float16" : "bfloat16");
+        dxc_blas_ok(c, s, what);
+    }
+}
+
 /* ---- control ---- */
 
 static dexec_status cu_sync(dxk_backend *be, char *err, size_t errlen)
@@ -483,6 +640,9 @@ static dexec_status cu_open(int gpu, dxk_backend **out, char *err, size_t errlen
     be->group_norm = dxc_group_norm;
     be->upsample_nearest2x = dxc_upsample_nearest2x;
     be->ln_modulate_eps = dxc_ln_modulate_eps;
+    be->upload_half = cu_upload_half;
+    be->linear_half = cu_linear_half;
+    be->conv2d_half = dxc_conv2d_half;
     *out = be;
     return DEXEC_OK;
 }
@@ -500,6 +660,8 @@ static const dexec_device_ops cu_ops = {
 /* The module's one exported symbol (local.am exports nothing else). */
 extern "C" DEXEC_PLUGIN_EXPORT const dexec_plugin_desc dexec_plugin = {
     DEXEC_PLUGIN_DESC_INIT(DEXEC_PLUGIN_DEVICE, "cuda", PACKAGE_VERSION,
-                           "CUDA op backend: cuBLAS SGEMM and CUDA kernels (FP32)", &cu_ops),
+                           "CUDA op backend: cuBLAS SGEMM and CUDA kernels (FP32; "
+                           "float16/bfloat16 weights on request)",
+                           &cu_ops),
     .settings = NULL,
     .reserved = {}};

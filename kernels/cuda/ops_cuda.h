@@ -12,8 +12,9 @@
  * queues its kernels, and checks the launch with dxc_launched(); faults
  * inside a kernel surface at the next sync.
  *
- * ops_cuda.cu holds the descriptor, the device object, buffers, errors and
- * the linear layers; attention.cu, layernorm.cu (LayerNorm, GroupNorm),
+ * ops_cuda.cu holds the descriptor, the device object, buffers, errors,
+ * the linear layers and the half-precision weights (upload_half,
+ * linear_half); attention.cu, layernorm.cu (LayerNorm, GroupNorm),
  * elementwise.cu, embed.cu and conv.cu (convolution, upsampling) the
  * other ops. local.am builds them into dexec_cuda.so when
  * configure found nvcc; without it there is no module, and device = cuda
@@ -29,6 +30,8 @@
 #include <stddef.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 /* ops.h is a C header: its functions keep C linkage */
@@ -67,6 +70,9 @@ typedef struct dxc {
     /* conv2d's im2col panel (conv.cu), kept between calls */
     float *col;
     size_t col_n; /* floats */
+    /* linear_half's input rounded to the weights' type, kept between calls */
+    void *xh;
+    size_t xh_n; /* elements of 2 bytes */
 } dxc;
 
 static inline dxc *dxc_of(dxk_backend *be)
@@ -99,6 +105,31 @@ unsigned dxc_blocks(size_t n);
 #define DXC_FOR_EACH(i, n)                                                                        \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);                      \
          i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- half precision (the 1.3 ops: dtype float16 / bfloat16) ---- */
+
+/* The cuBLAS type of a DEXEC_DTYPE_F16 or _BF16 buffer. */
+static inline cudaDataType_t dxc_half_type(int dtype)
+{
+    return dtype == DEXEC_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+}
+
+/* False (recorded, naming op) unless dtype is DEXEC_DTYPE_F16 or _BF16. */
+bool dxc_half_ok(dxc *c, int dtype, const char *op);
+
+/* One float stored as T, rounded to nearest even. */
+static __device__ __forceinline__ void dxc_store(float *p, float v)
+{
+    *p = v;
+}
+static __device__ __forceinline__ void dxc_store(__half *p, float v)
+{
+    *p = __float2half_rn(v);
+}
+static __device__ __forceinline__ void dxc_store(__nv_bfloat16 *p, float v)
+{
+    *p = __float2bfloat16_rn(v);
+}
 
 /* ---- block reductions (blockDim.x a multiple of 32, at most 1024) ---- */
 
@@ -158,6 +189,8 @@ void dxc_group_norm(dxk_backend *be, float *y, const float *x, const float *gamm
 /* conv.cu */
 void dxc_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b, int B,
                 int Cin, int H, int W, int Cout, int k);
+void dxc_conv2d_half(dxk_backend *be, float *y, const float *x, const void *w, int dtype,
+                     const float *b, int B, int Cin, int H, int W, int Cout, int k);
 void dxc_upsample_nearest2x(dxk_backend *be, float *y, const float *x, int B, int C, int H,
                             int W);
 

@@ -148,8 +148,10 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
                                  const char *device, int *conn_fd, char *err, size_t errlen)
 {
     char rank_s[16], gpu_s[16], label[32];
+    const char *dtype = "float32";
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--rank", rank_s,
-                    "--model", (char *)model, "--device", (char *)device, NULL, NULL};
+                    "--model", (char *)model, "--device", (char *)device, "--dtype", NULL,
+                    NULL, NULL};
     dexec_spawn_args args = {.struct_size = sizeof(args), .argv = argv, .stdout_fd = -1,
                              .visible_gpus = gpu_s, .component = "mp", .label = label};
     dexec_status st;
@@ -157,8 +159,10 @@ static dexec_status spawn_worker(struct dexec_executor *ex, int rank, const char
     int sv[2], admin = 0;
 
     dexec_config_get_bool(ex->host->config, "allow_admin_methods", &admin);
+    dexec_config_get_string(ex->host->config, "dtype", &dtype);
+    argv[10] = (char *)dtype;
     if (admin)
-        argv[9] = "--allow-admin";
+        argv[11] = "--allow-admin";
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         dexec_errorf(err, errlen, "socketpair: %s", strerror(errno));
         return DEXEC_EIO;
@@ -296,8 +300,9 @@ static dexec_status start_srun(struct dexec_executor *ex, const char *model, con
 {
     const dexec_config *cfg = ex->host->config;
     const char *const *opts = NULL;
+    const char *dtype = "float32";
     char *argv[] = {(char *)ex->host->worker_path, "--model", (char *)model, "--device",
-                    (char *)device, NULL};
+                    (char *)device, "--dtype", NULL, NULL};
     char **extra;
     size_t nopts = 0;
     dexec_srun_args sa = {.struct_size = sizeof(sa), .worker_argv = argv, .ntasks = ex->n,
@@ -305,6 +310,8 @@ static dexec_status start_srun(struct dexec_executor *ex, const char *model, con
                           .job_name = "dexec-mp", .label = "mp ranks"};
     dexec_status st;
 
+    dexec_config_get_string(cfg, "dtype", &dtype);
+    argv[6] = (char *)dtype;
     dexec_config_get_string(cfg, "slurm.partition", &sa.partition);
     dexec_config_get_string(cfg, "slurm.account", &sa.account);
     dexec_config_get_string(cfg, "slurm.time", &sa.time_limit);

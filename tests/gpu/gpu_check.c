@@ -12,6 +12,9 @@
  *    relative error <= 1e-4 of the tensor's scale, NaN never passes; the
  *    latent models' ops (conv2d, group_norm, upsample_nearest2x,
  *    ln_modulate_eps) too.
+ *    The half-precision ops (linear_half, conv2d_half with float16 and
+ *    bfloat16 weights from upload_half) against the reference on the
+ *    operands rounded the same way (1e-3) and on float32 (4e-3 / 3e-2).
  * 2. One denoising step of a DiT-S-sized model with random weights (width
  *    384, depth 12, 6 heads, 256 tokens, batch 2 for classifier-free
  *    guidance) on both, compared the same way.
@@ -1082,6 +1085,168 @@ static void check_step(const host_dit *h)
     free(xg);
 }
 
+/* ---- half-precision weights (dtype float16 / bfloat16) ------------------- */
+
+/* x rounded to nearest even with float16's 11 significant bits (a quantum
+ * of 2^-24 below 2^-14) or bfloat16's 8: what the device's half types hold.
+ * Like tk_round_to of tests/test-kernels-util.h (this file includes none of
+ * the Check tests' helpers). */
+static float round_half(float x, int dtype)
+{
+    int e;
+
+    if (x == 0 || !isfinite(x))
+        return x;
+    frexpf(x, &e);
+    if (dtype == DEXEC_DTYPE_F16) {
+        if (e < -13)
+            e = -13;
+        return ldexpf(nearbyintf(ldexpf(x, 11 - e)), e - 11);
+    }
+    return ldexpf(nearbyintf(ldexpf(x, 8 - e)), e - 8);
+}
+
+/* Tolerances (relative to the output's largest value) of the half ops:
+ * against the reference on the operands rounded as the GPU rounds them,
+ * accumulation order only; against the unrounded float32 reference, what
+ * each type's rounding allows. tests/test-cuda.c (test_half_linear,
+ * test_half_conv2d) uses the same. */
+#define HALF_TOL_ROUNDED 1e-3
+static const double half_tol32[3] = {0, 4e-3, 3e-2}; /* by DEXEC_DTYPE_* */
+
+static void report_tol(const char *op, const char *shape, double e, double tol)
+{
+    int ok = e <= tol; /* false for NaN */
+
+    printf("%-4s  %-16s %-34s %10.2e (tolerance %.0e)\n", ok ? "ok" : "FAIL", op, shape, e, tol);
+    if (!ok)
+        failures++;
+}
+
+/* n floats in [lo, hi) on the host, and rounded to dtype in r */
+static float *half_operand(size_t n, double lo, double hi, int dtype, float **r)
+{
+    float *h = xmalloc(n * sizeof *h);
+    size_t i;
+
+    *r = xmalloc(n * sizeof **r);
+    for (i = 0; i < n; i++) {
+        h[i] = (float)uniform(lo, hi);
+        (*r)[i] = round_half(h[i], dtype);
+    }
+    return h;
+}
+
+/* linear_half and conv2d_half (the 1.3 ops) against the reference, for
+ * both half types. */
+static void check_half_ops(void)
+{
+    static const int lin[][3] = {{7, 13, 5}, {33, 17, 300}, {512, 1152, 384}, {512, 384, 1536}};
+    static const int conv[][6] = {{2, 3, 5, 7, 4, 3}, {2, 8, 9, 11, 16, 1}, {1, 64, 40, 40, 32, 3}};
+    static const int types[2] = {DEXEC_DTYPE_F16, DEXEC_DTYPE_BF16};
+    char shape[96], op[32];
+    size_t s;
+    int ti;
+
+    if (gpu->struct_size < DEXEC_DEVICE_SIZE_1_3 || gpu->upload_half == NULL) {
+        printf("FAIL  the module has no half-precision ops (upload_half)\n");
+        failures++;
+        return;
+    }
+    for (ti = 0; ti < 2; ti++) {
+        const int t = types[ti];
+        const char *tn = t == DEXEC_DTYPE_F16 ? "f16" : "bf16";
+
+        for (s = 0; s < sizeof lin / sizeof lin[0]; s++) {
+            const int M = lin[s][0], N = lin[s][1], K = lin[s][2];
+            float *xr, *wr, *hx = half_operand((size_t)M * K, -1, 1, t, &xr);
+            float *hw = half_operand((size_t)N * K, -0.1, 0.1, t, &wr);
+            float *br, *hb = half_operand(N, -1, 1, t, &br); /* the bias stays float32 */
+            float *y32 = xmalloc((size_t)M * N * sizeof *y32);
+            float *yr = xmalloc((size_t)M * N * sizeof *yr);
+            float *g = xmalloc((size_t)M * N * sizeof *g);
+            float *xg = gpu->alloc(gpu, (size_t)M * K), *bg = gpu->alloc(gpu, N);
+            float *yg = gpu->alloc(gpu, (size_t)M * N);
+            void *wg;
+
+            if (xg == NULL || bg == NULL || yg == NULL)
+                gpu_sync_or_die("alloc");
+            gpu->upload(gpu, xg, hx, (size_t)M * K);
+            gpu->upload(gpu, bg, hb, N);
+            wg = gpu->upload_half(gpu, hw, (size_t)N * K, t);
+            if (wg == NULL)
+                gpu_sync_or_die("upload_half");
+            ref->linear(ref, y32, hx, hw, hb, M, N, K);
+            ref->linear(ref, yr, xr, wr, hb, M, N, K);
+            gpu->linear_half(gpu, yg, xg, wg, t, bg, M, N, K);
+            gpu->download(gpu, g, yg, (size_t)M * N);
+            gpu_sync_or_die("linear_half");
+            snprintf(op, sizeof op, "linear_half %s", tn);
+            snprintf(shape, sizeof shape, "M=%d N=%d K=%d +bias, rounded", M, N, K);
+            report_tol(op, shape, rel_err(g, yr, (size_t)M * N), HALF_TOL_ROUNDED);
+            snprintf(shape, sizeof shape, "M=%d N=%d K=%d +bias, vs fp32", M, N, K);
+            report_tol(op, shape, rel_err(g, y32, (size_t)M * N), half_tol32[t]);
+            gpu->release(gpu, xg);
+            gpu->release(gpu, bg);
+            gpu->release(gpu, yg);
+            gpu->release(gpu, (float *)wg);
+            free(hx);
+            free(xr);
+            free(hw);
+            free(wr);
+            free(hb);
+            free(br);
+            free(y32);
+            free(yr);
+            free(g);
+        }
+        for (s = 0; s < sizeof conv / sizeof conv[0]; s++) {
+            const int B = conv[s][0], Ci = conv[s][1], H = conv[s][2], W = conv[s][3];
+            const int Co = conv[s][4], k = conv[s][5];
+            const size_t nx = (size_t)B * Ci * H * W, nw = (size_t)Co * Ci * k * k;
+            const size_t ny = (size_t)B * Co * H * W;
+            float *xr, *wr, *hx = half_operand(nx, -1, 1, t, &xr);
+            float *hw = half_operand(nw, -0.2, 0.2, t, &wr);
+            float *br, *hb = half_operand(Co, -1, 1, t, &br); /* the bias stays float32 */
+            float *y32 = xmalloc(ny * sizeof *y32), *yr = xmalloc(ny * sizeof *yr);
+            float *g = xmalloc(ny * sizeof *g);
+            float *xg = gpu->alloc(gpu, nx), *bg = gpu->alloc(gpu, Co), *yg = gpu->alloc(gpu, ny);
+            void *wg;
+
+            if (xg == NULL || bg == NULL || yg == NULL)
+                gpu_sync_or_die("alloc");
+            gpu->upload(gpu, xg, hx, nx);
+            gpu->upload(gpu, bg, hb, Co);
+            wg = gpu->upload_half(gpu, hw, nw, t);
+            if (wg == NULL)
+                gpu_sync_or_die("upload_half");
+            ref->conv2d(ref, y32, hx, hw, hb, B, Ci, H, W, Co, k);
+            ref->conv2d(ref, yr, xr, wr, hb, B, Ci, H, W, Co, k);
+            gpu->conv2d_half(gpu, yg, xg, wg, t, bg, B, Ci, H, W, Co, k);
+            gpu->download(gpu, g, yg, ny);
+            gpu_sync_or_die("conv2d_half");
+            snprintf(op, sizeof op, "conv2d_half %s", tn);
+            snprintf(shape, sizeof shape, "B=%d %d->%d %dx%d k=%d, rounded", B, Ci, Co, H, W, k);
+            report_tol(op, shape, rel_err(g, yr, ny), HALF_TOL_ROUNDED);
+            snprintf(shape, sizeof shape, "B=%d %d->%d %dx%d k=%d, vs fp32", B, Ci, Co, H, W, k);
+            report_tol(op, shape, rel_err(g, y32, ny), half_tol32[t]);
+            gpu->release(gpu, xg);
+            gpu->release(gpu, bg);
+            gpu->release(gpu, yg);
+            gpu->release(gpu, (float *)wg);
+            free(hx);
+            free(xr);
+            free(hw);
+            free(wr);
+            free(hb);
+            free(br);
+            free(y32);
+            free(yr);
+            free(g);
+        }
+    }
+}
+
 /* ---- timings ------------------------------------------------------------ */
 
 /* Seconds per call of what fn issues, after warm-up calls. */
@@ -1327,6 +1492,7 @@ int main(int argc, char **argv)
            ref->device_name, TOL);
     printf("%-4s  %-16s %-34s %10s\n", "", "op", "shape", "rel. err");
     check_ops();
+    check_half_ops();
     host_dit_make(&h);
     check_step(&h);
     timings(&h, iters);

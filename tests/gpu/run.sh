@@ -5,8 +5,12 @@
 # (the sources of the device plugin dexec_cuda.so) and
 # tests/gpu/gpu_check.c with nvcc, and runs it. `make check` runs it with
 # --build-only wherever configure found nvcc (tests/test-gpu-build.sh). It prints a table of
-# every op against a naive C reference, one DiT-S-sized denoising step, and
-# timings; the exit status is gpu_check's (0 pass, 1 mismatch, 77 no GPU).
+# every op against a naive C reference (the half-precision ones, float16 and
+# bfloat16 weights, against float32 too), one DiT-S-sized denoising step,
+# and timings; in a configured and built tree it then runs the cuda Check
+# suite (tests/test-cuda.c, the half-precision pipeline among its cases).
+# The exit status is gpu_check's (0 pass, 1 mismatch, 77 no GPU), or 1 when
+# the suite failed.
 #
 # usage: tests/gpu/run.sh [--build-only] [--arch ARCH] [--build-dir DIR]
 #                         [-- gpu_check options: --iters N --gpu N]
@@ -96,4 +100,19 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv ||
         true
 fi
-exec "$build/gpu_check" "$@"
+rc=0
+"$build/gpu_check" "$@" || rc=$?
+# In a configured and built tree, the Check suite of the CUDA backend too:
+# every op against the CPU backend, the golden models, and the golden
+# pipeline with float16 and bfloat16 weights against float32
+# (test_half_pipeline: at most 1e-2 and 5e-2 of the output's scale).
+if [ "$rc" -ne 77 ] && [ -f "$top/tests/Makefile" ]; then
+    echo "run.sh: the cuda suite of the built tree (make -C tests check TESTS=test-cuda)"
+    suite=0
+    make -C "$top/tests" check TESTS=test-cuda >/dev/null 2>&1 || suite=$?
+    cat "$top/tests/test-cuda.log" 2>/dev/null || true
+    if [ "$suite" -ne 0 ] && [ "$rc" -eq 0 ]; then
+        rc=1
+    fi
+fi
+exit "$rc"
