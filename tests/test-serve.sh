@@ -211,6 +211,9 @@ req killed -X POST "$url$gen" -d '{"prompt":"bag","n":2,"num_inference_steps":10
 cpid=$!
 pids="$pids $cpid"
 victim=$(pgrep -P "$pid" -f -- "--rank 1" | head -n 1)
+# a worker keeps its name after re-executing itself for OpenBLAS (ps, top, journal)
+[ -z "$victim" ] || [ "$(cat "/proc/$victim/comm")" = dexec-worker ] ||
+    fail "rank 1's process is named '$(cat "/proc/$victim/comm")', not dexec-worker"
 # both images running: each rank has begun its denoising steps
 for _ in $(seq 1 300); do
     [ "$(metric dexec_serve_in_flight_requests)" = 1 ] && [ "$(metric dexec_serve_queue_depth)" = 0 ] && break

@@ -123,9 +123,21 @@ void dxk_blas_core_reexec(char **argv)
     char was[32];
     const char *want = dx_blas_core_wanted(was, sizeof was);
 
+    char self[4096];
+    ssize_t n;
+
     if (want == NULL || argv == NULL || argv[0] == NULL ||
         setenv("OPENBLAS_CORETYPE", want, 0) != 0)
         return;
+    /* the program's own path, so that the process keeps its name (comm:
+     * what ps, top and the journal show); /proc/self/exe itself would name
+     * it "exe". That path fails if the file was replaced since the start
+     * (an upgrade): then /proc/self/exe, still the running file. */
+    n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        execv(self, argv);
+    }
     execv("/proc/self/exe", argv);
     /* exec failed: go on with OpenBLAS's own choice (logged below) */
     unsetenv("OPENBLAS_CORETYPE");
