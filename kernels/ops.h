@@ -44,6 +44,33 @@ int dxk_cuda_driver_present(char *reason, size_t reasonlen);
 
 void dxk_backend_free(dxk_backend *be);
 
+/* What dxk_cpu_conv3 does to its input before convolving it, and to its
+ * output. */
+typedef struct dxk_conv_pre {
+    /* GroupNorm of the input (gamma, beta: Cin floats each, G groups, eps;
+     * statistics over the whole input image as group_norm() takes them),
+     * then SiLU when silu is non-zero; gamma NULL: no normalisation */
+    const float *gamma, *beta;
+    int G, silu;
+    float eps;
+    int up2; /* the input is [B, Cin, H/2, W/2], repeated 2x2 (nearest) */
+    int acc; /* y += convolution + b, instead of y = convolution + b */
+} dxk_conv_pre;
+
+/* The CPU backend's fused 3x3 convolution (stride 1, zero padding 1) of
+ * B images: y[B, Cout, H, W] (=, or += when pre->acc)
+ * conv(SiLU(GN(up2(x)))) + b, one pass over the input instead of one per
+ * op: the GroupNorm and SiLU are applied, and the upsampling done, as the
+ * Winograd input transform reads x (ops_cpu.c; pre may be NULL: a plain
+ * convolution). w [Cout, Cin, 3, 3]; b may be NULL; y must not alias x.
+ * Returns 1 when it did the work (errors are the backend's sticky
+ * failure, reported by sync()), 0 when it did nothing because be is not
+ * the CPU backend or the shape does not go through Winograd (fewer than 16
+ * channels in or out, W over 4096; odd H or W with up2; C not a multiple
+ * of G): the caller then runs the ops one by one. */
+int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                  int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre);
+
 /* DEXEC_OK when be has every op of the latent models (the 1.2 ops of
  * <dexec/device.h>: conv2d, group_norm, upsample_nearest2x,
  * ln_modulate_eps); otherwise DEXEC_ENOTSUP with a message naming the

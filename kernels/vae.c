@@ -437,25 +437,45 @@ static void dx_conv(dxk_vae *v, float *y, const float *x, const dxk_conv *c, int
         v->be->conv2d(v->be, y, x, c->w, c->b, B, c->cin, H, W, c->cout, c->k);
 }
 
+/* y (=, or += with pre->acc) conv(pre(x)) in one pass where the CPU
+ * backend can (dxk_cpu_conv3, F32 weights); 0 when the caller must run
+ * the ops one by one */
+static int dx_conv_fused(dxk_vae *v, float *y, const float *x, const dxk_conv *c, int B, int H,
+                         int W, const dxk_conv_pre *pre)
+{
+    return c->w != NULL &&
+           dxk_cpu_conv3(v->be, y, x, c->w, c->b, B, c->cin, H, W, c->cout, pre);
+}
+
 /* x = x + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), the shortcut convolved when
- * the channel count changes; the result is left in *x (buffers rotate). */
+ * the channel count changes; the result is left in *x (buffers rotate).
+ * On the CPU backend each 3x3 convolution takes its GroupNorm + SiLU, and
+ * conv2 the residual sum, inside its own pass (dxk_cpu_conv3); elsewhere,
+ * op by op. */
 static void dx_resnet(dxk_vae *v, dx_vws *w, const dxk_resnet *r, int B, int H, int W)
 {
     dxk_backend *be = v->be;
     const int G = v->cfg.groups, HW = H * W, ci = r->conv1.cin, co = r->conv1.cout;
+    const dxk_conv_pre p1 = {r->norm1.g, r->norm1.b, G, 1, DX_GN_EPS, 0, 0};
+    const dxk_conv_pre p2 = {r->norm2.g, r->norm2.b, G, 1, DX_GN_EPS, 0, 1};
     float *tmp;
 
-    be->group_norm(be, w->h, w->x, r->norm1.g, r->norm1.b, B, ci, HW, G, DX_GN_EPS, 1);
-    dx_conv(v, w->t, w->h, &r->conv1, B, H, W);
-    be->group_norm(be, w->t, w->t, r->norm2.g, r->norm2.b, B, co, HW, G, DX_GN_EPS, 1);
-    dx_conv(v, w->h, w->t, &r->conv2, B, H, W);
-    if (r->shortcut.k != 0) {
-        dx_conv(v, w->t, w->x, &r->shortcut, B, H, W);
-        tmp = w->x;
-        w->x = w->t;
-        w->t = tmp;
+    if (!dx_conv_fused(v, w->t, w->x, &r->conv1, B, H, W, &p1)) {
+        be->group_norm(be, w->h, w->x, r->norm1.g, r->norm1.b, B, ci, HW, G, DX_GN_EPS, 1);
+        dx_conv(v, w->t, w->h, &r->conv1, B, H, W);
     }
-    be->euler(be, w->x, w->h, 1.0f, (size_t)B * co * HW);
+    if (r->shortcut.k != 0) {
+        dx_conv(v, w->h, w->x, &r->shortcut, B, H, W);
+        tmp = w->x;
+        w->x = w->h;
+        w->h = tmp;
+    }
+    /* x += conv2(SiLU(GN(t))) */
+    if (!dx_conv_fused(v, w->x, w->t, &r->conv2, B, H, W, &p2)) {
+        be->group_norm(be, w->t, w->t, r->norm2.g, r->norm2.b, B, co, HW, G, DX_GN_EPS, 1);
+        dx_conv(v, w->h, w->t, &r->conv2, B, H, W);
+        be->euler(be, w->x, w->h, 1.0f, (size_t)B * co * HW);
+    }
 }
 
 /* x = x + out(attention(GN(x))), one head over the H*W positions */
@@ -545,16 +565,37 @@ dexec_status dxk_vae_decode(dxk_vae *v, const float *z, int B, int h, int w, flo
         for (j = 0; j < L; j++)
             dx_resnet(v, &ws, &v->res[i * L + j], B, H, W);
         if (i < n - 1) {
-            be->upsample_nearest2x(be, ws.t, ws.x, B, v->up[i].cin, H, W);
+            const dxk_conv_pre up = {NULL, NULL, 0, 0, 0.0f, 1, 0};
+
             H *= 2;
             W *= 2;
-            dx_conv(v, ws.x, ws.t, &v->up[i], B, H, W);
+            /* on the CPU backend the upsampling is done as the
+             * convolution reads its input (dxk_cpu_conv3) */
+            if (dx_conv_fused(v, ws.t, ws.x, &v->up[i], B, H, W, &up)) {
+                tmp = ws.x;
+                ws.x = ws.t;
+                ws.t = tmp;
+            } else {
+                be->upsample_nearest2x(be, ws.t, ws.x, B, v->up[i].cin, H / 2, W / 2);
+                dx_conv(v, ws.x, ws.t, &v->up[i], B, H, W);
+            }
         }
     }
-    be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B, c->block_out_channels[0],
-                   H * W, c->groups, DX_GN_EPS, 1);
-    dx_conv(v, ws.x, ws.h, &v->conv_out, B, H, W);
-    be->download(be, img, ws.x, (size_t)B * c->out_channels * H * W);
+    {
+        /* conv_out(SiLU(GN(x))): fused on the CPU backend (a direct
+         * convolution there: 3 channels out) */
+        const dxk_conv_pre po = {v->norm_out.g, v->norm_out.b, c->groups, 1, DX_GN_EPS, 0, 0};
+
+        if (!dx_conv_fused(v, ws.h, ws.x, &v->conv_out, B, H, W, &po)) {
+            be->group_norm(be, ws.h, ws.x, v->norm_out.g, v->norm_out.b, B,
+                           c->block_out_channels[0], H * W, c->groups, DX_GN_EPS, 1);
+            dx_conv(v, ws.x, ws.h, &v->conv_out, B, H, W);
+            tmp = ws.x;
+            ws.x = ws.h;
+            ws.h = tmp;
+        }
+    }
+    be->download(be, img, ws.h, (size_t)B * c->out_channels * H * W);
     s = be->sync(be, err, errlen);
 done:
     free(zs);

@@ -107,6 +107,164 @@ START_TEST(test_conv2d_winograd)
 }
 END_TEST
 
+/* The CPU backend's fused 3x3 convolution (dxk_cpu_conv3: GroupNorm,
+ * SiLU and nearest 2x upsampling applied as the Winograd input transform,
+ * or the direct convolution's row loads, read the input, the residual
+ * added as the output is written) against a double reference and against
+ * the same ops run one by one; odd sizes, a row of more tiles than one
+ * transform group, B = 2. */
+START_TEST(test_conv3_fused)
+{
+    /* B, Cin, H, W (output), Cout, G (0: no GroupNorm), silu, up2, acc */
+    static const int cases[][9] = {{2, 16, 13, 11, 16, 4, 1, 0, 0},
+                                   {1, 32, 10, 70, 24, 8, 0, 0, 1},
+                                   {2, 16, 12, 18, 16, 0, 0, 1, 0},
+                                   {1, 24, 8, 38, 20, 6, 1, 1, 1},
+                                   /* fewer than 16 out: the direct convolution, one band
+                                    * of 16 rows and a part of another */
+                                   {2, 16, 21, 13, 3, 4, 1, 0, 0},
+                                   {1, 5, 18, 10, 7, 5, 0, 1, 1},
+                                   {1, 3, 5, 7, 2, 0, 0, 0, 0}};
+    dxk_backend *be = cpu();
+    uint64_t seed = 23;
+    size_t s;
+
+    for (s = 0; s < sizeof cases / sizeof cases[0]; s++) {
+        const int B = cases[s][0], Ci = cases[s][1], H = cases[s][2], W = cases[s][3];
+        const int Co = cases[s][4], G = cases[s][5], silu = cases[s][6], up2 = cases[s][7];
+        const int acc = cases[s][8], Hs = up2 ? H / 2 : H, Ws = up2 ? W / 2 : W;
+        const size_t nx = (size_t)B * Ci * Hs * Ws, ny = (size_t)B * Co * H * W;
+        const size_t nin = (size_t)B * Ci * H * W;
+        float *x = fbuf(nx), *w = fbuf((size_t)Co * Ci * 9), *b = fbuf(Co), *y = fbuf(ny);
+        float *y0 = fbuf(ny), *g = fbuf(Ci), *bt = fbuf(Ci), *t = fbuf(nin), *u = fbuf(ny);
+        double *xin = dbuf(nin), *ref = dbuf(ny), e1, e2, e3;
+        const dxk_conv_pre pre = {G ? g : NULL, G ? bt : NULL, G, silu, 1e-6f, up2, acc};
+        int n, c, gi, iy, ix, o, oy, ox, ky, kx;
+
+        tk_fill(&seed, x, nx, -2, 3);
+        tk_fill(&seed, w, (size_t)Co * Ci * 9, -1, 1);
+        tk_fill(&seed, b, Co, -1, 1);
+        tk_fill(&seed, y0, ny, -1, 1);
+        tk_fill(&seed, g, Ci, 0.5f, 1.5f);
+        tk_fill(&seed, bt, Ci, -1, 1);
+        /* the convolution's input, in double */
+        for (n = 0; n < B; n++)
+            for (gi = 0; gi < (G ? G : 1); gi++) {
+                const int c0 = G ? gi * (Ci / G) : 0, c1 = G ? c0 + Ci / G : Ci;
+                double mean = 0, var = 0;
+
+                for (c = c0; c < c1; c++)
+                    for (iy = 0; iy < Hs * Ws; iy++)
+                        mean += x[((size_t)n * Ci + c) * Hs * Ws + iy];
+                mean /= (double)(c1 - c0) * Hs * Ws;
+                for (c = c0; c < c1; c++)
+                    for (iy = 0; iy < Hs * Ws; iy++)
+                        var += pow(x[((size_t)n * Ci + c) * Hs * Ws + iy] - mean, 2);
+                var /= (double)(c1 - c0) * Hs * Ws;
+                for (c = c0; c < c1; c++)
+                    for (iy = 0; iy < H; iy++)
+                        for (ix = 0; ix < W; ix++) {
+                            double v = x[(((size_t)n * Ci + c) * Hs + (up2 ? iy / 2 : iy)) * Ws +
+                                         (up2 ? ix / 2 : ix)];
+
+                            if (G) {
+                                v = (v - mean) / sqrt(var + 1e-6) * g[c] + bt[c];
+                                if (silu)
+                                    v = v / (1 + exp(-v));
+                            }
+                            xin[(((size_t)n * Ci + c) * H + iy) * W + ix] = v;
+                        }
+            }
+        for (n = 0; n < B; n++)
+            for (o = 0; o < Co; o++)
+                for (oy = 0; oy < H; oy++)
+                    for (ox = 0; ox < W; ox++) {
+                        const size_t k = (((size_t)n * Co + o) * H + oy) * W + ox;
+                        double a = b[o] + (acc ? y0[k] : 0.0);
+
+                        for (c = 0; c < Ci; c++)
+                            for (ky = 0; ky < 3; ky++)
+                                for (kx = 0; kx < 3; kx++) {
+                                    iy = oy + ky - 1;
+                                    ix = ox + kx - 1;
+                                    if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+                                        a += (double)w[((o * Ci + c) * 3 + ky) * 3 + kx] *
+                                             xin[(((size_t)n * Ci + c) * H + iy) * W + ix];
+                                }
+                        ref[k] = a;
+                    }
+        /* fused */
+        memcpy(y, y0, ny * sizeof *y);
+        ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, b, B, Ci, H, W, Co, &pre), 1);
+        ck_assert_int_eq(be->sync(be, NULL, 0), DEXEC_OK);
+        e1 = tk_rel_err(y, ref, ny);
+        /* the same ops one by one */
+        if (up2)
+            be->upsample_nearest2x(be, t, x, B, Ci, Hs, Ws);
+        else
+            memcpy(t, x, nx * sizeof *t);
+        if (G)
+            be->group_norm(be, t, t, g, bt, B, Ci, H * W, G, 1e-6f, silu);
+        be->conv2d(be, u, t, w, b, B, Ci, H, W, Co, 3);
+        if (acc)
+            be->euler(be, u, y0, 1.0f, ny);
+        ck_assert_int_eq(be->sync(be, NULL, 0), DEXEC_OK);
+        e2 = tk_rel_err(u, ref, ny);
+        for (e3 = 0, o = 0; (size_t)o < ny; o++)
+            if (fabs((double)y[o] - u[o]) > e3)
+                e3 = fabs((double)y[o] - u[o]);
+        fprintf(stderr,
+                "fused conv3 %dx%dx%dx%d -> %d (G %d silu %d up2 %d acc %d): relative error %.3g, "
+                "op by op %.3g, largest difference %.3g\n",
+                B, Ci, H, W, Co, G, silu, up2, acc, e1, e2, e3);
+        ck_assert_double_le(e1, TOL_OP);
+        ck_assert_double_le(e2, TOL_OP);
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+        free(y0);
+        free(g);
+        free(bt);
+        free(t);
+        free(u);
+        free(xin);
+        free(ref);
+    }
+    dxk_backend_free(be);
+}
+END_TEST
+
+/* dxk_cpu_conv3 does nothing, and says so, where the ops must run one by
+ * one: fewer than 16 channels in with 16 or more out (im2col), an odd
+ * size with upsampling, channels not a multiple of the groups, another
+ * backend. */
+START_TEST(test_conv3_fused_declines)
+{
+    dxk_backend *be = cpu();
+    float x[16 * 4 * 4] = {0}, w[16 * 16 * 9] = {0}, y[16 * 8 * 8];
+    const dxk_conv_pre up = {NULL, NULL, 0, 0, 0.0f, 1, 0};
+    const dxk_conv_pre gn = {w, w, 5, 1, 1e-6f, 0, 0};
+    void (*saved)(dexec_device *, float *, const float *, const float *, const float *, int, int,
+                  int, int, int, int) = be->conv2d;
+
+    y[0] = 7.0f;
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 8, 4, 4, 16, NULL), 0);
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 8, &gn), 0);
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 7, 8, 16, &up), 0);
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 16, &gn), 0);
+    be->conv2d = NULL; /* not the CPU backend's own op */
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 4, 4, 16, NULL), 0);
+    ck_assert_int_eq(dxk_cpu_conv3(NULL, y, x, w, NULL, 1, 16, 4, 4, 16, NULL), 0);
+    be->conv2d = saved;
+    ck_assert_float_eq(y[0], 7.0f); /* untouched */
+    ck_assert_int_eq(dxk_cpu_conv3(be, y, x, w, NULL, 1, 16, 8, 8, 16, &up), 1);
+    ck_assert_float_eq(y[0], 0.0f);
+    ck_assert_int_eq(be->sync(be, NULL, 0), DEXEC_OK);
+    dxk_backend_free(be);
+}
+END_TEST
+
 START_TEST(test_conv2d)
 {
     static const int ks[2] = {1, 3};
@@ -611,6 +769,45 @@ START_TEST(test_vae_decode)
 }
 END_TEST
 
+
+/* The decode as other devices run it, op by op (group_norm, conv2d,
+ * upsample_nearest2x, euler): a CPU backend whose conv2d is not its own,
+ * so that dxk_cpu_conv3 declines every fused convolution. */
+static void (*real_conv2d)(dexec_device *, float *, const float *, const float *, const float *,
+                           int, int, int, int, int, int);
+
+static void conv2d_wrapped(dexec_device *be, float *y, const float *x, const float *w,
+                           const float *b, int B, int Cin, int H, int W, int Cout, int k)
+{
+    real_conv2d(be, y, x, w, b, B, Cin, H, W, Cout, k);
+}
+
+START_TEST(test_vae_decode_op_by_op)
+{
+    dxk_backend *be = cpu();
+    dxk_safetensors *io = io_open();
+    dxk_pipeline *p = pipe_open(be);
+    float *img = fbuf(3 * 16 * 16);
+    char err[512];
+    double e;
+
+    real_conv2d = be->conv2d;
+    be->conv2d = conv2d_wrapped;
+    ck_assert_int_eq(dxk_cpu_conv3(be, img, img, img, NULL, 1, 16, 4, 4, 16, NULL), 0);
+    ck_assert_msg(dxk_vae_decode(p->vae, io_get(io, "vae.z", 256), 1, 8, 8, img, err,
+                                 sizeof err) == DEXEC_OK,
+                  "%s", err);
+    e = rel_f(img, io_get(io, "vae.out", 768), 768);
+    fprintf(stderr, "vae decode, op by op: relative error %.3g\n", e);
+    ck_assert_double_le(e, TOL_GOLD);
+    be->conv2d = real_conv2d;
+    dxk_pipeline_free(p);
+    dxk_st_close(io);
+    dxk_backend_free(be);
+    free(img);
+}
+END_TEST
+
 START_TEST(test_samplers)
 {
     static const dxk_sampler which[4] = {DXK_SAMPLER_DDPM, DXK_SAMPLER_DDIM, DXK_SAMPLER_EULER,
@@ -825,6 +1022,8 @@ static Suite *published_suite(void)
     tcase_set_timeout(api, 120);
     tcase_add_test(ops, test_conv2d);
     tcase_add_test(ops, test_conv2d_winograd);
+    tcase_add_test(ops, test_conv3_fused);
+    tcase_add_test(ops, test_conv3_fused_declines);
     tcase_add_test(ops, test_group_norm);
     tcase_add_test(ops, test_upsample_and_ln_eps);
     tcase_add_test(ops, test_old_device_refused);
@@ -834,6 +1033,7 @@ static Suite *published_suite(void)
     tcase_add_test(gold, test_forward_diffusers);
     tcase_add_test(gold, test_guided_forward);
     tcase_add_test(gold, test_vae_decode);
+    tcase_add_test(gold, test_vae_decode_op_by_op);
     tcase_add_test(gold, test_samplers);
     tcase_add_test(gold, test_respace);
     tcase_add_test(api, test_generate);

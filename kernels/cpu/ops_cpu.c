@@ -48,6 +48,8 @@ typedef struct dx_cpu {
     size_t col_n;
     float *wg_u, *wg_v, *wg_m; /* Winograd: weights, input and product tiles */
     size_t wg_u_n, wg_v_n, wg_m_n;
+    float *gn_ab; /* dxk_cpu_conv3's GroupNorm scale and shift per channel */
+    size_t gn_ab_n;
     dxk_pool *pool; /* NULL: one thread */
 } dx_cpu;
 
@@ -121,9 +123,21 @@ void dxk_blas_core_reexec(char **argv)
     char was[32];
     const char *want = dx_blas_core_wanted(was, sizeof was);
 
+    char self[4096];
+    ssize_t n;
+
     if (want == NULL || argv == NULL || argv[0] == NULL ||
         setenv("OPENBLAS_CORETYPE", want, 0) != 0)
         return;
+    /* the program's own path, so that the process keeps its name (comm:
+     * what ps, top and the journal show); /proc/self/exe itself would name
+     * it "exe". That path fails if the file was replaced since the start
+     * (an upgrade): then /proc/self/exe, still the running file. */
+    n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        execv(self, argv);
+    }
     execv("/proc/self/exe", argv);
     /* exec failed: go on with OpenBLAS's own choice (logged below) */
     unsetenv("OPENBLAS_CORETYPE");
@@ -733,6 +747,12 @@ typedef struct dx_wg_job {
     float *u, *v, *m, *y;
     const float *x, *w, *b;
     int Cin, Cout, H, W, tw, ty0, nty, nt;
+    /* the fused input stage (dxk_cpu_conv3): x is [Cin, H/2, W/2] repeated
+     * 2x2 when up2; each input value becomes x * ga[ci] + gb[ci] when ga is
+     * set (GroupNorm folded into a per-channel scale and shift), then
+     * SiLU'd when silu; acc adds the result to y instead of storing it */
+    const float *ga, *gb;
+    int up2, silu, acc;
 } dx_wg_job;
 
 /* L <= DX_WG_L floats; the whole-group case as a fixed-length loop, which
@@ -817,47 +837,101 @@ DX_CLONES DX_VECTORIZE static void dx_wg_weight_task(void *arg, int co, int thre
     } while (0)
 
 /* V[e][ci][t] = (B^T d B)[e] for input channel `ci`, the band's tiles */
+/* Input row iy of channel ci as the convolution sees it, into row[1..W]:
+ * the source row (of the half-size image when up2, each value twice),
+ * scaled, shifted and SiLU'd when the job says so (the zero padding
+ * around it is not: PyTorch pads the normalised tensor). */
+DX_CLONES DX_VECTORIZE static void dx_wg_load_row(const dx_wg_job *j, int ci, int iy, float *row)
+{
+    const int W = j->W, ws = j->up2 ? W / 2 : W, hs = j->up2 ? j->H / 2 : j->H;
+    const float *src = j->x + ((size_t)ci * hs + (size_t)(j->up2 ? iy / 2 : iy)) * ws;
+    float *dst = j->up2 ? row + 1 + W : row + 1; /* up2: staged past the row, then spread */
+    int i;
+
+    if (j->ga != NULL) {
+        const float a = j->ga[ci], sh = j->gb[ci];
+
+        if (j->silu)
+            for (i = 0; i < ws; i++) {
+                float v = src[i] * a + sh;
+
+                dst[i] = v / (1.0f + dx_expf(-v));
+            }
+        else
+            for (i = 0; i < ws; i++)
+                dst[i] = src[i] * a + sh;
+    } else {
+        memcpy(dst, src, (size_t)ws * sizeof(float));
+    }
+    if (j->up2)
+        for (i = 0; i < ws; i++)
+            row[1 + 2 * i] = row[2 + 2 * i] = dst[i];
+}
+
+/* entries of one phase of a patch row (tiles of a row, W <= 4096, plus a
+ * group's overrun and the next tile's first columns) */
+#define DX_WG_PHN (1024 + DX_WG_L + 1)
+
 DX_CLONES DX_VECTORIZE static void dx_wg_input_task(void *arg, int ci, int thread)
 {
     const dx_wg_job *j = arg;
-    const int W = j->W, H = j->H, tw = j->tw, pw = tw * 4 + 2;
-    const size_t plane = (size_t)j->Cin * j->nt;
-    const float *xc = j->x + (size_t)ci * H * W;
-    float rows[6][4 * 1024 + 2 + 4 * DX_WG_L]; /* the patch rows, zero-padded */
-    int ty, tx0, r, c, l, L, e;
+    const int W = j->W, H = j->H, tw = j->tw, nph = tw + DX_WG_L + 1;
+    const size_t plane = (size_t)j->Cin * j->nt, rlen = (size_t)4 * nph;
+    /* each patch row split by column phase: ph[r][p][t] is the row's value
+     * at column 4t + p - 1 (zero outside the image), so that column c of
+     * the patches of tiles t..t+15 is ph[r][c % 4][t + c / 4 ...], 16
+     * consecutive floats; rows in a ring, since consecutive 6-row patches
+     * overlap by 2 rows (loaded, normalised and SiLU'd once) */
+    float ph[6][4][DX_WG_PHN], (*pr[6])[DX_WG_PHN];
+    float row[4 * DX_WG_PHN + 2048]; /* a row as loaded, room for up2's half row */
+    int ty, tx0, r, c, l, L, e, p;
 
     (void)thread;
+    for (r = 0; r < 6; r++)
+        pr[r] = ph[r];
     for (ty = 0; ty < j->nty; ty++) {
         const int iy0 = (j->ty0 + ty) * 4 - 1;
 
-        for (r = 0; r < 6; r++) {
-            int iy = iy0 + r;
+        if (ty > 0) {
+            float(*f0)[DX_WG_PHN] = pr[0], (*f1)[DX_WG_PHN] = pr[1];
+
+            pr[0] = pr[4];
+            pr[1] = pr[5];
+            pr[4] = pr[2];
+            pr[5] = pr[3];
+            pr[2] = f0;
+            pr[3] = f1;
+        }
+        for (r = ty > 0 ? 2 : 0; r < 6; r++) {
+            const int iy = iy0 + r;
 
             if (iy >= 0 && iy < H) {
+                dx_wg_load_row(j, ci, iy, row);
                 /* zero only the padding: column -1 and beyond W */
-                rows[r][0] = 0.0f;
-                memcpy(rows[r] + 1, xc + (size_t)iy * W, (size_t)W * sizeof(float));
-                memset(rows[r] + 1 + W, 0, (size_t)(pw + 4 * DX_WG_L - 1 - W) * sizeof(float));
+                row[0] = 0.0f;
+                memset(row + 1 + W, 0, (rlen - 1 - (size_t)W) * sizeof(float));
+                for (p = 0; p < 4; p++)
+                    for (l = 0; l < nph; l++)
+                        pr[r][p][l] = row[4 * l + p];
             } else {
-                memset(rows[r], 0, (size_t)(pw + 4 * DX_WG_L) * sizeof(float));
+                for (p = 0; p < 4; p++)
+                    memset(pr[r][p], 0, (size_t)nph * sizeof(float));
             }
         }
         for (tx0 = 0; tx0 < tw; tx0 += DX_WG_L) {
-            float d[6][6][DX_WG_L], t[6][6][DX_WG_L], o[6][6][DX_WG_L];
+            float t[6][6][DX_WG_L], o[6][6][DX_WG_L];
             const size_t t0 = (size_t)ty * tw + tx0;
 
             L = tw - tx0 < DX_WG_L ? tw - tx0 : DX_WG_L;
-            for (r = 0; r < 6; r++)
-                for (c = 0; c < 6; c++)
-                    for (l = 0; l < DX_WG_L; l++)
-                        d[r][c][l] = rows[r][(tx0 + l) * 4 + c];
-            /* t[.][c] = B^T d[.][c]: over rows, column by column */
+            /* t[.][c] = B^T d[.][c]: over rows, column by column (local
+             * arrays, not pointers into ph and t: with those GCC could not
+             * rule out aliasing and left the transform scalar) */
             for (c = 0; c < 6; c++) {
                 float dc[6][DX_WG_L], oc[6][DX_WG_L];
 
                 for (r = 0; r < 6; r++)
                     for (l = 0; l < DX_WG_L; l++)
-                        dc[r][l] = d[r][c][l];
+                        dc[r][l] = pr[r][c & 3][tx0 + l + (c >> 2)];
                 DX_WG_BT(oc, dc, DX_WG_L);
                 for (r = 0; r < 6; r++)
                     for (l = 0; l < DX_WG_L; l++)
@@ -932,22 +1006,31 @@ DX_CLONES DX_VECTORIZE static void dx_wg_output_task(void *arg, int co, int thre
                     o[r][l * 4 + 3] = m1 - m2 + 8.0f * (m3 - m4) + m5 + bias;
                 }
             ncol = W - tx0 * 4 < L * 4 ? W - tx0 * 4 : L * 4;
-            for (r = 0; r < 4 && oy0 + r < H; r++)
-                memcpy(yc + (size_t)(oy0 + r) * W + (size_t)tx0 * 4, o[r],
-                       (size_t)ncol * sizeof(float));
+            for (r = 0; r < 4 && oy0 + r < H; r++) {
+                float *yr = yc + (size_t)(oy0 + r) * W + (size_t)tx0 * 4;
+
+                if (j->acc)
+                    for (l = 0; l < ncol; l++)
+                        yr[l] += o[r][l];
+                else
+                    memcpy(yr, o[r], (size_t)ncol * sizeof(float));
+            }
         }
 }
 
+/* Scratch of n floats, 64-byte aligned: the Winograd transforms store 16
+ * floats (a cache line) at a time, and malloc's large blocks start 16
+ * bytes into a page, which made every such store straddle two lines. */
 static int dx_grow(dx_cpu *c, float **p, size_t *have, size_t n, const char *what)
 {
-    float *q;
+    void *q;
 
     if (*have >= n)
         return 0;
     free(*p);
     *p = NULL;
     *have = 0;
-    if (n > SIZE_MAX / sizeof(float) || (q = malloc(n * sizeof *q)) == NULL) {
+    if (n > SIZE_MAX / sizeof(float) || posix_memalign(&q, 64, n * sizeof(float)) != 0) {
         dx_cpu_fail(c, what);
         return -1;
     }
@@ -956,14 +1039,77 @@ static int dx_grow(dx_cpu *c, float **p, size_t *have, size_t n, const char *wha
     return 0;
 }
 
-/* a 3x3, stride 1, pad 1 convolution of B images by F(4x4, 3x3) */
+/* sum of x[0..n-1] (of (x - m)^2 when sq), in double, in DX_GN_L
+ * independent lanes so that the loop vectorises */
+#define DX_GN_L 16
+DX_CLONES DX_VECTORIZE static double dx_gn_sum(const float *x, size_t n, double m, int sq)
+{
+    double acc[DX_GN_L] = {0}, s = 0.0;
+    size_t i = 0;
+    int l;
+
+    if (sq)
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++) {
+                double e = x[i + l] - m;
+
+                acc[l] += e * e;
+            }
+    else
+        for (; i + DX_GN_L <= n; i += DX_GN_L)
+            for (l = 0; l < DX_GN_L; l++)
+                acc[l] += x[i + l];
+    for (; i < n; i++)
+        s += sq ? (x[i] - m) * (x[i] - m) : x[i];
+    for (l = 0; l < DX_GN_L; l++)
+        s += acc[l];
+    return s;
+}
+
+/* GroupNorm statistics of one image folded into a per-channel scale and
+ * shift: task = group */
+typedef struct dx_gnab_job {
+    const float *x, *gamma, *beta;
+    float *a, *b;
+    int C, G;
+    size_t HW;
+    double eps;
+} dx_gnab_job;
+
+static void dx_gnab_task(void *arg, int g, int thread)
+{
+    const dx_gnab_job *j = arg;
+    const int cpg = j->C / j->G;
+    const size_t n = (size_t)cpg * j->HW;
+    const float *xg = j->x + (size_t)g * n;
+    double mean, var;
+    int ch;
+
+    (void)thread;
+    /* as dx_gn_task: two passes in double */
+    mean = dx_gn_sum(xg, n, 0.0, 0) / (double)n;
+    var = dx_gn_sum(xg, n, mean, 1) / (double)n;
+    for (ch = g * cpg; ch < (g + 1) * cpg; ch++) {
+        const float a = (float)(j->gamma[ch] / sqrt(var + j->eps));
+
+        j->a[ch] = a;
+        j->b[ch] = (float)(j->beta[ch] - mean * a);
+    }
+}
+
+/* a 3x3, stride 1, pad 1 convolution of B images by F(4x4, 3x3), with the
+ * input stage of dxk_cpu_conv3 (pre may be NULL: a plain convolution) */
 static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *w,
-                              const float *b, int B, int Cin, int H, int W, int Cout)
+                              const float *b, int B, int Cin, int H, int W, int Cout,
+                              const dxk_conv_pre *pre, int acc)
 {
     const int tw = (W + 3) / 4, th = (H + 3) / 4;
+    const int up2 = pre != NULL && pre->up2;
     const size_t wide = (size_t)(Cin > Cout ? Cin : Cout);
+    const size_t xplane = (size_t)Cin * (up2 ? (size_t)(H / 2) * (W / 2) : (size_t)H * W);
     int band = (int)(DX_COL_MAX / (36 * wide * (size_t)tw)), img, ty0, saved = 0;
     dx_wg_job j;
+    dx_gnab_job gj;
 
     if (band < 1)
         band = 1;
@@ -971,7 +1117,9 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
         band = th;
     if (dx_grow(c, &c->wg_u, &c->wg_u_n, (size_t)36 * Cout * Cin, "the Winograd weights") ||
         dx_grow(c, &c->wg_v, &c->wg_v_n, (size_t)36 * Cin * band * tw, "the Winograd input") ||
-        dx_grow(c, &c->wg_m, &c->wg_m_n, (size_t)36 * Cout * band * tw, "the Winograd product"))
+        dx_grow(c, &c->wg_m, &c->wg_m_n, (size_t)36 * Cout * band * tw, "the Winograd product") ||
+        (pre != NULL && pre->gamma != NULL &&
+         dx_grow(c, &c->gn_ab, &c->gn_ab_n, (size_t)2 * Cin, "the GroupNorm scales")))
         return;
     memset(&j, 0, sizeof j);
     j.u = c->wg_u;
@@ -984,14 +1132,32 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
     j.H = H;
     j.W = W;
     j.tw = tw;
+    j.up2 = up2;
+    j.acc = acc;
+    memset(&gj, 0, sizeof gj);
+    if (pre != NULL && pre->gamma != NULL) {
+        j.ga = gj.a = c->gn_ab;
+        j.gb = gj.b = c->gn_ab + Cin;
+        j.silu = pre->silu;
+        gj.gamma = pre->gamma;
+        gj.beta = pre->beta;
+        gj.C = Cin;
+        gj.G = pre->G;
+        gj.HW = xplane / (size_t)Cin;
+        gj.eps = pre->eps;
+    }
     dxk_pool_run(c->pool, Cout, dx_wg_weight_task, &j);
     if (c->pool != NULL) {
         saved = dx_blas_threads();
         dx_blas_set_threads(1);
     }
     for (img = 0; img < B; img++) {
-        j.x = x + (size_t)img * Cin * H * W;
+        j.x = x + (size_t)img * xplane;
         j.y = y + (size_t)img * Cout * H * W;
+        if (j.ga != NULL) {
+            gj.x = j.x;
+            dxk_pool_run(c->pool, gj.G, dx_gnab_task, &gj);
+        }
         for (ty0 = 0; ty0 < th; ty0 += band) {
             j.ty0 = ty0;
             j.nty = th - ty0 < band ? th - ty0 : band;
@@ -1006,6 +1172,176 @@ static void dx_conv3_winograd(dx_cpu *c, float *y, const float *x, const float *
 }
 
 static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int B, int Cin, int H, int W, int Cout, int k);
+
+/* ---- 3x3 convolution to a few channels, direct ------------------------
+ *
+ * The VAE's conv_out makes 3 channels from 128 at the image's full size;
+ * as im2col + SGEMM it wrote a panel of 9 x 128 values per pixel (300 MB
+ * at 256 px) for 3 multiply-adds each. Directly, a band of DX_DC_ROWS
+ * output rows keeps its Cout accumulator rows in cache, and each input
+ * channel's rows (with the input stage of dxk_cpu_conv3: GroupNorm, SiLU,
+ * upsampling) are loaded once per band and swept by the 9 taps of every
+ * output channel, vectorised along the row. Used for fewer than
+ * DX_WG_MIN output channels. */
+#define DX_DC_ROWS 16
+
+typedef struct dx_dc_job {
+    dx_wg_job in; /* x (all B images), H, W, up2, ga, gb, silu: the input stage */
+    float *y, *scratch;
+    const float *w, *b;
+    int Cin, Cout, nb, acc;
+    size_t xplane, per_thread, rstride;
+} dx_dc_job;
+
+/* task = image * nb + band */
+DX_CLONES DX_VECTORIZE static void dx_dc_task(void *arg, int task, int thread)
+{
+    const dx_dc_job *j = arg;
+    const int H = j->in.H, W = j->in.W, img = task / j->nb, oy0 = (task % j->nb) * DX_DC_ROWS;
+    const int rows = H - oy0 < DX_DC_ROWS ? H - oy0 : DX_DC_ROWS;
+    float *acc = j->scratch + (size_t)thread * j->per_thread;
+    float *in = acc + (size_t)j->Cout * DX_DC_ROWS * W;
+    dx_wg_job src = j->in;
+    int ci, co, r, ky, ox;
+
+    src.x = j->in.x + (size_t)img * j->xplane;
+    if (src.ga != NULL) {
+        src.ga += (size_t)img * 2 * j->Cin;
+        src.gb = src.ga + j->Cin;
+    }
+    for (co = 0; co < j->Cout; co++)
+        for (r = 0; r < rows; r++) {
+            float *a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+            const float bias = j->b != NULL ? j->b[co] : 0.0f;
+
+            for (ox = 0; ox < W; ox++)
+                a[ox] = bias;
+        }
+    for (ci = 0; ci < j->Cin; ci++) {
+        /* input rows oy0-1 .. oy0+rows, zero-padded by one column a side */
+        for (r = 0; r < rows + 2; r++) {
+            float *row = in + (size_t)r * j->rstride;
+            const int iy = oy0 - 1 + r;
+
+            if (iy >= 0 && iy < H) {
+                dx_wg_load_row(&src, ci, iy, row);
+                row[0] = 0.0f;
+                row[W + 1] = 0.0f;
+            } else {
+                memset(row, 0, (size_t)(W + 2) * sizeof(float));
+            }
+        }
+        for (co = 0; co < j->Cout; co++) {
+            const float *wc = j->w + ((size_t)co * j->Cin + ci) * 9;
+
+            for (r = 0; r < rows; r++) {
+                float *restrict a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+
+                for (ky = 0; ky < 3; ky++) {
+                    const float *restrict x0 = in + (size_t)(r + ky) * j->rstride;
+                    const float w0 = wc[ky * 3], w1 = wc[ky * 3 + 1], w2 = wc[ky * 3 + 2];
+
+                    for (ox = 0; ox < W; ox++)
+                        a[ox] += w0 * x0[ox] + w1 * x0[ox + 1] + w2 * x0[ox + 2];
+                }
+            }
+        }
+    }
+    for (co = 0; co < j->Cout; co++)
+        for (r = 0; r < rows; r++) {
+            const float *a = acc + ((size_t)co * DX_DC_ROWS + r) * W;
+            float *yr = j->y + (((size_t)img * j->Cout + co) * H + oy0 + r) * W;
+
+            if (j->acc)
+                for (ox = 0; ox < W; ox++)
+                    yr[ox] += a[ox];
+            else
+                memcpy(yr, a, (size_t)W * sizeof(float));
+        }
+}
+
+static void dx_conv3_direct(dx_cpu *c, float *y, const float *x, const float *w, const float *b,
+                            int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre)
+{
+    const int up2 = pre != NULL && pre->up2, nt = dxk_pool_size(c->pool);
+    dx_dc_job j;
+    dx_gnab_job gj;
+    int img;
+
+    memset(&j, 0, sizeof j);
+    j.in.x = x;
+    j.in.H = H;
+    j.in.W = W;
+    j.in.up2 = up2;
+    j.y = y;
+    j.w = w;
+    j.b = b;
+    j.Cin = Cin;
+    j.Cout = Cout;
+    j.nb = (H + DX_DC_ROWS - 1) / DX_DC_ROWS;
+    j.acc = pre != NULL && pre->acc;
+    j.xplane = (size_t)Cin * (up2 ? (size_t)(H / 2) * (W / 2) : (size_t)H * W);
+    /* a row: W + 2 padded values, then room for the half row up2 stages */
+    j.rstride = (size_t)W + 2 + (size_t)W / 2 + 16;
+    j.per_thread = (size_t)Cout * DX_DC_ROWS * W + (DX_DC_ROWS + 2) * j.rstride;
+    if (dx_grow(c, &c->col, &c->col_n, j.per_thread * nt, "the convolution's rows") ||
+        (pre != NULL && pre->gamma != NULL &&
+         dx_grow(c, &c->gn_ab, &c->gn_ab_n, (size_t)2 * Cin * B, "the GroupNorm scales")))
+        return;
+    j.scratch = c->col;
+    if (pre != NULL && pre->gamma != NULL) {
+        /* the statistics of every image first: one band job for them all */
+        memset(&gj, 0, sizeof gj);
+        gj.gamma = pre->gamma;
+        gj.beta = pre->beta;
+        gj.C = Cin;
+        gj.G = pre->G;
+        gj.HW = j.xplane / (size_t)Cin;
+        gj.eps = pre->eps;
+        for (img = 0; img < B; img++) {
+            gj.x = x + (size_t)img * j.xplane;
+            gj.a = c->gn_ab + (size_t)img * 2 * Cin;
+            gj.b = gj.a + Cin;
+            dxk_pool_run(c->pool, gj.G, dx_gnab_task, &gj);
+        }
+        j.in.silu = pre->silu;
+    }
+    if (pre != NULL && pre->gamma != NULL)
+        j.in.ga = c->gn_ab; /* image i's scales at 2 Cin i, its shifts Cin after */
+    dxk_pool_run(c->pool, B * j.nb, dx_dc_task, &j);
+}
+
+/* the shapes dx_conv3_winograd takes */
+static int dx_wg_fits(int Cin, int W, int Cout)
+{
+    return Cin >= DX_WG_MIN && Cout >= DX_WG_MIN && W <= 4 * 1024;
+}
+
+int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                  int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre)
+{
+    dx_cpu *c;
+
+    if (be != NULL && be->conv2d == cpu_conv2d && Cout < DX_WG_MIN && W <= 4 * 1024 &&
+        Cin >= 1 && Cout >= 1 && !(pre != NULL && pre->up2 && (H % 2 != 0 || W % 2 != 0)) &&
+        !(pre != NULL && pre->gamma != NULL && (pre->G <= 0 || Cin % pre->G != 0))) {
+        c = dx_priv(be);
+        if (c->fail == DEXEC_OK && B > 0 && H > 0)
+            dx_conv3_direct(c, y, x, w, b, B, Cin, H, W, Cout, pre);
+        return 1;
+    }
+    if (be == NULL || be->conv2d != cpu_conv2d || !dx_wg_fits(Cin, W, Cout) ||
+        (pre != NULL && pre->up2 && (H % 2 != 0 || W % 2 != 0)) ||
+        (pre != NULL && pre->gamma != NULL && (pre->G <= 0 || Cin % pre->G != 0)))
+        return 0;
+    c = dx_priv(be);
+    if (c->fail == DEXEC_OK && B > 0 && H > 0)
+        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout, pre, pre != NULL && pre->acc);
+    return 1;
+}
+
+static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                        int B, int Cin, int H, int W, int Cout, int k)
 {
     dx_cpu *c = dx_priv(be);
@@ -1014,8 +1350,12 @@ static void cpu_conv2d(dxk_backend *be, float *y, const float *x, const float *w
 
     if (c->fail != DEXEC_OK || B <= 0 || Cout <= 0 || HW == 0)
         return;
-    if (k == 3 && Cin >= DX_WG_MIN && Cout >= DX_WG_MIN && W <= 4 * 1024) {
-        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout);
+    if (k == 3 && dx_wg_fits(Cin, W, Cout)) {
+        dx_conv3_winograd(c, y, x, w, b, B, Cin, H, W, Cout, NULL, 0);
+        return;
+    }
+    if (k == 3 && Cout < DX_WG_MIN && W <= 4 * 1024) {
+        dx_conv3_direct(c, y, x, w, b, B, Cin, H, W, Cout, NULL);
         return;
     }
     band = (int)(DX_COL_MAX / (K * (size_t)W));
@@ -1068,33 +1408,6 @@ typedef struct dx_gn_job {
     int C, HW, G, silu;
     double eps;
 } dx_gn_job;
-
-/* sum of x[0..n-1] (of (x - m)^2 when sq), in double, in DX_GN_L
- * independent lanes so that the loop vectorises */
-#define DX_GN_L 16
-DX_CLONES DX_VECTORIZE static double dx_gn_sum(const float *x, size_t n, double m, int sq)
-{
-    double acc[DX_GN_L] = {0}, s = 0.0;
-    size_t i = 0;
-    int l;
-
-    if (sq)
-        for (; i + DX_GN_L <= n; i += DX_GN_L)
-            for (l = 0; l < DX_GN_L; l++) {
-                double e = x[i + l] - m;
-
-                acc[l] += e * e;
-            }
-    else
-        for (; i + DX_GN_L <= n; i += DX_GN_L)
-            for (l = 0; l < DX_GN_L; l++)
-                acc[l] += x[i + l];
-    for (; i < n; i++)
-        s += sq ? (x[i] - m) * (x[i] - m) : x[i];
-    for (l = 0; l < DX_GN_L; l++)
-        s += acc[l];
-    return s;
-}
 
 /* task = b*G + g: one group of one image */
 DX_CLONES DX_VECTORIZE static void dx_gn_task(void *arg, int task, int thread)
@@ -1184,6 +1497,7 @@ static void cpu_destroy(dxk_backend *be)
     free(c->wg_u);
     free(c->wg_v);
     free(c->wg_m);
+    free(c->gn_ab);
     free(c);
     free(be);
 }
