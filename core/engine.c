@@ -480,9 +480,9 @@ fail:
 }
 
 /* With dtype other than float32, every rank must have loaded its model that
- * way: the mp executor passes it to its workers (--dtype), but external
- * workers are started by someone else and another executor may not pass
- * it. A rank that answers get_info with another dtype (or none, an older
+ * way: the mp and ray_actor executors pass it to their workers (--dtype),
+ * but external workers are started by someone else and a third-party
+ * executor may not pass it. A rank that answers get_info with another dtype (or none, an older
  * worker) fails engine creation rather than computing in a precision
  * nobody asked for. */
 static dexec_status check_dtype(dexec_engine *e, char *err, size_t errlen)
@@ -515,7 +515,7 @@ static dexec_status check_dtype(dexec_engine *e, char *err, size_t errlen)
             dx_fail(err, errlen, DEXEC_ECONFIG,
                     "dtype = \"%s\", but rank %d keeps its weights as %s: this executor does "
                     "not pass dtype to its workers; start external workers with dexec-worker "
-                    "--dtype %s, or use the mp executor",
+                    "--dtype %s, or use the mp or ray_actor executor",
                     want, r, got != NULL ? got : "float32 (a worker without --dtype)", want);
             dexec_value_free(replies);
             return DEXEC_ECONFIG;

@@ -434,6 +434,48 @@ START_TEST(test_local_labels_must_be_offered)
 }
 END_TEST
 
+/* dtype = "float16" with device = "auto": the actor gets --dtype (a node
+ * agent in spawn_actor) and opens the model that way. Without a GPU the
+ * worker's own refusal comes back (not the engine's "does not pass dtype",
+ * which an actor started without --dtype would cause); with one, every
+ * rank reports float16. */
+static void check_half_dtype(int ranks, const char *extra)
+{
+    char conf[1024], err[2048];
+    dexec_engine *e = NULL;
+    dexec_status st;
+
+    snprintf(conf, sizeof(conf), "device = \"auto\"; dtype = \"float16\";\n%s",
+             extra != NULL ? extra : "");
+    st = try_engine(ranks, conf, &e, err, sizeof(err));
+    if (st == DEXEC_OK) {
+        dexec_value *args = dexec_value_array(), *r = NULL;
+
+        ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_info", 0, args, NULL, -1, &r),
+                         DEXEC_OK);
+        for (int i = 0; i < ranks; i++)
+            ck_assert_str_eq(dexec_value_as_str(dexec_value_map_get(
+                                                    dexec_value_array_get(r, (size_t)i), "dtype"),
+                                                ""),
+                             "float16");
+        dexec_value_free(r);
+        dexec_value_free(args);
+        dexec_engine_free(e);
+        return;
+    }
+    ck_assert_msg(strstr(err, "dtype = \"float16\" is not supported on the CPU: the CPU backend "
+                              "computes in float32") != NULL,
+                  "got: %s", err);
+    ck_assert_msg(strstr(err, "does not pass dtype") == NULL, "got: %s", err);
+}
+
+START_TEST(test_local_dtype_reaches_actor)
+{
+    check_half_dtype(2, NULL);
+    ck_assert_int_eq(count_children(), 0);
+}
+END_TEST
+
 START_TEST(test_local_init_error_leaves_nothing)
 {
     dexec_engine *e;
@@ -941,6 +983,17 @@ START_TEST(test_cluster_auto_device_on_cpu_node)
 }
 END_TEST
 
+START_TEST(test_cluster_dtype_reaches_actor)
+{
+    test_worker b;
+
+    NEED_REDIS();
+    start_node(&b, "cpuonly", NULL); /* --gpus 0 */
+    check_half_dtype(1, cluster_conf(NULL));
+    test_worker_stop(&b);
+}
+END_TEST
+
 START_TEST(test_cluster_no_room_for_second_engine)
 {
     test_worker b;
@@ -1081,6 +1134,7 @@ static Suite *ray_suite(void)
     tcase_add_test(local, test_local_resources_on_live_actor);
     tcase_add_test(local, test_local_too_many_cpus);
     tcase_add_test(local, test_local_too_few_gpus);
+    tcase_add_test(local, test_local_dtype_reaches_actor);
     tcase_add_test(local, test_local_more_cpus_than_ray_init_declares);
     tcase_add_test(local, test_local_runtime_env);
     tcase_add_test(local, test_local_labels_must_be_offered);
@@ -1102,6 +1156,7 @@ static Suite *ray_suite(void)
     tcase_add_test(cluster, test_cluster_lands_on_labelled_node);
     tcase_add_test(cluster, test_cluster_no_room_for_second_engine);
     tcase_add_test(cluster, test_cluster_auto_device_on_cpu_node);
+    tcase_add_test(cluster, test_cluster_dtype_reaches_actor);
     tcase_add_test(cluster, test_cluster_parallel_group);
     tcase_add_test(cluster, test_cluster_auto_needs_registry_env);
     tcase_add_test(cluster, test_cluster_engine_sigkill_takes_actor);

@@ -378,19 +378,20 @@ static void owner_left(node *n, dxs_conn *c)
 }
 
 static int parse_spawn(const dexec_value *p, int *ranks, const char **model, const char **device,
-                       int *cpus, int *gpus, int64_t *memory, const dexec_value **labels,
-                       const char **token, char *err, size_t errlen)
+                       const char **dtype, int *cpus, int *gpus, int64_t *memory,
+                       const dexec_value **labels, const char **token, char *err, size_t errlen)
 {
     const dexec_value *v;
 
     if (p == NULL || p->type != DEXEC_VAL_MAP) {
-        snprintf(err, errlen, "spawn_actor: expected params [{ranks, model, device, cpus, gpus, "
-                              "memory, resources, token, admin}]");
+        snprintf(err, errlen, "spawn_actor: expected params [{ranks, model, device, dtype, cpus, "
+                              "gpus, memory, resources, token, admin}]");
         return -1;
     }
     *ranks = (int)dexec_value_as_int(dexec_value_map_get(p, "ranks"), 1);
     *model = dexec_value_as_str(dexec_value_map_get(p, "model"), "fashion-dit");
     *device = dexec_value_as_str(dexec_value_map_get(p, "device"), "auto");
+    *dtype = dexec_value_as_str(dexec_value_map_get(p, "dtype"), "float32");
     *cpus = (int)dexec_value_as_int(dexec_value_map_get(p, "cpus"), 1);
     *gpus = (int)dexec_value_as_int(dexec_value_map_get(p, "gpus"), 0);
     *memory = dexec_value_as_int(dexec_value_map_get(p, "memory"), 0);
@@ -406,6 +407,12 @@ static int parse_spawn(const dexec_value *p, int *ranks, const char **model, con
     if (strcmp(*device, "auto") != 0 && strcmp(*device, "cpu") != 0 &&
         strcmp(*device, "cuda") != 0) {
         snprintf(err, errlen, "spawn_actor: bad device '%s' (auto, cpu, cuda)", *device);
+        return -1;
+    }
+    if (strcmp(*dtype, "float32") != 0 && strcmp(*dtype, "float16") != 0 &&
+        strcmp(*dtype, "bfloat16") != 0) {
+        snprintf(err, errlen, "spawn_actor: bad dtype '%.64s' (float32, float16, bfloat16)",
+                 *dtype);
         return -1;
     }
     if (*token != NULL && strspn(*token, "0123456789abcdefABCDEF") != strlen(*token)) {
@@ -501,7 +508,7 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     char **env;
     int ranks, cpus, gpus, pfd[2], admin;
     int64_t memory;
-    const char *model, *device, *token;
+    const char *model, *device, *dtype, *token;
     const dexec_value *labels, *adm;
     char err[1024], missing[128], want[256], ranks_s[16], listen_s[320], devs[256];
     char *argv[24];
@@ -514,8 +521,8 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     cpu_set_t avoid;
     size_t off = 0;
 
-    if (parse_spawn(dexec_value_array_get(params, 0), &ranks, &model, &device, &cpus, &gpus,
-                    &memory, &labels, &token, err, sizeof(err)) != 0) {
+    if (parse_spawn(dexec_value_array_get(params, 0), &ranks, &model, &device, &dtype, &cpus,
+                    &gpus, &memory, &labels, &token, err, sizeof(err)) != 0) {
         reply_err(c, id, DEXEC_EINVAL, "%s", err);
         return;
     }
@@ -602,6 +609,8 @@ static void handle_spawn(node *n, dxs_conn *c, uint32_t id, const dexec_value *p
     argv[i++] = (char *)model;
     argv[i++] = "--device";
     argv[i++] = (char *)device;
+    argv[i++] = "--dtype";
+    argv[i++] = (char *)dtype;
     if (token != NULL) {
         snprintf(a->tokfile, sizeof(a->tokfile), "%s/actor-%d.token", n->tmpdir, a->id);
         if (write_token(a->tokfile, token) != 0) {

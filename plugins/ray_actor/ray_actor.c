@@ -73,7 +73,7 @@
 /* What the actor needs, read from the configuration once. */
 typedef struct actor_ask {
     int ranks;
-    const char *model, *device;
+    const char *model, *device, *dtype;
     int cpus, gpus;
     int64_t memory;
     const dexec_value *labels; /* borrowed from the config; MAP or NULL */
@@ -152,10 +152,12 @@ static dexec_status read_ask(const dexec_config *cfg, actor_ask *a, char *err, s
 
     a->model = "fashion-dit";
     a->device = "auto";
+    a->dtype = "float32";
     a->labels = NULL;
     dexec_config_get_int(cfg, "num_gpus", &n);
     dexec_config_get_string(cfg, "model", &a->model);
     dexec_config_get_string(cfg, "device", &a->device);
+    dexec_config_get_string(cfg, "dtype", &a->dtype);
     dexec_config_get_int(cfg, "ray_actor.cpus", &cpus);
     dexec_config_get_int(cfg, "ray_actor.gpus", &gpus);
     dexec_config_get_int(cfg, "ray_actor.memory", &memory);
@@ -341,7 +343,7 @@ static dexec_status spawn_local(struct dexec_executor *ex, const actor_ask *a, c
     char ranks_s[16], devs[256], cpus[1024] = "", perr[512];
     char *argv[] = {(char *)ex->host->worker_path, "--listen", "fd:3", "--ranks", ranks_s,
                     "--rank", "0", "--model", (char *)a->model, "--device", (char *)a->device,
-                    a->admin ? "--allow-admin" : NULL, NULL};
+                    "--dtype", (char *)a->dtype, a->admin ? "--allow-admin" : NULL, NULL};
     dexec_spawn_args sa = {.struct_size = sizeof(sa), .argv = argv, .stdout_fd = -1,
                            .cpus = cpus, .visible_gpus = devs, .memory_bytes = a->memory,
                            .component = COMPONENT, .label = "actor"};
@@ -498,6 +500,7 @@ static dexec_value *spawn_params(const actor_ask *a, const char *token, const de
     dexec_value_map_set(m, "ranks", dexec_value_int(a->ranks));
     dexec_value_map_set(m, "model", dexec_value_str(a->model));
     dexec_value_map_set(m, "device", dexec_value_str(a->device));
+    dexec_value_map_set(m, "dtype", dexec_value_str(a->dtype));
     dexec_value_map_set(m, "cpus", dexec_value_int(a->cpus));
     dexec_value_map_set(m, "gpus", dexec_value_int(a->gpus));
     dexec_value_map_set(m, "memory", dexec_value_int(a->memory));
@@ -726,7 +729,8 @@ static dexec_status place_slurm(struct dexec_executor *ex, const actor_ask *a, d
     const char *const *opts = NULL;
     char ranks_s[16], constraint[512], msg[1024];
     char *argv[] = {(char *)ex->host->worker_path, "--ranks", ranks_s, "--model",
-                    (char *)a->model, "--device", (char *)a->device, NULL};
+                    (char *)a->model, "--device", (char *)a->device, "--dtype",
+                    (char *)a->dtype, NULL};
     char **extra = NULL;
     size_t nopts = 0;
     dexec_srun_args sa = {.struct_size = sizeof(sa), .worker_argv = argv, .ntasks = 1,
