@@ -251,9 +251,10 @@ START_TEST(test_cfg2_same_pixels_dit_s)
 }
 END_TEST
 
-/* Two groups of cfg = 2 on four ranks: requests dealt across the groups,
- * outputs in request order, each from its group's first rank. */
-START_TEST(test_two_groups_keep_order)
+/* Two groups of cfg = 2 on four ranks (conf: the executor's cfg = 2
+ * setting): requests dealt across the groups, outputs in request order,
+ * each from its group's first rank. */
+static void check_two_groups_keep_order(const char *const *conf)
 {
     enum { N = 6 };
     dexec_request reqs[N];
@@ -263,7 +264,7 @@ START_TEST(test_two_groups_keep_order)
 
     make_requests(reqs, N, ids, 4);
     one = run(1, NULL, reqs, N);
-    four = run(4, cfg2, reqs, N);
+    four = run(4, conf, reqs, N);
     assert_same_images(one, four, N);
     for (int i = 0; i < N; i++) {
         ck_assert_str_eq(four[i].request_id, ids[i]);
@@ -274,6 +275,11 @@ START_TEST(test_two_groups_keep_order)
     ck_assert_msg(seen[0] && seen[1], "one group got every request");
     dexec_outputs_free(one, N);
     dexec_outputs_free(four, N);
+}
+
+START_TEST(test_two_groups_keep_order)
+{
+    check_two_groups_keep_order(cfg2);
 }
 END_TEST
 
@@ -762,29 +768,10 @@ START_TEST(test_ray_same_pixels)
 }
 END_TEST
 
-/* Two cfg = 2 groups in one actor of four ranks: requests dealt across the
- * groups, outputs in request order, each from its group's first rank. */
+/* Two cfg = 2 groups in one actor of four ranks. */
 START_TEST(test_ray_two_groups_keep_order)
 {
-    enum { N = 6 };
-    dexec_request reqs[N];
-    char ids[N][16];
-    dexec_output *one, *four;
-    int seen[2] = {0, 0};
-
-    make_requests(reqs, N, ids, 4);
-    one = run(1, NULL, reqs, N);
-    four = run(4, ray_cfg2, reqs, N);
-    assert_same_images(one, four, N);
-    for (int i = 0; i < N; i++) {
-        ck_assert_str_eq(four[i].request_id, ids[i]);
-        ck_assert_msg(four[i].rank == 0 || four[i].rank == 2, "request %d from rank %d", i,
-                      four[i].rank);
-        seen[four[i].rank / 2] = 1;
-    }
-    ck_assert_msg(seen[0] && seen[1], "one group got every request");
-    dexec_outputs_free(one, N);
-    dexec_outputs_free(four, N);
+    check_two_groups_keep_order(ray_cfg2);
 }
 END_TEST
 
