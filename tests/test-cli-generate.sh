@@ -29,6 +29,17 @@ expect_in() { # file text
     grep -F -- "$2" "$tmp/$1" >/dev/null || fail "no line in $1 with: $2"
 }
 
+# Waits (up to 60 s) until PID has used 0.3 s of CPU: a worker that is
+# computing an image, past its start-up and hello (a fixed sleep killed it
+# during hello on a loaded machine).
+wait_busy() {
+    for _ in $(seq 1 600); do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null) || return
+        [ "${t:-0}" -ge $(( $(getconf CLK_TCK) * 3 / 10 )) ] && return
+        sleep 0.1
+    done
+}
+
 # Prints the text chunks of a PNG as KEY=VALUE lines (iTXt marked).
 png_text() {
     python3 - "$1" <<'PY'
@@ -149,13 +160,17 @@ done
 if [ -z "$victim" ]; then
     fail "rank 1's worker never appeared"
 else
-    sleep 1 # let it start the first image
+    wait_busy "$victim" # computing its first image
     kill -9 "$victim"
 fi
 wait "$gen_pid"
 rc=$?
 gen_pid=
 [ "$rc" -eq 1 ] || fail "killed rank: exit status $rc, expected 1"
+# the images written after the death still name their model
+png_text "$tmp/k-2.png" >"$tmp/text" 2>/dev/null
+grep -E '^model=.*fashion-dit\.safetensors$' "$tmp/text" >/dev/null ||
+    fail "killed rank: k-2.png has no model chunk: $(cat "$tmp/text")"
 [ -f "$tmp/k-0.png" ] && [ -f "$tmp/k-2.png" ] && [ -f "$tmp/k-3.png" ] ||
     fail "killed rank: rank 0's k-0.png, k-2.png, k-3.png missing"
 [ ! -e "$tmp/k-1.png" ] && [ ! -e "$tmp/k.png" ] ||
@@ -179,7 +194,7 @@ done
 if [ -z "$victim" ]; then
     fail "rank 1's worker never appeared"
 else
-    sleep 1
+    wait_busy "$victim"
     kill -9 "$victim"
 fi
 wait "$gen_pid"

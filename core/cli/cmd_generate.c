@@ -527,6 +527,9 @@ int cmd_generate(int argc, char **argv)
     }
     b.enabled = !quiet && isatty(STDERR_FILENO);
     b.nreq = (int)batch;
+    /* asked before the step: a rank that dies in it (and is not restarted)
+     * would fail the collective afterwards, leaving the PNGs' model empty */
+    model = model_of(e);
     b.start = dexec_now();
     st = dexec_engine_step(e, reqs, (size_t)batch, &outs, on_progress, &b);
     if (b.enabled)
@@ -534,8 +537,6 @@ int cmd_generate(int argc, char **argv)
     if (st != DEXEC_OK) {
         fprintf(stderr, "dexec generate: %s\n", dexec_engine_last_error(e));
         rc = 1;
-    } else {
-        model = model_of(e);
     }
     for (long i = 0; st == DEXEC_OK && i < batch; i++) {
         const dexec_output *o = &outs[i];
