@@ -596,7 +596,7 @@ static dexec_status check_request(dexec_engine *e, const dexec_request *r, size_
     if (DEXEC_STRUCT_CHECK(r, dexec_request, DEXEC_REQUEST_SIZE_1_1, msg, sizeof(msg)) !=
         DEXEC_OK)
         return set_error(e, DEXEC_EINVAL, "request %zu: %s", i, msg);
-    id = r->request_id != NULL ? r->request_id : "(no id)";
+    id = r->request_id != NULL ? r->request_id : "no id";
 
     /* the limits of <dexec/limits.h>, which the worker applies too */
     if (r->height < 0 || r->height > DEXEC_MAX_IMAGE_SIZE)

@@ -384,7 +384,7 @@ START_TEST(step_rejects_bad_requests)
     r[0].guidance_scale = NAN;
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "request 0 ((no id)): guidance_scale nan is outside 0..100 (negative: the model's default)");
+                     "request 0 (no id): guidance_scale nan is outside 0..100 (negative: the model's default)");
     r[0].guidance_scale = -1;
     r[0].request_id = "";
     ck_assert_int_eq(dexec_engine_step(e, r, 2, &o, NULL, NULL), DEXEC_EINVAL);

@@ -95,6 +95,7 @@ typedef struct server {
     char *token;           /* NULL: none required */
     double request_timeout, drain_grace;
     long max_body, max_prompt, max_images;
+    int par_cfg; /* parallel.cfg: 2 needs guidance */
     int nranks;
     time_t started;
     double start;
@@ -702,6 +703,12 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
             json_number_value(v) > DEXEC_MAX_GUIDANCE)
             BAD("guidance_scale", "guidance_scale must be a number in 0..%g", DEXEC_MAX_GUIDANCE);
         g->guidance = json_number_value(v);
+        if (S.par_cfg > 1 && g->guidance == 1.0)
+            BAD("guidance_scale", "guidance_scale 1 turns classifier-free guidance off, and this "
+                                  "server's ranks compute the two branches of guidance in pairs "
+                                  "(parallel.cfg = %d): ask for another guidance_scale, or leave "
+                                  "it out for the model's default",
+                S.par_cfg);
     }
     if ((v = json_object_get(body, "seed")) != NULL && !json_is_null(v)) {
         if (!json_is_integer(v))
@@ -1523,6 +1530,9 @@ static int setup(const dexec_config *cfg, struct addrinfo **ai)
     S.max_prompt = (long)v;
     dexec_config_get_int(cfg, "serve.max_images", &v);
     S.max_images = (long)v;
+    v = 1;
+    dexec_config_get_int(cfg, "parallel.cfg", &v);
+    S.par_cfg = (int)v;
     S.model_key = model;
     {
         const char *base = strrchr(model, '/') != NULL ? strrchr(model, '/') + 1 : model;
