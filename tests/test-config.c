@@ -884,10 +884,15 @@ START_TEST(test_cli)
     ck_assert_str_eq(out, "dexec: set: num_gpus = 6 is not a multiple of parallel.cfg x "
                           "parallel.sequence = 2 x 2: num_gpus = data-parallel groups x cfg x "
                           "sequence\n");
-    /* unset, num_gpus is left to the command line (--num-gpus) */
+    /* unset, num_gpus is left to the command line (--num-gpus): a note */
     path = write_file("cli.conf", "parallel = { cfg = 2; };\n");
     snprintf(args, sizeof(args), "config check %s", path);
     ck_assert_int_eq(run_cli(args, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "dexec: note: num_gpus is not set (default 1), and parallel.cfg x "
+                              "parallel.sequence = 2 x 1 needs a multiple of 2: give it with "
+                              "--num-gpus when you run, or here with -s num_gpus=N to check "
+                              "it\n") != NULL,
+                  "got: %s", out);
 
     ck_assert_int_eq(run_cli("config keys", out, sizeof(out)), 0);
     ck_assert_ptr_nonnull(strstr(out, "\nnum_gpus "));

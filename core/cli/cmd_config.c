@@ -25,7 +25,8 @@ static void usage(FILE *out)
             "       are checked and printed like the core's keys. The output is itself a\n"
             "       valid configuration file, except that passwords and secrets are\n"
             "       masked (\"****\"). A num_gpus that is set (not the default) must be\n"
-            "       a multiple of parallel.cfg x parallel.sequence, as the engine requires.\n"
+            "       a multiple of parallel.cfg x parallel.sequence, as the engine requires;\n"
+            "       left at its default, a note says what it needs.\n"
             "keys   lists every key with its type, default, accepted values and meaning:\n"
             "       the core's, then the settings of every plugin in the search path\n"
             "       ($DEXEC_PLUGIN_PATH, FILE's plugin_path, the plugin directory),\n"
@@ -155,6 +156,12 @@ static int config_check(int argc, char **argv)
             dexec_config_free(cfg);
             return 1;
         }
+        if ((from == NULL || strcmp(from, "default") == 0) && pc * ps > 1 && n % (pc * ps) != 0)
+            fprintf(stderr,
+                    "dexec: note: num_gpus is not set (default %lld), and parallel.cfg x "
+                    "parallel.sequence = %lld x %lld needs a multiple of %lld: give it with "
+                    "--num-gpus when you run, or here with -s num_gpus=N to check it\n",
+                    (long long)n, (long long)pc, (long long)ps, (long long)(pc * ps));
     }
     text = dexec_config_dump(cfg);
     dexec_config_free(cfg);
