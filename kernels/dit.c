@@ -641,6 +641,26 @@ dexec_status dxk_dit_load_published(const dxk_safetensors *st, dxk_dit_config *c
     return DEXEC_OK;
 }
 
+dexec_status dxk_dit_check_heads(int S, int heads, char *err, size_t errlen)
+{
+    char divs[256] = "";
+    size_t off = 0;
+
+    if (S > 0 && heads % S == 0)
+        return DEXEC_OK;
+    for (int d = 1; d <= heads && d <= 64; d++)
+        if (heads % d == 0 && off < sizeof(divs)) {
+            int w = snprintf(divs + off, sizeof(divs) - off, "%s%d", off ? ", " : "", d);
+
+            off += w > 0 ? (size_t)w : 0;
+        }
+    dexec_errorf(err, errlen,
+                 "parallel.sequence = %d does not divide the %d attention heads of this model: "
+                 "use one of %s",
+                 S, heads, divs);
+    return DEXEC_EINVAL;
+}
+
 void dxk_dit_free(dxk_dit *m)
 {
     size_t i;
@@ -728,12 +748,8 @@ dexec_status dxk_dit_ws_alloc(dxk_dit *m, int B, int H, int W, dxk_dit_ws **out,
     T = (size_t)(H / c->patch_size) * (size_t)(W / c->patch_size);
     if (m->seq != NULL && m->seq->size > 1) {
         S = m->seq->size;
-        if (c->num_heads % S != 0) {
-            dexec_errorf(err, errlen,
-                         "sequence = %d does not divide the %d attention heads of this model",
-                         S, c->num_heads);
+        if (dxk_dit_check_heads(S, c->num_heads, err, errlen) != DEXEC_OK)
             return DEXEC_EINVAL;
-        }
         if ((size_t)S > T) {
             dexec_errorf(err, errlen,
                          "sequence = %d is more than the %zu tokens of a %dx%d image (patch %d): "

@@ -191,4 +191,11 @@ struct json_t;
 int dxk_json_int(struct json_t *o, const char *path, const char *key, int dflt, int lo, int hi,
                  int *out, char *err, size_t errlen);
 
+/* Refuses a sequence group of S ranks that does not divide the model's
+ * heads (Ulysses splits the heads across the group): EINVAL with
+ * "parallel.sequence = S does not divide the H attention heads of this
+ * model: use one of D" (D: the divisors of H up to 64). DEXEC_OK when S
+ * divides H. */
+dexec_status dxk_dit_check_heads(int S, int heads, char *err, size_t errlen);
+
 #endif

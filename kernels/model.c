@@ -76,12 +76,8 @@ dexec_status dxk_model_set_parallel(dxk_model *m, const dxk_parallel *par, char 
                          q->size);
             return DEXEC_EINVAL;
         }
-        if (c->num_heads % q->size != 0) {
-            dexec_errorf(err, errlen,
-                         "sequence = %d does not divide the %d attention heads of this model",
-                         q->size, c->num_heads);
+        if (dxk_dit_check_heads(q->size, c->num_heads, err, errlen) != DEXEC_OK)
             return DEXEC_EINVAL;
-        }
     }
     m->par = *par;
     dx_model_dit(m)->seq = par->seq != NULL && par->seq->size > 1 ? par->seq : NULL;

@@ -585,8 +585,9 @@ START_TEST(test_refusals)
     e = open_engine(3, seq3, err, sizeof(err), &st);
     ck_assert_int_eq(st, DEXEC_EWORKER);
     ck_assert_ptr_null(e);
-    ck_assert_msg(strstr(err, "mp: group 0 (ranks 0-2): parallel_join: rank 0: sequence = 3 does "
-                              "not divide the 4 attention heads of this model") != NULL,
+    ck_assert_msg(strstr(err, "mp: group 0 (ranks 0-2): parallel_join: rank 0: parallel.sequence = "
+                              "3 does not divide the 4 attention heads of this model: use one "
+                              "of 1, 2, 4") != NULL,
                   "%s", err);
 
     /* the same on the ray_actor executor */
@@ -600,8 +601,9 @@ START_TEST(test_refusals)
     ck_assert_int_eq(st, DEXEC_EWORKER);
     ck_assert_ptr_null(e);
     ck_assert_msg(strncmp(err, "ray_actor: actor (pid ", 22) == 0 &&
-                      strstr(err, "): parallel groups of cfg 1 x sequence 3: rank 0: sequence = "
-                                  "3 does not divide the 4 attention heads of this model (plugin ") !=
+                      strstr(err, "): parallel groups of cfg 1 x sequence 3: rank 0: "
+                                  "parallel.sequence = 3 does not divide the 4 attention heads of "
+                                  "this model: use one of 1, 2, 4 (plugin ") !=
                           NULL,
                   "%s", err);
 

@@ -397,12 +397,12 @@ START_TEST(test_heads_refused)
     ck_assert_msg(dxk_model_open(bundled_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s",
                   err);
     ck_assert_int_eq(set_seq(m, 3, &c, &r, &g, err, sizeof err), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "sequence = 3 does not divide the 4 attention heads of this model");
+    ck_assert_str_eq(err, "parallel.sequence = 3 does not divide the 4 attention heads of this model: use one of 1, 2, 4");
     tc_group_destroy(&g);
     dxk_model_free(m);
     ck_assert_msg(dxk_model_open(dits_path, "cpu", 0, &m, err, sizeof err) == DEXEC_OK, "%s", err);
     ck_assert_int_eq(set_seq(m, 4, &c, &r, &g, err, sizeof err), DEXEC_EINVAL);
-    ck_assert_str_eq(err, "sequence = 4 does not divide the 6 attention heads of this model");
+    ck_assert_str_eq(err, "parallel.sequence = 4 does not divide the 6 attention heads of this model: use one of 1, 2, 3, 6");
     tc_group_destroy(&g);
     dxk_model_free(m);
 }
