@@ -240,6 +240,11 @@ done
 rc=$?
 [ "$rc" -ne 0 ] || fail "--dtype float64: exit status 0"
 expect_in err 'dexec: dtype: "float64" is not one of: float32, float16, bfloat16'
+# a worker started by hand with a half dtype on the CPU stops at once
+"$DEXEC_WORKER" --listen "unix:$tmp/w.sock" --device cpu --dtype float16 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 2 ] || fail "dexec-worker --device cpu --dtype float16: exit status $rc, expected 2"
+expect_in err "dexec-worker: --dtype float16 is not supported with --device cpu: the CPU backend computes in float32 (float16 and bfloat16 files are converted when loaded); start it with --dtype float32 (the default) or --device cuda"
 
 # 7. a published latent model: a diffusers pipeline directory (the reduced
 # golden DiT + VAE of contrib/published) gives RGB images of its size

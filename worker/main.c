@@ -321,6 +321,16 @@ int main(int argc, char **argv)
                 opt.dtype);
         return 2;
     }
+    if (opt.dtype != NULL && strcmp(opt.dtype, "float32") != 0 && strcmp(opt.device, "cpu") == 0) {
+        /* refused here, not at the first engine's hello: a worker that
+         * could never open its model would wait for engines to fail */
+        fprintf(stderr,
+                "dexec-worker: --dtype %s is not supported with --device cpu: the CPU backend "
+                "computes in float32 (float16 and bfloat16 files are converted when loaded); "
+                "start it with --dtype float32 (the default) or --device cuda\n",
+                opt.dtype);
+        return 2;
+    }
     if (opt.owner_wait < 0 || opt.owner_wait > 86400 ||
         (opt.owner_wait > 0 && strncmp(listen_addr, "fd:", 3) == 0)) {
         fprintf(stderr, "dexec-worker: --owned takes 1..86400 seconds, with a unix: or tcp: "
