@@ -728,10 +728,21 @@ dexec_status dxk_generate(dxk_model *m, const dexec_request *req, dexec_output *
         return s;
     /* the bundled model: flow matching, sampled with Euler (sampler.c) */
     if (req->sampler != NULL && strcmp(req->sampler, "euler") != 0) {
-        dexec_errorf(err, errlen,
-                     "sampler '%s' does not fit this model: it is dexec's own flow-matching "
-                     "model, whose sampler is euler",
-                     req->sampler);
+        dxk_sampler known;
+        char why[128];
+
+        /* a name that is no sampler at all is said as such (as for the
+         * published models), one of another kind as not fitting */
+        if (dxk_sampler_parse(req->sampler, &known, why, sizeof why) != DEXEC_OK)
+            dexec_errorf(err, errlen,
+                         "%s; this model is dexec's own flow-matching model, whose sampler is "
+                         "euler",
+                         why);
+        else
+            dexec_errorf(err, errlen,
+                         "sampler '%s' does not fit this model: it is dexec's own flow-matching "
+                         "model, whose sampler is euler",
+                         req->sampler);
         return DEXEC_EINVAL;
     }
     if (req->step_noise != NULL) {

@@ -207,5 +207,8 @@ gen "$tmp/m2.png" -p sneaker --steps 2 -s 2 --noise "$tmp/b28.f32" || fail "bund
 gen "$tmp/x.png" -p sneaker --steps 2 --sampler ddim
 grep -F "sampler 'ddim' does not fit this model: it is dexec's own flow-matching model, whose sampler is euler" \
     "$tmp/err" >/dev/null || fail "ddim on the bundled model: message"
+gen "$tmp/x.png" -p sneaker --steps 2 --sampler bogus
+grep -F "sampler 'bogus' is not one of ddpm, ddim, euler, heun; this model is dexec's own flow-matching model, whose sampler is euler" \
+    "$tmp/err" >/dev/null || fail "an unknown sampler on the bundled model: message"
 
 exit $status
