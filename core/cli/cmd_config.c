@@ -130,7 +130,7 @@ static int config_check(int argc, char **argv)
         *eq = '\0';
         if (dexec_config_set(cfg, sets[i], eq + 1, err, sizeof(err)) != DEXEC_OK) {
             /* not the value: it may be a password (the message masks it) */
-            fprintf(stderr, "dexec: -s %s: %s\n", sets[i], err);
+            fprintf(stderr, "dexec: set: %s\n", err); /* err names the key */
             dexec_config_free(cfg);
             free(sets);
             return 1;
