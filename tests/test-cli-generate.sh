@@ -240,6 +240,16 @@ done
 rc=$?
 [ "$rc" -ne 0 ] || fail "--dtype float64: exit status 0"
 expect_in err 'dexec: dtype: "float64" is not one of: float32, float16, bfloat16'
+# --set: any other key, checked like the configuration's
+"$cli" generate -p sneaker --steps 2 -s 5 --set mp.spin_us=50 --set=timeouts.health=7 -q \
+    -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err" || fail "--set: exit status $?: $(cat "$tmp/err")"
+[ -s "$tmp/set.png" ] || fail "--set: no image"
+"$cli" generate -p sneaker --steps 2 --set mp.spin_us=2001 -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
+[ $? -eq 1 ] || fail "--set mp.spin_us=2001: exit status not 1"
+expect_in err "dexec: mp.spin_us: must be between 0 and 2000, got 2001"
+"$cli" generate -p sneaker --steps 2 --set mp.spin_us -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
+[ $? -eq 2 ] || fail "--set without =: exit status not 2"
+expect_in err "dexec: --set expects KEY=VALUE, got 'mp.spin_us'"
 # a worker started by hand with a half dtype on the CPU stops at once
 "$DEXEC_WORKER" --listen "unix:$tmp/w.sock" --device cpu --dtype float16 >"$tmp/out" 2>"$tmp/err"
 rc=$?

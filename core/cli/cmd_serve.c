@@ -1428,7 +1428,6 @@ static void serve_usage(FILE *out)
             "                             (serve.drain_grace)\n"
             "      --max-queued N         images waiting for a rank before 429\n"
             "                             (engine.max_queued)\n"
-            "      --set KEY=VALUE        any other configuration key (repeatable)\n"
             "%s",
             cli_engine_opts_help);
 }
@@ -1489,19 +1488,6 @@ static int parse_args(int argc, char **argv, cli_engine_opts *eo)
         }
         if (hit)
             continue;
-        if (strcmp(a, "--set") == 0 || strncmp(a, "--set=", 6) == 0) {
-            char *kv = a[5] == '=' ? (char *)a + 6 : (i + 1 < argc ? argv[++i] : NULL);
-            char *eq = kv != NULL ? strchr(kv, '=') : NULL;
-
-            if (eq == NULL) {
-                fprintf(stderr, "dexec serve: --set expects KEY=VALUE\n");
-                return 2;
-            }
-            *eq = '\0';
-            eo->set_key[eo->nset] = kv;
-            eo->set_val[eo->nset++] = eq + 1;
-            continue;
-        }
         fprintf(stderr, "dexec serve: unknown option '%s' (see --help)\n", a);
         return 2;
     }

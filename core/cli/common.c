@@ -15,7 +15,8 @@ const char cli_engine_opts_help[] =
     "      --dtype TYPE        weights on the device: float32, float16 or bfloat16\n"
     "                          (half types: CUDA only)\n"
     "      --num-gpus N        number of ranks\n"
-    "  -m, --model NAME|PATH   model (a bundled name or a .safetensors path)\n";
+    "  -m, --model NAME|PATH   model (a bundled name or a .safetensors path)\n"
+    "      --set KEY=VALUE     any other configuration key (repeatable, at most 16)\n";
 
 static int take(int argc, char **argv, int *i, const char **dst)
 {
@@ -57,6 +58,27 @@ int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i)
         return take(argc, argv, i, &o->num_gpus);
     if (is_opt(a, "-m", "--model"))
         return take(argc, argv, i, &o->model);
+    if (is_opt(a, NULL, "--set")) {
+        const char *kv;
+        char *eq;
+
+        if (take(argc, argv, i, &kv) < 0)
+            return -1;
+        eq = strchr(kv, '=');
+        if (eq == NULL || eq == kv) {
+            fprintf(stderr, "dexec: --set expects KEY=VALUE, got '%s'\n", kv);
+            return -1;
+        }
+        if (o->nset >= (int)(sizeof(o->set_key) / sizeof(o->set_key[0]))) {
+            fprintf(stderr, "dexec: too many --set options (at most %zu)\n",
+                    sizeof(o->set_key) / sizeof(o->set_key[0]));
+            return -1;
+        }
+        *eq = '\0'; /* argv's own storage: the key ends here */
+        o->set_key[o->nset] = kv;
+        o->set_val[o->nset++] = eq + 1;
+        return 1;
+    }
     return 0;
 }
 
