@@ -112,10 +112,12 @@ static inline void tc_group_abandon(tc_group *g)
     pthread_mutex_unlock(&g->mu);
 }
 
-static inline dexec_status tc_alltoall(void *ctx, const void *send, void *recv, size_t bytes,
-                                       char *err, size_t errlen)
+/* Every rank publishes send; each then copies `bytes` from every rank's
+ * buffer at offset `from` into recv (rank order), and waits until all have
+ * read before anyone may reuse its send buffer. */
+static inline dexec_status tc_exchange(tc_rank *r, const void *send, void *recv, size_t bytes,
+                                       size_t from, char *err, size_t errlen)
 {
-    tc_rank *r = ctx;
     dexec_status s;
     int i;
 
@@ -123,29 +125,25 @@ static inline dexec_status tc_alltoall(void *ctx, const void *send, void *recv, 
     if ((s = tc_barrier(r, err, errlen)) != DEXEC_OK)
         return s;
     for (i = 0; i < r->g->size; i++)
-        memcpy((char *)recv + (size_t)i * bytes,
-               (const char *)r->g->send[i] + (size_t)r->rank * bytes, bytes);
-    /* nobody reuses its send buffer before every rank has read it */
+        memcpy((char *)recv + (size_t)i * bytes, (const char *)r->g->send[i] + from, bytes);
     if ((s = tc_barrier(r, err, errlen)) == DEXEC_OK)
         r->sent += (unsigned long long)bytes * (unsigned)(r->g->size - 1);
     return s;
 }
 
+/* block i of send goes to rank i */
+static inline dexec_status tc_alltoall(void *ctx, const void *send, void *recv, size_t bytes,
+                                       char *err, size_t errlen)
+{
+    tc_rank *r = ctx;
+
+    return tc_exchange(r, send, recv, bytes, (size_t)r->rank * bytes, err, errlen);
+}
+
 static inline dexec_status tc_allgather(void *ctx, const void *send, void *recv, size_t bytes,
                                         char *err, size_t errlen)
 {
-    tc_rank *r = ctx;
-    dexec_status s;
-    int i;
-
-    r->g->send[r->rank] = send;
-    if ((s = tc_barrier(r, err, errlen)) != DEXEC_OK)
-        return s;
-    for (i = 0; i < r->g->size; i++)
-        memcpy((char *)recv + (size_t)i * bytes, r->g->send[i], bytes);
-    if ((s = tc_barrier(r, err, errlen)) == DEXEC_OK)
-        r->sent += (unsigned long long)bytes * (unsigned)(r->g->size - 1);
-    return s;
+    return tc_exchange(ctx, send, recv, bytes, 0, err, errlen);
 }
 
 static inline void tc_comm(dxk_comm *c, tc_rank *r, tc_group *g, int rank)
