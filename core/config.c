@@ -205,10 +205,11 @@ static const struct dx_key keys[] = {
     KEY_ENUM("mp.launcher", "local", "local|srun",
              "how the mp executor starts its ranks: children of the engine (local), or "
              "one Slurm job step with a task per rank (srun)"),
-    KEY_INT("mp.spin_us", 0, 0, 2000,
+    KEY_INT("mp.spin_us", -1, -1, 2000,
             "microseconds a caller waiting on ranks (collective_rpc, a step) reads their "
             "sockets without sleeping before it blocks: a short call's reply then needs no "
-            "wake-up (tens of us on a VM), for a CPU busy that long per wait; 0 sleeps at once"),
+            "wake-up (tens of us on a VM), for a CPU busy that long per wait; 0 sleeps at "
+            "once; -1 (auto): 50 while the caller runs on a CPU no rank is pinned to, else 0"),
     KEY_INT("mp.cpus_per_rank", 0, -1, 4096,
             "CPUs each local mp rank runs on (its affinity) and threads it computes with "
             "(OPENBLAS_NUM_THREADS, the CPU pool): 0 splits this host's CPUs evenly "

@@ -30,6 +30,8 @@
  * sleeping for the first microseconds of a wait, so that a short call's
  * reply finds it awake: no wake-up of a sleeping thread, which on a VM is
  * an interrupt to another CPU (tens of microseconds, doc/performance.md).
+ * dexec_conn_set_spin_auto spins only while the waiting thread runs on a
+ * CPU its workers are not pinned to (the mp executor's default).
  *
  * Deadlines while waiting: a connection may carry a silence timeout
  * (dexec_conn_set_timeouts, the engine's timeouts.health). A call whose
@@ -89,6 +91,9 @@ typedef struct pending {
     struct pending *next;
 } pending;
 
+/* Where a waiting caller may spin (c->spin_where). */
+enum { SPIN_ANYWHERE, SPIN_OFF_CPUS, SPIN_NOWHERE };
+
 /* Who reads the socket (c->reading). */
 enum { RD_NONE, RD_THREAD, RD_CALLER };
 
@@ -136,6 +141,12 @@ struct dexec_conn {
     double write_timeout; /* seconds one frame may take to leave */
     double silence;       /* seconds of silence before a probe; 0: none */
     double spin;          /* seconds a waiting caller reads without sleeping */
+    /* dexec_conn_set_spin_auto: spin only while the waiting thread runs on
+     * a CPU outside spin_cpus (the worker's); spin_where: SPIN_ANYWHERE,
+     * SPIN_OFF_CPUS (outside spin_cpus) or SPIN_NOWHERE (the worker is not
+     * pinned). Set before the connection is used. */
+    int spin_where;
+    cpu_set_t spin_cpus;
     uint32_t next_id;
     pending *pend;
     pending *spare; /* a finished call's record, kept for the next call */
@@ -301,7 +312,47 @@ void dexec_conn_set_spin(dexec_conn *c, double seconds)
     /* within the ordered phase, where one connection is read alone */
     double v = seconds > ORDERED_READ_S ? ORDERED_READ_S : seconds > 0 ? seconds : 0;
 
+    __atomic_store_n(&c->spin_where, SPIN_ANYWHERE, __ATOMIC_RELAXED);
     __atomic_store(&c->spin, &v, __ATOMIC_RELAXED);
+}
+
+dexec_status dexec_conn_set_spin_auto(dexec_conn *c, double seconds, const char *worker_cpus)
+{
+    cpu_set_t set;
+    int where = SPIN_NOWHERE;
+
+    if (worker_cpus != NULL && worker_cpus[0] != '\0') {
+        if (dx_cpulist_parse(worker_cpus, &set) != 0 || CPU_COUNT(&set) == 0)
+            return DEXEC_EINVAL;
+        c->spin_cpus = set;
+        where = SPIN_OFF_CPUS;
+    }
+    dexec_conn_set_spin(c, seconds);
+    __atomic_store_n(&c->spin_where, where, __ATOMIC_RELAXED);
+    return DEXEC_OK;
+}
+
+/* How long c asks a wait to spin when the waiting thread runs on *cpu
+ * (-2: not looked up yet; sched_getcpu, once per wait, only when it
+ * matters): 0 when it does not ask, -1 when it forbids it (spinning would
+ * take the CPU from c's worker, or from a worker whose CPUs are unknown). */
+static double spin_wanted(dexec_conn *c, int *cpu)
+{
+    double spin;
+
+    __atomic_load(&c->spin, &spin, __ATOMIC_RELAXED);
+    if (spin <= 0)
+        return 0;
+    switch (__atomic_load_n(&c->spin_where, __ATOMIC_RELAXED)) {
+    case SPIN_ANYWHERE:
+        return spin;
+    case SPIN_OFF_CPUS:
+        if (*cpu == -2)
+            *cpu = sched_getcpu();
+        return *cpu >= 0 && *cpu < CPU_SETSIZE && !CPU_ISSET(*cpu, &c->spin_cpus) ? spin : -1;
+    default:
+        return -1;
+    }
 }
 
 void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence)
@@ -1387,6 +1438,7 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     dexec_conn **held = n < 9 ? held_stack : n <= 64 ? calloc(n + 1, sizeof(*held)) : NULL;
     size_t nheld = 0;
     double start = dexec_now(), ordered_until = start + ORDERED_READ_S, spin_until = 0;
+    int cpu = -2; /* the CPU this thread runs on, when a connection asks (spin_wanted) */
 
     for (size_t i = 0; i < n; i++) {
         w[i].finished = !w[i].active;
@@ -1401,9 +1453,14 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
     if (held != NULL)
         nheld = tokens_take_all(w, n, held, deadline);
     for (size_t i = 0; i < nheld; i++) {
-        double spin;
+        /* one connection that forbids it forbids it: spinning on one
+         * worker's CPU delays that worker, whichever connection asked */
+        double spin = spin_wanted(held[i], &cpu);
 
-        __atomic_load(&held[i]->spin, &spin, __ATOMIC_RELAXED);
+        if (spin < 0) {
+            spin_until = 0;
+            break;
+        }
         if (spin > 0 && start + spin > spin_until)
             spin_until = start + spin;
     }

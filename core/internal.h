@@ -6,6 +6,7 @@
 #ifndef DEXEC_INTERNAL_H
 #define DEXEC_INTERNAL_H
 
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 
@@ -32,6 +33,10 @@ double dx_remaining(double deadline);
 /* dexec_now() from the coarse clock (CLOCK_MONOTONIC_COARSE: cheaper,
  * a few ms behind): for deadlines of tens of ms and more. */
 double dx_now_coarse(void);
+
+/* "0-3,8" -> set (CPU lists as taskset and /proc say them). 0, or -1 on
+ * bad text or a CPU >= CPU_SETSIZE. */
+int dx_cpulist_parse(const char *s, cpu_set_t *set);
 
 /* The plugin search path in order: $DEXEC_PLUGIN_PATH entries, the config's
  * plugin_path entries, the compiled-in plugin directory. Returns a

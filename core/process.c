@@ -71,7 +71,7 @@ static void sleep_s(double s)
 /* ---- CPU lists ------------------------------------------------------------------ */
 
 /* "0-3,8" -> set. 0, or -1 on bad text or a CPU >= CPU_SETSIZE. */
-static int cpulist_parse(const char *s, cpu_set_t *set)
+int dx_cpulist_parse(const char *s, cpu_set_t *set)
 {
     CPU_ZERO(set);
     while (*s != '\0') {
@@ -140,7 +140,7 @@ dexec_status dexec_cpus_pick(int n, const char *avoid, char *out, size_t outlen,
     int avail = 0;
 
     CPU_ZERO(&busy);
-    if (avoid != NULL && cpulist_parse(avoid, &busy) != 0)
+    if (avoid != NULL && dx_cpulist_parse(avoid, &busy) != 0)
         return dx_fail(err, errlen, DEXEC_EINVAL, "bad CPU list '%s' (expected e.g. 0-3,8)", avoid);
     if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0)
         return dx_fail(err, errlen, DEXEC_EIO, "sched_getaffinity: %s", strerror(errno));
@@ -712,7 +712,7 @@ dexec_status dexec_process_spawn(const dexec_spawn_args *a, dexec_process **out,
     j->ctl_fd = j->stdout_fd = j->procs_fd = j->pipe_w = -1;
     j->parent = getpid();
     if (args.cpus != NULL && args.cpus[0] != '\0') {
-        if (cpulist_parse(args.cpus, &j->cpus) != 0 || CPU_COUNT(&j->cpus) == 0) {
+        if (dx_cpulist_parse(args.cpus, &j->cpus) != 0 || CPU_COUNT(&j->cpus) == 0) {
             st = dx_fail(err, errlen, DEXEC_EINVAL,
                          "%s: bad CPU list '%s' (expected e.g. 0-3,8, CPUs below %d)", p->component,
                          args.cpus, CPU_SETSIZE);

@@ -246,7 +246,7 @@ expect_in err 'dexec: dtype: "float64" is not one of: float32, float16, bfloat16
 [ -s "$tmp/set.png" ] || fail "--set: no image"
 "$cli" generate -p sneaker --steps 2 --set mp.spin_us=2001 -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
 [ $? -eq 1 ] || fail "--set mp.spin_us=2001: exit status not 1"
-expect_in err "dexec: mp.spin_us: must be between 0 and 2000, got 2001"
+expect_in err "dexec: mp.spin_us: must be between -1 and 2000, got 2001"
 "$cli" generate -p sneaker --steps 2 --set mp.spin_us -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
 [ $? -eq 2 ] || fail "--set without =: exit status not 2"
 expect_in err "dexec: --set expects KEY=VALUE, got 'mp.spin_us'"

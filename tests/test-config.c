@@ -229,7 +229,7 @@ static void assert_default_values(const dexec_config *cfg)
         {"num_gpus", 1},        {"max_frame_bytes", 256 << 20}, {"ray_actor.cpus", 1},
         {"ray_actor.gpus", -1}, {"ray_actor.memory", 0},        {"discovery.redis.ttl", 10},
         {"engine.max_queued", 1024}, {"ray_init.num_cpus", -1},  {"ray_init.num_gpus", -1},
-        {"max_restarts", 3},    {"max_task_retries", 3},    {"mp.cpus_per_rank", 0}, {"mp.spin_us", 0},
+        {"max_restarts", 3},    {"max_task_retries", 3},    {"mp.cpus_per_rank", 0}, {"mp.spin_us", -1},
         {"serve.insecure", 0}, {"serve.max_body_bytes", 65536}, {"serve.max_prompt_bytes", 4096},
         {"serve.max_images", 16}, {"serve.max_connections", 256},
         {"parallel.cfg", 1},    {"parallel.sequence", 1},

@@ -1007,6 +1007,9 @@ static long rpc_sleeps(dexec_engine *e, int calls)
     return b.ru_nvcsw - a.ru_nvcsw;
 }
 
+/* mp.spin_us = 0: no spinning, wherever the caller runs. */
+static const char *const zero[] = {"mp.spin_us", "0", NULL};
+
 /* mp.spin_us: the waiting caller reads without sleeping first. With the
  * most (2 ms) a get_rank round trip finds it awake: it sleeps in few of
  * the calls (recv would sleep in nearly every one), where with 0 it sleeps
@@ -1035,12 +1038,82 @@ START_TEST(test_spin_caller_stays_awake)
     dexec_outputs_free(outs, 2);
     dexec_engine_free(e);
 
-    e = open_engine_kv(2, NULL);
+    e = open_engine_kv(2, zero);
     rpc_sleeps(e, 50);
     slept = rpc_sleeps(e, 200);
     dexec_engine_free(e);
     ck_assert_msg(slept > spun, "the caller slept in %ld of 200 calls without spinning, in %ld "
                   "with mp.spin_us = 2000", slept, spun);
+}
+END_TEST
+
+/* Pins the calling thread to one CPU. */
+static void pin_to(int cpu)
+{
+    cpu_set_t one;
+
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+}
+
+/* Sleeps of a caller on CPU `caller` over 200 calls of an engine whose two
+ * ranks were started from a thread on CPU `ranks` (both pinned there:
+ * more ranks than CPUs share them) with the settings kv. */
+static long sleeps_placed(int ranks, int caller, const char *const *kv)
+{
+    dexec_engine *e;
+    long slept;
+
+    pin_to(ranks);
+    e = open_engine_kv(2, kv);
+    pin_to(caller);
+    rpc_sleeps(e, 50); /* warm */
+    slept = rpc_sleeps(e, 200);
+    dexec_engine_free(e);
+    return slept;
+}
+
+/* mp.spin_us = -1 (the default): the caller spins (50 us) only while it
+ * runs on a CPU no rank is pinned to. On another CPU than the ranks' it
+ * stays awake in most calls; on theirs, with ranks that are not pinned
+ * (mp.cpus_per_rank = -1), or with an explicit 0, it sleeps in most. */
+START_TEST(test_spin_auto_follows_placement)
+{
+    static const char *const unpinned[] = {"mp.cpus_per_rank", "-1", NULL};
+    cpu_set_t set;
+    int a = -1, b = -1;
+    long apart, same, off, nopin;
+
+    ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (!CPU_ISSET(i, &set))
+            continue;
+        if (a < 0)
+            a = i;
+        b = i;
+    }
+    apart = sleeps_placed(a, b, NULL);
+    same = sleeps_placed(a, a, NULL);
+    off = sleeps_placed(a, b, zero);
+    nopin = sleeps_placed(a, b, unpinned);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof(set), &set), 0);
+    fprintf(stderr, "mp.spin_us = -1: the caller slept in %ld of 200 calls on a CPU of its own, "
+                    "%ld on the ranks' CPU, %ld with 0, %ld to ranks not pinned\n",
+            apart, same, off, nopin);
+    /* a loaded machine may keep a rank off the CPU past 50 us now and then */
+    ck_assert_msg(apart < 100, "a caller on CPU %d, the ranks on CPU %d, slept in %ld of 200 "
+                  "calls with mp.spin_us = -1", b, a, apart);
+    /* on the ranks' CPU a rank woken by the request may run before the
+     * caller reaches recv, and its reply be there: it sleeps in about
+     * half of the calls (in few, spinning: it yields to the ranks) */
+    ck_assert_msg(same >= 60 && same > apart, "a caller on the ranks' CPU slept in only %ld of "
+                  "200 calls with mp.spin_us = -1 (%ld on a CPU of its own)", same, apart);
+    ck_assert_msg(off >= 100 && off > apart, "a caller on a CPU of its own slept in only %ld of "
+                  "200 calls with mp.spin_us = 0 (%ld with -1)", off, apart);
+    ck_assert_msg(nopin >= 100 && nopin > apart, "a caller slept in only %ld of 200 calls to "
+                  "ranks that are not pinned, with mp.spin_us = -1 (%ld to pinned ones)", nopin,
+                  apart);
 }
 END_TEST
 
@@ -2332,6 +2405,15 @@ static Suite *mp_suite(void)
     tc = tcase_create("spin");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_spin_caller_stays_awake);
+    {
+        cpu_set_t set;
+
+        if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) >= 2)
+            tcase_add_test(tc, test_spin_auto_follows_placement);
+        else
+            fprintf(stderr, "test_spin_auto_follows_placement skipped: this process may run "
+                            "on fewer than 2 CPUs\n");
+    }
     suite_add_tcase(s, tc);
     tc = tcase_create("async");
     tcase_set_timeout(tc, 300);

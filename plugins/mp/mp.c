@@ -62,15 +62,32 @@ struct dexec_executor {
     /* mp.cpus_per_rank: each rank's CPU list ("" none) and thread count (0 none) */
     char (*cpus)[256];
     int threads;
-    /* timeouts.write, timeouts.health, mp.spin_us (as seconds): applied to
-     * every rank's connection once it is ready, a restarted one's too */
+    /* timeouts.write, timeouts.health, mp.spin_us (as seconds; spin_auto:
+     * mp.spin_us = -1): applied to every rank's connection once it is
+     * ready, a restarted one's too */
     double write_t, health_t, spin_s;
+    int spin_auto;
 };
 
-static void conn_settings(const struct dexec_executor *ex, dexec_conn *c)
+/* mp.spin_us = -1: how long a caller spins, where it may (conn_settings). */
+#define SPIN_AUTO_S 50e-6
+
+static void conn_settings(const struct dexec_executor *ex, int rank, dexec_conn *c)
 {
     dexec_conn_set_timeouts(c, ex->write_t, ex->health_t);
-    dexec_conn_set_spin(c, ex->spin_s);
+    if (!ex->spin_auto) {
+        dexec_conn_set_spin(c, ex->spin_s);
+    } else {
+        /* only while the waiting thread runs on a CPU no rank is pinned
+         * to: one with its own CPU stays awake for the reply, one that
+         * shares a rank's would take the CPU from it. Ranks that are not
+         * pinned (mp.cpus_per_rank = -1, srun) may run anywhere: no
+         * spinning. */
+        const char *cpus = ex->srun == NULL && ex->cpus != NULL ? ex->cpus[rank] : NULL;
+
+        if (dexec_conn_set_spin_auto(c, SPIN_AUTO_S, cpus) != DEXEC_OK)
+            dexec_conn_set_spin(c, 0);
+    }
 }
 
 static double left_s(double deadline)
@@ -108,8 +125,9 @@ static int env_has(char *const *env, const char *name)
 }
 
 /* mp.cpus_per_rank: disjoint CPU lists for the ranks and their thread
- * count. 0 splits this process's CPUs evenly (one thread each, no pinning
- * with more ranks than CPUs); N > 0 gives N each; -1 sets nothing. */
+ * count. 0 splits this process's CPUs evenly (with more ranks than CPUs:
+ * one thread each, and every rank on all of them); N > 0 gives N each;
+ * -1 sets nothing. */
 static dexec_status split_cpus(struct dexec_executor *ex, char *err, size_t errlen)
 {
     int64_t per = 0;
@@ -120,7 +138,17 @@ static dexec_status split_cpus(struct dexec_executor *ex, char *err, size_t errl
     if (per < 0)
         return DEXEC_OK;
     if (per == 0 && ex->n > have) {
+        /* they share the CPUs this thread may use, said explicitly (a
+         * child would inherit the spawner thread's): where the ranks may
+         * run is then known (mp.spin_us = -1) */
         ex->threads = 1;
+        ex->cpus = calloc((size_t)ex->n, sizeof(*ex->cpus));
+        if (ex->cpus == NULL)
+            return DEXEC_ENOMEM;
+        for (int r = 0; r < ex->n; r++)
+            if (dexec_cpus_pick(have, NULL, ex->cpus[r], sizeof(ex->cpus[r]), perr,
+                                sizeof(perr)) != DEXEC_OK)
+                ex->cpus[r][0] = '\0'; /* not pinned, as before */
         return DEXEC_OK;
     }
     if (per == 0)
@@ -433,7 +461,7 @@ static dexec_status mp_restart(void *user, int rank, dexec_conn **out, char *err
         dexec_conn_free(c);
         return st;
     }
-    conn_settings(ex, c);
+    conn_settings(ex, rank, c);
     *out = c;
     return DEXEC_OK;
 }
@@ -573,7 +601,7 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         rec.kill = ex->srun == NULL ? mp_kill : NULL;
         rec.user = ex;
         dexec_group_set_recovery(ex->group, &rec);
-        int64_t spin_us = 0;
+        int64_t spin_us = -1;
 
         /* from here on a rank silent past timeouts.health is probed and,
          * unanswered, reported in the call that waits on it */
@@ -582,9 +610,10 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         dexec_config_get_float(host->config, "timeouts.write", &ex->write_t);
         dexec_config_get_float(host->config, "timeouts.health", &ex->health_t);
         dexec_config_get_int(host->config, "mp.spin_us", &spin_us);
-        ex->spin_s = (double)spin_us * 1e-6;
+        ex->spin_auto = spin_us < 0;
+        ex->spin_s = spin_us > 0 ? (double)spin_us * 1e-6 : 0;
         for (int r = 0; r < ex->n; r++)
-            conn_settings(ex, dexec_group_conn(ex->group, r));
+            conn_settings(ex, r, dexec_group_conn(ex->group, r));
     }
     host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
               ex->srun != NULL ? " in Slurm step " : "",
