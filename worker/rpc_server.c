@@ -82,6 +82,10 @@ struct dxs_conn {
     size_t out_off, out_len, out_cap, out_max;
     double write_by; /* queued bytes must move by then */
     int broken;      /* closed for writing: replies are discarded */
+    /* what the loop looks at every round without taking wlock: written
+     * under it (atomic stores), read with atomic loads (has_out: bytes
+     * queued and not broken) */
+    int has_out;
     int wake_fd;     /* the loop's wake pipe */
 };
 
@@ -162,8 +166,9 @@ void dxs_conn_unref(dxs_conn *c)
 /* Stops writing to c (wlock held): the loop sees the shutdown and drops it. */
 static void break_conn(dxs_conn *c)
 {
-    c->broken = 1;
+    __atomic_store_n(&c->broken, 1, __ATOMIC_RELEASE);
     c->out_off = c->out_len = 0;
+    __atomic_store_n(&c->has_out, 0, __ATOMIC_RELEASE);
     shutdown(c->fd, SHUT_RDWR);
 }
 
@@ -188,17 +193,15 @@ static int flush_locked(dxs_conn *c)
     }
     if (c->out_off == c->out_len)
         c->out_off = c->out_len = 0;
+    __atomic_store_n(&c->has_out, !c->broken && c->out_len > c->out_off, __ATOMIC_RELEASE);
     return c->out_len > c->out_off;
 }
 
+/* Whether c has bytes queued: no lock (a writer that leaves bytes queued
+ * sets has_out before it wakes the loop, which then looks again). */
 static int out_pending(dxs_conn *c)
 {
-    int p;
-
-    pthread_mutex_lock(&c->wlock);
-    p = !c->broken && c->out_len > c->out_off;
-    pthread_mutex_unlock(&c->wlock);
-    return p;
+    return __atomic_load_n(&c->has_out, __ATOMIC_ACQUIRE);
 }
 
 /* Queues one frame, head (hlen bytes, already MessagePack) followed by
@@ -737,18 +740,23 @@ static int expire(dxs_server *s, double now)
         int stuck = 0, broken, pending;
 
         next = c->next;
-        pthread_mutex_lock(&c->wlock);
-        broken = c->broken;
-        pending = c->out_len > c->out_off;
-        if (pending && now >= c->write_by) {
-            stuck = 1;
-            dexec_log(DEXEC_LOG_WARN, s->cfg.component,
-                      "dropping a connection that took none of its %zu queued bytes within "
-                      "%.0f s",
-                      c->out_len - c->out_off, c->write_timeout);
-            break_conn(c);
+        broken = __atomic_load_n(&c->broken, __ATOMIC_ACQUIRE);
+        pending = 0;
+        if (!broken && out_pending(c)) {
+            /* bytes queued (rare): look at their deadline under the lock */
+            pthread_mutex_lock(&c->wlock);
+            broken = c->broken;
+            pending = c->out_len > c->out_off;
+            if (pending && now >= c->write_by) {
+                stuck = 1;
+                dexec_log(DEXEC_LOG_WARN, s->cfg.component,
+                          "dropping a connection that took none of its %zu queued bytes "
+                          "within %.0f s",
+                          c->out_len - c->out_off, c->write_timeout);
+                break_conn(c);
+            }
+            pthread_mutex_unlock(&c->wlock);
         }
-        pthread_mutex_unlock(&c->wlock);
         if (broken || stuck) {
             drop(s, c);
             continue;
@@ -790,11 +798,12 @@ int dxs_stopping(const dxs_server *s)
 
 int dxs_run(dxs_server *s)
 {
-    double next_tick = dexec_now() + s->cfg.tick_interval;
+    double t = dexec_now(), next_tick = t + s->cfg.tick_interval;
 
     while (!s->stopping) {
         size_t cap = 1 + (size_t)s->nlisteners, n = 0, first_conn, first_watch;
-        double t = dexec_now();
+        /* t: the time at the end of the last round (one clock read per
+         * round: what happened since is the loop's own bookkeeping) */
         int accepting = t >= s->accept_resume, rc, ms;
         struct pollfd *pf;
         void **who;
@@ -871,7 +880,7 @@ int dxs_run(dxs_server *s)
         for (size_t i = 1; rc > 0 && i < first_conn; i++)
             if (pf[i].revents & POLLIN)
                 accept_all(s, pf[i].fd);
-        now = dexec_now();
+        t = now = dexec_now();
         s->queued = expire(s, now);
         if (s->cfg.owner_wait > 0 && !s->owned && now >= s->owner_by) {
             dexec_log(DEXEC_LOG_WARN, s->cfg.component,
