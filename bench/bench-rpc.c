@@ -7,10 +7,14 @@
  *
  *   bench-rpc [ITERATIONS [RUNS]]   (run it through `make bench`; RUNS default 5)
  *
- * Environment: BENCH_RPC_SPIN_US sets the engine's mp.spin_us (default 0);
- * BENCH_RPC_ONE_CPU=1 runs the caller, the ranks and the raw peers all on
- * one CPU (every hop a context switch there: the CPU cost of each side
- * shows, not the wake-ups across CPUs).
+ * Environment: BENCH_RPC_SPIN_US sets the engine's mp.spin_us (default: the
+ * engine's, -1: auto); BENCH_RPC_ONE_CPU=1 runs the caller, the ranks and
+ * the raw peers all on one CPU (every hop a context switch there: the CPU
+ * cost of each side shows, not the wake-ups across CPUs);
+ * BENCH_RPC_RAW_TIMERS=1 gives the raw fan-out dexec's timers (the
+ * caller's recv bounded by a 2 ms SO_RCVTIMEO, each echo waiting in poll
+ * with a 1 s timeout before its read), to tell their cost from the
+ * protocol's.
  *
  * Placement (the same for both sides of the comparison): the calling
  * thread runs alone on the last CPU the bench may use, in the raw and the
@@ -29,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -82,6 +89,7 @@ static size_t request_frame_size(void)
  * peers are echo processes on unix socketpairs. */
 typedef struct raw_peers {
     int n;
+    int timers; /* BENCH_RPC_RAW_TIMERS */
     int fd[8];
     pid_t pid[8];
     size_t size;
@@ -98,6 +106,7 @@ static void raw_open(raw_peers *rp, int peers, size_t size, const cpu_set_t *cpu
 
     memset(rp, 0, sizeof(*rp));
     rp->n = peers;
+    rp->timers = getenv("BENCH_RPC_RAW_TIMERS") != NULL && getenv("BENCH_RPC_RAW_TIMERS")[0] == '1';
     rp->size = size;
     rp->buf = calloc(1, size);
     for (int p = 0; p < peers; p++) {
@@ -118,7 +127,16 @@ static void raw_open(raw_peers *rp, int peers, size_t size, const cpu_set_t *cpu
                 size_t got = 0;
 
                 while (got < size) {
-                    ssize_t n = read(sv[p][1], rp->buf + got, size - got);
+                    ssize_t n;
+
+                    if (rp->timers) {
+                        /* the worker's loop: poll with its tick's timeout */
+                        struct pollfd pf = {.fd = sv[p][1], .events = POLLIN};
+
+                        if (poll(&pf, 1, 1000) == 0)
+                            continue;
+                    }
+                    n = read(sv[p][1], rp->buf + got, size - got);
 
                     if (n <= 0)
                         _exit(0);
@@ -130,6 +148,12 @@ static void raw_open(raw_peers *rp, int peers, size_t size, const cpu_set_t *cpu
         }
         close(sv[p][1]);
         rp->fd[p] = sv[p][0];
+        if (rp->timers) {
+            /* the engine's read: recv bounded by 2 ms, then again */
+            struct timeval tv = {.tv_sec = 0, .tv_usec = 2000};
+
+            setsockopt(rp->fd[p], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        }
     }
 }
 
@@ -146,6 +170,8 @@ static double raw_call(raw_peers *rp)
         while (got < rp->size) {
             ssize_t n = read(rp->fd[p], rp->buf + got, rp->size - got);
 
+            if (n < 0 && rp->timers && (errno == EAGAIN || errno == EWOULDBLOCK))
+                continue;
             if (n <= 0)
                 exit(1);
             got += (size_t)n;
@@ -399,10 +425,13 @@ int main(int argc, char **argv)
         loadavg[0] = -1;
     printf("collective_rpc(\"get_rank\") round trip, %d calls each (raw and dexec in alternating "
            "blocks of %d), %zu-byte request frame, %ld CPUs, mp.spin_us = %s, load average %.2f "
-           "at the start\n\n",
+           "at the start%s\n\n",
            iters, BLOCK, size, sysconf(_SC_NPROCESSORS_ONLN),
-           getenv("BENCH_RPC_SPIN_US") != NULL ? getenv("BENCH_RPC_SPIN_US") : "0 (default)",
-           loadavg[0]);
+           getenv("BENCH_RPC_SPIN_US") != NULL ? getenv("BENCH_RPC_SPIN_US") : "-1 (auto, default)",
+           loadavg[0],
+           getenv("BENCH_RPC_RAW_TIMERS") != NULL && getenv("BENCH_RPC_RAW_TIMERS")[0] == '1'
+               ? "; the raw fan-out with dexec's timers (BENCH_RPC_RAW_TIMERS=1)"
+               : "");
     printf("| run | workers | raw fan-out median / p99 (us) | dexec median / p99 (us) | "
            "dexec / raw median | dexec / raw p99 | target |\n");
     printf("| --- | --- | --- | --- | --- | --- | --- |\n");
