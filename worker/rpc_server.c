@@ -807,7 +807,7 @@ int dxs_run(dxs_server *s)
         int accepting = t >= s->accept_resume, rc, ms;
         struct pollfd *pf;
         void **who;
-        double now;
+        double now, due;
 
         purge_watches(s);
         for (dxs_conn *c = s->conns; c != NULL; c = c->next)
@@ -834,21 +834,39 @@ int dxs_run(dxs_server *s)
         pf[n++] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
         for (int i = 0; i < s->nlisteners; i++)
             pf[n++] = (struct pollfd){.fd = accepting ? s->listeners[i] : -1, .events = POLLIN};
+        /* poll until the first deadline (expire's, the owner's, the
+         * listeners' back-off, a tick), or for ever when nothing is due:
+         * a worker between calls arms no timer, as a blocking read would
+         * not (every call's wake-up would otherwise start and cancel one) */
+        due = s->cfg.tick != NULL ? next_tick : 1.0 / 0.0;
+        if (s->cfg.owner_wait > 0 && !s->owned && s->owner_by < due)
+            due = s->owner_by;
+        if (!accepting && s->accept_resume < due)
+            due = s->accept_resume;
+        if (s->queued && t + 0.1 < due)
+            due = t + 0.1; /* queued bytes: their write deadline, under wlock */
         first_conn = n;
         for (dxs_conn *c = s->conns; c != NULL; c = c->next) {
             who[n] = c;
             pf[n++] = (struct pollfd){.fd = c->fd,
                                       .events = (short)(POLLIN | (out_pending(c) ? POLLOUT : 0))};
+            if (!c->authed && c->hello_by > 0 && c->hello_by < due)
+                due = c->hello_by;
+            if (c->frame_by > 0 && c->frame_by < due)
+                due = c->frame_by;
+            if (c->idle_by > 0 && c->idle_by < due)
+                due = c->idle_by;
         }
         first_watch = n;
         for (watch *w = s->watches; w != NULL; w = w->next) {
             who[n] = w;
             pf[n++] = (struct pollfd){.fd = w->fd, .events = POLLIN};
         }
-        ms = (int)((next_tick - t) * 1000.0 + 0.999);
-        if ((!accepting || s->queued) && ms > 100)
-            ms = 100;
-        rc = poll(pf, (nfds_t)n, ms < 0 ? 0 : ms);
+        if (due - t > 3600.0)
+            ms = due < 1.0 / 0.0 ? 3600000 : -1;
+        else
+            ms = due <= t ? 0 : (int)((due - t) * 1000.0 + 0.999);
+        rc = poll(pf, (nfds_t)n, ms);
         if (rc < 0 && errno != EINTR) {
             dexec_log(DEXEC_LOG_ERROR, s->cfg.component, "poll: %s", strerror(errno));
             s->exit_status = 1;
