@@ -145,8 +145,23 @@ expect_hdr e_method 'Allow: POST'
 check_error e_sampler 400 '{"error":{"message":"sampler must be \"ddpm\" or \"ddim\" (DiT models) or \"euler\" or \"heun\" (SiT models; the bundled model: \"euler\"); absent or null: the model'"'"'s own","type":"invalid_request_error","param":"sampler","code":null}}' \
     -X POST "$url$gen" -d '{"prompt":"bag","sampler":"plms"}'
 # a sampler of another kind of model: refused by the worker, still bad input
-check_error e_sampler_kind 400 '"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error"' \
+# naming the field; with stream the same 400, before any event (the stream
+# begins once the worker has accepted the request)
+kind_err='{"error":{"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error","param":"sampler","code":null}}'
+check_error e_sampler_kind 400 "$kind_err" \
     -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}'
+check_error e_sampler_kind_sse 400 "$kind_err" \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1,"stream":true}'
+grep -F 'event:' "$tmp/e_sampler_kind_sse.body" >/dev/null && fail "e_sampler_kind_sse: events in a refusal"
+# the other refusals of the model's own checks: a size it does not serve, a
+# prompt that names none of its classes; streaming or not
+check_error e_size_fit_sse 400 '{"error":{"message":"image 0: rank 0: image size 48x40 (width x height) is not one this model serves: 28x28 (its metadata dexec.sizes)","type":"invalid_request_error","param":"size","code":null}}' \
+    -X POST "$url$gen" -H 'Accept: text/event-stream' -d '{"prompt":"bag","size":"48x40","num_inference_steps":1}'
+check_error e_class_sse 400 '"message":"image 0: rank 0: prompt '"'"'zebra'"'"' names no class of this model; known words: t-shirt/top,' \
+    -X POST "$url$gen" -d '{"prompt":"zebra","num_inference_steps":1,"stream":true}'
+expect_body e_class_sse '"type":"invalid_request_error","param":"prompt","code":null}}'
+check_error e_class_neg 400 '"param":"negative_prompt"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","negative_prompt":"zebra","num_inference_steps":1}'
 head -c 2000 /dev/zero | tr '\0' 'x' >"$tmp/big.json"
 check_error e_body 413 '"message":"the request body is 2000 bytes, above serve.max_body_bytes = 1024"' \
     -X POST "$url$gen" --data-binary @"$tmp/big.json"
@@ -155,7 +170,7 @@ st=$(req metrics "$url/metrics")
 expect_status metrics "$st" 200
 expect_hdr metrics 'Content-Type: text/plain; version=0.0.4'
 for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2' \
-    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 10' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 14' \
     'dexec_serve_requests_total{path="/v1/images/generations",code="404"} 1' \
     'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
     'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \

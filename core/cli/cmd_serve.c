@@ -809,6 +809,33 @@ static unsigned output_status(dexec_status st, const char **type, const char **c
     }
 }
 
+/* The request field a worker's refusal (DEXEC_EINVAL) concerns, for the
+ * error object's param: the worker's messages begin with the field they
+ * refuse (kernels/model.c: "sampler 'ddim' does not fit this model",
+ * "image size 48x48 ...", "prompt 'x' names no class ..."). NULL when the
+ * message names none. */
+static const char *output_param(const dexec_output *o)
+{
+    static const struct {
+        const char *prefix, *param;
+    } fields[] = {
+        {"sampler ", "sampler"},
+        {"image size ", "size"},
+        {"num_inference_steps ", "num_inference_steps"},
+        {"guidance_scale ", "guidance_scale"},
+        {"negative_prompt", "negative_prompt"},
+        {"prompt ", "prompt"},
+        {"seed ", "seed"},
+    };
+
+    if (o->status != DEXEC_EINVAL || o->error == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (strncmp(o->error, fields[i].prefix, strlen(fields[i].prefix)) == 0)
+            return fields[i].param;
+    return NULL;
+}
+
 /* The message of a failed output, naming its rank. */
 static void output_error(const dexec_output *o, int index, char *msg, size_t msglen)
 {
@@ -915,9 +942,10 @@ static void event(job *j, const char *type, json_t *obj)
     free(s);
 }
 
-static json_t *error_obj(const char *msg, const char *type, const char *code)
+static json_t *error_obj(const char *msg, const char *type, const char *param, const char *code)
 {
-    return json_pack("{s:s,s:s,s:n,s:s?}", "message", msg, "type", type, "param", "code", code);
+    return json_pack("{s:s,s:s,s:s?,s:s?}", "message", msg, "type", type, "param", param, "code",
+                     code);
 }
 
 /* Adds the events that are due: progress, finished images, the end. */
@@ -961,7 +989,7 @@ static void stream_collect(job *j)
             output_status(o.status, &type, &code);
             output_error(&o, i, msg, sizeof(msg));
             event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, type, code)));
+                                        error_obj(msg, type, output_param(&o), code)));
         } else if ((b = image_b64(j, &o, msg, sizeof(msg))) != NULL) {
             event(j, "image", json_pack("{s:i,s:s,s:I,s:i,s:f,s:i}", "index", i, "b64_json", b,
                                         "seed", (json_int_t)o.seed, "num_inference_steps",
@@ -971,7 +999,7 @@ static void stream_collect(job *j)
             j->nok++;
         } else {
             event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, "server_error", NULL)));
+                                        error_obj(msg, "server_error", NULL, NULL)));
         }
         dexec_output_clear(&o);
     }
@@ -985,14 +1013,15 @@ static void stream_collect(job *j)
         snprintf(msg, sizeof(msg), "request %s passed its deadline of serve.request_timeout = %g s "
                                    "with %d of %d image(s) not done",
                  j->rid, S.request_timeout, j->n - j->nemitted, j->n);
-        event(j, "error", json_pack("{s:o}", "error", error_obj(msg, "server_error", "timeout")));
+        event(j, "error",
+              json_pack("{s:o}", "error", error_obj(msg, "server_error", NULL, "timeout")));
         j->finished = 1;
     } else if (stopping) {
         event(j, "error",
               json_pack("{s:o}", "error",
                         error_obj("the server is shutting down and its drain grace "
                                   "(serve.drain_grace) is over: retry on another instance",
-                                  "server_error", "shutting_down")));
+                                  "server_error", NULL, "shutting_down")));
         j->finished = 1;
     }
 }
@@ -1102,12 +1131,13 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
         record_output(&o);
         if (o.status != DEXEC_OK) {
             unsigned st = output_status(o.status, &type, &code);
+            const char *param = output_param(&o);
 
             output_error(&o, i, msg, sizeof(msg));
             dexec_output_clear(&o);
             json_decref(data);
             job_finish(j);
-            return reply_error(c, x, st, type, NULL, code, NULL, "%s", msg);
+            return reply_error(c, x, st, type, param, code, NULL, "%s", msg);
         }
         b = image_b64(j, &o, msg, sizeof(msg));
         if (b == NULL) {
@@ -1127,6 +1157,35 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
     job_finish(j);
     resp = json_pack("{s:I,s:o}", "created", (json_int_t)time(NULL), "data", data);
     return reply_json(c, x, 200, resp);
+}
+
+/* Waits until the worker has accepted a streaming request: one of its
+ * images made a step or completed. 1 then; 0 when an image failed before
+ * any started (a sampler, size or prompt the model refuses: the worker
+ * checks the request before its first step), the deadline passed, the
+ * server stops or the client hung up: answer_job() then answers as for a
+ * request without stream, with the failure's status and error object,
+ * rather than 200 and an error event. */
+static int stream_accepted(job *j, int sock)
+{
+    for (;;) {
+        int started = 0, failed = 0, stopping;
+        double now = dexec_now();
+
+        pthread_mutex_lock(&S.lock);
+        stopping = S.stopping;
+        for (int i = 0; i < j->n; i++) {
+            const dexec_output *o = j->done[i] ? dexec_handle_output(j->h[i]) : NULL;
+
+            started |= j->step[i] > 0 || (o != NULL && o->status == DEXEC_OK);
+            failed |= o != NULL && o->status != DEXEC_OK;
+        }
+        pthread_mutex_unlock(&S.lock);
+        if (started)
+            return 1;
+        if (failed || stopping || now >= j->deadline || job_wait(j, sock, j->deadline - now))
+            return 0;
+    }
 }
 
 static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
@@ -1184,6 +1243,8 @@ static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
         enum MHD_Result ret;
 
         j->sock = client_socket(c);
+        if (!stream_accepted(j, j->sock))
+            return answer_job(c, x, j);
         j->last_write = dexec_now();
         r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read, j,
                                               stream_free);
