@@ -1556,7 +1556,7 @@ static int parse_args(int argc, char **argv, cli_engine_opts *eo)
 }
 
 /* Reads the serve.* keys into S; resolves the listen address into *ai.
- * 0, or 1 with the error printed. */
+ * 0, or 1 with the error printed (a value refused: exit status CLI_USAGE). */
 static int setup(const dexec_config *cfg, struct addrinfo **ai)
 {
     const char *listen_s, *token_file, *model;
@@ -1705,14 +1705,14 @@ int cmd_serve(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     cfg = cli_engine_config(&eo);
     if (cfg == NULL)
-        return 1;
+        return CLI_USAGE;
     /* the access log is at level info: show it unless the level was chosen */
     if (strcmp(dexec_config_origin(cfg, "log_level"), "default") == 0 &&
         dexec_log_get_level() < DEXEC_LOG_INFO)
         dexec_log_set_level(DEXEC_LOG_INFO);
     if (setup(cfg, &ai) != 0) {
         dexec_config_free(cfg);
-        return 1;
+        return CLI_USAGE;
     }
     dexec_config_get_float(cfg, "serve.health_interval", &health_every);
     dexec_config_get_int(cfg, "serve.max_connections", &maxconn);
