@@ -605,7 +605,7 @@ int cmd_health(int argc, char **argv)
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             printf("Usage: dexec health [OPTIONS]\n\nStarts or connects the deployment's "
                    "workers and checks that every rank answers\nwithin timeouts.health. Exit "
-                   "status 0 when healthy, 1 otherwise.\n\n%s",
+                   "status 0 when healthy, 1 otherwise, 2 on a usage error.\n\n%s",
                    cli_engine_opts_help);
             return 0;
         }
