@@ -828,10 +828,16 @@ static const char *output_param(const dexec_output *o)
         {"seed ", "seed"},
     };
 
-    if (o->status != DEXEC_EINVAL || o->error == NULL)
+    const char *e = o->error, *c;
+
+    if (o->status != DEXEC_EINVAL || e == NULL)
         return NULL;
+    /* past what names the computer: "group 0 (ranks 0-1): rank 0: " */
+    while ((strncmp(e, "group ", 6) == 0 || strncmp(e, "rank ", 5) == 0) &&
+           (c = strstr(e, ": ")) != NULL)
+        e = c + 2;
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-        if (strncmp(o->error, fields[i].prefix, strlen(fields[i].prefix)) == 0)
+        if (strncmp(e, fields[i].prefix, strlen(fields[i].prefix)) == 0)
             return fields[i].param;
     return NULL;
 }

@@ -1214,6 +1214,7 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
                                  size_t errlen)
 {
     double start = dexec_now();
+    const int grouped = ex->ask.pcfg * ex->ask.pseq > 1;
     size_t *idx = calloc(n ? n : 1, sizeof(*idx)), m = n, failed = 0;
     int *tries = calloc(n ? n : 1, sizeof(*tries));
     char msg[1024], m2[1400];
@@ -1260,6 +1261,16 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
                     DEXEC_OK)
                     fail_output(o, DEXEC_EPROTO, msg);
                 o->timings.total_s = dexec_now() - start;
+                /* a parallel group that failed the request (a member gave
+                 * up) failed it as the executor, as mp's groups count it
+                 * (core/group.c); a request refused for its own input or
+                 * cancelled failed alone */
+                if (grouped && o->status != DEXEC_OK && o->status != DEXEC_EINVAL &&
+                    o->status != DEXEC_ECANCELED) {
+                    failed++;
+                    if (o->status == DEXEC_ETIMEDOUT)
+                        st = DEXEC_ETIMEDOUT;
+                }
             }
             dexec_value_free(res);
             break;
