@@ -901,13 +901,15 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
 }
 
 /* Counts the death of the actor of generation gen once, however many
- * calls saw it (ex->lk write-held). */
-static void count_death(struct dexec_executor *ex, uint64_t gen)
+ * calls saw it (ex->lk write-held). 1 for the call that counted it: the
+ * one that speaks of it. */
+static int count_death(struct dexec_executor *ex, uint64_t gen)
 {
-    if (ex->dead_gen != gen + 1) {
-        ex->dead_gen = gen + 1;
-        ex->deaths++;
-    }
+    if (ex->dead_gen == gen + 1)
+        return 0;
+    ex->dead_gen = gen + 1;
+    ex->deaths++;
+    return 1;
 }
 
 /* How the dead actor ended, from its connection. */
@@ -1230,7 +1232,7 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
     begin_call(ex);
     while (m > 0) {
         dexec_value *res = NULL;
-        int hung = 0;
+        int hung = 0, first;
         size_t keep = 0;
         /* the engine's dispatchers call at once: the actor this call used,
          * so that a death several calls see is restarted once */
@@ -1310,16 +1312,18 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
         m = keep;
         pthread_rwlock_unlock(&ex->lk);
         pthread_rwlock_wrlock(&ex->lk);
-        if (ex->generation == used)
-            count_death(ex, used);
+        first = ex->generation == used && count_death(ex, used);
         if (ex->generation != used && ex->actor != NULL) {
             /* another call restarted it already: on to the new actor */
         } else if (ex->restarts < ex->rec.max_restarts) {
             restart_actor(ex, msg, m2, sizeof(m2));
         } else {
-            ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
-                          msg, ex->rec.max_restarts,
-                          ex->rec.max_restarts > 0 ? ", all used" : "");
+            /* said once per death: every call on the dead actor (one per
+             * slot, each image of a batch) comes here */
+            if (first)
+                ex->host->log(DEXEC_LOG_WARN, COMPONENT,
+                              "%s; not restarted (max_restarts = %d%s)", msg,
+                              ex->rec.max_restarts, ex->rec.max_restarts > 0 ? ", all used" : "");
             for (size_t j = 0; j < m; j++) {
                 snprintf(m2, sizeof(m2), "generate: %s", msg);
                 fail_output(&outs[idx[j]], DEXEC_EWORKER, m2);
