@@ -6,7 +6,8 @@
 # freeing its queue slot, the deadline (504), a bearer token on a
 # non-loopback listener, a worker killed during a request (recovered: the
 # request completes, the server stays ready, /metrics counts the death and
-# the restart) and SIGTERM draining in-flight requests; the ranks kept
+# the restart; under a stream, said by a restart event) and SIGTERM
+# draining in-flight requests; the ranks kept
 # busy: the images of one call spread over the ranks, a short request
 # completes on the free rank while a long one runs, and an image's queue
 # time counts from its submission.
@@ -325,13 +326,14 @@ wait "$pid" || fail "server c: exit status $?"
 # ---- 5. non-loopback listeners: token or --insecure ------------------------------
 "$cli" serve -l 0.0.0.0:0 >"$tmp/d.out" 2>"$tmp/d.err"
 rc=$?
-[ "$rc" -eq 1 ] || fail "0.0.0.0 without a token: exit status $rc, expected 1"
+# refused before anything starts: a usage error (dexec(1) EXIT STATUS)
+[ "$rc" -eq 2 ] || fail "0.0.0.0 without a token: exit status $rc, expected 2"
 grep -F "dexec serve: serve.listen '0.0.0.0:0' is not a loopback address: set serve.token_file (--token-file FILE) so that clients must send a bearer token, or serve.insecure = 1 (--insecure) to serve anyone who can reach it" \
     "$tmp/d.err" >/dev/null || fail "0.0.0.0 without a token: message: $(cat "$tmp/d.err")"
 echo 's3cret-token' >"$tmp/token"
 chmod 644 "$tmp/token"
 "$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err"
-[ $? -eq 1 ] && grep -F "dexec serve: serve.token_file: " "$tmp/d.err" >/dev/null ||
+[ $? -eq 2 ] && grep -F "dexec serve: serve.token_file: " "$tmp/d.err" >/dev/null ||
     fail "a token file readable by others was accepted: $(cat "$tmp/d.err")"
 chmod 600 "$tmp/token"
 "$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err" &
@@ -386,5 +388,44 @@ st=$(req cfg3 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":3,"num_inf
 expect_status cfg3 "$st" 200
 kill -TERM "$pid"
 wait "$pid" || fail "server f: exit status $?"
+
+# ---- 7. a restart under a stream (ray_actor): said, not hidden ---------------
+# the actor hosts every rank; killed mid-request it is started again and
+# the image computed again from step 1: a restart event says so before the
+# progress that counts from step 1 again
+serve_start g --backend ray_actor --num-gpus 1
+curl -s -N -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":1000,"stream":true}' \
+    >"$tmp/rs.body" &
+cpid=$!
+pids="$pids $cpid"
+for _ in $(seq 1 300); do
+    grep -q '"step":[1-9]' "$tmp/rs.body" 2>/dev/null && break
+    sleep 0.1
+done
+actor=$(pgrep -P "$pid" dexec-worker | head -n 1)
+if [ -z "$actor" ]; then
+    fail "restart: the actor is not a child of the server"
+else
+    kill -9 "$actor"
+fi
+wait "$cpid"
+python3 - "$tmp/rs.body" <<'PY' || fail "restart: the stream does not say the restart: $(head -c 600 "$tmp/rs.body")"
+import json, sys
+events = [b.split('\n') for b in open(sys.argv[1]).read().strip().split('\n\n')]
+names = [ev[0][len('event: '):] for ev in events]
+datas = [json.loads(ev[1][len('data: '):]) for ev in events]
+assert names[-2:] == ['image', 'done'], names[-3:]
+r = names.index('restart')
+assert names.count('restart') == 1, names
+lost = datas[r]['lost_at_step']
+assert datas[r]['index'] == 0 and datas[r]['attempt'] == 2 and lost >= 1, datas[r]
+before = [d['step'] for n, d in zip(names[:r], datas[:r]) if n == 'progress']
+after = [d['step'] for n, d in zip(names[r:], datas[r:]) if n == 'progress']
+# steps rise within each computation (progress carries the latest step)
+assert before and before[-1] <= lost and before == sorted(before), (lost, before[-3:])
+assert after and after == sorted(after) and after[-1] == 1000, after[-3:]
+PY
+kill -TERM "$pid"
+wait "$pid" || fail "server g: exit status $?"
 
 exit $status

@@ -73,6 +73,10 @@ typedef struct job {
     int n;
     dexec_handle **h;
     int *step, *total, *done; /* per image, written by the engine callbacks */
+    /* per image: times its computation started over (a step number not
+     * above the last one: the executor dealt it again after its worker
+     * died), and the step it had reached */
+    int *restarts, *lost_step;
     int ndone;
     int efd;    /* eventfd: an image completed (or, when streaming, progressed) */
     int stream; /* server-sent events: progress wakes the connection's thread */
@@ -81,7 +85,7 @@ typedef struct job {
     /* streaming (server-sent events) state, used by the connection's thread */
     int sock;
     double deadline, last_write;
-    int *sent_step, *emitted, nemitted, nok, finished;
+    int *sent_step, *sent_restarts, *emitted, nemitted, nok, finished;
     char *pend;
     size_t plen, poff;
     char rid[64];
@@ -347,6 +351,11 @@ static void on_progress(void *user, dexec_handle *h, int image, int step, int to
     pthread_mutex_lock(&S.lock);
     j = find_job((uint64_t)(uintptr_t)user);
     if (j != NULL && i >= 0 && i < j->n) {
+        /* an image's steps rise within one computation */
+        if (step <= j->step[i]) {
+            j->restarts[i]++;
+            j->lost_step[i] = j->step[i];
+        }
         j->step[i] = step;
         j->total[i] = total;
         /* only a stream sends progress; waking a request that waits for its
@@ -382,6 +391,9 @@ static void job_free(job *j)
     free(j->total);
     free(j->done);
     free(j->sent_step);
+    free(j->restarts);
+    free(j->lost_step);
+    free(j->sent_restarts);
     free(j->emitted);
     free(j->prompt);
     free(j->negative);
@@ -402,13 +414,18 @@ static job *job_new(int n, const char *prompt, const char *negative, const char 
     j->total = calloc((size_t)n, sizeof(int));
     j->done = calloc((size_t)n, sizeof(int));
     j->sent_step = calloc((size_t)n, sizeof(int));
+    j->restarts = calloc((size_t)n, sizeof(int));
+    j->lost_step = calloc((size_t)n, sizeof(int));
+    j->sent_restarts = calloc((size_t)n, sizeof(int));
     j->emitted = calloc((size_t)n, sizeof(int));
     j->prompt = strdup(prompt);
     j->negative = strdup(negative != NULL ? negative : "");
     j->sock = -1;
     snprintf(j->rid, sizeof(j->rid), "%s", rid);
     if (j->efd < 0 || j->h == NULL || j->step == NULL || j->total == NULL || j->done == NULL ||
-        j->sent_step == NULL || j->emitted == NULL || j->prompt == NULL || j->negative == NULL) {
+        j->sent_step == NULL || j->restarts == NULL || j->lost_step == NULL ||
+        j->sent_restarts == NULL || j->emitted == NULL || j->prompt == NULL ||
+        j->negative == NULL) {
         job_free(j);
         return NULL;
     }
@@ -970,13 +987,24 @@ static void stream_collect(job *j)
     memcpy(step, j->step, (size_t)j->n * sizeof(int));
     memcpy(done, j->done, (size_t)j->n * sizeof(int));
     stopping = S.stopping;
-    for (int i = 0; i < j->n; i++)
-        if (!j->emitted[i] && !done[i] && step[i] != j->sent_step[i]) {
+    for (int i = 0; i < j->n; i++) {
+        if (j->emitted[i])
+            continue;
+        /* said before the progress that counts from step 1 again */
+        if (j->restarts[i] != j->sent_restarts[i]) {
+            event(j, "restart",
+                  json_pack("{s:i,s:i,s:i}", "index", i, "attempt", j->restarts[i] + 1,
+                            "lost_at_step", j->lost_step[i]));
+            j->sent_restarts[i] = j->restarts[i];
+            j->sent_step[i] = 0;
+        }
+        if (!done[i] && step[i] != j->sent_step[i]) {
             event(j, "progress",
                   json_pack("{s:i,s:i,s:i}", "index", i, "step", step[i], "total_steps",
                             j->total[i]));
             j->sent_step[i] = step[i];
         }
+    }
     pthread_mutex_unlock(&S.lock);
     for (int i = 0; i < j->n; i++) {
         dexec_output o;
