@@ -14,7 +14,7 @@
 #include <dexec/dexec.h>
 
 #define CLI_FAILED 1
-#define CLI_USAGE 2
+#define CLI_USAGE  2
 
 int cmd_plugins(int argc, char **argv);
 int cmd_config(int argc, char **argv);

@@ -1022,8 +1022,9 @@ static void stream_collect(job *j)
         if (o.status != DEXEC_OK) {
             output_status(o.status, &type, &code);
             output_error(&o, i, msg, sizeof(msg));
-            event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, type, output_param(&o), code)));
+            event(j, "error",
+                  json_pack("{s:i,s:o}", "index", i, "error",
+                            error_obj(msg, type, output_param(&o), code)));
         } else if ((b = image_b64(j, &o, msg, sizeof(msg))) != NULL) {
             event(j, "image", json_pack("{s:i,s:s,s:I,s:i,s:f,s:i}", "index", i, "b64_json", b,
                                         "seed", (json_int_t)o.seed, "num_inference_steps",
@@ -1032,8 +1033,9 @@ static void stream_collect(job *j)
             free(b);
             j->nok++;
         } else {
-            event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, "server_error", NULL, NULL)));
+            event(j, "error",
+                  json_pack("{s:i,s:o}", "index", i, "error",
+                            error_obj(msg, "server_error", NULL, NULL)));
         }
         dexec_output_clear(&o);
     }
