@@ -1321,9 +1321,9 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
             /* said once per death: every call on the dead actor (one per
              * slot, each image of a batch) comes here */
             if (first)
-                ex->host->log(DEXEC_LOG_WARN, COMPONENT,
-                              "%s; not restarted (max_restarts = %d%s)", msg,
-                              ex->rec.max_restarts, ex->rec.max_restarts > 0 ? ", all used" : "");
+                ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
+                              msg, ex->rec.max_restarts,
+                              ex->rec.max_restarts > 0 ? ", all used" : "");
             for (size_t j = 0; j < m; j++) {
                 snprintf(m2, sizeof(m2), "generate: %s", msg);
                 fail_output(&outs[idx[j]], DEXEC_EWORKER, m2);
