@@ -382,6 +382,13 @@ st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inf
 expect_status cfg1 "$st" 400
 grep -F '{"error":{"message":"guidance_scale 1 turns classifier-free guidance off, and this server'"'"'s ranks compute the two branches of guidance in pairs (parallel.cfg = 2): ask for another guidance_scale, or leave it out for the model'"'"'s default","type":"invalid_request_error","param":"guidance_scale","code":null}}' \
     "$tmp/cfg1.body" >/dev/null || fail "cfg1: message: $(cat "$tmp/cfg1.body")"
+# a request the model refuses is bad input on a parallel group too (the
+# group did not fail: 400 naming the field, not 500), streaming or not
+for body in '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}' \
+    '{"prompt":"bag","sampler":"ddim","num_inference_steps":1,"stream":true}'; do
+    check_error cfg_sampler 400 '{"error":{"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error","param":"sampler","code":null}}' \
+        -X POST "$url$gen" -d "$body"
+done
 curl -s "$url/metrics" | grep -q '^dexec_serve_worker_errors_total{rank="unknown' &&
     fail "/metrics: a refused request counted as a worker error"
 st=$(req cfg3 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":3,"num_inference_steps":2}')
