@@ -141,13 +141,17 @@ refuse 'dexec: mp.spin_us: must be between 0 and 2000, got 2001' -p sneaker --se
 refuse "dexec: --set expects KEY=VALUE, got 'mp.spin_us'" -p sneaker --set mp.spin_us
 # the other commands that start an engine, and those that read the
 # configuration, by the same rule
-for sub in health "rpc get_rank" "logs" "serve" "actors" "plugins"; do
+for sub in health "rpc get_rank" "logs" "serve" "actors" "plugins" "config keys"; do
     # shellcheck disable=SC2086
     "$cli" $sub -c "$tmp/none.conf" >"$tmp/out" 2>"$tmp/err"
     rc=$?
     [ "$rc" -eq 2 ] || fail "dexec $sub -c none.conf: exit status $rc, expected 2"
     expect_in err "dexec: $tmp/none.conf: cannot read the configuration file: No such file or directory"
 done
+# dexec config check's finding about a file it is asked to check is 1
+"$cli" config check "$tmp/none.conf" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "dexec config check none.conf: exit status $rc, expected 1"
 for sub in health "rpc get_rank" "logs" "serve"; do
     # shellcheck disable=SC2086
     "$cli" $sub --dtype fp16 >"$tmp/out" 2>"$tmp/err"
