@@ -137,7 +137,7 @@ refuse 'dexec: num_gpus: must be between 1 and 64, got 0' -p sneaker --num-gpus 
 refuse "dexec: foo: unknown key ('dexec config keys' lists the known ones)" -p sneaker --set foo=1
 refuse "dexec: $tmp/none.conf: cannot read the configuration file: No such file or directory" \
     -p sneaker -c "$tmp/none.conf"
-refuse 'dexec: mp.spin_us: must be between 0 and 2000, got 2001' -p sneaker --set mp.spin_us=2001
+refuse 'dexec: mp.spin_us: must be between -1 and 2000, got 2001' -p sneaker --set mp.spin_us=2001
 refuse "dexec: --set expects KEY=VALUE, got 'mp.spin_us'" -p sneaker --set mp.spin_us
 # the other commands that start an engine, and those that read the
 # configuration, by the same rule
