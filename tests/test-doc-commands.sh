@@ -594,7 +594,7 @@ rest = f.read(); f = open(sys.argv[1], "wb"); f.write(struct.pack("<Q", len(b)))
         not_run "$id" "the quality evaluation: PyTorch and hundreds of images (DIR stands for their directory)" ;;
     train-reexport) not_run "$id" "PyTorch (python3-torch), and it rewrites the bundled model" ;;
     train-golden | published-golden) not_run "$id" "PyTorch (python3-torch); they rewrite tests/golden, which make check reads (tests/test-convert-pt.sh runs convert_pt.py where torch is found)" ;;
-    perf-bench | perf-bench-rpc | perf-bench-rpc-runs | perf-bench-scaling | perf-bench-published | perf-bench-published-512 | perf-throughput | perf-serve | perf-parallel-quiet | \
+    perf-bench | perf-bench-rpc | perf-bench-rpc-runs | perf-bench-rpc-auto | perf-bench-scaling | perf-bench-published | perf-bench-published-512 | perf-throughput | perf-serve | perf-parallel-quiet | \
         perf-parallel | perf-parallel-groups)
         not_run "$id" "a benchmark of minutes whose figures are machine-dependent (make bench); doc/performance.md records them" ;;
     perf-cuda-check) not_run "$id" "needs a GPU (tests/test-gpu-build.sh runs tests/gpu/run.sh --build-only where nvcc is found)" ;;
