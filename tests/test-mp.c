@@ -1076,14 +1076,15 @@ static long sleeps_placed(int ranks, int caller, const char *const *kv)
 
 /* mp.spin_us = -1 (the default): the caller spins (50 us) only while it
  * runs on a CPU no rank is pinned to. On another CPU than the ranks' it
- * stays awake in most calls; on theirs, with ranks that are not pinned
- * (mp.cpus_per_rank = -1), or with an explicit 0, it sleeps in most. */
+ * stays awake in most calls; on theirs, on another rank's than the one it
+ * calls, with ranks that are not pinned (mp.cpus_per_rank = -1), or with
+ * an explicit 0, it sleeps in most. */
 START_TEST(test_spin_auto_follows_placement)
 {
     static const char *const unpinned[] = {"mp.cpus_per_rank", "-1", NULL};
     cpu_set_t set;
     int a = -1, b = -1;
-    long apart, same, off, nopin;
+    long apart, same, off, nopin, other;
 
     ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
     for (int i = 0; i < CPU_SETSIZE; i++) {
@@ -1098,9 +1099,37 @@ START_TEST(test_spin_auto_follows_placement)
     off = sleeps_placed(a, b, zero);
     nopin = sleeps_placed(a, b, unpinned);
     ck_assert_int_eq(sched_setaffinity(0, sizeof(set), &set), 0);
+    {
+        /* a call to rank 0 alone from rank 1's CPU: rank 1 may be
+         * computing, so no spinning there either */
+        dexec_engine *e = open_engine_kv(2, NULL);
+        pid_t pid1 = worker_pid(e, 1);
+        cpu_set_t r1;
+        struct rusage u0, u1;
+        int c1 = -1;
+
+        ck_assert_int_eq(sched_getaffinity(pid1, sizeof(r1), &r1), 0);
+        for (int i = 0; i < CPU_SETSIZE && c1 < 0; i++)
+            if (CPU_ISSET(i, &r1))
+                c1 = i;
+        pin_to(c1);
+        getrusage(RUSAGE_THREAD, &u0);
+        for (int i = 0; i < 200; i++) {
+            dexec_value *r = NULL;
+
+            ck_assert_int_eq(dexec_engine_collective_rpc(e, "get_rank", 0, NULL, NULL, 0, &r),
+                             DEXEC_OK);
+            dexec_value_free(r);
+        }
+        getrusage(RUSAGE_THREAD, &u1);
+        other = u1.ru_nvcsw - u0.ru_nvcsw;
+        dexec_engine_free(e);
+        ck_assert_int_eq(sched_setaffinity(0, sizeof(set), &set), 0);
+    }
     fprintf(stderr, "mp.spin_us = -1: the caller slept in %ld of 200 calls on a CPU of its own, "
-                    "%ld on the ranks' CPU, %ld with 0, %ld to ranks not pinned\n",
-            apart, same, off, nopin);
+                    "%ld on the ranks' CPU, %ld with 0, %ld to ranks not pinned, %ld to rank 0 "
+                    "from rank 1's CPU\n",
+            apart, same, off, nopin, other);
     /* a loaded machine may keep a rank off the CPU past 50 us now and then */
     ck_assert_msg(apart < 100, "a caller on CPU %d, the ranks on CPU %d, slept in %ld of 200 "
                   "calls with mp.spin_us = -1", b, a, apart);
@@ -1113,6 +1142,9 @@ START_TEST(test_spin_auto_follows_placement)
                   "200 calls with mp.spin_us = 0 (%ld with -1)", off, apart);
     ck_assert_msg(nopin >= 100 && nopin > apart, "a caller slept in only %ld of 200 calls to "
                   "ranks that are not pinned, with mp.spin_us = -1 (%ld to pinned ones)", nopin,
+                  apart);
+    ck_assert_msg(other >= 100 && other > apart, "a caller on rank 1's CPU slept in only %ld of "
+                  "200 calls to rank 0 with mp.spin_us = -1 (%ld on a CPU of its own)", other,
                   apart);
 }
 END_TEST

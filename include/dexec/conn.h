@@ -75,14 +75,17 @@ void dexec_conn_set_timeouts(dexec_conn *c, double write_timeout, double silence
 void dexec_conn_set_spin(dexec_conn *c, double seconds);
 
 /* Spinning as dexec_conn_set_spin, but only where it cannot take a CPU
- * from the worker: a wait spins only while the waiting thread runs
+ * from a worker: a wait spins only while the waiting thread runs
  * (sched_getcpu, looked up once per wait) on a CPU outside worker_cpus,
- * the CPU list the worker on c is pinned to ("0-3,8", as taskset says
- * it); NULL or "" (the worker is not pinned and may run anywhere): the
- * wait never spins. A wait on several connections spins only when none of
- * them forbids it. The mp executor's default (mp.spin_us = -1: 50 us).
- * Call it before the connection is used. Errors: DEXEC_EINVAL (a bad or
- * empty CPU list; the setting is left as it was). */
+ * the CPU list to keep clear ("0-3,8", as taskset says it): the CPUs the
+ * worker on c is pinned to, or those of every worker of its group (the
+ * mp executor passes all of its ranks' CPUs, since a rank a call leaves
+ * out may be computing); NULL or "" (a worker that is not pinned may run
+ * anywhere): the wait never spins. A wait on several connections spins
+ * only when none of them forbids it. The mp executor's default
+ * (mp.spin_us = -1: 50 us). Call it before the connection is used.
+ * Errors: DEXEC_EINVAL (a bad or empty CPU list; the setting is left as
+ * it was). */
 dexec_status dexec_conn_set_spin_auto(dexec_conn *c, double seconds, const char *worker_cpus);
 
 /* Sends hello (protocol version, and token when not NULL) and checks the

@@ -67,23 +67,26 @@ struct dexec_executor {
      * ready, a restarted one's too */
     double write_t, health_t, spin_s;
     int spin_auto;
+    /* every rank's CPUs, one list ("" when a rank is not pinned) */
+    char cpus_all[4096];
 };
 
 /* mp.spin_us = -1: how long a caller spins, where it may (conn_settings). */
 #define SPIN_AUTO_S 50e-6
 
-static void conn_settings(const struct dexec_executor *ex, int rank, dexec_conn *c)
+static void conn_settings(const struct dexec_executor *ex, dexec_conn *c)
 {
     dexec_conn_set_timeouts(c, ex->write_t, ex->health_t);
     if (!ex->spin_auto) {
         dexec_conn_set_spin(c, ex->spin_s);
     } else {
-        /* only while the waiting thread runs on a CPU no rank is pinned
-         * to: one with its own CPU stays awake for the reply, one that
-         * shares a rank's would take the CPU from it. Ranks that are not
-         * pinned (mp.cpus_per_rank = -1, srun) may run anywhere: no
-         * spinning. */
-        const char *cpus = ex->srun == NULL && ex->cpus != NULL ? ex->cpus[rank] : NULL;
+        /* only while the waiting thread runs on a CPU no rank of this
+         * engine is pinned to (whichever ranks the call waits on: a rank
+         * left out may be computing): one with its own CPU stays awake
+         * for the reply, one that shares a rank's would take the CPU from
+         * it. Ranks that are not pinned (mp.cpus_per_rank = -1, srun) may
+         * run anywhere: no spinning. */
+        const char *cpus = ex->srun == NULL ? ex->cpus_all : NULL;
 
         if (dexec_conn_set_spin_auto(c, SPIN_AUTO_S, cpus) != DEXEC_OK)
             dexec_conn_set_spin(c, 0);
@@ -461,7 +464,7 @@ static dexec_status mp_restart(void *user, int rank, dexec_conn **out, char *err
         dexec_conn_free(c);
         return st;
     }
-    conn_settings(ex, rank, c);
+    conn_settings(ex, c);
     *out = c;
     return DEXEC_OK;
 }
@@ -536,6 +539,22 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         st = start_srun(ex, model, device, deadline, err, errlen);
     else
         st = split_cpus(ex, err, errlen);
+    if (st == DEXEC_OK && ex->cpus != NULL) {
+        /* every rank's CPUs, or "" when one is not pinned or the list
+         * does not fit: mp.spin_us = -1 then never spins */
+        size_t used = 0;
+
+        for (int r = 0; r < ex->n; r++) {
+            int w = snprintf(ex->cpus_all + used, sizeof(ex->cpus_all) - used, "%s%s",
+                             used ? "," : "", ex->cpus[r]);
+
+            if (ex->cpus[r][0] == '\0' || w < 0 || (size_t)w >= sizeof(ex->cpus_all) - used) {
+                ex->cpus_all[0] = '\0';
+                break;
+            }
+            used += (size_t)w;
+        }
+    }
     for (int r = 0; ex->srun == NULL && r < ex->n && st == DEXEC_OK; r++) {
         int fd;
         dexec_conn *c;
@@ -613,7 +632,7 @@ static dexec_status mp_create(const dexec_host *host, dexec_executor **out, char
         ex->spin_auto = spin_us < 0;
         ex->spin_s = spin_us > 0 ? (double)spin_us * 1e-6 : 0;
         for (int r = 0; r < ex->n; r++)
-            conn_settings(ex, r, dexec_group_conn(ex->group, r));
+            conn_settings(ex, dexec_group_conn(ex->group, r));
     }
     host->log(DEXEC_LOG_INFO, "mp", "%d worker(s) ready%s%s", ex->n,
               ex->srun != NULL ? " in Slurm step " : "",
