@@ -163,6 +163,26 @@ done
 rc=$?
 [ "$rc" -eq 2 ] || fail "dexec serve -l nocolon: exit status $rc, expected 2"
 expect_in err "dexec serve: serve.listen 'nocolon' is not HOST:PORT (e.g. 127.0.0.1:8000)"
+# options the commands do not know are usage errors, said as such and
+# refused before any worker starts (rpc took one before METHOD for the
+# method, config keys took it for FILE); an output file that cannot be
+# written is refused before the run, not after it printed the replies
+usage_refused() { # message args...
+    msg=$1
+    shift
+    "$cli" "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 2 ] || fail "dexec $*: exit status $rc, expected 2"
+    expect_in err "$msg"
+    [ ! -s "$tmp/out" ] || fail "dexec $*: refused, yet printed: $(head -c 200 "$tmp/out")"
+}
+usage_refused "dexec rpc: unknown option '--bogus' (see --help)" rpc --bogus get_info
+usage_refused "dexec rpc: --bin-out $tmp/nodir/b.bin: directory $tmp/nodir: No such file or directory" \
+    rpc get_info --bin-out "$tmp/nodir/b.bin"
+usage_refused "dexec rpc: --bin-out $tmp is a directory: name a file" rpc get_info --bin-out "$tmp"
+usage_refused "dexec logs: unknown option '--bogus' (see --help)" logs --bogus
+usage_refused "dexec config keys: unknown option '--bogus' (see dexec config --help; a file whose name starts with '-': ./--bogus)" \
+    config keys --bogus
 # what only a started engine can tell is a failure, exit 1: a plugin that
 # is not there, a sampler the model refuses (nothing on standard output
 # either: the random seed is said with the first image made)
