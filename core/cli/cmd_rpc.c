@@ -94,8 +94,7 @@ static int check_bin_out(const char *path)
     else
         snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
     if (stat(dir, &sb) != 0) {
-        fprintf(stderr, "dexec rpc: --bin-out %s: directory %s: %s\n", path, dir,
-                strerror(errno));
+        fprintf(stderr, "dexec rpc: --bin-out %s: directory %s: %s\n", path, dir, strerror(errno));
         return -1;
     }
     if (!S_ISDIR(sb.st_mode)) {
