@@ -287,6 +287,10 @@ done
 check_error full 429 '{"error":{"message":"queue full: 1 requests queued, 1 more do not fit in engine.max_queued = 1: retry later","type":"rate_limit_error","param":null,"code":"queue_full"}}' \
     -X POST "$url$gen" -d '{"prompt":"bag"}'
 expect_hdr full 'Retry-After: 1'
+# more images than the queue can ever hold: 400 naming n, not 429 (whose
+# Retry-After would have the client retry for ever)
+check_error never_fits 400 '{"error":{"message":"n = 2 images can never wait together in engine.max_queued = 1: ask for at most 1, or raise engine.max_queued","type":"invalid_request_error","param":"n","code":null}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag","n":2}'
 kill -9 "$queued" # the client hangs up: its queued image is dropped
 for _ in $(seq 1 100); do
     [ "$(metric dexec_serve_queue_depth)" = 0 ] && break

@@ -99,6 +99,7 @@ typedef struct server {
     char *token;           /* NULL: none required */
     double request_timeout, drain_grace;
     long max_body, max_prompt, max_images;
+    long max_queued; /* engine.max_queued: a request's images must fit at once */
     int par_cfg; /* parallel.cfg: 2 needs guidance */
     int nranks;
     time_t started;
@@ -682,6 +683,13 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
         if (!json_is_integer(v) || json_integer_value(v) < 1 ||
             json_integer_value(v) > S.max_images)
             BAD("n", "n must be an integer in 1..%ld (serve.max_images)", S.max_images);
+        /* the images of one request are queued together: more than the
+         * queue holds would be 429 (retry later) for ever */
+        if (json_integer_value(v) > S.max_queued)
+            BAD("n",
+                "n = %lld images can never wait together in engine.max_queued = %ld: ask "
+                "for at most %ld, or raise engine.max_queued",
+                (long long)json_integer_value(v), S.max_queued, S.max_queued);
         g->n = (int)json_integer_value(v);
     }
     if ((v = json_object_get(body, "size")) != NULL && !json_is_null(v)) {
@@ -1613,6 +1621,8 @@ static int setup(const dexec_config *cfg, struct addrinfo **ai)
     S.max_prompt = (long)v;
     dexec_config_get_int(cfg, "serve.max_images", &v);
     S.max_images = (long)v;
+    dexec_config_get_int(cfg, "engine.max_queued", &v);
+    S.max_queued = (long)v;
     v = 1;
     dexec_config_get_int(cfg, "parallel.cfg", &v);
     S.par_cfg = (int)v;
