@@ -43,6 +43,17 @@ gen="/v1/images/generations"
 # ---- 1. endpoints, bodies and headers (2 ranks) -----------------------------
 serve_start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
     --set serve.max_images=4
+# a second server on the same port: said at once, before any worker is
+# started (it was said after the workers had loaded the model), exit 1
+hostport=${url#http://}
+"$cli" serve -l "$hostport" >"$tmp/busy.out" 2>"$tmp/busy.err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "serve on a port in use: exit status $rc, expected 1"
+grep -F "dexec serve: cannot listen on $hostport: Address already in use (is another server using the port?)" \
+    "$tmp/busy.err" >/dev/null || fail "serve on a port in use: $(cat "$tmp/busy.err")"
+! grep -F 'worker(s) ready' "$tmp/busy.err" >/dev/null ||
+    fail "serve on a port in use started its workers first: $(cat "$tmp/busy.err")"
+[ ! -s "$tmp/busy.out" ] || fail "serve on a port in use printed: $(cat "$tmp/busy.out")"
 st=$(req health "$url/health" -H 'X-Request-Id: abc-1')
 expect_status health "$st" 200
 expect_body health '{"status":"ok"}'
