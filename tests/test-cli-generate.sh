@@ -196,6 +196,19 @@ rc=$?
 expect_in err "dexec generate: image 0 (seed "
 [ ! -s "$tmp/out" ] || fail "--sampler ddim: refused, yet printed: $(cat "$tmp/out")"
 [ ! -e "$tmp/nb.png" ] || fail "--sampler ddim: an image was written"
+# a batch that fails whole (here its deadline) names the seeds it was
+# given: a random seed is not on standard output, so nowhere else
+"$cli" generate -p sneaker -s 40 -b 2 --steps 1000 --timeout 0.05 -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "--timeout 0.05: exit status $rc, expected 1"
+expect_in err "dexec generate: generate: no reply from rank 0 within 0.05 s"
+expect_in err "dexec generate: none of the 2 images written (seeds 40..41)"
+"$cli" generate -p sneaker -s -1 --steps 1000 --timeout 0.05 -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "-s -1 --timeout 0.05: exit status $rc, expected 1"
+expect_in err "dexec generate: no image written (seed "
+[ ! -s "$tmp/out" ] || fail "-s -1 --timeout 0.05: failed, yet printed: $(cat "$tmp/out")"
+[ ! -e "$tmp/to.png" ] && [ ! -e "$tmp/to-0.png" ] || fail "--timeout 0.05: an image was written"
 # sizes the model does not serve (its dexec.sizes): refused at once, the sizes named
 t0=$(date +%s)
 for wh in "512 512" "64 64" "32 28"; do

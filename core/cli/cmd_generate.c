@@ -535,6 +535,14 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "\n");
     if (st != DEXEC_OK) {
         fprintf(stderr, "dexec generate: %s\n", dexec_engine_last_error(e));
+        /* the seeds, which a random one would otherwise never say */
+        if (batch == 1)
+            fprintf(stderr, "dexec generate: no image written (seed %" PRId64 ")\n", seed);
+        else
+            fprintf(stderr,
+                    "dexec generate: none of the %ld images written (seeds %" PRId64 "..%" PRId64
+                    ")\n",
+                    batch, seed, seed + batch - 1);
         rc = 1;
     }
     /* the random seed is said with the first image made: a run refused or
