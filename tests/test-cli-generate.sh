@@ -181,6 +181,13 @@ usage_refused "dexec rpc: --bin-out $tmp/nodir/b.bin: directory $tmp/nodir: No s
     rpc get_info --bin-out "$tmp/nodir/b.bin"
 usage_refused "dexec rpc: --bin-out $tmp is a directory: name a file" rpc get_info --bin-out "$tmp"
 usage_refused "dexec logs: unknown option '--bogus' (see --help)" logs --bogus
+for sub in generate serve health rpc logs actors plugins config "config check" "config keys"; do
+    # shellcheck disable=SC2086
+    "$cli" $sub --help >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 0 ] || fail "dexec $sub --help: exit status $rc, expected 0: $(cat "$tmp/err")"
+    grep -F "Usage: dexec " "$tmp/out" >/dev/null || fail "dexec $sub --help: no usage on standard output"
+done
 usage_refused "dexec config keys: unknown option '--bogus' (see dexec config --help; a file whose name starts with '-': ./--bogus)" \
     config keys --bogus
 # what only a started engine can tell is a failure, exit 1: a plugin that

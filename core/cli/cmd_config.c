@@ -197,6 +197,10 @@ int cmd_config(int argc, char **argv)
             fprintf(stderr, "dexec config keys: unexpected argument '%s'\n", argv[argc - 1]);
             return 2;
         }
+        if (argc > a && (strcmp(argv[a], "-h") == 0 || strcmp(argv[a], "--help") == 0)) {
+            usage(stdout);
+            return 0;
+        }
         if (argc > a && argv[a][0] == '-' && argv[a][1] != '\0') {
             fprintf(stderr,
                     "dexec config keys: unknown option '%s' (see dexec config --help; a file "
