@@ -203,6 +203,17 @@ rc=$?
 expect_in err "dexec generate: image 0 (seed "
 [ ! -s "$tmp/out" ] || fail "--sampler ddim: refused, yet printed: $(cat "$tmp/out")"
 [ ! -e "$tmp/nb.png" ] || fail "--sampler ddim: an image was written"
+# --rank past the deployment's ranks, said with the option's name (it said
+# "unique_reply_rank 5", the C API's): known once the engine started, exit 1
+for sub in rpc logs; do
+    [ "$sub" = rpc ] && args="rpc get_rank" || args=logs
+    # shellcheck disable=SC2086
+    "$cli" $args --rank 2 --num-gpus 2 >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 1 ] || fail "dexec $sub --rank 2 of 2: exit status $rc, expected 1"
+    expect_in err "dexec $sub: --rank 2 is out of range: the deployment has 2 rank(s) (0..1)"
+    [ ! -s "$tmp/out" ] || fail "dexec $sub --rank 2 of 2 printed: $(cat "$tmp/out")"
+done
 # a batch that fails whole (here its deadline) names the seeds it was
 # given: a random seed is not on standard output, so nowhere else
 "$cli" generate -p sneaker -s 40 -b 2 --steps 1000 --timeout 0.05 -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"

@@ -219,7 +219,13 @@ int cmd_rpc(int argc, char **argv)
         dexec_value_free(args);
         return rc;
     }
-    if (dexec_engine_collective_rpc(e, method, timeout, args, NULL, rank, &replies) != DEXEC_OK) {
+    if (rank >= dexec_engine_num_ranks(e)) {
+        fprintf(stderr,
+                "dexec rpc: --rank %d is out of range: the deployment has %d rank(s) (0..%d)\n",
+                rank, dexec_engine_num_ranks(e), dexec_engine_num_ranks(e) - 1);
+        rc = 1;
+    } else if (dexec_engine_collective_rpc(e, method, timeout, args, NULL, rank, &replies) !=
+               DEXEC_OK) {
         fprintf(stderr, "dexec rpc: %s\n", dexec_engine_last_error(e));
         rc = 1;
     } else {
@@ -336,7 +342,13 @@ int cmd_logs(int argc, char **argv)
         return rc;
     args = dexec_value_array();
     dexec_value_array_push(args, dexec_value_int(lines));
-    if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) != DEXEC_OK) {
+    if (rank >= dexec_engine_num_ranks(e)) {
+        fprintf(stderr,
+                "dexec logs: --rank %d is out of range: the deployment has %d rank(s) (0..%d)\n",
+                rank, dexec_engine_num_ranks(e), dexec_engine_num_ranks(e) - 1);
+        rc = 1;
+    } else if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) !=
+               DEXEC_OK) {
         fprintf(stderr, "dexec logs: %s\n", dexec_engine_last_error(e));
         rc = 1;
     } else if (json) {
