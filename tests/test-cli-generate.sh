@@ -130,6 +130,9 @@ refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need
     -p sneaker -s 9223372036854775807 -b 2
 refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
 refuse "dexec generate: --steps expects an integer in 1..1000, got '0'" -p sneaker --steps 0
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got '101'" -p sneaker --cfg-scale 101
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got 'nan'" -p sneaker --cfg-scale nan
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got '-1'" -p sneaker --cfg-scale -1
 # the engine options and the configuration are arguments too: refused
 # before any worker starts, exit 2, like the command's own options
 refuse 'dexec: dtype: "fp16" is not one of: float32, float16, bfloat16' -p sneaker --dtype fp16
