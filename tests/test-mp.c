@@ -1076,9 +1076,9 @@ static long sleeps_placed(int ranks, int caller, const char *const *kv)
 
 /* mp.spin_us = -1 (the default): the caller spins (50 us) only while it
  * runs on a CPU no rank is pinned to. On another CPU than the ranks' it
- * stays awake in most calls; on theirs, on another rank's than the one it
- * calls, with ranks that are not pinned (mp.cpus_per_rank = -1), or with
- * an explicit 0, it sleeps in most. */
+ * stays awake in most calls; on another rank's than the one it calls,
+ * with ranks that are not pinned (mp.cpus_per_rank = -1), or with an
+ * explicit 0, it sleeps in most. */
 START_TEST(test_spin_auto_follows_placement)
 {
     static const char *const unpinned[] = {"mp.cpus_per_rank", "-1", NULL};
@@ -1133,11 +1133,11 @@ START_TEST(test_spin_auto_follows_placement)
     /* a loaded machine may keep a rank off the CPU past 50 us now and then */
     ck_assert_msg(apart < 100, "a caller on CPU %d, the ranks on CPU %d, slept in %ld of 200 "
                   "calls with mp.spin_us = -1", b, a, apart);
-    /* on the ranks' CPU a rank woken by the request may run before the
-     * caller reaches recv, and its reply be there: it sleeps in about
-     * half of the calls (in few, spinning: it yields to the ranks) */
-    ck_assert_msg(same >= 60 && same > apart, "a caller on the ranks' CPU slept in only %ld of "
-                  "200 calls with mp.spin_us = -1 (%ld on a CPU of its own)", same, apart);
+    /* `same` is only reported: on the ranks' own CPU a rank woken by the
+     * request often preempts the caller before it reaches recv, and its
+     * reply is there without a sleep, spinning or not (11 to 389 sleeps
+     * in 200 calls from run to run). That the caller does not spin on a
+     * rank's CPU shows across CPUs, in `other` below. */
     ck_assert_msg(off >= 100 && off > apart, "a caller on a CPU of its own slept in only %ld of "
                   "200 calls with mp.spin_us = 0 (%ld with -1)", off, apart);
     ck_assert_msg(nopin >= 100 && nopin > apart, "a caller slept in only %ld of 200 calls to "
