@@ -853,6 +853,7 @@ static void run_batch(dexec_engine *e, dx_slot *sl, dexec_handle **b, size_t n)
     char msg[DX_ERR_MAX];
     dexec_request *reqs = malloc(n * sizeof(*reqs));
     dexec_output *o = calloc(n, sizeof(*o));
+    char **timed_out = calloc(n, sizeof(*timed_out));
     batch_ctx ctx = {.h = b, .n = n};
     dx_thread_state *t = thread_state(e, 1);
     double t0 = dexec_now();
@@ -880,6 +881,15 @@ static void run_batch(dexec_engine *e, dx_slot *sl, dexec_handle **b, size_t n)
         st = e->ops->add_requests(e->ex, reqs, n, o, e->generate_s, batch_progress, &ctx, msg,
                                   sizeof(msg));
     slot_free(e, sl);
+    /* A request the executor gave up on at its deadline may still be
+     * computing on its rank, ahead of what is dealt there next: it is
+     * cancelled on the workers once its caller has the error. Noted
+     * before completing, which hands the output over. */
+    for (size_t i = 0; timed_out != NULL && i < n; i++)
+        if (st == DEXEC_ETIMEDOUT ||
+            (st == DEXEC_OK && o[i].struct_size >= DEXEC_OUTPUT_SIZE_1_1 &&
+             o[i].status == DEXEC_ETIMEDOUT))
+            timed_out[i] = strdup(b[i]->id);
     if (st != DEXEC_OK) {
         if (!known_status(st))
             st = DEXEC_EPLUGIN;
@@ -930,6 +940,12 @@ out:
         if (destroy)
             handle_destroy(b[i]);
     }
+    for (size_t i = 0; timed_out != NULL && i < n; i++) {
+        if (timed_out[i] != NULL)
+            cancel_on_workers(e, timed_out[i]);
+        free(timed_out[i]);
+    }
+    free(timed_out);
     free(reqs);
     free(o);
 }

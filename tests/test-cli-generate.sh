@@ -230,6 +230,23 @@ rc=$?
 expect_in err "dexec generate: no image written (seed "
 [ ! -s "$tmp/out" ] || fail "-s -1 --timeout 0.05: failed, yet printed: $(cat "$tmp/out")"
 [ ! -e "$tmp/to.png" ] && [ ! -e "$tmp/to-0.png" ] || fail "--timeout 0.05: an image was written"
+# an image past its deadline is cancelled on its worker then (it kept
+# computing, ahead of the batch's next image, until the engine's shutdown
+# stopped it), and a worker stopped mid-step leaves without hanging (it
+# sometimes hung in OpenBLAS's exit handler until its SIGKILL, 10 s later)
+t0=$(date +%s)
+DEXEC_LOG_LEVEL=info "$cli" generate -p sneaker -s 40 -b 2 --steps 1000 --timeout 0.3 \
+    -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"
+rc=$? t1=$(date +%s)
+[ "$rc" -eq 1 ] || fail "--timeout 0.3 -b 2: exit status $rc, expected 1"
+expect_in err "request req-0 cancelled after step"
+expect_in err "request req-1 cancelled after step"
+first_cancel=$(grep -n 'request req-0 cancelled after step' "$tmp/err" | cut -d: -f1 | head -1)
+shutdown_at=$(grep -n 'worker: shutdown requested' "$tmp/err" | cut -d: -f1 | head -1)
+[ -n "$first_cancel" ] && [ -n "$shutdown_at" ] && [ "$first_cancel" -lt "$shutdown_at" ] ||
+    fail "--timeout 0.3: req-0 was not cancelled at its deadline (before the shutdown)"
+! grep -q 'SIGTERM\|SIGKILL' "$tmp/err" || fail "--timeout 0.3: a worker had to be signalled"
+[ $((t1 - t0)) -lt 20 ] || fail "--timeout 0.3 -b 2 took $((t1 - t0)) s"
 # sizes the model does not serve (its dexec.sizes): refused at once, the sizes named
 t0=$(date +%s)
 for wh in "512 512" "64 64" "32 28"; do

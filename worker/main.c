@@ -33,6 +33,11 @@
 
 static dxw_server *g_server;
 
+/* After the loop stops, how long the ranks get to reach the end of their
+ * current denoising step (their requests are cancelled) before the worker
+ * leaves without them. */
+#define STOP_WAIT_S 2.0
+
 static void on_signal(int sig)
 {
     (void)sig;
@@ -424,7 +429,21 @@ int main(int argc, char **argv)
     /* listeners keep lis.fd; only the unix socket file is ours to remove */
     lis.fd = -1;
     dxw_listener_close(&lis);
-    if (!dxw_server_busy(g_server)) {
+    /* the running requests were cancelled: each ends at its next step */
+    for (double give_up = dexec_now() + STOP_WAIT_S;
+         dxw_server_busy(g_server) && dexec_now() < give_up;)
+        usleep(10000);
+    if (dxw_server_busy(g_server)) {
+        /* a step longer than the wait: leave without exit()'s handlers, since
+         * OpenBLAS's destructor joins its threads while a rank still waits on
+         * them in an SGEMM (a worker then hung until its owner's SIGKILL) */
+        dexec_log(DEXEC_LOG_WARN, "worker",
+                  "a rank was still computing %.0f s after the stop: leaving without waiting "
+                  "for its step",
+                  STOP_WAIT_S);
+        fflush(NULL);
+        _exit(status);
+    } else {
         dxw_server *s = g_server;
 
         /* a late SIGTERM (an owner's shutdown ladder) must not reach a freed server */

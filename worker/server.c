@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,9 @@ struct dxw_server {
     pthread_mutex_t cancel_lock;
     char *cancelled[CANCELLED_MAX];
     size_t cancel_next;
+    /* set by dxw_server_stop (a signal) and the shutdown method: every
+     * request running or queued ends at its next step, as if cancelled */
+    atomic_int stopping;
     char *model, *device, *dtype, *token, *name;
     wrank *ranks;
     dxs_server *rpc;
@@ -412,11 +416,14 @@ static int is_inline_method(const char *m)
            strcmp(m, "cancel") == 0;
 }
 
-/* 1 when request id was cancelled ("cancel" method). */
+/* 1 when request id was cancelled ("cancel" method), or the server is
+ * stopping (every request is). */
 static int is_cancelled(dxw_server *s, const char *id)
 {
     int found = 0;
 
+    if (atomic_load_explicit(&s->stopping, memory_order_relaxed))
+        return 1;
     if (id == NULL)
         return 0;
     pthread_mutex_lock(&s->cancel_lock);
@@ -1035,7 +1042,8 @@ static void run_generate(wrank *r, job *j, double queued_at)
         if (parse_request(rv, &req, err, sizeof(err)) != 0) {
             st = DEXEC_EINVAL;
         } else if (is_cancelled(r->s, req.request_id)) {
-            snprintf(err, sizeof(err), "cancelled before it started");
+            snprintf(err, sizeof(err), "cancelled before it started%s",
+                     atomic_load(&r->s->stopping) ? ": the worker is shutting down" : "");
             st = DEXEC_ECANCELED;
         } else if (test_hooks() && req.prompt != NULL &&
                    strcmp(req.prompt, TEST_CRASH_PROMPT) == 0) {
@@ -1573,6 +1581,7 @@ static int m_shutdown(void *user, dxs_conn *c, uint32_t id, dexec_value *params)
     dxs_reply_ok(c, id, dexec_value_nil());
     dexec_value_free(params);
     dexec_log(DEXEC_LOG_INFO, "worker", "shutdown requested");
+    atomic_store(&s->stopping, 1);
     dxs_stop(s->rpc);
     return 0;
 }
@@ -1680,12 +1689,18 @@ void dxw_server_add_connection(dxw_server *s, int fd)
 
 void dxw_server_stop(dxw_server *s)
 {
+    /* async-signal-safe: an atomic store and dxs_stop's */
+    atomic_store(&s->stopping, 1);
     dxs_stop(s->rpc);
 }
 
 int dxw_server_run(dxw_server *s)
 {
-    return dxs_run(s->rpc);
+    int status = dxs_run(s->rpc);
+
+    /* nobody is left to take the results (EOF of the control socket too) */
+    atomic_store(&s->stopping, 1);
+    return status;
 }
 
 int dxw_server_busy(dxw_server *s)

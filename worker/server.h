@@ -49,6 +49,8 @@ void dxw_server_add_connection(dxw_server *s, int fd);
 
 /* Runs until shutdown is requested (shutdown RPC, SIGTERM/SIGINT through
  * dxw_server_stop, or EOF of the control socket in exit_on_eof mode).
+ * From then on every request running or queued is cancelled: a running
+ * one ends at its next denoising step (dxw_server_busy turns 0 then).
  * Returns the exit status for the process. */
 int dxw_server_run(dxw_server *s);
 
