@@ -108,6 +108,12 @@ enum { RD_NONE, RD_THREAD, RD_CALLER };
  * read all at once after it, so no rank's notifications wait. */
 #define ORDERED_READ_S 0.002
 
+/* How long a blocking recv waits when the wait is on this connection
+ * alone and nothing else is due for longer: a timer that near (2 ms)
+ * costs each wake-up of an idle CPU 7-12 us on a VM (doc/performance.md),
+ * one a second away nothing measurable. */
+#define LONE_READ_S 1.0
+
 /* Default deadline of one frame's write (dexec_conn_set_timeouts). */
 #define WRITE_TIMEOUT_DEFAULT 30.0
 
@@ -122,6 +128,7 @@ struct dexec_conn {
     pthread_t reader;
     int reader_started;
     int block_read; /* recv without MSG_DONTWAIT waits ORDERED_READ_S at most */
+    int long_read;  /* ... or LONE_READ_S (SO_RCVTIMEO as set now; token holder's) */
     int closing; /* dexec_conn_free: the reader stops quietly */
     int dead;
     int dead_resolved; /* dead_reason holds the owner's reason */
@@ -1390,7 +1397,7 @@ static void cond_wait_mark(dx_wait *w, size_t n, dexec_conn **seen, int delta)
  * until spin_until (dexec_conn_set_spin; yielding the CPU between looks,
  * to a rank that may share it). */
 static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double until,
-                      int may_block, double spin_until)
+                      int may_block, double spin_until, int lone)
 {
     struct pollfd pf[64];
     dexec_conn *pc[64];
@@ -1407,6 +1414,17 @@ static void read_held(dexec_conn **held, size_t nheld, dexec_conn *only, double 
                 return;
             }
             sched_yield();
+        }
+        if (lone != only->long_read) {
+            /* one system call when the kind of wait changes, not per call */
+            double s = lone ? LONE_READ_S : ORDERED_READ_S;
+            struct timeval tv = {.tv_sec = (time_t)s,
+                                 .tv_usec = (suseconds_t)((s - (double)(time_t)s) * 1e6)};
+
+            if (setsockopt(only->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0)
+                only->long_read = lone;
+            else if (lone)
+                lone = 0; /* still the short one */
         }
         if (read_some(only, READ_WAIT))
             wake_all();
@@ -1503,11 +1521,14 @@ void dx_conn_wait_all(dx_wait *w, size_t n, double deadline)
                 if (!w[i].finished && !dexec_conn_dead(w[i].c))
                     first = w[i].c;
             /* a blocking recv may overrun ordered_until by up to
-             * ORDERED_READ_S: only when nothing else is due by then */
+             * ORDERED_READ_S: only when nothing else is due by then; by
+             * LONE_READ_S when the wait is on one connection (no other
+             * rank to read meanwhile) and nothing is due for longer */
             read_held(held, nheld, first, next < ordered_until ? next : ordered_until,
-                      next >= ordered_until + ORDERED_READ_S, spin_until);
+                      next >= ordered_until + ORDERED_READ_S, spin_until,
+                      n == 1 && nheld == 1 && next >= now + LONE_READ_S + ORDERED_READ_S);
         } else if (nheld > 0) {
-            read_held(held, nheld, NULL, next, 0, 0);
+            read_held(held, nheld, NULL, next, 0, 0, 0);
         } else {
             wake_wait(gen, next);
         }
