@@ -66,6 +66,97 @@ static double sgemm_gflops(int n)
     return 2.0 * n * n * (double)n / best / 1e9;
 }
 
+/* Where one forward pass's time goes: the block loop of the forward
+ * (dit.c dx_forward_published, one image pair, every block's real weights)
+ * run op by op with a clock around each call, summed per op class over the
+ * blocks; then the four linear shapes of a block run alone through cblas
+ * on fresh buffers (weights reused, so in cache where they fit). The
+ * workspace must hold a forward's activations (run one first). */
+enum { OP_ADA, OP_LN, OP_QKV, OP_ATT, OP_PROJ, OP_RES, OP_FC1, OP_GELU, OP_FC2, OP_N };
+
+static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
+{
+    static const char *names[OP_N] = {"adaLN modulation (M=B)", "LayerNorm + modulate",
+                                      "qkv linear", "attention",
+                                      "proj linear", "gated residuals",
+                                      "fc1 linear", "GELU",
+                                      "fc2 linear"};
+    const dxk_dit_config *c = &m->cfg;
+    dxk_backend *be = m->be;
+    const int D = c->hidden_size, Mh = D * c->mlp_ratio, T = ws->tn, BT = B * T;
+    const double fl[OP_N] = {2.0 * B * 6 * D * D, 0, 2.0 * BT * 3.0 * D * D,
+                             4.0 * B * (double)T * T * D, 2.0 * BT * (double)D * D, 0,
+                             2.0 * BT * (double)Mh * D, 0, 2.0 * BT * (double)Mh * D};
+    const int shp[4][4] = {{OP_QKV, 3 * D, D}, {OP_PROJ, D, D}, {OP_FC1, Mh, D}, {OP_FC2, D, Mh}};
+    double tm[OP_N] = {0}, t, tot = 0;
+    int i, k;
+
+#define TIMED(op, call)                                                                         \
+    do {                                                                                        \
+        t = now();                                                                              \
+        call;                                                                                   \
+        tm[op] += now() - t;                                                                    \
+    } while (0)
+    for (i = 0; i < c->depth; i++) {
+        const dxk_dit_block *b = &m->blocks[i];
+        const float *mod = ws->mod;
+
+        TIMED(OP_ADA, dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D));
+        TIMED(OP_LN, be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D));
+        TIMED(OP_QKV, dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BT, 3 * D, D));
+        TIMED(OP_ATT, be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D));
+        TIMED(OP_PROJ, dxk_linear_run(be, ws->xn, ws->att, &b->proj, BT, D, D));
+        TIMED(OP_RES, be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D));
+        TIMED(OP_LN, be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B,
+                                         T, D, (float)c->norm_eps));
+        TIMED(OP_FC1, dxk_linear_run(be, ws->hid, ws->xn, &b->fc1, BT, Mh, D));
+        TIMED(OP_GELU, be->gelu_tanh(be, ws->hid, (size_t)BT * Mh));
+        TIMED(OP_FC2, dxk_linear_run(be, ws->xn, ws->hid, &b->fc2, BT, D, Mh));
+        TIMED(OP_RES, be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, T, D));
+    }
+#undef TIMED
+    for (k = 0; k < OP_N; k++)
+        tot += tm[k];
+    printf("dexec forward by op (the %d blocks op by op, one clock per call): %.3f s\n", c->depth,
+           tot);
+    for (k = 0; k < OP_N; k++) {
+        printf("  %-24s %8.1f ms %5.1f %%", names[k], tm[k] * 1e3, 100.0 * tm[k] / tot);
+        if (fl[k] > 0)
+            printf("  %6.1f GFLOP/s", c->depth * fl[k] / tm[k] / 1e9);
+        printf("\n");
+    }
+    for (k = 0; k < 4; k++) {
+        const int N = shp[k][1], K = shp[k][2];
+        float *a = malloc((size_t)BT * K * sizeof *a), *w = malloc((size_t)N * K * sizeof *w);
+        float *y = malloc((size_t)BT * N * sizeof *y);
+        double best = 1e30;
+        int rep;
+
+        if (a == NULL || w == NULL || y == NULL) {
+            free(a);
+            free(w);
+            free(y);
+            return;
+        }
+        dxk_noise(1, 2, a, (size_t)BT * K);
+        dxk_noise(1, 3, w, (size_t)N * K);
+        for (rep = 0; rep < 6; rep++) {
+            t = now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, N, K, 1, a, K, w, K, 0, y, N);
+            t = now() - t;
+            if (rep > 0 && t < best)
+                best = t;
+        }
+        printf("  cblas_sgemm alone %dx%dx%d (%s): %.2f ms, %.1f GFLOP/s (in the forward %.2f "
+               "ms)\n",
+               BT, N, K, names[shp[k][0]], best * 1e3, 2.0 * BT * (double)N * K / best / 1e9,
+               tm[shp[k][0]] / c->depth * 1e3);
+        free(a);
+        free(w);
+        free(y);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int reps = 2, vside = 32, sg = 2048, i, S;
@@ -141,6 +232,8 @@ int main(int argc, char **argv)
     t = sgemm_gflops(sg);
     if (t > sgemm)
         sgemm = t;
+    if (getenv("BENCH_BREAKDOWN") != NULL && *getenv("BENCH_BREAKDOWN") != '0')
+        breakdown(p->dit, ws, 2);
     for (i = 0; i <= reps; i++) {
         t = now();
         if (dxk_vae_decode(p->vae, z, 1, vside, vside, img, err, sizeof err) != DEXEC_OK) {
