@@ -101,7 +101,8 @@ static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
         const dxk_dit_block *b = &m->blocks[i];
         const float *mod = ws->mod;
 
-        TIMED(OP_ADA, dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D));
+        TIMED(OP_ADA, if (!dxk_cpu_linear_few(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D))
+                          dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D));
         TIMED(OP_LN, be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D));
         TIMED(OP_QKV, dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BT, 3 * D, D));
         TIMED(OP_ATT, be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D));
@@ -129,7 +130,7 @@ static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
         const int N = shp[k][1], K = shp[k][2];
         float *a = malloc((size_t)BT * K * sizeof *a), *w = malloc((size_t)N * K * sizeof *w);
         float *y = malloc((size_t)BT * N * sizeof *y);
-        double best = 1e30;
+        double best = 1e30, bestb = 1e30;
         int rep;
 
         if (a == NULL || w == NULL || y == NULL) {
@@ -140,16 +141,24 @@ static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
         }
         dxk_noise(1, 2, a, (size_t)BT * K);
         dxk_noise(1, 3, w, (size_t)N * K);
-        for (rep = 0; rep < 6; rep++) {
+        /* alternated: OpenBLAS threading one call, and the backend's
+         * linear (its own split of the columns over its pool) */
+        for (rep = 0; rep < 8; rep++) {
             t = now();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, N, K, 1, a, K, w, K, 0, y, N);
             t = now() - t;
             if (rep > 0 && t < best)
                 best = t;
+            t = now();
+            be->linear(be, y, a, w, NULL, BT, N, K);
+            t = now() - t;
+            if (rep > 0 && t < bestb)
+                bestb = t;
         }
-        printf("  cblas_sgemm alone %dx%dx%d (%s): %.2f ms, %.1f GFLOP/s (in the forward %.2f "
-               "ms)\n",
+        printf("  %dx%dx%d alone (%s): cblas_sgemm %.2f ms, %.1f GFLOP/s; backend linear "
+               "%.2f ms, %.1f GFLOP/s; in the forward %.2f ms\n",
                BT, N, K, names[shp[k][0]], best * 1e3, 2.0 * BT * (double)N * K / best / 1e9,
+               bestb * 1e3, 2.0 * BT * (double)N * K / bestb / 1e9,
                tm[shp[k][0]] / c->depth * 1e3);
         free(a);
         free(w);

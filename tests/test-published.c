@@ -405,6 +405,29 @@ START_TEST(test_linear_rows_independent)
                           "of one call of %d",
                           r0, r0 + M - 1, M, Mmax);
         }
+    /* the few-rows path (the adaLN modulation): same checks */
+    ck_assert_int_eq(dxk_cpu_linear_few(be, y, x, w, b, Mmax, N, K), 1);
+    maxrel = 0;
+    for (i = 0; i < Mmax; i++)
+        for (n = 0; n < N; n++) {
+            double ref = b[n], mag = fabs(b[n]);
+
+            for (k = 0; k < K; k++) {
+                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
+                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
+            }
+            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
+                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
+        }
+    ck_assert_msg(maxrel < 1e-6, "linear_few: relative error %g against double", maxrel);
+    for (M = 1; M < Mmax; M++)
+        for (r0 = 0; r0 + M <= Mmax; r0 += M) {
+            ck_assert_int_eq(dxk_cpu_linear_few(be, yr, x + (size_t)r0 * K, w, b, M, N, K), 1);
+            ck_assert_msg(memcmp(yr, y + (size_t)r0 * N, (size_t)M * N * sizeof *y) == 0,
+                          "linear_few: rows %d..%d computed %d at a time differ from the same "
+                          "rows of one call of %d",
+                          r0, r0 + M - 1, M, Mmax);
+        }
     free(x);
     free(w);
     free(b);

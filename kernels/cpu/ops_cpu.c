@@ -386,6 +386,86 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
     dx_linear_rows(y, x, w, M, N, K, N, b != NULL);
 }
 
+/* y[M, N] = x[M, K] W^T + b for few rows M (the adaLN modulation: one
+ * row per image). OpenBLAS's SGEMM packs the whole weight before using
+ * each value M times; here each weight row is streamed once from memory
+ * and dotted with the M rows of x (in L1) in DX_GV_LANES lanes, 4 rows of
+ * x at a time. A row's sums are taken in the same order whatever M is:
+ * the rows are independent by construction. */
+#define DX_GV_LANES 16
+
+DX_CLONES DX_VECTORIZE static void dx_gemv_rows(float *y, const float *x, const float *w,
+                                                const float *b, int M, int N, int K, int n0,
+                                                int n1)
+{
+    const int kv = K / DX_GV_LANES * DX_GV_LANES;
+    int n, m, i, k, l;
+
+    for (n = n0; n < n1; n++) {
+        const float *wr = w + (size_t)n * K;
+
+        for (m = 0; m < M; m += 4) {
+            const int mm = M - m < 4 ? M - m : 4;
+            float acc[4][DX_GV_LANES];
+
+            for (i = 0; i < 4; i++)
+                for (l = 0; l < DX_GV_LANES; l++)
+                    acc[i][l] = 0.0f;
+            for (k = 0; k < kv; k += DX_GV_LANES)
+                for (i = 0; i < mm; i++) {
+                    const float *xr = x + (size_t)(m + i) * K + k;
+
+                    for (l = 0; l < DX_GV_LANES; l++)
+                        acc[i][l] += xr[l] * wr[k + l];
+                }
+            for (i = 0; i < mm; i++) {
+                const float *xr = x + (size_t)(m + i) * K;
+                float s = 0.0f;
+
+                for (l = 0; l < DX_GV_LANES; l++)
+                    s += acc[i][l];
+                for (k = kv; k < K; k++)
+                    s += xr[k] * wr[k];
+                y[(size_t)(m + i) * N + n] = (b != NULL ? b[n] : 0.0f) + s;
+            }
+        }
+    }
+}
+
+typedef struct dx_gemv_job {
+    float *y;
+    const float *x, *w, *b;
+    int M, N, K, nthreads;
+} dx_gemv_job;
+
+static void dx_gemv_task(void *arg, int task, int thread)
+{
+    const dx_gemv_job *j = arg;
+
+    (void)thread;
+    dx_gemv_rows(j->y, j->x, j->w, j->b, j->M, j->N, j->K,
+                 (int)((long)j->N * task / j->nthreads), (int)((long)j->N * (task + 1) / j->nthreads));
+}
+
+int dxk_cpu_linear_few(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int M, int N, int K)
+{
+    dx_cpu *c;
+    dx_gemv_job j;
+
+    if (be == NULL || be->linear != cpu_linear)
+        return 0;
+    c = dx_priv(be);
+    if (M <= 0 || N <= 0)
+        return 1;
+    j = (dx_gemv_job){y, x, w, b, M, N, K, dxk_pool_size(c->pool)};
+    if ((size_t)N * K < DX_PAR_MIN)
+        dx_gemv_rows(y, x, w, b, M, N, K, 0, N);
+    else
+        dxk_pool_run(c->pool, j.nthreads, dx_gemv_task, &j);
+    return 1;
+}
+
 /* Independent lanes of a vectorised sum (softmax, LayerNorm): a single
  * running sum or maximum is a chain of dependent instructions that a
  * vector unit cannot split. */
