@@ -29,6 +29,17 @@ char *openblas_get_corename(void);
 #include "pipeline.h"
 #include "sampler.h"
 
+/* CPU seconds of every thread of the process: on a shared host, what the
+ * forward cost in CPU time is less sensitive to the other load than its
+ * wall time (spinning threads count too). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -174,7 +185,7 @@ int main(int argc, char **argv)
     dxk_dit_ws *ws = NULL;
     char err[1024];
     float *x, *v, *z, *img;
-    double t, best_f = 1e30, best_v = 1e30, ff, fv, sgemm;
+    double t, tc, best_f = 1e30, best_v = 1e30, best_fc = 1e30, ff, fv, sgemm;
     int y[2];
     double ts[2] = {500, 500};
     size_t n, nz, ni;
@@ -228,6 +239,7 @@ int main(int argc, char **argv)
      * measurement taken at a busy moment would flatter the shares */
     sgemm = sgemm_gflops(sg);
     for (i = 0; i <= reps; i++) {
+        tc = cpu_now();
         t = now();
         dxk_dit_forward(p->dit, ws, v, x, ts, y, 2);
         if (be->sync(be, err, sizeof err) != DEXEC_OK) {
@@ -235,8 +247,11 @@ int main(int argc, char **argv)
             return 1;
         }
         t = now() - t;
+        tc = cpu_now() - tc;
         if (i > 0 && t < best_f)
             best_f = t;
+        if (i > 0 && tc < best_fc)
+            best_fc = tc;
     }
     t = sgemm_gflops(sg);
     if (t > sgemm)
@@ -263,6 +278,7 @@ int main(int argc, char **argv)
            p->dit->cfg.patch_size, p->dit->params);
     printf("dexec forward (batch 2): %.3f s, %.1f GFLOP, %.1f GFLOP/s, %.0f%% of SGEMM\n", best_f,
            ff / 1e9, ff / best_f / 1e9, 100.0 * ff / best_f / 1e9 / sgemm);
+    printf("dexec forward CPU time: %.3f s over all threads (best of %d)\n", best_fc, reps);
     printf("dexec vae decode (latent %dx%d -> %dx%d): %.3f s, %.1f GFLOP, %.1f GFLOP/s, "
            "%.0f%% of SGEMM\n",
            vside, vside, vside * dxk_vae_scale(&p->vae->cfg), vside * dxk_vae_scale(&p->vae->cfg),
