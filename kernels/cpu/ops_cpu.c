@@ -328,19 +328,26 @@ static void dx_linear_rows(float *y, const float *x, const float *w, int M, int 
 
 typedef struct dx_lin_job {
     float *y;
-    const float *x, *w;
-    int M, N, K, acc, chunk;
+    const float *x, *w, *b;
+    int M, N, K, chunk;
 } dx_lin_job;
 
-/* task i: output columns [i chunk, (i + 1) chunk) */
+/* task i: output columns [i chunk, (i + 1) chunk), the bias copied into
+ * them first (by the thread that then accumulates onto them: in its cache,
+ * and in parallel) */
 static void dx_lin_task(void *arg, int task, int thread)
 {
     const dx_lin_job *j = arg;
     const int n0 = task * j->chunk, nn = j->N - n0 < j->chunk ? j->N - n0 : j->chunk;
+    int i;
 
     (void)thread;
-    if (nn > 0)
-        dx_linear_rows(j->y + n0, j->x, j->w + (size_t)n0 * j->K, j->M, nn, j->K, j->N, j->acc);
+    if (nn <= 0)
+        return;
+    if (j->b != NULL)
+        for (i = 0; i < j->M; i++)
+            memcpy(j->y + (size_t)i * j->N + n0, j->b + n0, (size_t)nn * sizeof *j->y);
+    dx_linear_rows(j->y + n0, j->x, j->w + (size_t)n0 * j->K, j->M, nn, j->K, j->N, j->b != NULL);
 }
 
 /* Output columns (weight rows) per task of a split linear: a multiple of
@@ -358,10 +365,6 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
 
     if (M <= 0 || N <= 0)
         return;
-    if (b != NULL) {
-        for (i = 0; i < M; i++)
-            memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
-    }
     /* The output columns are split over the backend's pool, each part one
      * single-threaded OpenBLAS call, rather than OpenBLAS threading one
      * call: OpenBLAS's threads synchronise between blocks of K, and keep
@@ -376,13 +379,16 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
         chunk = (chunk + 63) / 64 * 64;
         if (chunk < DX_LIN_MIN_CHUNK)
             chunk = DX_LIN_MIN_CHUNK;
-        j = (dx_lin_job){y, x, w, M, N, K, b != NULL, chunk};
+        j = (dx_lin_job){y, x, w, b, M, N, K, chunk};
         saved = dx_blas_threads();
         dx_blas_set_threads(1);
         dxk_pool_run(c->pool, (N + chunk - 1) / chunk, dx_lin_task, &j);
         dx_blas_set_threads(saved);
         return;
     }
+    if (b != NULL)
+        for (i = 0; i < M; i++)
+            memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
     dx_linear_rows(y, x, w, M, N, K, N, b != NULL);
 }
 
