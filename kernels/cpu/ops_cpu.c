@@ -1,11 +1,13 @@
 /*
  * ops_cpu.c - the CPU backend of ops.h. Every linear layer and both
- * attention products are OpenBLAS SGEMM calls. The linear layers are big
- * enough for OpenBLAS's own threads; the attention products are small
- * (T x T x head_dim per head), and threading each of them makes every call
- * wait for its slowest thread, so instead the heads are spread over the
- * backend's pool (as many threads as OpenBLAS uses) with single-threaded
- * SGEMMs. GELU and LayerNorm are split over the same pool.
+ * attention products are OpenBLAS SGEMM calls, all on the backend's pool
+ * (as many threads as OpenBLAS uses) with single-threaded SGEMMs: a
+ * linear's output columns are split between the threads (OpenBLAS's own
+ * threads, spinning after each call, took the cores from the pool's other
+ * ops), and the attention's heads are spread over them (threading each
+ * small T x T x head_dim product makes every call wait for its slowest
+ * thread). GELU and LayerNorm are split over the same pool; the adaLN
+ * modulation (few rows) streams its weights (dxk_cpu_linear_few).
  */
 #include <config.h>
 
