@@ -1643,8 +1643,12 @@ static dexec_status generate_wide(dexec_group *g, int prefer, const dexec_reques
                     }
                     outs[i].rank = s * w;
                     outs[i].timings.total_s = dexec_now() - start;
-                    if (outs[i].status != DEXEC_OK) {
+                    if (outs[i].status != DEXEC_OK)
                         slot_unform(g, s); /* a member gave up: the collectives start afresh */
+                    /* refused for its own input, or cancelled: the request
+                     * failed alone (dexec_engine_step), not the group */
+                    if (outs[i].status != DEXEC_OK && outs[i].status != DEXEC_EINVAL &&
+                        outs[i].status != DEXEC_ECANCELED) {
                         nfailed++;
                         last_st = outs[i].status;
                         snprintf(last, sizeof(last), "%s",

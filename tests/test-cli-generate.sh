@@ -107,7 +107,8 @@ png_text "$tmp/u.png" >"$tmp/text" || fail "u.png is not a valid PNG"
 grep -Fx "iTXt:prompt=a sneaker für ☃" "$tmp/text" >/dev/null || fail "no iTXt prompt: $(cat "$tmp/text")"
 grep -Fx "size=112x112" "$tmp/text" >/dev/null || fail "--scale 4: $(cat "$tmp/text")"
 
-# 4. refusals: exit 2, the message, and no worker started (fast)
+# 4. refusals: exit 2, the message, nothing on standard output (no seed
+# line) and no worker started (fast)
 refuse() { # message args...
     msg=$1
     shift
@@ -115,6 +116,7 @@ refuse() { # message args...
     rc=$?
     [ "$rc" -eq 2 ] || fail "generate $*: exit status $rc, expected 2"
     expect_in err "$msg"
+    [ ! -s "$tmp/out" ] || fail "generate $*: refused, yet printed: $(cat "$tmp/out")"
 }
 refuse "dexec generate: -o $tmp/nodir/x.png: directory $tmp/nodir: No such file or directory" \
     -p sneaker --steps 1000 -b 3 -o "$tmp/nodir/x.png"
@@ -127,6 +129,53 @@ refuse "dexec generate: unexpected argument 'sneaker': a prompt needs -p, as in:
 refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need seed 9223372036854775807+1, above the largest seed 9223372036854775807: use a seed <= 9223372036854775806" \
     -p sneaker -s 9223372036854775807 -b 2
 refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
+refuse "dexec generate: --steps expects an integer in 1..1000, got '0'" -p sneaker --steps 0
+# the engine options and the configuration are arguments too: refused
+# before any worker starts, exit 2, like the command's own options
+refuse 'dexec: dtype: "fp16" is not one of: float32, float16, bfloat16' -p sneaker --dtype fp16
+refuse 'dexec: num_gpus: must be between 1 and 64, got 0' -p sneaker --num-gpus 0
+refuse "dexec: foo: unknown key ('dexec config keys' lists the known ones)" -p sneaker --set foo=1
+refuse "dexec: $tmp/none.conf: cannot read the configuration file: No such file or directory" \
+    -p sneaker -c "$tmp/none.conf"
+refuse 'dexec: mp.spin_us: must be between 0 and 2000, got 2001' -p sneaker --set mp.spin_us=2001
+refuse "dexec: --set expects KEY=VALUE, got 'mp.spin_us'" -p sneaker --set mp.spin_us
+# the other commands that start an engine, and those that read the
+# configuration, by the same rule
+for sub in health "rpc get_rank" "logs" "serve" "actors" "plugins" "config keys"; do
+    # shellcheck disable=SC2086
+    "$cli" $sub -c "$tmp/none.conf" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 2 ] || fail "dexec $sub -c none.conf: exit status $rc, expected 2"
+    expect_in err "dexec: $tmp/none.conf: cannot read the configuration file: No such file or directory"
+done
+# dexec config check's finding about a file it is asked to check is 1
+"$cli" config check "$tmp/none.conf" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "dexec config check none.conf: exit status $rc, expected 1"
+for sub in health "rpc get_rank" "logs" "serve"; do
+    # shellcheck disable=SC2086
+    "$cli" $sub --dtype fp16 >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 2 ] || fail "dexec $sub --dtype fp16: exit status $rc, expected 2"
+    expect_in err 'dexec: dtype: "fp16" is not one of: float32, float16, bfloat16'
+done
+"$cli" serve -l nocolon >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 2 ] || fail "dexec serve -l nocolon: exit status $rc, expected 2"
+expect_in err "dexec serve: serve.listen 'nocolon' is not HOST:PORT (e.g. 127.0.0.1:8000)"
+# what only a started engine can tell is a failure, exit 1: a plugin that
+# is not there, a sampler the model refuses (nothing on standard output
+# either: the random seed is said with the first image made)
+"$cli" generate -p sneaker --backend nosuch -o "$tmp/nb.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "--backend nosuch: exit status $rc, expected 1"
+expect_in err "dexec: plugin 'nosuch' not found: no dexec_nosuch.so in "
+"$cli" generate -p sneaker --steps 1 --sampler ddim -o "$tmp/nb.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "--sampler ddim: exit status $rc, expected 1"
+expect_in err "dexec generate: image 0 (seed "
+[ ! -s "$tmp/out" ] || fail "--sampler ddim: refused, yet printed: $(cat "$tmp/out")"
+[ ! -e "$tmp/nb.png" ] || fail "--sampler ddim: an image was written"
 # sizes the model does not serve (its dexec.sizes): refused at once, the sizes named
 t0=$(date +%s)
 for wh in "512 512" "64 64" "32 28"; do
@@ -238,14 +287,14 @@ for dt in float16 bfloat16; do
 done
 "$cli" generate --dtype float64 -p sneaker -o "$tmp/h.png" >"$tmp/out" 2>"$tmp/err"
 rc=$?
-[ "$rc" -ne 0 ] || fail "--dtype float64: exit status 0"
+[ "$rc" -eq 2 ] || fail "--dtype float64: exit status $rc, expected 2"
 expect_in err 'dexec: dtype: "float64" is not one of: float32, float16, bfloat16'
 # --set: any other key, checked like the configuration's
 "$cli" generate -p sneaker --steps 2 -s 5 --set mp.spin_us=50 --set=timeouts.health=7 -q \
     -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err" || fail "--set: exit status $?: $(cat "$tmp/err")"
 [ -s "$tmp/set.png" ] || fail "--set: no image"
 "$cli" generate -p sneaker --steps 2 --set mp.spin_us=2001 -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
-[ $? -eq 1 ] || fail "--set mp.spin_us=2001: exit status not 1"
+[ $? -eq 2 ] || fail "--set mp.spin_us=2001: exit status not 2"
 expect_in err "dexec: mp.spin_us: must be between 0 and 2000, got 2001"
 "$cli" generate -p sneaker --steps 2 --set mp.spin_us -o "$tmp/set.png" >"$tmp/out" 2>"$tmp/err"
 [ $? -eq 2 ] || fail "--set without =: exit status not 2"

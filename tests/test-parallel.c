@@ -801,17 +801,16 @@ START_TEST(test_ray_member_fails)
     t0 = dexec_now();
     st = dexec_engine_step(e, reqs, 1, &outs, NULL, NULL);
     took = dexec_now() - t0;
-    /* the actor answered: the output carries the failure, as for any
-     * request a ray_actor rank fails */
-    ck_assert_int_eq(st, DEXEC_OK);
+    /* the group failed the step's every request: the step fails, as with
+     * mp's groups (test_kill9_member_fails_fast), the group's error said */
+    ck_assert_int_eq(st, DEXEC_EWORKER);
+    ck_assert_ptr_null(outs);
     fprintf(stderr, "test-parallel: ray_actor: a failing member failed the request in %.3f s "
                     "(0.2 s of it the hook's)\n",
             took);
     ck_assert_msg(took < 0.2 + DEATH_BOUND, "took %.3f s", took);
-    ck_assert_int_eq(outs[0].status, DEXEC_EWORKER);
-    ck_assert_str_eq(outs[0].error,
+    ck_assert_str_eq(dexec_engine_last_error(e),
                      "group 0 (ranks 0-1): rank 1: test hook: group member 1 fails");
-    dexec_outputs_free(outs, 1);
     make_requests(reqs, 1, ids, 4);
     ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s",
                   dexec_engine_last_error(e));
@@ -821,6 +820,44 @@ START_TEST(test_ray_member_fails)
     dexec_outputs_free(ref, 1);
     ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
     dexec_engine_free(e);
+}
+END_TEST
+
+/* A request the model refuses for its own input (a sampler of another
+ * kind of model) fails alone on a parallel group, with either executor:
+ * dexec_engine_step succeeds, the output says why (DEXEC_EINVAL: dexec
+ * serve answers 400), and the group computes the next request. */
+static void check_group_refusal(const char *const *kv, const char *where)
+{
+    dexec_engine *e = must_open(2, kv);
+    dexec_request reqs[1];
+    char ids[1][16], want[256];
+    dexec_output *outs = NULL;
+
+    make_requests(reqs, 1, ids, 2);
+    reqs[0].sampler = "ddim";
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s: %s", where,
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(outs[0].status, DEXEC_EINVAL);
+    snprintf(want, sizeof(want),
+             "%ssampler 'ddim' does not fit this model: it is dexec's own flow-matching model, "
+             "whose sampler is euler",
+             strcmp(where, "ray_actor") == 0 ? "group 0 (ranks 0-1): rank 0: " : "");
+    ck_assert_str_eq(outs[0].error, want);
+    dexec_outputs_free(outs, 1);
+    reqs[0].sampler = NULL;
+    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s: %s", where,
+                  dexec_engine_last_error(e));
+    ck_assert_int_eq(outs[0].status, DEXEC_OK);
+    dexec_outputs_free(outs, 1);
+    ck_assert_int_eq(dexec_engine_close(e), DEXEC_OK);
+    dexec_engine_free(e);
+}
+
+START_TEST(test_group_refusal_fails_alone)
+{
+    check_group_refusal(cfg2, "mp");
+    check_group_refusal(ray_cfg2, "ray_actor");
 }
 END_TEST
 
@@ -1017,6 +1054,7 @@ static Suite *parallel_suite(void)
     tcase_add_test(tc, test_ray_same_pixels);
     tcase_add_test(tc, test_ray_two_groups_keep_order);
     tcase_add_test(tc, test_ray_member_fails);
+    tcase_add_test(tc, test_group_refusal_fails_alone);
     tcase_add_test(tc, test_ray_kill9_actor);
     suite_add_tcase(s, tc);
     return s;

@@ -6,7 +6,8 @@
 # freeing its queue slot, the deadline (504), a bearer token on a
 # non-loopback listener, a worker killed during a request (recovered: the
 # request completes, the server stays ready, /metrics counts the death and
-# the restart) and SIGTERM draining in-flight requests; the ranks kept
+# the restart; under a stream, said by a restart event) and SIGTERM
+# draining in-flight requests; the ranks kept
 # busy: the images of one call spread over the ranks, a short request
 # completes on the free rank while a long one runs, and an image's queue
 # time counts from its submission.
@@ -145,8 +146,23 @@ expect_hdr e_method 'Allow: POST'
 check_error e_sampler 400 '{"error":{"message":"sampler must be \"ddpm\" or \"ddim\" (DiT models) or \"euler\" or \"heun\" (SiT models; the bundled model: \"euler\"); absent or null: the model'"'"'s own","type":"invalid_request_error","param":"sampler","code":null}}' \
     -X POST "$url$gen" -d '{"prompt":"bag","sampler":"plms"}'
 # a sampler of another kind of model: refused by the worker, still bad input
-check_error e_sampler_kind 400 '"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error"' \
+# naming the field; with stream the same 400, before any event (the stream
+# begins once the worker has accepted the request)
+kind_err='{"error":{"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error","param":"sampler","code":null}}'
+check_error e_sampler_kind 400 "$kind_err" \
     -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}'
+check_error e_sampler_kind_sse 400 "$kind_err" \
+    -X POST "$url$gen" -d '{"prompt":"bag","sampler":"ddim","num_inference_steps":1,"stream":true}'
+grep -F 'event:' "$tmp/e_sampler_kind_sse.body" >/dev/null && fail "e_sampler_kind_sse: events in a refusal"
+# the other refusals of the model's own checks: a size it does not serve, a
+# prompt that names none of its classes; streaming or not
+check_error e_size_fit_sse 400 '{"error":{"message":"image 0: rank 0: image size 48x40 (width x height) is not one this model serves: 28x28 (its metadata dexec.sizes)","type":"invalid_request_error","param":"size","code":null}}' \
+    -X POST "$url$gen" -H 'Accept: text/event-stream' -d '{"prompt":"bag","size":"48x40","num_inference_steps":1}'
+check_error e_class_sse 400 '"message":"image 0: rank 0: prompt '"'"'zebra'"'"' names no class of this model; known words: t-shirt/top,' \
+    -X POST "$url$gen" -d '{"prompt":"zebra","num_inference_steps":1,"stream":true}'
+expect_body e_class_sse '"type":"invalid_request_error","param":"prompt","code":null}}'
+check_error e_class_neg 400 '"param":"negative_prompt"' \
+    -X POST "$url$gen" -d '{"prompt":"bag","negative_prompt":"zebra","num_inference_steps":1}'
 head -c 2000 /dev/zero | tr '\0' 'x' >"$tmp/big.json"
 check_error e_body 413 '"message":"the request body is 2000 bytes, above serve.max_body_bytes = 1024"' \
     -X POST "$url$gen" --data-binary @"$tmp/big.json"
@@ -155,7 +171,7 @@ st=$(req metrics "$url/metrics")
 expect_status metrics "$st" 200
 expect_hdr metrics 'Content-Type: text/plain; version=0.0.4'
 for m in 'dexec_serve_requests_total{path="/v1/images/generations",code="200"} 2' \
-    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 10' \
+    'dexec_serve_requests_total{path="/v1/images/generations",code="400"} 14' \
     'dexec_serve_requests_total{path="/v1/images/generations",code="404"} 1' \
     'dexec_serve_queue_depth 0' 'dexec_serve_in_flight_requests 0' \
     'dexec_serve_images_total 4' 'dexec_serve_request_duration_seconds_count 2' \
@@ -310,13 +326,14 @@ wait "$pid" || fail "server c: exit status $?"
 # ---- 5. non-loopback listeners: token or --insecure ------------------------------
 "$cli" serve -l 0.0.0.0:0 >"$tmp/d.out" 2>"$tmp/d.err"
 rc=$?
-[ "$rc" -eq 1 ] || fail "0.0.0.0 without a token: exit status $rc, expected 1"
+# refused before anything starts: a usage error (dexec(1) EXIT STATUS)
+[ "$rc" -eq 2 ] || fail "0.0.0.0 without a token: exit status $rc, expected 2"
 grep -F "dexec serve: serve.listen '0.0.0.0:0' is not a loopback address: set serve.token_file (--token-file FILE) so that clients must send a bearer token, or serve.insecure = 1 (--insecure) to serve anyone who can reach it" \
     "$tmp/d.err" >/dev/null || fail "0.0.0.0 without a token: message: $(cat "$tmp/d.err")"
 echo 's3cret-token' >"$tmp/token"
 chmod 644 "$tmp/token"
 "$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err"
-[ $? -eq 1 ] && grep -F "dexec serve: serve.token_file: " "$tmp/d.err" >/dev/null ||
+[ $? -eq 2 ] && grep -F "dexec serve: serve.token_file: " "$tmp/d.err" >/dev/null ||
     fail "a token file readable by others was accepted: $(cat "$tmp/d.err")"
 chmod 600 "$tmp/token"
 "$cli" serve -l 0.0.0.0:0 --token-file "$tmp/token" >"$tmp/d.out" 2>"$tmp/d.err" &
@@ -365,11 +382,57 @@ st=$(req cfg1 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":1,"num_inf
 expect_status cfg1 "$st" 400
 grep -F '{"error":{"message":"guidance_scale 1 turns classifier-free guidance off, and this server'"'"'s ranks compute the two branches of guidance in pairs (parallel.cfg = 2): ask for another guidance_scale, or leave it out for the model'"'"'s default","type":"invalid_request_error","param":"guidance_scale","code":null}}' \
     "$tmp/cfg1.body" >/dev/null || fail "cfg1: message: $(cat "$tmp/cfg1.body")"
+# a request the model refuses is bad input on a parallel group too (the
+# group did not fail: 400 naming the field, not 500), streaming or not
+for body in '{"prompt":"bag","sampler":"ddim","num_inference_steps":1}' \
+    '{"prompt":"bag","sampler":"ddim","num_inference_steps":1,"stream":true}'; do
+    check_error cfg_sampler 400 '{"error":{"message":"image 0: rank 0: sampler '"'"'ddim'"'"' does not fit this model: it is dexec'"'"'s own flow-matching model, whose sampler is euler","type":"invalid_request_error","param":"sampler","code":null}}' \
+        -X POST "$url$gen" -d "$body"
+done
 curl -s "$url/metrics" | grep -q '^dexec_serve_worker_errors_total{rank="unknown' &&
     fail "/metrics: a refused request counted as a worker error"
 st=$(req cfg3 -X POST "$url$gen" -d '{"prompt":"bag","guidance_scale":3,"num_inference_steps":2}')
 expect_status cfg3 "$st" 200
 kill -TERM "$pid"
 wait "$pid" || fail "server f: exit status $?"
+
+# ---- 7. a restart under a stream (ray_actor): said, not hidden ---------------
+# the actor hosts every rank; killed mid-request it is started again and
+# the image computed again from step 1: a restart event says so before the
+# progress that counts from step 1 again
+serve_start g --backend ray_actor --num-gpus 1
+curl -s -N -X POST "$url$gen" -d '{"prompt":"bag","num_inference_steps":1000,"stream":true}' \
+    >"$tmp/rs.body" &
+cpid=$!
+pids="$pids $cpid"
+for _ in $(seq 1 300); do
+    grep -q '"step":[1-9]' "$tmp/rs.body" 2>/dev/null && break
+    sleep 0.1
+done
+actor=$(pgrep -P "$pid" dexec-worker | head -n 1)
+if [ -z "$actor" ]; then
+    fail "restart: the actor is not a child of the server"
+else
+    kill -9 "$actor"
+fi
+wait "$cpid"
+python3 - "$tmp/rs.body" <<'PY' || fail "restart: the stream does not say the restart: $(head -c 600 "$tmp/rs.body")"
+import json, sys
+events = [b.split('\n') for b in open(sys.argv[1]).read().strip().split('\n\n')]
+names = [ev[0][len('event: '):] for ev in events]
+datas = [json.loads(ev[1][len('data: '):]) for ev in events]
+assert names[-2:] == ['image', 'done'], names[-3:]
+r = names.index('restart')
+assert names.count('restart') == 1, names
+lost = datas[r]['lost_at_step']
+assert datas[r]['index'] == 0 and datas[r]['attempt'] == 2 and lost >= 1, datas[r]
+before = [d['step'] for n, d in zip(names[:r], datas[:r]) if n == 'progress']
+after = [d['step'] for n, d in zip(names[r:], datas[r:]) if n == 'progress']
+# steps rise within each computation (progress carries the latest step)
+assert before and before[-1] <= lost and before == sorted(before), (lost, before[-3:])
+assert after and after == sorted(after) and after[-1] == 1000, after[-3:]
+PY
+kill -TERM "$pid"
+wait "$pid" || fail "server g: exit status $?"
 
 exit $status

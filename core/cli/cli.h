@@ -1,11 +1,20 @@
-/* cli.h - the subcommands of the dexec tool. Each returns the exit status:
- * 0 success, 1 failure, 2 usage error. */
+/* cli.h - the subcommands of the dexec tool. Each returns the exit status
+ * (dexec(1) EXIT STATUS): 0 success; CLI_USAGE (2) when the command line or
+ * the configuration it names is refused before anything starts (an
+ * unknown option, a bad value, a configuration file, --set or engine
+ * option that does not load or validate, a file named that cannot be
+ * read); CLI_FAILED (1) when the command ran and failed (an engine that
+ * could not start, a worker's error, a request the model refuses, a lost
+ * image). */
 #ifndef DEXEC_CLI_H
 #define DEXEC_CLI_H
 
 #include <stdint.h>
 
 #include <dexec/dexec.h>
+
+#define CLI_FAILED 1
+#define CLI_USAGE  2
 
 int cmd_plugins(int argc, char **argv);
 int cmd_config(int argc, char **argv);
@@ -37,10 +46,13 @@ int cli_engine_opt(cli_engine_opts *o, int argc, char **argv, int *i);
 /* Help lines for the shared options. */
 extern const char cli_engine_opts_help[];
 /* Loads the config, applies the options and creates the engine. Prints
- * the error and returns NULL on failure. */
-dexec_engine *cli_open_engine(const cli_engine_opts *o);
+ * the error and returns NULL on failure, with *exit_status CLI_USAGE when
+ * the configuration or an option was refused, CLI_FAILED when the engine
+ * could not start; *exit_status 0 on success. */
+dexec_engine *cli_open_engine(const cli_engine_opts *o, int *exit_status);
 /* The configuration cli_open_engine() starts from: loaded, with the options
- * applied. Prints the error and returns NULL on failure; caller frees. */
+ * applied. Prints the error and returns NULL on failure (exit status
+ * CLI_USAGE); caller frees. */
 dexec_config *cli_engine_config(const cli_engine_opts *o);
 
 /* Writes an 8-bit grey or RGB image as PNG to path (NULL: standard output)

@@ -171,12 +171,12 @@ int cmd_actors(int argc, char **argv)
     }
     cfg = cli_load_config(config_path);
     if (cfg == NULL)
-        return 1;
+        return CLI_USAGE;
     if (timeout <= 0)
         dexec_config_get_float(cfg, "timeouts.health", &timeout);
     if (load_token(cfg, token_file, &token) != 0) {
         dexec_config_free(cfg);
-        return 1;
+        return CLI_USAGE;
     }
     if (dexec_discovery_open(cfg, NULL, url, &d, err, sizeof(err)) != DEXEC_OK ||
         dexec_discovery_list(d, kind, &all, &n, err, sizeof(err)) != DEXEC_OK) {

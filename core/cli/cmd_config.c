@@ -36,8 +36,9 @@ static void usage(FILE *out)
             "  -s, --set KEY=VALUE  override a key as on a command line: \"2\", \"4.5\",\n"
             "                       \"mp\", \"a,b\" for lists, \"name=1,other=2\" for maps\n"
             "  -h, --help           show this help\n\n"
-            "Exit status: 0 when the configuration is valid, 1 when it is not (the\n"
-            "message names the file, the line and the key), 2 on a usage error.\n"
+            "Exit status of check: 0 when the configuration is valid, 1 when it is not\n"
+            "(the message names the file, the line and the key), 2 on a usage error;\n"
+            "of keys: 2 when FILE does not load.\n"
             "See dexec.conf(5).\n");
 }
 
@@ -49,7 +50,7 @@ static int config_keys(const char *path)
     int rc = 0;
 
     if (cfg == NULL)
-        return 1;
+        return CLI_USAGE;
     /* a plugin with a broken table is reported; the others are still listed */
     if (dexec_config_add_plugin_settings(cfg, NULL, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec config keys: %s\n", err);

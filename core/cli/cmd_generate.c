@@ -363,7 +363,7 @@ int cmd_generate(int argc, char **argv)
     const char *output = "output.png", *v;
     long batch = 1, n, scale = 1;
     double timeout_s = 0;
-    int quiet = 0, bad = 0, rc = 0, lost = 0;
+    int quiet = 0, bad = 0, rc = 0, lost = 0, random_seed = 0;
     int64_t seed = -1;
     dexec_engine *e;
     dexec_request *reqs;
@@ -491,8 +491,7 @@ int cmd_generate(int argc, char **argv)
         if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r))
             r = (uint64_t)getpid() ^ (uint64_t)(dexec_now() * 1e6);
         seed = (int64_t)(r & 0xffffffffffffULL);
-        if (!quiet)
-            fprintf(info, "seed: %" PRId64 "\n", seed);
+        random_seed = 1;
     }
     reqs = calloc((size_t)batch, sizeof(*reqs));
     b.steps_done = calloc((size_t)batch, sizeof(int));
@@ -517,13 +516,13 @@ int cmd_generate(int argc, char **argv)
             reqs[i].step_noise = step_noise + (size_t)i * reqs[i].step_noise_bytes;
         }
     }
-    e = cli_open_engine(&eo);
+    e = cli_open_engine(&eo, &rc);
     if (e == NULL) {
         free(reqs);
         free(b.steps_done);
         free(noise);
         free(step_noise);
-        return 1;
+        return rc;
     }
     b.enabled = !quiet && isatty(STDERR_FILENO);
     b.nreq = (int)batch;
@@ -538,6 +537,14 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "dexec generate: %s\n", dexec_engine_last_error(e));
         rc = 1;
     }
+    /* the random seed is said with the first image made: a run refused or
+     * failed whole prints nothing on standard output (the lost images'
+     * lines name their seeds) */
+    for (long i = 0; random_seed && !quiet && st == DEXEC_OK && i < batch; i++)
+        if (outs[i].status == DEXEC_OK) {
+            fprintf(info, "seed: %" PRId64 "\n", seed);
+            break;
+        }
     for (long i = 0; st == DEXEC_OK && i < batch; i++) {
         const dexec_output *o = &outs[i];
 
@@ -598,16 +605,16 @@ int cmd_health(int argc, char **argv)
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             printf("Usage: dexec health [OPTIONS]\n\nStarts or connects the deployment's "
                    "workers and checks that every rank answers\nwithin timeouts.health. Exit "
-                   "status 0 when healthy, 1 otherwise.\n\n%s",
+                   "status 0 when healthy, 1 otherwise, 2 on a usage error.\n\n%s",
                    cli_engine_opts_help);
             return 0;
         }
         fprintf(stderr, "dexec health: unknown option '%s' (see --help)\n", argv[i]);
         return 2;
     }
-    e = cli_open_engine(&eo);
+    e = cli_open_engine(&eo, &rc);
     if (e == NULL)
-        return 1;
+        return rc;
     if (dexec_engine_check_health(e) == DEXEC_OK) {
         printf("healthy: %d rank(s) on %s\n", dexec_engine_num_ranks(e), dexec_engine_backend(e));
     } else {

@@ -230,7 +230,7 @@ int cmd_plugins(int argc, char **argv)
     }
     cfg = cli_load_config(config_path);
     if (cfg == NULL)
-        return 1;
+        return CLI_USAGE;
     dirs = dexec_plugin_search_path(cfg);
     if (dirs == NULL) {
         fprintf(stderr, "dexec plugins: out of memory\n");

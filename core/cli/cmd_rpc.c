@@ -171,10 +171,10 @@ int cmd_rpc(int argc, char **argv)
         fprintf(stderr, "dexec rpc: which method? (e.g. dexec rpc get_info)\n");
         goto usage_error;
     }
-    e = cli_open_engine(&eo);
+    e = cli_open_engine(&eo, &rc);
     if (e == NULL) {
         dexec_value_free(args);
-        return 1;
+        return rc;
     }
     if (dexec_engine_collective_rpc(e, method, timeout, args, NULL, rank, &replies) != DEXEC_OK) {
         fprintf(stderr, "dexec rpc: %s\n", dexec_engine_last_error(e));
@@ -285,9 +285,9 @@ int cmd_logs(int argc, char **argv)
             lines = v;
         }
     }
-    e = cli_open_engine(&eo);
+    e = cli_open_engine(&eo, &rc);
     if (e == NULL)
-        return 1;
+        return rc;
     args = dexec_value_array();
     dexec_value_array_push(args, dexec_value_int(lines));
     if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) != DEXEC_OK) {

@@ -73,6 +73,10 @@ typedef struct job {
     int n;
     dexec_handle **h;
     int *step, *total, *done; /* per image, written by the engine callbacks */
+    /* per image: times its computation started over (a step number not
+     * above the last one: the executor dealt it again after its worker
+     * died), and the step it had reached */
+    int *restarts, *lost_step;
     int ndone;
     int efd;    /* eventfd: an image completed (or, when streaming, progressed) */
     int stream; /* server-sent events: progress wakes the connection's thread */
@@ -81,7 +85,7 @@ typedef struct job {
     /* streaming (server-sent events) state, used by the connection's thread */
     int sock;
     double deadline, last_write;
-    int *sent_step, *emitted, nemitted, nok, finished;
+    int *sent_step, *sent_restarts, *emitted, nemitted, nok, finished;
     char *pend;
     size_t plen, poff;
     char rid[64];
@@ -347,6 +351,11 @@ static void on_progress(void *user, dexec_handle *h, int image, int step, int to
     pthread_mutex_lock(&S.lock);
     j = find_job((uint64_t)(uintptr_t)user);
     if (j != NULL && i >= 0 && i < j->n) {
+        /* an image's steps rise within one computation */
+        if (step <= j->step[i]) {
+            j->restarts[i]++;
+            j->lost_step[i] = j->step[i];
+        }
         j->step[i] = step;
         j->total[i] = total;
         /* only a stream sends progress; waking a request that waits for its
@@ -382,6 +391,9 @@ static void job_free(job *j)
     free(j->total);
     free(j->done);
     free(j->sent_step);
+    free(j->restarts);
+    free(j->lost_step);
+    free(j->sent_restarts);
     free(j->emitted);
     free(j->prompt);
     free(j->negative);
@@ -402,13 +414,18 @@ static job *job_new(int n, const char *prompt, const char *negative, const char 
     j->total = calloc((size_t)n, sizeof(int));
     j->done = calloc((size_t)n, sizeof(int));
     j->sent_step = calloc((size_t)n, sizeof(int));
+    j->restarts = calloc((size_t)n, sizeof(int));
+    j->lost_step = calloc((size_t)n, sizeof(int));
+    j->sent_restarts = calloc((size_t)n, sizeof(int));
     j->emitted = calloc((size_t)n, sizeof(int));
     j->prompt = strdup(prompt);
     j->negative = strdup(negative != NULL ? negative : "");
     j->sock = -1;
     snprintf(j->rid, sizeof(j->rid), "%s", rid);
     if (j->efd < 0 || j->h == NULL || j->step == NULL || j->total == NULL || j->done == NULL ||
-        j->sent_step == NULL || j->emitted == NULL || j->prompt == NULL || j->negative == NULL) {
+        j->sent_step == NULL || j->restarts == NULL || j->lost_step == NULL ||
+        j->sent_restarts == NULL || j->emitted == NULL || j->prompt == NULL ||
+        j->negative == NULL) {
         job_free(j);
         return NULL;
     }
@@ -809,6 +826,39 @@ static unsigned output_status(dexec_status st, const char **type, const char **c
     }
 }
 
+/* The request field a worker's refusal (DEXEC_EINVAL) concerns, for the
+ * error object's param: the worker's messages begin with the field they
+ * refuse (kernels/model.c: "sampler 'ddim' does not fit this model",
+ * "image size 48x48 ...", "prompt 'x' names no class ..."). NULL when the
+ * message names none. */
+static const char *output_param(const dexec_output *o)
+{
+    static const struct {
+        const char *prefix, *param;
+    } fields[] = {
+        {"sampler ", "sampler"},
+        {"image size ", "size"},
+        {"num_inference_steps ", "num_inference_steps"},
+        {"guidance_scale ", "guidance_scale"},
+        {"negative_prompt", "negative_prompt"},
+        {"prompt ", "prompt"},
+        {"seed ", "seed"},
+    };
+
+    const char *e = o->error, *c;
+
+    if (o->status != DEXEC_EINVAL || e == NULL)
+        return NULL;
+    /* past what names the computer: "group 0 (ranks 0-1): rank 0: " */
+    while ((strncmp(e, "group ", 6) == 0 || strncmp(e, "rank ", 5) == 0) &&
+           (c = strstr(e, ": ")) != NULL)
+        e = c + 2;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (strncmp(e, fields[i].prefix, strlen(fields[i].prefix)) == 0)
+            return fields[i].param;
+    return NULL;
+}
+
 /* The message of a failed output, naming its rank. */
 static void output_error(const dexec_output *o, int index, char *msg, size_t msglen)
 {
@@ -915,9 +965,10 @@ static void event(job *j, const char *type, json_t *obj)
     free(s);
 }
 
-static json_t *error_obj(const char *msg, const char *type, const char *code)
+static json_t *error_obj(const char *msg, const char *type, const char *param, const char *code)
 {
-    return json_pack("{s:s,s:s,s:n,s:s?}", "message", msg, "type", type, "param", "code", code);
+    return json_pack("{s:s,s:s,s:s?,s:s?}", "message", msg, "type", type, "param", param, "code",
+                     code);
 }
 
 /* Adds the events that are due: progress, finished images, the end. */
@@ -936,13 +987,24 @@ static void stream_collect(job *j)
     memcpy(step, j->step, (size_t)j->n * sizeof(int));
     memcpy(done, j->done, (size_t)j->n * sizeof(int));
     stopping = S.stopping;
-    for (int i = 0; i < j->n; i++)
-        if (!j->emitted[i] && !done[i] && step[i] != j->sent_step[i]) {
+    for (int i = 0; i < j->n; i++) {
+        if (j->emitted[i])
+            continue;
+        /* said before the progress that counts from step 1 again */
+        if (j->restarts[i] != j->sent_restarts[i]) {
+            event(j, "restart",
+                  json_pack("{s:i,s:i,s:i}", "index", i, "attempt", j->restarts[i] + 1,
+                            "lost_at_step", j->lost_step[i]));
+            j->sent_restarts[i] = j->restarts[i];
+            j->sent_step[i] = 0;
+        }
+        if (!done[i] && step[i] != j->sent_step[i]) {
             event(j, "progress",
                   json_pack("{s:i,s:i,s:i}", "index", i, "step", step[i], "total_steps",
                             j->total[i]));
             j->sent_step[i] = step[i];
         }
+    }
     pthread_mutex_unlock(&S.lock);
     for (int i = 0; i < j->n; i++) {
         dexec_output o;
@@ -960,8 +1022,9 @@ static void stream_collect(job *j)
         if (o.status != DEXEC_OK) {
             output_status(o.status, &type, &code);
             output_error(&o, i, msg, sizeof(msg));
-            event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, type, code)));
+            event(j, "error",
+                  json_pack("{s:i,s:o}", "index", i, "error",
+                            error_obj(msg, type, output_param(&o), code)));
         } else if ((b = image_b64(j, &o, msg, sizeof(msg))) != NULL) {
             event(j, "image", json_pack("{s:i,s:s,s:I,s:i,s:f,s:i}", "index", i, "b64_json", b,
                                         "seed", (json_int_t)o.seed, "num_inference_steps",
@@ -970,8 +1033,9 @@ static void stream_collect(job *j)
             free(b);
             j->nok++;
         } else {
-            event(j, "error", json_pack("{s:i,s:o}", "index", i, "error",
-                                        error_obj(msg, "server_error", NULL)));
+            event(j, "error",
+                  json_pack("{s:i,s:o}", "index", i, "error",
+                            error_obj(msg, "server_error", NULL, NULL)));
         }
         dexec_output_clear(&o);
     }
@@ -985,14 +1049,15 @@ static void stream_collect(job *j)
         snprintf(msg, sizeof(msg), "request %s passed its deadline of serve.request_timeout = %g s "
                                    "with %d of %d image(s) not done",
                  j->rid, S.request_timeout, j->n - j->nemitted, j->n);
-        event(j, "error", json_pack("{s:o}", "error", error_obj(msg, "server_error", "timeout")));
+        event(j, "error",
+              json_pack("{s:o}", "error", error_obj(msg, "server_error", NULL, "timeout")));
         j->finished = 1;
     } else if (stopping) {
         event(j, "error",
               json_pack("{s:o}", "error",
                         error_obj("the server is shutting down and its drain grace "
                                   "(serve.drain_grace) is over: retry on another instance",
-                                  "server_error", "shutting_down")));
+                                  "server_error", NULL, "shutting_down")));
         j->finished = 1;
     }
 }
@@ -1102,12 +1167,13 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
         record_output(&o);
         if (o.status != DEXEC_OK) {
             unsigned st = output_status(o.status, &type, &code);
+            const char *param = output_param(&o);
 
             output_error(&o, i, msg, sizeof(msg));
             dexec_output_clear(&o);
             json_decref(data);
             job_finish(j);
-            return reply_error(c, x, st, type, NULL, code, NULL, "%s", msg);
+            return reply_error(c, x, st, type, param, code, NULL, "%s", msg);
         }
         b = image_b64(j, &o, msg, sizeof(msg));
         if (b == NULL) {
@@ -1127,6 +1193,35 @@ static enum MHD_Result answer_job(struct MHD_Connection *c, conn_ctx *x, job *j)
     job_finish(j);
     resp = json_pack("{s:I,s:o}", "created", (json_int_t)time(NULL), "data", data);
     return reply_json(c, x, 200, resp);
+}
+
+/* Waits until the worker has accepted a streaming request: one of its
+ * images made a step or completed. 1 then; 0 when an image failed before
+ * any started (a sampler, size or prompt the model refuses: the worker
+ * checks the request before its first step), the deadline passed, the
+ * server stops or the client hung up: answer_job() then answers as for a
+ * request without stream, with the failure's status and error object,
+ * rather than 200 and an error event. */
+static int stream_accepted(job *j, int sock)
+{
+    for (;;) {
+        int started = 0, failed = 0, stopping;
+        double now = dexec_now();
+
+        pthread_mutex_lock(&S.lock);
+        stopping = S.stopping;
+        for (int i = 0; i < j->n; i++) {
+            const dexec_output *o = j->done[i] ? dexec_handle_output(j->h[i]) : NULL;
+
+            started |= j->step[i] > 0 || (o != NULL && o->status == DEXEC_OK);
+            failed |= o != NULL && o->status != DEXEC_OK;
+        }
+        pthread_mutex_unlock(&S.lock);
+        if (started)
+            return 1;
+        if (failed || stopping || now >= j->deadline || job_wait(j, sock, j->deadline - now))
+            return 0;
+    }
 }
 
 static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
@@ -1184,6 +1279,8 @@ static enum MHD_Result generate(struct MHD_Connection *c, conn_ctx *x)
         enum MHD_Result ret;
 
         j->sock = client_socket(c);
+        if (!stream_accepted(j, j->sock))
+            return answer_job(c, x, j);
         j->last_write = dexec_now();
         r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read, j,
                                               stream_free);
@@ -1495,7 +1592,7 @@ static int parse_args(int argc, char **argv, cli_engine_opts *eo)
 }
 
 /* Reads the serve.* keys into S; resolves the listen address into *ai.
- * 0, or 1 with the error printed. */
+ * 0, or 1 with the error printed (a value refused: exit status CLI_USAGE). */
 static int setup(const dexec_config *cfg, struct addrinfo **ai)
 {
     const char *listen_s, *token_file, *model;
@@ -1644,14 +1741,14 @@ int cmd_serve(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     cfg = cli_engine_config(&eo);
     if (cfg == NULL)
-        return 1;
+        return CLI_USAGE;
     /* the access log is at level info: show it unless the level was chosen */
     if (strcmp(dexec_config_origin(cfg, "log_level"), "default") == 0 &&
         dexec_log_get_level() < DEXEC_LOG_INFO)
         dexec_log_set_level(DEXEC_LOG_INFO);
     if (setup(cfg, &ai) != 0) {
         dexec_config_free(cfg);
-        return 1;
+        return CLI_USAGE;
     }
     dexec_config_get_float(cfg, "serve.health_interval", &health_every);
     dexec_config_get_int(cfg, "serve.max_connections", &maxconn);

@@ -109,17 +109,21 @@ dexec_config *cli_engine_config(const cli_engine_opts *o)
     return cfg;
 }
 
-dexec_engine *cli_open_engine(const cli_engine_opts *o)
+dexec_engine *cli_open_engine(const cli_engine_opts *o, int *exit_status)
 {
     dexec_config *cfg = cli_engine_config(o);
     dexec_engine *e = NULL;
     char err[2048];
 
+    *exit_status = CLI_USAGE;
     if (cfg == NULL)
         return NULL;
+    *exit_status = CLI_FAILED;
     if (dexec_engine_create(cfg, &e, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec: %s\n", err);
         e = NULL;
+    } else {
+        *exit_status = 0;
     }
     dexec_config_free(cfg);
     return e;

@@ -405,9 +405,12 @@ dexec_status dexec_engine_create(const dexec_config *cfg, dexec_engine **out, ch
  * wait for each request is bounded by timeouts.generate once it is
  * dispatched). *outs is a new array the caller frees with
  * dexec_outputs_free. Returns DEXEC_OK when a request succeeded or failed
- * alone (per-request failures are in the outputs), or an error when the
- * executor failed every request (no live rank, a dead actor: the first
- * one's error) or broke an output (DEXEC_EPLUGIN); then *outs is NULL.
+ * alone (per-request failures are in the outputs: a request refused for
+ * its own input, DEXEC_EINVAL, or cancelled fails alone with every
+ * executor, parallel groups included), or an error when the executor
+ * failed every request (no live rank, a dead actor, a parallel group that
+ * failed the request: the first one's error) or broke an output
+ * (DEXEC_EPLUGIN); then *outs is NULL.
  * progress may be NULL; it is called from the dispatcher threads, one per
  * slot, so calls for different requests may come at once. */
 dexec_status dexec_engine_step(dexec_engine *e, const dexec_request *reqs, size_t n,

@@ -901,13 +901,15 @@ static dexec_status restart_actor(struct dexec_executor *ex, const char *why, ch
 }
 
 /* Counts the death of the actor of generation gen once, however many
- * calls saw it (ex->lk write-held). */
-static void count_death(struct dexec_executor *ex, uint64_t gen)
+ * calls saw it (ex->lk write-held). 1 for the call that counted it: the
+ * one that speaks of it. */
+static int count_death(struct dexec_executor *ex, uint64_t gen)
 {
-    if (ex->dead_gen != gen + 1) {
-        ex->dead_gen = gen + 1;
-        ex->deaths++;
-    }
+    if (ex->dead_gen == gen + 1)
+        return 0;
+    ex->dead_gen = gen + 1;
+    ex->deaths++;
+    return 1;
 }
 
 /* How the dead actor ended, from its connection. */
@@ -1214,6 +1216,7 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
                                  size_t errlen)
 {
     double start = dexec_now();
+    const int grouped = ex->ask.pcfg * ex->ask.pseq > 1;
     size_t *idx = calloc(n ? n : 1, sizeof(*idx)), m = n, failed = 0;
     int *tries = calloc(n ? n : 1, sizeof(*tries));
     char msg[1024], m2[1400];
@@ -1229,7 +1232,7 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
     begin_call(ex);
     while (m > 0) {
         dexec_value *res = NULL;
-        int hung = 0;
+        int hung = 0, first;
         size_t keep = 0;
         /* the engine's dispatchers call at once: the actor this call used,
          * so that a death several calls see is restarted once */
@@ -1260,6 +1263,16 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
                     DEXEC_OK)
                     fail_output(o, DEXEC_EPROTO, msg);
                 o->timings.total_s = dexec_now() - start;
+                /* a parallel group that failed the request (a member gave
+                 * up) failed it as the executor, as mp's groups count it
+                 * (core/group.c); a request refused for its own input or
+                 * cancelled failed alone */
+                if (grouped && o->status != DEXEC_OK && o->status != DEXEC_EINVAL &&
+                    o->status != DEXEC_ECANCELED) {
+                    failed++;
+                    if (o->status == DEXEC_ETIMEDOUT)
+                        st = DEXEC_ETIMEDOUT;
+                }
             }
             dexec_value_free(res);
             break;
@@ -1299,16 +1312,18 @@ static dexec_status ray_generate(dexec_executor *ex, int slot, const dexec_reque
         m = keep;
         pthread_rwlock_unlock(&ex->lk);
         pthread_rwlock_wrlock(&ex->lk);
-        if (ex->generation == used)
-            count_death(ex, used);
+        first = ex->generation == used && count_death(ex, used);
         if (ex->generation != used && ex->actor != NULL) {
             /* another call restarted it already: on to the new actor */
         } else if (ex->restarts < ex->rec.max_restarts) {
             restart_actor(ex, msg, m2, sizeof(m2));
         } else {
-            ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
-                          msg, ex->rec.max_restarts,
-                          ex->rec.max_restarts > 0 ? ", all used" : "");
+            /* said once per death: every call on the dead actor (one per
+             * slot, each image of a batch) comes here */
+            if (first)
+                ex->host->log(DEXEC_LOG_WARN, COMPONENT, "%s; not restarted (max_restarts = %d%s)",
+                              msg, ex->rec.max_restarts,
+                              ex->rec.max_restarts > 0 ? ", all used" : "");
             for (size_t j = 0; j < m; j++) {
                 snprintf(m2, sizeof(m2), "generate: %s", msg);
                 fail_output(&outs[idx[j]], DEXEC_EWORKER, m2);
