@@ -87,26 +87,25 @@ enum { OP_ADA, OP_LN, OP_QKV, OP_ATT, OP_PROJ, OP_RES, OP_FC1, OP_GELU, OP_FC2, 
 
 static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
 {
-    static const char *names[OP_N] = {"adaLN modulation (M=B)", "LayerNorm + modulate",
-                                      "qkv linear", "attention",
-                                      "proj linear", "gated residuals",
-                                      "fc1 linear", "GELU",
-                                      "fc2 linear"};
+    static const char *names[OP_N] = {
+        "adaLN modulation (M=B)", "LayerNorm + modulate", "qkv linear", "attention", "proj linear",
+        "gated residuals",        "fc1 linear",           "GELU",       "fc2 linear"};
     const dxk_dit_config *c = &m->cfg;
     dxk_backend *be = m->be;
     const int D = c->hidden_size, Mh = D * c->mlp_ratio, T = ws->tn, BT = B * T;
-    const double fl[OP_N] = {2.0 * B * 6 * D * D, 0, 2.0 * BT * 3.0 * D * D,
-                             4.0 * B * (double)T * T * D, 2.0 * BT * (double)D * D, 0,
-                             2.0 * BT * (double)Mh * D, 0, 2.0 * BT * (double)Mh * D};
+    const double fl[OP_N] = {
+        2.0 * B * 6 * D * D,      0, 2.0 * BT * 3.0 * D * D,    4.0 * B * (double)T * T * D,
+        2.0 * BT * (double)D * D, 0, 2.0 * BT * (double)Mh * D, 0,
+        2.0 * BT * (double)Mh * D};
     const int shp[4][4] = {{OP_QKV, 3 * D, D}, {OP_PROJ, D, D}, {OP_FC1, Mh, D}, {OP_FC2, D, Mh}};
     double tm[OP_N] = {0}, t, tot = 0;
     int i, k;
 
-#define TIMED(op, call)                                                                         \
-    do {                                                                                        \
-        t = now();                                                                              \
-        call;                                                                                   \
-        tm[op] += now() - t;                                                                    \
+#define TIMED(op, call)                                                                            \
+    do {                                                                                           \
+        t = now();                                                                                 \
+        call;                                                                                      \
+        tm[op] += now() - t;                                                                       \
     } while (0)
     for (i = 0; i < c->depth; i++) {
         const dxk_dit_block *b = &m->blocks[i];
@@ -119,8 +118,8 @@ static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
         TIMED(OP_ATT, be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D));
         TIMED(OP_PROJ, dxk_linear_run(be, ws->xn, ws->att, &b->proj, BT, D, D));
         TIMED(OP_RES, be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D));
-        TIMED(OP_LN, be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B,
-                                         T, D, (float)c->norm_eps));
+        TIMED(OP_LN, be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, T,
+                                         D, (float)c->norm_eps));
         TIMED(OP_FC1, dxk_linear_run(be, ws->hid, ws->xn, &b->fc1, BT, Mh, D));
         TIMED(OP_GELU, be->gelu_tanh(be, ws->hid, (size_t)BT * Mh));
         TIMED(OP_FC2, dxk_linear_run(be, ws->xn, ws->hid, &b->fc2, BT, D, Mh));
@@ -169,8 +168,7 @@ static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
         printf("  %dx%dx%d alone (%s): cblas_sgemm %.2f ms, %.1f GFLOP/s; backend linear "
                "%.2f ms, %.1f GFLOP/s; in the forward %.2f ms\n",
                BT, N, K, names[shp[k][0]], best * 1e3, 2.0 * BT * (double)N * K / best / 1e9,
-               bestb * 1e3, 2.0 * BT * (double)N * K / bestb / 1e9,
-               tm[shp[k][0]] / c->depth * 1e3);
+               bestb * 1e3, 2.0 * BT * (double)N * K / bestb / 1e9, tm[shp[k][0]] / c->depth * 1e3);
         free(a);
         free(w);
         free(y);

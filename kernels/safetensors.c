@@ -497,7 +497,7 @@ static void *dx_conv_slice(void *arg)
 
 /* Threads for the conversion: the CPUs this process may run on, at most 8,
  * one per 4 Mi elements. */
-#define DX_CONV_THREADS 8
+#define DX_CONV_THREADS    8
 #define DX_CONV_PER_THREAD ((size_t)4 << 20)
 
 /* Gives every tensor a float32 view: in place for aligned little-endian F32
@@ -521,8 +521,7 @@ static dexec_status dx_views(dxk_safetensors *st, char *err, size_t errlen)
     if (idx == NULL || first == NULL) {
         free(idx);
         free(first);
-        dexec_errorf(err, errlen, "%s: out of memory listing %zu tensors", st->path,
-                     st->ntensors);
+        dexec_errorf(err, errlen, "%s: out of memory listing %zu tensors", st->path, st->ntensors);
         return DEXEC_ENOMEM;
     }
     for (i = 0; i < st->ntensors; i++) {
@@ -541,7 +540,7 @@ static dexec_status dx_views(dxk_safetensors *st, char *err, size_t errlen)
         dst = malloc(t->numel * sizeof *dst);
         if (dst == NULL) {
             dexec_errorf(err, errlen, "%s: tensor '%s': out of memory converting %zu elements",
-                      st->path, t->name, t->numel);
+                         st->path, t->name, t->numel);
             free(idx);
             free(first);
             return DEXEC_ENOMEM;
@@ -559,7 +558,13 @@ static dexec_status dx_views(dxk_safetensors *st, char *err, size_t errlen)
     if ((size_t)nt > total / DX_CONV_PER_THREAD)
         nt = total / DX_CONV_PER_THREAD < 1 ? 1 : (int)(total / DX_CONV_PER_THREAD);
     for (k = 0; k < nt; k++) {
-        jobs[k] = (dx_conv_job){st, base, idx, first, ncopy, total, total * (size_t)k / nt,
+        jobs[k] = (dx_conv_job){st,
+                                base,
+                                idx,
+                                first,
+                                ncopy,
+                                total,
+                                total * (size_t)k / nt,
                                 total * (size_t)(k + 1) / nt};
         /* slice 0 is the caller's; a thread that cannot start, too */
         if (k > 0)

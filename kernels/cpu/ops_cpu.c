@@ -403,8 +403,7 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
 #define DX_GV_LANES 16
 
 DX_CLONES DX_VECTORIZE static void dx_gemv_rows(float *y, const float *x, const float *w,
-                                                const float *b, int M, int N, int K, int n0,
-                                                int n1)
+                                                const float *b, int M, int N, int K, int n0, int n1)
 {
     const int kv = K / DX_GV_LANES * DX_GV_LANES;
     int n, m, i, k, l;
@@ -451,8 +450,8 @@ static void dx_gemv_task(void *arg, int task, int thread)
     const dx_gemv_job *j = arg;
 
     (void)thread;
-    dx_gemv_rows(j->y, j->x, j->w, j->b, j->M, j->N, j->K,
-                 (int)((long)j->N * task / j->nthreads), (int)((long)j->N * (task + 1) / j->nthreads));
+    dx_gemv_rows(j->y, j->x, j->w, j->b, j->M, j->N, j->K, (int)((long)j->N * task / j->nthreads),
+                 (int)((long)j->N * (task + 1) / j->nthreads));
 }
 
 int dxk_cpu_linear_few(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
