@@ -67,13 +67,18 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -n "$core" ] && [ "${BENCH_TORCH_ASIS:-1
     "$py" "$src/bench/bench-published-torch.py" "$dir" "$threads" "$reps" "$vside"
 fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-# the verdicts: best against best (issue 16's goals: the forward and the
-# decode 1.5x PyTorch's on the same OpenBLAS kernels; the forward at 70 %
-# of the SGEMM rate)
+# the verdicts (issue 16's goals): the best forward and decode against
+# PyTorch's best on the same OpenBLAS kernels (1.5x); the best forward's
+# share of the SGEMM rate its own bench-published run measured (70 %),
+# and, for information, the best forward against the best SGEMM of all
+# rounds
 awk -v goal_x=1.5 -v goal_share=70 '
 function min(a, b) { return a == "" || b < a ? b : a }
 function max(a, b) { return a == "" || b > a ? b : a }
-/^dexec forward \(batch 2\):/ { f = min(f, $5); gf = max(gf, $9) }
+/^dexec forward \(batch 2\):/ {
+    if (f == "" || $5 < f) { f = $5; fshare = $(NF - 2) + 0 }
+    gf = max(gf, $9)
+}
 /^dexec vae decode/ { for (i = 1; i <= NF; i++) if ($i == "s,") { v = min(v, $(i - 1)); break } }
 /^dexec sgemm/ { sg = max(sg, $(NF - 4)) }
 /^torch-same-core forward/ { tf = min(tf, $(NF - 1)) }
@@ -82,6 +87,6 @@ function verdict(ok) { return ok ? "goal met" : "goal NOT met" }
 END {
     if (f == "" || tf == "") { print "verdict: incomplete run"; exit 1 }
     printf "verdict, forward: dexec %.3f s, PyTorch (same OpenBLAS core) %.3f s: %.2fx (goal >= %.1fx: %s)\n", f, tf, tf / f, goal_x, verdict(tf / f >= goal_x)
-    printf "verdict, forward against SGEMM: best forward %.1f GFLOP/s = %.0f %% of the best SGEMM 2048^3 rate of the same runs, %.1f GFLOP/s (goal >= %d %%: %s)\n", gf, 100 * gf / sg, sg, goal_share, verdict(100 * gf / sg >= goal_share)
+    printf "verdict, forward against SGEMM: the best forward is %d %% of the SGEMM 2048^3 rate measured in its own run (goal >= %d %%: %s); best against best of all rounds: %.1f GFLOP/s against %.1f, %.0f %%\n", fshare, goal_share, verdict(fshare >= goal_share), gf, sg, 100 * gf / sg
     printf "verdict, decode: dexec %.3f s, PyTorch %.3f s: %.2fx (goal >= %.1fx: %s)\n", v, tv, tv / v, goal_x, verdict(tv / v >= goal_x)
 }' "$log"
