@@ -130,6 +130,9 @@ refuse "dexec generate: --seed 9223372036854775807 with -b 2: image 1 would need
     -p sneaker -s 9223372036854775807 -b 2
 refuse "dexec generate: --steps expects an integer in 1..1000, got '1001'" -p sneaker --steps 1001
 refuse "dexec generate: --steps expects an integer in 1..1000, got '0'" -p sneaker --steps 0
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got '101'" -p sneaker --cfg-scale 101
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got 'nan'" -p sneaker --cfg-scale nan
+refuse "dexec generate: --cfg-scale expects a number in 0..100, got '-1'" -p sneaker --cfg-scale -1
 # the engine options and the configuration are arguments too: refused
 # before any worker starts, exit 2, like the command's own options
 refuse 'dexec: dtype: "fp16" is not one of: float32, float16, bfloat16' -p sneaker --dtype fp16
@@ -163,6 +166,33 @@ done
 rc=$?
 [ "$rc" -eq 2 ] || fail "dexec serve -l nocolon: exit status $rc, expected 2"
 expect_in err "dexec serve: serve.listen 'nocolon' is not HOST:PORT (e.g. 127.0.0.1:8000)"
+# options the commands do not know are usage errors, said as such and
+# refused before any worker starts (rpc took one before METHOD for the
+# method, config keys took it for FILE); an output file that cannot be
+# written is refused before the run, not after it printed the replies
+usage_refused() { # message args...
+    msg=$1
+    shift
+    "$cli" "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 2 ] || fail "dexec $*: exit status $rc, expected 2"
+    expect_in err "$msg"
+    [ ! -s "$tmp/out" ] || fail "dexec $*: refused, yet printed: $(head -c 200 "$tmp/out")"
+}
+usage_refused "dexec rpc: unknown option '--bogus' (see --help)" rpc --bogus get_info
+usage_refused "dexec rpc: --bin-out $tmp/nodir/b.bin: directory $tmp/nodir: No such file or directory" \
+    rpc get_info --bin-out "$tmp/nodir/b.bin"
+usage_refused "dexec rpc: --bin-out $tmp is a directory: name a file" rpc get_info --bin-out "$tmp"
+usage_refused "dexec logs: unknown option '--bogus' (see --help)" logs --bogus
+for sub in generate serve health rpc logs actors plugins config "config check" "config keys"; do
+    # shellcheck disable=SC2086
+    "$cli" $sub --help >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 0 ] || fail "dexec $sub --help: exit status $rc, expected 0: $(cat "$tmp/err")"
+    grep -F "Usage: dexec " "$tmp/out" >/dev/null || fail "dexec $sub --help: no usage on standard output"
+done
+usage_refused "dexec config keys: unknown option '--bogus' (see dexec config --help; a file whose name starts with '-': ./--bogus)" \
+    config keys --bogus
 # what only a started engine can tell is a failure, exit 1: a plugin that
 # is not there, a sampler the model refuses (nothing on standard output
 # either: the random seed is said with the first image made)
@@ -176,6 +206,30 @@ rc=$?
 expect_in err "dexec generate: image 0 (seed "
 [ ! -s "$tmp/out" ] || fail "--sampler ddim: refused, yet printed: $(cat "$tmp/out")"
 [ ! -e "$tmp/nb.png" ] || fail "--sampler ddim: an image was written"
+# --rank past the deployment's ranks, said with the option's name (it said
+# "unique_reply_rank 5", the C API's): known once the engine started, exit 1
+for sub in rpc logs; do
+    [ "$sub" = rpc ] && args="rpc get_rank" || args=logs
+    # shellcheck disable=SC2086
+    "$cli" $args --rank 2 --num-gpus 2 >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 1 ] || fail "dexec $sub --rank 2 of 2: exit status $rc, expected 1"
+    expect_in err "dexec $sub: --rank 2 is out of range: the deployment has 2 rank(s) (0..1)"
+    [ ! -s "$tmp/out" ] || fail "dexec $sub --rank 2 of 2 printed: $(cat "$tmp/out")"
+done
+# a batch that fails whole (here its deadline) names the seeds it was
+# given: a random seed is not on standard output, so nowhere else
+"$cli" generate -p sneaker -s 40 -b 2 --steps 1000 --timeout 0.05 -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "--timeout 0.05: exit status $rc, expected 1"
+expect_in err "dexec generate: generate: no reply from rank 0 within 0.05 s"
+expect_in err "dexec generate: none of the 2 images written (seeds 40..41)"
+"$cli" generate -p sneaker -s -1 --steps 1000 --timeout 0.05 -o "$tmp/to.png" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "-s -1 --timeout 0.05: exit status $rc, expected 1"
+expect_in err "dexec generate: no image written (seed "
+[ ! -s "$tmp/out" ] || fail "-s -1 --timeout 0.05: failed, yet printed: $(cat "$tmp/out")"
+[ ! -e "$tmp/to.png" ] && [ ! -e "$tmp/to-0.png" ] || fail "--timeout 0.05: an image was written"
 # sizes the model does not serve (its dexec.sizes): refused at once, the sizes named
 t0=$(date +%s)
 for wh in "512 512" "64 64" "32 28"; do

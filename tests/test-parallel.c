@@ -836,15 +836,20 @@ static void check_group_refusal(const char *const *kv, const char *where)
 
     make_requests(reqs, 1, ids, 2);
     reqs[0].sampler = "ddim";
-    ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s: %s", where,
-                  dexec_engine_last_error(e));
-    ck_assert_int_eq(outs[0].status, DEXEC_EINVAL);
     snprintf(want, sizeof(want),
              "%ssampler 'ddim' does not fit this model: it is dexec's own flow-matching model, "
              "whose sampler is euler",
              strcmp(where, "ray_actor") == 0 ? "group 0 (ranks 0-1): rank 0: " : "");
-    ck_assert_str_eq(outs[0].error, want);
-    dexec_outputs_free(outs, 1);
+    /* every member refuses it alike; the same rank is named every time
+     * (ray_actor named whichever member refused first: rank 1 about one
+     * time in eight) */
+    for (int k = 0; k < 12; k++) {
+        ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s: %s", where,
+                      dexec_engine_last_error(e));
+        ck_assert_int_eq(outs[0].status, DEXEC_EINVAL);
+        ck_assert_str_eq(outs[0].error, want);
+        dexec_outputs_free(outs, 1);
+    }
     reqs[0].sampler = NULL;
     ck_assert_msg(dexec_engine_step(e, reqs, 1, &outs, NULL, NULL) == DEXEC_OK, "%s: %s", where,
                   dexec_engine_last_error(e));

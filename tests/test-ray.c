@@ -804,6 +804,12 @@ START_TEST(test_local_kill9_no_restart_fails_fast)
         dexec_outputs_free(outs, RB);
     }
     ck_assert_int_eq(dexec_engine_check_health(e), DEXEC_EUNHEALTHY);
+    /* said as mp says a dead worker ("Worker 0 unhealthy: rank 0 (pid P): ..."):
+     * dexec serve's 503 read "the engine is unhealthy: unhealthy: actor ..." */
+    snprintf(want, sizeof(want), "actor unhealthy: actor (pid %d): actor died: killed by signal 9",
+             (int)pid);
+    ck_assert_msg(strncmp(dexec_engine_last_error(e), want, strlen(want)) == 0, "got: %s",
+                  dexec_engine_last_error(e));
     dexec_engine_free(e);
     unlink(log_path);
 }

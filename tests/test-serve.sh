@@ -43,6 +43,17 @@ gen="/v1/images/generations"
 # ---- 1. endpoints, bodies and headers (2 ranks) -----------------------------
 serve_start a --num-gpus 2 --set serve.max_body_bytes=1024 --set serve.max_prompt_bytes=64 \
     --set serve.max_images=4
+# a second server on the same port: said at once, before any worker is
+# started (it was said after the workers had loaded the model), exit 1
+hostport=${url#http://}
+"$cli" serve -l "$hostport" >"$tmp/busy.out" 2>"$tmp/busy.err"
+rc=$?
+[ "$rc" -eq 1 ] || fail "serve on a port in use: exit status $rc, expected 1"
+grep -F "dexec serve: cannot listen on $hostport: Address already in use (is another server using the port?)" \
+    "$tmp/busy.err" >/dev/null || fail "serve on a port in use: $(cat "$tmp/busy.err")"
+! grep -F 'worker(s) ready' "$tmp/busy.err" >/dev/null ||
+    fail "serve on a port in use started its workers first: $(cat "$tmp/busy.err")"
+[ ! -s "$tmp/busy.out" ] || fail "serve on a port in use printed: $(cat "$tmp/busy.out")"
 st=$(req health "$url/health" -H 'X-Request-Id: abc-1')
 expect_status health "$st" 200
 expect_body health '{"status":"ok"}'
@@ -287,6 +298,10 @@ done
 check_error full 429 '{"error":{"message":"queue full: 1 requests queued, 1 more do not fit in engine.max_queued = 1: retry later","type":"rate_limit_error","param":null,"code":"queue_full"}}' \
     -X POST "$url$gen" -d '{"prompt":"bag"}'
 expect_hdr full 'Retry-After: 1'
+# more images than the queue can ever hold: 400 naming n, not 429 (whose
+# Retry-After would have the client retry for ever)
+check_error never_fits 400 '{"error":{"message":"n = 2 images can never wait together in engine.max_queued = 1: ask for at most 1, or raise engine.max_queued","type":"invalid_request_error","param":"n","code":null}}' \
+    -X POST "$url$gen" -d '{"prompt":"bag","n":2}'
 kill -9 "$queued" # the client hangs up: its queued image is dropped
 for _ in $(seq 1 100); do
     [ "$(metric dexec_serve_queue_depth)" = 0 ] && break

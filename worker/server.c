@@ -294,7 +294,12 @@ static gjob *gjob_new(int group, int cfg, int seq, size_t n, int deadline_ms, in
 static void tgset_fail(tgset *t, int rank, dexec_status code, const char *why)
 {
     pthread_mutex_lock(&t->mu);
-    if (t->cause_rank < 0) {
+    /* a refusal of the request's own input (a sampler, size or prompt) comes
+     * from every member alike: the lowest rank's is said, whichever came
+     * first, so that the group's answer (its first member's) is the same
+     * every time */
+    if (t->cause_rank < 0 ||
+        (code == DEXEC_EINVAL && t->cause_code == DEXEC_EINVAL && rank < t->cause_rank)) {
         size_t len = strlen(why);
 
         t->cause_rank = rank;

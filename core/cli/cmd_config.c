@@ -197,6 +197,17 @@ int cmd_config(int argc, char **argv)
             fprintf(stderr, "dexec config keys: unexpected argument '%s'\n", argv[argc - 1]);
             return 2;
         }
+        if (argc > a && (strcmp(argv[a], "-h") == 0 || strcmp(argv[a], "--help") == 0)) {
+            usage(stdout);
+            return 0;
+        }
+        if (argc > a && argv[a][0] == '-' && argv[a][1] != '\0') {
+            fprintf(stderr,
+                    "dexec config keys: unknown option '%s' (see dexec config --help; a file "
+                    "whose name starts with '-': ./%s)\n",
+                    argv[a], argv[a]);
+            return 2;
+        }
         return config_keys(argc > a ? argv[a] : NULL);
     }
     fprintf(stderr, "dexec config: unknown subcommand '%s'\n\n", argv[1]);

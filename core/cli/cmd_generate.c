@@ -400,8 +400,10 @@ int cmd_generate(int argc, char **argv)
         } else if ((v = optval(argc, argv, &i, NULL, "--cfg-scale", &bad)) != NULL) {
             if (parse_double("--cfg-scale", v, &base.guidance_scale) != 0)
                 return 2;
-            if (base.guidance_scale < 0) {
-                fprintf(stderr, "dexec generate: --cfg-scale must be >= 0, got '%s'\n", v);
+            /* !(x <= max): NaN too */
+            if (base.guidance_scale < 0 || !(base.guidance_scale <= DEXEC_MAX_GUIDANCE)) {
+                fprintf(stderr, "dexec generate: --cfg-scale expects a number in 0..%g, got '%s'\n",
+                        DEXEC_MAX_GUIDANCE, v);
                 return 2;
             }
             if (base.guidance_scale > DEXEC_GUIDANCE_WARN)
@@ -535,6 +537,14 @@ int cmd_generate(int argc, char **argv)
         fprintf(stderr, "\n");
     if (st != DEXEC_OK) {
         fprintf(stderr, "dexec generate: %s\n", dexec_engine_last_error(e));
+        /* the seeds, which a random one would otherwise never say */
+        if (batch == 1)
+            fprintf(stderr, "dexec generate: no image written (seed %" PRId64 ")\n", seed);
+        else
+            fprintf(stderr,
+                    "dexec generate: none of the %ld images written (seeds %" PRId64 "..%" PRId64
+                    ")\n",
+                    batch, seed, seed + batch - 1);
         rc = 1;
     }
     /* the random seed is said with the first image made: a run refused or

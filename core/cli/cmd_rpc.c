@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -70,6 +72,41 @@ static dexec_value *read_bin_arg(const char *path)
     free(buf);
     fclose(f);
     return v;
+}
+
+/* Refuses, before the engine starts, a --bin-out the command could not
+ * write: a directory, or a file in a directory that is missing or not
+ * writable. 0 or -1 (message printed). */
+static int check_bin_out(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    struct stat sb;
+
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "dexec rpc: --bin-out %s is a directory: name a file\n", path);
+        return -1;
+    }
+    if (slash == NULL)
+        strcpy(dir, ".");
+    else if (slash == path)
+        strcpy(dir, "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "dexec rpc: --bin-out %s: directory %s: %s\n", path, dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "dexec rpc: --bin-out %s: %s is not a directory\n", path, dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "dexec rpc: --bin-out %s: cannot create files in %s: %s\n", path, dir,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 /* Writes every bin value under v, depth first, to f. */
@@ -152,6 +189,10 @@ int cmd_rpc(int argc, char **argv)
             continue;
         }
         if (method == NULL) {
+            if (a[0] == '-') {
+                fprintf(stderr, "dexec rpc: unknown option '%s' (see --help)\n", a);
+                goto usage_error;
+            }
             method = a;
         } else if (a[0] == '@') {
             dexec_value *v = read_bin_arg(a + 1);
@@ -171,12 +212,20 @@ int cmd_rpc(int argc, char **argv)
         fprintf(stderr, "dexec rpc: which method? (e.g. dexec rpc get_info)\n");
         goto usage_error;
     }
+    if (bin_out != NULL && check_bin_out(bin_out) != 0)
+        goto usage_error;
     e = cli_open_engine(&eo, &rc);
     if (e == NULL) {
         dexec_value_free(args);
         return rc;
     }
-    if (dexec_engine_collective_rpc(e, method, timeout, args, NULL, rank, &replies) != DEXEC_OK) {
+    if (rank >= dexec_engine_num_ranks(e)) {
+        fprintf(stderr,
+                "dexec rpc: --rank %d is out of range: the deployment has %d rank(s) (0..%d)\n",
+                rank, dexec_engine_num_ranks(e), dexec_engine_num_ranks(e) - 1);
+        rc = 1;
+    } else if (dexec_engine_collective_rpc(e, method, timeout, args, NULL, rank, &replies) !=
+               DEXEC_OK) {
         fprintf(stderr, "dexec rpc: %s\n", dexec_engine_last_error(e));
         rc = 1;
     } else {
@@ -262,7 +311,10 @@ int cmd_logs(int argc, char **argv)
         }
         if (strcmp(a, "-r") != 0 && strcmp(a, "--rank") != 0 && strcmp(a, "-n") != 0 &&
             strcmp(a, "--lines") != 0) {
-            fprintf(stderr, "dexec logs: unknown argument '%s'\n", a);
+            fprintf(stderr,
+                    a[0] == '-' ? "dexec logs: unknown option '%s' (see --help)\n"
+                                : "dexec logs: unexpected argument '%s' (see --help)\n",
+                    a);
             return 2;
         }
         if (i + 1 >= argc) {
@@ -290,7 +342,13 @@ int cmd_logs(int argc, char **argv)
         return rc;
     args = dexec_value_array();
     dexec_value_array_push(args, dexec_value_int(lines));
-    if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) != DEXEC_OK) {
+    if (rank >= dexec_engine_num_ranks(e)) {
+        fprintf(stderr,
+                "dexec logs: --rank %d is out of range: the deployment has %d rank(s) (0..%d)\n",
+                rank, dexec_engine_num_ranks(e), dexec_engine_num_ranks(e) - 1);
+        rc = 1;
+    } else if (dexec_engine_collective_rpc(e, "get_logs", 0, args, NULL, rank, &replies) !=
+               DEXEC_OK) {
         fprintf(stderr, "dexec logs: %s\n", dexec_engine_last_error(e));
         rc = 1;
     } else if (json) {

@@ -99,6 +99,7 @@ typedef struct server {
     char *token;           /* NULL: none required */
     double request_timeout, drain_grace;
     long max_body, max_prompt, max_images;
+    long max_queued; /* engine.max_queued: a request's images must fit at once */
     int par_cfg; /* parallel.cfg: 2 needs guidance */
     int nranks;
     time_t started;
@@ -682,6 +683,13 @@ static unsigned parse_request(json_t *body, gen_params *g, const char **param, c
         if (!json_is_integer(v) || json_integer_value(v) < 1 ||
             json_integer_value(v) > S.max_images)
             BAD("n", "n must be an integer in 1..%ld (serve.max_images)", S.max_images);
+        /* the images of one request are queued together: more than the
+         * queue holds would be 429 (retry later) for ever */
+        if (json_integer_value(v) > S.max_queued)
+            BAD("n",
+                "n = %lld images can never wait together in engine.max_queued = %ld: ask "
+                "for at most %ld, or raise engine.max_queued",
+                (long long)json_integer_value(v), S.max_queued, S.max_queued);
         g->n = (int)json_integer_value(v);
     }
     if ((v = json_object_get(body, "size")) != NULL && !json_is_null(v)) {
@@ -1613,6 +1621,8 @@ static int setup(const dexec_config *cfg, struct addrinfo **ai)
     S.max_prompt = (long)v;
     dexec_config_get_int(cfg, "serve.max_images", &v);
     S.max_images = (long)v;
+    dexec_config_get_int(cfg, "engine.max_queued", &v);
+    S.max_queued = (long)v;
     v = 1;
     dexec_config_get_int(cfg, "parallel.cfg", &v);
     S.par_cfg = (int)v;
@@ -1723,16 +1733,38 @@ static void drain(int sig)
     }
 }
 
+/* The listening socket, bound before the engine starts so that a port in
+ * use is said at once rather than after the workers loaded the model.
+ * Returns the fd (CLOEXEC; libmicrohttpd closes it when it stops), or -1
+ * with errno set. */
+static int listen_socket(const struct addrinfo *ai)
+{
+    int one = 1, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), e;
+
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (ai->ai_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+        e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     cli_engine_opts eo = {0};
     dexec_config *cfg;
     struct addrinfo *ai = NULL;
     double health_every, next_health;
-    const union MHD_DaemonInfo *di;
+    unsigned port = 0;
     sigset_t sigs;
     char err[2048], host[INET6_ADDRSTRLEN + 2];
-    int rc, sig = 0;
+    int rc, sig = 0, lfd;
     unsigned flags;
     int64_t maxconn;
 
@@ -1750,6 +1782,20 @@ int cmd_serve(int argc, char **argv)
         dexec_config_free(cfg);
         return CLI_USAGE;
     }
+    lfd = listen_socket(ai);
+    if (lfd < 0) {
+        const char *listen_s = "";
+
+        dexec_config_get_string(cfg, "serve.listen", &listen_s);
+        fprintf(stderr,
+                "dexec serve: cannot listen on %s: %s (is another server using the "
+                "port?)\n",
+                listen_s, strerror(errno));
+        freeaddrinfo(ai);
+        dexec_config_free(cfg);
+        free(S.token);
+        return 1;
+    }
     dexec_config_get_float(cfg, "serve.health_interval", &health_every);
     dexec_config_get_int(cfg, "serve.max_connections", &maxconn);
     /* every thread started from here on (engine, HTTP) leaves these to the
@@ -1761,6 +1807,7 @@ int cmd_serve(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (dexec_engine_create(cfg, &S.e, err, sizeof(err)) != DEXEC_OK) {
         fprintf(stderr, "dexec serve: %s\n", err);
+        close(lfd);
         freeaddrinfo(ai);
         dexec_config_free(cfg);
         free(S.token);
@@ -1777,18 +1824,17 @@ int cmd_serve(int argc, char **argv)
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (S.rank_busy != NULL && S.rank_errors != NULL)
-        S.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
-                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-                               ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        S.d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER,
+                               mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, lfd,
+                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)maxconn,
                                MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
     if (S.d == NULL) {
         const char *listen_s = "";
 
         dexec_config_get_string(cfg, "serve.listen", &listen_s);
-        fprintf(stderr, "dexec serve: cannot listen on %s: %s (is another server using the "
-                        "port?)\n",
-                listen_s, errno != 0 ? strerror(errno) : "libmicrohttpd refused to start");
+        fprintf(stderr, "dexec serve: libmicrohttpd could not serve %s: %s\n", listen_s,
+                errno != 0 ? strerror(errno) : "it refused to start");
         dexec_engine_free(S.e);
         freeaddrinfo(ai);
         dexec_config_free(cfg);
@@ -1797,7 +1843,15 @@ int cmd_serve(int argc, char **argv)
         free(S.rank_errors);
         return 1;
     }
-    di = MHD_get_daemon_info(S.d, MHD_DAEMON_INFO_BIND_PORT);
+    {
+        /* the port bound (port 0: the one the kernel picked) */
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+
+        if (getsockname(lfd, (struct sockaddr *)&sa, &salen) == 0)
+            port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                  : ((struct sockaddr_in *)&sa)->sin_port);
+    }
     if (ai->ai_family == AF_INET6) {
         host[0] = '[';
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, host + 1,
@@ -1807,7 +1861,7 @@ int cmd_serve(int argc, char **argv)
         inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, host, sizeof(host));
     }
     printf("dexec serve: %s on %d rank(s), listening on http://%s:%u/\n", S.model_id, S.nranks,
-           host, di != NULL ? (unsigned)di->port : 0u);
+           host, port);
     fflush(stdout);
     freeaddrinfo(ai);
     next_health = dexec_now() + health_every;

@@ -1413,8 +1413,8 @@ static dexec_status ray_check_health(dexec_executor *ex, double timeout, char *e
     if (st == DEXEC_ETIMEDOUT)
         dexec_errorf(err, errlen, "%s unhealthy: no answer to check_health within %.3g s",
                      ex->label, timeout);
-    else if (st == DEXEC_ECLOSED)
-        dexec_errorf(err, errlen, "unhealthy: %s", msg);
+    else if (st == DEXEC_ECLOSED) /* msg names the actor: "actor (pid P): actor died: ..." */
+        dexec_errorf(err, errlen, "actor unhealthy: %s", msg);
     else
         dexec_errorf(err, errlen, "%s unhealthy: %s", ex->label, msg);
     return DEXEC_EUNHEALTHY;
