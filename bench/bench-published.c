@@ -29,6 +29,17 @@ char *openblas_get_corename(void);
 #include "pipeline.h"
 #include "sampler.h"
 
+/* CPU seconds of every thread of the process: on a shared host, what the
+ * forward cost in CPU time is less sensitive to the other load than its
+ * wall time (spinning threads count too). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -66,6 +77,104 @@ static double sgemm_gflops(int n)
     return 2.0 * n * n * (double)n / best / 1e9;
 }
 
+/* Where one forward pass's time goes: the block loop of the forward
+ * (dit.c dx_forward_published, one image pair, every block's real weights)
+ * run op by op with a clock around each call, summed per op class over the
+ * blocks; then the four linear shapes of a block run alone through cblas
+ * on fresh buffers (weights reused, so in cache where they fit). The
+ * workspace must hold a forward's activations (run one first). */
+enum { OP_ADA, OP_LN, OP_QKV, OP_ATT, OP_PROJ, OP_RES, OP_FC1, OP_GELU, OP_FC2, OP_N };
+
+static void breakdown(dxk_dit *m, dxk_dit_ws *ws, int B)
+{
+    static const char *names[OP_N] = {
+        "adaLN modulation (M=B)", "LayerNorm + modulate", "qkv linear", "attention", "proj linear",
+        "gated residuals",        "fc1 linear",           "GELU",       "fc2 linear"};
+    const dxk_dit_config *c = &m->cfg;
+    dxk_backend *be = m->be;
+    const int D = c->hidden_size, Mh = D * c->mlp_ratio, T = ws->tn, BT = B * T;
+    const double fl[OP_N] = {
+        2.0 * B * 6 * D * D,      0, 2.0 * BT * 3.0 * D * D,    4.0 * B * (double)T * T * D,
+        2.0 * BT * (double)D * D, 0, 2.0 * BT * (double)Mh * D, 0,
+        2.0 * BT * (double)Mh * D};
+    const int shp[4][4] = {{OP_QKV, 3 * D, D}, {OP_PROJ, D, D}, {OP_FC1, Mh, D}, {OP_FC2, D, Mh}};
+    double tm[OP_N] = {0}, t, tot = 0;
+    int i, k;
+
+#define TIMED(op, call)                                                                            \
+    do {                                                                                           \
+        t = now();                                                                                 \
+        call;                                                                                      \
+        tm[op] += now() - t;                                                                       \
+    } while (0)
+    for (i = 0; i < c->depth; i++) {
+        const dxk_dit_block *b = &m->blocks[i];
+        const float *mod = ws->mod;
+
+        TIMED(OP_ADA, if (!dxk_cpu_linear_few(be, ws->mod, ws->sc, b->ada.w, b->ada.b, B, 6 * D, D))
+                          dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D));
+        TIMED(OP_LN, be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, T, D));
+        TIMED(OP_QKV, dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BT, 3 * D, D));
+        TIMED(OP_ATT, be->attention(be, ws->att, ws->qkv, ws->scratch, B, T, c->num_heads, D));
+        TIMED(OP_PROJ, dxk_linear_run(be, ws->xn, ws->att, &b->proj, BT, D, D));
+        TIMED(OP_RES, be->gated_residual(be, ws->x, ws->xn, mod + 2 * D, 6 * D, B, T, D));
+        TIMED(OP_LN, be->ln_modulate_eps(be, ws->xn, ws->x, mod + 3 * D, mod + 4 * D, 6 * D, B, T,
+                                         D, (float)c->norm_eps));
+        TIMED(OP_FC1, dxk_linear_run(be, ws->hid, ws->xn, &b->fc1, BT, Mh, D));
+        TIMED(OP_GELU, be->gelu_tanh(be, ws->hid, (size_t)BT * Mh));
+        TIMED(OP_FC2, dxk_linear_run(be, ws->xn, ws->hid, &b->fc2, BT, D, Mh));
+        TIMED(OP_RES, be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, T, D));
+    }
+#undef TIMED
+    for (k = 0; k < OP_N; k++)
+        tot += tm[k];
+    printf("dexec forward by op (the %d blocks op by op, one clock per call): %.3f s\n", c->depth,
+           tot);
+    for (k = 0; k < OP_N; k++) {
+        printf("  %-24s %8.1f ms %5.1f %%", names[k], tm[k] * 1e3, 100.0 * tm[k] / tot);
+        if (fl[k] > 0)
+            printf("  %6.1f GFLOP/s", c->depth * fl[k] / tm[k] / 1e9);
+        printf("\n");
+    }
+    for (k = 0; k < 4; k++) {
+        const int N = shp[k][1], K = shp[k][2];
+        float *a = malloc((size_t)BT * K * sizeof *a), *w = malloc((size_t)N * K * sizeof *w);
+        float *y = malloc((size_t)BT * N * sizeof *y);
+        double best = 1e30, bestb = 1e30;
+        int rep;
+
+        if (a == NULL || w == NULL || y == NULL) {
+            free(a);
+            free(w);
+            free(y);
+            return;
+        }
+        dxk_noise(1, 2, a, (size_t)BT * K);
+        dxk_noise(1, 3, w, (size_t)N * K);
+        /* alternated: OpenBLAS threading one call, and the backend's
+         * linear (its own split of the columns over its pool) */
+        for (rep = 0; rep < 8; rep++) {
+            t = now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, N, K, 1, a, K, w, K, 0, y, N);
+            t = now() - t;
+            if (rep > 0 && t < best)
+                best = t;
+            t = now();
+            be->linear(be, y, a, w, NULL, BT, N, K);
+            t = now() - t;
+            if (rep > 0 && t < bestb)
+                bestb = t;
+        }
+        printf("  %dx%dx%d alone (%s): cblas_sgemm %.2f ms, %.1f GFLOP/s; backend linear "
+               "%.2f ms, %.1f GFLOP/s; in the forward %.2f ms\n",
+               BT, N, K, names[shp[k][0]], best * 1e3, 2.0 * BT * (double)N * K / best / 1e9,
+               bestb * 1e3, 2.0 * BT * (double)N * K / bestb / 1e9, tm[shp[k][0]] / c->depth * 1e3);
+        free(a);
+        free(w);
+        free(y);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int reps = 2, vside = 32, sg = 2048, i, S;
@@ -74,7 +183,7 @@ int main(int argc, char **argv)
     dxk_dit_ws *ws = NULL;
     char err[1024];
     float *x, *v, *z, *img;
-    double t, best_f = 1e30, best_v = 1e30, ff, fv, sgemm;
+    double t, tc, best_f = 1e30, best_v = 1e30, best_fc = 1e30, ff, fv, sgemm;
     int y[2];
     double ts[2] = {500, 500};
     size_t n, nz, ni;
@@ -128,6 +237,7 @@ int main(int argc, char **argv)
      * measurement taken at a busy moment would flatter the shares */
     sgemm = sgemm_gflops(sg);
     for (i = 0; i <= reps; i++) {
+        tc = cpu_now();
         t = now();
         dxk_dit_forward(p->dit, ws, v, x, ts, y, 2);
         if (be->sync(be, err, sizeof err) != DEXEC_OK) {
@@ -135,12 +245,17 @@ int main(int argc, char **argv)
             return 1;
         }
         t = now() - t;
+        tc = cpu_now() - tc;
         if (i > 0 && t < best_f)
             best_f = t;
+        if (i > 0 && tc < best_fc)
+            best_fc = tc;
     }
     t = sgemm_gflops(sg);
     if (t > sgemm)
         sgemm = t;
+    if (getenv("BENCH_BREAKDOWN") != NULL && *getenv("BENCH_BREAKDOWN") != '0')
+        breakdown(p->dit, ws, 2);
     for (i = 0; i <= reps; i++) {
         t = now();
         if (dxk_vae_decode(p->vae, z, 1, vside, vside, img, err, sizeof err) != DEXEC_OK) {
@@ -161,6 +276,7 @@ int main(int argc, char **argv)
            p->dit->cfg.patch_size, p->dit->params);
     printf("dexec forward (batch 2): %.3f s, %.1f GFLOP, %.1f GFLOP/s, %.0f%% of SGEMM\n", best_f,
            ff / 1e9, ff / best_f / 1e9, 100.0 * ff / best_f / 1e9 / sgemm);
+    printf("dexec forward CPU time: %.3f s over all threads (best of %d)\n", best_fc, reps);
     printf("dexec vae decode (latent %dx%d -> %dx%d): %.3f s, %.1f GFLOP, %.1f GFLOP/s, "
            "%.0f%% of SGEMM\n",
            vside, vside, vside * dxk_vae_scale(&p->vae->cfg), vside * dxk_vae_scale(&p->vae->cfg),

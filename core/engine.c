@@ -1143,8 +1143,8 @@ static dexec_status submit(dexec_engine *e, const dexec_request *reqs, size_t n,
         st = set_error(e, DEXEC_ECLOSED, "engine is closed");
     } else if (bounded && e->queued + n > e->max_queued) {
         st = set_error(e, DEXEC_EAGAIN,
-                       "queue full: %zu requests queued, %zu more do not fit in "
-                       "engine.max_queued = %zu: retry later",
+                       "queue full: %zu queued + %zu new > engine.max_queued = %zu: "
+                       "retry later",
                        e->queued, n, e->max_queued);
     } else {
         double now = dexec_now();

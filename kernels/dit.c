@@ -352,6 +352,18 @@ void dxk_linear_run(dxk_backend *be, float *y, const float *x, const dxk_linear 
         be->linear(be, y, x, l->w, l->b, M, N, K);
 }
 
+/* A linear of one row per image (the conditioning and the adaLN
+ * modulation): the CPU backend's few-rows path when it can take it
+ * (dxk_cpu_linear_few: streams the weights once instead of packing them
+ * for an SGEMM of 2 rows), else dxk_linear_run. */
+static void dx_linear_few(dxk_backend *be, float *y, const float *x, const dxk_linear *l, int M,
+                          int N, int K)
+{
+    if (l->h == NULL && dxk_cpu_linear_few(be, y, x, l->w, l->b, M, N, K))
+        return;
+    dxk_linear_run(be, y, x, l, M, N, K);
+}
+
 static void dx_take_linear(dx_loader *ld, dxk_linear *l, const char *prefix, int64_t out,
                            int64_t in)
 {
@@ -1040,9 +1052,9 @@ static void dx_condition(dxk_dit *m, dxk_dit_ws *ws, const dxk_linear *t0, const
     dxk_backend *be = m->be;
     const int D = m->cfg.hidden_size;
 
-    dxk_linear_run(be, ws->th, ws->tf, t0, B, D, DXK_TFREQ_DIM);
+    dx_linear_few(be, ws->th, ws->tf, t0, B, D, DXK_TFREQ_DIM);
     be->silu(be, ws->th, ws->th, (size_t)B * D);
-    dxk_linear_run(be, ws->c, ws->th, t2, B, D, D);
+    dx_linear_few(be, ws->c, ws->th, t2, B, D, D);
     be->add_embedding(be, ws->c, table, y, B, D);
     be->silu(be, ws->sc, ws->c, (size_t)B * D);
 }
@@ -1093,7 +1105,7 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
 
         if (diffusers)
             dx_condition(m, ws, &b->t_mlp0, &b->t_mlp2, b->y_table, y, B);
-        dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
+        dx_linear_few(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
         be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
         dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BTl, 3 * D, D);
         if (dx_attention(m, ws, B, T, i) != 0)
@@ -1113,7 +1125,7 @@ static void dx_forward_published(dxk_dit *m, dxk_dit_ws *ws, float *v, const flo
     if (diffusers)
         dx_condition(m, ws, &m->blocks[0].t_mlp0, &m->blocks[0].t_mlp2, m->blocks[0].y_table, y,
                      B);
-    dxk_linear_run(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
+    dx_linear_few(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
     be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
     dxk_linear_run(be, ws->io, ws->xn, &m->final_lin, BTl, Co * p * p, D);
     if (ws->S > 1 && dx_seq_gather(m, ws, B, T, Co * p * p) != 0)
@@ -1143,9 +1155,9 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
 
     /* condition c = t_emb + y_emb; every adaLN reads SiLU(c) */
     be->timestep_embed(be, ws->tf, t, B);
-    dxk_linear_run(be, ws->th, ws->tf, &m->t_mlp0, B, D, DXK_TFREQ_DIM);
+    dx_linear_few(be, ws->th, ws->tf, &m->t_mlp0, B, D, DXK_TFREQ_DIM);
     be->silu(be, ws->th, ws->th, (size_t)B * D);
-    dxk_linear_run(be, ws->c, ws->th, &m->t_mlp2, B, D, D);
+    dx_linear_few(be, ws->c, ws->th, &m->t_mlp2, B, D, D);
     be->add_embedding(be, ws->c, m->y_table, y, B, D);
     be->silu(be, ws->sc, ws->c, (size_t)B * D);
 
@@ -1153,7 +1165,7 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
         const dxk_dit_block *b = &m->blocks[i];
         const float *mod = ws->mod; /* shift1 scale1 gate1 shift2 scale2 gate2 */
 
-        dxk_linear_run(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
+        dx_linear_few(be, ws->mod, ws->sc, &b->ada, B, 6 * D, D);
         be->ln_modulate(be, ws->xn, ws->x, mod, mod + D, 6 * D, B, Tl, D);
         dxk_linear_run(be, ws->qkv, ws->xn, &b->qkv, BTl, 3 * D, D);
         if (dx_attention(m, ws, B, T, i) != 0)
@@ -1168,7 +1180,7 @@ void dxk_dit_forward(dxk_dit *m, dxk_dit_ws *ws, float *v, const float *x, const
         be->gated_residual(be, ws->x, ws->xn, mod + 5 * D, 6 * D, B, Tl, D);
     }
 
-    dxk_linear_run(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
+    dx_linear_few(be, ws->mod, ws->sc, &m->final_ada, B, 2 * D, D);
     be->ln_modulate(be, ws->xn, ws->x, ws->mod, ws->mod + D, 2 * D, B, Tl, D);
     dxk_linear_run(be, ws->io, ws->xn, &m->final_lin, BTl, F, D);
     if (ws->S > 1 && dx_seq_gather(m, ws, B, T, F) != 0)

@@ -71,6 +71,17 @@ typedef struct dxk_conv_pre {
 int dxk_cpu_conv3(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
                   int B, int Cin, int H, int W, int Cout, const dxk_conv_pre *pre);
 
+/* The CPU backend's linear for few rows: y[M, N] = x[M, K] W^T + b (b may
+ * be NULL; W [N, K] row-major, as be->linear takes it), each weight row
+ * streamed once and dotted with the M rows, the output columns split over
+ * the backend's threads. A row's result does not depend on M (any M works;
+ * it is meant for few rows: for many, be->linear's SGEMM is faster). For
+ * the adaLN modulation (M = batch), which OpenBLAS's SGEMM ran at a few
+ * GFLOP/s. Returns 1 when it did the work, 0 when be is not the CPU
+ * backend: the caller then runs be->linear. */
+int dxk_cpu_linear_few(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int M, int N, int K);
+
 /* DEXEC_OK when be has every op of the latent models (the 1.2 ops of
  * <dexec/device.h>: conv2d, group_norm, upsample_nearest2x,
  * ln_modulate_eps); otherwise DEXEC_ENOTSUP with a message naming the

@@ -1459,8 +1459,7 @@ START_TEST(test_async_queue_full_and_close)
     ck_assert_int_eq(st, DEXEC_EAGAIN);
     ck_assert_ptr_null(h[3]);
     ck_assert_str_eq(dexec_engine_last_error(e),
-                     "queue full: 2 requests queued, 1 more do not fit in engine.max_queued = 2: "
-                     "retry later");
+                     "queue full: 2 queued + 1 new > engine.max_queued = 2: retry later");
     ck_assert_int_eq(dexec_handle_wait(h[1], 0), DEXEC_ETIMEDOUT);
     ck_assert_ptr_null(dexec_handle_output(h[1]));
     /* close: the queued ones and the running one complete, ECLOSED */

@@ -21,6 +21,7 @@
 #include "ops.h"
 #include "pipeline.h"
 #include "safetensors.h"
+#include "sampler.h"
 #include "test-kernels-util.h"
 #include "vae.h"
 
@@ -362,6 +363,76 @@ START_TEST(test_group_norm)
     free(bt);
     free(ref);
     free(ref2);
+    dxk_backend_free(be);
+}
+END_TEST
+
+/* The CPU backend's linear splits its output columns over the backend's
+ * pool (ops_cpu.c cpu_linear): a row's result must not depend on how many
+ * rows share the call (sequence-parallel shards, a cfg pair's batch of
+ * one against two), and must match a double reference. N is not a
+ * multiple of the split's 64 columns. */
+START_TEST(test_linear_rows_independent)
+{
+    dxk_backend *be = cpu();
+    const int N = 1000, K = 200, Mmax = 9;
+    float *x = fbuf((size_t)Mmax * K), *w = fbuf((size_t)N * K), *b = fbuf(N);
+    float *y = fbuf((size_t)Mmax * N), *yr = fbuf((size_t)Mmax * N);
+    double maxrel = 0;
+    int M, r0, i, n, k;
+
+    dxk_noise(5, 0, x, (size_t)Mmax * K);
+    dxk_noise(5, 1, w, (size_t)N * K);
+    dxk_noise(5, 2, b, N);
+    be->linear(be, y, x, w, b, Mmax, N, K);
+    for (i = 0; i < Mmax; i++)
+        for (n = 0; n < N; n++) {
+            double ref = b[n], mag = fabs(b[n]);
+
+            for (k = 0; k < K; k++) {
+                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
+                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
+            }
+            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
+                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
+        }
+    ck_assert_msg(maxrel < 1e-6, "linear: relative error %g against double", maxrel);
+    for (M = 1; M < Mmax; M++)
+        for (r0 = 0; r0 + M <= Mmax; r0 += M) {
+            be->linear(be, yr, x + (size_t)r0 * K, w, b, M, N, K);
+            ck_assert_msg(memcmp(yr, y + (size_t)r0 * N, (size_t)M * N * sizeof *y) == 0,
+                          "linear: rows %d..%d computed %d at a time differ from the same rows "
+                          "of one call of %d",
+                          r0, r0 + M - 1, M, Mmax);
+        }
+    /* the few-rows path (the adaLN modulation): same checks */
+    ck_assert_int_eq(dxk_cpu_linear_few(be, y, x, w, b, Mmax, N, K), 1);
+    maxrel = 0;
+    for (i = 0; i < Mmax; i++)
+        for (n = 0; n < N; n++) {
+            double ref = b[n], mag = fabs(b[n]);
+
+            for (k = 0; k < K; k++) {
+                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
+                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
+            }
+            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
+                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
+        }
+    ck_assert_msg(maxrel < 1e-6, "linear_few: relative error %g against double", maxrel);
+    for (M = 1; M < Mmax; M++)
+        for (r0 = 0; r0 + M <= Mmax; r0 += M) {
+            ck_assert_int_eq(dxk_cpu_linear_few(be, yr, x + (size_t)r0 * K, w, b, M, N, K), 1);
+            ck_assert_msg(memcmp(yr, y + (size_t)r0 * N, (size_t)M * N * sizeof *y) == 0,
+                          "linear_few: rows %d..%d computed %d at a time differ from the same "
+                          "rows of one call of %d",
+                          r0, r0 + M - 1, M, Mmax);
+        }
+    free(x);
+    free(w);
+    free(b);
+    free(y);
+    free(yr);
     dxk_backend_free(be);
 }
 END_TEST
@@ -1026,6 +1097,7 @@ static Suite *published_suite(void)
     tcase_add_test(ops, test_conv3_fused_declines);
     tcase_add_test(ops, test_group_norm);
     tcase_add_test(ops, test_upsample_and_ln_eps);
+    tcase_add_test(ops, test_linear_rows_independent);
     tcase_add_test(ops, test_old_device_refused);
     tcase_add_test(api, test_half_refused);
     tcase_add_test(gold, test_half_weights);

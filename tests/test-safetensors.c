@@ -144,6 +144,50 @@ START_TEST(test_f16_bf16_unaligned)
 }
 END_TEST
 
+/* Every F16 and BF16 bit pattern converts as dxk_f16_to_f32 /
+ * dxk_bf16_to_f32 say, bit for bit (NaN payloads too), through the
+ * reader's vectorised conversion split over threads: the F16 tensor holds
+ * the 65536 patterns 130 times (8.5 M values, more than one thread's
+ * share), so slices start and end inside tensors. */
+START_TEST(test_half_all_values)
+{
+    const size_t reps = 130, nh = 65536 * reps, nb = 65536;
+    unsigned char *data = malloc(2 * (nh + nb));
+    char h[256];
+    dxk_safetensors *st;
+    const dxk_tensor *t;
+    size_t k;
+
+    ck_assert_ptr_nonnull(data);
+    for (k = 0; k < nh + nb; k++) {
+        data[2 * k] = (unsigned char)(k & 0xff);
+        data[2 * k + 1] = (unsigned char)((k >> 8) & 0xff);
+    }
+    snprintf(h, sizeof h,
+             "{\"h\":{\"dtype\":\"F16\",\"shape\":[%zu],\"data_offsets\":[0,%zu]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[%zu],\"data_offsets\":[%zu,%zu]}}",
+             nh, 2 * nh, nb, 2 * nh, 2 * (nh + nb));
+    write_file(0, h, data, 2 * (nh + nb));
+    free(data);
+    st = expect_ok();
+    t = dxk_st_find(st, "h");
+    for (k = 0; k < nh; k++) {
+        float want = dxk_f16_to_f32((uint16_t)(k & 0xffff));
+
+        if (memcmp(&t->data[k], &want, sizeof want) != 0)
+            ck_abort_msg("F16 0x%04zx (value %zu): %a, want %a", k & 0xffff, k, t->data[k], want);
+    }
+    t = dxk_st_find(st, "b");
+    for (k = 0; k < nb; k++) {
+        float want = dxk_bf16_to_f32((uint16_t)k);
+
+        if (memcmp(&t->data[k], &want, sizeof want) != 0)
+            ck_abort_msg("BF16 0x%04zx: %a, want %a", k, t->data[k], want);
+    }
+    dxk_st_close(st);
+}
+END_TEST
+
 START_TEST(test_malformed_table)
 {
     static const struct {
@@ -434,6 +478,7 @@ static Suite *safetensors_suite(void)
     tcase_add_checked_fixture(dit, setup, teardown);
     tcase_add_test(rd, test_valid_and_in_place);
     tcase_add_test(rd, test_f16_bf16_unaligned);
+    tcase_add_test(rd, test_half_all_values);
     tcase_add_test(rd, test_malformed_table);
     tcase_add_test(rd, test_many_tensors_linear);
     tcase_add_test(rd, test_too_short_and_missing);

@@ -295,7 +295,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [ "$(metric dexec_serve_queue_depth)" = 1 ] || fail "the second request is not queued"
-check_error full 429 '{"error":{"message":"queue full: 1 requests queued, 1 more do not fit in engine.max_queued = 1: retry later","type":"rate_limit_error","param":null,"code":"queue_full"}}' \
+check_error full 429 '{"error":{"message":"queue full: 1 queued + 1 new > engine.max_queued = 1: retry later","type":"rate_limit_error","param":null,"code":"queue_full"}}' \
     -X POST "$url$gen" -d '{"prompt":"bag"}'
 expect_hdr full 'Retry-After: 1'
 # more images than the queue can ever hold: 400 naming n, not 429 (whose

@@ -1,11 +1,13 @@
 /*
  * ops_cpu.c - the CPU backend of ops.h. Every linear layer and both
- * attention products are OpenBLAS SGEMM calls. The linear layers are big
- * enough for OpenBLAS's own threads; the attention products are small
- * (T x T x head_dim per head), and threading each of them makes every call
- * wait for its slowest thread, so instead the heads are spread over the
- * backend's pool (as many threads as OpenBLAS uses) with single-threaded
- * SGEMMs. GELU and LayerNorm are split over the same pool.
+ * attention products are OpenBLAS SGEMM calls, all on the backend's pool
+ * (as many threads as OpenBLAS uses) with single-threaded SGEMMs: a
+ * linear's output columns are split between the threads (OpenBLAS's own
+ * threads, spinning after each call, took the cores from the pool's other
+ * ops), and the attention's heads are spread over them (threading each
+ * small T x T x head_dim product makes every call wait for its slowest
+ * thread). GELU and LayerNorm are split over the same pool; the adaLN
+ * modulation (few rows) streams its weights (dxk_cpu_linear_few).
  */
 #include <config.h>
 
@@ -276,19 +278,22 @@ static void cpu_memory(dxk_backend *be, size_t *used, size_t *peak)
 /* Rows a linear computes in whole tiles (see cpu_linear). */
 #define DX_ROW_UNIT 4
 
-static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
-                       int M, int N, int K)
+/* One call of OpenBLAS for y[M, N] = x[M, K] W^T (+ y when acc). */
+static void dx_sgemm_nt(float *y, const float *x, const float *w, int M, int N, int K, int ldy,
+                        int acc)
 {
-    int i, r;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K,
+                acc ? 1.0f : 0.0f, y, ldy);
+}
 
-    (void)be;
-    if (M <= 0 || N <= 0)
-        return;
-    if (b != NULL) {
-        for (i = 0; i < M; i++)
-            memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
-    }
-    r = M % DX_ROW_UNIT;
+/* y[M, N] = x[M, K] W^T (+ y when acc) with a whole number of DX_ROW_UNIT
+ * row tiles: see cpu_linear. */
+static void dx_linear_rows(float *y, const float *x, const float *w, int M, int N, int K, int ldy,
+                           int acc)
+{
+    const int r = M % DX_ROW_UNIT;
+    int i;
+
     if (r != 0) {
         /* OpenBLAS computes the last M mod 4 rows with its tail kernels
          * (a single row with GEMV), whose sums can differ in the last bit
@@ -309,21 +314,169 @@ static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w
                 const size_t src = m0 + (size_t)(i < r ? i : r - 1);
 
                 memcpy(x4 + (size_t)i * K, x + src * K, (size_t)K * sizeof *x4);
-                memcpy(y4 + (size_t)i * N, y + src * N, (size_t)N * sizeof *y4);
+                memcpy(y4 + (size_t)i * N, y + src * ldy, (size_t)N * sizeof *y4);
             }
             if (m0 > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m0, N, K, 1.0f, x, K,
-                            w, K, b != NULL ? 1.0f : 0.0f, y, N);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, DX_ROW_UNIT, N, K, 1.0f, x4, K,
-                        w, K, b != NULL ? 1.0f : 0.0f, y4, N);
-            memcpy(y + m0 * N, y4, (size_t)r * N * sizeof *y);
+                dx_sgemm_nt(y, x, w, (int)m0, N, K, ldy, acc);
+            dx_sgemm_nt(y4, x4, w, DX_ROW_UNIT, N, K, N, acc);
+            for (i = 0; i < r; i++)
+                memcpy(y + (m0 + (size_t)i) * ldy, y4 + (size_t)i * N, (size_t)N * sizeof *y);
             free(x4);
             return;
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K,
-                b != NULL ? 1.0f : 0.0f, y, N);
+    dx_sgemm_nt(y, x, w, M, N, K, ldy, acc);
 }
+
+typedef struct dx_lin_job {
+    float *y;
+    const float *x, *w, *b;
+    int M, N, K, chunk;
+} dx_lin_job;
+
+/* task i: output columns [i chunk, (i + 1) chunk), the bias copied into
+ * them first (by the thread that then accumulates onto them: in its cache,
+ * and in parallel) */
+static void dx_lin_task(void *arg, int task, int thread)
+{
+    const dx_lin_job *j = arg;
+    const int n0 = task * j->chunk, nn = j->N - n0 < j->chunk ? j->N - n0 : j->chunk;
+    int i;
+
+    (void)thread;
+    if (nn <= 0)
+        return;
+    if (j->b != NULL)
+        for (i = 0; i < j->M; i++)
+            memcpy(j->y + (size_t)i * j->N + n0, j->b + n0, (size_t)nn * sizeof *j->y);
+    dx_linear_rows(j->y + n0, j->x, j->w + (size_t)n0 * j->K, j->M, nn, j->K, j->N, j->b != NULL);
+}
+
+/* Output columns (weight rows) per task of a split linear: a multiple of
+ * 64 (OpenBLAS's AVX-512 SGEMM computes 16 weight rows at a time; a
+ * chunk's result equals the same columns of the whole call), and at least
+ * DX_LIN_MIN_CHUNK of them. */
+#define DX_LIN_MIN_CHUNK 128
+
+static void cpu_linear(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int M, int N, int K)
+{
+    dx_cpu *c = dx_priv(be);
+    const int nt = dxk_pool_size(c->pool);
+    int i, saved;
+
+    if (M <= 0 || N <= 0)
+        return;
+    /* The output columns are split over the backend's pool, each part one
+     * single-threaded OpenBLAS call, rather than OpenBLAS threading one
+     * call: OpenBLAS's threads synchronise between blocks of K, and keep
+     * spinning (sched_yield) for a while after each call, taking the
+     * cores from the pool's attention, LayerNorm and GELU. The split
+     * depends on N alone, never on M, so a row's result still does not
+     * depend on how many rows share the call. */
+    if (nt > 1 && N >= 2 * DX_LIN_MIN_CHUNK) {
+        int chunk = (N + nt - 1) / nt;
+        dx_lin_job j;
+
+        chunk = (chunk + 63) / 64 * 64;
+        if (chunk < DX_LIN_MIN_CHUNK)
+            chunk = DX_LIN_MIN_CHUNK;
+        j = (dx_lin_job){y, x, w, b, M, N, K, chunk};
+        saved = dx_blas_threads();
+        dx_blas_set_threads(1);
+        dxk_pool_run(c->pool, (N + chunk - 1) / chunk, dx_lin_task, &j);
+        dx_blas_set_threads(saved);
+        return;
+    }
+    if (b != NULL)
+        for (i = 0; i < M; i++)
+            memcpy(y + (size_t)i * N, b, (size_t)N * sizeof *y);
+    dx_linear_rows(y, x, w, M, N, K, N, b != NULL);
+}
+
+/* y[M, N] = x[M, K] W^T + b for few rows M (the adaLN modulation: one
+ * row per image). OpenBLAS's SGEMM packs the whole weight before using
+ * each value M times; here each weight row is streamed once from memory
+ * and dotted with the M rows of x (in L1) in DX_GV_LANES lanes, 4 rows of
+ * x at a time. A row's sums are taken in the same order whatever M is:
+ * the rows are independent by construction. */
+#define DX_GV_LANES 16
+
+DX_CLONES DX_VECTORIZE static void dx_gemv_rows(float *y, const float *x, const float *w,
+                                                const float *b, int M, int N, int K, int n0, int n1)
+{
+    const int kv = K / DX_GV_LANES * DX_GV_LANES;
+    int n, m, i, k, l;
+
+    for (n = n0; n < n1; n++) {
+        const float *wr = w + (size_t)n * K;
+
+        for (m = 0; m < M; m += 4) {
+            const int mm = M - m < 4 ? M - m : 4;
+            float acc[4][DX_GV_LANES];
+
+            for (i = 0; i < 4; i++)
+                for (l = 0; l < DX_GV_LANES; l++)
+                    acc[i][l] = 0.0f;
+            for (k = 0; k < kv; k += DX_GV_LANES)
+                for (i = 0; i < mm; i++) {
+                    const float *xr = x + (size_t)(m + i) * K + k;
+
+                    for (l = 0; l < DX_GV_LANES; l++)
+                        acc[i][l] += xr[l] * wr[k + l];
+                }
+            for (i = 0; i < mm; i++) {
+                const float *xr = x + (size_t)(m + i) * K;
+                float s = 0.0f;
+
+                for (l = 0; l < DX_GV_LANES; l++)
+                    s += acc[i][l];
+                for (k = kv; k < K; k++)
+                    s += xr[k] * wr[k];
+                y[(size_t)(m + i) * N + n] = (b != NULL ? b[n] : 0.0f) + s;
+            }
+        }
+    }
+}
+
+typedef struct dx_gemv_job {
+    float *y;
+    const float *x, *w, *b;
+    int M, N, K, nthreads;
+} dx_gemv_job;
+
+static void dx_gemv_task(void *arg, int task, int thread)
+{
+    const dx_gemv_job *j = arg;
+
+    (void)thread;
+    dx_gemv_rows(j->y, j->x, j->w, j->b, j->M, j->N, j->K, (int)((long)j->N * task / j->nthreads),
+                 (int)((long)j->N * (task + 1) / j->nthreads));
+}
+
+int dxk_cpu_linear_few(dxk_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int M, int N, int K)
+{
+    dx_cpu *c;
+    dx_gemv_job j;
+
+    if (be == NULL || be->linear != cpu_linear)
+        return 0;
+    c = dx_priv(be);
+    if (M <= 0 || N <= 0)
+        return 1;
+    j = (dx_gemv_job){y, x, w, b, M, N, K, dxk_pool_size(c->pool)};
+    if ((size_t)N * K < DX_PAR_MIN)
+        dx_gemv_rows(y, x, w, b, M, N, K, 0, N);
+    else
+        dxk_pool_run(c->pool, j.nthreads, dx_gemv_task, &j);
+    return 1;
+}
+
+/* Independent lanes of a vectorised sum (softmax, LayerNorm): a single
+ * running sum or maximum is a chain of dependent instructions that a
+ * vector unit cannot split. */
+#define DX_SM_LANES 16
 
 typedef struct dx_ln_job {
     float *y;
@@ -343,18 +496,38 @@ DX_CLONES DX_VECTORIZE static void dx_ln_rows(const dx_ln_job *j, int lo, int hi
         const float *sc = j->scale + (size_t)(row / T) * j->mod_stride;
         const float *xr = j->x + (size_t)row * D;
         float *yr = j->y + (size_t)row * D;
-        double mean = 0.0, var = 0.0;
+        double mean = 0.0, var = 0.0, acc[DX_SM_LANES];
+        const int dv = D / DX_SM_LANES * DX_SM_LANES;
         float m, rs;
+        int l;
 
-        /* double accumulation: the golden model is checked to 1e-5 */
-        for (d = 0; d < D; d++)
+        /* double accumulation (the golden model is checked to 1e-5), in
+         * DX_SM_LANES independent lanes so that it vectorises */
+        for (l = 0; l < DX_SM_LANES; l++)
+            acc[l] = 0.0;
+        for (d = 0; d < dv; d += DX_SM_LANES)
+            for (l = 0; l < DX_SM_LANES; l++)
+                acc[l] += xr[d + l];
+        for (d = dv; d < D; d++)
             mean += xr[d];
+        for (l = 0; l < DX_SM_LANES; l++)
+            mean += acc[l];
         mean /= D;
-        for (d = 0; d < D; d++) {
+        for (l = 0; l < DX_SM_LANES; l++)
+            acc[l] = 0.0;
+        for (d = 0; d < dv; d += DX_SM_LANES)
+            for (l = 0; l < DX_SM_LANES; l++) {
+                double e = xr[d + l] - mean;
+
+                acc[l] += e * e;
+            }
+        for (d = dv; d < D; d++) {
             double e = xr[d] - mean;
 
             var += e * e;
         }
+        for (l = 0; l < DX_SM_LANES; l++)
+            var += acc[l];
         var /= D;
         m = (float)mean;
         rs = (float)(1.0 / sqrt(var + j->eps));
@@ -405,23 +578,50 @@ static size_t cpu_attention_scratch(dxk_backend *be, int B, int T, int H)
     return (size_t)T * T * dxk_pool_size(dx_priv(be)->pool); /* one score matrix per thread */
 }
 
+/* Softmax of each row of s [rows, cols], in place. The maximum and the
+ * sum are taken in DX_SM_LANES independent lanes, so that they vectorise
+ * (one running maximum, or one double sum, is a chain of dependent
+ * instructions a vector unit cannot split: it was 40 % of the attention's
+ * time); each lane sums at most cols / DX_SM_LANES values in [0, 1], and
+ * the lanes are added in double. The order depends on cols alone, not on
+ * the row or the number of rows. */
 DX_CLONES DX_VECTORIZE static void cpu_softmax_rows(float *s, int rows, int cols)
 {
-    int i, j;
+    const int cv = cols / DX_SM_LANES * DX_SM_LANES;
+    int i, j, l;
 
     for (i = 0; i < rows; i++) {
         float *r = s + (size_t)i * cols;
-        float mx = r[0];
+        float mx = r[0], ml[DX_SM_LANES], sl[DX_SM_LANES];
         double sum = 0.0;
         float inv;
 
-        for (j = 1; j < cols; j++)
-            if (r[j] > mx)
-                mx = r[j];
-        for (j = 0; j < cols; j++)
+        if (cv > 0) {
+            for (l = 0; l < DX_SM_LANES; l++)
+                ml[l] = r[l];
+            for (j = DX_SM_LANES; j < cv; j += DX_SM_LANES)
+                for (l = 0; l < DX_SM_LANES; l++)
+                    ml[l] = r[j + l] > ml[l] ? r[j + l] : ml[l];
+            for (l = 0; l < DX_SM_LANES; l++)
+                mx = ml[l] > mx ? ml[l] : mx;
+        }
+        for (j = cv; j < cols; j++)
+            mx = r[j] > mx ? r[j] : mx;
+        for (l = 0; l < DX_SM_LANES; l++)
+            sl[l] = 0.0f;
+        for (j = 0; j < cv; j += DX_SM_LANES)
+            for (l = 0; l < DX_SM_LANES; l++) {
+                float e = dx_expf(r[j + l] - mx);
+
+                r[j + l] = e;
+                sl[l] += e;
+            }
+        for (j = cv; j < cols; j++) {
             r[j] = dx_expf(r[j] - mx);
-        for (j = 0; j < cols; j++)
             sum += r[j];
+        }
+        for (l = 0; l < DX_SM_LANES; l++)
+            sum += sl[l];
         inv = (float)(1.0 / sum);
         for (j = 0; j < cols; j++)
             r[j] *= inv;
