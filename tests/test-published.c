@@ -367,6 +367,27 @@ START_TEST(test_group_norm)
 }
 END_TEST
 
+/* max over y of |y - ref| / sum |terms| for y = x w^T + b, x M x K, w N x K,
+ * the reference in double */
+static double linear_rel_err(const float *y, const float *x, const float *w, const float *b,
+                             int M, int N, int K)
+{
+    double maxrel = 0;
+
+    for (int i = 0; i < M; i++)
+        for (int n = 0; n < N; n++) {
+            double ref = b[n], mag = fabs(b[n]);
+
+            for (int k = 0; k < K; k++) {
+                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
+                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
+            }
+            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
+                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
+        }
+    return maxrel;
+}
+
 /* The CPU backend's linear splits its output columns over the backend's
  * pool (ops_cpu.c cpu_linear): a row's result must not depend on how many
  * rows share the call (sequence-parallel shards, a cfg pair's batch of
@@ -378,24 +399,14 @@ START_TEST(test_linear_rows_independent)
     const int N = 1000, K = 200, Mmax = 9;
     float *x = fbuf((size_t)Mmax * K), *w = fbuf((size_t)N * K), *b = fbuf(N);
     float *y = fbuf((size_t)Mmax * N), *yr = fbuf((size_t)Mmax * N);
-    double maxrel = 0;
-    int M, r0, i, n, k;
+    double maxrel;
+    int M, r0;
 
     dxk_noise(5, 0, x, (size_t)Mmax * K);
     dxk_noise(5, 1, w, (size_t)N * K);
     dxk_noise(5, 2, b, N);
     be->linear(be, y, x, w, b, Mmax, N, K);
-    for (i = 0; i < Mmax; i++)
-        for (n = 0; n < N; n++) {
-            double ref = b[n], mag = fabs(b[n]);
-
-            for (k = 0; k < K; k++) {
-                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
-                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
-            }
-            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
-                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
-        }
+    maxrel = linear_rel_err(y, x, w, b, Mmax, N, K);
     ck_assert_msg(maxrel < 1e-6, "linear: relative error %g against double", maxrel);
     for (M = 1; M < Mmax; M++)
         for (r0 = 0; r0 + M <= Mmax; r0 += M) {
@@ -407,18 +418,7 @@ START_TEST(test_linear_rows_independent)
         }
     /* the few-rows path (the adaLN modulation): same checks */
     ck_assert_int_eq(dxk_cpu_linear_few(be, y, x, w, b, Mmax, N, K), 1);
-    maxrel = 0;
-    for (i = 0; i < Mmax; i++)
-        for (n = 0; n < N; n++) {
-            double ref = b[n], mag = fabs(b[n]);
-
-            for (k = 0; k < K; k++) {
-                ref += (double)x[(size_t)i * K + k] * w[(size_t)n * K + k];
-                mag += fabs((double)x[(size_t)i * K + k] * w[(size_t)n * K + k]);
-            }
-            if (fabs(y[(size_t)i * N + n] - ref) / mag > maxrel)
-                maxrel = fabs(y[(size_t)i * N + n] - ref) / mag;
-        }
+    maxrel = linear_rel_err(y, x, w, b, Mmax, N, K);
     ck_assert_msg(maxrel < 1e-6, "linear_few: relative error %g against double", maxrel);
     for (M = 1; M < Mmax; M++)
         for (r0 = 0; r0 + M <= Mmax; r0 += M) {

@@ -66,6 +66,11 @@ int cli_png_encode(const dexec_image *img, const char *const *text, unsigned cha
                    size_t *len, char *err, size_t errlen);
 
 int cmd_serve(int argc, char **argv);
+
+/* Refuses, before anything starts, an output file whose directory is
+ * missing, not a directory or not writable: prints "WHAT PATH: ..." (what
+ * is e.g. "dexec generate: -o") and returns -1; 0 when it can be created. */
+int cli_check_out_dir(const char *what, const char *path);
 /* The page `dexec serve` answers at / (serve_page.c). */
 extern const char serve_page_html[];
 

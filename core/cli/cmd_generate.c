@@ -143,8 +143,6 @@ static int check_output(const char *out, long batch)
 {
     const char *slash = strrchr(out, '/'), *base = slash != NULL ? slash + 1 : out;
     const char *dot = strrchr(base, '.');
-    char dir[4096];
-    struct stat sb;
 
     if (strcmp(out, "-") == 0) {
         if (batch > 1) {
@@ -167,26 +165,7 @@ static int check_output(const char *out, long batch)
                 (int)(dot - out), out);
         return -1;
     }
-    if (slash == NULL)
-        strcpy(dir, ".");
-    else if (slash == out)
-        strcpy(dir, "/");
-    else
-        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out), out);
-    if (stat(dir, &sb) != 0) {
-        fprintf(stderr, "dexec generate: -o %s: directory %s: %s\n", out, dir, strerror(errno));
-        return -1;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        fprintf(stderr, "dexec generate: -o %s: %s is not a directory\n", out, dir);
-        return -1;
-    }
-    if (access(dir, W_OK | X_OK) != 0) {
-        fprintf(stderr, "dexec generate: -o %s: cannot create files in %s: %s\n", out, dir,
-                strerror(errno));
-        return -1;
-    }
-    return 0;
+    return cli_check_out_dir("dexec generate: -o", out);
 }
 
 /* img enlarged factor times (nearest neighbour) into *out, whose pixels

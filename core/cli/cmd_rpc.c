@@ -79,34 +79,13 @@ static dexec_value *read_bin_arg(const char *path)
  * writable. 0 or -1 (message printed). */
 static int check_bin_out(const char *path)
 {
-    const char *slash = strrchr(path, '/');
-    char dir[4096];
     struct stat sb;
 
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "dexec rpc: --bin-out %s is a directory: name a file\n", path);
         return -1;
     }
-    if (slash == NULL)
-        strcpy(dir, ".");
-    else if (slash == path)
-        strcpy(dir, "/");
-    else
-        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-    if (stat(dir, &sb) != 0) {
-        fprintf(stderr, "dexec rpc: --bin-out %s: directory %s: %s\n", path, dir, strerror(errno));
-        return -1;
-    }
-    if (!S_ISDIR(sb.st_mode)) {
-        fprintf(stderr, "dexec rpc: --bin-out %s: %s is not a directory\n", path, dir);
-        return -1;
-    }
-    if (access(dir, W_OK | X_OK) != 0) {
-        fprintf(stderr, "dexec rpc: --bin-out %s: cannot create files in %s: %s\n", path, dir,
-                strerror(errno));
-        return -1;
-    }
-    return 0;
+    return cli_check_out_dir("dexec rpc: --bin-out", path);
 }
 
 /* Writes every bin value under v, depth first, to f. */

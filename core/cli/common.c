@@ -2,9 +2,12 @@
  * pick a configuration, a backend and a device, and opening the engine. */
 #include "config.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -127,4 +130,32 @@ dexec_engine *cli_open_engine(const cli_engine_opts *o, int *exit_status)
     }
     dexec_config_free(cfg);
     return e;
+}
+
+int cli_check_out_dir(const char *what, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    struct stat sb;
+
+    if (slash == NULL)
+        strcpy(dir, ".");
+    else if (slash == path)
+        strcpy(dir, "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    if (stat(dir, &sb) != 0) {
+        fprintf(stderr, "%s %s: directory %s: %s\n", what, path, dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "%s %s: %s is not a directory\n", what, path, dir);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "%s %s: cannot create files in %s: %s\n", what, path, dir,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
 }
