@@ -649,7 +649,7 @@ END_TEST
  * cfg = 2 group: the engine talks to them over TCP; their collectives go
  * through shared memory (transport auto: one host) or over TCP links
  * (transport tcp, as between hosts). */
-static pid_t start_tcp_worker(const char *rank, char *addr, size_t len)
+static pid_t start_tcp_worker(const char *flag, const char *value, char *addr, size_t len)
 {
     int out[2];
     char line[256];
@@ -662,7 +662,7 @@ static pid_t start_tcp_worker(const char *rank, char *addr, size_t len)
         dup2(out[1], 1);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", "tcp:127.0.0.1:0", "--device",
-              "cpu", "--rank", rank, "--print-address", (char *)NULL);
+              "cpu", flag, value, "--print-address", (char *)NULL);
         _exit(127);
     }
     close(out[1]);
@@ -681,7 +681,8 @@ START_TEST(test_external_group)
 {
     enum { N = 3 };
     char a0[256], a1[256], names[520];
-    pid_t w0 = start_tcp_worker("0", a0, sizeof(a0)), w1 = start_tcp_worker("1", a1, sizeof(a1));
+    pid_t w0 = start_tcp_worker("--rank", "0", a0, sizeof(a0));
+    pid_t w1 = start_tcp_worker("--rank", "1", a1, sizeof(a1));
     const char *kv[] = {
         "parallel.cfg", "2", "distributed_executor_backend", "external", "parallel.transport",
         transports[_i], NULL};
@@ -944,27 +945,11 @@ static dexec_status call_json(dexec_conn *c, const char *method, const char *jso
 START_TEST(test_ray_protocol)
 {
     char addr[256], err[1024];
-    int out[2];
-    ssize_t n;
     pid_t pid;
     dexec_conn *c = NULL;
     dexec_value *res = NULL;
 
-    ck_assert_int_eq(pipe(out), 0);
-    pid = fork();
-    if (pid == 0) {
-        dup2(out[1], 1);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        execl(getenv("DEXEC_WORKER"), "dexec-worker", "--listen", "tcp:127.0.0.1:0", "--device",
-              "cpu", "--ranks", "4", "--print-address", (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    n = read(out[0], addr, sizeof(addr) - 1);
-    close(out[0]);
-    ck_assert_msg(n > 0, "worker did not start");
-    addr[n] = '\0';
-    addr[strcspn(addr, "\n")] = '\0';
+    pid = start_tcp_worker("--ranks", "4", addr, sizeof(addr));
     ck_assert_int_eq(dexec_conn_connect(addr, 10, &c, err, sizeof(err)), DEXEC_OK);
     ck_assert_msg(dexec_conn_hello(c, NULL, 10, NULL, err, sizeof(err)) == DEXEC_OK, "%s", err);
 
